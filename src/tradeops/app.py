@@ -1,0 +1,78 @@
+"""create_app(): routers, middleware, error handlers and the database engine's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tradeops.clients.router import router as clients_router
+from tradeops.db.engine import create_engine
+from tradeops.db.migrate import head_revision
+from tradeops.desks.router import router as desks_router
+from tradeops.health.router import router as health_router
+from tradeops.instruments.router import router as instruments_router
+from tradeops.observability import (
+    BodySizeLimitMiddleware,
+    Metrics,
+    RequestContextMiddleware,
+    configure_logging,
+)
+from tradeops.orders.router import router as orders_router
+from tradeops.problems import install_problem_handlers
+from tradeops.settings import Settings, get_settings
+
+DESCRIPTION = """
+The system of record for trade operations: agents and people submit trade orders, orders pass
+a maker-checker approval, and everything lives in PostgreSQL.
+
+Quantities and prices are decimals sent as strings (or JSON numbers) and returned as strings.
+Errors are RFC 9457 `application/problem+json` documents with a `request_id`.
+"""
+
+
+def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    url = database_url or settings.database_url
+    if url is None:
+        raise RuntimeError(
+            "TRADEOPS_DATABASE_URL is not set (use `tradeops dev` for an embedded one)"
+        )
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings, url)
+        app.state.engine = engine
+        metrics.watch_pool(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="tradeops",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.migration_head = head_revision()
+    install_problem_handlers(app)
+
+    for router in (orders_router, clients_router, instruments_router, desks_router, health_router):
+        app.include_router(router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, access_log_enabled=settings.access_log
+    )
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Entry point for `uvicorn --factory` (one per worker process)."""
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)

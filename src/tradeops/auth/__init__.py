@@ -1,0 +1,1 @@
+"""Identity and access: principals, roles, permissions, tokens and API keys."""

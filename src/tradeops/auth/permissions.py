@@ -1,0 +1,87 @@
+"""Who may do what: the one role-by-action table, and the scopes that narrow an API key.
+
+Services call `authorize(principal, action)` before touching data; PostgreSQL's row-level
+security then limits which desks' rows they can see at all.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from tradeops.auth.principal import Principal, Role
+from tradeops.errors import Forbidden
+
+
+class Action(StrEnum):
+    READ_REFERENCE_DATA = "read reference data"
+    MANAGE_INSTRUMENTS = "manage instruments"
+    MANAGE_RESTRICTED_LIST = "manage the restricted list"
+    READ_CLIENTS = "read clients"
+    MANAGE_CLIENTS = "manage clients"
+    MANAGE_DESKS = "manage desks"
+    MANAGE_USERS = "manage users"
+    MANAGE_OWN_API_KEYS = "manage own API keys"
+    MANAGE_ANY_API_KEYS = "manage any user's API keys"
+    READ_ORDERS = "read orders"
+    SUBMIT_ORDER = "submit orders"
+    REVIEW_ORDER = "review orders"
+    APPROVE_ORDER = "approve orders"
+    REJECT_ORDER = "reject orders"
+    CANCEL_ORDER = "cancel orders"
+    READ_AUDIT = "read the audit trail"
+    VERIFY_AUDIT = "verify the audit trail"
+
+
+R = Role
+PERMISSIONS: dict[Action, frozenset[Role]] = {
+    Action.READ_REFERENCE_DATA: frozenset({R.TRADER, R.AGENT, R.APPROVER, R.RISK, R.ADMIN}),
+    Action.MANAGE_INSTRUMENTS: frozenset({R.ADMIN}),
+    Action.MANAGE_RESTRICTED_LIST: frozenset({R.RISK, R.ADMIN}),
+    Action.READ_CLIENTS: frozenset({R.TRADER, R.AGENT, R.APPROVER, R.RISK, R.ADMIN}),
+    Action.MANAGE_CLIENTS: frozenset({R.ADMIN}),
+    Action.MANAGE_DESKS: frozenset({R.ADMIN}),
+    Action.MANAGE_USERS: frozenset({R.ADMIN}),
+    Action.MANAGE_OWN_API_KEYS: frozenset({R.TRADER, R.AGENT, R.APPROVER, R.RISK, R.ADMIN}),
+    Action.MANAGE_ANY_API_KEYS: frozenset({R.ADMIN}),
+    Action.READ_ORDERS: frozenset({R.TRADER, R.AGENT, R.APPROVER, R.RISK, R.ADMIN}),
+    Action.SUBMIT_ORDER: frozenset({R.TRADER, R.AGENT}),
+    Action.REVIEW_ORDER: frozenset({R.TRADER, R.AGENT, R.APPROVER}),
+    Action.APPROVE_ORDER: frozenset({R.APPROVER}),
+    Action.REJECT_ORDER: frozenset({R.APPROVER}),
+    Action.CANCEL_ORDER: frozenset({R.TRADER, R.AGENT, R.APPROVER}),
+    Action.READ_AUDIT: frozenset({R.RISK, R.ADMIN}),
+    Action.VERIFY_AUDIT: frozenset({R.RISK, R.ADMIN}),
+}
+
+# The scope an API key needs for each action; actions without a scope are never open to keys.
+SCOPES: dict[Action, str] = {
+    Action.READ_REFERENCE_DATA: "reference:read",
+    Action.READ_CLIENTS: "clients:read",
+    Action.READ_ORDERS: "orders:read",
+    Action.SUBMIT_ORDER: "orders:write",
+    Action.CANCEL_ORDER: "orders:write",
+    Action.REVIEW_ORDER: "orders:review",
+    Action.READ_AUDIT: "audit:read",
+}
+KNOWN_SCOPES = frozenset(SCOPES.values())
+# Deciding on an order is a person's act: no key may do it, whoever owns the key.
+PERSON_ONLY = frozenset({Action.APPROVE_ORDER, Action.REJECT_ORDER})
+
+
+def is_allowed(principal: Principal, action: Action) -> bool:
+    if principal.role is Role.SYSTEM:
+        return action not in PERSON_ONLY
+    if principal.role not in PERMISSIONS[action]:
+        return False
+    if principal.scopes is None:
+        return True
+    if action in PERSON_ONLY:
+        return False
+    scope = SCOPES.get(action)
+    # Reading reference data (instruments, desks) comes with any key.
+    return action is Action.READ_REFERENCE_DATA or (scope is not None and scope in principal.scopes)
+
+
+def authorize(principal: Principal, action: Action) -> None:
+    if not is_allowed(principal, action):
+        raise Forbidden(f"Your role or key may not {action.value}.", action=action.value)

@@ -1,0 +1,50 @@
+"""Who is acting: a person signed in, an agent's API key, or the system itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    TRADER = "trader"
+    AGENT = "agent"
+    APPROVER = "approver"
+    RISK = "risk"
+    ADMIN = "admin"
+    SYSTEM = "system"
+
+
+SYSTEM_USER_ID = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The acting identity, as every service sees it, whatever the transport."""
+
+    user_id: int
+    email: str
+    role: Role
+    desk_ids: frozenset[int] = field(default_factory=frozenset)
+    all_desks: bool = False
+    api_key_id: int | None = None
+    scopes: frozenset[str] | None = None  # None: a person's token, not narrowed by scopes
+
+    @property
+    def is_agent(self) -> bool:
+        return self.role is Role.AGENT
+
+    def can_see_desk(self, desk_id: int) -> bool:
+        return self.all_desks or desk_id in self.desk_ids
+
+    @property
+    def actor(self) -> str:
+        """How this principal is written in histories and the audit trail."""
+        if self.api_key_id is not None:
+            return f"user:{self.user_id}/key:{self.api_key_id}"
+        return f"user:{self.user_id}"
+
+
+SYSTEM = Principal(
+    user_id=SYSTEM_USER_ID, email="system@tradeops", role=Role.SYSTEM, all_desks=True
+)

@@ -1,0 +1,141 @@
+"""The `tradeops` command: run the server, migrate, load demo data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from tradeops.auth.principal import SYSTEM
+from tradeops.db import migrate
+from tradeops.db.embedded import resolve_database_url
+from tradeops.db.engine import create_engine
+from tradeops.db.uow import UnitOfWork, run_in_transaction
+from tradeops.demo import load_demo_data
+from tradeops.observability import configure_logging
+from tradeops.settings import Settings, get_settings
+
+T = TypeVar("T")
+app = typer.Typer(
+    help="tradeops: trade orders, maker-checker approval and audit on PostgreSQL.",
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+)
+db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(demo_app, name="demo")
+console = Console()
+
+
+def database_url(settings: Settings) -> str:
+    """TRADEOPS_DATABASE_URL, or the embedded PostgreSQL under TRADEOPS_HOME when unset."""
+    url = resolve_database_url(settings.database_url, settings.pgdata)
+    if not settings.database_url:
+        console.print(f"[dim]embedded PostgreSQL in {settings.pgdata.resolve()}[/dim]")
+    return url
+
+
+def run_as_system(settings: Settings, url: str, command: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = create_engine(settings, url)
+        try:
+            return await run_in_transaction(engine, SYSTEM, command)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _serve(settings: Settings, url: str, host: str, port: int, workers: int) -> None:
+    # Worker processes build their own app from the environment, so hand the URL on.
+    os.environ["TRADEOPS_DATABASE_URL"] = url
+    get_settings.cache_clear()
+    uvicorn.run(
+        "tradeops.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+@app.command()
+def dev(
+    host: Annotated[str | None, typer.Option(help="Default: TRADEOPS_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: TRADEOPS_PORT")] = None,
+) -> None:
+    """Everything for a local try-out: database, migrations, demo data, server."""
+    settings = get_settings()
+    configure_logging(settings)
+    url = database_url(settings)
+    migrate.upgrade(url)
+    added = run_as_system(settings, url, lambda uow: load_demo_data(uow, SYSTEM))
+    console.print(f"demo data: added {added}")
+    host, port = host or settings.host, port or settings.port
+    console.print(f"[bold]tradeops[/bold] on http://{host}:{port}  (API docs: /docs)")
+    _serve(settings, url, host, port, workers=1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: TRADEOPS_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: TRADEOPS_PORT")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+) -> None:
+    """Serve the API (run `tradeops db upgrade` first)."""
+    settings = get_settings()
+    configure_logging(settings)
+    _serve(settings, database_url(settings), host or settings.host, port or settings.port, workers)
+
+
+@db_app.command()
+def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Migrate the schema up to REVISION (default: head)."""
+    migrate.upgrade(database_url(get_settings()), revision)
+    console.print(f"database at {revision}")
+
+
+@db_app.command()
+def downgrade(revision: Annotated[str, typer.Argument(help="Target, e.g. base or -1")]) -> None:
+    """Migrate the schema down to REVISION."""
+    migrate.downgrade(database_url(get_settings()), revision)
+    console.print(f"database at {revision}")
+
+
+@db_app.command()
+def current() -> None:
+    """Show the schema revision of the database and the code's head."""
+    url = database_url(get_settings())
+    console.print(f"database: {migrate.current_revision(url)}  head: {migrate.head_revision()}")
+
+
+@db_app.command()
+def history() -> None:
+    """List the migrations, oldest first."""
+    table = Table("revision", "down", "message")
+    for script in migrate.history():
+        table.add_row(script.revision, str(script.down_revision), script.doc)
+    console.print(table)
+
+
+@demo_app.command("load")
+def demo_load() -> None:
+    """Load the demo desks, clients and instruments (idempotent)."""
+    settings = get_settings()
+    url = database_url(settings)
+    added = run_as_system(settings, url, lambda uow: load_demo_data(uow, SYSTEM))
+    console.print(f"demo data: added {added}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Database layer: engine, unit of work with request context, embedded PostgreSQL, error mapping."""

@@ -1,0 +1,46 @@
+"""PostgreSQL errors mapped by SQLSTATE to problems; no database message reaches a client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.exc import DBAPIError
+
+from tradeops.db.uow import RETRYABLE_SQLSTATES, sqlstate_of
+
+
+@dataclass(frozen=True)
+class DatabaseProblem:
+    status: int
+    slug: str
+    title: str
+    detail: str
+    retry_after: int | None = None
+
+
+def problem_for(error: DBAPIError) -> DatabaseProblem:
+    code = sqlstate_of(error) or ""
+    if code == "23505":
+        return DatabaseProblem(409, "conflict", "Conflict", "The resource already exists.")
+    if code in {"23503", "23514", "23502", "22003", "22P02", "23P01"}:
+        return DatabaseProblem(
+            422,
+            "constraint-violation",
+            "The request is not valid",
+            "The request breaks a data rule (a reference, a range or a required value).",
+        )
+    if code in RETRYABLE_SQLSTATES or code.startswith("08") or code in {"53300", "57P03"}:
+        return DatabaseProblem(
+            503,
+            "database-busy",
+            "Service busy",
+            "The database could not complete the request now; retry after the given delay.",
+            retry_after=1,
+        )
+    if code == "57014":
+        return DatabaseProblem(
+            504, "database-timeout", "Timed out", "The database took too long to answer."
+        )
+    if code == "42501":
+        return DatabaseProblem(403, "forbidden", "Not allowed", "The action is not allowed.")
+    return DatabaseProblem(500, "internal-error", "Internal error", "An unexpected error occurred.")

@@ -1,0 +1,77 @@
+"""Demo data: two desks, three clients, six instruments. Loading it twice changes nothing."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from tradeops.auth.principal import Principal
+from tradeops.clients import service as clients
+from tradeops.clients.schemas import ClientCreate
+from tradeops.db.uow import UnitOfWork
+from tradeops.desks import service as desks
+from tradeops.desks.service import DeskIn
+from tradeops.errors import Conflict
+from tradeops.instruments import service as instruments
+from tradeops.instruments.schemas import InstrumentCreate
+
+DESKS = [
+    DeskIn(code="EQ-US", name="US Equities"),
+    DeskIn(code="FI-EU", name="European Fixed Income"),
+]
+CLIENTS = [
+    ClientCreate(client_id="CUST-1001", name="Hudson Pension Fund", desk="EQ-US"),
+    ClientCreate(client_id="CUST-1002", name="Bluewater Capital", desk="EQ-US"),
+    ClientCreate(client_id="CUST-2001", name="Rheinland Versicherung", desk="FI-EU"),
+]
+_CENT = Decimal("0.01")
+INSTRUMENTS = [
+    InstrumentCreate(
+        symbol=s,
+        name=n,
+        asset_class=a,
+        currency="USD",
+        lot_size=Decimal(1),
+        tick_size=_CENT,
+        restricted=r,
+    )
+    for s, n, a, r in [
+        ("AAPL", "Apple Inc.", "EQUITY", False),
+        ("MSFT", "Microsoft Corp.", "EQUITY", False),
+        ("NVDA", "NVIDIA Corp.", "EQUITY", False),
+        ("JPM", "JPMorgan Chase & Co.", "EQUITY", False),
+        ("SPY", "SPDR S&P 500 ETF Trust", "ETF", False),
+        # On the restricted list (say, the bank advises on a pending deal): orders fail risk.
+        ("ACME", "Acme Holdings Inc.", "EQUITY", True),
+    ]
+] + [
+    InstrumentCreate(
+        symbol="DBR-2034",
+        name="Bund 2.6% 15/08/2034",
+        asset_class="BOND",
+        currency="EUR",
+        lot_size=Decimal(1000),
+        tick_size=Decimal("0.001"),
+    ),
+]
+
+
+async def load_demo_data(uow: UnitOfWork, principal: Principal) -> dict[str, int]:
+    """Create whatever of the demo data is missing; return how many of each kind were added."""
+    added = {"desks": 0, "clients": 0, "instruments": 0}
+    for desk in DESKS:
+        added["desks"] += await _created(desks.create_desk(uow, principal, desk))
+    for client in CLIENTS:
+        added["clients"] += await _created(clients.create_client(uow, principal, client))
+    for instrument in INSTRUMENTS:
+        added["instruments"] += await _created(
+            instruments.create_instrument(uow, principal, instrument)
+        )
+    return added
+
+
+async def _created(creation: object) -> int:
+    try:
+        await creation  # type: ignore[misc]
+    except Conflict:
+        return 0
+    return 1

@@ -1,0 +1,1 @@
+"""Desks: the trading units that own clients and orders, and scope who sees what."""

@@ -1,0 +1,1 @@
+"""Liveness, readiness and the database check that load balancers and dashboards poll."""

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tradeops.problems import Problem, problem_response
+
+router = APIRouter(tags=["health"])
+DB_CHECK_TIMEOUT_SECONDS = 2.0
+
+
+class Liveness(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    db: str
+    migration: str | None = None
+
+
+async def _schema_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+        return str(revision) if revision is not None else None
+
+
+@router.get("/health/live", response_model=Liveness)
+async def live() -> Liveness:
+    """The process is up and serving (it does not touch the database)."""
+    return Liveness(status="ok")
+
+
+@router.get("/health/ready", response_model=Readiness, responses={503: {"model": Problem}})
+async def ready(request: Request) -> Readiness | Response:
+    """Ready for traffic: the database answers and its schema is at the migrations' head."""
+    try:
+        revision = await asyncio.wait_for(
+            _schema_revision(request.app.state.engine), DB_CHECK_TIMEOUT_SECONDS
+        )
+    except Exception:
+        return problem_response(
+            request,
+            status=503,
+            slug="not-ready",
+            title="Not ready",
+            detail="The database is not reachable.",
+            headers={"Retry-After": "5"},
+        )
+    head = request.app.state.migration_head
+    if revision != head:
+        return problem_response(
+            request,
+            status=503,
+            slug="not-ready",
+            title="Not ready",
+            detail=f"Schema at {revision}, code at {head}: run `tradeops db upgrade`.",
+            headers={"Retry-After": "5"},
+        )
+    return Readiness(status="ok", db="reachable", migration=revision)
+
+
+@router.get(
+    "/api/v1/health-check/db", response_model=Readiness, responses={503: {"model": Problem}}
+)
+async def database_check(request: Request) -> Readiness | Response:
+    """The database answers a query: `{"status": "ok", "db": "reachable"}`, else 503."""
+    try:
+        async with asyncio.timeout(DB_CHECK_TIMEOUT_SECONDS):
+            async with request.app.state.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+    except Exception:
+        return problem_response(
+            request,
+            status=503,
+            slug="database-unreachable",
+            title="Database unreachable",
+            detail="The database did not answer.",
+            headers={"Retry-After": "5"},
+        )
+    return Readiness(status="ok", db="reachable")
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this process."""
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tradeops.db.base import Amount, Base, CreatedAt
+
+SIDES = ("BUY", "SELL")
+ORDER_TYPES = ("LIMIT", "MARKET")
+TIMES_IN_FORCE = ("DAY", "GTC", "IOC", "FOK")
+ORDER_STATUSES = (
+    "PENDING",
+    "REVIEWED",
+    "APPROVED",
+    "PARTIALLY_FILLED",
+    "FILLED",
+    "REJECTED",
+    "CANCELLED",
+)
+RISK_STATUSES = ("PENDING", "PASSED", "FAILED")
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint(f"side IN {SIDES}", name="side"),
+        CheckConstraint(f"order_type IN {ORDER_TYPES}", name="order_type"),
+        CheckConstraint(f"time_in_force IN {TIMES_IN_FORCE}", name="time_in_force"),
+        CheckConstraint(f"status IN {ORDER_STATUSES}", name="status"),
+        CheckConstraint(f"risk_status IN {RISK_STATUSES}", name="risk_status"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        CheckConstraint("price IS NULL OR price > 0", name="price_positive"),
+        # A limit order carries its limit price; a market order has none.
+        CheckConstraint("(order_type = 'LIMIT') = (price IS NOT NULL)", name="price_matches_type"),
+        CheckConstraint("currency ~ '^[A-Z]{3}$'", name="currency"),
+        CheckConstraint(
+            "filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_within_quantity"
+        ),
+        CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint(
+            "client_order_id IS NULL OR client_order_id ~ '^[\\x21-\\x7E]{1,64}$'",
+            name="client_order_id",
+        ),
+        UniqueConstraint("created_by", "client_order_id"),
+        Index("ix_orders_client_id_id", "client_id", "id"),
+        Index("ix_orders_status_id", "status", "id"),
+        Index("ix_orders_desk_id_id", "desk_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    desk_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("desks.id"))
+    client_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("clients.id"))
+    instrument_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("instruments.id"), index=True)
+    side: Mapped[str] = mapped_column(Text)
+    order_type: Mapped[str] = mapped_column(Text)
+    time_in_force: Mapped[str] = mapped_column(Text, server_default="DAY")
+    quantity: Mapped[Amount]
+    price: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    currency: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="PENDING")
+    risk_status: Mapped[str] = mapped_column(Text, server_default="PENDING")
+    risk_reasons: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    filled_quantity: Mapped[Decimal] = mapped_column(Numeric(20, 6), server_default="0")
+    avg_fill_price: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    client_order_id: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    created_by_key_id: Mapped[int | None] = mapped_column(BigInteger)
+    reviewed_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
+    approved_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class OrderEvent(Base):
+    """One step of an order's history, appended in the transaction that made the step."""
+
+    __tablename__ = "order_events"
+
+    order_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )

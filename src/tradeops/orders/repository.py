@@ -1,0 +1,132 @@
+"""Named queries over orders; access filtering is written once, in `readable_orders`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select, text
+
+from tradeops.auth.models import User
+from tradeops.auth.principal import Principal
+from tradeops.clients.models import Client
+from tradeops.db.base import table_of
+from tradeops.desks.models import Desk
+from tradeops.instruments.models import Instrument
+from tradeops.orders.models import Order, OrderEvent
+
+orders = table_of(Order)
+order_events = table_of(OrderEvent)
+clients = table_of(Client)
+instruments = table_of(Instrument)
+desks = table_of(Desk)
+users = table_of(User)
+creator = users.alias("creator")
+reviewer = users.alias("reviewer")
+approver = users.alias("approver")
+
+# Client and instrument in one round trip; a missing one comes back as NULLs.
+ORDER_REFERENCES = text(
+    "SELECT c.id AS client_pk, c.desk_id, c.status AS client_status, d.code AS desk,"
+    " i.id AS instrument_pk, i.currency, i.lot_size, i.tick_size, i.active AS instrument_active"
+    " FROM (SELECT 1) AS one"
+    " LEFT JOIN clients c ON c.external_id = :client_id"
+    " LEFT JOIN desks d ON d.id = c.desk_id"
+    " LEFT JOIN instruments i ON i.symbol = :symbol"
+)
+
+# The order and its first history event in one statement; a repeated client_order_id
+# inserts nothing and returns no row.
+INSERT_ORDER = text(
+    "WITH new_order AS ("
+    " INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
+    "  quantity, price, currency, client_order_id, created_by, created_by_key_id)"
+    " VALUES (:desk_id, :client_pk, :instrument_pk, :side, :order_type, :time_in_force,"
+    "  :quantity, :price, :currency, :client_order_id, :created_by, :created_by_key_id)"
+    " ON CONFLICT (created_by, client_order_id) DO NOTHING"
+    " RETURNING id, status, risk_status, risk_reasons, filled_quantity, version,"
+    "  created_at, updated_at),"
+    " event AS ("
+    " INSERT INTO order_events (order_id, seq, type, actor, payload, at)"
+    " SELECT id, 1, 'CREATED', :actor, CAST(:event_payload AS jsonb), created_at FROM new_order)"
+    " SELECT * FROM new_order"
+)
+
+EXISTING_CLIENT_ORDER = text(
+    "SELECT id FROM orders WHERE created_by = :created_by AND client_order_id = :client_order_id"
+)
+
+
+def order_view() -> Select[Any]:
+    """Orders as the API shows them: external ids and symbols instead of keys."""
+    return (
+        select(
+            orders.c.id,
+            orders.c.status,
+            orders.c.risk_status,
+            orders.c.risk_reasons,
+            clients.c.external_id.label("client_id"),
+            desks.c.code.label("desk"),
+            instruments.c.symbol,
+            orders.c.side,
+            orders.c.order_type,
+            orders.c.time_in_force,
+            orders.c.quantity,
+            orders.c.price,
+            orders.c.currency,
+            orders.c.filled_quantity,
+            orders.c.avg_fill_price,
+            orders.c.client_order_id,
+            creator.c.email.label("created_by"),
+            reviewer.c.email.label("reviewed_by"),
+            approver.c.email.label("approved_by"),
+            orders.c.version,
+            orders.c.created_at,
+            orders.c.updated_at,
+        )
+        .select_from(orders)
+        .join(clients, clients.c.id == orders.c.client_id)
+        .join(desks, desks.c.id == orders.c.desk_id)
+        .join(instruments, instruments.c.id == orders.c.instrument_id)
+        .join(creator, creator.c.id == orders.c.created_by)
+        .outerjoin(reviewer, reviewer.c.id == orders.c.reviewed_by)
+        .outerjoin(approver, approver.c.id == orders.c.approved_by)
+    )
+
+
+def readable_orders(principal: Principal) -> Select[Any]:
+    """The orders a principal may read: their desks' (row-level security enforces the same)."""
+    statement = order_view()
+    if not principal.all_desks:
+        statement = statement.where(orders.c.desk_id.in_(principal.desk_ids))
+    return statement
+
+
+def filtered_orders(
+    principal: Principal,
+    *,
+    status: str | None = None,
+    client_id: str | None = None,
+    symbol: str | None = None,
+    desk: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    after: int | None = None,
+    limit: int,
+) -> Select[Any]:
+    statement = readable_orders(principal)
+    if status is not None:
+        statement = statement.where(orders.c.status == status)
+    if client_id is not None:
+        statement = statement.where(clients.c.external_id == client_id)
+    if symbol is not None:
+        statement = statement.where(instruments.c.symbol == symbol.upper())
+    if desk is not None:
+        statement = statement.where(desks.c.code == desk)
+    if created_from is not None:
+        statement = statement.where(orders.c.created_at >= created_from)
+    if created_to is not None:
+        statement = statement.where(orders.c.created_at < created_to)
+    if after is not None:
+        statement = statement.where(orders.c.id < after)
+    return statement.order_by(orders.c.id.desc()).limit(limit)

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from tradeops.clients.schemas import ExternalId
+from tradeops.decimals import DecimalOut, PositiveAmount
+from tradeops.instruments.schemas import Symbol
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+Side = Annotated[Literal["BUY", "SELL"], BeforeValidator(_upper)]
+OrderType = Annotated[Literal["LIMIT", "MARKET"], BeforeValidator(_upper)]
+TimeInForce = Annotated[Literal["DAY", "GTC", "IOC", "FOK"], BeforeValidator(_upper)]
+OrderStatus = Literal[
+    "PENDING", "REVIEWED", "APPROVED", "PARTIALLY_FILLED", "FILLED", "REJECTED", "CANCELLED"
+]
+RiskStatus = Literal["PENDING", "PASSED", "FAILED"]
+ClientOrderId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7E]{1,64}$")]
+
+
+class OrderCreate(BaseModel):
+    """A new order. Quantities and prices are decimals: send strings ("192.55") or JSON numbers."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "client_id": "CUST-1001",
+                    "symbol": "AAPL",
+                    "side": "BUY",
+                    "quantity": 50,
+                    "price": 192.55,
+                }
+            ]
+        },
+    )
+
+    client_id: ExternalId = Field(description="The client's external id, e.g. CUST-1001")
+    symbol: Symbol = Field(description="A known, active instrument symbol, e.g. AAPL")
+    side: Side = Field(description="BUY or SELL (any case)")
+    quantity: PositiveAmount = Field(
+        description="Units to trade, > 0 and a multiple of the instrument's lot size"
+    )
+    price: PositiveAmount | None = Field(
+        default=None,
+        description="Limit price in the instrument's currency, a multiple of its tick size; "
+        "omit for a MARKET order",
+    )
+    order_type: OrderType | None = Field(
+        default=None, description="LIMIT (default when price is given) or MARKET (default without)"
+    )
+    time_in_force: TimeInForce = Field(default="DAY", description="DAY (default), GTC, IOC or FOK")
+    client_order_id: ClientOrderId | None = Field(
+        default=None,
+        description="Your own id for this order, unique per submitter; a repeat answers 409 "
+        "with the existing order's id",
+    )
+
+    @model_validator(mode="after")
+    def _price_matches_type(self) -> Self:
+        if self.order_type is None:
+            self.order_type = "LIMIT" if self.price is not None else "MARKET"
+        if self.order_type == "LIMIT" and self.price is None:
+            raise ValueError("a LIMIT order needs a price")
+        if self.order_type == "MARKET" and self.price is not None:
+            raise ValueError("a MARKET order takes no price")
+        return self
+
+
+class OrderOut(BaseModel):
+    id: int
+    status: OrderStatus
+    risk_status: RiskStatus
+    risk_reasons: list[Any]
+    client_id: str
+    desk: str
+    symbol: str
+    side: str
+    order_type: str
+    time_in_force: str
+    quantity: DecimalOut
+    price: DecimalOut | None
+    currency: str
+    filled_quantity: DecimalOut
+    avg_fill_price: DecimalOut | None
+    client_order_id: str | None
+    created_by: str
+    reviewed_by: str | None
+    approved_by: str | None
+    version: int = Field(description="Send it back as If-Match to change the order")
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderPage(BaseModel):
+    items: list[OrderOut]
+    next_cursor: str | None = Field(
+        description="Pass as `after` to get the next page; null on the last page"
+    )

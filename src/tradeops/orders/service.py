@@ -1,0 +1,170 @@
+"""Order intake and reads. Every rule here is also a constraint or trigger in PostgreSQL."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+import orjson
+
+from tradeops.auth.permissions import Action, authorize
+from tradeops.auth.principal import Principal
+from tradeops.db.uow import UnitOfWork
+from tradeops.errors import Conflict, InvalidRequest, NotFound
+from tradeops.orders import repository as repo
+from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage
+
+
+class OrderNotFound(NotFound):
+    slug = "order-not-found"
+    title = "Order not found"
+
+
+class DuplicateClientOrderId(Conflict):
+    slug = "duplicate-client-order-id"
+    title = "Duplicate client_order_id"
+
+
+def _decimal_places(value: Decimal) -> int:
+    exponent = value.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def _is_multiple(value: Decimal, step: Decimal) -> bool:
+    return value % step == 0
+
+
+class OrderReferences(NamedTuple):
+    """What intake needs to know of the order's client and instrument (None: not found)."""
+
+    client_pk: int | None
+    desk_id: int | None
+    client_status: str | None
+    desk: str | None
+    instrument_pk: int | None
+    currency: str | None
+    lot_size: Decimal | None
+    tick_size: Decimal | None
+    instrument_active: bool | None
+
+
+def check_order_rules(
+    order: OrderCreate, refs: OrderReferences, *, price_max_decimals: int
+) -> None:
+    """The rules that need the client and instrument rows; each failure names its field."""
+    if refs.client_pk is None:
+        raise InvalidRequest(f"Unknown client {order.client_id}.", field="body.client_id")
+    if refs.client_status != "ACTIVE":
+        raise InvalidRequest(f"Client {order.client_id} is not active.", field="body.client_id")
+    if refs.instrument_pk is None:
+        raise InvalidRequest(f"Unknown symbol {order.symbol}.", field="body.symbol")
+    if not refs.instrument_active:
+        raise InvalidRequest(f"Instrument {order.symbol} is not active.", field="body.symbol")
+    assert refs.lot_size is not None and refs.tick_size is not None
+    if not _is_multiple(order.quantity, refs.lot_size):
+        raise InvalidRequest(
+            f"Quantity must be a multiple of the lot size {refs.lot_size.normalize():f}.",
+            field="body.quantity",
+        )
+    if order.price is not None:
+        if _decimal_places(order.price) > price_max_decimals:
+            raise InvalidRequest(
+                f"Price may have at most {price_max_decimals} decimal places.", field="body.price"
+            )
+        if not _is_multiple(order.price, refs.tick_size):
+            raise InvalidRequest(
+                f"Price must be a multiple of the tick size {refs.tick_size.normalize():f}.",
+                field="body.price",
+            )
+
+
+async def submit_order(
+    uow: UnitOfWork, principal: Principal, order: OrderCreate, *, price_max_decimals: int = 6
+) -> OrderOut:
+    """Record a new order as PENDING; it then waits for review and a person's approval."""
+    authorize(principal, Action.SUBMIT_ORDER)
+    found = await uow.execute(
+        repo.ORDER_REFERENCES, {"client_id": order.client_id, "symbol": order.symbol}
+    )
+    refs = OrderReferences(**found.one()._mapping)
+    # A client on another desk is unknown to this principal, never "forbidden": no existence leak.
+    if refs.desk_id is not None and not principal.can_see_desk(refs.desk_id):
+        refs = refs._replace(client_pk=None)
+    check_order_rules(order, refs, price_max_decimals=price_max_decimals)
+    row = await uow.one_or_none(
+        repo.INSERT_ORDER,
+        {
+            "desk_id": refs.desk_id,
+            "client_pk": refs.client_pk,
+            "instrument_pk": refs.instrument_pk,
+            "side": order.side,
+            "order_type": order.order_type,
+            "time_in_force": order.time_in_force,
+            "quantity": order.quantity,
+            "price": order.price,
+            "currency": refs.currency,
+            "client_order_id": order.client_order_id,
+            "created_by": principal.user_id,
+            "created_by_key_id": principal.api_key_id,
+            "actor": principal.actor,
+            "event_payload": orjson.dumps({"request_id": uow.request_id}).decode(),
+        },
+    )
+    if row is None:
+        existing = await uow.scalar(
+            repo.EXISTING_CLIENT_ORDER,
+            {"created_by": principal.user_id, "client_order_id": order.client_order_id},
+        )
+        raise DuplicateClientOrderId(
+            f"client_order_id {order.client_order_id} was already used for order {existing}.",
+            existing_order_id=existing,
+        )
+    return OrderOut(
+        **row._mapping,
+        client_id=order.client_id,
+        desk=refs.desk,
+        symbol=order.symbol,
+        side=order.side,
+        order_type=order.order_type or "LIMIT",
+        time_in_force=order.time_in_force,
+        quantity=order.quantity,
+        price=order.price,
+        currency=refs.currency,
+        avg_fill_price=None,
+        client_order_id=order.client_order_id,
+        created_by=principal.email,
+        reviewed_by=None,
+        approved_by=None,
+    )
+
+
+async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> OrderOut:
+    authorize(principal, Action.READ_ORDERS)
+    row = await uow.one_or_none(repo.readable_orders(principal).where(repo.orders.c.id == order_id))
+    if row is None:
+        raise OrderNotFound(f"No order {order_id}.")
+    return OrderOut.model_validate(row._mapping)
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or len(cursor) > 19:
+        raise InvalidRequest(
+            "Invalid cursor; pass next_cursor from a previous page.", field="query.after"
+        )
+    return int(cursor)
+
+
+async def list_orders(
+    uow: UnitOfWork, principal: Principal, *, limit: int, after: str | None = None, **filters: Any
+) -> OrderPage:
+    """Newest first; keyset pagination, so pages stay stable while orders keep arriving."""
+    authorize(principal, Action.READ_ORDERS)
+    statement = repo.filtered_orders(
+        principal, after=decode_cursor(after), limit=limit + 1, **filters
+    )
+    rows = (await uow.execute(statement)).all()
+    items = [OrderOut.model_validate(r._mapping) for r in rows[:limit]]
+    next_cursor = str(items[-1].id) if len(rows) > limit else None
+    return OrderPage(items=items, next_cursor=next_cursor)

@@ -1,0 +1,211 @@
+"""RFC 9457 problem details: the one place errors become HTTP responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
+
+from tradeops.db.errors import problem_for
+from tradeops.errors import PROBLEM_BASE, DomainError
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = structlog.get_logger("tradeops.errors")
+
+
+class FieldError(BaseModel):
+    field: str | None = Field(description="Dotted path of the offending field, e.g. body.quantity")
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, as every error of this API is shaped."""
+
+    type: str = Field(examples=[PROBLEM_BASE + "not-found"])
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+
+
+def problem_bytes(
+    *,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    instance: str,
+    request_id: str | None,
+    **extensions: Any,
+) -> bytes:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "request_id": request_id,
+    }
+    body.update(extensions)
+    return orjson.dumps(body)
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    content = problem_bytes(
+        status=status,
+        slug=slug,
+        title=title,
+        detail=detail,
+        instance=request.url.path,
+        request_id=getattr(request.state, "request_id", None),
+        **extensions,
+    )
+    return Response(content, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _validation_message(error: dict[str, Any]) -> str:
+    if error.get("type") == "extra_forbidden":
+        return "Unknown field."
+    return str(error.get("msg", "Invalid value."))
+
+
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": _field_path(tuple(e.get("loc", ()))), "message": _validation_message(e)}
+        for e in exc.errors()
+    ]
+    return problem_response(
+        request,
+        status=422,
+        slug="validation-error",
+        title="The request is not valid",
+        detail="One or more fields are invalid; see errors.",
+        errors=errors,
+    )
+
+
+async def on_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    headers = exc.extensions.pop("headers", None)
+    return problem_response(
+        request,
+        status=exc.status,
+        slug=exc.slug,
+        title=exc.title,
+        detail=exc.detail,
+        headers=headers,
+        **exc.extensions,
+    )
+
+
+_HTTP_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Not allowed"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("payload-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+}
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    return problem_response(
+        request,
+        status=exc.status_code,
+        slug=slug,
+        title=title,
+        detail=detail,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def on_database_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DBAPIError)
+    problem = problem_for(exc)
+    # The database's own message is for operators, never for the client.
+    log.warning("database error", status=problem.status, error=str(exc.orig)[:500])
+    headers = {"Retry-After": str(problem.retry_after)} if problem.retry_after else None
+    return problem_response(
+        request,
+        status=problem.status,
+        slug=problem.slug,
+        title=problem.title,
+        detail=problem.detail,
+        headers=headers,
+    )
+
+
+async def on_database_unavailable(request: Request, exc: Exception) -> Response:
+    # Connection refused or the pool exhausted: nothing happened, the client may retry.
+    log.warning("database unavailable", error=type(exc).__name__)
+    return problem_response(
+        request,
+        status=503,
+        slug="database-unavailable",
+        title="Service unavailable",
+        detail="The database is not reachable now; retry after the given delay.",
+        headers={"Retry-After": "2"},
+    )
+
+
+async def on_unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return problem_response(
+        request,
+        status=500,
+        slug="internal-error",
+        title="Internal error",
+        detail="An unexpected error occurred; quote the request_id when reporting it.",
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(DomainError, on_domain_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(DBAPIError, on_database_error)
+    app.add_exception_handler(OSError, on_database_unavailable)
+    app.add_exception_handler(PoolTimeout, on_database_unavailable)
+    app.add_exception_handler(Exception, on_unexpected_error)
+
+
+def problem_responses(*errors: type[DomainError]) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry of an endpoint, listing the problems it may answer with."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for error in errors:
+        entry = documented.setdefault(
+            error.status,
+            {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": ""},
+        )
+        entry["description"] = "; ".join(
+            part for part in (entry["description"], f"{error.title} ({error.type_uri()})") if part
+        )
+    return documented

@@ -1,0 +1,66 @@
+"""Every knob of tradeops, read from TRADEOPS_* environment variables (or a .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me-0000"
+DEFAULT_AUDIT_KEY = "dev-only-insecure-audit-key-change-me-00000"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRADEOPS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql://user:pass@host:port/db; unset starts an embedded PostgreSQL",
+    )
+    home: Path = Path(".tradeops")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] | None = None  # None: console in dev, JSON elsewhere
+    access_log: bool = True
+
+    pool_size: int = 10
+    pool_max_overflow: int = 10
+    pool_timeout_seconds: float = 10.0
+    statement_timeout_ms: int = 5000
+    db_retry_attempts: int = 3
+
+    max_body_bytes: int = 64 * 1024
+    price_max_decimals: int = Field(default=6, ge=0, le=6)
+    page_size_default: int = 50
+    page_size_max: int = 500
+
+    secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
+    audit_key: SecretStr = SecretStr(DEFAULT_AUDIT_KEY)
+    token_ttl_minutes: int = 30
+    jwt_issuer: str = "tradeops"
+    jwt_audience: str = "tradeops-api"
+    cors_origins: list[str] = Field(default_factory=list)
+    demo_password: SecretStr | None = None
+
+    @property
+    def log_renderer(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if self.env == "dev" else "json"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
