@@ -19,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tests.factories import Cast, make_cast, make_reference_data
 from tradeops.app import create_app
 from tradeops.db import migrate
 from tradeops.db.embedded import ensure_database, start_embedded
@@ -26,7 +27,15 @@ from tradeops.db.urls import asyncpg_url, with_database
 from tradeops.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_TABLES = ["order_events", "orders", "clients", "instruments", "desk_members", "desks"]
+DATA_TABLES = [
+    "order_events",
+    "orders",
+    "clients",
+    "instruments",
+    "desk_members",
+    "desks",
+    "api_keys",
+]
 
 
 def server_url() -> str:
@@ -99,6 +108,13 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
+
+
+@pytest.fixture
+async def cast(app: FastAPI, owner_engine: AsyncEngine) -> Cast:
+    """Reference data plus the usual people with credentials (see tests.factories.Cast)."""
+    await make_reference_data(owner_engine)
+    return await make_cast(owner_engine, app.state.tokens)
 
 
 __all__ = ["create_database", "drop_database", "with_database"]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tradeops.auth import api_keys
+from tradeops.auth.api_keys import ApiKeyCreate
+from tradeops.auth.passwords import hash_password
 from tradeops.auth.principal import SYSTEM
+from tradeops.auth.tokens import TokenService
 from tradeops.clients import service as clients
 from tradeops.clients.schemas import ClientCreate
 from tradeops.db.uow import run_in_transaction
@@ -71,3 +77,115 @@ async def make_reference_data(engine: AsyncEngine) -> None:
     await make_client(engine, "CUST-2001", "FI-EU")
     await make_instrument(engine, "AAPL")
     await make_instrument(engine, "MSFT")
+
+
+# --- people -------------------------------------------------------------------------------
+
+PASSWORD = "correct-horse-battery-staple"
+_password_hash: list[str] = []
+
+
+def password_hash() -> str:
+    """argon2id is slow on purpose: hash the test password once per session."""
+    if not _password_hash:
+        _password_hash.append(hash_password(PASSWORD))
+    return _password_hash[0]
+
+
+async def make_user(
+    engine: AsyncEngine,
+    email: str,
+    role: str,
+    desks: list[str] | None = None,
+    *,
+    with_password: bool = True,
+    active: bool = True,
+) -> int:
+    async with engine.begin() as conn:
+        user_id = await conn.scalar(
+            text(
+                "INSERT INTO users (email, name, role, password_hash, active)"
+                " VALUES (:email, :name, :role, :hash, :active) RETURNING id"
+            ),
+            {
+                "email": email,
+                "name": email.split("@")[0],
+                "role": role,
+                "hash": password_hash() if with_password else None,
+                "active": active,
+            },
+        )
+        for code in desks or []:
+            await conn.execute(
+                text(
+                    "INSERT INTO desk_members (user_id, desk_id)"
+                    " SELECT :user_id, id FROM desks WHERE code = :code"
+                ),
+                {"user_id": user_id, "code": code},
+            )
+    return int(user_id)
+
+
+async def make_api_key(
+    engine: AsyncEngine,
+    owner_email: str,
+    scopes: list[str],
+    desks: list[str] | None = None,
+    expires_in_days: int | None = None,
+) -> tuple[int, str]:
+    data = ApiKeyCreate(
+        name="test key",
+        scopes=scopes,
+        desks=desks,
+        owner_email=owner_email,
+        expires_in_days=expires_in_days,
+    )
+    created = await run_in_transaction(
+        engine, SYSTEM, lambda uow: api_keys.create_api_key(uow, SYSTEM, data)
+    )
+    return created.id, created.key
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+ALL_SCOPES = ["orders:read", "orders:write", "orders:review", "clients:read", "reference:read"]
+
+
+@dataclass
+class Cast:
+    """The usual people, each with request headers: trader and approver on EQ-US, a trader on
+    FI-EU, risk and admin (all desks), and an agent's API key on EQ-US."""
+
+    ids: dict[str, int] = field(default_factory=dict)
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __getitem__(self, who: str) -> dict[str, str]:
+        return self.headers[who]
+
+
+PEOPLE = [
+    ("trader", "trader@test.bank", "trader", ["EQ-US"]),
+    ("trader2", "trader2@test.bank", "trader", ["EQ-US"]),
+    ("trader_fi", "trader.fi@test.bank", "trader", ["FI-EU"]),
+    ("approver", "approver@test.bank", "approver", ["EQ-US"]),
+    ("approver_fi", "approver.fi@test.bank", "approver", ["FI-EU"]),
+    ("risk", "risk@test.bank", "risk", []),
+    ("admin", "admin@test.bank", "admin", []),
+]
+
+
+async def make_cast(engine: AsyncEngine, tokens: TokenService) -> Cast:
+    cast = Cast()
+    for who, email, role, desks in PEOPLE:
+        user_id = await make_user(engine, email, role, desks)
+        cast.ids[who] = user_id
+        cast.headers[who] = bearer(tokens.issue(user_id, role)[0])
+    cast.ids["agent"] = await make_user(
+        engine, "agent@test.bank", "agent", ["EQ-US"], with_password=False
+    )
+    _, key = await make_api_key(engine, "agent@test.bank", ALL_SCOPES)
+    cast.headers["agent"] = bearer(key)
+    cast.headers["nobody"] = {}
+    return cast

@@ -6,7 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
+from tradeops.auth.router import router as auth_router
+from tradeops.auth.tokens import TokenService
 from tradeops.clients.router import router as clients_router
 from tradeops.db.engine import create_engine
 from tradeops.db.migrate import head_revision
@@ -59,11 +62,36 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.tokens = TokenService(settings)
     app.state.migration_head = head_revision()
     install_problem_handlers(app)
 
-    for router in (orders_router, clients_router, instruments_router, desks_router, health_router):
+    routers = (
+        auth_router,
+        orders_router,
+        clients_router,
+        instruments_router,
+        desks_router,
+        health_router,
+    )
+    for router in routers:
         app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-Match",
+                "X-API-Key",
+                "X-Request-ID",
+            ],
+            expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
+        )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, access_log_enabled=settings.access_log

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import typer
 import uvicorn
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
+from tradeops.auth import api_keys, users
+from tradeops.auth.api_keys import ApiKeyCreate
 from tradeops.auth.principal import SYSTEM
+from tradeops.auth.users import UserCreate
 from tradeops.db import migrate
 from tradeops.db.embedded import resolve_database_url
 from tradeops.db.engine import create_engine
 from tradeops.db.uow import UnitOfWork, run_in_transaction
-from tradeops.demo import load_demo_data
+from tradeops.demo import load_demo_data, load_demo_users
 from tradeops.observability import configure_logging
 from tradeops.settings import Settings, get_settings
 
@@ -29,6 +34,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
+users_app = typer.Typer(help="Users, roles and desks.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for agents and services.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="api-keys")
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
 console = Console()
@@ -79,8 +88,7 @@ def dev(
     configure_logging(settings)
     url = database_url(settings)
     migrate.upgrade(url)
-    added = run_as_system(settings, url, lambda uow: load_demo_data(uow, SYSTEM))
-    console.print(f"demo data: added {added}")
+    _load_demo(settings, url)
     host, port = host or settings.host, port or settings.port
     console.print(f"[bold]tradeops[/bold] on http://{host}:{port}  (API docs: /docs)")
     _serve(settings, url, host, port, workers=1)
@@ -133,8 +141,87 @@ def demo_load() -> None:
     """Load the demo desks, clients and instruments (idempotent)."""
     settings = get_settings()
     url = database_url(settings)
-    added = run_as_system(settings, url, lambda uow: load_demo_data(uow, SYSTEM))
+    _load_demo(settings, url)
+
+
+def _load_demo(settings: Settings, url: str) -> None:
+    password = settings.demo_password.get_secret_value() if settings.demo_password else None
+
+    async def load(uow: UnitOfWork) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        return await load_demo_data(uow, SYSTEM), await load_demo_users(uow, SYSTEM, password)
+
+    added, logins = run_as_system(settings, url, load)
     console.print(f"demo data: added {added}")
+    if logins:
+        table = Table("email", "password", title="demo logins (shown once)")
+        for email, secret in logins:
+            table.add_row(email, secret if not password else "(TRADEOPS_DEMO_PASSWORD)")
+        console.print(table)
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option()],
+    role: Annotated[str, typer.Option(help="trader, agent, approver, risk or admin")],
+    desk: Annotated[list[str] | None, typer.Option(help="Desk code; repeat for several")] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin")] = False,
+) -> None:
+    """Create a user. Without --password-stdin the user has no password (API keys only)."""
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    data = UserCreate(
+        email=email,
+        name=name or email.split("@")[0],
+        role=role,
+        desks=desk or [],
+        password=SecretStr(password) if password else None,
+    )
+    settings = get_settings()
+    created = run_as_system(
+        settings, database_url(settings), lambda uow: users.create_user(uow, SYSTEM, data)
+    )
+    console.print(
+        f"created user {created.id} {created.email} ({created.role}) desks={created.desks}"
+    )
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List users with role, desks and whether they are active."""
+    settings = get_settings()
+    found = run_as_system(
+        settings, database_url(settings), lambda uow: users.list_users(uow, SYSTEM)
+    )
+    table = Table("id", "email", "role", "desks", "active")
+    for user in found:
+        table.add_row(str(user.id), user.email, user.role, ",".join(user.desks), str(user.active))
+    console.print(table)
+
+
+@keys_app.command("create")
+def api_keys_create(
+    user: Annotated[str, typer.Option(help="Email of the key's owner")],
+    name: Annotated[str, typer.Option()],
+    scopes: Annotated[str, typer.Option(help="Comma-separated, e.g. orders:read,orders:write")],
+    desks: Annotated[str | None, typer.Option(help="Comma-separated desk codes")] = None,
+    expires_days: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Create an API key; the secret is printed alone on the last line, and only once."""
+    data = ApiKeyCreate(
+        name=name,
+        scopes=[s.strip() for s in scopes.split(",") if s.strip()],
+        desks=[d.strip() for d in desks.split(",")] if desks else None,
+        expires_in_days=expires_days,
+        owner_email=user,
+    )
+    settings = get_settings()
+    created = run_as_system(
+        settings, database_url(settings), lambda uow: api_keys.create_api_key(uow, SYSTEM, data)
+    )
+    console.print(
+        f"API key {created.id} ({created.prefix}) for {created.owner_email}: {created.scopes}"
+    )
+    print(created.key)
 
 
 def main() -> None:

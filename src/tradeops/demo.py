@@ -1,10 +1,15 @@
-"""Demo data: two desks, three clients, six instruments. Loading it twice changes nothing."""
+"""Demo data: desks, clients, instruments and users. Loading it twice changes nothing."""
 
 from __future__ import annotations
 
+import secrets
 from decimal import Decimal
 
+from pydantic import SecretStr
+
+from tradeops.auth import users
 from tradeops.auth.principal import Principal
+from tradeops.auth.users import UserCreate
 from tradeops.clients import service as clients
 from tradeops.clients.schemas import ClientCreate
 from tradeops.db.uow import UnitOfWork
@@ -75,3 +80,37 @@ async def _created(creation: object) -> int:
     except Conflict:
         return 0
     return 1
+
+
+DEMO_USERS = [
+    ("trader@demo.test", "Tess Trader", "trader", ["EQ-US"]),
+    ("trader.fi@demo.test", "Felix Fixed-Income", "trader", ["FI-EU"]),
+    ("approver@demo.test", "Ada Approver", "approver", ["EQ-US"]),
+    ("risk@demo.test", "Rita Risk", "risk", []),
+    ("admin@demo.test", "Otto Operations", "admin", []),
+]
+# The agent's account signs in only with API keys (`tradeops api-keys create`).
+DEMO_AGENT = ("agent@demo.test", "Research Agent", "agent", ["EQ-US"])
+
+
+async def load_demo_users(
+    uow: UnitOfWork, principal: Principal, password: str | None
+) -> list[tuple[str, str]]:
+    """Create the missing demo users; return (email, password) of those created.
+
+    With no shared password given, each new user gets a random one, returned here so the
+    caller can show it once.
+    """
+    created: list[tuple[str, str]] = []
+    for email, name, role, desk_codes in [*DEMO_USERS, DEMO_AGENT]:
+        secret = None if role == "agent" else (password or secrets.token_urlsafe(12))
+        data = UserCreate(
+            email=email,
+            name=name,
+            role=role,
+            desks=desk_codes,
+            password=SecretStr(secret) if secret else None,
+        )
+        if await _created(users.create_user(uow, principal, data)) and secret:
+            created.append((email, secret))
+    return created

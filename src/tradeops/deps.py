@@ -2,31 +2,80 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
-from tradeops.auth.principal import SYSTEM, Principal
+from tradeops.auth.authentication import authenticate, unauthenticated
+from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork
 
 API_PREFIX = "/api/v1"
 
+bearer_scheme = OAuth2PasswordBearer(
+    tokenUrl=f"{API_PREFIX}/auth/token",
+    auto_error=False,
+    scheme_name="access token",
+    description="A person's access token from POST /api/v1/auth/token, or an agent's API key.",
+)
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="API key",
+    description="An agent or service API key (tro_...); `Authorization: Bearer` also works.",
+)
 
-async def current_principal(request: Request) -> Principal:
-    return SYSTEM
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedSession:
+    uow: UnitOfWork
+    principal: Principal
 
 
-CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
-
-
-async def unit_of_work(request: Request, principal: CurrentPrincipal) -> UnitOfWork:
-    """The request's transaction, with the principal's context set as its first statement."""
+def _connection_of(request: Request) -> UnitOfWork:
     connection = request.state.connection
     if connection is None:  # pragma: no cover - a router without TransactionalRoute
-        raise RuntimeError("unit_of_work needs a TransactionalRoute")
-    uow = UnitOfWork(connection)
-    await uow.set_context(principal, request.state.request_id)
-    return uow
+        raise RuntimeError("database dependencies need a TransactionalRoute")
+    return UnitOfWork(connection)
 
 
-UoW = Annotated[UnitOfWork, Depends(unit_of_work)]
+async def authenticated_session(
+    request: Request,
+    bearer: Annotated[str | None, Security(bearer_scheme)],
+    api_key: Annotated[str | None, Security(api_key_scheme)],
+) -> AuthenticatedSession:
+    """Authenticate and set the request context in the transaction's first statement."""
+    credential = bearer or api_key
+    if not credential:
+        raise unauthenticated("Send a bearer token or an API key.")
+    uow = _connection_of(request)
+    principal = await authenticate(
+        uow, credential, request.app.state.tokens, request.state.request_id
+    )
+    request.state.principal = principal
+    return AuthenticatedSession(uow, principal)
+
+
+Session = Annotated[AuthenticatedSession, Depends(authenticated_session)]
+
+
+async def _principal(session: Session) -> Principal:
+    return session.principal
+
+
+async def _uow(session: Session) -> UnitOfWork:
+    return session.uow
+
+
+CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+UoW = Annotated[UnitOfWork, Depends(_uow)]
+
+
+async def _login_uow(request: Request) -> UnitOfWork:
+    return _connection_of(request)
+
+
+# For the sign-in endpoint only: runs as the login role, before any principal exists.
+LoginUoW = Annotated[UnitOfWork, Depends(_login_uow)]

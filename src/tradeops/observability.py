@@ -100,6 +100,13 @@ class PoolCollector(Collector):
         yield gauge
 
 
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -136,13 +143,17 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
+        authenticated = _header(scope, b"authorization") or _header(scope, b"x-api-key")
+        extra_headers = [(REQUEST_ID_HEADER.encode(), request_id.encode()), *SECURITY_HEADERS]
+        if authenticated:
+            # Responses for a signed-in caller must never sit in a shared or browser cache.
+            extra_headers.append((b"cache-control", b"no-store"))
+
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
-                message["headers"] = headers
+                message["headers"] = [*message.get("headers", []), *extra_headers]
             await send(message)
 
         try:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me-0000"
@@ -47,8 +47,28 @@ class Settings(BaseSettings):
     token_ttl_minutes: int = 30
     jwt_issuer: str = "tradeops"
     jwt_audience: str = "tradeops-api"
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_jwks_file: Path | None = None
+    login_max_failures: int = 5
+    login_lockout_seconds: int = 30
     cors_origins: list[str] = Field(default_factory=list)
     demo_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> Settings:
+        if self.env == "prod":
+            for name, default in (
+                ("secret_key", DEFAULT_SECRET_KEY),
+                ("audit_key", DEFAULT_AUDIT_KEY),
+            ):
+                value = getattr(self, name).get_secret_value()
+                if value == default or len(value) < 32:
+                    raise ValueError(
+                        f"TRADEOPS_{name.upper()} must be set to a secret of 32+ characters in prod"
+                    )
+        return self
 
     @property
     def log_renderer(self) -> Literal["json", "console"]:

@@ -8,14 +8,15 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, make_client, make_instrument, make_reference_data
+from tests.factories import SEED_ORDER, Cast, make_client, make_instrument
 
 ORDERS = "/api/v1/orders"
 
 
 @pytest.fixture
-async def refdata(owner_engine: AsyncEngine) -> None:
-    await make_reference_data(owner_engine)
+async def refdata(client: httpx.AsyncClient, cast: Cast) -> None:
+    """Reference data and people; the client acts as an EQ-US trader."""
+    client.headers.update(cast["trader"])
 
 
 def order(**changes: Any) -> dict[str, Any]:
@@ -127,7 +128,7 @@ async def test_invalid_order_is_rejected_with_field_error(
 
 
 @pytest.mark.parametrize("raw", [b'{"quantity": NaN}', b"{not json", b"[]", b'"text"'])
-async def test_malformed_json_is_422(client: httpx.AsyncClient, raw: bytes) -> None:
+async def test_malformed_json_is_422(client: httpx.AsyncClient, refdata: None, raw: bytes) -> None:
     response = await client.post(ORDERS, content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
@@ -151,14 +152,19 @@ async def test_duplicate_client_order_id_is_409_naming_the_order(
     assert str(first.json()["id"]) in problem["detail"]
 
 
-async def test_list_filters_and_keyset_pagination(client: httpx.AsyncClient, refdata: None) -> None:
+async def test_list_filters_and_keyset_pagination(
+    client: httpx.AsyncClient, refdata: None, cast: Cast
+) -> None:
     ids = []
     for n in range(5):
         created = await client.post(
             ORDERS, json=order(symbol="AAPL" if n % 2 else "MSFT", quantity=n + 1)
         )
         ids.append(created.json()["id"])
-    await client.post(ORDERS, json=order(client_id="CUST-2001"))
+    other_desk = await client.post(
+        ORDERS, json=order(client_id="CUST-2001"), headers=cast["trader_fi"]
+    )
+    assert other_desk.status_code == 201
 
     page1 = (await client.get(ORDERS, params={"limit": 2, "client_id": "CUST-1001"})).json()
     assert [o["id"] for o in page1["items"]] == [ids[4], ids[3]]
@@ -179,7 +185,7 @@ async def test_list_filters_and_keyset_pagination(client: httpx.AsyncClient, ref
     aapl = (await client.get(ORDERS, params={"symbol": "aapl", "client_id": "CUST-1001"})).json()
     assert {o["id"] for o in aapl["items"]} == {ids[1], ids[3]}
     pending = (await client.get(ORDERS, params={"status": "PENDING"})).json()
-    assert len(pending["items"]) == 6
+    assert len(pending["items"]) == 5, "the FI-EU order is not visible to an EQ-US trader"
     none = (await client.get(ORDERS, params={"status": "APPROVED"})).json()
     assert none["items"] == []
     future = (await client.get(ORDERS, params={"created_from": "2999-01-01T00:00:00Z"})).json()
@@ -199,7 +205,7 @@ async def test_list_filters_and_keyset_pagination(client: httpx.AsyncClient, ref
     ],
 )
 async def test_bad_list_parameters_are_422(
-    client: httpx.AsyncClient, params: dict[str, Any]
+    client: httpx.AsyncClient, refdata: None, params: dict[str, Any]
 ) -> None:
     response = await client.get(ORDERS, params=params)
     assert response.status_code == 422

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from tradeops.app import create_app
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import UoW
+from tradeops.deps import LoginUoW
 from tradeops.observability import configure_logging
 from tradeops.settings import Settings
 
@@ -82,7 +82,7 @@ async def test_access_log_line_carries_request_id(
     assert access, lines
     entry = access[-1]
     assert entry["request_id"] == "req-log-1"
-    assert (entry["method"], entry["path"], entry["status"]) == ("GET", "/api/v1/orders/7", 404)
+    assert (entry["method"], entry["path"], entry["status"]) == ("GET", "/api/v1/orders/7", 401)
     assert entry["duration_ms"] >= 0
 
 
@@ -93,13 +93,13 @@ async def test_serialization_failures_are_retried_then_503(
     router = APIRouter(route_class=TransactionalRoute)
 
     @router.post("/conflict")
-    async def always_conflicts(uow: UoW) -> dict[str, int]:
+    async def always_conflicts(uow: LoginUoW) -> dict[str, int]:
         calls["n"] += 1
         await uow.execute(text("DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40P01'; END $$"))
         return {}
 
     @router.post("/flaky")
-    async def conflicts_once(uow: UoW) -> dict[str, int]:
+    async def conflicts_once(uow: LoginUoW) -> dict[str, int]:
         calls["n"] += 1
         if calls["n"] == 1:
             await uow.execute(

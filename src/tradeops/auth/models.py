@@ -1,6 +1,19 @@
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, Identity, Text, text
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Integer,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tradeops.db.base import Base, CreatedAt
@@ -13,6 +26,7 @@ class User(Base):
     __table_args__ = (
         CheckConstraint(f"role IN {ROLES}", name="role"),
         CheckConstraint("email = lower(email) AND position('@' IN email) > 1", name="email"),
+        CheckConstraint("failed_logins >= 0", name="failed_logins"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(start=1), primary_key=True)
@@ -21,4 +35,33 @@ class User(Base):
     role: Mapped[str] = mapped_column(Text)
     password_hash: Mapped[str | None] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    failed_logins: Mapped[int] = mapped_column(Integer, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[CreatedAt]
+
+
+class ApiKey(Base):
+    """An agent's or service's key: acts as its owner, narrowed by scopes and desks."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("prefix ~ '^[a-z0-9]{12}$'", name="prefix"),
+        CheckConstraint("hash ~ '^[0-9a-f]{64}$'", name="hash"),
+        CheckConstraint("cardinality(scopes) > 0", name="scopes_not_empty"),
+        CheckConstraint("length(name) BETWEEN 1 AND 100", name="name"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    owner_user_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(Text)
+    prefix: Mapped[str] = mapped_column(Text, unique=True)
+    hash: Mapped[str] = mapped_column(Text)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    # NULL: every desk of the owner; otherwise only these (and only while the owner has them).
+    desk_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
+    created_at: Mapped[CreatedAt]
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

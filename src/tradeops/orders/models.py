@@ -9,6 +9,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -60,6 +61,8 @@ class Order(Base):
             name="client_order_id",
         ),
         UniqueConstraint("created_by", "client_order_id"),
+        # Lets order_events carry the order's desk, checked by a composite foreign key.
+        UniqueConstraint("id", "desk_id"),
         Index("ix_orders_client_id_id", "client_id", "id"),
         Index("ix_orders_status_id", "status", "id"),
         Index("ix_orders_desk_id_id", "desk_id", "id"),
@@ -94,10 +97,15 @@ class OrderEvent(Base):
     """One step of an order's history, appended in the transaction that made the step."""
 
     __tablename__ = "order_events"
-
-    order_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["order_id", "desk_id"], ["orders.id", "orders.desk_id"], ondelete="CASCADE"
+        ),
     )
+
+    order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # The order's desk, so row-level security needs no lookup of the order.
+    desk_id: Mapped[int] = mapped_column(BigInteger)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(Text)

@@ -47,8 +47,9 @@ INSERT_ORDER = text(
     " RETURNING id, status, risk_status, risk_reasons, filled_quantity, version,"
     "  created_at, updated_at),"
     " event AS ("
-    " INSERT INTO order_events (order_id, seq, type, actor, payload, at)"
-    " SELECT id, 1, 'CREATED', :actor, CAST(:event_payload AS jsonb), created_at FROM new_order)"
+    " INSERT INTO order_events (order_id, desk_id, seq, type, actor, payload, at)"
+    " SELECT id, :desk_id, 1, 'CREATED', :actor, CAST(:event_payload AS jsonb), created_at"
+    " FROM new_order)"
     " SELECT * FROM new_order"
 )
 

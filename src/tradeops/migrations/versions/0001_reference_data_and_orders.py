@@ -290,6 +290,7 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "created_by", "client_order_id", name=op.f("uq_orders_created_by_client_order_id")
         ),
+        sa.UniqueConstraint("id", "desk_id", name=op.f("uq_orders_id_desk_id")),
     )
     op.create_index("ix_orders_client_id_id", "orders", ["client_id", "id"], unique=False)
     op.create_index("ix_orders_desk_id_id", "orders", ["desk_id", "id"], unique=False)
@@ -298,6 +299,7 @@ def upgrade() -> None:
     op.create_table(
         "order_events",
         sa.Column("order_id", sa.BigInteger(), nullable=False),
+        sa.Column("desk_id", sa.BigInteger(), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("type", sa.Text(), nullable=False),
         sa.Column("actor", sa.Text(), nullable=False),
@@ -311,8 +313,8 @@ def upgrade() -> None:
             "at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
         sa.ForeignKeyConstraint(
-            ["order_id"],
-            ["orders.id"],
+            ["order_id", "desk_id"],
+            ["orders.id", "orders.desk_id"],
             name=op.f("fk_order_events_order_id_orders"),
             ondelete="CASCADE",
         ),

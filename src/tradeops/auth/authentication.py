@@ -1,0 +1,112 @@
+"""Turning credentials into a principal, in the same round trip that sets the context.
+
+Each statement below finds the user (by token subject, external email or API key), checks
+that the user is active (and the key unrevoked and unexpired), computes the desks the
+principal may see, and — for the row it returns — switches the transaction to the
+unprivileged role and publishes the context. No row: no context, and the request fails 401.
+These statements run as the login role, before the switch: the only place that reads
+password or key hashes, which the application role cannot select.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+
+from tradeops.auth.keys import hash_key, parse_key
+from tradeops.auth.principal import Principal, Role
+from tradeops.auth.tokens import InvalidToken, TokenService
+from tradeops.db.uow import APP_ROLE, UnitOfWork
+from tradeops.errors import Unauthenticated
+
+_SET_CONTEXT_COLUMNS = """
+    set_config('role', :app_role, true) AS _role,
+    set_config('tradeops.user_id', u.id::text, true) AS _user,
+    set_config('tradeops.role', u.role, true) AS _principal_role,
+    set_config('tradeops.desk_ids', ctx.desk_ids::text, true) AS _desks,
+    set_config('tradeops.all_desks', ctx.all_desks::text, true) AS _all,
+    set_config('tradeops.api_key_id', COALESCE(ctx.key_id::text, ''), true) AS _key,
+    set_config('tradeops.request_id', :request_id, true) AS _request
+"""
+
+_PERSON = text(
+    f"""
+SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, NULL::bigint AS key_id,
+       NULL::text[] AS scopes, {_SET_CONTEXT_COLUMNS}
+FROM users u
+CROSS JOIN LATERAL (
+    SELECT COALESCE(array_agg(m.desk_id ORDER BY m.desk_id), '{{}}') AS desk_ids,
+           u.role IN ('risk', 'admin') AS all_desks, NULL::bigint AS key_id
+    FROM desk_members m WHERE m.user_id = u.id
+) ctx
+WHERE u.active AND u.role <> 'system' AND (u.id = :user_id OR u.email = :email)
+"""
+)
+
+# Risk and admin keys see every desk unless the key names some; others see the owner's
+# desks, narrowed to the key's. last_used_at is written at most once a minute per key.
+_API_KEY = text(
+    f"""
+WITH touched AS (
+    UPDATE api_keys SET last_used_at = now()
+    WHERE prefix = :prefix AND hash = :hash
+      AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')
+)
+SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, k.id AS key_id,
+       k.scopes, {_SET_CONTEXT_COLUMNS}
+FROM api_keys k
+JOIN users u ON u.id = k.owner_user_id
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN u.role IN ('risk', 'admin') THEN COALESCE(k.desk_ids, '{{}}')
+                ELSE COALESCE((SELECT array_agg(m.desk_id ORDER BY m.desk_id) FROM desk_members m
+                               WHERE m.user_id = u.id
+                                 AND (k.desk_ids IS NULL OR m.desk_id = ANY(k.desk_ids))), '{{}}')
+           END AS desk_ids,
+           u.role IN ('risk', 'admin') AND k.desk_ids IS NULL AS all_desks,
+           k.id AS key_id
+) ctx
+WHERE k.prefix = :prefix AND k.hash = :hash AND k.revoked_at IS NULL
+  AND (k.expires_at IS NULL OR k.expires_at > now()) AND u.active AND u.role <> 'system'
+"""
+)
+
+
+def _principal(row: Any) -> Principal:
+    return Principal(
+        user_id=row.user_id,
+        email=row.email,
+        role=Role(row.role),
+        desk_ids=frozenset(row.desk_ids),
+        all_desks=row.all_desks,
+        api_key_id=row.key_id,
+        scopes=None if row.scopes is None else frozenset(row.scopes),
+    )
+
+
+async def authenticate(
+    uow: UnitOfWork, credential: str, tokens: TokenService, request_id: str | None
+) -> Principal:
+    """The principal a bearer credential (JWT or API key) stands for; 401 if none."""
+    prefix = parse_key(credential)
+    if prefix is not None:
+        params: dict[str, Any] = {"prefix": prefix, "hash": hash_key(credential)}
+        statement = _API_KEY
+    else:
+        try:
+            subject = tokens.verify(credential)
+        except InvalidToken as error:
+            raise unauthenticated("The access token is not valid.") from error
+        params = {"user_id": subject.user_id, "email": subject.email}
+        statement = _PERSON
+    params |= {"app_role": APP_ROLE, "request_id": request_id or ""}
+    row = await uow.one_or_none(statement, params)
+    if row is None:
+        raise unauthenticated("The credentials are not valid, expired, revoked or inactive.")
+    principal = _principal(row)
+    uow.principal, uow.request_id = principal, request_id
+    return principal
+
+
+def unauthenticated(detail: str) -> Unauthenticated:
+    return Unauthenticated(detail, headers={"WWW-Authenticate": 'Bearer realm="tradeops"'})

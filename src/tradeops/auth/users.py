@@ -1,0 +1,202 @@
+"""People and service accounts: create, list, deactivate, set desks; sign in with throttling."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, StringConstraints
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+
+from tradeops.auth.models import User
+from tradeops.auth.passwords import hash_password, verify_password
+from tradeops.auth.permissions import Action, authorize
+from tradeops.auth.principal import Principal
+from tradeops.db.base import table_of
+from tradeops.db.uow import UnitOfWork
+from tradeops.desks.models import Desk, DeskMember
+from tradeops.desks.service import desk_ids_by_code
+from tradeops.errors import Conflict, NotFound, TooManyRequests
+
+log = structlog.get_logger("tradeops.auth")
+users = table_of(User)
+members = table_of(DeskMember)
+desks = table_of(Desk)
+
+PersonRole = Literal["trader", "agent", "approver", "risk", "admin"]
+DeskCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9-]{1,31}$")]
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: EmailStr
+    name: str = Field(min_length=1, max_length=200)
+    role: PersonRole
+    desks: list[DeskCode] = Field(default_factory=list, description='Desk codes, e.g. ["EQ-US"]')
+    password: SecretStr | None = Field(
+        default=None, min_length=12, description="12+ characters; omit for agent accounts"
+    )
+
+
+class UserOut(BaseModel):
+    id: int
+    email: str
+    name: str
+    role: str
+    active: bool
+    desks: list[str]
+    created_at: datetime
+
+
+class UserNotFound(NotFound):
+    slug = "user-not-found"
+    title = "User not found"
+
+
+class UserExists(Conflict):
+    slug = "user-exists"
+    title = "User already exists"
+
+
+class LoginThrottled(TooManyRequests):
+    slug = "login-throttled"
+    title = "Too many failed sign-ins"
+
+
+def _user_view() -> Any:
+    desk_codes = (
+        select(func.coalesce(func.array_agg(desks.c.code), text("'{}'::text[]")))
+        .select_from(members.join(desks, desks.c.id == members.c.desk_id))
+        .where(members.c.user_id == users.c.id)
+        .scalar_subquery()
+    )
+    return select(
+        users.c.id,
+        users.c.email,
+        users.c.name,
+        users.c.role,
+        users.c.active,
+        desk_codes.label("desks"),
+        users.c.created_at,
+    ).where(users.c.role != "system")
+
+
+async def get_user(uow: UnitOfWork, principal: Principal, user_id: int) -> UserOut:
+    if user_id != principal.user_id:
+        authorize(principal, Action.MANAGE_USERS)
+    row = await uow.one_or_none(_user_view().where(users.c.id == user_id))
+    if row is None:
+        raise UserNotFound(f"No user {user_id}.")
+    return UserOut.model_validate(row._mapping)
+
+
+async def list_users(uow: UnitOfWork, principal: Principal) -> list[UserOut]:
+    authorize(principal, Action.MANAGE_USERS)
+    rows = await uow.execute(_user_view().order_by(users.c.email))
+    return [UserOut.model_validate(r._mapping) for r in rows]
+
+
+async def create_user(uow: UnitOfWork, principal: Principal, data: UserCreate) -> UserOut:
+    authorize(principal, Action.MANAGE_USERS)
+    password = data.password.get_secret_value() if data.password else None
+    user_id = await uow.scalar(
+        insert(users)
+        .values(
+            email=data.email.lower(),
+            name=data.name,
+            role=data.role,
+            password_hash=hash_password(password) if password else None,
+        )
+        .on_conflict_do_nothing(index_elements=["email"])
+        .returning(users.c.id)
+    )
+    if user_id is None:
+        raise UserExists(f"A user with email {data.email} already exists.")
+    await _replace_desks(uow, user_id, data.desks)
+    return await get_user(uow, principal, user_id)
+
+
+async def set_user_desks(
+    uow: UnitOfWork, principal: Principal, user_id: int, desk_codes: list[str]
+) -> UserOut:
+    authorize(principal, Action.MANAGE_USERS)
+    await get_user(uow, principal, user_id)
+    await _replace_desks(uow, user_id, desk_codes)
+    return await get_user(uow, principal, user_id)
+
+
+async def set_user_active(
+    uow: UnitOfWork, principal: Principal, user_id: int, *, active: bool
+) -> UserOut:
+    """Deactivating takes effect at once: tokens and the user's API keys stop working."""
+    authorize(principal, Action.MANAGE_USERS)
+    changed = await uow.scalar(
+        update(users)
+        .where(users.c.id == user_id, users.c.role != "system")
+        .values(active=active)
+        .returning(users.c.id)
+    )
+    if changed is None:
+        raise UserNotFound(f"No user {user_id}.")
+    return await get_user(uow, principal, user_id)
+
+
+async def _replace_desks(uow: UnitOfWork, user_id: int, desk_codes: list[str]) -> None:
+    ids = await desk_ids_by_code(uow, desk_codes) if desk_codes else {}
+    await uow.execute(delete(members).where(members.c.user_id == user_id))
+    if ids:
+        await uow.execute(
+            insert(members), [{"user_id": user_id, "desk_id": d} for d in ids.values()]
+        )
+
+
+# Sign-in runs before any principal exists, as the login role: the only reader of hashes.
+_LOGIN_LOOKUP = text(
+    "SELECT id, role, password_hash, active,"
+    " GREATEST(0, ceil(extract(epoch FROM locked_until - now())))::int AS locked_for"
+    " FROM users WHERE email = :email AND role <> 'system'"
+)
+_LOGIN_FAILED = text(
+    "UPDATE users SET failed_logins = failed_logins + 1,"
+    " locked_until = CASE WHEN failed_logins + 1 >= :max_failures"
+    "  THEN now() + make_interval(secs => least("
+    "   900, :lockout * 2 ^ (failed_logins + 1 - :max_failures)))"
+    "  ELSE locked_until END"
+    " WHERE id = :id RETURNING failed_logins"
+)
+_LOGIN_SUCCEEDED = text(
+    "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = :id AND failed_logins > 0"
+)
+
+
+async def sign_in(
+    uow: UnitOfWork, email: str, password: str, *, max_failures: int, lockout_seconds: int
+) -> tuple[int, str] | None:
+    """(user id, role) for the right password; None otherwise. Locked accounts get 429.
+
+    Failures are counted per account; from the `max_failures`-th in a row the account is
+    locked for `lockout_seconds`, doubling with each further failure (at most 15 minutes).
+    """
+    row = await uow.one_or_none(_LOGIN_LOOKUP, {"email": email.lower()})
+    if row is not None and row.locked_for > 0:
+        log.warning("sign-in refused: account locked", email=email, retry_after=row.locked_for)
+        raise LoginThrottled(
+            "Too many failed sign-ins for this account; try again later.",
+            headers={"Retry-After": str(row.locked_for)},
+        )
+    valid = verify_password(row.password_hash if row else None, password)
+    if row is None or not valid or not row.active:
+        failures = None
+        if row is not None:
+            failures = await uow.scalar(
+                _LOGIN_FAILED,
+                {"id": row.id, "max_failures": max_failures, "lockout": lockout_seconds},
+            )
+        log.warning("sign-in failed", email=email, failures=failures)
+        return None
+    await uow.execute(_LOGIN_SUCCEEDED, {"id": row.id})
+    log.info("sign-in succeeded", user_id=row.id)
+    return row.id, row.role
