@@ -178,8 +178,8 @@ PEOPLE = [
 
 async def make_cast(engine: AsyncEngine, tokens: TokenService) -> Cast:
     cast = Cast()
-    for who, email, role, desks in PEOPLE:
-        user_id = await make_user(engine, email, role, desks)
+    for who, email, role, desk_codes in PEOPLE:
+        user_id = await make_user(engine, email, role, desk_codes)
         cast.ids[who] = user_id
         cast.headers[who] = bearer(tokens.issue(user_id, role)[0])
     cast.ids["agent"] = await make_user(
