@@ -226,3 +226,7 @@ def api_keys_create(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
