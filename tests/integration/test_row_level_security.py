@@ -117,7 +117,8 @@ async def test_insert_for_another_desk_is_refused(
         eq = (
             await owner.execute(
                 text(
-                    "SELECT c.desk_id, c.id AS client_id, i.id AS instrument_id FROM clients c, instruments i"
+                    "SELECT c.desk_id, c.id AS client_id, i.id AS instrument_id"
+                    " FROM clients c, instruments i"
                     " WHERE c.external_id = 'CUST-1001' AND i.symbol = 'AAPL'"
                 )
             )
@@ -170,7 +171,8 @@ async def test_every_table_forces_row_level_security(owner_engine: AsyncEngine) 
         role = (
             await conn.execute(
                 text(
-                    "SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = 'tradeops_app'"
+                    "SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles"
+                    " WHERE rolname = 'tradeops_app'"
                 )
             )
         ).one()
