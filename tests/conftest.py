@@ -28,6 +28,10 @@ from tradeops.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_TABLES = [
+    "audit_events",
+    "audit_checkpoints",
+    "audit_stream_heads",
+    "idempotency_keys",
     "order_events",
     "orders",
     "clients",
@@ -72,7 +76,9 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings(env="test", log_format="json", access_log=False, _env_file=None)  # type: ignore[call-arg]
+    return Settings(
+        env="test", log_format="json", access_log=False, maintenance=False, _env_file=None
+    )  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from tradeops.audit.router import router as audit_router
 from tradeops.auth.router import router as auth_router
 from tradeops.auth.tokens import TokenService
 from tradeops.clients.router import router as clients_router
@@ -16,6 +17,7 @@ from tradeops.db.migrate import head_revision
 from tradeops.desks.router import router as desks_router
 from tradeops.health.router import router as health_router
 from tradeops.instruments.router import router as instruments_router
+from tradeops.maintenance import running_maintenance
 from tradeops.observability import (
     BodySizeLimitMiddleware,
     Metrics,
@@ -50,7 +52,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         app.state.engine = engine
         metrics.watch_pool(engine)
         try:
-            yield
+            async with running_maintenance(engine, settings):
+                yield
         finally:
             await engine.dispose()
 
@@ -68,6 +71,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
 
     routers = (
         auth_router,
+        audit_router,
         orders_router,
         clients_router,
         instruments_router,

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
+from tradeops.audit import service as audit
 from tradeops.auth import api_keys, users
 from tradeops.auth.api_keys import ApiKeyCreate
 from tradeops.auth.principal import SYSTEM
@@ -36,6 +37,8 @@ db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_he
 demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
 users_app = typer.Typer(help="Users, roles and desks.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys for agents and services.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="api-keys")
 app.add_typer(db_app, name="db")
@@ -222,6 +225,34 @@ def api_keys_create(
         f"API key {created.id} ({created.prefix}) for {created.owner_email}: {created.scopes}"
     )
     print(created.key)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute every hash, chain and signed checkpoint; exit 1 at the first broken event."""
+    settings = get_settings()
+    key = settings.audit_key.get_secret_value().encode()
+    report = run_as_system(
+        settings, database_url(settings), lambda uow: audit.verify(uow, SYSTEM, key)
+    )
+    console.print_json(report.model_dump_json())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    settle_seconds: Annotated[float, typer.Option(help="Only sign events older than this")] = 0,
+) -> None:
+    """Sign the audit trail up to its newest settled event with TRADEOPS_AUDIT_KEY."""
+    settings = get_settings()
+    key = settings.audit_key.get_secret_value().encode()
+    made = run_as_system(
+        settings,
+        database_url(settings),
+        lambda uow: audit.create_checkpoint(uow, SYSTEM, key, settle_seconds=settle_seconds),
+    )
+    console.print(f"checkpoint up to event {made.upto_id}" if made else "nothing new to sign")
 
 
 def main() -> None:

@@ -74,7 +74,9 @@ UoW = Annotated[UnitOfWork, Depends(_uow)]
 
 
 async def _login_uow(request: Request) -> UnitOfWork:
-    return _connection_of(request)
+    uow = _connection_of(request)
+    uow.request_id = request.state.request_id
+    return uow
 
 
 # For the sign-in endpoint only: runs as the login role, before any principal exists.

@@ -143,10 +143,9 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
-        authenticated = _header(scope, b"authorization") or _header(scope, b"x-api-key")
         extra_headers = [(REQUEST_ID_HEADER.encode(), request_id.encode()), *SECURITY_HEADERS]
-        if authenticated:
-            # Responses for a signed-in caller must never sit in a shared or browser cache.
+        if scope["path"].startswith("/api/") or _header(scope, b"authorization"):
+            # API answers are a caller's data or tokens (RFC 6749 5.1): never cache them.
             extra_headers.append((b"cache-control", b"no-store"))
 
         async def send_with_request_id(message: Message) -> None:

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
     oidc_jwks_file: Path | None = None
+    maintenance: bool = True
+    audit_checkpoint_seconds: float = 60.0
+    audit_settle_seconds: float = 300.0
+    idempotency_keep_hours: int = 24
     login_max_failures: int = 5
     login_lockout_seconds: int = 30
     cors_origins: list[str] = Field(default_factory=list)

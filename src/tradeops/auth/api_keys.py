@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
+from tradeops.audit import service as audit
 from tradeops.auth.keys import generate_key
 from tradeops.auth.models import ApiKey, User
 from tradeops.auth.permissions import KNOWN_SCOPES, Action, authorize, is_allowed
@@ -105,6 +106,25 @@ async def _owner_id(uow: UnitOfWork, principal: Principal, owner_email: str | No
     return int(owner)
 
 
+_OWNER_DESKS = text(
+    "SELECT u.role IN ('risk', 'admin') AS all_desks,"
+    " ARRAY(SELECT desk_id FROM desk_members WHERE user_id = u.id) AS desk_ids"
+    " FROM users u WHERE u.id = :id"
+)
+
+
+async def _key_desks(uow: UnitOfWork, owner_id: int, codes: list[str]) -> list[int]:
+    """A key narrows its owner's desks; naming a desk the owner does not cover is an error."""
+    wanted = await desk_ids_by_code(uow, codes)
+    owner = (await uow.execute(_OWNER_DESKS, {"id": owner_id})).one()
+    outside = sorted(code for code, desk in wanted.items() if desk not in owner.desk_ids)
+    if outside and not owner.all_desks:
+        raise InvalidRequest(
+            f"The key's owner does not cover desk {', '.join(outside)}.", field="body.desks"
+        )
+    return list(wanted.values())
+
+
 async def create_api_key(
     uow: UnitOfWork, principal: Principal, data: ApiKeyCreate
 ) -> ApiKeyCreated:
@@ -116,7 +136,7 @@ async def create_api_key(
     if unknown:
         raise InvalidRequest(f"Unknown scope: {', '.join(unknown)}.", field="body.scopes")
     owner_id = await _owner_id(uow, principal, data.owner_email)
-    desk_ids = list((await desk_ids_by_code(uow, data.desks)).values()) if data.desks else None
+    desk_ids = await _key_desks(uow, owner_id, data.desks) if data.desks else None
     key, prefix, key_hash = generate_key()
     expires = (
         func.now() + func.make_interval(0, 0, 0, data.expires_in_days)
@@ -137,7 +157,9 @@ async def create_api_key(
         .returning(api_keys.c.id)
     )
     row = (await uow.execute(_key_view().where(api_keys.c.id == key_id))).one()
-    return ApiKeyCreated(**row._mapping, key=key)
+    created = ApiKeyOut.model_validate(row._mapping)
+    await audit.record(uow, principal, "api_key.created", "api_key", key_id, after=created)
+    return ApiKeyCreated(**created.model_dump(), key=key)
 
 
 async def list_api_keys(uow: UnitOfWork, principal: Principal) -> list[ApiKeyOut]:
@@ -158,4 +180,9 @@ async def revoke_api_key(uow: UnitOfWork, principal: Principal, key_id: int) -> 
         .values(revoked_at=func.now())
     )
     revoked = (await uow.execute(_key_view().where(api_keys.c.id == key_id))).one()
-    return ApiKeyOut.model_validate(revoked._mapping)
+    after = ApiKeyOut.model_validate(revoked._mapping)
+    before = ApiKeyOut.model_validate(row._mapping)
+    await audit.record(
+        uow, principal, "api_key.revoked", "api_key", key_id, before=before, after=after
+    )
+    return after

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, StringCo
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
+from tradeops.audit import service as audit
 from tradeops.auth.models import User
 from tradeops.auth.passwords import hash_password, verify_password
 from tradeops.auth.permissions import Action, authorize
@@ -116,16 +117,22 @@ async def create_user(uow: UnitOfWork, principal: Principal, data: UserCreate) -
     if user_id is None:
         raise UserExists(f"A user with email {data.email} already exists.")
     await _replace_desks(uow, user_id, data.desks)
-    return await get_user(uow, principal, user_id)
+    created = await get_user(uow, principal, user_id)
+    await audit.record(uow, principal, "user.created", "user", user_id, after=created)
+    return created
 
 
 async def set_user_desks(
     uow: UnitOfWork, principal: Principal, user_id: int, desk_codes: list[str]
 ) -> UserOut:
     authorize(principal, Action.MANAGE_USERS)
-    await get_user(uow, principal, user_id)
+    before = await get_user(uow, principal, user_id)
     await _replace_desks(uow, user_id, desk_codes)
-    return await get_user(uow, principal, user_id)
+    after = await get_user(uow, principal, user_id)
+    await audit.record(
+        uow, principal, "user.desks_set", "user", user_id, before=before, after=after
+    )
+    return after
 
 
 async def set_user_active(
@@ -133,6 +140,7 @@ async def set_user_active(
 ) -> UserOut:
     """Deactivating takes effect at once: tokens and the user's API keys stop working."""
     authorize(principal, Action.MANAGE_USERS)
+    before = await get_user(uow, principal, user_id)
     changed = await uow.scalar(
         update(users)
         .where(users.c.id == user_id, users.c.role != "system")
@@ -141,7 +149,10 @@ async def set_user_active(
     )
     if changed is None:
         raise UserNotFound(f"No user {user_id}.")
-    return await get_user(uow, principal, user_id)
+    after = await get_user(uow, principal, user_id)
+    action = "user.activated" if active else "user.deactivated"
+    await audit.record(uow, principal, action, "user", user_id, before=before, after=after)
+    return after
 
 
 async def _replace_desks(uow: UnitOfWork, user_id: int, desk_codes: list[str]) -> None:
@@ -196,7 +207,17 @@ async def sign_in(
                 {"id": row.id, "max_failures": max_failures, "lockout": lockout_seconds},
             )
         log.warning("sign-in failed", email=email, failures=failures)
+        await audit.record(
+            uow,
+            None,
+            "login.failed",
+            "login",
+            email.lower(),
+            after={"failures": failures},
+            actor=f"user:{row.id}" if row else "anonymous",
+        )
         return None
     await uow.execute(_LOGIN_SUCCEEDED, {"id": row.id})
     log.info("sign-in succeeded", user_id=row.id)
+    await audit.record(uow, None, "login.succeeded", "login", email.lower(), actor=f"user:{row.id}")
     return row.id, row.role

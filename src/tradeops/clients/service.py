@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
+from tradeops.audit import service as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.clients.models import Client
@@ -75,7 +76,9 @@ async def create_client(uow: UnitOfWork, principal: Principal, data: ClientCreat
     )
     if created is None:
         raise ClientExists(f"Client {data.client_id} already exists.")
-    return await get_client(uow, principal, data.client_id)
+    client = await get_client(uow, principal, data.client_id)
+    await audit.record(uow, principal, "client.created", "client", data.client_id, after=client)
+    return client
 
 
 async def update_client(
@@ -83,6 +86,7 @@ async def update_client(
 ) -> ClientOut:
     authorize(principal, Action.MANAGE_CLIENTS)
     values = changes.model_dump(exclude_unset=True, exclude_none=True)
+    before = await get_client(uow, principal, client_id)
     if values:
         updated = await uow.scalar(
             update(clients)
@@ -92,4 +96,9 @@ async def update_client(
         )
         if updated is None:
             raise ClientNotFound(f"No client {client_id}.")
-    return await get_client(uow, principal, client_id)
+        after = await get_client(uow, principal, client_id)
+        await audit.record(
+            uow, principal, "client.updated", "client", client_id, before=before, after=after
+        )
+        return after
+    return before

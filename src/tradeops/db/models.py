@@ -1,18 +1,24 @@
 """Every model, imported once so Alembic and the tests see the whole schema."""
 
+from tradeops.audit.models import AuditCheckpoint, AuditEvent, AuditStreamHead
 from tradeops.auth.models import ApiKey, User
 from tradeops.clients.models import Client
 from tradeops.db.base import Base
 from tradeops.desks.models import Desk, DeskMember
+from tradeops.idempotency.models import IdempotencyKey
 from tradeops.instruments.models import Instrument
 from tradeops.orders.models import Order, OrderEvent
 
 __all__ = [
     "ApiKey",
+    "AuditCheckpoint",
+    "AuditEvent",
+    "AuditStreamHead",
     "Base",
     "Client",
     "Desk",
     "DeskMember",
+    "IdempotencyKey",
     "Instrument",
     "Order",
     "OrderEvent",

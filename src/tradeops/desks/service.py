@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
+from tradeops.audit import service as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.base import table_of
@@ -49,7 +50,9 @@ async def create_desk(uow: UnitOfWork, principal: Principal, data: DeskIn) -> De
     )
     if row is None:
         raise DeskExists(f"Desk {data.code} already exists.")
-    return DeskOut.model_validate(row._mapping)
+    created = DeskOut.model_validate(row._mapping)
+    await audit.record(uow, principal, "desk.created", "desk", data.code, after=created)
+    return created
 
 
 async def desk_ids_by_code(uow: UnitOfWork, codes: list[str]) -> dict[str, int]:

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
+from tradeops.audit import service as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.base import table_of
@@ -43,7 +44,11 @@ async def create_instrument(
     )
     if row is None:
         raise InstrumentExists(f"Instrument {data.symbol} already exists.")
-    return InstrumentOut.model_validate(row._mapping)
+    created = InstrumentOut.model_validate(row._mapping)
+    await audit.record(
+        uow, principal, "instrument.created", "instrument", data.symbol, after=created
+    )
+    return created
 
 
 async def get_instrument(uow: UnitOfWork, principal: Principal, symbol: str) -> InstrumentOut:
@@ -68,18 +73,23 @@ async def update_instrument(
     uow: UnitOfWork, principal: Principal, symbol: str, changes: InstrumentUpdate
 ) -> InstrumentOut:
     values: dict[str, Any] = changes.model_dump(exclude_unset=True, exclude_none=True)
-    if "restricted" in values:
+    if "restricted" in values or not values:
         authorize(principal, Action.MANAGE_RESTRICTED_LIST)
     if values.keys() - {"restricted"}:
         authorize(principal, Action.MANAGE_INSTRUMENTS)
+    before = await get_instrument(uow, principal, symbol)
     if not values:
-        return await get_instrument(uow, principal, symbol)
+        return before
     row = await uow.one_or_none(
         update(instruments)
-        .where(instruments.c.symbol == symbol.upper())
+        .where(instruments.c.symbol == before.symbol)
         .values(**values, updated_at=func.now())
         .returning(*_COLUMNS)
     )
-    if row is None:
+    if row is None:  # pragma: no cover - read just above in the same transaction
         raise InstrumentNotFound(f"No instrument with symbol {symbol}.")
-    return InstrumentOut.model_validate(row._mapping)
+    after = InstrumentOut.model_validate(row._mapping)
+    await audit.record(
+        uow, principal, "instrument.updated", "instrument", after.symbol, before=before, after=after
+    )
+    return after

@@ -43,14 +43,47 @@ INSERT_ORDER = text(
     "  quantity, price, currency, client_order_id, created_by, created_by_key_id)"
     " VALUES (:desk_id, :client_pk, :instrument_pk, :side, :order_type, :time_in_force,"
     "  :quantity, :price, :currency, :client_order_id, :created_by, :created_by_key_id)"
-    " ON CONFLICT (created_by, client_order_id) DO NOTHING"
-    " RETURNING id, status, risk_status, risk_reasons, filled_quantity, version,"
-    "  created_at, updated_at),"
+    " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *),"
     " event AS ("
     " INSERT INTO order_events (order_id, desk_id, seq, type, actor, payload, at)"
-    " SELECT id, :desk_id, 1, 'CREATED', :actor, CAST(:event_payload AS jsonb), created_at"
-    " FROM new_order)"
-    " SELECT * FROM new_order"
+    " SELECT id, desk_id, 1, 'CREATED', :actor, CAST(:event_payload AS jsonb), created_at"
+    " FROM new_order),"
+    " audit AS ("
+    " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity, entity_id,"
+    "  after)"
+    " SELECT 'order:' || id, :actor, :created_by_key_id, :request_id, 'order.created', 'order',"
+    "  id::text, to_jsonb(new_order) FROM new_order)"
+    " SELECT id, status, risk_status, risk_reasons, filled_quantity, version, created_at,"
+    "  updated_at FROM new_order"
+)
+
+LOCK_ORDER = text(
+    "SELECT id, desk_id, status, version, created_by, risk_status FROM orders"
+    " WHERE id = :id FOR UPDATE"
+)
+
+# One conditional UPDATE (the row is already locked, the version re-checked) with its history
+# event and audit event, in one round trip. The event's seq is the order's new version.
+TRANSITION = text(
+    "WITH before AS (SELECT * FROM orders WHERE id = :id),"
+    " changed AS ("
+    " UPDATE orders SET status = :to_status, version = version + 1, updated_at = now(),"
+    "  reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
+    "  approved_by = COALESCE(:approved_by, approved_by)"
+    " WHERE id = :id AND version = :version AND status = :from_status RETURNING *),"
+    " event AS ("
+    " INSERT INTO order_events (order_id, desk_id, seq, type, actor, payload)"
+    " SELECT id, desk_id, version, :event_type, :actor, CAST(:payload AS jsonb) FROM changed),"
+    " audit AS ("
+    " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity, entity_id,"
+    "  before, after)"
+    " SELECT 'order:' || c.id, :actor, :api_key_id, :request_id, :action, 'order', c.id::text,"
+    "  to_jsonb(b), to_jsonb(c) FROM changed c CROSS JOIN before b)"
+    " SELECT id, version FROM changed"
+)
+
+ORDER_EVENTS = text(
+    "SELECT seq, type, actor, payload, at FROM order_events WHERE order_id = :id ORDER BY seq"
 )
 
 EXISTING_CLIENT_ORDER = text(

@@ -1,43 +1,98 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import BaseModel
 
 from tradeops.db.http import TransactionalRoute
 from tradeops.deps import API_PREFIX, CurrentPrincipal, UoW
 from tradeops.errors import Forbidden, InvalidRequest
-from tradeops.orders import service
+from tradeops.idempotency.http import IdempotencyKeyHeader, respond_once
+from tradeops.idempotency.service import IdempotencyKeyReused
+from tradeops.orders import service, workflow
 from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage, OrderStatus
+from tradeops.orders.workflow import (
+    ApproveRequest,
+    CancelRequest,
+    OrderEventOut,
+    RejectRequest,
+    ReviewRequest,
+    Transition,
+)
 from tradeops.problems import problem_responses
 
 router = APIRouter(prefix=f"{API_PREFIX}/orders", tags=["orders"], route_class=TransactionalRoute)
+
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description='The order version you decided on, as sent in ETag (e.g. "3"). If the order '
+        "has changed since, the request fails with 409 stale-version.",
+    ),
+]
+_VERSION_TAG = re.compile(r'^(?:W/)?"?(\d{1,9})"?$')
+TRANSITION_ERRORS = problem_responses(
+    service.OrderNotFound,
+    workflow.IllegalTransition,
+    workflow.StaleVersion,
+    workflow.MakerCannotApprove,
+    workflow.RiskCheckFailed,
+    IdempotencyKeyReused,
+)
+
+
+def _etag(order: OrderOut) -> dict[str, str]:
+    return {"ETag": f'"{order.version}"'}
+
+
+def expected_version(if_match: str | None, in_body: int | None) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return in_body
+    match = _VERSION_TAG.match(if_match.strip())
+    if match is None:
+        raise InvalidRequest(
+            'If-Match must be an order version such as "3".', field="header.If-Match"
+        )
+    return int(match.group(1))
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=OrderOut,
-    responses=problem_responses(InvalidRequest, Forbidden, service.DuplicateClientOrderId),
+    responses=problem_responses(
+        InvalidRequest, Forbidden, service.DuplicateClientOrderId, IdempotencyKeyReused
+    ),
 )
 async def submit_order(
-    order: OrderCreate, request: Request, response: Response, principal: CurrentPrincipal, uow: UoW
-) -> OrderOut:
+    order: OrderCreate,
+    request: Request,
+    principal: CurrentPrincipal,
+    uow: UoW,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
     """Submit a trade order for a client. It is recorded as **PENDING** (risk status PENDING)
-    and then waits for review and for a person with the approver role to approve it — no
-    agent can approve.
+    and then waits for a review and for a person with the approver role — never its maker and
+    never an agent — to approve it.
 
     Quantities and prices are decimals: send them as strings (`"192.55"`) or JSON numbers.
-    `order_type` defaults to LIMIT when `price` is given, MARKET otherwise. A repeated
-    `client_order_id` answers 409 with the existing order's id (`existing_order_id`).
+    `order_type` defaults to LIMIT when `price` is given, MARKET otherwise. Retry safely with an
+    `Idempotency-Key` header; a repeated `client_order_id` answers 409 with the existing
+    order's id (`existing_order_id`).
     """
-    created = await service.submit_order(
-        uow, principal, order, price_max_decimals=request.app.state.settings.price_max_decimals
-    )
-    response.headers["Location"] = f"{request.url.path}/{created.id}"
-    response.headers["ETag"] = f'"{created.version}"'
-    return created
+    settings = request.app.state.settings
+
+    async def create() -> tuple[int, BaseModel, dict[str, str]]:
+        created = await service.submit_order(
+            uow, principal, order, price_max_decimals=settings.price_max_decimals
+        )
+        return 201, created, {**_etag(created), "Location": f"{request.url.path}/{created.id}"}
+
+    return await respond_once(request, uow, principal, idempotency_key, create)
 
 
 @router.get(
@@ -48,7 +103,7 @@ async def get_order(
 ) -> OrderOut:
     """One order, with its status, risk status, fills and `version` (also sent as the ETag)."""
     order = await service.get_order(uow, principal, order_id)
-    response.headers["ETag"] = f'"{order.version}"'
+    response.headers.update(_etag(order))
     return order
 
 
@@ -80,3 +135,133 @@ async def list_orders(
         created_from=created_from,
         created_to=created_to,
     )
+
+
+async def _decide(
+    request: Request,
+    uow: UoW,
+    principal: CurrentPrincipal,
+    order_id: int,
+    transition: Transition,
+    version: int | None,
+    idempotency_key: str | None,
+    payload: dict[str, str | None],
+) -> Response:
+    async def change() -> tuple[int, BaseModel, dict[str, str]]:
+        changed = await workflow.transition_order(
+            uow, principal, order_id, transition, expected_version=version, payload=payload
+        )
+        return 200, changed, _etag(changed)
+
+    return await respond_once(request, uow, principal, idempotency_key, change)
+
+
+@router.post("/{order_id}/review", response_model=OrderOut, responses=TRANSITION_ERRORS)
+async def review_order(
+    order_id: int,
+    request: Request,
+    principal: CurrentPrincipal,
+    uow: UoW,
+    body: ReviewRequest | None = None,
+    if_match: IfMatch = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Review a PENDING order → REVIEWED. Traders, approvers and agents may review; an agent's
+    review is its recommendation (`recommendation` APPROVE or REJECT, and a `note` with the
+    rationale), shown to the approver. The order then waits for a person to approve it."""
+    body = body or ReviewRequest()
+    return await _decide(
+        request,
+        uow,
+        principal,
+        order_id,
+        workflow.REVIEW,
+        expected_version(if_match, body.expected_version),
+        idempotency_key,
+        {"note": body.note, "recommendation": body.recommendation},
+    )
+
+
+@router.post("/{order_id}/approve", response_model=OrderOut, responses=TRANSITION_ERRORS)
+async def approve_order(
+    order_id: int,
+    request: Request,
+    principal: CurrentPrincipal,
+    uow: UoW,
+    body: ApproveRequest | None = None,
+    if_match: IfMatch = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Approve a REVIEWED order → APPROVED (ready for execution). Only a signed-in approver of
+    the order's desk who did not submit it; never with an API key; not if its risk check
+    FAILED. Send the version you saw as If-Match: of concurrent deciders exactly one wins."""
+    body = body or ApproveRequest()
+    return await _decide(
+        request,
+        uow,
+        principal,
+        order_id,
+        workflow.APPROVE,
+        expected_version(if_match, body.expected_version),
+        idempotency_key,
+        {"note": body.note},
+    )
+
+
+@router.post("/{order_id}/reject", response_model=OrderOut, responses=TRANSITION_ERRORS)
+async def reject_order(
+    order_id: int,
+    body: RejectRequest,
+    request: Request,
+    principal: CurrentPrincipal,
+    uow: UoW,
+    if_match: IfMatch = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Reject a PENDING or REVIEWED order → REJECTED, with a required `reason`. Same people
+    as approval: a signed-in approver who is not the order's maker."""
+    return await _decide(
+        request,
+        uow,
+        principal,
+        order_id,
+        workflow.REJECT,
+        expected_version(if_match, body.expected_version),
+        idempotency_key,
+        {"reason": body.reason},
+    )
+
+
+@router.post("/{order_id}/cancel", response_model=OrderOut, responses=TRANSITION_ERRORS)
+async def cancel_order(
+    order_id: int,
+    request: Request,
+    principal: CurrentPrincipal,
+    uow: UoW,
+    body: CancelRequest | None = None,
+    if_match: IfMatch = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Cancel an order that is not filled (PENDING, REVIEWED or APPROVED) → CANCELLED. The
+    order's maker (or their agent's key) or an approver of its desk may cancel."""
+    body = body or CancelRequest()
+    return await _decide(
+        request,
+        uow,
+        principal,
+        order_id,
+        workflow.CANCEL,
+        expected_version(if_match, body.expected_version),
+        idempotency_key,
+        {"reason": body.reason},
+    )
+
+
+@router.get(
+    "/{order_id}/events",
+    response_model=list[OrderEventOut],
+    responses=problem_responses(service.OrderNotFound),
+)
+async def order_events(order_id: int, principal: CurrentPrincipal, uow: UoW) -> list[OrderEventOut]:
+    """The order's history, oldest first: who did what, when, with notes and reasons."""
+    return await workflow.order_history(uow, principal, order_id)

@@ -108,6 +108,7 @@ async def submit_order(
             "created_by_key_id": principal.api_key_id,
             "actor": principal.actor,
             "event_payload": orjson.dumps({"request_id": uow.request_id}).decode(),
+            "request_id": uow.request_id,
         },
     )
     if row is None:

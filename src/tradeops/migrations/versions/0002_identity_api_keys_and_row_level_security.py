@@ -31,6 +31,9 @@ RLS_TABLES = [
     "api_keys",
 ]
 
+# Authentication runs as the login role before the switch to tradeops_app; the identity
+# tables let that role through (a superuser would bypass them anyway), never the app role.
+#
 # Plain (not SECURITY DEFINER) SQL functions, inlined by the planner. An unset or empty
 # setting (a pooled connection reads back '' once set) yields no user and no desks.
 CONTEXT_FUNCTIONS = """
@@ -55,12 +58,15 @@ CREATE POLICY desks_read ON desks FOR SELECT USING (tradeops_user_id() IS NOT NU
 CREATE POLICY desks_write ON desks FOR INSERT WITH CHECK (tradeops_role() IN ('admin', 'system'));
 CREATE POLICY desks_change ON desks FOR UPDATE USING (tradeops_role() IN ('admin', 'system'));
 
-CREATE POLICY users_read ON users FOR SELECT USING (tradeops_user_id() IS NOT NULL);
+CREATE POLICY users_read ON users FOR SELECT
+    USING (current_user <> 'tradeops_app' OR tradeops_user_id() IS NOT NULL);
 CREATE POLICY users_write ON users FOR INSERT WITH CHECK (tradeops_role() IN ('admin', 'system'));
-CREATE POLICY users_change ON users FOR UPDATE USING (tradeops_role() IN ('admin', 'system'));
+CREATE POLICY users_change ON users FOR UPDATE
+    USING (current_user <> 'tradeops_app' OR tradeops_role() IN ('admin', 'system'));
 
 CREATE POLICY desk_members_read ON desk_members FOR SELECT
-    USING (user_id = tradeops_user_id() OR tradeops_role() IN ('admin', 'risk', 'system'));
+    USING (current_user <> 'tradeops_app' OR user_id = tradeops_user_id()
+           OR tradeops_role() IN ('admin', 'risk', 'system'));
 CREATE POLICY desk_members_write ON desk_members FOR INSERT
     WITH CHECK (tradeops_role() IN ('admin', 'system'));
 CREATE POLICY desk_members_remove ON desk_members FOR DELETE
@@ -89,11 +95,13 @@ CREATE POLICY order_events_append ON order_events FOR INSERT
     WITH CHECK (tradeops_can_see_desk(desk_id));
 
 CREATE POLICY api_keys_read ON api_keys FOR SELECT
-    USING (owner_user_id = tradeops_user_id() OR tradeops_role() IN ('admin', 'system'));
+    USING (current_user <> 'tradeops_app' OR owner_user_id = tradeops_user_id()
+           OR tradeops_role() IN ('admin', 'system'));
 CREATE POLICY api_keys_create ON api_keys FOR INSERT
     WITH CHECK (owner_user_id = tradeops_user_id() OR tradeops_role() IN ('admin', 'system'));
 CREATE POLICY api_keys_revoke ON api_keys FOR UPDATE
-    USING (owner_user_id = tradeops_user_id() OR tradeops_role() IN ('admin', 'system'));
+    USING (current_user <> 'tradeops_app' OR owner_user_id = tradeops_user_id()
+           OR tradeops_role() IN ('admin', 'system'));
 """
 
 DROP_POLICIES = """

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+
+from tradeops.audit import service
+from tradeops.audit.service import AuditPage, VerificationReport
+from tradeops.db.http import TransactionalRoute
+from tradeops.deps import API_PREFIX, CurrentPrincipal, UoW
+from tradeops.errors import Forbidden, InvalidRequest
+from tradeops.orders.service import decode_cursor
+from tradeops.problems import problem_responses
+
+router = APIRouter(prefix=f"{API_PREFIX}/audit", tags=["audit"], route_class=TransactionalRoute)
+
+
+class CheckpointOut(BaseModel):
+    created: bool
+    upto_id: int | None = None
+    events: int | None = None
+    root_hash: str | None = None
+
+
+@router.get(
+    "/events", response_model=AuditPage, responses=problem_responses(Forbidden, InvalidRequest)
+)
+async def list_audit_events(
+    request: Request,
+    principal: CurrentPrincipal,
+    uow: UoW,
+    entity: str | None = Query(default=None, description="order, user, api_key, client, …"),
+    entity_id: str | None = None,
+    action: str | None = Query(default=None, description="e.g. order.approved, login.failed"),
+    actor: str | None = Query(default=None, description='e.g. "user:7" or "user:7/key:3"'),
+    at_from: datetime | None = None,
+    at_to: datetime | None = None,
+    after: str | None = Query(default=None, description="next_cursor of the previous page"),
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditPage:
+    """The audit trail, oldest first (risk and admin): every state change with its actor
+    (and API key), request id, before and after."""
+    return await service.list_events(
+        uow,
+        principal,
+        limit=limit,
+        after=decode_cursor(after),
+        entity=entity,
+        entity_id=entity_id,
+        action=action,
+        actor=actor,
+        at_from=at_from,
+        at_to=at_to,
+    )
+
+
+@router.post("/verify", response_model=VerificationReport, responses=problem_responses(Forbidden))
+async def verify_audit_trail(
+    request: Request, principal: CurrentPrincipal, uow: UoW
+) -> VerificationReport:
+    """Recompute every event's hash, every stream's chain and every signed checkpoint (risk
+    and admin). `ok` is true, or `first_broken` names the first event that does not hold."""
+    key = request.app.state.settings.audit_key.get_secret_value().encode()
+    return await service.verify(uow, principal, key)
+
+
+@router.post("/checkpoints", response_model=CheckpointOut, responses=problem_responses(Forbidden))
+async def create_checkpoint(
+    request: Request,
+    principal: CurrentPrincipal,
+    uow: UoW,
+    settle_seconds: Annotated[float, Query(ge=0, le=3600)] = 300,
+) -> CheckpointOut:
+    """Sign the trail up to its newest event older than `settle_seconds` (risk and admin).
+    The server also does this by itself every TRADEOPS_AUDIT_CHECKPOINT_SECONDS."""
+    key = request.app.state.settings.audit_key.get_secret_value().encode()
+    made = await service.create_checkpoint(uow, principal, key, settle_seconds=settle_seconds)
+    if made is None:
+        return CheckpointOut(created=False)
+    return CheckpointOut(
+        created=True, upto_id=made.upto_id, events=made.events, root_hash=made.root_hash
+    )

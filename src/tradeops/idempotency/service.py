@@ -1,0 +1,106 @@
+"""Idempotent requests, as the IETF Idempotency-Key draft and Stripe describe them.
+
+The key is reserved by inserting it in the request's own transaction. A concurrent duplicate
+blocks on that row until the first request commits (then it replays the stored response) or
+rolls back (then it runs as if first). So N identical requests act exactly once, and a
+request that failed leaves no key behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy import text
+
+from tradeops.auth.principal import Principal
+from tradeops.db.uow import UnitOfWork
+from tradeops.errors import InvalidRequest
+
+MAX_KEY_LENGTH = 255
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    slug = "idempotency-key-reused"
+    title = "Idempotency-Key reused with a different request"
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    replayed: bool = False
+
+
+_RESERVE = text(
+    "INSERT INTO idempotency_keys (principal, key, fingerprint) VALUES (:principal, :key, :fp)"
+    " ON CONFLICT (principal, key) DO NOTHING RETURNING true"
+)
+_STORED = text(
+    "SELECT fingerprint, response_status, response_body, response_headers FROM idempotency_keys"
+    " WHERE principal = :principal AND key = :key"
+)
+_COMPLETE = text(
+    "UPDATE idempotency_keys SET response_status = :status, response_body = :body,"
+    " response_headers = CAST(:headers AS jsonb) WHERE principal = :principal AND key = :key"
+)
+_PURGE = text("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => :h)")
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    """The request's identity: same method, path and JSON body (whatever its key order)."""
+    try:
+        canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS) if body else b""
+    except orjson.JSONDecodeError:
+        canonical = body
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
+
+
+def check_key(key: str) -> str:
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters.",
+            field="header.Idempotency-Key",
+        )
+    return key
+
+
+async def run_once(
+    uow: UnitOfWork,
+    principal: Principal,
+    key: str,
+    request_fingerprint: str,
+    produce: Callable[[], Awaitable[StoredResponse]],
+) -> StoredResponse:
+    """Produce the response once per (principal, key); later calls get the stored one."""
+    params = {"principal": principal.actor, "key": check_key(key)}
+    if await uow.scalar(_RESERVE, {**params, "fp": request_fingerprint}) is None:
+        stored = (await uow.execute(_STORED, params)).one()
+        if stored.fingerprint != request_fingerprint:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was used for a different request; use a new key.",
+                field="header.Idempotency-Key",
+            )
+        return StoredResponse(
+            stored.response_status, stored.response_body, stored.response_headers, replayed=True
+        )
+    response = await produce()
+    await uow.execute(
+        _COMPLETE,
+        {
+            **params,
+            "status": response.status,
+            "body": response.body,
+            "headers": orjson.dumps(response.headers).decode(),
+        },
+    )
+    return response
+
+
+async def purge_expired(uow: UnitOfWork, *, keep_hours: int = 24) -> int:
+    """Forget keys older than `keep_hours` (at least 24 h, as clients are promised)."""
+    result = await uow.execute(_PURGE, {"h": max(24, keep_hours)})
+    return int(result.rowcount)

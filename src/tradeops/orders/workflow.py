@@ -1,0 +1,179 @@
+"""Maker-checker: review, approve, reject, cancel. Each is one locked, conditional change.
+
+PENDING ──review──▶ REVIEWED ──approve──▶ APPROVED ──(fills)──▶ …
+   └──reject/cancel──┴──reject/cancel──▶ REJECTED / CANCELLED   (cancel also from APPROVED)
+
+The order row is locked first, so the rules below see its current state and concurrent
+deciders queue behind each other: of many approvals exactly one wins, the rest get 409.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from tradeops.auth.permissions import Action, authorize
+from tradeops.auth.principal import Principal, Role
+from tradeops.db.uow import UnitOfWork
+from tradeops.errors import Conflict, Forbidden
+from tradeops.orders import repository as repo
+from tradeops.orders.schemas import OrderOut
+from tradeops.orders.service import OrderNotFound, get_order
+
+
+class IllegalTransition(Conflict):
+    slug = "illegal-transition"
+    title = "Not allowed in the order's current status"
+
+
+class StaleVersion(Conflict):
+    slug = "stale-version"
+    title = "The order has changed since you read it"
+
+
+class MakerCannotApprove(Forbidden):
+    slug = "maker-checker"
+    title = "The maker of an order cannot decide on it"
+
+
+class RiskCheckFailed(Conflict):
+    slug = "risk-check-failed"
+    title = "The order failed its pre-trade risk check"
+
+
+class ReviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(default=None, max_length=4000, description="Why; shown to approvers")
+    recommendation: Literal["APPROVE", "REJECT"] | None = Field(
+        default=None, description="An agent's or reviewer's recommendation to the approver"
+    )
+    expected_version: int | None = Field(default=None, ge=1, description="Instead of If-Match")
+
+
+class ApproveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(default=None, max_length=4000)
+    expected_version: int | None = Field(default=None, ge=1)
+
+
+class RejectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=4000, description="Required: why it is rejected")
+    expected_version: int | None = Field(default=None, ge=1)
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=4000)
+    expected_version: int | None = Field(default=None, ge=1)
+
+
+@dataclass(frozen=True)
+class Transition:
+    name: str
+    action: Action
+    from_statuses: frozenset[str]
+    to_status: str
+
+
+REVIEW = Transition("review", Action.REVIEW_ORDER, frozenset({"PENDING"}), "REVIEWED")
+APPROVE = Transition("approve", Action.APPROVE_ORDER, frozenset({"REVIEWED"}), "APPROVED")
+REJECT = Transition("reject", Action.REJECT_ORDER, frozenset({"PENDING", "REVIEWED"}), "REJECTED")
+CANCEL = Transition(
+    "cancel", Action.CANCEL_ORDER, frozenset({"PENDING", "REVIEWED", "APPROVED"}), "CANCELLED"
+)
+
+
+def _check_rules(transition: Transition, principal: Principal, order: Any) -> None:
+    if transition is APPROVE and order.risk_status == "FAILED":
+        raise RiskCheckFailed(
+            f"Order {order.id} failed its risk check and cannot be approved; reject it instead.",
+            order_id=order.id,
+        )
+    deciding = transition in (APPROVE, REJECT)
+    if deciding and order.created_by == principal.user_id:
+        raise MakerCannotApprove(
+            f"You submitted order {order.id} (yourself or through your API key); another "
+            "approver must decide on it.",
+            order_id=order.id,
+        )
+    if (
+        transition is CANCEL
+        and order.created_by != principal.user_id
+        and principal.role not in (Role.APPROVER, Role.SYSTEM)
+    ):
+        raise Forbidden(f"Only the order's maker or an approver may cancel order {order.id}.")
+
+
+async def transition_order(
+    uow: UnitOfWork,
+    principal: Principal,
+    order_id: int,
+    transition: Transition,
+    *,
+    expected_version: int | None,
+    payload: dict[str, Any],
+) -> OrderOut:
+    authorize(principal, transition.action)
+    order = await uow.one_or_none(repo.LOCK_ORDER, {"id": order_id})
+    if order is None or not principal.can_see_desk(order.desk_id):
+        raise OrderNotFound(f"No order {order_id}.")
+    if expected_version is not None and expected_version != order.version:
+        raise StaleVersion(
+            f"Order {order_id} is at version {order.version}, not {expected_version}; "
+            "read it again and decide on what it is now.",
+            current_version=order.version,
+            current_status=order.status,
+        )
+    if order.status not in transition.from_statuses:
+        raise IllegalTransition(
+            f"Order {order_id} is {order.status}; it cannot be {transition.name}ed from there.",
+            current_status=order.status,
+            current_version=order.version,
+        )
+    _check_rules(transition, principal, order)
+    changed = await uow.one_or_none(
+        repo.TRANSITION,
+        {
+            "id": order_id,
+            "version": order.version,
+            "from_status": order.status,
+            "to_status": transition.to_status,
+            "reviewed_by": principal.user_id if transition is REVIEW else None,
+            "approved_by": principal.user_id if transition is APPROVE else None,
+            "event_type": transition.to_status,
+            "actor": principal.actor,
+            "payload": orjson.dumps({k: v for k, v in payload.items() if v is not None}).decode(),
+            "api_key_id": principal.api_key_id,
+            "request_id": uow.request_id,
+            "action": f"order.{transition.to_status.lower()}",
+        },
+    )
+    if changed is None:  # pragma: no cover - the row is locked; kept as a guard
+        raise StaleVersion(f"Order {order_id} changed while being decided; read it again.")
+    return await get_order(uow, principal, order_id)
+
+
+class OrderEventOut(BaseModel):
+    seq: int
+    type: str
+    actor: str
+    payload: dict[str, Any]
+    at: datetime
+
+
+async def order_history(
+    uow: UnitOfWork, principal: Principal, order_id: int
+) -> list[OrderEventOut]:
+    """Every step of the order, oldest first: CREATED, REVIEWED (with the note), …"""
+    await get_order(uow, principal, order_id)
+    rows = await uow.execute(repo.ORDER_EVENTS, {"id": order_id})
+    return [OrderEventOut.model_validate(r._mapping) for r in rows]

@@ -1,0 +1,498 @@
+"""Who may call what: every /api/v1 endpoint against every kind of caller, as one table.
+
+Each row is an endpoint (with the request body it is sent) and the status each principal
+gets. The rules behind the table (tradeops.auth.permissions):
+
+- no credentials: 401 with a WWW-Authenticate challenge;
+- a role that may not do the action: 403;
+- a row on a desk the caller does not cover is not found (404), never forbidden, and an
+  order for a client of another desk is an unknown client (422);
+- API keys act as their owner narrowed to scopes and desks: a key never manages keys or
+  users, and needs the scope of each action (reference data comes with any key).
+
+Each test starts from empty tables, so every (endpoint, principal) pair runs on its own data.
+"""
+
+from __future__ import annotations
+
+import string
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.factories import PASSWORD, SEED_ORDER, Cast, bearer, make_api_key
+
+API = "/api/v1"
+PROBLEM = "application/problem+json"
+PRINCIPALS = ("nobody", "trader", "trader_fi", "approver", "risk", "admin", "agent")
+
+FI_ORDER = {**SEED_ORDER, "client_id": "CUST-2001"}
+NEW_USER = {"email": "new.trader@test.bank", "name": "New", "role": "trader", "desks": ["EQ-US"]}
+NEW_KEY = {"name": "my key", "scopes": ["orders:read"]}
+NEW_CLIENT = {"client_id": "CUST-1003", "name": "Acme Pension Fund", "desk": "EQ-US"}
+NEW_SYMBOL = {
+    "symbol": "NVDA",
+    "name": "NVIDIA Corp.",
+    "currency": "USD",
+    "lot_size": "1",
+    "tick_size": "0.01",
+}
+NEW_DESK = {"code": "FX-GLOBAL", "name": "Global FX"}
+EQ_DESK = {"desks": ["EQ-US"]}
+RENAME = {"name": "Renamed"}
+RESTRICT = {"restricted": True}
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    path: str
+    body: dict[str, Any] | None
+    statuses: dict[str, int]
+    label: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.path}{f' ({self.label})' if self.label else ''}"
+
+
+def row(
+    method: str, path: str, body: dict[str, Any] | None, *statuses: int, label: str = ""
+) -> Row:
+    assert len(statuses) == len(PRINCIPALS)
+    return Row(method, path, body, dict(zip(PRINCIPALS, statuses, strict=True)), label)
+
+
+# Placeholders in paths: {eq_order}, {fi_order}, {trader_key}, {trader2}; see ARRANGE.
+# fmt: off
+MATRIX = [
+    #   method    path                           body        none trad t_fi appr risk admn agnt
+    row("GET",    "/auth/me",                    None,       401, 200, 200, 200, 200, 200, 200),
+    row("GET",    "/users",                      None,       401, 403, 403, 403, 403, 200, 403),
+    row("POST",   "/users",                      NEW_USER,   401, 403, 403, 403, 403, 201, 403),
+    row("PUT",    "/users/{trader2}/desks",      EQ_DESK,    401, 403, 403, 403, 403, 200, 403),
+    row("POST",   "/users/{trader2}/deactivate", None,       401, 403, 403, 403, 403, 200, 403),
+    row("POST",   "/api-keys",                   NEW_KEY,    401, 201, 201, 201, 201, 201, 403),
+    row("GET",    "/api-keys",                   None,       401, 200, 200, 200, 200, 200, 403),
+    # The trader's own key: someone else's key is not found; admin may revoke any key.
+    row("DELETE", "/api-keys/{trader_key}",      None,       401, 200, 404, 404, 404, 200, 403),
+    row("GET",    "/orders",                     None,       401, 200, 200, 200, 200, 200, 200),
+    row("POST",   "/orders",                     SEED_ORDER, 401, 201, 422, 403, 403, 403, 201,
+        label="EQ-US client"),
+    row("POST",   "/orders",                     FI_ORDER,   401, 422, 201, 403, 403, 403, 422,
+        label="FI-EU client"),
+    row("GET",    "/orders/{eq_order}",          None,       401, 200, 404, 200, 200, 200, 200),
+    row("GET",    "/orders/{fi_order}",          None,       401, 404, 200, 404, 200, 200, 404),
+    row("GET",    "/clients",                    None,       401, 200, 200, 200, 200, 200, 200),
+    row("POST",   "/clients",                    NEW_CLIENT, 401, 403, 403, 403, 403, 201, 403),
+    row("GET",    "/clients/CUST-1001",          None,       401, 200, 404, 200, 200, 200, 200),
+    row("GET",    "/clients/CUST-2001",          None,       401, 404, 200, 404, 200, 200, 404),
+    row("PATCH",  "/clients/CUST-1001",          RENAME,     401, 403, 403, 403, 403, 200, 403),
+    row("GET",    "/instruments",                None,       401, 200, 200, 200, 200, 200, 200),
+    row("POST",   "/instruments",                NEW_SYMBOL, 401, 403, 403, 403, 403, 201, 403),
+    row("GET",    "/instruments/AAPL",           None,       401, 200, 200, 200, 200, 200, 200),
+    # The restricted list is risk's (and admin's); the rest of an instrument is admin's only.
+    row("PATCH",  "/instruments/AAPL",           RESTRICT,   401, 403, 403, 403, 200, 200, 403,
+        label="restricted flag"),
+    row("PATCH",  "/instruments/AAPL",           RENAME,     401, 403, 403, 403, 403, 200, 403,
+        label="name"),
+    row("GET",    "/desks",                      None,       401, 200, 200, 200, 200, 200, 200),
+    row("POST",   "/desks",                      NEW_DESK,   401, 403, 403, 403, 403, 201, 403),
+]
+# fmt: on
+
+
+# --- arranging what a row's path refers to -----------------------------------------------
+
+
+@dataclass
+class World:
+    client: httpx.AsyncClient
+    cast: Cast
+
+
+async def submit(world: World, who: str, body: dict[str, Any]) -> int:
+    response = await world.client.post(f"{API}/orders", json=body, headers=world.cast[who])
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+async def trader_key(world: World) -> int:
+    response = await world.client.post(
+        f"{API}/api-keys",
+        json={"name": "trader bot", "scopes": ["orders:read"]},
+        headers=world.cast["trader"],
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+async def trader2(world: World) -> int:
+    return world.cast.ids["trader2"]
+
+
+ARRANGE: dict[str, Callable[[World], Awaitable[int]]] = {
+    "eq_order": lambda world: submit(world, "trader", SEED_ORDER),
+    "fi_order": lambda world: submit(world, "trader_fi", FI_ORDER),
+    "trader_key": trader_key,
+    "trader2": trader2,
+}
+
+
+async def arrange(world: World, path: str) -> str:
+    names = [field for _, field, _, _ in string.Formatter().parse(path) if field]
+    return path.format(**{name: await ARRANGE[name](world) for name in names})
+
+
+def assert_security_headers(response: httpx.Response, *, authenticated: bool) -> None:
+    assert response.headers["x-content-type-options"] == "nosniff"
+    if authenticated:
+        assert response.headers["cache-control"] == "no-store"
+
+
+def assert_refused(response: httpx.Response, status: int) -> None:
+    """A refusal is a problem document; a 401 also tells how to authenticate."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["status"] == status
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+# --- the matrix --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("who", PRINCIPALS)
+@pytest.mark.parametrize("entry", MATRIX, ids=lambda entry: entry.id)
+async def test_endpoint_answers_each_principal_as_the_permission_table_says(
+    client: httpx.AsyncClient, cast: Cast, entry: Row, who: str
+) -> None:
+    path = await arrange(World(client, cast), entry.path)
+    response = await client.request(
+        entry.method, f"{API}{path}", json=entry.body, headers=cast[who]
+    )
+    expected = entry.statuses[who]
+    assert response.status_code == expected, f"{who}: {entry.id} -> {response.text}"
+    if expected >= 400:
+        assert_refused(response, expected)
+    assert_security_headers(response, authenticated=who != "nobody")
+
+
+def test_matrix_rows_are_real_endpoints_and_new_endpoints_are_flagged(app: FastAPI) -> None:
+    """Every row names a route that exists. A route without a row (one added after this table
+    was written) is reported as a warning: give it a row. Sign-in is public, tested below."""
+    routes = {
+        (method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        if path.startswith(API)
+        for method in operations
+    }
+    placeholders = {
+        "{eq_order}": "{order_id}",
+        "{fi_order}": "{order_id}",
+        "{trader_key}": "{key_id}",
+        "{trader2}": "{user_id}",
+        "CUST-1001": "{client_id}",
+        "CUST-2001": "{client_id}",
+        "AAPL": "{symbol}",
+    }
+    covered = set()
+    for entry in MATRIX:
+        path = entry.path
+        for concrete, template in placeholders.items():
+            path = path.replace(concrete, template)
+        covered.add((entry.method, f"{API}{path}"))
+    public = {("POST", f"{API}/auth/token"), ("GET", f"{API}/health-check/db")}
+    assert covered <= routes, f"rows for endpoints that do not exist: {covered - routes}"
+    without_row = sorted(routes - public - covered)
+    if without_row:
+        warnings.warn(
+            f"endpoints missing from the authorization matrix: {without_row}", stacklevel=1
+        )
+
+
+async def test_anyone_may_sign_in_without_credentials(
+    client: httpx.AsyncClient, cast: Cast
+) -> None:
+    response = await client.post(
+        f"{API}/auth/token", data={"username": "trader@test.bank", "password": PASSWORD}
+    )
+    assert response.status_code == 200, response.text
+    assert_security_headers(response, authenticated=False)
+
+
+async def test_token_response_is_never_cached(client: httpx.AsyncClient, cast: Cast) -> None:
+    response = await client.post(
+        f"{API}/auth/token", data={"username": "trader@test.bank", "password": PASSWORD}
+    )
+    assert response.status_code == 200
+    assert response.headers.get("cache-control") == "no-store"
+
+
+async def test_every_response_has_nosniff_even_unmatched_and_refused(
+    client: httpx.AsyncClient, cast: Cast
+) -> None:
+    refused = await client.get(f"{API}/orders", headers=bearer("garbage"))
+    for response in (
+        await client.get("/health/live"),
+        await client.get(f"{API}/no-such-endpoint"),
+        await client.get(f"{API}/orders"),
+        refused,
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert refused.status_code == 401
+    assert refused.headers["cache-control"] == "no-store", "credentials were sent"
+
+
+async def test_order_for_another_desks_client_looks_like_an_unknown_client(
+    client: httpx.AsyncClient, cast: Cast
+) -> None:
+    """No existence leak: CUST-2001 (FI-EU) and a client that does not exist read the same."""
+    foreign = await client.post(f"{API}/orders", json=FI_ORDER, headers=cast["trader"])
+    missing = await client.post(
+        f"{API}/orders", json={**SEED_ORDER, "client_id": "CUST-9999"}, headers=cast["trader"]
+    )
+    assert_refused(foreign, 422)
+    assert_refused(missing, 422)
+    assert foreign.json()["errors"] == [
+        {"field": "body.client_id", "message": "Unknown client CUST-2001."}
+    ]
+    assert missing.json()["errors"][0]["message"] == "Unknown client CUST-9999."
+    assert_refused(await client.get(f"{API}/clients/CUST-2001", headers=cast["trader"]), 404)
+
+
+# --- what each principal sees in lists ---------------------------------------------------
+
+VISIBLE_DESKS = {
+    "trader": {"EQ-US"},
+    "trader_fi": {"FI-EU"},
+    "approver": {"EQ-US"},
+    "risk": {"EQ-US", "FI-EU"},
+    "admin": {"EQ-US", "FI-EU"},
+    "agent": {"EQ-US"},
+}
+
+
+@pytest.mark.parametrize("who", list(VISIBLE_DESKS))
+async def test_lists_show_only_the_desks_a_principal_covers(
+    client: httpx.AsyncClient, cast: Cast, who: str
+) -> None:
+    world = World(client, cast)
+    ids = {"EQ-US": await submit(world, "trader", SEED_ORDER)}
+    ids["FI-EU"] = await submit(world, "trader_fi", FI_ORDER)
+    orders = await client.get(f"{API}/orders", headers=cast[who])
+    assert orders.status_code == 200
+    assert {o["id"] for o in orders.json()["items"]} == {ids[d] for d in VISIBLE_DESKS[who]}
+    clients = await client.get(f"{API}/clients", headers=cast[who])
+    assert {c["desk"] for c in clients.json()["items"]} == VISIBLE_DESKS[who]
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+
+async def expire_key(engine: AsyncEngine, key_id: int) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = :id"),
+            {"id": key_id},
+        )
+
+
+async def test_expired_api_key_is_unauthenticated(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    key_id, key = await make_api_key(
+        owner_engine, "trader@test.bank", ["orders:read"], expires_in_days=1
+    )
+    assert (await client.get(f"{API}/orders", headers=bearer(key))).status_code == 200
+    await expire_key(owner_engine, key_id)
+    for headers in (bearer(key), {"X-API-Key": key}):
+        response = await client.get(f"{API}/orders", headers=headers)
+        assert_refused(response, 401)
+        assert_security_headers(response, authenticated=True)
+
+
+@pytest.mark.parametrize("revoker", ["trader", "admin"])
+async def test_revoked_api_key_is_unauthenticated(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, revoker: str
+) -> None:
+    key_id, key = await make_api_key(owner_engine, "trader@test.bank", ["orders:read"])
+    assert (await client.get(f"{API}/auth/me", headers=bearer(key))).status_code == 200
+    revoked = await client.delete(f"{API}/api-keys/{key_id}", headers=cast[revoker])
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["revoked_at"] is not None
+    assert_refused(await client.get(f"{API}/auth/me", headers=bearer(key)), 401)
+    assert_refused(await client.get(f"{API}/orders", headers={"X-API-Key": key}), 401)
+
+
+async def test_a_key_cannot_revoke_keys_not_even_itself(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    key_id, key = await make_api_key(owner_engine, "trader@test.bank", ["orders:read"])
+    assert_refused(await client.delete(f"{API}/api-keys/{key_id}", headers=bearer(key)), 403)
+    assert (await client.get(f"{API}/auth/me", headers=bearer(key))).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/orders", SEED_ORDER),
+        ("GET", "/orders", None),
+        ("GET", "/clients", None),
+        ("GET", "/clients/CUST-1001", None),
+    ],
+)
+async def test_key_without_the_needed_scope_is_forbidden(
+    client: httpx.AsyncClient,
+    cast: Cast,
+    owner_engine: AsyncEngine,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    _, key = await make_api_key(owner_engine, "trader@test.bank", ["reference:read"])
+    response = await client.request(method, f"{API}{path}", json=body, headers=bearer(key))
+    assert_refused(response, 403)
+
+
+async def test_reference_data_comes_with_any_key(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    _, key = await make_api_key(owner_engine, "trader@test.bank", ["orders:read"])
+    for path in ("/instruments", "/instruments/AAPL", "/desks"):
+        assert (await client.get(f"{API}{path}", headers=bearer(key))).status_code == 200
+
+
+async def test_write_scope_does_not_grant_read(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    _, key = await make_api_key(owner_engine, "trader@test.bank", ["orders:write"])
+    created = await client.post(f"{API}/orders", json=SEED_ORDER, headers=bearer(key))
+    assert created.status_code == 201, created.text
+    assert_refused(
+        await client.get(f"{API}/orders/{created.json()['id']}", headers=bearer(key)), 403
+    )
+
+
+async def test_key_narrowed_to_another_desk_sees_nothing_of_its_owners_desk(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """A key narrows its owner's desks, it can never widen them: a trader on EQ-US cannot get
+    a key for FI-EU, and a key for EQ-US sees nothing once its owner has moved to FI-EU."""
+    world = World(client, cast)
+    eq_order = await submit(world, "trader", SEED_ORDER)
+    fi_order = await submit(world, "trader_fi", FI_ORDER)
+    widen = {"name": "wider", "scopes": ["orders:read"], "desks": ["FI-EU"]}
+    assert_refused(await client.post(f"{API}/api-keys", json=widen, headers=cast["trader"]), 422)
+    _, key = await make_api_key(
+        owner_engine,
+        "trader@test.bank",
+        ["orders:read", "orders:write", "clients:read"],
+        desks=["EQ-US"],
+    )
+    moved = await client.put(
+        f"{API}/users/{cast.ids['trader']}/desks", json={"desks": ["FI-EU"]}, headers=cast["admin"]
+    )
+    assert moved.status_code == 200
+    headers = bearer(key)
+    me = await client.get(f"{API}/auth/me", headers=headers)
+    assert me.json()["desk_ids"] == []
+    listed = await client.get(f"{API}/orders", headers=headers)
+    assert listed.status_code == 200
+    assert listed.json()["items"] == []
+    for order_id in (eq_order, fi_order):
+        assert_refused(await client.get(f"{API}/orders/{order_id}", headers=headers), 404)
+    assert (await client.get(f"{API}/clients", headers=headers)).json()["items"] == []
+    assert_refused(await client.get(f"{API}/clients/CUST-1001", headers=headers), 404)
+    for body in (SEED_ORDER, FI_ORDER):
+        assert_refused(await client.post(f"{API}/orders", json=body, headers=headers), 422)
+
+
+async def test_risk_key_narrowed_to_one_desk_sees_only_that_desk(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    world = World(client, cast)
+    eq_order = await submit(world, "trader", SEED_ORDER)
+    fi_order = await submit(world, "trader_fi", FI_ORDER)
+    _, key = await make_api_key(owner_engine, "risk@test.bank", ["orders:read"], desks=["FI-EU"])
+    listed = await client.get(f"{API}/orders", headers=bearer(key))
+    assert [o["id"] for o in listed.json()["items"]] == [fi_order]
+    assert_refused(await client.get(f"{API}/orders/{eq_order}", headers=bearer(key)), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/users", None),
+        ("POST", "/users", NEW_USER),
+        ("POST", "/desks", NEW_DESK),
+        ("POST", "/clients", NEW_CLIENT),
+        ("PATCH", "/instruments/AAPL", RESTRICT),
+        ("POST", "/api-keys", NEW_KEY),
+        ("GET", "/api-keys", None),
+    ],
+)
+async def test_an_admins_key_cannot_do_admin_things(
+    client: httpx.AsyncClient,
+    cast: Cast,
+    owner_engine: AsyncEngine,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    _, key = await make_api_key(
+        owner_engine, "admin@test.bank", ["orders:read", "clients:read", "reference:read"]
+    )
+    response = await client.request(method, f"{API}{path}", json=body, headers=bearer(key))
+    assert_refused(response, 403)
+
+
+async def test_key_via_either_header_is_not_cacheable(
+    client: httpx.AsyncClient, cast: Cast
+) -> None:
+    key = cast["agent"]["Authorization"].removeprefix("Bearer ")
+    for headers in (bearer(key), {"X-API-Key": key}):
+        response = await client.get(f"{API}/orders", headers=headers)
+        assert response.status_code == 200
+        assert_security_headers(response, authenticated=True)
+
+
+# --- deactivated users ---------------------------------------------------------------------
+
+
+async def test_deactivated_users_token_and_keys_are_unauthenticated(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    _, key = await make_api_key(owner_engine, "trader@test.bank", ["orders:read"])
+    assert (await client.get(f"{API}/auth/me", headers=cast["trader"])).status_code == 200
+    done = await client.post(f"{API}/users/{cast.ids['trader']}/deactivate", headers=cast["admin"])
+    assert done.status_code == 200
+    for headers in (cast["trader"], bearer(key)):
+        assert_refused(await client.get(f"{API}/auth/me", headers=headers), 401)
+        assert_refused(await client.get(f"{API}/orders", headers=headers), 401)
+
+
+async def test_deactivating_an_agent_stops_its_key(client: httpx.AsyncClient, cast: Cast) -> None:
+    done = await client.post(f"{API}/users/{cast.ids['agent']}/deactivate", headers=cast["admin"])
+    assert done.status_code == 200
+    assert_refused(await client.post(f"{API}/orders", json=SEED_ORDER, headers=cast["agent"]), 401)
+
+
+# --- writes that change nothing still need the right to write ------------------------------
+
+
+@pytest.mark.parametrize("who", ["trader", "approver", "agent"])
+async def test_empty_instrument_patch_still_needs_the_right_to_change_instruments(
+    client: httpx.AsyncClient, cast: Cast, who: str
+) -> None:
+    """An empty PATCH changes nothing, but a role that may not change instruments gets 403,
+    not a 200 that reads like a successful write in access logs."""
+    response = await client.patch(f"{API}/instruments/AAPL", json={}, headers=cast[who])
+    assert response.status_code == 403, response.text
