@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, SecretStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
@@ -27,13 +27,20 @@ members = table_of(DeskMember)
 desks = table_of(Desk)
 
 PersonRole = Literal["trader", "agent", "approver", "risk", "admin"]
+# A plain shape check: reserved domains such as demo.test are fine for demo and test accounts.
+Email = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, to_lower=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+    ),
+]
 DeskCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9-]{1,31}$")]
 
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: EmailStr
+    email: Email = Field(examples=["trader@bank.example"])
     name: str = Field(min_length=1, max_length=200)
     role: PersonRole
     desks: list[DeskCode] = Field(default_factory=list, description='Desk codes, e.g. ["EQ-US"]')

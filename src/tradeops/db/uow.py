@@ -10,14 +10,16 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import asyncpg
 from sqlalchemy import Executable, text
 from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tradeops.auth.principal import Principal
+from tradeops.db.prepared import Prepared
 
 T = TypeVar("T")
 
@@ -57,6 +59,24 @@ class UnitOfWork:
         self.connection = connection
         self.principal: Principal | None = None
         self.request_id: str | None = None
+        self._driver: asyncpg.Connection | None = None
+
+    async def fetchrow(
+        self, statement: Prepared, params: Mapping[str, Any]
+    ) -> asyncpg.Record | None:
+        """Run a prepared hot-path statement on the driver, inside this same transaction."""
+        driver = await self._driver_connection()
+        return await driver.fetchrow(statement.sql, *statement.arguments(params))
+
+    async def _driver_connection(self) -> asyncpg.Connection:
+        if self._driver is None:
+            fairy = await self.connection.get_raw_connection()
+            # The context statement, always first, began the transaction through SQLAlchemy;
+            # a statement sent before it would run outside both the transaction and the context.
+            if self.principal is None or getattr(fairy.dbapi_connection, "_transaction", 1) is None:
+                raise RuntimeError("set the request context before running statements")
+            self._driver = cast(asyncpg.Connection, fairy.driver_connection)
+        return self._driver
 
     async def set_context(self, principal: Principal, request_id: str | None = None) -> None:
         await self.connection.execute(_SET_CONTEXT, context_parameters(principal, request_id))

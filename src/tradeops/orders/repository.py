@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select, text
+from sqlalchemy import BigInteger, Boolean, Select, any_, bindparam, or_, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from tradeops.auth.models import User
 from tradeops.auth.principal import Principal
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
+from tradeops.db.prepared import prepare
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
 from tradeops.orders.models import Order, OrderEvent
@@ -26,35 +28,39 @@ reviewer = users.alias("reviewer")
 approver = users.alias("approver")
 
 # Client and instrument in one round trip; a missing one comes back as NULLs.
-ORDER_REFERENCES = text(
-    "SELECT c.id AS client_pk, c.desk_id, c.status AS client_status, d.code AS desk,"
-    " i.id AS instrument_pk, i.currency, i.lot_size, i.tick_size, i.active AS instrument_active"
-    " FROM (SELECT 1) AS one"
-    " LEFT JOIN clients c ON c.external_id = :client_id"
-    " LEFT JOIN desks d ON d.id = c.desk_id"
-    " LEFT JOIN instruments i ON i.symbol = :symbol"
+ORDER_REFERENCES = prepare(
+    text(
+        "SELECT c.id AS client_pk, c.desk_id, c.status AS client_status, d.code AS desk,"
+        " i.id AS instrument_pk, i.currency, i.lot_size, i.tick_size, i.active AS instrument_active"
+        " FROM (SELECT 1) AS one"
+        " LEFT JOIN clients c ON c.external_id = :client_id"
+        " LEFT JOIN desks d ON d.id = c.desk_id"
+        " LEFT JOIN instruments i ON i.symbol = :symbol"
+    )
 )
 
 # The order and its first history event in one statement; a repeated client_order_id
 # inserts nothing and returns no row.
-INSERT_ORDER = text(
-    "WITH new_order AS ("
-    " INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
-    "  quantity, price, currency, client_order_id, created_by, created_by_key_id)"
-    " VALUES (:desk_id, :client_pk, :instrument_pk, :side, :order_type, :time_in_force,"
-    "  :quantity, :price, :currency, :client_order_id, :created_by, :created_by_key_id)"
-    " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *),"
-    " event AS ("
-    " INSERT INTO order_events (order_id, desk_id, seq, type, actor, payload, at)"
-    " SELECT id, desk_id, 1, 'CREATED', :actor, CAST(:event_payload AS jsonb), created_at"
-    " FROM new_order),"
-    " audit AS ("
-    " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity, entity_id,"
-    "  after)"
-    " SELECT 'order:' || id, :actor, :created_by_key_id, :request_id, 'order.created', 'order',"
-    "  id::text, to_jsonb(new_order) FROM new_order)"
-    " SELECT id, status, risk_status, risk_reasons, filled_quantity, version, created_at,"
-    "  updated_at FROM new_order"
+INSERT_ORDER = prepare(
+    text(
+        "WITH new_order AS ("
+        " INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
+        "  quantity, price, currency, client_order_id, created_by, created_by_key_id)"
+        " VALUES (:desk_id, :client_pk, :instrument_pk, :side, :order_type, :time_in_force,"
+        "  :quantity, :price, :currency, :client_order_id, :created_by, :created_by_key_id)"
+        " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *),"
+        " event AS ("
+        " INSERT INTO order_events (order_id, desk_id, seq, type, actor, payload, at)"
+        " SELECT id, desk_id, 1, 'CREATED', :actor, CAST(:event_payload AS jsonb), created_at"
+        " FROM new_order),"
+        " audit AS ("
+        " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity,"
+        "  entity_id, after)"
+        " SELECT 'order:' || id, :actor, :created_by_key_id, :request_id, 'order.created', 'order',"
+        "  id::text, to_jsonb(new_order) FROM new_order)"
+        " SELECT id, status, risk_status, risk_reasons, filled_quantity, version, created_at,"
+        "  updated_at FROM new_order"
+    )
 )
 
 LOCK_ORDER = text(
@@ -126,6 +132,19 @@ def order_view() -> Select[Any]:
         .outerjoin(reviewer, reviewer.c.id == orders.c.reviewed_by)
         .outerjoin(approver, approver.c.id == orders.c.approved_by)
     )
+
+
+# GET /orders/{id}: the hot read, rendered once. The desk condition repeats what row-level
+# security enforces, so a principal's filter never depends on the database alone.
+ORDER_BY_ID = prepare(
+    order_view().where(
+        orders.c.id == bindparam("id", type_=BigInteger),
+        or_(
+            bindparam("all_desks", type_=Boolean),
+            orders.c.desk_id == any_(bindparam("desk_ids", type_=ARRAY(BigInteger))),
+        ),
+    )
+)
 
 
 def readable_orders(principal: Principal) -> Select[Any]:

@@ -83,15 +83,15 @@ async def submit_order(
 ) -> OrderOut:
     """Record a new order as PENDING; it then waits for review and a person's approval."""
     authorize(principal, Action.SUBMIT_ORDER)
-    found = await uow.execute(
+    found = await uow.fetchrow(
         repo.ORDER_REFERENCES, {"client_id": order.client_id, "symbol": order.symbol}
     )
-    refs = OrderReferences(**found.one()._mapping)
+    refs = OrderReferences(**dict(found or {}))
     # A client on another desk is unknown to this principal, never "forbidden": no existence leak.
     if refs.desk_id is not None and not principal.can_see_desk(refs.desk_id):
         refs = refs._replace(client_pk=None)
     check_order_rules(order, refs, price_max_decimals=price_max_decimals)
-    row = await uow.one_or_none(
+    row = await uow.fetchrow(
         repo.INSERT_ORDER,
         {
             "desk_id": refs.desk_id,
@@ -121,7 +121,7 @@ async def submit_order(
             existing_order_id=existing,
         )
     return OrderOut(
-        **row._mapping,
+        **dict(row),
         client_id=order.client_id,
         desk=refs.desk,
         symbol=order.symbol,
@@ -141,10 +141,13 @@ async def submit_order(
 
 async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> OrderOut:
     authorize(principal, Action.READ_ORDERS)
-    row = await uow.one_or_none(repo.readable_orders(principal).where(repo.orders.c.id == order_id))
+    row = await uow.fetchrow(
+        repo.ORDER_BY_ID,
+        {"id": order_id, "all_desks": principal.all_desks, "desk_ids": list(principal.desk_ids)},
+    )
     if row is None:
         raise OrderNotFound(f"No order {order_id}.")
-    return OrderOut.model_validate(row._mapping)
+    return OrderOut.model_validate(dict(row))
 
 
 def decode_cursor(cursor: str | None) -> int | None:

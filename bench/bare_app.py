@@ -1,0 +1,237 @@
+"""The peer for the load benchmark: our two order endpoints on bare Starlette + asyncpg.
+
+No FastAPI, no SQLAlchemy, no pydantic on the request path: JSON in and out with orjson and
+one SQL statement per request in autocommit. The SQL is our app's own, compiled by SQLAlchemy
+once at startup (see our_sql()). Clients and instruments are looked up once, at startup.
+
+    BARE_DATABASE_URL=postgresql://... python bench/bare_app.py --host 127.0.0.1 --port 8001
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+# Our engine: pool_size=10 + max_overflow=10, i.e. 10 kept and up to 20 under load
+# (run.py passes our Settings' values).
+POOL_MIN_SIZE = int(os.environ.get("BARE_POOL_MIN_SIZE", "10"))
+POOL_MAX_SIZE = int(os.environ.get("BARE_POOL_MAX_SIZE", "20"))
+# As our engine's connect_args (application_name differs so the two can be told apart).
+SERVER_SETTINGS = {
+    "application_name": "tradeops-bare",
+    "statement_timeout": "5000",
+    "idle_in_transaction_session_timeout": "60000",
+}
+SYSTEM_USER_ID = 0  # no authentication here: orders are our built-in system user's
+SYSTEM_EMAIL = "system@tradeops"
+ACTOR = f"user:{SYSTEM_USER_ID}"
+
+
+def our_sql() -> tuple[str, list[str], str]:
+    """Our INSERT_ORDER and the SELECT of GET /orders/{id}, exactly as our server sends them to
+    asyncpg: (insert, its parameter names in $n order, select). Our select also carries the
+    desk condition ($2 all desks, $3 desk ids); the peer passes "all desks".
+    """
+    from tradeops.orders import repository as repo
+
+    select = repo.ORDER_BY_ID
+    if select.names != ("id", "all_desks", "desk_ids"):
+        raise RuntimeError(f"unexpected parameters {select.names} in:\n{select.sql}")
+    return repo.INSERT_ORDER.sql, list(repo.INSERT_ORDER.names), select.sql
+
+
+INSERT_ORDER, INSERT_PARAMETERS, SELECT_ORDER = our_sql()
+KNOWN_PARAMETERS = {  # the ones create_order() fills
+    "desk_id",
+    "client_pk",
+    "instrument_pk",
+    "side",
+    "order_type",
+    "time_in_force",
+    "quantity",
+    "price",
+    "currency",
+    "client_order_id",
+    "created_by",
+    "created_by_key_id",
+    "actor",
+    "event_payload",
+    "request_id",
+}
+if unknown := set(INSERT_PARAMETERS) - KNOWN_PARAMETERS:
+    raise RuntimeError(f"INSERT_ORDER has new parameters {unknown}: teach create_order() them")
+
+CLIENTS = (
+    "SELECT c.external_id, c.id, c.desk_id, d.code FROM clients c JOIN desks d ON d.id = c.desk_id"
+)
+INSTRUMENTS = "SELECT symbol, id, currency FROM instruments"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRef:
+    id: int
+    desk_id: int
+    desk: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentRef:
+    id: int
+    currency: str
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")  # as our API: 50.000000 -> "50"
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    body = orjson.dumps(content, default=_json_default)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def problem(status: int, detail: str) -> Response:
+    return json_response({"status": status, "detail": detail}, status)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))  # 192.55 stays 192.55
+
+
+async def init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=str, decoder=orjson.loads, format="text"
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    pool = await asyncpg.create_pool(
+        os.environ["BARE_DATABASE_URL"],
+        min_size=POOL_MIN_SIZE,
+        max_size=POOL_MAX_SIZE,
+        server_settings=SERVER_SETTINGS,
+        init=init_connection,
+    )
+    app.state.pool = pool
+    app.state.clients = {
+        r["external_id"]: ClientRef(r["id"], r["desk_id"], r["code"])
+        for r in await pool.fetch(CLIENTS)
+    }
+    app.state.instruments = {
+        r["symbol"]: InstrumentRef(r["id"], r["currency"]) for r in await pool.fetch(INSTRUMENTS)
+    }
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+async def create_order(request: Request) -> Response:
+    try:
+        body = orjson.loads(await request.body())
+        client: ClientRef = request.app.state.clients[body["client_id"]]
+        instrument: InstrumentRef = request.app.state.instruments[body["symbol"]]
+        side = body["side"].upper()
+        quantity = _decimal(body["quantity"])
+        price = _decimal(body.get("price"))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ArithmeticError):
+        return problem(422, "Invalid order.")
+    order_type = body.get("order_type") or ("LIMIT" if price is not None else "MARKET")
+    time_in_force = body.get("time_in_force") or "DAY"
+    client_order_id = body.get("client_order_id")
+    request_id = uuid.uuid4().hex
+    parameters = {
+        "desk_id": client.desk_id,
+        "client_pk": client.id,
+        "instrument_pk": instrument.id,
+        "side": side,
+        "order_type": order_type,
+        "time_in_force": time_in_force,
+        "quantity": quantity,
+        "price": price,
+        "currency": instrument.currency,
+        "client_order_id": client_order_id,
+        "created_by": SYSTEM_USER_ID,
+        "created_by_key_id": None,
+        "actor": ACTOR,
+        "event_payload": orjson.dumps({"request_id": request_id}).decode(),
+        "request_id": request_id,
+    }
+    row = await request.app.state.pool.fetchrow(
+        INSERT_ORDER, *[parameters[name] for name in INSERT_PARAMETERS]
+    )
+    if row is None:
+        return problem(409, f"client_order_id {client_order_id} was already used.")
+    order = {
+        **row,
+        "client_id": body["client_id"],
+        "desk": client.desk,
+        "symbol": body["symbol"],
+        "side": side,
+        "order_type": order_type,
+        "time_in_force": time_in_force,
+        "quantity": quantity,
+        "price": price,
+        "currency": instrument.currency,
+        "avg_fill_price": None,
+        "client_order_id": client_order_id,
+        "created_by": SYSTEM_EMAIL,
+        "reviewed_by": None,
+        "approved_by": None,
+    }
+    headers = {"Location": f"{request.url.path}/{row['id']}", "ETag": f'"{row["version"]}"'}
+    return json_response(order, 201, headers)
+
+
+async def get_order(request: Request) -> Response:
+    order_id: int = request.path_params["order_id"]
+    row = await request.app.state.pool.fetchrow(SELECT_ORDER, order_id, True, [])
+    if row is None:
+        return problem(404, f"No order {order_id}.")
+    return json_response(dict(row), headers={"ETag": f'"{row["version"]}"'})
+
+
+async def ready(request: Request) -> Response:
+    await request.app.state.pool.fetchval("SELECT 1")
+    return json_response({"status": "ok"})
+
+
+app = Starlette(
+    routes=[
+        Route("/api/v1/orders", create_order, methods=["POST"]),
+        Route("/api/v1/orders/{order_id:int}", get_order, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+    ],
+    lifespan=lifespan,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    args = parser.parse_args()
+    # As `tradeops serve`: one worker, uvicorn's defaults (uvloop + httptools), no access log.
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

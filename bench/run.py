@@ -1,0 +1,529 @@
+"""Load benchmark: our server against a bare Starlette + asyncpg peer, same SQL, same load.
+
+    make bench BENCH_ARGS="--duration 20 --only post_order"
+
+Starts (or uses) PostgreSQL, a fresh migrated database with the demo reference data, our
+server and the peer (bench/bare_app.py), then runs every scenario with wrk against ours and
+then the peer, and writes bench/results/<date>.json. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+import tradeops
+from tradeops.auth import api_keys
+from tradeops.auth.api_keys import ApiKeyCreate
+from tradeops.auth.principal import SYSTEM
+from tradeops.db import migrate
+from tradeops.db.embedded import ensure_database, start_embedded
+from tradeops.db.engine import create_engine
+from tradeops.db.uow import UnitOfWork, run_in_transaction
+from tradeops.db.urls import libpq_url
+from tradeops.demo import load_demo_data, load_demo_users
+from tradeops.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+LUA = BENCH / "lua"
+WORK = BENCH / ".work"  # git-ignored: server logs, request bodies, id lists
+RESULTS = BENCH / "results"
+BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+WRK_TIMEOUT_SECONDS = 2  # wrk's default; a slower response counts as errors.timeout
+READY_TIMEOUT_SECONDS = 60
+ORDERS = "/api/v1/orders"
+SEED_ORDER = {
+    "client_id": "CUST-1001",
+    "symbol": "AAPL",
+    "side": "BUY",
+    "quantity": 50,
+    "price": 192.55,
+}
+
+console = Console(width=None if sys.stdout.isatty() else 120)  # a log file gets the full table
+
+
+class BenchError(Exception):
+    """A failure that makes the numbers meaningless: report it and exit 1."""
+
+
+_AGENT_KEY: list[str] = []
+
+
+def our_headers() -> dict[str, str]:
+    """Headers sent with every request to our server only: the demo agent's API key, so every
+    request pays for authentication as a real agent's would."""
+    return {"Authorization": f"Bearer {_AGENT_KEY[0]}"} if _AGENT_KEY else {}
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str  # "ours" or "bare"
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    headers: dict[str, str]
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection(HOST, self.port, timeout=10)
+        try:
+            headers = {"Content-Type": "application/json", **self.headers} if body else self.headers
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def running_server(
+    name: str, command: list[str], env: dict[str, str], headers: dict[str, str]
+) -> Iterator[Server]:
+    """Start `command --port <free port>`, wait for /health/ready = 200; SIGTERM it at the end."""
+    port = free_port()
+    command = [*command, "--port", str(port)]
+    log = WORK / f"{name}.log"
+    console.print(f"starting {name}: {' '.join(command)}  [dim](log: {log})[/dim]")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+    server = Server(name, port, process, log, headers)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise BenchError(f"{name} exited with {process.returncode}:\n{log_tail(log)}")
+            try:
+                if server.request("GET", "/health/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name} not ready after {READY_TIMEOUT_SECONDS} s")
+            time.sleep(0.2)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --- database ------------------------------------------------------------------------------
+
+
+@contextmanager
+def bench_database() -> Iterator[tuple[str, str]]:
+    """(server URL, URL of a fresh database with schema and demo data); dropped afterwards."""
+    server_url = os.environ.get("TRADEOPS_BENCH_DATABASE_URL")
+    if server_url:
+        console.print("PostgreSQL: TRADEOPS_BENCH_DATABASE_URL")
+    else:
+        pgdata = ROOT / ".tradeops" / "bench-pgdata"
+        console.print(f"PostgreSQL: embedded, in {pgdata}")
+        # The handle stops the server when this process exits.
+        server_url = str(start_embedded(pgdata).get_uri())
+    name = f"tradeops_bench_{datetime.now():%Y%m%d_%H%M%S}"
+    url = ensure_database(server_url, name)
+    try:
+        migrate.upgrade(url)
+        added = asyncio.run(load_demo(url))
+        console.print(f"database {name}: migrated, demo data {added}")
+        yield server_url, url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        console.print(f"database {name}: dropped")
+
+
+async def load_demo(url: str) -> dict[str, int]:
+    """Demo data and users, and an API key for the demo agent (orders:read, orders:write)."""
+    engine = create_engine(Settings(), url)
+    key = ApiKeyCreate(
+        name="bench", scopes=["orders:read", "orders:write"], owner_email="agent@demo.test"
+    )
+
+    async def load(uow: UnitOfWork) -> dict[str, int]:
+        added = await load_demo_data(uow, SYSTEM)
+        await load_demo_users(uow, SYSTEM, password=None)
+        _AGENT_KEY[:] = [(await api_keys.create_api_key(uow, SYSTEM, key)).key]
+        return added
+
+    try:
+        return await run_in_transaction(engine, SYSTEM, load)
+    finally:
+        await engine.dispose()
+
+
+def postgres_version(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "unknown"
+
+
+# --- scenarios -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of request, run with identical wrk settings against ours and the peer."""
+
+    name: str
+    method: str
+    path: str  # what the script makes of it: static.lua sends it as is
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # to both servers
+    script: str = "static.lua"  # in bench/lua
+    # Runs before the warm-up, once per server; returns extra environment for the script.
+    setup: Callable[[Server], dict[str, str]] | None = None
+    target_ratio: float | None = None  # ours/bare req/s the issue asks for
+
+
+def create_orders(count: int) -> Callable[[Server], dict[str, str]]:
+    """Setup: create `count` orders through the server's API; BENCH_IDS_FILE lists their ids."""
+
+    def setup(server: Server) -> dict[str, str]:
+        body = json.dumps(SEED_ORDER).encode()
+        ids = []
+        for _ in range(count):
+            status, answer = server.request("POST", ORDERS, body)
+            if status != 201:
+                raise BenchError(f"{server.name}: POST {ORDERS} answered {status}: {answer!r}")
+            ids.append(str(json.loads(answer)["id"]))
+        ids_file = WORK / f"ids-{server.name}.txt"
+        ids_file.write_text("\n".join(ids) + "\n")
+        return {"BENCH_IDS_FILE": str(ids_file)}
+
+    return setup
+
+
+JSON = {"Content-Type": "application/json"}
+SCENARIOS = [
+    Scenario(
+        "post_order", "POST", ORDERS, json.dumps(SEED_ORDER).encode(), JSON, target_ratio=0.60
+    ),
+    Scenario(
+        "get_order",
+        "GET",
+        ORDERS + "/{id}",
+        script="random_id.lua",
+        setup=create_orders(1000),
+        target_ratio=0.70,
+    ),
+]
+
+
+# --- wrk -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkSettings:
+    duration_s: float
+    warmup_s: float
+    connections: int
+    threads: int
+    timeout_s: int = WRK_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class RunResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int  # all kinds; non-2xx responses are in errors_by_kind["status"]
+    errors_by_kind: dict[str, int]
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise BenchError("wrk is not installed (and we are not root): apt-get install wrk")
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        console.print(f"wrk not found: running {' '.join(command)}")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(command, check=True, env=env)
+    found = shutil.which("wrk")
+    if not found:
+        raise BenchError("wrk still missing after apt-get install")
+    return found
+
+
+def wrk_version(wrk: str) -> str:
+    done = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+    return (done.stdout or done.stderr).splitlines()[0].strip()
+
+
+def run_wrk(
+    wrk: str,
+    server: Server,
+    scenario: Scenario,
+    extra_env: dict[str, str],
+    settings: WrkSettings,
+    duration_s: float,
+) -> RunResult:
+    env = {
+        **os.environ,
+        **extra_env,
+        "BENCH_LUA_DIR": str(LUA),
+        "BENCH_METHOD": scenario.method,
+        "BENCH_PATH": scenario.path,
+        "BENCH_HEADERS": "\n".join(
+            f"{k}: {v}" for k, v in {**scenario.headers, **server.headers}.items()
+        ),
+        "BENCH_BODY_FILE": "",
+    }
+    if scenario.body is not None:
+        body_file = WORK / f"{scenario.name}.body"
+        body_file.write_bytes(scenario.body)
+        env["BENCH_BODY_FILE"] = str(body_file)
+    command = [
+        wrk,
+        f"--threads={settings.threads}",
+        f"--connections={settings.connections}",
+        f"--duration={duration_s:g}s",
+        f"--timeout={settings.timeout_s}s",
+        f"--script={LUA / scenario.script}",
+        f"http://{HOST}:{server.port}",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    raw: dict[str, Any] = json.loads(lines[-1].removeprefix("BENCH_RESULT "))
+    errors: dict[str, int] = raw["errors"]
+    return RunResult(
+        rps=round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        p50_ms=round(raw["p50_us"] / 1000, 2),
+        p99_ms=round(raw["p99_us"] / 1000, 2),
+        requests=raw["requests"],
+        errors=sum(errors.values()),
+        errors_by_kind=errors,
+    )
+
+
+def measure(wrk: str, server: Server, scenario: Scenario, settings: WrkSettings) -> RunResult:
+    extra_env = scenario.setup(server) if scenario.setup else {}
+    if settings.warmup_s > 0:
+        run_wrk(wrk, server, scenario, extra_env, settings, settings.warmup_s)
+    result = run_wrk(wrk, server, scenario, extra_env, settings, settings.duration_s)
+    note = f"  [red]{result.errors} errors {result.errors_by_kind}[/red]" if result.errors else ""
+    console.print(
+        f"{scenario.name:<12} {server.name:<5} {result.rps:>9.1f} req/s"
+        f"  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms{note}"
+    )
+    return result
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def git(*args: str) -> str:
+    """git in the checkout the benchmarked tradeops package comes from (normally ROOT)."""
+    code = Path(tradeops.__file__).parent
+    done = subprocess.run(["git", *args], cwd=code, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def results_path(day: str) -> Path:
+    path, n = RESULTS / f"{day}.json", 1
+    while path.exists():
+        n += 1
+        path = RESULTS / f"{day}-{n}.json"
+    return path
+
+
+def ratio(ours: RunResult, bare: RunResult) -> float:
+    return ours.rps / bare.rps if bare.rps else 0.0
+
+
+def verdict(scenario: Scenario, ours: RunResult, bare: RunResult) -> str:
+    if ours.errors or bare.errors:
+        return "ERRORS"
+    if scenario.target_ratio is None:
+        return "-"
+    return "PASS" if ratio(ours, bare) >= scenario.target_ratio else "FAIL"
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="ours vs bare (Starlette + asyncpg)")
+    columns = ["scenario", "ours req/s", "p50 ms", "p99 ms", "bare req/s", "p50 ms", "p99 ms"]
+    for column in [*columns, "ratio", "target", "result"]:
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    colors = {"PASS": "green", "FAIL": "yellow", "ERRORS": "red", "-": "dim"}
+    for row in rows:
+        ours, bare = row["ours"], row["bare"]
+        target = row["target_ratio"]
+        table.add_row(
+            row["name"],
+            f"{ours['rps']:.1f}",
+            f"{ours['p50_ms']:.2f}",
+            f"{ours['p99_ms']:.2f}",
+            f"{bare['rps']:.1f}",
+            f"{bare['p50_ms']:.2f}",
+            f"{bare['p99_ms']:.2f}",
+            f"{row['ratio_rps']:.2f}",
+            f">= {target:.2f}" if target is not None else "-",
+            f"[{colors[row['result']]}]{row['result']}[/]",
+        )
+    console.print(table)
+    for row in rows:
+        for side in ("ours", "bare"):
+            if row[side]["errors"]:
+                console.print(
+                    f"[red]{row['name']} {side}: {row[side]['errors']} errors "
+                    f"{row[side]['errors_by_kind']} (status = non-2xx responses; server log: "
+                    f"bench/.work/{side}.log)[/red]"
+                )
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Load benchmark: ours vs a bare asyncpg app.")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded warm-up")
+    parser.add_argument(
+        "--only", nargs="+", metavar="SCENARIO", choices=[s.name for s in SCENARIOS]
+    )
+    return parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = WrkSettings(args.duration, args.warmup, args.connections, args.threads)
+    scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    WORK.mkdir(exist_ok=True)
+    RESULTS.mkdir(exist_ok=True)
+    wrk = ensure_wrk()
+    # The peer's pool holds as many connections as our engine can: pool_size + max_overflow.
+    app_settings = Settings()
+    pool_min = app_settings.pool_size
+    pool_max = app_settings.pool_size + app_settings.pool_max_overflow
+    started = datetime.now()
+    rows: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        server_url, url = stack.enter_context(bench_database())
+        pg_version = postgres_version(server_url)
+        ours = stack.enter_context(
+            running_server(
+                "ours",
+                [str(BIN / "tradeops"), "serve", "--workers", "1", "--host", HOST],
+                {
+                    "TRADEOPS_DATABASE_URL": url,
+                    "TRADEOPS_ENV": "test",
+                    "TRADEOPS_LOG_FORMAT": "json",
+                    "TRADEOPS_ACCESS_LOG": "true",  # part of our real cost
+                },
+                our_headers(),
+            )
+        )
+        bare = stack.enter_context(
+            running_server(
+                "bare",
+                [str(BIN / "python"), str(BENCH / "bare_app.py"), "--host", HOST],
+                {
+                    "BARE_DATABASE_URL": libpq_url(url),
+                    "BARE_POOL_MIN_SIZE": str(pool_min),
+                    "BARE_POOL_MAX_SIZE": str(pool_max),
+                },
+                {},
+            )
+        )
+        for scenario in scenarios:
+            ours_result = measure(wrk, ours, scenario, settings)
+            bare_result = measure(wrk, bare, scenario, settings)
+            rows.append(
+                {
+                    "name": scenario.name,
+                    "ours": asdict(ours_result),
+                    "bare": asdict(bare_result),
+                    "ratio_rps": round(ratio(ours_result, bare_result), 3),
+                    "target_ratio": scenario.target_ratio,
+                    "result": verdict(scenario, ours_result, bare_result),
+                }
+            )
+
+    report: dict[str, Any] = {
+        "date": started.date().isoformat(),
+        "started": started.isoformat(timespec="seconds"),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "tradeops_from": str(Path(tradeops.__file__).parent),  # another checkout (PYTHONPATH)?
+        "machine": {
+            "nproc": len(os.sched_getaffinity(0)),
+            "cpu_model": cpu_model(),
+            "postgresql": pg_version,
+            "python": sys.version.split()[0],
+        },
+        "wrk": {**asdict(settings), "version": wrk_version(wrk)},
+        "pool": {"min_size": pool_min, "max_size": pool_max},
+        "scenarios": {row["name"]: {k: v for k, v in row.items() if k != "name"} for row in rows},
+    }
+    path = results_path(report["date"])
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(rows)
+    console.print(f"results: {path.relative_to(ROOT)}")
+    return 1 if any(row["result"] == "ERRORS" for row in rows) else 0
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        code = run(args)
+    except BenchError as error:
+        console.print(f"[red]bench failed:[/red] {error}")
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
