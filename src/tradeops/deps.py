@@ -35,10 +35,10 @@ class AuthenticatedSession:
 
 
 def _connection_of(request: Request) -> UnitOfWork:
-    connection = request.state.connection
-    if connection is None:  # pragma: no cover - a router without TransactionalRoute
+    driver = request.state.driver
+    if driver is None:  # pragma: no cover - a router without TransactionalRoute
         raise RuntimeError("database dependencies need a TransactionalRoute")
-    return UnitOfWork(connection)
+    return UnitOfWork(driver)
 
 
 async def authenticated_session(

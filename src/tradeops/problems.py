@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from fastapi import FastAPI, Request
@@ -148,10 +149,9 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_database_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, DBAPIError)
     problem = problem_for(exc)
     # The database's own message is for operators, never for the client.
-    log.warning("database error", status=problem.status, error=str(exc.orig)[:500])
+    log.warning("database error", status=problem.status, error=str(exc)[:500])
     headers = {"Retry-After": str(problem.retry_after)} if problem.retry_after else None
     return problem_response(
         request,
@@ -192,6 +192,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, on_domain_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(DBAPIError, on_database_error)
+    app.add_exception_handler(asyncpg.PostgresError, on_database_error)
     app.add_exception_handler(OSError, on_database_unavailable)
     app.add_exception_handler(PoolTimeout, on_database_unavailable)
     app.add_exception_handler(Exception, on_unexpected_error)

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast
 from tradeops.auth.principal import Principal, Role
-from tradeops.db.uow import UnitOfWork, context_parameters, sqlstate_of
+from tradeops.db.uow import UnitOfWork, context_parameters, driver_of, sqlstate_of
 
 
 @pytest.fixture
@@ -40,7 +40,9 @@ async def connection(owner_engine: AsyncEngine) -> AsyncIterator[AsyncConnection
 
 
 async def as_principal(conn: AsyncConnection, principal: Principal) -> None:
-    await UnitOfWork(conn).set_context(principal, "rls-test")
+    """Set a principal's context inside the connection's open transaction."""
+    await conn.execute(text("SELECT 1"))  # SQLAlchemy begins its transaction lazily
+    await UnitOfWork(await driver_of(conn)).set_context(principal, "rls-test")
 
 
 async def test_trader_sees_only_own_desk_without_any_where(
@@ -148,8 +150,8 @@ async def test_application_role_cannot_read_secrets(owner_engine: AsyncEngine, c
             params = context_parameters(
                 Principal(cast.ids["admin"], "admin@test.bank", Role.ADMIN, all_desks=True), None
             )
-            await UnitOfWork(conn).set_context(
-                Principal(cast.ids["admin"], "admin@test.bank", Role.ADMIN, all_desks=True)
+            await as_principal(
+                conn, Principal(cast.ids["admin"], "admin@test.bank", Role.ADMIN, all_desks=True)
             )
             assert params["role"] == "tradeops_app"
             with pytest.raises(DBAPIError) as denied:

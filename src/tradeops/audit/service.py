@@ -214,8 +214,7 @@ async def verify(uow: UnitOfWork, principal: Principal, audit_key: bytes) -> Ver
     authorize(principal, Action.VERIFY_AUDIT)
     checkpoints = list(await uow.execute(_CHECKPOINTS))
     verifier = _Verifier(audit_key, checkpoints)
-    result = await uow.connection.stream(_ALL_EVENTS)
-    async for row in result:
+    async for row in uow.stream(_ALL_EVENTS):
         if not verifier.check_event(row):
             break
     else:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
-
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.principal import Principal, Role
 from tradeops.auth.tokens import InvalidToken, TokenService
+from tradeops.db.prepared import prepare
 from tradeops.db.uow import APP_ROLE, UnitOfWork
 from tradeops.errors import Unauthenticated
 
@@ -30,7 +29,7 @@ _SET_CONTEXT_COLUMNS = """
     set_config('tradeops.request_id', :request_id, true) AS _request
 """
 
-_PERSON = text(
+_PERSON = prepare(
     f"""
 SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, NULL::bigint AS key_id,
        NULL::text[] AS scopes, {_SET_CONTEXT_COLUMNS}
@@ -46,7 +45,7 @@ WHERE u.active AND u.role <> 'system' AND (u.id = :user_id OR u.email = :email)
 
 # Risk and admin keys see every desk unless the key names some; others see the owner's
 # desks, narrowed to the key's. last_used_at is written at most once a minute per key.
-_API_KEY = text(
+_API_KEY = prepare(
     f"""
 WITH touched AS (
     UPDATE api_keys SET last_used_at = now()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.exc import DBAPIError
-
 from tradeops.db.uow import RETRYABLE_SQLSTATES, sqlstate_of
 
 
@@ -18,7 +16,7 @@ class DatabaseProblem:
     retry_after: int | None = None
 
 
-def problem_for(error: DBAPIError) -> DatabaseProblem:
+def problem_for(error: BaseException) -> DatabaseProblem:
     code = sqlstate_of(error) or ""
     if code == "23505":
         return DatabaseProblem(409, "conflict", "Conflict", "The resource already exists.")

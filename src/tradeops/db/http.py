@@ -11,12 +11,12 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import asyncpg
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tradeops.db.uow import backoff_seconds, is_retryable
+from tradeops.db.uow import backoff_seconds, driver_of, is_retryable
 
 
 class TransactionalRoute(APIRoute):
@@ -29,18 +29,18 @@ class TransactionalRoute(APIRoute):
             for attempt in range(attempts):
                 try:
                     async with engine.connect() as connection:
-                        request.state.connection = connection
+                        driver = await driver_of(connection)
                         # Anything raised rolls back; a returned response (even a 4xx that
                         # records a failed login) is committed before it is sent.
-                        response = await handle(request)
-                        await connection.commit()
-                        return response
-                except DBAPIError as error:
+                        async with driver.transaction():
+                            request.state.driver = driver
+                            return await handle(request)
+                except asyncpg.PostgresError as error:
                     if not is_retryable(error) or attempt == attempts - 1:
                         raise
                     await asyncio.sleep(backoff_seconds(attempt))
                 finally:
-                    request.state.connection = None
+                    request.state.driver = None
             raise AssertionError("unreachable")
 
         return handle_in_transaction

@@ -1,16 +1,17 @@
-"""Statements rendered once for asyncpg, for the hot paths.
+"""Statements rendered for asyncpg: SQLAlchemy builds them, asyncpg runs them.
 
-SQLAlchemy builds and documents the statement; rendering it at import and sending it
-straight to asyncpg skips per-request compilation, cache-key building and result
-processing, which measured as most of a simple request's cost (bench/README.md).
+Constant statements are rendered once, at import (`prepare`); statements built per call
+(filters, inserts with values) are rendered when run (`prepare_dynamic`), with the values
+SQLAlchemy bound into them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql import ClauseElement
 
@@ -21,11 +22,26 @@ _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
 class Prepared:
     sql: str
     names: tuple[str, ...]
+    bound: Mapping[str, Any] = field(default_factory=dict)
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
-        return [params[name] for name in self.names]
+        return [params[n] if n in params else self.bound[n] for n in self.names]
 
 
-def prepare(statement: ClauseElement) -> Prepared:
-    compiled = statement.compile(dialect=_DIALECT)
-    return Prepared(str(compiled), tuple(getattr(compiled, "positiontup", None) or ()))
+def _render(statement: ClauseElement) -> Prepared:
+    compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+    processors = getattr(compiled, "_bind_processors", {})
+    bound = {
+        name: processors[name](value) if name in processors and value is not None else value
+        for name, value in compiled.params.items()
+    }
+    return Prepared(str(compiled), tuple(getattr(compiled, "positiontup", None) or ()), bound)
+
+
+def prepare(statement: ClauseElement | str) -> Prepared:
+    """Render a constant statement once (plain SQL strings use :name parameters)."""
+    return _render(text(statement) if isinstance(statement, str) else statement)
+
+
+def prepare_dynamic(statement: ClauseElement | str) -> Prepared:
+    return prepare(statement)

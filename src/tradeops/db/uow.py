@@ -2,24 +2,28 @@
 
 Services receive a UnitOfWork and never commit; whoever opened it (an HTTP request, a CLI
 command, a job) commits when the whole command succeeded, or rolls everything back.
+
+SQLAlchemy owns the pool (connect arguments, codecs, pool metrics) and builds statements;
+the statements run on the pooled connection's asyncpg driver, in a transaction held at the
+driver. Measured on this project, that halves the cost of a simple request compared with
+executing through SQLAlchemy's async adapter (bench/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
 import asyncpg
-from sqlalchemy import Executable, text
-from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import ClauseElement
 
 from tradeops.auth.principal import Principal
-from tradeops.db.prepared import Prepared
+from tradeops.db.prepared import Prepared, prepare, prepare_dynamic
 
 T = TypeVar("T")
 
@@ -29,7 +33,7 @@ RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, de
 # One round trip: switch to the unprivileged role (so row-level security applies even when
 # we log in as a superuser) and publish who is acting. All transaction-local (is_local=true),
 # so nothing leaks to the next user of a pooled connection, PgBouncer included.
-_SET_CONTEXT = text(
+SET_CONTEXT = prepare(
     "SELECT set_config('role', :role, true),"
     " set_config('tradeops.user_id', :user_id, true),"
     " set_config('tradeops.role', :principal_role, true),"
@@ -38,6 +42,8 @@ _SET_CONTEXT = text(
     " set_config('tradeops.api_key_id', :api_key_id, true),"
     " set_config('tradeops.request_id', :request_id, true)"
 )
+
+Statement = Prepared | ClauseElement | str
 
 
 def context_parameters(principal: Principal, request_id: str | None) -> dict[str, str]:
@@ -52,66 +58,135 @@ def context_parameters(principal: Principal, request_id: str | None) -> dict[str
     }
 
 
+class Row:
+    """A result row: attributes by column name, `_mapping` for a dict, iteration by position."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: asyncpg.Record) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._record[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, index: int) -> Any:
+        return self._record[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._record.values())
+
+    @property
+    def _mapping(self) -> dict[str, Any]:
+        return dict(self._record.items())
+
+
+class Result:
+    def __init__(self, records: list[asyncpg.Record]) -> None:
+        self._rows = [Row(r) for r in records]
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self._rows)
+
+    @property
+    def rowcount(self) -> int:
+        """Rows returned: write `RETURNING` to count changed rows."""
+        return len(self._rows)
+
+    def all(self) -> list[Row]:
+        return self._rows
+
+    def one(self) -> Row:
+        if len(self._rows) != 1:
+            raise LookupError(f"expected one row, got {len(self._rows)}")
+        return self._rows[0]
+
+    def one_or_none(self) -> Row | None:
+        if len(self._rows) > 1:
+            raise LookupError(f"expected at most one row, got {len(self._rows)}")
+        return self._rows[0] if self._rows else None
+
+    def scalars(self) -> list[Any]:
+        return [row[0] for row in self._rows]
+
+
 class UnitOfWork:
     """A transaction in progress, with the principal it acts for."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.connection = connection
+    def __init__(self, driver: asyncpg.Connection) -> None:
+        self.driver = driver
         self.principal: Principal | None = None
         self.request_id: str | None = None
-        self._driver: asyncpg.Connection | None = None
-
-    async def fetchrow(
-        self, statement: Prepared, params: Mapping[str, Any]
-    ) -> asyncpg.Record | None:
-        """Run a prepared hot-path statement on the driver, inside this same transaction."""
-        driver = await self._driver_connection()
-        return await driver.fetchrow(statement.sql, *statement.arguments(params))
-
-    async def _driver_connection(self) -> asyncpg.Connection:
-        if self._driver is None:
-            fairy = await self.connection.get_raw_connection()
-            # The context statement, always first, began the transaction through SQLAlchemy;
-            # a statement sent before it would run outside both the transaction and the context.
-            if self.principal is None or getattr(fairy.dbapi_connection, "_transaction", 1) is None:
-                raise RuntimeError("set the request context before running statements")
-            self._driver = cast(asyncpg.Connection, fairy.driver_connection)
-        return self._driver
 
     async def set_context(self, principal: Principal, request_id: str | None = None) -> None:
-        await self.connection.execute(_SET_CONTEXT, context_parameters(principal, request_id))
+        await self.fetchrow(SET_CONTEXT, context_parameters(principal, request_id))
         self.principal = principal
         self.request_id = request_id
 
+    async def fetchrow(
+        self, statement: Statement, params: Mapping[str, Any] | None = None
+    ) -> asyncpg.Record | None:
+        sql, arguments = _render(statement, params)
+        return await self.driver.fetchrow(sql, *arguments)
+
     async def execute(
         self,
-        statement: Executable,
-        parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-    ) -> CursorResult[Any]:
-        return await self.connection.execute(statement, parameters)
+        statement: Statement,
+        params: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
+    ) -> Result:
+        if isinstance(params, list):  # executemany: one statement per parameter set
+            for each in params:
+                await self.execute(statement, each)
+            return Result([])
+        sql, arguments = _render(statement, params)
+        return Result(await self.driver.fetch(sql, *arguments))
 
     async def one_or_none(
-        self, statement: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> Row[Any] | None:
-        return (await self.connection.execute(statement, parameters)).one_or_none()
+        self, statement: Statement, params: Mapping[str, Any] | None = None
+    ) -> Row | None:
+        record = await self.fetchrow(statement, params)
+        return None if record is None else Row(record)
 
-    async def scalar(
-        self, statement: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> Any:
-        return await self.connection.scalar(statement, parameters)
+    async def scalar(self, statement: Statement, params: Mapping[str, Any] | None = None) -> Any:
+        record = await self.fetchrow(statement, params)
+        return None if record is None else record[0]
+
+    async def stream(
+        self, statement: Statement, params: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[Row]:
+        """Rows as they arrive (a server-side cursor), for reading a whole table."""
+        sql, arguments = _render(statement, params)
+        async for record in self.driver.cursor(sql, *arguments, prefetch=500):
+            yield Row(record)
+
+
+def _render(statement: Statement, params: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
+    prepared = statement if isinstance(statement, Prepared) else prepare_dynamic(statement)
+    return prepared.sql, prepared.arguments(params or {})
+
+
+async def driver_of(connection: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under a pooled SQLAlchemy connection."""
+    fairy = await connection.get_raw_connection()
+    return cast(asyncpg.Connection, fairy.driver_connection)
 
 
 def is_retryable(error: BaseException) -> bool:
-    return isinstance(error, DBAPIError) and sqlstate_of(error) in RETRYABLE_SQLSTATES
+    return sqlstate_of(error) in RETRYABLE_SQLSTATES
 
 
-def sqlstate_of(error: DBAPIError) -> str | None:
-    original = error.orig
-    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
-    cause = getattr(original, "__cause__", None)
-    if code is None and cause is not None:
-        code = getattr(cause, "sqlstate", None)
-    return code if isinstance(code, str) else None
+def sqlstate_of(error: BaseException) -> str | None:
+    """The SQLSTATE of an asyncpg error, or of one SQLAlchemy wrapped."""
+    candidates: list[object] = [error]
+    if isinstance(error, DBAPIError):
+        candidates += [error.orig, getattr(error.orig, "__cause__", None)]
+    for candidate in candidates:
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -120,12 +195,20 @@ def backoff_seconds(attempt: int) -> float:
 
 
 @asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[UnitOfWork]:
+    """A pooled connection in a transaction: committed on success, rolled back on any error."""
+    async with engine.connect() as connection:
+        driver = await driver_of(connection)
+        async with driver.transaction():
+            yield UnitOfWork(driver)
+
+
+@asynccontextmanager
 async def unit_of_work(
     engine: AsyncEngine, principal: Principal, request_id: str | None = None
 ) -> AsyncIterator[UnitOfWork]:
-    """Open a transaction with the context set; commit on success, roll back on any error."""
-    async with engine.connect() as connection, connection.begin():
-        uow = UnitOfWork(connection)
+    """A transaction with the principal's context set as its first statement."""
+    async with transaction(engine) as uow:
         await uow.set_context(principal, request_id)
         yield uow
 
@@ -143,7 +226,7 @@ async def run_in_transaction(
         try:
             async with unit_of_work(engine, principal, request_id) as uow:
                 return await command(uow)
-        except DBAPIError as error:
+        except asyncpg.PostgresError as error:
             if not is_retryable(error) or attempt == attempts - 1:
                 raise
             await asyncio.sleep(backoff_seconds(attempt))

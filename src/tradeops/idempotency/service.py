@@ -47,7 +47,9 @@ _COMPLETE = text(
     "UPDATE idempotency_keys SET response_status = :status, response_body = :body,"
     " response_headers = CAST(:headers AS jsonb) WHERE principal = :principal AND key = :key"
 )
-_PURGE = text("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => :h)")
+_PURGE = text(
+    "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => :h) RETURNING 1"
+)
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:
