@@ -20,7 +20,7 @@ from tradeops.db.uow import UnitOfWork, unit_of_work
 from tradeops.idempotency.service import purge_expired
 from tradeops.settings import Settings
 
-log = structlog.get_logger("tradeops.maintenance")
+log = structlog.get_logger(component="tradeops.maintenance")
 _ROUND_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext('tradeops.maintenance'))")
 
 

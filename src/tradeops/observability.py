@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -24,43 +25,58 @@ from tradeops.settings import Settings
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-access_log = structlog.get_logger("tradeops.access")
+access_log = structlog.get_logger(component="tradeops.access")
 
 
 def configure_logging(settings: Settings) -> None:
-    """JSON lines in production, readable console lines in development; stdlib logs too."""
+    """JSON lines in production, readable console lines in development.
+
+    Our own log calls go straight from structlog to stdout (the stdlib logging machinery
+    cost measurable throughput on the access log); other libraries' records (uvicorn,
+    alembic) pass through stdlib logging with the same processors and renderer.
+    """
+    level = logging.getLevelNamesMapping()[settings.log_level.upper()]
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    json_lines = settings.log_renderer == "json"
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if settings.log_renderer == "json"
+        structlog.processors.JSONRenderer(serializer=_json_line)
+        if json_lines
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        processors=[
+            *shared,
+            *([structlog.processors.dict_tracebacks] if json_lines else []),
+            renderer,
+        ],
+        logger_factory=structlog.WriteLoggerFactory(),  # stdout as it is when a logger is made
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        # Tests reconfigure logging; everywhere else the first configuration is final.
+        cache_logger_on_first_use=settings.env != "test",
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(level)
     # uvicorn's own access log would duplicate ours, without the request id.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+
+
+def _json_line(event: Any, **_: Any) -> str:
+    return orjson.dumps(event, default=str).decode()
 
 
 class Metrics:

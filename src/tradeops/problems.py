@@ -19,7 +19,7 @@ from tradeops.db.errors import problem_for
 from tradeops.errors import PROBLEM_BASE, DomainError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-log = structlog.get_logger("tradeops.errors")
+log = structlog.get_logger(component="tradeops.errors")
 
 
 class FieldError(BaseModel):

@@ -21,7 +21,7 @@ from tradeops.desks.models import Desk, DeskMember
 from tradeops.desks.service import desk_ids_by_code
 from tradeops.errors import Conflict, NotFound, TooManyRequests
 
-log = structlog.get_logger("tradeops.auth")
+log = structlog.get_logger(component="tradeops.auth")
 users = table_of(User)
 members = table_of(DeskMember)
 desks = table_of(Desk)
