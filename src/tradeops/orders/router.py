@@ -98,13 +98,11 @@ async def submit_order(
 @router.get(
     "/{order_id}", response_model=OrderOut, responses=problem_responses(service.OrderNotFound)
 )
-async def get_order(
-    order_id: int, response: Response, principal: CurrentPrincipal, uow: UoW
-) -> OrderOut:
+async def get_order(order_id: int, principal: CurrentPrincipal, uow: UoW) -> Response:
     """One order, with its status, risk status, fills and `version` (also sent as the ETag)."""
     order = await service.get_order(uow, principal, order_id)
-    response.headers.update(_etag(order))
-    return order
+    # Serialized once, here: the model was validated when it was built.
+    return Response(order.model_dump_json(), media_type="application/json", headers=_etag(order))
 
 
 @router.get("", response_model=OrderPage, responses=problem_responses(InvalidRequest))

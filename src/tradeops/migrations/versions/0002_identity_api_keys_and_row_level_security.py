@@ -127,7 +127,7 @@ GRANT SELECT (id, email, name, role, active, failed_logins, locked_until, create
 GRANT SELECT (id, owner_user_id, name, prefix, scopes, desk_ids, created_at, expires_at,
               revoked_at, last_used_at) ON api_keys TO tradeops_app;
 GRANT INSERT ON api_keys TO tradeops_app;
-GRANT UPDATE (revoked_at) ON api_keys TO tradeops_app;
+GRANT UPDATE (revoked_at, last_used_at) ON api_keys TO tradeops_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO tradeops_app;
 """
 
