@@ -103,7 +103,8 @@ CREATE POLICY audit_stream_heads_chain ON audit_stream_heads FOR ALL
     WITH CHECK (current_user <> 'tradeops_app' OR tradeops_user_id() IS NOT NULL);
 CREATE POLICY idempotency_keys_own ON idempotency_keys FOR ALL
     USING (principal = tradeops_actor()) WITH CHECK (principal = tradeops_actor());
-CREATE POLICY idempotency_keys_purge ON idempotency_keys FOR DELETE
+-- The system's housekeeping purges expired keys; a DELETE's WHERE needs them visible too.
+CREATE POLICY idempotency_keys_purge ON idempotency_keys FOR ALL
     USING (tradeops_role() = 'system');
 
 GRANT SELECT, INSERT ON audit_events, audit_checkpoints TO tradeops_app;
