@@ -42,29 +42,29 @@ ACTOR = f"user:{SYSTEM_USER_ID}"
 
 
 def our_sql() -> tuple[str, list[str], str]:
-    """Our INSERT_ORDER and the SELECT of GET /orders/{id}, exactly as our server sends them to
-    asyncpg: (insert, its parameter names in $n order, select). Our select also carries the
-    desk condition ($2 all desks, $3 desk ids); the peer passes "all desks".
+    """Our SUBMIT_ORDER and the SELECT of GET /orders/{id}, exactly as our server sends them to
+    asyncpg: (insert, its parameter names in $n order, select). Both carry the desk condition;
+    the peer passes "all desks".
     """
     from tradeops.orders import repository as repo
 
     select = repo.ORDER_BY_ID
     if select.names != ("id", "all_desks", "desk_ids"):
         raise RuntimeError(f"unexpected parameters {select.names} in:\n{select.sql}")
-    return repo.INSERT_ORDER.sql, list(repo.INSERT_ORDER.names), select.sql
+    return repo.SUBMIT_ORDER.sql, list(repo.SUBMIT_ORDER.names), select.sql
 
 
 INSERT_ORDER, INSERT_PARAMETERS, SELECT_ORDER = our_sql()
 KNOWN_PARAMETERS = {  # the ones create_order() fills
-    "desk_id",
-    "client_pk",
-    "instrument_pk",
+    "client_id",
+    "symbol",
+    "all_desks",
+    "desk_ids",
     "side",
     "order_type",
     "time_in_force",
     "quantity",
     "price",
-    "currency",
     "client_order_id",
     "created_by",
     "created_by_key_id",
@@ -73,12 +73,22 @@ KNOWN_PARAMETERS = {  # the ones create_order() fills
     "request_id",
 }
 if unknown := set(INSERT_PARAMETERS) - KNOWN_PARAMETERS:
-    raise RuntimeError(f"INSERT_ORDER has new parameters {unknown}: teach create_order() them")
+    raise RuntimeError(f"SUBMIT_ORDER has new parameters {unknown}: teach create_order() them")
 
 CLIENTS = (
     "SELECT c.external_id, c.id, c.desk_id, d.code FROM clients c JOIN desks d ON d.id = c.desk_id"
 )
 INSTRUMENTS = "SELECT symbol, id, currency FROM instruments"
+CREATED_FIELDS = (
+    "id",
+    "status",
+    "risk_status",
+    "risk_reasons",
+    "filled_quantity",
+    "version",
+    "created_at",
+    "updated_at",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,15 +169,15 @@ async def create_order(request: Request) -> Response:
     client_order_id = body.get("client_order_id")
     request_id = uuid.uuid4().hex
     parameters = {
-        "desk_id": client.desk_id,
-        "client_pk": client.id,
-        "instrument_pk": instrument.id,
+        "client_id": body["client_id"],
+        "symbol": body["symbol"],
+        "all_desks": True,
+        "desk_ids": [],
         "side": side,
         "order_type": order_type,
         "time_in_force": time_in_force,
         "quantity": quantity,
         "price": price,
-        "currency": instrument.currency,
         "client_order_id": client_order_id,
         "created_by": SYSTEM_USER_ID,
         "created_by_key_id": None,
@@ -178,10 +188,10 @@ async def create_order(request: Request) -> Response:
     row = await request.app.state.pool.fetchrow(
         INSERT_ORDER, *[parameters[name] for name in INSERT_PARAMETERS]
     )
-    if row is None:
+    if row is None or row["id"] is None:
         return problem(409, f"client_order_id {client_order_id} was already used.")
     order = {
-        **row,
+        **{k: row[k] for k in CREATED_FIELDS},
         "client_id": body["client_id"],
         "desk": client.desk,
         "symbol": body["symbol"],

@@ -27,27 +27,32 @@ creator = users.alias("creator")
 reviewer = users.alias("reviewer")
 approver = users.alias("approver")
 
-# Client and instrument in one round trip; a missing one comes back as NULLs.
-ORDER_REFERENCES = prepare(
+# Intake in one statement: find the client and instrument, insert the order only if every
+# rule that needs their rows holds, append its first history event and its audit event, and
+# return the references either way, so a refusal can be explained field by field. A repeated
+# client_order_id inserts nothing. The trigger on orders checks the same rules again.
+SUBMIT_ORDER = prepare(
     text(
-        "SELECT c.id AS client_pk, c.desk_id, c.status AS client_status, d.code AS desk,"
-        " i.id AS instrument_pk, i.currency, i.lot_size, i.tick_size, i.active AS instrument_active"
+        "WITH refs AS ("
+        " SELECT c.id AS client_pk, c.desk_id, c.status AS client_status, d.code AS desk,"
+        "  i.id AS instrument_pk, i.currency, i.lot_size, i.tick_size,"
+        "  i.active AS instrument_active"
         " FROM (SELECT 1) AS one"
         " LEFT JOIN clients c ON c.external_id = :client_id"
         " LEFT JOIN desks d ON d.id = c.desk_id"
-        " LEFT JOIN instruments i ON i.symbol = :symbol"
-    )
-)
-
-# The order and its first history event in one statement; a repeated client_order_id
-# inserts nothing and returns no row.
-INSERT_ORDER = prepare(
-    text(
-        "WITH new_order AS ("
+        " LEFT JOIN instruments i ON i.symbol = :symbol),"
+        " new_order AS ("
         " INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
         "  quantity, price, currency, client_order_id, created_by, created_by_key_id)"
-        " VALUES (:desk_id, :client_pk, :instrument_pk, :side, :order_type, :time_in_force,"
-        "  :quantity, :price, :currency, :client_order_id, :created_by, :created_by_key_id)"
+        " SELECT desk_id, client_pk, instrument_pk, CAST(:side AS text),"
+        "  CAST(:order_type AS text), CAST(:time_in_force AS text), CAST(:quantity AS numeric),"
+        "  CAST(:price AS numeric), currency, CAST(:client_order_id AS text),"
+        "  CAST(:created_by AS bigint), CAST(:created_by_key_id AS bigint)"
+        " FROM refs"
+        " WHERE client_status = 'ACTIVE' AND instrument_active"
+        "  AND (CAST(:all_desks AS boolean) OR desk_id = ANY(CAST(:desk_ids AS bigint[])))"
+        "  AND mod(:quantity, lot_size) = 0"
+        "  AND (:price IS NULL OR mod(:price, tick_size) = 0)"
         " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *),"
         " event AS ("
         " INSERT INTO order_events (order_id, desk_id, seq, type, actor, payload, at)"
@@ -58,8 +63,9 @@ INSERT_ORDER = prepare(
         "  entity_id, after)"
         " SELECT 'order:' || id, :actor, :created_by_key_id, :request_id, 'order.created', 'order',"
         "  id::text, to_jsonb(new_order) FROM new_order)"
-        " SELECT id, status, risk_status, risk_reasons, filled_quantity, version, created_at,"
-        "  updated_at FROM new_order"
+        " SELECT refs.*, n.id, n.status, n.risk_status, n.risk_reasons, n.filled_quantity,"
+        "  n.version, n.created_at, n.updated_at"
+        " FROM refs LEFT JOIN new_order n ON true"
     )
 )
 

@@ -48,9 +48,7 @@ class OrderReferences(NamedTuple):
     instrument_active: bool | None
 
 
-def check_order_rules(
-    order: OrderCreate, refs: OrderReferences, *, price_max_decimals: int
-) -> None:
+def check_order_rules(order: OrderCreate, refs: OrderReferences) -> None:
     """The rules that need the client and instrument rows; each failure names its field."""
     if refs.client_pk is None:
         raise InvalidRequest(f"Unknown client {order.client_id}.", field="body.client_id")
@@ -66,16 +64,11 @@ def check_order_rules(
             f"Quantity must be a multiple of the lot size {refs.lot_size.normalize():f}.",
             field="body.quantity",
         )
-    if order.price is not None:
-        if _decimal_places(order.price) > price_max_decimals:
-            raise InvalidRequest(
-                f"Price may have at most {price_max_decimals} decimal places.", field="body.price"
-            )
-        if not _is_multiple(order.price, refs.tick_size):
-            raise InvalidRequest(
-                f"Price must be a multiple of the tick size {refs.tick_size.normalize():f}.",
-                field="body.price",
-            )
+    if order.price is not None and not _is_multiple(order.price, refs.tick_size):
+        raise InvalidRequest(
+            f"Price must be a multiple of the tick size {refs.tick_size.normalize():f}.",
+            field="body.price",
+        )
 
 
 async def submit_order(
@@ -83,26 +76,22 @@ async def submit_order(
 ) -> OrderOut:
     """Record a new order as PENDING; it then waits for review and a person's approval."""
     authorize(principal, Action.SUBMIT_ORDER)
-    found = await uow.fetchrow(
-        repo.ORDER_REFERENCES, {"client_id": order.client_id, "symbol": order.symbol}
-    )
-    refs = OrderReferences(**dict(found or {}))
-    # A client on another desk is unknown to this principal, never "forbidden": no existence leak.
-    if refs.desk_id is not None and not principal.can_see_desk(refs.desk_id):
-        refs = refs._replace(client_pk=None)
-    check_order_rules(order, refs, price_max_decimals=price_max_decimals)
+    if order.price is not None and _decimal_places(order.price) > price_max_decimals:
+        raise InvalidRequest(
+            f"Price may have at most {price_max_decimals} decimal places.", field="body.price"
+        )
     row = await uow.fetchrow(
-        repo.INSERT_ORDER,
+        repo.SUBMIT_ORDER,
         {
-            "desk_id": refs.desk_id,
-            "client_pk": refs.client_pk,
-            "instrument_pk": refs.instrument_pk,
+            "client_id": order.client_id,
+            "symbol": order.symbol,
+            "all_desks": principal.all_desks,
+            "desk_ids": list(principal.desk_ids),
             "side": order.side,
             "order_type": order.order_type,
             "time_in_force": order.time_in_force,
             "quantity": order.quantity,
             "price": order.price,
-            "currency": refs.currency,
             "client_order_id": order.client_order_id,
             "created_by": principal.user_id,
             "created_by_key_id": principal.api_key_id,
@@ -111,17 +100,12 @@ async def submit_order(
             "request_id": uow.request_id,
         },
     )
-    if row is None:
-        existing = await uow.scalar(
-            repo.EXISTING_CLIENT_ORDER,
-            {"created_by": principal.user_id, "client_order_id": order.client_order_id},
-        )
-        raise DuplicateClientOrderId(
-            f"client_order_id {order.client_order_id} was already used for order {existing}.",
-            existing_order_id=existing,
-        )
+    assert row is not None  # the references row always comes back
+    if row["id"] is None:
+        await _explain_refusal(uow, principal, order, row)
+    refs = OrderReferences(**{field: row[field] for field in OrderReferences._fields})
     return OrderOut(
-        **dict(row),
+        **{k: row[k] for k in _CREATED_FIELDS},
         client_id=order.client_id,
         desk=refs.desk,
         symbol=order.symbol,
@@ -136,6 +120,37 @@ async def submit_order(
         created_by=principal.email,
         reviewed_by=None,
         approved_by=None,
+    )
+
+
+_CREATED_FIELDS = (
+    "id",
+    "status",
+    "risk_status",
+    "risk_reasons",
+    "filled_quantity",
+    "version",
+    "created_at",
+    "updated_at",
+)
+
+
+async def _explain_refusal(
+    uow: UnitOfWork, principal: Principal, order: OrderCreate, row: Any
+) -> None:
+    """Nothing was inserted: name the rule that failed, or the order that has this id."""
+    refs = OrderReferences(**{field: row[field] for field in OrderReferences._fields})
+    # A client on another desk is unknown to this principal, never "forbidden": no existence leak.
+    if refs.desk_id is not None and not principal.can_see_desk(refs.desk_id):
+        refs = refs._replace(client_pk=None)
+    check_order_rules(order, refs)
+    existing = await uow.scalar(
+        repo.EXISTING_CLIENT_ORDER,
+        {"created_by": principal.user_id, "client_order_id": order.client_order_id},
+    )
+    raise DuplicateClientOrderId(
+        f"client_order_id {order.client_order_id} was already used for order {existing}.",
+        existing_order_id=existing,
     )
 
 
