@@ -25,7 +25,7 @@ from tradeops.observability import (
     configure_logging,
 )
 from tradeops.orders.router import router as orders_router
-from tradeops.problems import install_problem_handlers
+from tradeops.problems import document_problems, install_problem_handlers
 from tradeops.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.state.tokens = TokenService(settings)
     app.state.migration_head = head_revision()
     install_problem_handlers(app)
+    document_problems(app)
 
     routers = (
         auth_router,

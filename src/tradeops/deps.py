@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Path, Request, Security
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from tradeops.auth.authentication import authenticate, unauthenticated
@@ -13,6 +13,9 @@ from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork
 
 API_PREFIX = "/api/v1"
+
+# Ids in paths are PostgreSQL bigints: anything outside their range is a 422, not a 500.
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A positive integer id")]
 
 bearer_scheme = OAuth2PasswordBearer(
     tokenUrl=f"{API_PREFIX}/auth/token",

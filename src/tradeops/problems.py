@@ -9,6 +9,7 @@ import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
@@ -193,9 +194,53 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(DBAPIError, on_database_error)
     app.add_exception_handler(asyncpg.PostgresError, on_database_error)
+    # Raised by the driver before sending (a value out of a column type's range).
+    app.add_exception_handler(asyncpg.exceptions.DataError, on_database_error)
     app.add_exception_handler(OSError, on_database_unavailable)
     app.add_exception_handler(PoolTimeout, on_database_unavailable)
     app.add_exception_handler(Exception, on_unexpected_error)
+
+
+def document_problems(app: FastAPI) -> None:
+    """Document every error response in the OpenAPI schema as it is sent: a Problem, as
+    application/problem+json (FastAPI would describe 422s as its own `HTTPValidationError`)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(problem.pop("$defs", {}))
+        schemas["Problem"] = problem
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                if operation.get("security"):
+                    operation["responses"].setdefault(
+                        "401", {"description": "No, expired or revoked credentials"}
+                    )
+        for status_responses in _error_responses(schema):
+            status_responses["content"] = {
+                PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}
+            }
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _error_responses(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        response
+        for path in schema.get("paths", {}).values()
+        for operation in path.values()
+        for status, response in operation.get("responses", {}).items()
+        if status.isdigit() and int(status) >= 400
+    ]
 
 
 def problem_responses(*errors: type[DomainError]) -> dict[int | str, dict[str, Any]]:

@@ -12,7 +12,7 @@ from tradeops.auth.authentication import unauthenticated
 from tradeops.auth.principal import Principal
 from tradeops.auth.users import UserCreate, UserOut
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, LoginUoW, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, LoginUoW, RowId, UoW
 from tradeops.errors import Forbidden, InvalidRequest, Unauthenticated
 from tradeops.problems import problem_response, problem_responses
 
@@ -122,7 +122,7 @@ async def create_user(data: UserCreate, principal: CurrentPrincipal, uow: UoW) -
     responses=problem_responses(InvalidRequest, Forbidden, users.UserNotFound),
 )
 async def set_desks(
-    user_id: int, data: DeskAssignment, principal: CurrentPrincipal, uow: UoW
+    user_id: RowId, data: DeskAssignment, principal: CurrentPrincipal, uow: UoW
 ) -> UserOut:
     """Replace a user's desk memberships (admin); effective on their next request."""
     return await users.set_user_desks(uow, principal, user_id, data.desks)
@@ -134,7 +134,7 @@ async def set_desks(
     tags=["users"],
     responses=problem_responses(Forbidden, users.UserNotFound),
 )
-async def deactivate_user(user_id: int, principal: CurrentPrincipal, uow: UoW) -> UserOut:
+async def deactivate_user(user_id: RowId, principal: CurrentPrincipal, uow: UoW) -> UserOut:
     """Deactivate a user (admin): their tokens and API keys stop working at once."""
     return await users.set_user_active(uow, principal, user_id, active=False)
 
@@ -167,6 +167,6 @@ async def list_api_keys(principal: CurrentPrincipal, uow: UoW) -> list[ApiKeyOut
     tags=["api keys"],
     responses=problem_responses(api_keys.ApiKeyNotFound),
 )
-async def revoke_api_key(key_id: int, principal: CurrentPrincipal, uow: UoW) -> ApiKeyOut:
+async def revoke_api_key(key_id: RowId, principal: CurrentPrincipal, uow: UoW) -> ApiKeyOut:
     """Revoke an API key; requests with it are refused from now on."""
     return await api_keys.revoke_api_key(uow, principal, key_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
+
 from tradeops.db.uow import RETRYABLE_SQLSTATES, sqlstate_of
 
 
@@ -16,11 +18,18 @@ class DatabaseProblem:
     retry_after: int | None = None
 
 
+# References, checks, nulls, ranges, bad text (a NUL byte, an untranslatable escape) and
+# out-of-range dates: the request's data is wrong, whichever layer noticed first.
+INVALID_DATA = frozenset(
+    {"23503", "23514", "23502", "23P01", "22003", "22P02", "22021", "22P05", "22007", "22008"}
+)
+
+
 def problem_for(error: BaseException) -> DatabaseProblem:
     code = sqlstate_of(error) or ""
     if code == "23505":
         return DatabaseProblem(409, "conflict", "Conflict", "The resource already exists.")
-    if code in {"23503", "23514", "23502", "22003", "22P02", "23P01"}:
+    if code in INVALID_DATA or isinstance(error, asyncpg.exceptions.DataError):
         return DatabaseProblem(
             422,
             "constraint-violation",

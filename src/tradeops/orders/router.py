@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel
 
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, RowId, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.idempotency.http import IdempotencyKeyHeader, respond_once
 from tradeops.idempotency.service import IdempotencyKeyReused
@@ -98,7 +98,7 @@ async def submit_order(
 @router.get(
     "/{order_id}", response_model=OrderOut, responses=problem_responses(service.OrderNotFound)
 )
-async def get_order(order_id: int, principal: CurrentPrincipal, uow: UoW) -> Response:
+async def get_order(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -> Response:
     """One order, with its status, risk status, fills and `version` (also sent as the ETag)."""
     order = await service.get_order(uow, principal, order_id)
     # Serialized once, here: the model was validated when it was built.
@@ -139,7 +139,7 @@ async def _decide(
     request: Request,
     uow: UoW,
     principal: CurrentPrincipal,
-    order_id: int,
+    order_id: RowId,
     transition: Transition,
     version: int | None,
     idempotency_key: str | None,
@@ -156,7 +156,7 @@ async def _decide(
 
 @router.post("/{order_id}/review", response_model=OrderOut, responses=TRANSITION_ERRORS)
 async def review_order(
-    order_id: int,
+    order_id: RowId,
     request: Request,
     principal: CurrentPrincipal,
     uow: UoW,
@@ -182,7 +182,7 @@ async def review_order(
 
 @router.post("/{order_id}/approve", response_model=OrderOut, responses=TRANSITION_ERRORS)
 async def approve_order(
-    order_id: int,
+    order_id: RowId,
     request: Request,
     principal: CurrentPrincipal,
     uow: UoW,
@@ -208,7 +208,7 @@ async def approve_order(
 
 @router.post("/{order_id}/reject", response_model=OrderOut, responses=TRANSITION_ERRORS)
 async def reject_order(
-    order_id: int,
+    order_id: RowId,
     body: RejectRequest,
     request: Request,
     principal: CurrentPrincipal,
@@ -232,7 +232,7 @@ async def reject_order(
 
 @router.post("/{order_id}/cancel", response_model=OrderOut, responses=TRANSITION_ERRORS)
 async def cancel_order(
-    order_id: int,
+    order_id: RowId,
     request: Request,
     principal: CurrentPrincipal,
     uow: UoW,
@@ -260,6 +260,8 @@ async def cancel_order(
     response_model=list[OrderEventOut],
     responses=problem_responses(service.OrderNotFound),
 )
-async def order_events(order_id: int, principal: CurrentPrincipal, uow: UoW) -> list[OrderEventOut]:
+async def order_events(
+    order_id: RowId, principal: CurrentPrincipal, uow: UoW
+) -> list[OrderEventOut]:
     """The order's history, oldest first: who did what, when, with notes and reasons."""
     return await workflow.order_history(uow, principal, order_id)

@@ -1,0 +1,58 @@
+"""Input found by fuzzing the OpenAPI schema (schemathesis): each must be a 4xx problem."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.factories import SEED_ORDER, Cast
+
+API = "/api/v1"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"{API}/orders/9223372036854775808"),
+        ("GET", f"{API}/orders/-9223372036854775809"),
+        ("POST", f"{API}/orders/9223372036854775808/cancel"),
+        ("DELETE", f"{API}/api-keys/9223372036854775808"),
+        ("GET", f"{API}/orders?desk=a%00b"),
+        ("GET", f"{API}/orders?created_from=0001-01-01T00:00:00%2B01:00"),
+        ("GET", f"{API}/audit/events?at_to=9999-12-31T23:59:59-14:00"),
+        ("GET", f"{API}/clients/CUST%001001"),
+    ],
+)
+async def test_out_of_range_and_nul_input_is_422(
+    client: httpx.AsyncClient, cast: Cast, method: str, path: str
+) -> None:
+    response = await client.request(method, path, headers=cast["admin"])
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_nul_in_a_note_or_sign_in_is_422(client: httpx.AsyncClient, cast: Cast) -> None:
+    order = (await client.post(f"{API}/orders", json=SEED_ORDER, headers=cast["trader"])).json()
+    cancel = await client.post(
+        f"{API}/orders/{order['id']}/cancel", json={"reason": "a\u0000b"}, headers=cast["trader"]
+    )
+    assert cancel.status_code == 422
+    sign_in = await client.post(
+        f"{API}/auth/token", data={"username": "a\x00b@test.bank", "password": "x"}
+    )
+    assert sign_in.status_code == 422
+
+
+async def test_openapi_documents_errors_as_problems(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    assert "HTTPValidationError" not in str(schema)
+    for path in schema["paths"].values():
+        for operation in path.values():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert list(response["content"]) == ["application/problem+json"], (
+                        operation["operationId"],
+                        status,
+                    )
+            if operation.get("security"):
+                assert "401" in operation["responses"], operation["operationId"]
