@@ -18,6 +18,8 @@ from tradeops.desks.router import router as desks_router
 from tradeops.health.router import router as health_router
 from tradeops.instruments.router import router as instruments_router
 from tradeops.maintenance import running_maintenance
+from tradeops.marketdata.router import SNAPSHOTS_PATH
+from tradeops.marketdata.router import router as market_data_router
 from tradeops.observability import (
     BodySizeLimitMiddleware,
     Metrics,
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         orders_router,
         clients_router,
         instruments_router,
+        market_data_router,
         desks_router,
         health_router,
     )
@@ -96,7 +99,11 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             ],
             expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
         )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        larger={SNAPSHOTS_PATH: settings.max_bulk_body_bytes},
+    )
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, access_log_enabled=settings.access_log
     )
