@@ -63,10 +63,16 @@ _SNAPSHOT = (
     " JOIN instruments i ON i.id = s.instrument_id"
 )
 
-# The first entry of the (instrument_id, as_of DESC) index; of two prices quoted at the same
-# moment by different sources, the one received last.
+# The first entry of the (instrument_id, as_of DESC) index, read through a lateral join so
+# the planner stops there; of two prices quoted at the same moment (by different sources),
+# the one received last.
 LATEST = prepare(
-    text(_SNAPSHOT + " WHERE i.symbol = :symbol ORDER BY s.as_of DESC, s.id DESC LIMIT 1")
+    text(
+        "SELECT i.symbol, s.price, s.bid, s.ask, s.as_of, s.source FROM instruments i"
+        " CROSS JOIN LATERAL (SELECT * FROM market_snapshots m WHERE m.instrument_id = i.id"
+        "  ORDER BY m.as_of DESC, m.id DESC LIMIT 1) s"
+        " WHERE i.symbol = :symbol"
+    )
 )
 
 INSTRUMENT_ID = prepare(text("SELECT id FROM instruments WHERE symbol = :symbol"))
@@ -76,6 +82,9 @@ HISTORY = prepare(
         _SNAPSHOT + " WHERE s.instrument_id = :instrument_id"
         " AND s.as_of >= COALESCE(CAST(:as_of_from AS timestamptz), '-infinity')"
         " AND s.as_of < COALESCE(CAST(:as_of_to AS timestamptz), 'infinity')"
+        # The bound on as_of alone is an index condition; the row comparison then skips
+        # the snapshots of the cursor's own moment already shown.
+        " AND s.as_of <= COALESCE(CAST(:after_as_of AS timestamptz), 'infinity')"
         " AND (CAST(:after_as_of AS timestamptz) IS NULL"
         "  OR (s.as_of, s.id) < (CAST(:after_as_of AS timestamptz), CAST(:after_id AS bigint)))"
         " ORDER BY s.as_of DESC, s.id DESC LIMIT :limit"
