@@ -118,6 +118,18 @@ async def test_publishing_records_one_audit_event_for_the_batch(
     assert datetime.fromisoformat(event.after["as_of_to"]) == T0 + timedelta(seconds=2)
 
 
+async def test_a_resend_that_stores_nothing_records_no_audit_event(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    for _ in range(2):
+        assert (await publish(client, cast["admin"], series(5))).status_code == 201
+    async with owner_engine.connect() as conn:
+        events = await conn.scalar(
+            text("SELECT count(*) FROM audit_events WHERE action = 'market_data.published'")
+        )
+    assert events == 1
+
+
 async def test_unknown_symbols_fail_the_whole_batch_naming_each_index(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:

@@ -95,7 +95,10 @@ _SHOWN_UNKNOWN = 20  # field errors listed for unknown symbols; the detail count
 
 
 async def publish(uow: UnitOfWork, principal: Principal, batch: SnapshotBatch) -> PublishResult:
-    """Store every new snapshot of the batch in one statement, or none if a symbol is unknown."""
+    """Store every new snapshot of the batch in one statement, or none if a symbol is unknown.
+
+    One audit event records the batch (counts, sources, as_of range) when it stored anything.
+    """
     authorize(principal, Action.PUBLISH_MARKET_DATA)
     items = batch.snapshots
     row = await uow.fetchrow(
@@ -122,6 +125,8 @@ async def publish(uow: UnitOfWork, principal: Principal, batch: SnapshotBatch) -
     result = PublishResult(
         received=len(items), stored=row["stored"], duplicates=len(items) - row["stored"]
     )
+    if not result.stored:  # a resent batch changed nothing: nothing to audit
+        return result
     sources = sorted({s.source for s in items})
     await audit.record(
         uow,
