@@ -3,6 +3,7 @@ validation, who may publish and read, and the database refusing what the API ref
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -87,6 +88,18 @@ async def test_a_snapshot_repeated_within_one_batch_is_stored_once(
     response = await publish(client, cast["admin"], [snapshot(), snapshot(price="1")])
     assert response.status_code == 201, response.text
     assert response.json() == {"received": 2, "stored": 1, "duplicates": 1}
+
+
+async def test_overlapping_batches_published_at_once_store_each_snapshot_once(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """Same snapshots in opposite orders, concurrently: one stores each, neither fails."""
+    aapl, msft = series(300, "AAPL"), series(300, "MSFT")
+    batches = [aapl + msft, msft[::-1] + aapl[::-1]] * 2
+    responses = await asyncio.gather(*(publish(client, cast["admin"], b) for b in batches))
+    assert [r.status_code for r in responses] == [201] * 4, [r.text for r in responses]
+    assert sum(r.json()["stored"] for r in responses) == 600
+    assert await count_rows(owner_engine) == 600
 
 
 async def test_same_moment_from_another_source_is_another_snapshot(

@@ -35,8 +35,9 @@ class UnknownSymbols(InvalidRequest):
 
 # The whole batch in one statement: the arrays are unnested in request order, symbols
 # resolved to instruments, and the rows inserted only when every symbol is known. A snapshot
-# already stored (same instrument, as_of and source) is skipped. Returns how many rows were
-# inserted and the positions (1-based) of unknown symbols.
+# already stored (same instrument, as_of and source) is skipped. Rows go in in key order, so
+# concurrent batches that overlap wait for each other instead of deadlocking. Returns how
+# many rows were inserted and the positions (1-based) of unknown symbols.
 PUBLISH = prepare(
     text(
         "WITH input AS ("
@@ -51,7 +52,7 @@ PUBLISH = prepare(
         " stored AS ("
         " INSERT INTO market_snapshots (instrument_id, price, bid, ask, as_of, source)"
         " SELECT instrument_id, price, bid, ask, as_of, source FROM resolved"
-        " WHERE NOT EXISTS (SELECT FROM unknown) ORDER BY n"
+        " WHERE NOT EXISTS (SELECT FROM unknown) ORDER BY instrument_id, as_of, source"
         " ON CONFLICT (instrument_id, as_of, source) DO NOTHING RETURNING 1)"
         " SELECT (SELECT count(*) FROM stored) AS stored,"
         "  (SELECT array_agg(n ORDER BY n) FROM unknown) AS unknown"
