@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -53,6 +54,11 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         engine = create_engine(settings, url)
         app.state.engine = engine
         metrics.watch_pool(engine)
+        # What exists now (modules, routes, schemas) lives as long as the process: keep it out
+        # of the collector's full passes, which otherwise walk it all. Measured: a full pass
+        # during a 1000-price upload took 59 ms with it, 2.5 ms without (bench/README.md).
+        gc.collect()
+        gc.freeze()
         try:
             async with running_maintenance(engine, settings):
                 yield
