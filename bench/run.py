@@ -17,13 +17,14 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class BenchError(Exception):
 
 
 _AGENT_KEY: list[str] = []
+_PUBLISHER_KEY: list[str] = []  # an admin's key with marketdata:write, for bulk_snapshots_1000
 
 
 def our_headers() -> dict[str, str]:
@@ -88,11 +90,19 @@ class Server:
     log: Path
     headers: dict[str, str]
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """One request on a new connection; `headers` replace the server's usual ones."""
         connection = http.client.HTTPConnection(HOST, self.port, timeout=10)
         try:
-            headers = {"Content-Type": "application/json", **self.headers} if body else self.headers
-            connection.request(method, path, body=body, headers=headers)
+            sent = self.headers if headers is None else headers
+            sent = {"Content-Type": "application/json", **sent} if body else sent
+            connection.request(method, path, body=body, headers=sent)
             response = connection.getresponse()
             return response.status, response.read()
         finally:
@@ -174,16 +184,21 @@ def bench_database() -> Iterator[tuple[str, str]]:
 
 
 async def load_demo(url: str) -> dict[str, int]:
-    """Demo data and users, and an API key for the demo agent (orders:read, orders:write)."""
+    """Demo data and users, an API key for the demo agent (orders:read, orders:write), and
+    a market data feed's key (the demo admin's, marketdata:write)."""
     engine = create_engine(Settings(), url)
     key = ApiKeyCreate(
         name="bench", scopes=["orders:read", "orders:write"], owner_email="agent@demo.test"
+    )
+    feed = ApiKeyCreate(
+        name="bench feed", scopes=["marketdata:write"], owner_email="admin@demo.test"
     )
 
     async def load(uow: UnitOfWork) -> dict[str, int]:
         added = await load_demo_data(uow, SYSTEM)
         await load_demo_users(uow, SYSTEM, password=None)
         _AGENT_KEY[:] = [(await api_keys.create_api_key(uow, SYSTEM, key)).key]
+        _PUBLISHER_KEY[:] = [(await api_keys.create_api_key(uow, SYSTEM, feed)).key]
         return added
 
     try:
@@ -248,6 +263,76 @@ SCENARIOS = [
         target_ratio=0.70,
     ),
 ]
+
+
+# --- timed steps (ours only) ----------------------------------------------------------------
+
+SNAPSHOTS = "/api/v1/market-data/snapshots"
+DEMO_SYMBOLS = ["AAPL", "MSFT", "NVDA", "JPM", "SPY", "ACME", "DBR-2034"]
+BULK_STEP = "bulk_snapshots_1000"
+BULK_SIZE = 1000
+BULK_UPLOADS = 20
+BULK_WARMUP = 2
+BULK_TARGET_P99_MS = 100.0
+
+
+def snapshot_batch(upload: int, size: int = BULK_SIZE) -> bytes:
+    """`size` new prices (the demo instruments in turn, each its own as_of): all stored."""
+    start = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=upload)
+    snapshots = [
+        {
+            "symbol": DEMO_SYMBOLS[i % len(DEMO_SYMBOLS)],
+            "price": f"{100 + (i % 997) / 100:.2f}",
+            "bid": f"{100 + (i % 997) / 100 - 0.01:.2f}",
+            "ask": f"{100 + (i % 997) / 100 + 0.01:.2f}",
+            "as_of": (start + timedelta(milliseconds=i)).isoformat(),
+            "source": "bench",
+        }
+        for i in range(size)
+    ]
+    return json.dumps({"snapshots": snapshots}).encode()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest rank: with 20 samples, p99 is the slowest."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))]
+
+
+def time_bulk_snapshots(server: Server) -> dict[str, Any]:
+    """POST 1000 prices in one request, BULK_UPLOADS times one after another (after
+    BULK_WARMUP unrecorded ones), each storing 1000 new rows; elapsed client-side."""
+    if not _PUBLISHER_KEY:
+        raise BenchError("no market data key: load_demo() did not run")
+    headers = {"Authorization": f"Bearer {_PUBLISHER_KEY[0]}"}
+    bodies = [snapshot_batch(n) for n in range(BULK_WARMUP + BULK_UPLOADS)]
+    elapsed_ms: list[float] = []
+    for n, body in enumerate(bodies):
+        started = time.perf_counter()
+        status, answer = server.request("POST", SNAPSHOTS, body, headers)
+        took = (time.perf_counter() - started) * 1000
+        if status != 201 or json.loads(answer)["stored"] != BULK_SIZE:
+            raise BenchError(f"{server.name}: POST {SNAPSHOTS} answered {status}: {answer!r}")
+        if n >= BULK_WARMUP:
+            elapsed_ms.append(took)
+    result = {
+        "uploads": BULK_UPLOADS,
+        "snapshots_per_upload": BULK_SIZE,
+        "body_bytes": len(bodies[-1]),
+        "p50_ms": round(percentile(elapsed_ms, 0.50), 2),
+        "p99_ms": round(percentile(elapsed_ms, 0.99), 2),
+        "mean_ms": round(statistics.fmean(elapsed_ms), 2),
+        "min_ms": round(min(elapsed_ms), 2),
+        "samples_ms": [round(ms, 2) for ms in elapsed_ms],
+        "target_p99_ms": BULK_TARGET_P99_MS,
+    }
+    result["result"] = "PASS" if result["p99_ms"] < BULK_TARGET_P99_MS else "FAIL"
+    console.print(
+        f"{BULK_STEP} ours  {BULK_UPLOADS} uploads of {BULK_SIZE}: p50 {result['p50_ms']:.2f} ms"
+        f"  p99 {result['p99_ms']:.2f} ms  (target p99 < {BULK_TARGET_P99_MS:g} ms:"
+        f" {result['result']})"
+    )
+    return result
 
 
 # --- wrk -----------------------------------------------------------------------------------
@@ -433,7 +518,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded warm-up")
     parser.add_argument(
-        "--only", nargs="+", metavar="SCENARIO", choices=[s.name for s in SCENARIOS]
+        "--only",
+        nargs="+",
+        metavar="SCENARIO",
+        choices=[*(s.name for s in SCENARIOS), BULK_STEP],
     )
     return parser.parse_args()
 
@@ -450,6 +538,7 @@ def run(args: argparse.Namespace) -> int:
     pool_max = app_settings.pool_size + app_settings.pool_max_overflow
     started = datetime.now()
     rows: list[dict[str, Any]] = []
+    steps: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
         server_url, url = stack.enter_context(bench_database())
         pg_version = postgres_version(server_url)
@@ -491,6 +580,8 @@ def run(args: argparse.Namespace) -> int:
                     "result": verdict(scenario, ours_result, bare_result),
                 }
             )
+        if not args.only or BULK_STEP in args.only:
+            steps[BULK_STEP] = time_bulk_snapshots(ours)
 
     report: dict[str, Any] = {
         "date": started.date().isoformat(),
@@ -507,6 +598,7 @@ def run(args: argparse.Namespace) -> int:
         "wrk": {**asdict(settings), "version": wrk_version(wrk)},
         "pool": {"min_size": pool_min, "max_size": pool_max},
         "scenarios": {row["name"]: {k: v for k, v in row.items() if k != "name"} for row in rows},
+        "steps": steps,  # timed against ours only, sequentially
     }
     path = results_path(report["date"])
     path.write_text(json.dumps(report, indent=2) + "\n")

@@ -34,6 +34,7 @@ DATA_TABLES = [
     "idempotency_keys",
     "order_events",
     "orders",
+    "market_snapshots",
     "clients",
     "instruments",
     "desk_members",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,8 @@ from tradeops.desks.router import router as desks_router
 from tradeops.health.router import router as health_router
 from tradeops.instruments.router import router as instruments_router
 from tradeops.maintenance import running_maintenance
+from tradeops.marketdata.router import SNAPSHOTS_PATH
+from tradeops.marketdata.router import router as market_data_router
 from tradeops.observability import (
     BodySizeLimitMiddleware,
     Metrics,
@@ -51,6 +54,11 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         engine = create_engine(settings, url)
         app.state.engine = engine
         metrics.watch_pool(engine)
+        # What exists now (modules, routes, schemas) lives as long as the process: keep it out
+        # of the collector's full passes, which otherwise walk it all. Measured: a full pass
+        # during a 1000-price upload took 59 ms with it, 2.5 ms without (bench/README.md).
+        gc.collect()
+        gc.freeze()
         try:
             async with running_maintenance(engine, settings):
                 yield
@@ -76,6 +84,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         orders_router,
         clients_router,
         instruments_router,
+        market_data_router,
         desks_router,
         health_router,
     )
@@ -97,7 +106,11 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             ],
             expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
         )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        larger={SNAPSHOTS_PATH: settings.max_bulk_body_bytes},
+    )
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, access_log_enabled=settings.access_log
     )

@@ -141,7 +141,7 @@ def history() -> None:
 
 @demo_app.command("load")
 def demo_load() -> None:
-    """Load the demo desks, clients and instruments (idempotent)."""
+    """Load the demo desks, clients, instruments and their prices (idempotent)."""
     settings = get_settings()
     url = database_url(settings)
     _load_demo(settings, url)

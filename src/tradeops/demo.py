@@ -1,8 +1,10 @@
-"""Demo data: desks, clients, instruments and users. Loading it twice changes nothing."""
+"""Demo data: desks, clients, instruments, their prices and users. Loading it twice changes
+nothing."""
 
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from pydantic import SecretStr
@@ -18,6 +20,8 @@ from tradeops.desks.service import DeskIn
 from tradeops.errors import Conflict
 from tradeops.instruments import service as instruments
 from tradeops.instruments.schemas import InstrumentCreate
+from tradeops.marketdata import service as marketdata
+from tradeops.marketdata.schemas import SnapshotBatch, SnapshotIn
 
 DESKS = [
     DeskIn(code="EQ-US", name="US Equities"),
@@ -59,10 +63,27 @@ INSTRUMENTS = [
     ),
 ]
 
+# One price per instrument, at a fixed moment, so reloading finds them already there.
+DEMO_PRICES_AS_OF = datetime(2026, 11, 20, 21, 0, tzinfo=UTC)
+PRICES = SnapshotBatch(
+    snapshots=[
+        SnapshotIn(symbol=symbol, price=Decimal(price), as_of=DEMO_PRICES_AS_OF, source="demo")
+        for symbol, price in [
+            ("AAPL", "192.55"),
+            ("MSFT", "415.20"),
+            ("NVDA", "121.40"),
+            ("JPM", "201.10"),
+            ("SPY", "560.30"),
+            ("ACME", "18.75"),
+            ("DBR-2034", "101.250"),
+        ]
+    ]
+)
+
 
 async def load_demo_data(uow: UnitOfWork, principal: Principal) -> dict[str, int]:
     """Create whatever of the demo data is missing; return how many of each kind were added."""
-    added = {"desks": 0, "clients": 0, "instruments": 0}
+    added = {"desks": 0, "clients": 0, "instruments": 0, "prices": 0}
     for desk in DESKS:
         added["desks"] += await _created(desks.create_desk(uow, principal, desk))
     for client in CLIENTS:
@@ -71,6 +92,7 @@ async def load_demo_data(uow: UnitOfWork, principal: Principal) -> dict[str, int
         added["instruments"] += await _created(
             instruments.create_instrument(uow, principal, instrument)
         )
+    added["prices"] = (await marketdata.publish(uow, principal, PRICES)).stored
     return added
 
 

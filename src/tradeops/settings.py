@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     db_retry_attempts: int = 3
 
     max_body_bytes: int = 64 * 1024
+    max_bulk_body_bytes: int = 2 * 1024 * 1024  # bulk uploads: market data snapshots
     price_max_decimals: int = Field(default=6, ge=0, le=6)
     page_size_default: int = 50
     page_size_max: int = 500

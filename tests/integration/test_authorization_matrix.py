@@ -48,6 +48,8 @@ EQ_DESK = {"desks": ["EQ-US"]}
 RENAME = {"name": "Renamed"}
 RESTRICT = {"restricted": True}
 REASON = {"reason": "Outside the client's mandate"}
+PRICE = {"symbol": "AAPL", "price": "192.55", "as_of": "2026-11-23T10:00:00Z", "source": "test"}
+PRICES = {"snapshots": [PRICE]}
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,13 @@ MATRIX = [
     row("GET",    "/audit/events",               None,       401, 403, 403, 403, 200, 200, 403),
     row("POST",   "/audit/verify",               None,       401, 403, 403, 403, 200, 200, 403),
     row("POST",   "/audit/checkpoints",          None,       401, 403, 403, 403, 200, 200, 403),
+    # Market data: admins publish (and admins' keys with marketdata:write); anyone reads.
+    # {priced}: AAPL, with a price published by the admin.
+    row("POST",   "/market-data/snapshots",      PRICES,     401, 403, 403, 403, 403, 201, 403),
+    row("GET",    "/market-data/{priced}",       None,       401, 200, 200, 200, 200, 200, 200),
+    row("GET",    "/market-data/AAPL",           None,       401, 404, 404, 404, 404, 404, 404,
+        label="no price yet"),
+    row("GET",    "/market-data/{priced}/history", None,     401, 200, 200, 200, 200, 200, 200),
 ]
 # fmt: on
 
@@ -185,6 +194,14 @@ async def trader2(world: World) -> int:
     return world.cast.ids["trader2"]
 
 
+async def priced(world: World) -> str:
+    response = await world.client.post(
+        f"{API}/market-data/snapshots", json=PRICES, headers=world.cast["admin"]
+    )
+    assert response.status_code == 201, response.text
+    return PRICE["symbol"]
+
+
 async def decide(world: World, order_id: int, who: str, action: str) -> int:
     response = await world.client.post(f"{API}/orders/{order_id}/{action}", headers=world.cast[who])
     assert response.status_code == 200, response.text
@@ -200,7 +217,7 @@ async def approved(world: World) -> int:
     return await decide(world, order_id, "approver", "approve")
 
 
-ARRANGE: dict[str, Callable[[World], Awaitable[int]]] = {
+ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
     "eq_order": lambda world: submit(world, "trader", SEED_ORDER),
     "fi_order": lambda world: submit(world, "trader_fi", FI_ORDER),
     # Reviewed by a trader, so the approver deciding on it has not touched it before.
@@ -211,6 +228,7 @@ ARRANGE: dict[str, Callable[[World], Awaitable[int]]] = {
     "agent_order": lambda world: submit(world, "agent", SEED_ORDER),
     "trader_key": trader_key,
     "trader2": trader2,
+    "priced": priced,
 }
 
 
@@ -272,6 +290,7 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         "{agent_order}": "{order_id}",
         "{trader_key}": "{key_id}",
         "{trader2}": "{user_id}",
+        "{priced}": "{symbol}",
         "CUST-1001": "{client_id}",
         "CUST-2001": "{client_id}",
         "AAPL": "{symbol}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -61,9 +62,9 @@ def test_embedded_server_boots_in_empty_directory_and_stops_on_exit(tmp_path: Pa
 
 async def test_demo_data_is_idempotent(owner_engine: AsyncEngine) -> None:
     first = await run_in_transaction(owner_engine, SYSTEM, lambda uow: load_demo_data(uow, SYSTEM))
-    assert first == {"desks": 2, "clients": 3, "instruments": 7}
+    assert first == {"desks": 2, "clients": 3, "instruments": 7, "prices": 7}
     second = await run_in_transaction(owner_engine, SYSTEM, lambda uow: load_demo_data(uow, SYSTEM))
-    assert second == {"desks": 0, "clients": 0, "instruments": 0}
+    assert second == {"desks": 0, "clients": 0, "instruments": 0, "prices": 0}
     async with owner_engine.connect() as conn:
         restricted = await conn.scalar(text("SELECT count(*) FROM instruments WHERE restricted"))
         symbols = set((await conn.execute(text("SELECT symbol FROM instruments"))).scalars())
@@ -76,6 +77,22 @@ async def test_demo_data_is_idempotent(owner_engine: AsyncEngine) -> None:
                 )
             ).all()
         )
+        prices = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT i.symbol, s.price FROM market_snapshots s"
+                        " JOIN instruments i ON i.id = s.instrument_id"
+                    )
+                )
+            ).all()
+        )
+        published = await conn.scalar(
+            text("SELECT count(*) FROM audit_events WHERE action = 'market_data.published'")
+        )
     assert restricted >= 1
+    assert set(prices) == symbols and len(prices) == 7
+    assert (prices["AAPL"], prices["DBR-2034"]) == (Decimal("192.55"), Decimal("101.25"))
+    assert published == 1, "reloading publishes nothing new, so nothing to audit"
     assert {"AAPL", "MSFT", "NVDA", "JPM", "SPY"} <= symbols
     assert clients == {"CUST-1001": "EQ-US", "CUST-1002": "EQ-US", "CUST-2001": "FI-EU"}

@@ -30,6 +30,8 @@ class Action(StrEnum):
     CANCEL_ORDER = "cancel orders"
     READ_AUDIT = "read the audit trail"
     VERIFY_AUDIT = "verify the audit trail"
+    READ_MARKET_DATA = "read market data"
+    PUBLISH_MARKET_DATA = "publish market data"
 
 
 R = Role
@@ -51,6 +53,10 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     Action.CANCEL_ORDER: frozenset({R.TRADER, R.AGENT, R.APPROVER}),
     Action.READ_AUDIT: frozenset({R.RISK, R.ADMIN}),
     Action.VERIFY_AUDIT: frozenset({R.RISK, R.ADMIN}),
+    Action.READ_MARKET_DATA: frozenset({R.TRADER, R.AGENT, R.APPROVER, R.RISK, R.ADMIN}),
+    # Prices feed the bank's books: published by operations (admin, or an admin's feed key)
+    # and by the system itself. Row-level security allows the same roles to insert.
+    Action.PUBLISH_MARKET_DATA: frozenset({R.ADMIN}),
 }
 
 # The scope an API key needs for each action; actions without a scope are never open to keys.
@@ -62,10 +68,14 @@ SCOPES: dict[Action, str] = {
     Action.CANCEL_ORDER: "orders:write",
     Action.REVIEW_ORDER: "orders:review",
     Action.READ_AUDIT: "audit:read",
+    Action.READ_MARKET_DATA: "marketdata:read",
+    Action.PUBLISH_MARKET_DATA: "marketdata:write",
 }
 KNOWN_SCOPES = frozenset(SCOPES.values())
 # Deciding on an order is a person's act: no key may do it, whoever owns the key.
 PERSON_ONLY = frozenset({Action.APPROVE_ORDER, Action.REJECT_ORDER})
+# What every key may do whatever its scopes (their scopes exist, so asking for them is valid).
+OPEN_TO_ANY_KEY = frozenset({Action.READ_REFERENCE_DATA, Action.READ_MARKET_DATA})
 
 
 def is_allowed(principal: Principal, action: Action) -> bool:
@@ -78,8 +88,8 @@ def is_allowed(principal: Principal, action: Action) -> bool:
     if action in PERSON_ONLY:
         return False
     scope = SCOPES.get(action)
-    # Reading reference data (instruments, desks) comes with any key.
-    return action is Action.READ_REFERENCE_DATA or (scope is not None and scope in principal.scopes)
+    # Reading reference data (instruments, desks) and prices comes with any key.
+    return action in OPEN_TO_ANY_KEY or (scope is not None and scope in principal.scopes)
 
 
 def authorize(principal: Principal, action: Action) -> None:

@@ -7,6 +7,7 @@ from tradeops.db.base import Base
 from tradeops.desks.models import Desk, DeskMember
 from tradeops.idempotency.models import IdempotencyKey
 from tradeops.instruments.models import Instrument
+from tradeops.marketdata.models import MarketSnapshot
 from tradeops.orders.models import Order, OrderEvent
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "DeskMember",
     "IdempotencyKey",
     "Instrument",
+    "MarketSnapshot",
     "Order",
     "OrderEvent",
     "User",

@@ -1,0 +1,51 @@
+"""Market data: the bank's prices per instrument, as published by its feeds."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Numeric,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tradeops.db.base import Amount, Base
+
+
+class MarketSnapshot(Base):
+    """One price of one instrument at one moment from one source; resending it changes nothing."""
+
+    __tablename__ = "market_snapshots"
+    __table_args__ = (
+        CheckConstraint("price > 0", name="price_positive"),
+        CheckConstraint("bid IS NULL OR bid > 0", name="bid_positive"),
+        CheckConstraint("ask IS NULL OR ask > 0", name="ask_positive"),
+        CheckConstraint("bid IS NULL OR ask IS NULL OR bid <= ask", name="bid_not_above_ask"),
+        CheckConstraint("length(source) BETWEEN 1 AND 64", name="source"),
+        # A resent snapshot is the same row: publishing is idempotent.
+        UniqueConstraint("instrument_id", "as_of", "source"),
+        # The latest price of an instrument is the first entry of this index.
+        Index("ix_market_snapshots_instrument_id_as_of", "instrument_id", text("as_of DESC")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    instrument_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("instruments.id"))
+    price: Mapped[Amount]
+    bid: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    ask: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    as_of: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
