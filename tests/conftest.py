@@ -40,6 +40,10 @@ DATA_TABLES = [
     "desk_members",
     "desks",
     "api_keys",
+    "procrastinate_events",
+    "procrastinate_periodic_defers",
+    "procrastinate_jobs",
+    "procrastinate_workers",
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -86,7 +87,7 @@ def dev(
     host: Annotated[str | None, typer.Option(help="Default: TRADEOPS_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="Default: TRADEOPS_PORT")] = None,
 ) -> None:
-    """Everything for a local try-out: database, migrations, demo data, server."""
+    """Everything for a local try-out: database, migrations, demo data, server, one worker."""
     settings = get_settings()
     configure_logging(settings)
     url = database_url(settings)
@@ -94,7 +95,33 @@ def dev(
     _load_demo(settings, url)
     host, port = host or settings.host, port or settings.port
     console.print(f"[bold]tradeops[/bold] on http://{host}:{port}  (API docs: /docs)")
-    _serve(settings, url, host, port, workers=1)
+    # One job worker beside the server, on the same database; stopped when the server stops.
+    job_worker = subprocess.Popen(
+        [sys.executable, "-m", "tradeops.cli", "worker"],
+        env={**os.environ, "TRADEOPS_DATABASE_URL": url},
+    )
+    try:
+        _serve(settings, url, host, port, workers=1)
+    finally:
+        job_worker.terminate()
+        try:
+            job_worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            job_worker.kill()
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once")] = 1,
+) -> None:
+    """Run background jobs (procrastinate) until stopped by SIGINT or SIGTERM."""
+    from tradeops.jobs.app import run_worker
+
+    settings = get_settings()
+    configure_logging(settings)
+    url = database_url(settings)
+    console.print(f"[bold]tradeops worker[/bold] (concurrency {concurrency})")
+    asyncio.run(run_worker(url, concurrency=concurrency))
 
 
 @app.command()

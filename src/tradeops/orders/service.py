@@ -11,6 +11,7 @@ from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, InvalidRequest, NotFound
+from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
 from tradeops.orders import repository as repo
 from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage
 
@@ -103,6 +104,10 @@ async def submit_order(
     assert row is not None  # the references row always comes back
     if row["id"] is None:
         await _explain_refusal(uow, principal, order, row)
+    # The risk check is queued in the order's transaction: no order without it, nor vice versa.
+    await defer_job(
+        uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": row["id"]}, lock=f"order:{row['id']}"
+    )
     refs = OrderReferences(**{field: row[field] for field in OrderReferences._fields})
     return OrderOut(
         **{k: row[k] for k in _CREATED_FIELDS},

@@ -1,0 +1,47 @@
+"""Deferring a job inside the caller's transaction: it exists if and only if the change does."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from tradeops.db.prepared import prepare
+from tradeops.db.uow import UnitOfWork
+
+# Task names and queues, shared by the callers (which defer) and the worker (which runs).
+CHECK_ORDER_RISK = "check_order_risk"
+RISK_QUEUE = "risk"
+
+DEFER_JOB = prepare(
+    "SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW("
+    " CAST(:queue AS varchar), CAST(:task_name AS varchar), CAST(:priority AS integer),"
+    " CAST(:lock AS text), CAST(:queueing_lock AS text), CAST(:args AS jsonb),"
+    " CAST(NULL AS timestamptz))::procrastinate_job_to_defer_v1]))[1] AS id"
+)
+
+
+async def defer_job(
+    uow: UnitOfWork,
+    task_name: str,
+    queue: str,
+    args: Mapping[str, Any],
+    lock: str | None = None,
+    queueing_lock: str | None = None,
+    priority: int = 0,
+) -> int:
+    """Insert a job in the unit of work's transaction (committed or rolled back with it)."""
+    job_id = await uow.scalar(
+        DEFER_JOB,
+        {
+            "queue": queue,
+            "task_name": task_name,
+            "priority": priority,
+            "lock": lock,
+            "queueing_lock": queueing_lock,
+            "args": orjson.dumps(dict(args)).decode(),
+        },
+    )
+    assert isinstance(job_id, int)
+    return job_id

@@ -1,0 +1,123 @@
+"""Background jobs: deferred in the transaction of the change that causes them, run by the
+worker, and never failing silently."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.factories import SEED_ORDER, Cast
+from tradeops.auth.principal import Principal, Role
+from tradeops.db.uow import transaction, unit_of_work
+from tradeops.jobs.app import run_worker
+from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
+from tradeops.orders.schemas import OrderCreate
+from tradeops.orders.service import submit_order
+
+ORDERS = "/api/v1/orders"
+
+
+class Rollback(Exception):
+    pass
+
+
+async def jobs(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT id, task_name, queue_name, args, status::text AS status, attempts, lock"
+                " FROM procrastinate_jobs ORDER BY id"
+            )
+        )
+        return list(result.all())
+
+
+async def trader(owner_engine: AsyncEngine, cast: Cast) -> Principal:
+    async with owner_engine.connect() as conn:
+        desk = await conn.scalar(text("SELECT id FROM desks WHERE code = 'EQ-US'"))
+    return Principal(cast.ids["trader"], "trader@test.bank", Role.TRADER, frozenset({desk}))
+
+
+async def test_a_committed_order_has_exactly_one_risk_check_job(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    response = await client.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    assert response.status_code == 201, response.text
+    order_id = response.json()["id"]
+
+    [job] = await jobs(owner_engine)
+    assert (job.task_name, job.queue_name, job.status) == (CHECK_ORDER_RISK, RISK_QUEUE, "todo")
+    assert job.args == {"order_id": order_id}
+    assert job.lock == f"order:{order_id}"
+
+
+async def test_a_refused_order_defers_nothing(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    body = {**SEED_ORDER, "client_order_id": "DUP-1"}
+    assert (await client.post(ORDERS, json=body, headers=cast["trader"])).status_code == 201
+    again = await client.post(ORDERS, json=body, headers=cast["trader"])
+    assert again.status_code == 409, again.text
+    assert len(await jobs(owner_engine)) == 1
+
+
+async def test_a_rolled_back_order_leaves_no_job(
+    app: FastAPI, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    principal = await trader(owner_engine, cast)
+    with pytest.raises(Rollback):
+        async with unit_of_work(app.state.engine, principal) as uow:
+            created = await submit_order(uow, principal, OrderCreate.model_validate(SEED_ORDER))
+            assert created.id is not None
+            raise Rollback  # the request fails after the order (and its job) were written
+    assert await jobs(owner_engine) == []
+    async with owner_engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM orders")) == 0
+
+
+async def test_defer_job_commits_and_rolls_back_with_its_transaction(
+    app: FastAPI, owner_engine: AsyncEngine, database_url: str
+) -> None:
+    with pytest.raises(Rollback):
+        async with transaction(app.state.engine) as uow:
+            await defer_job(uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": 1})
+            raise Rollback
+    assert await jobs(owner_engine) == []
+
+    async with transaction(app.state.engine) as uow:
+        job_id = await defer_job(
+            uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": 2}, queueing_lock="q-2"
+        )
+    [job] = await jobs(owner_engine)
+    assert (job.id, job.args, job.status) == (job_id, {"order_id": 2}, "todo")
+
+
+async def test_the_worker_runs_the_risk_check_to_success(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, database_url: str
+) -> None:
+    response = await client.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    assert response.status_code == 201, response.text
+
+    await run_worker(database_url, wait=False, install_signal_handlers=False)
+
+    [job] = await jobs(owner_engine)
+    assert (job.status, job.attempts) == ("succeeded", 1)
+
+
+async def test_a_failing_job_is_failed_and_logged_never_silent(
+    app: FastAPI, owner_engine: AsyncEngine, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with transaction(app.state.engine) as uow:
+        await defer_job(uow, CHECK_ORDER_RISK, RISK_QUEUE, {"wrong_argument": 1})
+
+    await run_worker(database_url, wait=False, install_signal_handlers=False)
+
+    [job] = await jobs(owner_engine)
+    assert job.status == "failed"  # a TypeError is not transient: no retry
+    logged = capsys.readouterr().out
+    assert "job_failed" in logged and "TypeError" in logged and "will_retry" in logged
