@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -66,10 +67,18 @@ def run_as_system(settings: Settings, url: str, command: Callable[[UnitOfWork], 
     return asyncio.run(run())
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _serve(settings: Settings, url: str, host: str, port: int, workers: int) -> None:
     # Worker processes build their own app from the environment, so hand the URL on.
     os.environ["TRADEOPS_DATABASE_URL"] = url
     get_settings.cache_clear()
+    # uvicorn shuts down gracefully, then re-raises the signal it caught. With Python's default
+    # SIGTERM handler that would end the process at once, skipping the clean-up below and the
+    # embedded PostgreSQL's stop at exit; raising SystemExit lets both run.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(
         "tradeops.app:create_app_from_env",
         factory=True,
