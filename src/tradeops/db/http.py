@@ -7,16 +7,13 @@ retried by running the whole request again on a fresh transaction.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import asyncpg
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tradeops.db.uow import backoff_seconds, driver_of, is_retryable
+from tradeops.db.uow import UnitOfWork, in_transaction
 
 
 class TransactionalRoute(APIRoute):
@@ -24,23 +21,18 @@ class TransactionalRoute(APIRoute):
         handle = super().get_route_handler()
 
         async def handle_in_transaction(request: Request) -> Response:
-            engine: AsyncEngine = request.app.state.engine
-            attempts: int = request.app.state.settings.db_retry_attempts
-            for attempt in range(attempts):
+            async def respond(uow: UnitOfWork) -> Response:
+                # Anything raised rolls back; a returned response (even a 4xx that records a
+                # failed login) is committed before it is sent.
+                request.state.driver = uow.driver
                 try:
-                    async with engine.connect() as connection:
-                        driver = await driver_of(connection)
-                        # Anything raised rolls back; a returned response (even a 4xx that
-                        # records a failed login) is committed before it is sent.
-                        async with driver.transaction():
-                            request.state.driver = driver
-                            return await handle(request)
-                except asyncpg.PostgresError as error:
-                    if not is_retryable(error) or attempt == attempts - 1:
-                        raise
-                    await asyncio.sleep(backoff_seconds(attempt))
+                    return await handle(request)
                 finally:
                     request.state.driver = None
-            raise AssertionError("unreachable")
+
+            settings = request.app.state.settings
+            return await in_transaction(
+                request.app.state.engine, respond, attempts=settings.db_retry_attempts
+            )
 
         return handle_in_transaction

@@ -213,6 +213,22 @@ async def unit_of_work(
         yield uow
 
 
+async def in_transaction(
+    engine: AsyncEngine, command: Callable[[UnitOfWork], Awaitable[T]], *, attempts: int = 3
+) -> T:
+    """Run `command` in a fresh transaction, again on a new one after a serialization failure
+    or deadlock (at most `attempts` times), committing only when it returns."""
+    for attempt in range(attempts):
+        try:
+            async with transaction(engine) as uow:
+                return await command(uow)
+        except asyncpg.PostgresError as error:
+            if not is_retryable(error) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(backoff_seconds(attempt))
+    raise AssertionError("unreachable")
+
+
 async def run_in_transaction(
     engine: AsyncEngine,
     principal: Principal,
@@ -221,13 +237,10 @@ async def run_in_transaction(
     attempts: int = 3,
     request_id: str | None = None,
 ) -> T:
-    """Run `command` in its own transaction, retrying serialization failures and deadlocks."""
-    for attempt in range(attempts):
-        try:
-            async with unit_of_work(engine, principal, request_id) as uow:
-                return await command(uow)
-        except asyncpg.PostgresError as error:
-            if not is_retryable(error) or attempt == attempts - 1:
-                raise
-            await asyncio.sleep(backoff_seconds(attempt))
-    raise AssertionError("unreachable")
+    """`in_transaction` for a principal: the context is the transaction's first statement."""
+
+    async def with_context(uow: UnitOfWork) -> T:
+        await uow.set_context(principal, request_id)
+        return await command(uow)
+
+    return await in_transaction(engine, with_context, attempts=attempts)
