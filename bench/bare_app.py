@@ -26,6 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tradeops.orders.repository import CREATED_FIELDS
+
 # Our engine: pool_size=10 + max_overflow=10, i.e. 10 kept and up to 20 under load
 # (run.py passes our Settings' values).
 POOL_MIN_SIZE = int(os.environ.get("BARE_POOL_MIN_SIZE", "10"))
@@ -79,16 +81,6 @@ CLIENTS = (
     "SELECT c.external_id, c.id, c.desk_id, d.code FROM clients c JOIN desks d ON d.id = c.desk_id"
 )
 INSTRUMENTS = "SELECT symbol, id, currency FROM instruments"
-CREATED_FIELDS = (
-    "id",
-    "status",
-    "risk_status",
-    "risk_reasons",
-    "filled_quantity",
-    "version",
-    "created_at",
-    "updated_at",
-)
 
 
 @dataclass(frozen=True, slots=True)

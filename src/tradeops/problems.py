@@ -249,7 +249,7 @@ def problem_responses(*errors: type[DomainError]) -> dict[int | str, dict[str, A
     for error in errors:
         entry = documented.setdefault(
             error.status,
-            {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": ""},
+            {"model": Problem, "description": ""},
         )
         entry["description"] = "; ".join(
             part for part in (entry["description"], f"{error.title} ({error.type_uri()})") if part

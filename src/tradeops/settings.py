@@ -41,7 +41,6 @@ class Settings(BaseSettings):
     max_bulk_body_bytes: int = 2 * 1024 * 1024  # bulk uploads: market data snapshots
     price_max_decimals: int = Field(default=6, ge=0, le=6)
     page_size_default: int = 50
-    page_size_max: int = 500
 
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     audit_key: SecretStr = SecretStr(DEFAULT_AUDIT_KEY)

@@ -168,17 +168,11 @@ async def create_checkpoint(
         return None
     for row in rows:
         root = fold_root(root, row.hash)
-    checkpoint = Checkpoint(
-        upto_id=rows[-1].id, events=events + len(rows), root_hash=root, signature=""
-    )
+    upto, events = rows[-1].id, events + len(rows)
     signature = sign_checkpoint(
-        audit_key,
-        upto_id=checkpoint.upto_id,
-        events=checkpoint.events,
-        root_hash=root,
-        previous=previous,
+        audit_key, upto_id=upto, events=events, root_hash=root, previous=previous
     )
-    checkpoint = Checkpoint(**{**asdict(checkpoint), "signature": signature})
+    checkpoint = Checkpoint(upto_id=upto, events=events, root_hash=root, signature=signature)
     await uow.execute(_INSERT_CHECKPOINT, asdict(checkpoint))
     return checkpoint
 

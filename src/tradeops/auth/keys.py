@@ -31,7 +31,3 @@ def parse_key(candidate: str) -> str | None:
     if len(parts) != 3 or parts[0] != KEY_MARKER or len(parts[1]) != 12 or not parts[2]:
         return None
     return parts[1]
-
-
-def looks_like_key(candidate: str) -> bool:
-    return parse_key(candidate) is not None

@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any
 
 import jwt
-from jwt import PyJWK, PyJWKClient, PyJWKSet
+from jwt import PyJWKClient, PyJWKSet
 
 from tradeops.settings import Settings
 
@@ -136,4 +136,4 @@ class TokenService:
         return PyJWKClient(self.settings.oidc_jwks_url, cache_keys=True, lifespan=300)
 
 
-__all__ = ["InvalidToken", "PyJWK", "TokenService", "TokenSubject"]
+__all__ = ["InvalidToken", "TokenService", "TokenSubject"]

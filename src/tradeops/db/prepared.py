@@ -1,8 +1,8 @@
 """Statements rendered for asyncpg: SQLAlchemy builds them, asyncpg runs them.
 
-Constant statements are rendered once, at import (`prepare`); statements built per call
-(filters, inserts with values) are rendered when run (`prepare_dynamic`), with the values
-SQLAlchemy bound into them.
+Constant statements are rendered once, at import; statements built per call (filters,
+inserts with values) are rendered when run, with the values SQLAlchemy bound into them.
+`prepare` serves both.
 """
 
 from __future__ import annotations
@@ -41,7 +41,3 @@ def _render(statement: ClauseElement) -> Prepared:
 def prepare(statement: ClauseElement | str) -> Prepared:
     """Render a constant statement once (plain SQL strings use :name parameters)."""
     return _render(text(statement) if isinstance(statement, str) else statement)
-
-
-def prepare_dynamic(statement: ClauseElement | str) -> Prepared:
-    return prepare(statement)

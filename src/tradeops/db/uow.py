@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ClauseElement
 
 from tradeops.auth.principal import Principal
-from tradeops.db.prepared import Prepared, prepare, prepare_dynamic
+from tradeops.db.prepared import Prepared, prepare
 
 T = TypeVar("T")
 
@@ -163,7 +163,7 @@ class UnitOfWork:
 
 
 def _render(statement: Statement, params: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
-    prepared = statement if isinstance(statement, Prepared) else prepare_dynamic(statement)
+    prepared = statement if isinstance(statement, Prepared) else prepare(statement)
     return prepared.sql, prepared.arguments(params or {})
 
 

@@ -69,6 +69,18 @@ SUBMIT_ORDER = prepare(
     )
 )
 
+# The columns of the new order that SUBMIT_ORDER returns beside the references.
+CREATED_FIELDS = (
+    "id",
+    "status",
+    "risk_status",
+    "risk_reasons",
+    "filled_quantity",
+    "version",
+    "created_at",
+    "updated_at",
+)
+
 LOCK_ORDER = text(
     "SELECT id, desk_id, status, version, created_by, risk_status FROM orders"
     " WHERE id = :id FOR UPDATE"

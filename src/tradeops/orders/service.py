@@ -110,7 +110,7 @@ async def submit_order(
     )
     refs = OrderReferences(**{field: row[field] for field in OrderReferences._fields})
     return OrderOut(
-        **{k: row[k] for k in _CREATED_FIELDS},
+        **{k: row[k] for k in repo.CREATED_FIELDS},
         client_id=order.client_id,
         desk=refs.desk,
         symbol=order.symbol,
@@ -126,18 +126,6 @@ async def submit_order(
         reviewed_by=None,
         approved_by=None,
     )
-
-
-_CREATED_FIELDS = (
-    "id",
-    "status",
-    "risk_status",
-    "risk_reasons",
-    "filled_quantity",
-    "version",
-    "created_at",
-    "updated_at",
-)
 
 
 async def _explain_refusal(
