@@ -26,6 +26,8 @@ from tradeops.db.embedded import ensure_database, start_embedded
 from tradeops.db.urls import asyncpg_url, with_database
 from tradeops.settings import Settings
 
+pytest_plugins = ["tests.live"]
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA_TABLES = [
     "audit_events",

@@ -66,7 +66,10 @@ async def ready(request: Request) -> Readiness | Response:
 
 
 @router.get(
-    "/api/v1/health-check/db", response_model=Readiness, responses={503: {"model": Problem}}
+    "/api/v1/health-check/db",
+    response_model=Readiness,
+    response_model_exclude_none=True,
+    responses={503: {"model": Problem}},
 )
 async def database_check(request: Request) -> Readiness | Response:
     """The database answers a query: `{"status": "ok", "db": "reachable"}`, else 503."""
