@@ -189,3 +189,11 @@ async def make_cast(engine: AsyncEngine, tokens: TokenService) -> Cast:
     cast.headers["agent"] = bearer(key)
     cast.headers["nobody"] = {}
     return cast
+
+
+async def pass_risk_check(engine: AsyncEngine, order_id: int) -> None:
+    """Mark an order's pre-trade check PASSED, as the risk job would (approval requires it)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE orders SET risk_status = 'PASSED' WHERE id = :id"), {"id": order_id}
+        )
