@@ -5,10 +5,12 @@ from tradeops.auth.models import ApiKey, User
 from tradeops.clients.models import Client
 from tradeops.db.base import Base
 from tradeops.desks.models import Desk, DeskMember
+from tradeops.executions.models import Execution
 from tradeops.idempotency.models import IdempotencyKey
 from tradeops.instruments.models import Instrument
 from tradeops.marketdata.models import MarketSnapshot
 from tradeops.orders.models import Order, OrderEvent
+from tradeops.positions.models import Position
 
 __all__ = [
     "ApiKey",
@@ -19,10 +21,12 @@ __all__ = [
     "Client",
     "Desk",
     "DeskMember",
+    "Execution",
     "IdempotencyKey",
     "Instrument",
     "MarketSnapshot",
     "Order",
     "OrderEvent",
+    "Position",
     "User",
 ]
