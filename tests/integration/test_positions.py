@@ -204,6 +204,22 @@ async def test_portfolio_matches_the_hand_computed_book(
     assert abs(datetime.now(UTC) - as_of) < timedelta(minutes=1)
 
 
+async def test_the_document_postgresql_builds_is_the_documented_schema_as_we_write_it(
+    client: httpx.AsyncClient, cast: Cast, book: None
+) -> None:
+    """The portfolio's JSON comes from SQL: it must have exactly the fields of the schema in
+    /docs, and write decimals as every other endpoint does (tradeops.decimals.plain)."""
+    raw = (await portfolio(client, cast)).json()
+    ours = Portfolio.model_validate(raw).model_dump(mode="json")
+    assert list(raw) == list(ours)
+    for section in ("positions", "totals"):
+        for sent, written in zip(raw[section], ours[section], strict=True):
+            assert list(sent) == list(written)
+            sent.pop("price_as_of", None)  # both ISO 8601, ours without zero microseconds
+            written.pop("price_as_of", None)
+            assert sent == written
+
+
 async def test_portfolio_totals_are_complete_once_every_position_is_priced(
     client: httpx.AsyncClient, cast: Cast, book: None
 ) -> None:

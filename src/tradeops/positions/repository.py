@@ -108,9 +108,10 @@ def filtered_positions(
     return statement.order_by(positions.c.client_id, positions.c.instrument_id).limit(limit)
 
 
-def _amount(expression: str) -> str:
-    """A decimal as JSON text, as the API writes decimals: "50", never "50.000000"."""
-    return f"trim_scale({expression})::text"
+def _amounts(*columns: str) -> str:
+    """Decimals as the API writes them, strings without trailing zeros ("50", never
+    "50.000000"), each under its own name."""
+    return ", ".join(f"trim_scale({column})::text AS {column}" for column in columns)
 
 
 def _utc(expression: str) -> str:
@@ -123,6 +124,8 @@ def _utc(expression: str) -> str:
 # (instrument_id, as_of DESC) index); exact numeric arithmetic throughout. Totals are per
 # currency; their market value and unrealized P&L are null when an open position of that
 # currency has no price, rather than a partial sum. No row: no such client for this caller.
+# Rows become JSON objects whole (json_agg of a row), measured faster than building each
+# object key by key.
 PORTFOLIO = prepare(
     text(
         "WITH client AS ("  # noqa: S608 - SQL from constants only
@@ -153,23 +156,16 @@ PORTFOLIO = prepare(
         " SELECT json_build_object("
         "  'client_id', client.external_id, 'desk', client.desk,"
         f"  'as_of', {_utc('now()')},"
-        "  'positions', COALESCE((SELECT json_agg(json_build_object("
-        "   'symbol', symbol, 'currency', currency,"
-        f"   'quantity', {_amount('quantity')}, 'avg_cost', {_amount('avg_cost')},"
-        f"   'cost_basis', {_amount('cost_basis')}, 'priced', last_price IS NOT NULL,"
-        f"   'last_price', {_amount('last_price')}, 'price_as_of', {_utc('price_as_of')},"
-        f"   'market_value', {_amount('market_value')},"
-        f"   'unrealized_pnl', {_amount('unrealized_pnl')},"
-        f"   'realized_pnl', {_amount('realized_pnl')}) ORDER BY symbol) FROM valued), '[]'),"
-        "  'totals', COALESCE((SELECT json_agg(json_build_object("
-        "   'currency', currency, 'positions', positions,"
-        "   'unpriced_positions', unpriced_positions,"
-        f"   'market_value', {_amount('market_value')}, 'cost_basis', {_amount('cost_basis')},"
-        f"   'unrealized_pnl', {_amount('unrealized_pnl')},"
-        f"   'realized_pnl', {_amount('realized_pnl')}) ORDER BY currency) FROM totals), '[]')"
+        "  'positions', COALESCE((SELECT json_agg(shown ORDER BY shown.symbol) FROM ("
+        "   SELECT symbol, currency,"
+        f"   {_amounts('quantity', 'avg_cost', 'cost_basis')}, last_price IS NOT NULL AS priced,"
+        f"   {_amounts('last_price')}, {_utc('price_as_of')} AS price_as_of,"
+        f"   {_amounts('market_value', 'unrealized_pnl', 'realized_pnl')}"
+        "   FROM valued) AS shown), '[]'),"
+        "  'totals', COALESCE((SELECT json_agg(shown ORDER BY shown.currency) FROM ("
+        "   SELECT currency, positions, unpriced_positions,"
+        f"   {_amounts('market_value', 'cost_basis', 'unrealized_pnl', 'realized_pnl')}"
+        "   FROM totals) AS shown), '[]')"
         " )::text FROM client"
     )
 )
-
-# The parameters PORTFOLIO takes (the bench's bare peer checks it sends the same ones).
-PORTFOLIO_PARAMETERS = ("client_id", "all_desks", "desk_ids")
