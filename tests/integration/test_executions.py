@@ -515,3 +515,25 @@ async def test_the_same_fill_sent_many_times_at_once_is_recorded_once(
     responses = await asyncio.gather(*(record(client, order_id, cast["admin"]) for _ in range(10)))
     assert sorted(r.status_code for r in responses) == [200] * 9 + [201]
     assert (await position_of(client, cast))["quantity"] == "20"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"venue": "a\u0000b"},
+        {"external_id": "a\u0000b"},
+        {"executed_at": "9999-12-31T23:59:59-14:00"},
+        {"quantity": "1e400"},
+        {"price": "NaN"},
+    ],
+)
+async def test_hostile_fills_are_a_422_never_a_500(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, changes: dict[str, str]
+) -> None:
+    order_id = await approved_order(client, cast, owner_engine)
+    response = await record(client, order_id, cast["admin"], **changes)
+    assert response.status_code == 422, response.text
+    huge = await client.post(
+        f"{ORDERS}/9223372036854775808/executions", json=a_fill(), headers=cast["admin"]
+    )
+    assert huge.status_code == 422

@@ -416,3 +416,20 @@ async def test_a_position_belongs_to_its_clients_desk(
                 )
             )
     assert sqlstate_of(refused.value) == "23514"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/clients/CUST%001001/portfolio",
+        "/positions?client_id=a%00b",
+        "/positions?symbol=a%00b",
+        "/positions?desk=a%00b",
+    ],
+)
+async def test_hostile_input_is_a_422_never_a_500(
+    client: httpx.AsyncClient, cast: Cast, path: str
+) -> None:
+    response = await client.get(f"{API}{path}", headers=cast["admin"])
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
