@@ -344,6 +344,23 @@ async def test_an_admin_key_narrowed_to_a_desk_cannot_fill_another_desks_order(
     assert (await record(client, fi_order, cast["admin"])).status_code == 201
 
 
+async def test_an_external_id_taken_on_another_desk_is_a_conflict_that_tells_nothing_more(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    fi_order = await approved_order(
+        client, cast, owner_engine, maker="trader_fi", client_id="CUST-2001"
+    )
+    assert (await record(client, fi_order, cast["admin"])).status_code == 201
+    eq_order = await approved_order(client, cast, owner_engine)
+    _, key = await make_api_key(
+        owner_engine, "admin@test.bank", ["executions:write"], desks=["EQ-US"]
+    )
+    clash = await record(client, eq_order, bearer(key))
+    assert clash.status_code == 409
+    assert "execution_id" not in clash.json() and "order_id" not in clash.json()
+    assert (await position_of(client, cast)) is None
+
+
 async def test_executions_of_another_desks_order_are_not_found(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:

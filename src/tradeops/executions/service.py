@@ -76,23 +76,13 @@ async def record_execution(
     _check_fill(order, fill)
     parameters = _fill_parameters(uow, principal, order, fill, context.filled_notional)
     recorded = await uow.one_or_none(repo.RECORD_FILL, parameters)
-    if recorded is None:
+    if recorded is None:  # taken meanwhile, or by a fill of a desk the caller does not see
         raise ExecutionConflict(
-            f"external_id {fill.external_id} was recorded for another fill meanwhile.",
+            f"external_id {fill.external_id} is already recorded for another fill.",
             external_id=fill.external_id,
         )
     execution = ExecutionOut.model_validate(recorded._mapping)
-    signed = fill.quantity if order.side == "BUY" else -fill.quantity
-    position = PositionFill(
-        desk_id=order.desk_id,
-        client_id=order.client_id,
-        instrument_id=order.instrument_id,
-        position_key=f"{order.client_external_id}:{order.symbol}",
-        quantity=signed,
-        price=fill.price,
-        execution_id=execution.id,
-    )
-    await book_fill(uow, principal, position)
+    await book_fill(uow, principal, _position_fill(order, fill, execution.id))
     order_now = _fill_state(
         order,
         status=recorded.order_status,
@@ -101,6 +91,19 @@ async def record_execution(
         version=recorded.order_version,
     )
     return FillOutcome(RecordedFill(execution=execution, order=order_now), created=True)
+
+
+def _position_fill(order: Row, fill: ExecutionIn, execution_id: int) -> PositionFill:
+    """The fill as the client's position sees it: bought (+) or sold (-)."""
+    return PositionFill(
+        desk_id=order.desk_id,
+        client_id=order.client_id,
+        instrument_id=order.instrument_id,
+        position_key=f"{order.client_external_id}:{order.symbol}",
+        quantity=fill.quantity if order.side == "BUY" else -fill.quantity,
+        price=fill.price,
+        execution_id=execution_id,
+    )
 
 
 def _fill_state(order: Row, **now: Any) -> OrderFillState:
