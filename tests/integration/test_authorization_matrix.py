@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import PASSWORD, SEED_ORDER, Cast, bearer, make_api_key
+from tests.factories import PASSWORD, SEED_ORDER, Cast, bearer, make_api_key, pass_risk_check
 
 API = "/api/v1"
 PROBLEM = "application/problem+json"
@@ -172,6 +172,7 @@ MATRIX = [
 class World:
     client: httpx.AsyncClient
     cast: Cast
+    engine: AsyncEngine
 
 
 async def submit(world: World, who: str, body: dict[str, Any]) -> int:
@@ -209,7 +210,10 @@ async def decide(world: World, order_id: int, who: str, action: str) -> int:
 
 
 async def reviewed(world: World, maker: str, body: dict[str, Any], reviewer: str) -> int:
-    return await decide(world, await submit(world, maker, body), reviewer, "review")
+    """Reviewed, and its pre-trade risk check passed: ready for an approver."""
+    order_id = await decide(world, await submit(world, maker, body), reviewer, "review")
+    await pass_risk_check(world.engine, order_id)
+    return order_id
 
 
 async def approved(world: World) -> int:
@@ -258,9 +262,9 @@ def assert_refused(response: httpx.Response, status: int) -> None:
 @pytest.mark.parametrize("who", PRINCIPALS)
 @pytest.mark.parametrize("entry", MATRIX, ids=lambda entry: entry.id)
 async def test_endpoint_answers_each_principal_as_the_permission_table_says(
-    client: httpx.AsyncClient, cast: Cast, entry: Row, who: str
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, entry: Row, who: str
 ) -> None:
-    path = await arrange(World(client, cast), entry.path)
+    path = await arrange(World(client, cast, owner_engine), entry.path)
     response = await client.request(
         entry.method, f"{API}{path}", json=entry.body, headers=cast[who]
     )
@@ -371,9 +375,9 @@ VISIBLE_DESKS = {
 
 @pytest.mark.parametrize("who", list(VISIBLE_DESKS))
 async def test_lists_show_only_the_desks_a_principal_covers(
-    client: httpx.AsyncClient, cast: Cast, who: str
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, who: str
 ) -> None:
-    world = World(client, cast)
+    world = World(client, cast, owner_engine)
     ids = {"EQ-US": await submit(world, "trader", SEED_ORDER)}
     ids["FI-EU"] = await submit(world, "trader_fi", FI_ORDER)
     orders = await client.get(f"{API}/orders", headers=cast[who])
@@ -475,7 +479,7 @@ async def test_key_narrowed_to_another_desk_sees_nothing_of_its_owners_desk(
 ) -> None:
     """A key narrows its owner's desks, it can never widen them: a trader on EQ-US cannot get
     a key for FI-EU, and a key for EQ-US sees nothing once its owner has moved to FI-EU."""
-    world = World(client, cast)
+    world = World(client, cast, owner_engine)
     eq_order = await submit(world, "trader", SEED_ORDER)
     fi_order = await submit(world, "trader_fi", FI_ORDER)
     widen = {"name": "wider", "scopes": ["orders:read"], "desks": ["FI-EU"]}
@@ -507,7 +511,7 @@ async def test_key_narrowed_to_another_desk_sees_nothing_of_its_owners_desk(
 async def test_risk_key_narrowed_to_one_desk_sees_only_that_desk(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
-    world = World(client, cast)
+    world = World(client, cast, owner_engine)
     eq_order = await submit(world, "trader", SEED_ORDER)
     fi_order = await submit(world, "trader_fi", FI_ORDER)
     _, key = await make_api_key(owner_engine, "risk@test.bank", ["orders:read"], desks=["FI-EU"])

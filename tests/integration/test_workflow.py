@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast
+from tests.factories import SEED_ORDER, Cast, pass_risk_check
 
 ORDERS = "/api/v1/orders"
 
@@ -37,9 +37,10 @@ async def act(
 
 
 async def test_seed_flow_review_then_approve_by_another_user(
-    client: httpx.AsyncClient, cast: Cast
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
     created = await submit(client, cast["trader"])
+    await pass_risk_check(owner_engine, created["id"])
     assert created["status"] == "PENDING"
     fetched = (await client.get(f"{ORDERS}/{created['id']}", headers=cast["trader"])).json()
     assert {k: fetched[k] for k in SEED_ORDER} == {
@@ -118,6 +119,19 @@ async def test_failed_risk_check_blocks_approval_but_not_rejection(
     assert rejected.json()["status"] == "REJECTED"
 
 
+async def test_approval_waits_for_the_risk_check_to_pass(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    order = await submit(client, cast["trader"])
+    await act(client, order["id"], "review", cast["trader"])
+    refused = await act(client, order["id"], "approve", cast["approver"])
+    assert refused.status_code == 409
+    assert refused.json()["type"].endswith("/risk-check-pending")
+    await pass_risk_check(owner_engine, order["id"])
+    approved = await act(client, order["id"], "approve", cast["approver"])
+    assert approved.status_code == 200, approved.text
+
+
 @pytest.mark.parametrize(
     ("path", "step", "body", "current"),
     [
@@ -131,12 +145,14 @@ async def test_failed_risk_check_blocks_approval_but_not_rejection(
 async def test_illegal_transitions_are_409_naming_the_status(
     client: httpx.AsyncClient,
     cast: Cast,
+    owner_engine: AsyncEngine,
     path: list[str],
     step: str,
     body: dict[str, Any] | None,
     current: str,
 ) -> None:
     order = await submit(client, cast["trader"])
+    await pass_risk_check(owner_engine, order["id"])
     for done in path:
         who = cast["approver"] if done in ("approve", "reject") else cast["trader"]
         extra = {"reason": "because"} if done == "reject" else None
@@ -187,6 +203,7 @@ async def test_fifty_concurrent_approvals_exactly_one_wins(
 ) -> None:
     order = await submit(client, cast["trader"])
     await act(client, order["id"], "review", cast["trader"])
+    await pass_risk_check(owner_engine, order["id"])
     responses = await asyncio.gather(
         *[
             act(client, order["id"], "approve", cast["approver"], **{"If-Match": '"2"'})

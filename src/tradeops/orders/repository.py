@@ -81,10 +81,12 @@ CREATED_FIELDS = (
     "updated_at",
 )
 
-LOCK_ORDER = text(
-    "SELECT id, desk_id, status, version, created_by, risk_status FROM orders"
-    " WHERE id = :id FOR UPDATE"
+# What the maker-checker rules read of an order; locked when it is about to change.
+_ORDER_FACTS = (
+    "SELECT id, desk_id, status, version, created_by, risk_status FROM orders WHERE id = :id"
 )
+ORDER_FACTS = text(_ORDER_FACTS)
+LOCK_ORDER = text(_ORDER_FACTS + " FOR UPDATE")
 
 # One conditional UPDATE (the row is already locked, the version re-checked) with its history
 # event and audit event, in one round trip. The event's seq is the order's new version.
