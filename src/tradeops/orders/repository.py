@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -179,6 +180,9 @@ def filtered_orders(
     principal: Principal,
     *,
     status: str | None = None,
+    statuses: Sequence[str] | None = None,
+    risk_status: str | None = None,
+    made_by: int | None = None,
     client_id: str | None = None,
     symbol: str | None = None,
     desk: str | None = None,
@@ -190,6 +194,12 @@ def filtered_orders(
     statement = readable_orders(principal)
     if status is not None:
         statement = statement.where(orders.c.status == status)
+    if statuses is not None:
+        statement = statement.where(orders.c.status.in_(statuses))
+    if risk_status is not None:
+        statement = statement.where(orders.c.risk_status == risk_status)
+    if made_by is not None:
+        statement = statement.where(orders.c.created_by == made_by)
     if client_id is not None:
         statement = statement.where(clients.c.external_id == client_id)
     if symbol is not None:

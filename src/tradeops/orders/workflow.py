@@ -113,7 +113,8 @@ def refusal(transition: Transition, principal: Principal, order: Any) -> DomainE
         return error
     if order.status not in transition.from_statuses:
         return IllegalTransition(
-            f"Order {order.id} is {order.status}; it cannot be {transition.name}ed from there.",
+            f"Order {order.id} is {order.status}; it cannot be {transition.to_status.lower()} from"
+            " there.",
             current_status=order.status,
             current_version=order.version,
         )
