@@ -82,7 +82,7 @@ CREATED_FIELDS = (
 )
 
 LOCK_ORDER = text(
-    "SELECT id, desk_id, status, version, created_by, risk_status FROM orders"
+    "SELECT id, desk_id, status, version, created_by, risk_status, risk_reasons FROM orders"
     " WHERE id = :id FOR UPDATE"
 )
 

@@ -41,6 +41,7 @@ TRANSITION_ERRORS = problem_responses(
     workflow.StaleVersion,
     workflow.MakerCannotApprove,
     workflow.RiskCheckFailed,
+    workflow.RiskCheckPending,
     IdempotencyKeyReused,
 )
 

@@ -45,6 +45,11 @@ class RiskCheckFailed(Conflict):
     title = "The order failed its pre-trade risk check"
 
 
+class RiskCheckPending(Conflict):
+    slug = "risk-check-pending"
+    title = "The order's pre-trade risk check has not passed yet"
+
+
 class ReviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -96,6 +101,13 @@ def _check_rules(transition: Transition, principal: Principal, order: Any) -> No
     if transition is APPROVE and order.risk_status == "FAILED":
         raise RiskCheckFailed(
             f"Order {order.id} failed its risk check and cannot be approved; reject it instead.",
+            order_id=order.id,
+            risk_reasons=order.risk_reasons,
+        )
+    if transition is APPROVE and order.risk_status != "PASSED":
+        raise RiskCheckPending(
+            f"Order {order.id} is still waiting for its pre-trade risk check; approve it once "
+            "the check has passed.",
             order_id=order.id,
         )
     deciding = transition in (APPROVE, REJECT)
