@@ -29,6 +29,7 @@ from tradeops.observability import (
 )
 from tradeops.orders.router import router as orders_router
 from tradeops.problems import document_problems, install_problem_handlers
+from tradeops.risk.router import router as risk_router
 from tradeops.settings import Settings, get_settings
 from tradeops.ui import install_ui
 
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         clients_router,
         instruments_router,
         market_data_router,
+        risk_router,
         desks_router,
         health_router,
     )

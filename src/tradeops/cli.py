@@ -130,7 +130,7 @@ def worker(
     configure_logging(settings)
     url = database_url(settings)
     console.print(f"[bold]tradeops worker[/bold] (concurrency {concurrency})")
-    asyncio.run(run_worker(url, concurrency=concurrency))
+    asyncio.run(run_worker(url, concurrency=concurrency, settings=settings))
 
 
 @app.command()

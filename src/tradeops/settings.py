@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -60,6 +61,8 @@ class Settings(BaseSettings):
     login_lockout_seconds: int = 30
     cors_origins: list[str] = Field(default_factory=list)
     demo_password: SecretStr | None = None
+    # The pre-trade price band where neither the desk nor the client sets one.
+    fat_finger_pct: Decimal = Field(default=Decimal(10), gt=0, le=100)
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> Settings:

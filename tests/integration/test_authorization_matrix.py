@@ -47,6 +47,7 @@ NEW_DESK = {"code": "FX-GLOBAL", "name": "Global FX"}
 EQ_DESK = {"desks": ["EQ-US"]}
 RENAME = {"name": "Renamed"}
 RESTRICT = {"restricted": True}
+DESK_LIMIT = {"desk": "EQ-US", "max_order_notional": "1000000", "fat_finger_pct": "5"}
 REASON = {"reason": "Outside the client's mandate"}
 PRICE = {"symbol": "AAPL", "price": "192.55", "as_of": "2026-11-23T10:00:00Z", "source": "test"}
 PRICES = {"snapshots": [PRICE]}
@@ -161,6 +162,12 @@ MATRIX = [
     row("GET",    "/market-data/AAPL",           None,       401, 404, 404, 404, 404, 404, 404,
         label="no price yet"),
     row("GET",    "/market-data/{priced}/history", None,     401, 200, 200, 200, 200, 200, 200),
+    # Risk limits: risk sets them, risk and admin read them; no key does either.
+    row("GET",    "/risk/limits",                None,       401, 403, 403, 403, 200, 200, 403),
+    row("PUT",    "/risk/limits",                DESK_LIMIT, 401, 403, 403, 403, 200, 403, 403),
+    # Approval waits for the pre-trade risk check to pass ({eq_unchecked}: reviewed, unchecked).
+    row("POST",   "/orders/{eq_unchecked}/approve", None,    401, 403, 403, 409, 403, 403, 403,
+        label="risk check pending"),
 ]
 # fmt: on
 
@@ -172,7 +179,7 @@ MATRIX = [
 class World:
     client: httpx.AsyncClient
     cast: Cast
-    engine: AsyncEngine
+    engine: AsyncEngine  # the owner's, to arrange what no endpoint does (a passed risk check)
 
 
 async def submit(world: World, who: str, body: dict[str, Any]) -> int:
@@ -209,11 +216,13 @@ async def decide(world: World, order_id: int, who: str, action: str) -> int:
     return order_id
 
 
-async def reviewed(world: World, maker: str, body: dict[str, Any], reviewer: str) -> int:
-    """Reviewed, and its pre-trade risk check passed: ready for an approver."""
-    order_id = await decide(world, await submit(world, maker, body), reviewer, "review")
-    await pass_risk_check(world.engine, order_id)
-    return order_id
+async def reviewed(
+    world: World, maker: str, body: dict[str, Any], reviewer: str, *, risk_checked: bool = True
+) -> int:
+    order_id = await submit(world, maker, body)
+    if risk_checked:
+        await pass_risk_check(world.engine, order_id)
+    return await decide(world, order_id, reviewer, "review")
 
 
 async def approved(world: World) -> int:
@@ -228,6 +237,9 @@ ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
     "eq_reviewed": lambda world: reviewed(world, "trader", SEED_ORDER, "trader2"),
     "fi_reviewed": lambda world: reviewed(world, "trader_fi", FI_ORDER, "trader_fi"),
     "eq_approved": approved,
+    "eq_unchecked": lambda world: reviewed(
+        world, "trader", SEED_ORDER, "trader2", risk_checked=False
+    ),
     "trader2_order": lambda world: submit(world, "trader2", SEED_ORDER),
     "agent_order": lambda world: submit(world, "agent", SEED_ORDER),
     "trader_key": trader_key,
@@ -288,6 +300,7 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         "{eq_order}": "{order_id}",
         "{fi_order}": "{order_id}",
         "{eq_reviewed}": "{order_id}",
+        "{eq_unchecked}": "{order_id}",
         "{fi_reviewed}": "{order_id}",
         "{eq_approved}": "{order_id}",
         "{trader2_order}": "{order_id}",

@@ -430,7 +430,7 @@ async def test_the_maker_sees_approve_disabled_and_cannot_approve(
 
 @pytest.mark.parametrize(
     ("risk_status", "explanation"),
-    [("FAILED", "failed its risk check"), ("PENDING", "has not passed yet")],
+    [("FAILED", "failed its risk check"), ("PENDING", "waiting for its pre-trade risk check")],
 )
 async def test_approve_is_disabled_until_the_risk_check_passes(
     client: httpx.AsyncClient,

@@ -32,6 +32,8 @@ class Action(StrEnum):
     VERIFY_AUDIT = "verify the audit trail"
     READ_MARKET_DATA = "read market data"
     PUBLISH_MARKET_DATA = "publish market data"
+    READ_RISK_LIMITS = "read risk limits"
+    MANAGE_RISK_LIMITS = "manage risk limits"
 
 
 R = Role
@@ -57,6 +59,9 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     # Prices feed the bank's books: published by operations (admin, or an admin's feed key)
     # and by the system itself. Row-level security allows the same roles to insert.
     Action.PUBLISH_MARKET_DATA: frozenset({R.ADMIN}),
+    # Limits are the risk function's; admin may look (no key may do either).
+    Action.READ_RISK_LIMITS: frozenset({R.RISK, R.ADMIN}),
+    Action.MANAGE_RISK_LIMITS: frozenset({R.RISK}),
 }
 
 # The scope an API key needs for each action; actions without a scope are never open to keys.

@@ -9,6 +9,7 @@ from tradeops.idempotency.models import IdempotencyKey
 from tradeops.instruments.models import Instrument
 from tradeops.marketdata.models import MarketSnapshot
 from tradeops.orders.models import Order, OrderEvent
+from tradeops.risk.models import RiskLimit
 
 __all__ = [
     "ApiKey",
@@ -24,5 +25,6 @@ __all__ = [
     "MarketSnapshot",
     "Order",
     "OrderEvent",
+    "RiskLimit",
     "User",
 ]

@@ -84,7 +84,8 @@ CREATED_FIELDS = (
 
 # What the maker-checker rules read of an order; locked when it is about to change.
 _ORDER_FACTS = (
-    "SELECT id, desk_id, status, version, created_by, risk_status FROM orders WHERE id = :id"
+    "SELECT id, desk_id, status, version, created_by, risk_status, risk_reasons FROM orders"
+    " WHERE id = :id"
 )
 ORDER_FACTS = text(_ORDER_FACTS)
 LOCK_ORDER = text(_ORDER_FACTS + " FOR UPDATE")

@@ -105,7 +105,7 @@ def refusal(transition: Transition, principal: Principal, order: Any) -> DomainE
 
     The one statement of the maker-checker rules: `transition_order` raises what this returns,
     and the approver pages show it beside a disabled button. `order` needs `id`, `status`,
-    `risk_status` and `created_by` (the maker's user id).
+    `version`, `risk_status`, `risk_reasons` and `created_by` (the maker's user id).
     """
     try:
         authorize(principal, transition.action)
@@ -122,17 +122,19 @@ def refusal(transition: Transition, principal: Principal, order: Any) -> DomainE
         return RiskCheckFailed(
             f"Order {order.id} failed its risk check and cannot be approved; reject it instead.",
             order_id=order.id,
+            risk_reasons=order.risk_reasons,
+        )
+    if transition is APPROVE and order.risk_status != "PASSED":
+        return RiskCheckPending(
+            f"Order {order.id} is still waiting for its pre-trade risk check; approve it once "
+            "the check has passed.",
+            order_id=order.id,
         )
     deciding = transition in (APPROVE, REJECT)
     if deciding and order.created_by == principal.user_id:
         return MakerCannotApprove(
             f"You submitted order {order.id} (yourself or through your API key); another "
             "approver must decide on it.",
-            order_id=order.id,
-        )
-    if transition is APPROVE and order.risk_status != "PASSED":
-        return RiskCheckPending(
-            f"Order {order.id}'s pre-trade risk check has not passed yet; approve it once it has.",
             order_id=order.id,
         )
     if (
