@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.factories import PASSWORD, Cast, pass_risk_check
 from tests.live import LiveServer
 from tests.pages import AGENT_ADVICE, API, review, submit
+from tradeops.jobs.app import run_worker
+from tradeops.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -36,20 +38,14 @@ async def agent_order(
     client: httpx.AsyncClient, cast: Cast, engine: AsyncEngine, **order: object
 ) -> int:
     order_id = await submit(client, cast["agent"], **order)
-    await review(client, order_id, cast["agent"], **AGENT_ADVICE)
     await pass_risk_check(engine, order_id)
+    await review(client, order_id, cast["agent"], **AGENT_ADVICE)
     return order_id
 
 
-async def fail_risk_check(engine: AsyncEngine, order_id: int, reason: str) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE orders SET risk_status = 'FAILED', risk_reasons = CAST(:reasons AS jsonb)"
-                " WHERE id = :id"
-            ),
-            {"id": order_id, "reasons": f'[{{"code": "fat_finger", "message": "{reason}"}}]'},
-        )
+async def run_risk_checks(database_url: str, settings: Settings) -> None:
+    """The worker runs the pre-trade checks the orders so far queued, then stops."""
+    await run_worker(database_url, wait=False, install_signal_handlers=False, settings=settings)
 
 
 async def sign_in(page: Page, email: str) -> None:
@@ -72,33 +68,35 @@ async def test_approver_approves_an_agents_order_and_rejects_another_with_a_reas
     live_server: LiveServer,
     client: httpx.AsyncClient,
     cast: Cast,
-    owner_engine: AsyncEngine,
+    database_url: str,
+    settings: Settings,
     artifacts: Path,
 ) -> None:
-    assert (
-        await client.post(f"{API}/market-data/snapshots", json=PRICES, headers=cast["admin"])
-    ).status_code == 201
-    first = await agent_order(client, cast, owner_engine)
-    second = await agent_order(
+    published = await client.post(
+        f"{API}/market-data/snapshots", json=PRICES, headers=cast["admin"]
+    )
+    assert published.status_code == 201, published.text
+    # Orders as agents and traders send them; then the real pre-trade check runs on each.
+    first = await submit(client, cast["agent"])
+    second = await submit(
         client,
-        cast,
-        owner_engine,
+        cast["agent"],
         client_id="CUST-1002",
         symbol="MSFT",
         side="SELL",
         quantity=120,
         price="421.50",
     )
-    failed = await submit(client, cast["trader"], quantity=5000, price="250.00")
-    await fail_risk_check(owner_engine, failed, "Limit 250.00 is 29% above the last price 193.10")
-    await submit(
-        client, cast["trader2"], symbol="MSFT", quantity=75, price=None, order_type="MARKET"
-    )
+    await submit(client, cast["trader"], quantity=5000, price="250.00")  # a fat finger
+    await run_risk_checks(database_url, settings)
+    for order_id in (first, second):
+        await review(client, order_id, cast["agent"], **AGENT_ADVICE)
+    await submit(client, cast["trader2"], symbol="MSFT", quantity=75, price=None)
 
     await sign_in(page, "approver@test.bank")
     queue = page.locator("#queue")
     await expect(queue.locator("tbody tr")).to_have_count(4)
-    await expect(queue).to_contain_text("fat_finger: Limit 250.00 is 29% above the last price")
+    await expect(queue).to_contain_text("PRICE_AWAY_FROM_MARKET: Limit price 250 is 29.47% away")
     # A short viewport: the full-page screenshot is then as tall as the content.
     await page.set_viewport_size({"width": 1360, "height": 480})
     await page.screenshot(path=artifacts / "queue.png", full_page=True)
