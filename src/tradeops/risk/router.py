@@ -22,12 +22,9 @@ async def list_limits(
 ) -> RiskLimitList:
     """The pre-trade limits per desk and per client (risk and admin), and the default
     fat-finger band. Where a desk and a client limit both apply, the stricter wins."""
-    return await service.list_limits(
-        uow,
-        principal,
+    return RiskLimitList(
+        items=await service.list_limits(uow, principal, desk=desk, client_id=client_id),
         default_fat_finger_pct=request.app.state.settings.fat_finger_pct,
-        desk=desk,
-        client_id=client_id,
     )
 
 

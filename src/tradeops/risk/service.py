@@ -15,7 +15,7 @@ from tradeops.db.uow import Row, UnitOfWork
 from tradeops.errors import InvalidRequest
 from tradeops.risk import repository as repo
 from tradeops.risk.rules import RiskFacts, evaluate, stricter
-from tradeops.risk.schemas import RiskLimitIn, RiskLimitList, RiskLimitOut
+from tradeops.risk.schemas import RiskLimitIn, RiskLimitOut
 
 log = structlog.get_logger(component="tradeops.risk")
 
@@ -24,19 +24,11 @@ CHECK_ERROR = "RISK_CHECK_ERROR"
 
 
 async def list_limits(
-    uow: UnitOfWork,
-    principal: Principal,
-    *,
-    default_fat_finger_pct: Decimal,
-    desk: str | None = None,
-    client_id: str | None = None,
-) -> RiskLimitList:
+    uow: UnitOfWork, principal: Principal, *, desk: str | None = None, client_id: str | None = None
+) -> list[RiskLimitOut]:
     authorize(principal, Action.READ_RISK_LIMITS)
     rows = await uow.execute(repo.LIST_LIMITS, {"desk": desk, "client_id": client_id})
-    return RiskLimitList(
-        items=[RiskLimitOut.model_validate(r._mapping) for r in rows],
-        default_fat_finger_pct=default_fat_finger_pct,
-    )
+    return [RiskLimitOut.model_validate(r._mapping) for r in rows]
 
 
 async def _holder(uow: UnitOfWork, data: RiskLimitIn) -> Row:
