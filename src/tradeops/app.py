@@ -31,6 +31,7 @@ from tradeops.orders.router import router as orders_router
 from tradeops.problems import document_problems, install_problem_handlers
 from tradeops.risk.router import router as risk_router
 from tradeops.settings import Settings, get_settings
+from tradeops.ui import install_ui
 
 DESCRIPTION = """
 The system of record for trade operations: agents and people submit trade orders, orders pass
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     )
     for router in routers:
         app.include_router(router)
+    install_ui(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     audit_key: SecretStr = SecretStr(DEFAULT_AUDIT_KEY)
     token_ttl_minutes: int = 30
+    ui_session_minutes: int = Field(default=480, ge=1, description="Signed-in page session")
     jwt_issuer: str = "tradeops"
     jwt_audience: str = "tradeops-api"
     oidc_issuer: str | None = None
