@@ -319,8 +319,10 @@ async def test_mcp_without_a_valid_agent_key_is_refused_before_mcp(
             json=INITIALIZE,
             headers={**cast["agent"], "Accept": "application/json, text/event-stream"},
         )
+        metrics = (await http.get("/metrics")).text
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["result"]["serverInfo"]["name"] == "tradeops"
+    assert 'route="/mcp",status="401"' in metrics and 'route="/mcp",status="200"' in metrics
     # The SDK's client, refused, fails to connect.
     with pytest.raises(Exception):  # noqa: B017 - the transport's error type is the SDK's to choose
         async with mcp_over_http(live_server, bearer(revoked)) as agent:

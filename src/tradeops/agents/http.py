@@ -13,6 +13,7 @@ machine) answers any request, as for the rest of the API.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -54,10 +55,15 @@ class McpEndpoint:
     answer them like any other request's.
     """
 
+    path = MCP_PATH
+
     def __init__(self, sessions: StreamableHTTPSessionManager) -> None:
         self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # FastAPI records only its own routes in the scope; name this one for the access log
+        # and the metrics (observability.route_template reads its `path`).
+        scope["route"] = self
         request = Request(scope)
         credential = _credential(request)
         tokens, request_id = request.app.state.tokens, request.state.request_id
@@ -95,6 +101,8 @@ def mount_mcp(app: FastAPI, settings: Settings) -> None:
     )
     app.state.mcp_sessions = sessions
     app.router.routes.append(Route(MCP_PATH, McpEndpoint(sessions)))
+    # The SDK logs every stateless request's end at INFO; the access log already has it.
+    logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)
 
 
 @asynccontextmanager
