@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from tradeops.agents.http import mount_mcp, running_mcp
 from tradeops.audit.router import router as audit_router
 from tradeops.auth.router import router as auth_router
 from tradeops.auth.tokens import TokenService
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         gc.collect()
         gc.freeze()
         try:
-            async with running_maintenance(engine, settings):
+            async with running_maintenance(engine, settings), running_mcp(app):
                 yield
         finally:
             await engine.dispose()
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     for router in routers:
         app.include_router(router)
     install_ui(app)
+    mount_mcp(app, settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -97,6 +97,25 @@ def is_allowed(principal: Principal, action: Action) -> bool:
     return action in OPEN_TO_ANY_KEY or (scope is not None and scope in principal.scopes)
 
 
+def missing_scope(principal: Principal, action: Action) -> str | None:
+    """The scope a key lacks for an action its owner's role allows (None: not a scope matter)."""
+    if principal.scopes is None or action in PERSON_ONLY or action in OPEN_TO_ANY_KEY:
+        return None
+    if principal.role not in PERMISSIONS[action]:
+        return None
+    scope = SCOPES.get(action)
+    return scope if scope is not None and scope not in principal.scopes else None
+
+
 def authorize(principal: Principal, action: Action) -> None:
-    if not is_allowed(principal, action):
-        raise Forbidden(f"Your role or key may not {action.value}.", action=action.value)
+    if is_allowed(principal, action):
+        return
+    scope = missing_scope(principal, action)
+    if scope is not None:
+        # Name the scope, so the key's owner (or an agent reading the problem) knows the fix.
+        raise Forbidden(
+            f"Your key lacks the scope {scope}, needed to {action.value}.",
+            action=action.value,
+            missing_scope=scope,
+        )
+    raise Forbidden(f"Your role or key may not {action.value}.", action=action.value)
