@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 
-.PHONY: help run test lint format bench deps clean
+.PHONY: help run test lint format bench deps clean chromium
 
 help:
 	@echo "make run    - embedded PostgreSQL, migrations, demo data, server on :8000"
@@ -27,8 +27,21 @@ deps: .venv/.synced
 run: deps
 	$(UV) run --frozen tradeops dev
 
-test: deps
+test: deps chromium
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+# The browser tests (tests/e2e) drive Debian's chromium; Playwright never downloads a browser.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the browser tests (apt-get install chromium)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "$(CHROMIUM) is missing: the browser tests in tests/e2e will fail."; \
+	    echo "Install it with: sudo apt-get install chromium"; \
+	  fi; \
+	fi
 
 lint: deps
 	$(UV) run --frozen ruff check src tests bench

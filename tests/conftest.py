@@ -39,6 +39,7 @@ DATA_TABLES = [
     "order_events",
     "orders",
     "market_snapshots",
+    "risk_limits",
     "clients",
     "instruments",
     "desk_members",

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from tradeops.agents.http import mount_mcp, running_mcp
 from tradeops.audit.router import router as audit_router
 from tradeops.auth.router import router as auth_router
 from tradeops.auth.tokens import TokenService
@@ -31,7 +32,9 @@ from tradeops.observability import (
 from tradeops.orders.router import router as orders_router
 from tradeops.positions.router import router as positions_router
 from tradeops.problems import document_problems, install_problem_handlers
+from tradeops.risk.router import router as risk_router
 from tradeops.settings import Settings, get_settings
+from tradeops.ui import install_ui
 
 DESCRIPTION = """
 The system of record for trade operations: agents and people submit trade orders, orders pass
@@ -62,7 +65,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         gc.collect()
         gc.freeze()
         try:
-            async with running_maintenance(engine, settings):
+            async with running_maintenance(engine, settings), running_mcp(app):
                 yield
         finally:
             await engine.dispose()
@@ -89,11 +92,14 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         market_data_router,
         executions_router,
         positions_router,
+        risk_router,
         desks_router,
         health_router,
     )
     for router in routers:
         app.include_router(router)
+    install_ui(app)
+    mount_mcp(app, settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -132,7 +132,7 @@ def worker(
     configure_logging(settings)
     url = database_url(settings)
     console.print(f"[bold]tradeops worker[/bold] (concurrency {concurrency})")
-    asyncio.run(run_worker(url, concurrency=concurrency))
+    asyncio.run(run_worker(url, concurrency=concurrency, settings=settings))
 
 
 @app.command()
@@ -145,6 +145,26 @@ def serve(
     settings = get_settings()
     configure_logging(settings)
     _serve(settings, database_url(settings), host or settings.host, port or settings.port, workers)
+
+
+@app.command()
+def mcp() -> None:
+    """Serve the agent tools over MCP on stdin and stdout, for a desktop agent client.
+
+    The agent's API key is read from TRADEOPS_API_KEY; logs go to stderr.
+    """
+    from tradeops.agents.stdio import KeyRefused, serve_stdio
+
+    settings = get_settings()
+    configure_logging(settings, stream=sys.stderr)
+    key = os.environ.get("TRADEOPS_API_KEY", "")
+    # Not database_url(): it prints on stdout, which is the protocol's.
+    url = resolve_database_url(settings.database_url, settings.pgdata)
+    try:
+        asyncio.run(serve_stdio(settings, url, key))
+    except KeyRefused as refused:
+        Console(stderr=True).print(f"[red]{refused}[/red]")
+        raise typer.Exit(2) from None
 
 
 @db_app.command()

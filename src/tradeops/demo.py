@@ -22,6 +22,8 @@ from tradeops.instruments import service as instruments
 from tradeops.instruments.schemas import InstrumentCreate
 from tradeops.marketdata import service as marketdata
 from tradeops.marketdata.schemas import SnapshotBatch, SnapshotIn
+from tradeops.risk import service as risk
+from tradeops.risk.schemas import RiskLimitIn
 
 DESKS = [
     DeskIn(code="EQ-US", name="US Equities"),
@@ -81,9 +83,25 @@ PRICES = SnapshotBatch(
 )
 
 
+# Desk limits for the pre-trade check, set only where a desk has none (so reloading never
+# undoes what a risk officer changed).
+LIMITS = [
+    RiskLimitIn(desk="EQ-US", max_order_notional=Decimal(5_000_000), max_position=Decimal(100_000)),
+    RiskLimitIn(desk="FI-EU", max_order_notional=Decimal(20_000_000), fat_finger_pct=Decimal(5)),
+]
+
+
+async def _missing_limit(uow: UnitOfWork, principal: Principal, limit: RiskLimitIn) -> int:
+    listed = await risk.list_limits(uow, principal, desk=limit.desk)
+    if any(item.client_id is None for item in listed):
+        return 0
+    await risk.set_limit(uow, principal, limit)
+    return 1
+
+
 async def load_demo_data(uow: UnitOfWork, principal: Principal) -> dict[str, int]:
     """Create whatever of the demo data is missing; return how many of each kind were added."""
-    added = {"desks": 0, "clients": 0, "instruments": 0, "prices": 0}
+    added = {"desks": 0, "clients": 0, "instruments": 0, "prices": 0, "risk_limits": 0}
     for desk in DESKS:
         added["desks"] += await _created(desks.create_desk(uow, principal, desk))
     for client in CLIENTS:
@@ -93,6 +111,8 @@ async def load_demo_data(uow: UnitOfWork, principal: Principal) -> dict[str, int
             instruments.create_instrument(uow, principal, instrument)
         )
     added["prices"] = (await marketdata.publish(uow, principal, PRICES)).stored
+    for limit in LIMITS:
+        added["risk_limits"] += await _missing_limit(uow, principal, limit)
     return added
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -28,12 +28,13 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = structlog.get_logger(component="tradeops.access")
 
 
-def configure_logging(settings: Settings) -> None:
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     """JSON lines in production, readable console lines in development.
 
-    Our own log calls go straight from structlog to stdout (the stdlib logging machinery
-    cost measurable throughput on the access log); other libraries' records (uvicorn,
-    alembic) pass through stdlib logging with the same processors and renderer.
+    Our own log calls go straight from structlog to stdout, or `stream` (`tradeops mcp` keeps
+    stdout for the protocol), skipping the stdlib logging machinery, which cost measurable
+    throughput on the access log; other libraries' records (uvicorn, alembic) pass through
+    stdlib logging with the same processors and renderer.
     """
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
     shared: list[Any] = [
@@ -53,12 +54,13 @@ def configure_logging(settings: Settings) -> None:
             *([structlog.processors.dict_tracebacks] if json_lines else []),
             renderer,
         ],
-        logger_factory=structlog.WriteLoggerFactory(),  # stdout as it is when a logger is made
+        # stdout as it is when a logger is made, unless told otherwise
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         # Tests reconfigure logging; everywhere else the first configuration is final.
         cache_logger_on_first_use=settings.env != "test",
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

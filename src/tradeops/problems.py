@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -11,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
@@ -50,16 +52,8 @@ def problem_bytes(
     request_id: str | None,
     **extensions: Any,
 ) -> bytes:
-    body: dict[str, Any] = {
-        "type": PROBLEM_BASE + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": instance,
-        "request_id": request_id,
-    }
-    body.update(extensions)
-    return orjson.dumps(body)
+    parts = ProblemParts(status, slug, title, detail, extensions)
+    return orjson.dumps(parts.document(instance=instance, request_id=request_id))
 
 
 def problem_response(
@@ -84,43 +78,103 @@ def problem_response(
     return Response(content, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+def _field_path(loc: tuple[Any, ...]) -> str | None:
+    return ".".join(str(part) for part in loc) or None
 
 
-def _validation_message(error: dict[str, Any]) -> str:
+def _validation_message(error: Mapping[str, Any]) -> str:
     if error.get("type") == "extra_forbidden":
         return "Unknown field."
     return str(error.get("msg", "Invalid value."))
 
 
-async def on_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    errors = [
+def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic's errors as the `errors[]` of a problem: a dotted field path and a message."""
+    return [
         {"field": _field_path(tuple(e.get("loc", ()))), "message": _validation_message(e)}
-        for e in exc.errors()
+        for e in errors
     ]
-    return problem_response(
-        request,
-        status=422,
-        slug="validation-error",
-        title="The request is not valid",
-        detail="One or more fields are invalid; see errors.",
-        errors=errors,
+
+
+@dataclass(frozen=True)
+class ProblemParts:
+    """What a problem document says about an error, whichever transport sends it."""
+
+    status: int
+    slug: str
+    title: str
+    detail: str
+    extensions: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] | None = None
+
+    def document(self, *, instance: str, request_id: str | None) -> dict[str, Any]:
+        return {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "instance": instance,
+            "request_id": request_id,
+            **self.extensions,
+        }
+
+
+_DATABASE_ERRORS = (DBAPIError, asyncpg.PostgresError, asyncpg.exceptions.DataError)
+
+
+def problem_parts(error: BaseException) -> ProblemParts:
+    """The one mapping from errors to problems: the HTTP handlers and the MCP tools use it, so
+    an agent reads the same detail whichever way it called."""
+    if isinstance(error, DomainError):
+        extensions = dict(error.extensions)
+        headers = extensions.pop("headers", None)
+        return ProblemParts(
+            error.status, error.slug, error.title, error.detail, extensions, headers
+        )
+    if isinstance(error, RequestValidationError | ValidationError):
+        return ProblemParts(
+            422,
+            "validation-error",
+            "The request is not valid",
+            "One or more fields are invalid; see errors.",
+            {"errors": field_errors(error.errors())},
+        )
+    if isinstance(error, _DATABASE_ERRORS):
+        problem = problem_for(error)
+        # The database's own message is for operators, never for the client.
+        log.warning("database error", status=problem.status, error=str(error)[:500])
+        retry = {"Retry-After": str(problem.retry_after)} if problem.retry_after else None
+        return ProblemParts(problem.status, problem.slug, problem.title, problem.detail, {}, retry)
+    if isinstance(error, OSError | PoolTimeout):
+        # Connection refused or the pool exhausted: nothing happened, the client may retry.
+        log.warning("database unavailable", error=type(error).__name__)
+        return ProblemParts(
+            503,
+            "database-unavailable",
+            "Service unavailable",
+            "The database is not reachable now; retry after the given delay.",
+            {},
+            {"Retry-After": "2"},
+        )
+    log.exception("unhandled error", exc_info=error)
+    return ProblemParts(
+        500,
+        "internal-error",
+        "Internal error",
+        "An unexpected error occurred; quote the request_id when reporting it.",
     )
 
 
-async def on_domain_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, DomainError)
-    headers = exc.extensions.pop("headers", None)
+async def on_error(request: Request, exc: Exception) -> Response:
+    parts = problem_parts(exc)
     return problem_response(
         request,
-        status=exc.status,
-        slug=exc.slug,
-        title=exc.title,
-        detail=exc.detail,
-        headers=headers,
-        **exc.extensions,
+        status=parts.status,
+        slug=parts.slug,
+        title=parts.title,
+        detail=parts.detail,
+        headers=parts.headers,
+        **parts.extensions,
     )
 
 
@@ -149,56 +203,12 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def on_database_error(request: Request, exc: Exception) -> Response:
-    problem = problem_for(exc)
-    # The database's own message is for operators, never for the client.
-    log.warning("database error", status=problem.status, error=str(exc)[:500])
-    headers = {"Retry-After": str(problem.retry_after)} if problem.retry_after else None
-    return problem_response(
-        request,
-        status=problem.status,
-        slug=problem.slug,
-        title=problem.title,
-        detail=problem.detail,
-        headers=headers,
-    )
-
-
-async def on_database_unavailable(request: Request, exc: Exception) -> Response:
-    # Connection refused or the pool exhausted: nothing happened, the client may retry.
-    log.warning("database unavailable", error=type(exc).__name__)
-    return problem_response(
-        request,
-        status=503,
-        slug="database-unavailable",
-        title="Service unavailable",
-        detail="The database is not reachable now; retry after the given delay.",
-        headers={"Retry-After": "2"},
-    )
-
-
-async def on_unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", exc_info=exc)
-    return problem_response(
-        request,
-        status=500,
-        slug="internal-error",
-        title="Internal error",
-        detail="An unexpected error occurred; quote the request_id when reporting it.",
-    )
-
-
 def install_problem_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(DomainError, on_domain_error)
     app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(DBAPIError, on_database_error)
-    app.add_exception_handler(asyncpg.PostgresError, on_database_error)
-    # Raised by the driver before sending (a value out of a column type's range).
-    app.add_exception_handler(asyncpg.exceptions.DataError, on_database_error)
-    app.add_exception_handler(OSError, on_database_unavailable)
-    app.add_exception_handler(PoolTimeout, on_database_unavailable)
-    app.add_exception_handler(Exception, on_unexpected_error)
+    # DataError: raised by the driver before sending (a value out of a column type's range).
+    for error in (RequestValidationError, DomainError, *_DATABASE_ERRORS, OSError, PoolTimeout):
+        app.add_exception_handler(error, on_error)
+    app.add_exception_handler(Exception, on_error)
 
 
 def document_problems(app: FastAPI) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -45,6 +46,7 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(DEFAULT_SECRET_KEY)
     audit_key: SecretStr = SecretStr(DEFAULT_AUDIT_KEY)
     token_ttl_minutes: int = 30
+    ui_session_minutes: int = Field(default=480, ge=1, description="Signed-in page session")
     jwt_issuer: str = "tradeops"
     jwt_audience: str = "tradeops-api"
     oidc_issuer: str | None = None
@@ -59,6 +61,8 @@ class Settings(BaseSettings):
     login_lockout_seconds: int = 30
     cors_origins: list[str] = Field(default_factory=list)
     demo_password: SecretStr | None = None
+    # The pre-trade price band where neither the desk nor the client sets one.
+    fat_finger_pct: Decimal = Field(default=Decimal(10), gt=0, le=100)
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> Settings:

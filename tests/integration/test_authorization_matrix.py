@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import PASSWORD, SEED_ORDER, Cast, bearer, make_api_key
+from tests.factories import PASSWORD, SEED_ORDER, Cast, bearer, make_api_key, pass_risk_check
 
 API = "/api/v1"
 PROBLEM = "application/problem+json"
@@ -47,6 +47,7 @@ NEW_DESK = {"code": "FX-GLOBAL", "name": "Global FX"}
 EQ_DESK = {"desks": ["EQ-US"]}
 RENAME = {"name": "Renamed"}
 RESTRICT = {"restricted": True}
+DESK_LIMIT = {"desk": "EQ-US", "max_order_notional": "1000000", "fat_finger_pct": "5"}
 REASON = {"reason": "Outside the client's mandate"}
 PRICE = {"symbol": "AAPL", "price": "192.55", "as_of": "2026-11-23T10:00:00Z", "source": "test"}
 PRICES = {"snapshots": [PRICE]}
@@ -179,6 +180,12 @@ MATRIX = [
     row("GET",    "/positions",                  None,       401, 200, 200, 200, 200, 200, 200),
     row("GET",    "/clients/CUST-1001/portfolio", None,      401, 200, 404, 200, 200, 200, 200),
     row("GET",    "/clients/CUST-2001/portfolio", None,      401, 404, 200, 404, 200, 200, 404),
+    # Risk limits: risk sets them, risk and admin read them; no key does either.
+    row("GET",    "/risk/limits",                None,       401, 403, 403, 403, 200, 200, 403),
+    row("PUT",    "/risk/limits",                DESK_LIMIT, 401, 403, 403, 403, 200, 403, 403),
+    # Approval waits for the pre-trade risk check to pass ({eq_unchecked}: reviewed, unchecked).
+    row("POST",   "/orders/{eq_unchecked}/approve", None,    401, 403, 403, 409, 403, 403, 403,
+        label="risk check pending"),
 ]
 # fmt: on
 
@@ -190,6 +197,7 @@ MATRIX = [
 class World:
     client: httpx.AsyncClient
     cast: Cast
+    engine: AsyncEngine  # the owner's, to arrange what no endpoint does (a passed risk check)
 
 
 async def submit(world: World, who: str, body: dict[str, Any]) -> int:
@@ -226,8 +234,13 @@ async def decide(world: World, order_id: int, who: str, action: str) -> int:
     return order_id
 
 
-async def reviewed(world: World, maker: str, body: dict[str, Any], reviewer: str) -> int:
-    return await decide(world, await submit(world, maker, body), reviewer, "review")
+async def reviewed(
+    world: World, maker: str, body: dict[str, Any], reviewer: str, *, risk_checked: bool = True
+) -> int:
+    order_id = await submit(world, maker, body)
+    if risk_checked:
+        await pass_risk_check(world.engine, order_id)
+    return await decide(world, order_id, reviewer, "review")
 
 
 async def approved(world: World) -> int:
@@ -242,6 +255,9 @@ ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
     "eq_reviewed": lambda world: reviewed(world, "trader", SEED_ORDER, "trader2"),
     "fi_reviewed": lambda world: reviewed(world, "trader_fi", FI_ORDER, "trader_fi"),
     "eq_approved": approved,
+    "eq_unchecked": lambda world: reviewed(
+        world, "trader", SEED_ORDER, "trader2", risk_checked=False
+    ),
     "trader2_order": lambda world: submit(world, "trader2", SEED_ORDER),
     "agent_order": lambda world: submit(world, "agent", SEED_ORDER),
     "trader_key": trader_key,
@@ -276,9 +292,9 @@ def assert_refused(response: httpx.Response, status: int) -> None:
 @pytest.mark.parametrize("who", PRINCIPALS)
 @pytest.mark.parametrize("entry", MATRIX, ids=lambda entry: entry.id)
 async def test_endpoint_answers_each_principal_as_the_permission_table_says(
-    client: httpx.AsyncClient, cast: Cast, entry: Row, who: str
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, entry: Row, who: str
 ) -> None:
-    path = await arrange(World(client, cast), entry.path)
+    path = await arrange(World(client, cast, owner_engine), entry.path)
     response = await client.request(
         entry.method, f"{API}{path}", json=entry.body, headers=cast[who]
     )
@@ -302,6 +318,7 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         "{eq_order}": "{order_id}",
         "{fi_order}": "{order_id}",
         "{eq_reviewed}": "{order_id}",
+        "{eq_unchecked}": "{order_id}",
         "{fi_reviewed}": "{order_id}",
         "{eq_approved}": "{order_id}",
         "{trader2_order}": "{order_id}",
@@ -389,9 +406,9 @@ VISIBLE_DESKS = {
 
 @pytest.mark.parametrize("who", list(VISIBLE_DESKS))
 async def test_lists_show_only_the_desks_a_principal_covers(
-    client: httpx.AsyncClient, cast: Cast, who: str
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, who: str
 ) -> None:
-    world = World(client, cast)
+    world = World(client, cast, owner_engine)
     ids = {"EQ-US": await submit(world, "trader", SEED_ORDER)}
     ids["FI-EU"] = await submit(world, "trader_fi", FI_ORDER)
     orders = await client.get(f"{API}/orders", headers=cast[who])
@@ -493,7 +510,7 @@ async def test_key_narrowed_to_another_desk_sees_nothing_of_its_owners_desk(
 ) -> None:
     """A key narrows its owner's desks, it can never widen them: a trader on EQ-US cannot get
     a key for FI-EU, and a key for EQ-US sees nothing once its owner has moved to FI-EU."""
-    world = World(client, cast)
+    world = World(client, cast, owner_engine)
     eq_order = await submit(world, "trader", SEED_ORDER)
     fi_order = await submit(world, "trader_fi", FI_ORDER)
     widen = {"name": "wider", "scopes": ["orders:read"], "desks": ["FI-EU"]}
@@ -525,7 +542,7 @@ async def test_key_narrowed_to_another_desk_sees_nothing_of_its_owners_desk(
 async def test_risk_key_narrowed_to_one_desk_sees_only_that_desk(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
-    world = World(client, cast)
+    world = World(client, cast, owner_engine)
     eq_order = await submit(world, "trader", SEED_ORDER)
     fi_order = await submit(world, "trader_fi", FI_ORDER)
     _, key = await make_api_key(owner_engine, "risk@test.bank", ["orders:read"], desks=["FI-EU"])

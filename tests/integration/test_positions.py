@@ -415,7 +415,7 @@ async def test_a_position_belongs_to_its_clients_desk(
                     " WHERE client_id = (SELECT id FROM clients WHERE external_id = 'CUST-1001')"
                 )
             )
-    assert sqlstate_of(refused.value) == "23514"
+    assert sqlstate_of(refused.value) == "23503"  # the (client, desk) foreign key
 
 
 @pytest.mark.parametrize(

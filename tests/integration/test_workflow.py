@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast
+from tests.factories import SEED_ORDER, Cast, pass_risk_check
+from tradeops.jobs.app import run_worker
 
 ORDERS = "/api/v1/orders"
 
@@ -37,8 +38,13 @@ async def act(
 
 
 async def test_seed_flow_review_then_approve_by_another_user(
-    client: httpx.AsyncClient, cast: Cast
+    client: httpx.AsyncClient, cast: Cast, database_url: str
 ) -> None:
+    price = {"symbol": "AAPL", "price": "192.40", "as_of": "2026-11-23T14:30:00Z", "source": "t"}
+    published = await client.post(
+        "/api/v1/market-data/snapshots", json={"snapshots": [price]}, headers=cast["admin"]
+    )
+    assert published.status_code == 201, published.text
     created = await submit(client, cast["trader"])
     assert created["status"] == "PENDING"
     fetched = (await client.get(f"{ORDERS}/{created['id']}", headers=cast["trader"])).json()
@@ -49,23 +55,25 @@ async def test_seed_flow_review_then_approve_by_another_user(
         "quantity": "50",
         "price": "192.55",
     }
+    await run_worker(database_url, wait=False, install_signal_handlers=False)  # risk check
     reviewed = await act(client, created["id"], "review", cast["trader"], {"note": "client call"})
     assert reviewed.status_code == 200, reviewed.text
-    assert reviewed.json()["status"] == "REVIEWED"
-    assert reviewed.headers["etag"] == '"2"'
-    approved = await act(client, created["id"], "approve", cast["approver"], **{"If-Match": '"2"'})
+    assert (reviewed.json()["status"], reviewed.json()["risk_status"]) == ("REVIEWED", "PASSED")
+    assert reviewed.headers["etag"] == '"3"'
+    approved = await act(client, created["id"], "approve", cast["approver"], **{"If-Match": '"3"'})
     assert approved.status_code == 200, approved.text
     body = approved.json()
     assert (body["status"], body["approved_by"], body["version"]) == (
         "APPROVED",
         "approver@test.bank",
-        3,
+        4,
     )
 
     events = (await client.get(f"{ORDERS}/{created['id']}/events", headers=cast["trader"])).json()
-    assert [e["type"] for e in events] == ["CREATED", "REVIEWED", "APPROVED"]
-    assert events[1]["payload"]["note"] == "client call"
-    assert events[2]["actor"] == f"user:{cast.ids['approver']}"
+    assert [e["type"] for e in events] == ["CREATED", "RISK_CHECKED", "REVIEWED", "APPROVED"]
+    assert events[1]["payload"] == {"risk_status": "PASSED", "reasons": []}
+    assert events[2]["payload"]["note"] == "client call"
+    assert events[3]["actor"] == f"user:{cast.ids['approver']}"
     verified = await client.post("/api/v1/audit/verify", headers=cast["risk"])
     assert verified.json()["ok"] is True, verified.json()
 
@@ -94,6 +102,7 @@ async def test_maker_cannot_approve_or_reject_own_order(
             text("UPDATE orders SET created_by = :me WHERE id = :id"),
             {"me": cast.ids["approver"], "id": order["id"]},
         )
+    await pass_risk_check(owner_engine, order["id"])
     await act(client, order["id"], "review", cast["trader"])
     approve = await act(client, order["id"], "approve", cast["approver"])
     assert approve.status_code == 403
@@ -131,12 +140,14 @@ async def test_failed_risk_check_blocks_approval_but_not_rejection(
 async def test_illegal_transitions_are_409_naming_the_status(
     client: httpx.AsyncClient,
     cast: Cast,
+    owner_engine: AsyncEngine,
     path: list[str],
     step: str,
     body: dict[str, Any] | None,
     current: str,
 ) -> None:
     order = await submit(client, cast["trader"])
+    await pass_risk_check(owner_engine, order["id"])
     for done in path:
         who = cast["approver"] if done in ("approve", "reject") else cast["trader"]
         extra = {"reason": "because"} if done == "reject" else None
@@ -186,6 +197,7 @@ async def test_fifty_concurrent_approvals_exactly_one_wins(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
     order = await submit(client, cast["trader"])
+    await pass_risk_check(owner_engine, order["id"])
     await act(client, order["id"], "review", cast["trader"])
     responses = await asyncio.gather(
         *[

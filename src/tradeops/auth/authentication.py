@@ -109,5 +109,19 @@ async def authenticate(
     return principal
 
 
+async def authenticate_user(
+    uow: UnitOfWork, user_id: int, request_id: str | None
+) -> Principal | None:
+    """The principal of an active person by id, for a signed-in page session; None when the
+    user is gone or deactivated. Desks and role are read now, so changes apply at once."""
+    params = {"user_id": user_id, "email": None, "app_role": APP_ROLE}
+    row = await uow.one_or_none(_PERSON, {**params, "request_id": request_id or ""})
+    if row is None:
+        return None
+    principal = _principal(row)
+    uow.principal, uow.request_id = principal, request_id
+    return principal
+
+
 def unauthenticated(detail: str) -> Unauthenticated:
     return Unauthenticated(detail, headers={"WWW-Authenticate": 'Bearer realm="tradeops"'})

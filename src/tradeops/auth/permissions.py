@@ -34,6 +34,8 @@ class Action(StrEnum):
     PUBLISH_MARKET_DATA = "publish market data"
     RECORD_EXECUTION = "record executions"
     READ_POSITIONS = "read positions"
+    READ_RISK_LIMITS = "read risk limits"
+    MANAGE_RISK_LIMITS = "manage risk limits"
 
 
 R = Role
@@ -63,6 +65,9 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     # connector key) and by the system (simulate-fills). Row-level security allows the same.
     Action.RECORD_EXECUTION: frozenset({R.ADMIN}),
     Action.READ_POSITIONS: frozenset({R.TRADER, R.AGENT, R.APPROVER, R.RISK, R.ADMIN}),
+    # Limits are the risk function's; admin may look (no key may do either).
+    Action.READ_RISK_LIMITS: frozenset({R.RISK, R.ADMIN}),
+    Action.MANAGE_RISK_LIMITS: frozenset({R.RISK}),
 }
 
 # The scope an API key needs for each action; actions without a scope are never open to keys.
@@ -100,6 +105,25 @@ def is_allowed(principal: Principal, action: Action) -> bool:
     return action in OPEN_TO_ANY_KEY or (scope is not None and scope in principal.scopes)
 
 
+def missing_scope(principal: Principal, action: Action) -> str | None:
+    """The scope a key lacks for an action its owner's role allows (None: not a scope matter)."""
+    if principal.scopes is None or action in PERSON_ONLY or action in OPEN_TO_ANY_KEY:
+        return None
+    if principal.role not in PERMISSIONS[action]:
+        return None
+    scope = SCOPES.get(action)
+    return scope if scope is not None and scope not in principal.scopes else None
+
+
 def authorize(principal: Principal, action: Action) -> None:
-    if not is_allowed(principal, action):
-        raise Forbidden(f"Your role or key may not {action.value}.", action=action.value)
+    if is_allowed(principal, action):
+        return
+    scope = missing_scope(principal, action)
+    if scope is not None:
+        # Name the scope, so the key's owner (or an agent reading the problem) knows the fix.
+        raise Forbidden(
+            f"Your key lacks the scope {scope}, needed to {action.value}.",
+            action=action.value,
+            missing_scope=scope,
+        )
+    raise Forbidden(f"Your role or key may not {action.value}.", action=action.value)

@@ -101,6 +101,15 @@ async def get_user(uow: UnitOfWork, principal: Principal, user_id: int) -> UserO
     return UserOut.model_validate(row._mapping)
 
 
+async def emails_of(uow: UnitOfWork, user_ids: set[int]) -> dict[int, str]:
+    """Who the ids in a history are. Any signed-in person may read names and emails (the
+    maker and approver of an order are shown with it), never anything more."""
+    if not user_ids:
+        return {}
+    rows = await uow.execute(select(users.c.id, users.c.email).where(users.c.id.in_(user_ids)))
+    return {row.id: row.email for row in rows}
+
+
 async def list_users(uow: UnitOfWork, principal: Principal) -> list[UserOut]:
     authorize(principal, Action.MANAGE_USERS)
     rows = await uow.execute(_user_view().order_by(users.c.email))

@@ -2,7 +2,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Identity, Text, func
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tradeops.db.base import Base, CreatedAt
@@ -16,6 +25,8 @@ class Client(Base):
         CheckConstraint(f"status IN {CLIENT_STATUSES}", name="status"),
         CheckConstraint("external_id ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'", name="external_id"),
         CheckConstraint("length(name) BETWEEN 1 AND 200", name="name"),
+        # Lets rows that belong to a client (its risk limits) carry and check its desk.
+        UniqueConstraint("id", "desk_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -11,6 +11,7 @@ from tradeops.instruments.models import Instrument
 from tradeops.marketdata.models import MarketSnapshot
 from tradeops.orders.models import Order, OrderEvent
 from tradeops.positions.models import Position
+from tradeops.risk.models import RiskLimit
 
 __all__ = [
     "ApiKey",
@@ -28,5 +29,6 @@ __all__ = [
     "Order",
     "OrderEvent",
     "Position",
+    "RiskLimit",
     "User",
 ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from procrastinate import App, PsycopgConnector
 
+from tradeops.db.engine import create_engine
 from tradeops.db.urls import libpq_url
+from tradeops.settings import Settings, get_settings
 
 # Tasks register on this app at import; the connector is set when a worker (or a test)
 # knows the database URL, with `connector_for`.
@@ -22,15 +24,25 @@ async def run_worker(
     concurrency: int = 1,
     wait: bool = True,
     install_signal_handlers: bool = True,
+    settings: Settings | None = None,
 ) -> None:
-    """Run jobs from every queue; with wait=False, return once the queues are empty."""
+    """Run jobs from every queue; with wait=False, return once the queues are empty.
+
+    Tasks reach the application's database the way requests do, through an engine (and the
+    settings) handed to them in the job context."""
     import tradeops.jobs.tasks  # noqa: F401  (registers the tasks)
 
-    with app.replace_connector(connector_for(database_url)):
-        async with app.open_async():
-            await app.run_worker_async(
-                concurrency=concurrency,
-                wait=wait,
-                install_signal_handlers=install_signal_handlers,
-                name="tradeops-worker",
-            )
+    settings = settings or get_settings()
+    engine = create_engine(settings, database_url)
+    try:
+        with app.replace_connector(connector_for(database_url)):
+            async with app.open_async():
+                await app.run_worker_async(
+                    concurrency=concurrency,
+                    wait=wait,
+                    install_signal_handlers=install_signal_handlers,
+                    name="tradeops-worker",
+                    additional_context={"engine": engine, "settings": settings},
+                )
+    finally:
+        await engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -81,10 +82,13 @@ CREATED_FIELDS = (
     "updated_at",
 )
 
-LOCK_ORDER = text(
-    "SELECT id, desk_id, status, version, created_by, risk_status FROM orders"
-    " WHERE id = :id FOR UPDATE"
+# What the maker-checker rules read of an order; locked when it is about to change.
+_ORDER_FACTS = (
+    "SELECT id, desk_id, status, version, created_by, risk_status, risk_reasons FROM orders"
+    " WHERE id = :id"
 )
+ORDER_FACTS = text(_ORDER_FACTS)
+LOCK_ORDER = text(_ORDER_FACTS + " FOR UPDATE")
 
 # One conditional UPDATE (the row is already locked, the version re-checked) with its history
 # event and audit event, in one round trip. The event's seq is the order's new version.
@@ -177,6 +181,9 @@ def filtered_orders(
     principal: Principal,
     *,
     status: str | None = None,
+    statuses: Sequence[str] | None = None,
+    risk_status: str | None = None,
+    made_by: int | None = None,
     client_id: str | None = None,
     symbol: str | None = None,
     desk: str | None = None,
@@ -188,6 +195,12 @@ def filtered_orders(
     statement = readable_orders(principal)
     if status is not None:
         statement = statement.where(orders.c.status == status)
+    if statuses is not None:
+        statement = statement.where(orders.c.status.in_(statuses))
+    if risk_status is not None:
+        statement = statement.where(orders.c.risk_status == risk_status)
+    if made_by is not None:
+        statement = statement.where(orders.c.created_by == made_by)
     if client_id is not None:
         statement = statement.where(clients.c.external_id == client_id)
     if symbol is not None:

@@ -41,6 +41,7 @@ TRANSITION_ERRORS = problem_responses(
     workflow.StaleVersion,
     workflow.MakerCannotApprove,
     workflow.RiskCheckFailed,
+    workflow.RiskCheckPending,
     IdempotencyKeyReused,
 )
 
@@ -192,7 +193,8 @@ async def approve_order(
 ) -> Response:
     """Approve a REVIEWED order → APPROVED (ready for execution). Only a signed-in approver of
     the order's desk who did not submit it; never with an API key; not if its risk check
-    FAILED. Send the version you saw as If-Match: of concurrent deciders exactly one wins."""
+    FAILED or is still PENDING (only PASSED). Send the version you saw as If-Match: of
+    concurrent deciders exactly one wins."""
     body = body or ApproveRequest()
     return await _decide(
         request,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.uow import UnitOfWork
-from tradeops.errors import Conflict, Forbidden
+from tradeops.errors import Conflict, DomainError, Forbidden
 from tradeops.orders import repository as repo
 from tradeops.orders.schemas import OrderOut
 from tradeops.orders.service import OrderNotFound, get_order
@@ -43,6 +43,11 @@ class MakerCannotApprove(Forbidden):
 class RiskCheckFailed(Conflict):
     slug = "risk-check-failed"
     title = "The order failed its pre-trade risk check"
+
+
+class RiskCheckPending(Conflict):
+    slug = "risk-check-pending"
+    title = "The order's pre-trade risk check has not passed yet"
 
 
 class ReviewRequest(BaseModel):
@@ -92,15 +97,42 @@ CANCEL = Transition(
 )
 
 
-def _check_rules(transition: Transition, principal: Principal, order: Any) -> None:
+TRANSITIONS = (REVIEW, APPROVE, REJECT, CANCEL)
+
+
+def refusal(transition: Transition, principal: Principal, order: Any) -> DomainError | None:
+    """Why `principal` may not make `transition` on `order` now, or None if they may.
+
+    The one statement of the maker-checker rules: `transition_order` raises what this returns,
+    and the approver pages show it beside a disabled button. `order` needs `id`, `status`,
+    `version`, `risk_status`, `risk_reasons` and `created_by` (the maker's user id).
+    """
+    try:
+        authorize(principal, transition.action)
+    except Forbidden as error:
+        return error
+    if order.status not in transition.from_statuses:
+        return IllegalTransition(
+            f"Order {order.id} is {order.status}; it cannot be {transition.to_status.lower()} from"
+            " there.",
+            current_status=order.status,
+            current_version=order.version,
+        )
     if transition is APPROVE and order.risk_status == "FAILED":
-        raise RiskCheckFailed(
+        return RiskCheckFailed(
             f"Order {order.id} failed its risk check and cannot be approved; reject it instead.",
+            order_id=order.id,
+            risk_reasons=order.risk_reasons,
+        )
+    if transition is APPROVE and order.risk_status != "PASSED":
+        return RiskCheckPending(
+            f"Order {order.id} is still waiting for its pre-trade risk check; approve it once "
+            "the check has passed.",
             order_id=order.id,
         )
     deciding = transition in (APPROVE, REJECT)
     if deciding and order.created_by == principal.user_id:
-        raise MakerCannotApprove(
+        return MakerCannotApprove(
             f"You submitted order {order.id} (yourself or through your API key); another "
             "approver must decide on it.",
             order_id=order.id,
@@ -110,7 +142,19 @@ def _check_rules(transition: Transition, principal: Principal, order: Any) -> No
         and order.created_by != principal.user_id
         and principal.role not in (Role.APPROVER, Role.SYSTEM)
     ):
-        raise Forbidden(f"Only the order's maker or an approver may cancel order {order.id}.")
+        return Forbidden(f"Only the order's maker or an approver may cancel order {order.id}.")
+    return None
+
+
+async def transition_refusals(
+    uow: UnitOfWork, principal: Principal, order_id: int
+) -> dict[str, DomainError | None]:
+    """For each transition by name, None if the principal may make it on the order now, or
+    the error they would get: what a page needs to enable or explain its buttons."""
+    order = await uow.one_or_none(repo.ORDER_FACTS, {"id": order_id})
+    if order is None or not principal.can_see_desk(order.desk_id):
+        raise OrderNotFound(f"No order {order_id}.")
+    return {t.name: refusal(t, principal, order) for t in TRANSITIONS}
 
 
 async def transition_order(
@@ -133,13 +177,9 @@ async def transition_order(
             current_version=order.version,
             current_status=order.status,
         )
-    if order.status not in transition.from_statuses:
-        raise IllegalTransition(
-            f"Order {order_id} is {order.status}; it cannot be {transition.name}ed from there.",
-            current_status=order.status,
-            current_version=order.version,
-        )
-    _check_rules(transition, principal, order)
+    refused = refusal(transition, principal, order)
+    if refused is not None:
+        raise refused
     changed = await uow.one_or_none(
         repo.TRANSITION,
         {

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Integer, Numeric, func
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    Numeric,
+    func,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tradeops.db.base import Base, CreatedAt
@@ -25,13 +34,17 @@ class Position(Base):
         CheckConstraint("avg_cost IS NULL OR avg_cost > 0", name="avg_cost_positive"),
         CheckConstraint("sign(cost_basis) = sign(quantity)", name="cost_basis_sign"),
         CheckConstraint("version >= 1", name="version_positive"),
+        # A position sits on its client's desk, and follows the client if it moves.
+        ForeignKeyConstraint(
+            ["client_id", "desk_id"], ["clients.id", "clients.desk_id"], onupdate="CASCADE"
+        ),
     )
 
-    client_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("clients.id"), primary_key=True)
+    client_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     instrument_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("instruments.id"), primary_key=True, index=True
     )
-    # The client's desk (a trigger checks it), so row-level security needs no join.
+    # The client's desk, so row-level security needs no join.
     desk_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("desks.id"), index=True)
     quantity: Mapped[Decimal] = mapped_column(Numeric(20, 6), server_default="0")
     avg_cost: Mapped[Decimal | None] = mapped_column(Numeric(30, 10))

@@ -1,7 +1,7 @@
 """executions and positions
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-24
 
 Fills and what they do to clients' holdings. An execution is recorded once per external id
@@ -10,9 +10,9 @@ APPROVED or PARTIALLY_FILLED, off the instrument's lot size, or through the orde
 price, and the orders CHECK filled_quantity <= quantity refuses an overfill. New CHECKs on
 orders tie the status to the filled quantity. A position is a client's signed quantity of an
 instrument with its cost basis, average cost and realized P&L (average-cost method); its desk
-is the client's (a trigger checks it). Both tables carry the desk for row-level security:
-everyone reads their desks' rows; only an admin (or an admin's key) or the system records
-fills and changes positions.
+is the client's (a composite foreign key checks it, and carries it along if the client
+moves). Both tables carry the desk for row-level security: everyone reads their desks' rows;
+only an admin (or an admin's key) or the system records fills and changes positions.
 """
 
 from collections.abc import Sequence
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -54,17 +54,6 @@ END $$;
 
 CREATE TRIGGER executions_order_rules BEFORE INSERT ON executions
     FOR EACH ROW EXECUTE FUNCTION executions_enforce_order_rules();
-
-CREATE FUNCTION positions_enforce_client_desk() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM clients WHERE id = NEW.client_id AND desk_id = NEW.desk_id) THEN
-        RAISE EXCEPTION 'desk differs from the client''s desk' USING ERRCODE = 'check_violation';
-    END IF;
-    RETURN NEW;
-END $$;
-
-CREATE TRIGGER positions_client_desk BEFORE INSERT OR UPDATE OF client_id, desk_id ON positions
-    FOR EACH ROW EXECUTE FUNCTION positions_enforce_client_desk();
 """
 
 POLICIES_AND_GRANTS = """
@@ -177,7 +166,10 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint("version >= 1", name=op.f("ck_positions_version_positive")),
         sa.ForeignKeyConstraint(
-            ["client_id"], ["clients.id"], name=op.f("fk_positions_client_id_clients")
+            ["client_id", "desk_id"],
+            ["clients.id", "clients.desk_id"],
+            name=op.f("fk_positions_client_id_clients"),
+            onupdate="CASCADE",
         ),
         sa.ForeignKeyConstraint(["desk_id"], ["desks.id"], name=op.f("fk_positions_desk_id_desks")),
         sa.ForeignKeyConstraint(
@@ -205,8 +197,7 @@ def downgrade() -> None:
         op.drop_constraint(op.f(f"ck_orders_{name}"), "orders")
     op.drop_index(op.f("ix_positions_instrument_id"), table_name="positions")
     op.drop_index(op.f("ix_positions_desk_id"), table_name="positions")
-    op.drop_table("positions")  # its policies, grants and trigger go with it
+    op.drop_table("positions")  # its policies and grants go with it
     op.drop_index("ix_executions_order_id_executed_at", table_name="executions")
     op.drop_table("executions")
-    op.execute("DROP FUNCTION positions_enforce_client_desk()")
     op.execute("DROP FUNCTION executions_enforce_order_rules()")

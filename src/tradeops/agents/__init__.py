@@ -1,0 +1,1 @@
+"""Agents' interface: the MCP server exposing the services as tools, over HTTP and stdio."""

@@ -1,0 +1,388 @@
+"""The tools an agent may call: each one argument model, one service call, one result model.
+
+The descriptions are what a language model reads to decide how to call a tool, so they say
+the units, that decimals are strings, which statuses exist and what happens next. Every rule
+lives in the services the HTTP API calls too; a tool only shapes arguments and results.
+
+There is deliberately no tool to approve or reject an order: deciding is a person's act
+(maker-checker), and the services refuse it to any API key besides.
+
+Adding a tool is one argument model, one small function and one `AgentTool` in `TOOLS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tradeops.auth.principal import Principal
+from tradeops.clients import service as clients
+from tradeops.clients.schemas import ClientList, ExternalId
+from tradeops.db.uow import UnitOfWork
+from tradeops.decimals import PositiveAmount
+from tradeops.errors import DomainError
+from tradeops.instruments import service as instruments
+from tradeops.instruments.schemas import InstrumentList, Symbol
+from tradeops.marketdata import service as market_data
+from tradeops.marketdata.schemas import SnapshotOut
+from tradeops.orders import service as orders
+from tradeops.orders import workflow
+from tradeops.orders.schemas import ClientOrderId, OrderCreate, OrderOut, OrderPage, OrderStatus
+from tradeops.settings import Settings
+
+OrderId = Annotated[
+    int,
+    Field(
+        ge=1, le=2**63 - 1, description="The order's id, as submit_order or list_orders return it"
+    ),
+]
+ExpectedVersion = Annotated[
+    int | None,
+    Field(
+        default=None,
+        ge=1,
+        description="The order's `version` as you last read it (get_order). If the order has "
+        "changed since, the call fails with a stale-version problem and changes nothing.",
+    ),
+]
+
+
+class Arguments(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ListClients(Arguments):
+    desk: str | None = Field(default=None, description="Only clients of this desk code, e.g. EQ-US")
+
+
+class ListInstruments(Arguments):
+    active: bool | None = Field(
+        default=None, description="true: only instruments that take orders; omit for all"
+    )
+
+
+class GetMarketData(Arguments):
+    symbol: Symbol = Field(description="Instrument symbol (any case), e.g. AAPL")
+
+
+class SubmitOrder(OrderCreate):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "client_id": "CUST-1001",
+                    "symbol": "AAPL",
+                    "side": "BUY",
+                    "quantity": "50",
+                    "price": "192.55",
+                    "client_order_id": "agent-7f3c-0001",
+                }
+            ]
+        }
+    )
+
+    quantity: PositiveAmount = Field(
+        description='Units to trade, as a decimal string such as "50": > 0, at most 6 '
+        "decimals, a multiple of the instrument's lot_size"
+    )
+    price: PositiveAmount | None = Field(
+        default=None,
+        description='The limit price, as a decimal string such as "192.55", in the '
+        "instrument's currency: > 0, a multiple of its tick_size. Omit for a MARKET order.",
+    )
+    client_order_id: ClientOrderId = Field(
+        description="Required: your own unique id for this order (1-64 printable ASCII "
+        "characters, no spaces). Calling again with the same client_order_id and the same "
+        "order returns the order already recorded instead of a second one."
+    )
+
+
+class GetOrder(Arguments):
+    order_id: OrderId
+
+
+class ListOrders(Arguments):
+    status: OrderStatus | None = Field(default=None, description="Only orders in this status")
+    client_id: ExternalId | None = Field(default=None, description="Client id, e.g. CUST-1001")
+    symbol: Symbol | None = Field(default=None, description="Instrument symbol, e.g. AAPL")
+    desk: str | None = Field(default=None, description="Desk code, e.g. EQ-US")
+    created_from: datetime | None = Field(
+        default=None, description="Created at or after, ISO 8601, e.g. 2026-11-23T00:00:00Z"
+    )
+    created_to: datetime | None = Field(default=None, description="Created before, ISO 8601")
+    after: str | None = Field(default=None, description="`next_cursor` of the previous page")
+    limit: int | None = Field(default=None, ge=1, le=500, description="Page size, default 50")
+
+
+class ReviewOrder(Arguments):
+    order_id: OrderId
+    recommendation: Literal["APPROVE", "REJECT"] = Field(
+        description="What you recommend the human approver decide"
+    )
+    note: str = Field(
+        min_length=1,
+        max_length=4000,
+        description="Your rationale, in plain words: the approver reads it in the order's history",
+    )
+    expected_version: ExpectedVersion
+
+
+class CancelOrder(Arguments):
+    order_id: OrderId
+    reason: str | None = Field(
+        default=None, max_length=4000, description="Why, for the order's history"
+    )
+    expected_version: ExpectedVersion
+
+
+Run = Callable[[UnitOfWork, Principal, Any, Settings], Awaitable[BaseModel]]
+
+
+@dataclass(frozen=True)
+class AgentTool:
+    name: str
+    title: str
+    description: str
+    arguments: type[Arguments] | type[OrderCreate]
+    result: type[BaseModel]
+    run: Run
+    read_only: bool = True
+    # Calling again with the same arguments changes nothing more (MCP's idempotentHint).
+    idempotent: bool = True
+
+    @cached_property
+    def input_schema(self) -> dict[str, Any]:
+        return self.arguments.model_json_schema()
+
+    @cached_property
+    def output_schema(self) -> dict[str, Any]:
+        return self.result.model_json_schema(mode="serialization")
+
+
+# --- what each tool does: one service call -----------------------------------------------
+
+
+async def _list_clients(
+    uow: UnitOfWork, principal: Principal, args: ListClients, _: Settings
+) -> ClientList:
+    return ClientList(items=await clients.list_clients(uow, principal, desk=args.desk))
+
+
+async def _list_instruments(
+    uow: UnitOfWork, principal: Principal, args: ListInstruments, _: Settings
+) -> InstrumentList:
+    items = await instruments.list_instruments(uow, principal, active=args.active)
+    return InstrumentList(items=items)
+
+
+async def _get_market_data(
+    uow: UnitOfWork, principal: Principal, args: GetMarketData, _: Settings
+) -> SnapshotOut:
+    return await market_data.latest(uow, principal, args.symbol)
+
+
+def _same_order(recorded: OrderOut, asked: OrderCreate) -> bool:
+    return (
+        recorded.client_id == asked.client_id
+        and recorded.symbol == asked.symbol
+        and recorded.side == asked.side
+        and recorded.order_type == asked.order_type
+        and recorded.time_in_force == asked.time_in_force
+        and recorded.quantity == asked.quantity
+        and recorded.price == asked.price
+    )
+
+
+async def _submit_order(
+    uow: UnitOfWork, principal: Principal, args: SubmitOrder, settings: Settings
+) -> OrderOut:
+    try:
+        return await orders.submit_order(
+            uow, principal, args, price_max_decimals=settings.price_max_decimals
+        )
+    except orders.DuplicateClientOrderId as duplicate:
+        # A retry (the agent never saw the first answer): the order already recorded under
+        # this client_order_id, if it is the same order. Nothing was written, so the
+        # transaction is still good to read it in.
+        existing_id = duplicate.extensions.get("existing_order_id")
+        if existing_id is None:
+            raise
+        try:
+            recorded = await orders.get_order(uow, principal, existing_id)
+        except DomainError:  # e.g. a key without orders:read: the 409 names the order
+            raise duplicate from None
+        if not _same_order(recorded, args):
+            raise
+        return recorded
+
+
+async def _get_order(
+    uow: UnitOfWork, principal: Principal, args: GetOrder, _: Settings
+) -> OrderOut:
+    return await orders.get_order(uow, principal, args.order_id)
+
+
+async def _list_orders(
+    uow: UnitOfWork, principal: Principal, args: ListOrders, settings: Settings
+) -> OrderPage:
+    return await orders.list_orders(
+        uow,
+        principal,
+        limit=args.limit or settings.page_size_default,
+        after=args.after,
+        status=args.status,
+        client_id=args.client_id,
+        symbol=args.symbol,
+        desk=args.desk,
+        created_from=args.created_from,
+        created_to=args.created_to,
+    )
+
+
+async def _review_order(
+    uow: UnitOfWork, principal: Principal, args: ReviewOrder, _: Settings
+) -> OrderOut:
+    return await workflow.transition_order(
+        uow,
+        principal,
+        args.order_id,
+        workflow.REVIEW,
+        expected_version=args.expected_version,
+        payload={"note": args.note, "recommendation": args.recommendation},
+    )
+
+
+async def _cancel_order(
+    uow: UnitOfWork, principal: Principal, args: CancelOrder, _: Settings
+) -> OrderOut:
+    return await workflow.transition_order(
+        uow,
+        principal,
+        args.order_id,
+        workflow.CANCEL,
+        expected_version=args.expected_version,
+        payload={"reason": args.reason},
+    )
+
+
+# --- the catalogue ---------------------------------------------------------------------------
+
+_ORDER_FIELDS = (
+    "An order has: id; status (PENDING, REVIEWED, APPROVED, PARTIALLY_FILLED, FILLED, REJECTED, "
+    "CANCELLED); risk_status (PENDING, PASSED, FAILED) and risk_reasons from the pre-trade risk "
+    "check; quantity, price, filled_quantity and avg_fill_price as decimal strings (price in "
+    "the instrument's currency, null for MARKET orders); created_by, reviewed_by, approved_by; "
+    "and version, which changes on every step (send it back as expected_version)."
+)
+
+TOOLS: tuple[AgentTool, ...] = (
+    AgentTool(
+        name="list_clients",
+        title="List clients",
+        description="List the bank's clients on the desks your key covers, by client_id (e.g. "
+        "CUST-1001), with name, desk and status. Only ACTIVE clients take new orders. Use a "
+        "client_id from here in submit_order. Needs the scope clients:read.",
+        arguments=ListClients,
+        result=ClientList,
+        run=_list_clients,
+    ),
+    AgentTool(
+        name="list_instruments",
+        title="List instruments",
+        description="List tradable instruments by symbol, with currency, lot_size and "
+        "tick_size (decimal strings), restricted and active. An order's quantity must be a "
+        "multiple of lot_size and its limit price a multiple of tick_size; only active "
+        "instruments take orders. Any key may call it.",
+        arguments=ListInstruments,
+        result=InstrumentList,
+        run=_list_instruments,
+    ),
+    AgentTool(
+        name="get_market_data",
+        title="Latest price",
+        description="The latest price of an instrument: price, bid and ask as decimal strings "
+        "in the instrument's currency (bid and ask null when the source did not quote them), "
+        "as_of (ISO 8601, UTC) and source. A not-found problem when the symbol is unknown or "
+        "has no price yet. Any key may call it.",
+        arguments=GetMarketData,
+        result=SnapshotOut,
+        run=_get_market_data,
+    ),
+    AgentTool(
+        name="submit_order",
+        title="Submit an order",
+        description="Submit a trade order for a client of your desks. quantity and price are "
+        'decimal strings ("50", "192.55"): quantity > 0 in units of the instrument, a multiple '
+        "of its lot_size; price is the limit price in the instrument's currency, a multiple of "
+        "its tick_size; omit price for a MARKET order. The order is recorded with status "
+        "PENDING and risk_status PENDING; a background pre-trade risk check then sets "
+        "risk_status to PASSED or FAILED. Nothing trades yet: the order waits for a review "
+        "(review_order) and then for a human approver, who approves or rejects it; no agent "
+        "can. If you do not know whether a submit went through (a timeout, a lost "
+        "connection), call submit_order again with the same client_order_id and the same "
+        "order: you get the order already recorded, never a duplicate. The same "
+        "client_order_id with a different order is refused (duplicate-client-order-id). "
+        "Needs the scope orders:write. " + _ORDER_FIELDS,
+        arguments=SubmitOrder,
+        result=OrderOut,
+        run=_submit_order,
+        read_only=False,
+    ),
+    AgentTool(
+        name="get_order",
+        title="Get an order",
+        description="One order by id, as it is now. Orders of desks your key does not cover "
+        "are not found. Needs the scope orders:read. " + _ORDER_FIELDS,
+        arguments=GetOrder,
+        result=OrderOut,
+        run=_get_order,
+    ),
+    AgentTool(
+        name="list_orders",
+        title="List orders",
+        description="Orders of your desks, newest first, one page at a time: pass next_cursor "
+        "as `after` for the next page (next_cursor is null on the last page). Optional "
+        "filters: status, client_id, symbol, desk, created_from (inclusive) and created_to "
+        "(exclusive) as ISO 8601 timestamps; limit 1-500, default 50. Needs the scope "
+        "orders:read. " + _ORDER_FIELDS,
+        arguments=ListOrders,
+        result=OrderPage,
+        run=_list_orders,
+    ),
+    AgentTool(
+        name="review_order",
+        title="Review an order",
+        description="Record your review of a PENDING order: your recommendation (APPROVE or "
+        "REJECT) and your rationale (note). The order moves to REVIEWED and your note and "
+        "recommendation are stored in its history for the approver. Your recommendation "
+        "does not decide anything: the order then waits for a human approver to approve or "
+        "reject it. Only a PENDING order can be reviewed, once; reviewing it again fails with "
+        "an illegal-transition problem. Needs the scope orders:review. Returns the order.",
+        arguments=ReviewOrder,
+        result=OrderOut,
+        run=_review_order,
+        read_only=False,
+        idempotent=False,
+    ),
+    AgentTool(
+        name="cancel_order",
+        title="Cancel an order",
+        description="Cancel an order that is PENDING, REVIEWED or APPROVED; it becomes "
+        "CANCELLED for good. An order that is filled (even partly), rejected or already "
+        "cancelled cannot be cancelled. Only the order's maker (the user whose key submitted "
+        "it) or an approver of its desk may cancel it. Optional reason, kept in the order's "
+        "history. Needs the scope "
+        "orders:write. Returns the order.",
+        arguments=CancelOrder,
+        result=OrderOut,
+        run=_cancel_order,
+        read_only=False,
+        idempotent=False,
+    ),
+)
+TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}

@@ -1,0 +1,340 @@
+"""The approver pages under /ui: sign-in, the queue, an order, its decisions, the audit check.
+
+Thin like the API's routers: read the session and the form, call the same services
+(orders.workflow.transition_order, audit.verify, …) in the request's one transaction, render.
+Every POST carries the session's CSRF token; a decision carries the order version it was
+made on, so deciding on an order that changed since the page was read is refused (409).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import RedirectResponse
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData
+
+from tradeops.audit import service as audit
+from tradeops.auth import users
+from tradeops.auth.authentication import authenticate_user
+from tradeops.auth.permissions import Action, authorize
+from tradeops.auth.principal import Principal
+from tradeops.db.uow import UnitOfWork
+from tradeops.deps import LoginUoW, RowId
+from tradeops.errors import InvalidRequest
+from tradeops.orders import workflow
+from tradeops.orders.models import ORDER_STATUSES, RISK_STATUSES
+from tradeops.orders.schemas import OrderStatus, RiskStatus
+from tradeops.orders.workflow import Transition
+from tradeops.ui import views
+from tradeops.ui.pages import CsrfRefused, PageRoute, SignInRequired, render
+from tradeops.ui.session import COOKIE, PageSession, Sessions, csrf_matches
+
+router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
+
+QUEUE_PATH = "/ui/orders"
+REFRESH_SECONDS = 5
+# Only our own pages are places to return to after signing in: never another site.
+_NEXT = re.compile(r"^/ui(/[A-Za-z0-9/_-]*)?$")
+M = TypeVar("M", bound=BaseModel)
+
+StatusFilter = OrderStatus | Literal["", "awaiting"]
+RiskFilter = RiskStatus | Literal[""]
+Text = Annotated[str, Query(max_length=64)]
+Done = Literal["reviewed", "approved", "rejected", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    uow: UnitOfWork
+    principal: Principal
+    session: PageSession
+
+
+def _sessions(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.ui_sessions
+    return sessions
+
+
+def _read_session(request: Request) -> PageSession | None:
+    session = _sessions(request).read(request.cookies.get(COOKIE))
+    request.state.page_session = session
+    return session
+
+
+async def signed_in(request: Request, uow: LoginUoW) -> SignedIn:
+    """The person the session cookie stands for, read afresh, with the request context set."""
+    session = _read_session(request)
+    if session is None or session.user_id is None:
+        raise SignInRequired("Sign in to continue.")
+    principal = await authenticate_user(uow, session.user_id, request.state.request_id)
+    # A deactivated user, or one whose role changed since signing in, signs in again.
+    if principal is None or principal.role.value != session.role:
+        raise SignInRequired("Your session has ended; sign in again.")
+    request.state.principal = principal
+    return SignedIn(uow, principal, session)
+
+
+Person = Annotated[SignedIn, Depends(signed_in)]
+
+
+async def checked_form(request: Request, person: Person) -> FormData:
+    """The posted form, if it carries this session's CSRF token; 403 otherwise."""
+    form = await request.form()
+    if not csrf_matches(person.session, form.get("csrf_token")):
+        raise CsrfRefused("The form is not from this session; reload the page and try again.")
+    return form
+
+
+CheckedForm = Annotated[FormData, Depends(checked_form)]
+
+
+def safe_next(value: object) -> str:
+    return value if isinstance(value, str) and _NEXT.match(value) else QUEUE_PATH
+
+
+# --- signing in and out -------------------------------------------------------------------
+
+
+@router.get("")
+async def home() -> Response:
+    return RedirectResponse(QUEUE_PATH, status_code=303)
+
+
+@router.get("/sign-in")
+async def sign_in_page(request: Request, next: Text = QUEUE_PATH) -> Response:
+    session = _read_session(request) or _sessions(request).start()
+    request.state.page_session = session
+    response = render(request, "sign_in.html", next=safe_next(next), email="", error=None)
+    _sessions(request).save(response, session)
+    return response
+
+
+@router.post("/sign-in")
+async def sign_in(request: Request, uow: LoginUoW) -> Response:
+    """The users service signs in (throttled, audited); the session starts afresh."""
+    form = await request.form()
+    session = _read_session(request)
+    if not csrf_matches(session, form.get("csrf_token")):
+        raise CsrfRefused("The sign-in form has expired; reload the page and try again.")
+    email, password = str(form.get("email", "")), str(form.get("password", ""))
+    again = {"next": safe_next(form.get("next")), "email": email}
+    settings = request.app.state.settings
+    try:
+        signed = await users.sign_in(
+            uow,
+            email,
+            password,
+            max_failures=settings.login_max_failures,
+            lockout_seconds=settings.login_lockout_seconds,
+        )
+    except users.LoginThrottled as error:  # raised before anything was written
+        page = render(request, "sign_in.html", status=429, error=error.detail, **again)
+        page.headers.update(error.extensions.get("headers") or {})
+        return page
+    if signed is None:
+        # Returned, not raised: the failure count commits with the answer.
+        return render(
+            request, "sign_in.html", status=401, error="Wrong email or password.", **again
+        )
+    response = RedirectResponse(again["next"], status_code=303)
+    _sessions(request).save(response, _sessions(request).start(*signed))
+    return response
+
+
+@router.post("/sign-out")
+async def sign_out(request: Request, form: CheckedForm) -> Response:
+    response = RedirectResponse("/ui/sign-in", status_code=303)
+    _sessions(request).end(response)
+    return response
+
+
+# --- the queue ----------------------------------------------------------------------------
+
+
+def _filters(
+    person: SignedIn,
+    status: StatusFilter | None,
+    desk: str,
+    risk_status: str,
+    symbol: str,
+    client_id: str,
+    after: str,
+) -> views.QueueFilters:
+    return views.QueueFilters(
+        status=views.default_status(person.principal) if status is None else str(status),
+        desk=desk,
+        risk_status=risk_status,
+        symbol=symbol.strip().upper(),
+        client_id=client_id.strip(),
+        after=after,
+    )
+
+
+async def _queue_context(person: SignedIn, filters: views.QueueFilters) -> dict[str, Any]:
+    page = await views.queue(person.uow, person.principal, filters)
+    poll = {"status": filters.status, **filters.as_query()}
+    if filters.after:
+        poll["after"] = filters.after
+    return {
+        "page": page,
+        "filters": filters,
+        "poll_query": urlencode(poll),
+        "next_query": urlencode({**poll, "after": page.next_cursor or ""}),
+        "refresh_seconds": REFRESH_SECONDS,
+        "refreshed_at": datetime.now(UTC),
+        "own_only": views.only_own_orders(person.principal),
+    }
+
+
+@router.get("/orders")
+async def queue_page(
+    request: Request,
+    person: Person,
+    status: StatusFilter | None = None,
+    desk: Text = "",
+    risk_status: RiskFilter = "",
+    symbol: Text = "",
+    client_id: Text = "",
+    after: Text = "",
+) -> Response:
+    """The queue: what awaits a decision on the person's desks (a trader: their own orders)."""
+    filters = _filters(person, status, desk, risk_status, symbol, client_id, after)
+    return render(
+        request,
+        "queue.html",
+        **await _queue_context(person, filters),
+        desks=await views.desk_codes(person.uow, person.principal),
+        statuses=ORDER_STATUSES,
+        risk_statuses=RISK_STATUSES,
+    )
+
+
+@router.get("/orders/rows")
+async def queue_rows(
+    request: Request,
+    person: Person,
+    status: StatusFilter | None = None,
+    desk: Text = "",
+    risk_status: RiskFilter = "",
+    symbol: Text = "",
+    client_id: Text = "",
+    after: Text = "",
+) -> Response:
+    """The queue's table alone: what the page polls to keep itself current."""
+    filters = _filters(person, status, desk, risk_status, symbol, client_id, after)
+    return render(request, "_queue.html", **await _queue_context(person, filters))
+
+
+# --- one order ----------------------------------------------------------------------------
+
+
+@router.get("/orders/{order_id}")
+async def order_page(
+    request: Request, order_id: RowId, person: Person, done: Done | None = None
+) -> Response:
+    view = await views.order_view(person.uow, person.principal, order_id)
+    return render(request, "order.html", view=view, done=done)
+
+
+def _model(model: type[M], **values: Any) -> M:
+    """A workflow request model from form fields; its rules (a reason's length…) apply."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise InvalidRequest(f"{field}: {first['msg']}", field=f"form.{field}") from None
+
+
+def _text(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _version(form: FormData) -> int | None:
+    value = _text(form, "version")
+    return int(value) if value and value.isdigit() and len(value) <= 9 else None
+
+
+async def _decide(
+    person: SignedIn, order_id: int, transition: Transition, version: int | None, **payload: Any
+) -> Response:
+    await workflow.transition_order(
+        person.uow,
+        person.principal,
+        order_id,
+        transition,
+        expected_version=version,
+        payload=payload,
+    )
+    done = transition.to_status.lower()
+    return RedirectResponse(f"/ui/orders/{order_id}?done={done}", status_code=303)
+
+
+@router.post("/orders/{order_id}/review")
+async def review_order(order_id: RowId, person: Person, form: CheckedForm) -> Response:
+    body = _model(
+        workflow.ReviewRequest,
+        note=_text(form, "note"),
+        recommendation=_text(form, "recommendation"),
+        expected_version=_version(form),
+    )
+    return await _decide(
+        person,
+        order_id,
+        workflow.REVIEW,
+        body.expected_version,
+        note=body.note,
+        recommendation=body.recommendation,
+    )
+
+
+@router.post("/orders/{order_id}/approve")
+async def approve_order(order_id: RowId, person: Person, form: CheckedForm) -> Response:
+    body = _model(
+        workflow.ApproveRequest, note=_text(form, "note"), expected_version=_version(form)
+    )
+    return await _decide(person, order_id, workflow.APPROVE, body.expected_version, note=body.note)
+
+
+@router.post("/orders/{order_id}/reject")
+async def reject_order(order_id: RowId, person: Person, form: CheckedForm) -> Response:
+    body = _model(
+        workflow.RejectRequest, reason=_text(form, "reason"), expected_version=_version(form)
+    )
+    return await _decide(
+        person, order_id, workflow.REJECT, body.expected_version, reason=body.reason
+    )
+
+
+@router.post("/orders/{order_id}/cancel")
+async def cancel_order(order_id: RowId, person: Person, form: CheckedForm) -> Response:
+    body = _model(
+        workflow.CancelRequest, reason=_text(form, "reason"), expected_version=_version(form)
+    )
+    return await _decide(
+        person, order_id, workflow.CANCEL, body.expected_version, reason=body.reason
+    )
+
+
+# --- the audit trail ----------------------------------------------------------------------
+
+
+@router.get("/audit")
+async def audit_page(request: Request, person: Person) -> Response:
+    authorize(person.principal, Action.VERIFY_AUDIT)
+    return render(request, "audit.html", report=None)
+
+
+@router.post("/audit/verify")
+async def verify_audit(request: Request, person: Person, form: CheckedForm) -> Response:
+    """Recompute the whole trail's hashes and checkpoints (risk and admin), as the API does."""
+    key = request.app.state.settings.audit_key.get_secret_value().encode()
+    report = await audit.verify(person.uow, person.principal, key)
+    return render(request, "audit.html", report=report)
