@@ -1,4 +1,5 @@
-"""The peer for the load benchmark: our two order endpoints on bare Starlette + asyncpg.
+"""The peer for the load benchmark: our order and portfolio reads and order intake on bare
+Starlette + asyncpg.
 
 No FastAPI, no SQLAlchemy, no pydantic on the request path: JSON in and out with orjson and
 one SQL statement per request in autocommit. The SQL is our app's own, compiled by SQLAlchemy
@@ -56,7 +57,18 @@ def our_sql() -> tuple[str, list[str], str]:
     return repo.SUBMIT_ORDER.sql, list(repo.SUBMIT_ORDER.names), select.sql
 
 
+def our_portfolio_sql() -> str:
+    """Our GET /clients/{id}/portfolio statement, which answers the whole JSON document."""
+    from tradeops.positions import repository as positions
+
+    statement = positions.PORTFOLIO
+    if statement.names != ("client_id", "all_desks", "desk_ids"):
+        raise RuntimeError(f"unexpected parameters {statement.names} in:\n{statement.sql}")
+    return statement.sql
+
+
 INSERT_ORDER, INSERT_PARAMETERS, SELECT_ORDER = our_sql()
+SELECT_PORTFOLIO = our_portfolio_sql()
 KNOWN_PARAMETERS = {  # the ones create_order() fills
     "client_id",
     "symbol",
@@ -211,6 +223,14 @@ async def get_order(request: Request) -> Response:
     return json_response(dict(row), headers={"ETag": f'"{row["version"]}"'})
 
 
+async def get_portfolio(request: Request) -> Response:
+    client_id: str = request.path_params["client_id"]
+    document = await request.app.state.pool.fetchval(SELECT_PORTFOLIO, client_id, True, [])
+    if document is None:
+        return problem(404, f"No client {client_id}.")
+    return Response(document, media_type="application/json")
+
+
 async def ready(request: Request) -> Response:
     await request.app.state.pool.fetchval("SELECT 1")
     return json_response({"status": "ok"})
@@ -220,6 +240,7 @@ app = Starlette(
     routes=[
         Route("/api/v1/orders", create_order, methods=["POST"]),
         Route("/api/v1/orders/{order_id:int}", get_order, methods=["GET"]),
+        Route("/api/v1/clients/{client_id}/portfolio", get_portfolio, methods=["GET"]),
         Route("/health/ready", ready, methods=["GET"]),
     ],
     lifespan=lifespan,

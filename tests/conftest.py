@@ -34,6 +34,8 @@ DATA_TABLES = [
     "audit_checkpoints",
     "audit_stream_heads",
     "idempotency_keys",
+    "positions",
+    "executions",
     "order_events",
     "orders",
     "market_snapshots",

@@ -150,7 +150,14 @@ def bearer(credential: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {credential}"}
 
 
-ALL_SCOPES = ["orders:read", "orders:write", "orders:review", "clients:read", "reference:read"]
+ALL_SCOPES = [
+    "orders:read",
+    "orders:write",
+    "orders:review",
+    "clients:read",
+    "reference:read",
+    "positions:read",
+]
 
 
 @dataclass
@@ -197,3 +204,23 @@ async def pass_risk_check(engine: AsyncEngine, order_id: int) -> None:
         await conn.execute(
             text("UPDATE orders SET risk_status = 'PASSED' WHERE id = :id"), {"id": order_id}
         )
+
+
+async def approved_order(
+    client: Any, cast: Cast, engine: AsyncEngine, maker: str = "trader", **changes: Any
+) -> int:
+    """An order through the whole maker-checker flow, APPROVED and ready for fills: the seed
+    order (with `changes`) submitted by `maker`, reviewed by a trader of its desk, its risk
+    check passed, approved by the approver of its desk (EQ-US, or FI-EU for trader_fi)."""
+    headers = cast[maker]
+    created = await client.post("/api/v1/orders", json={**SEED_ORDER, **changes}, headers=headers)
+    assert created.status_code == 201, created.text
+    order_id = int(created.json()["id"])
+    fi = maker.endswith("_fi")
+    reviewer, approver = ("trader_fi", "approver_fi") if fi else ("trader2", "approver")
+    reviewed = await client.post(f"/api/v1/orders/{order_id}/review", headers=cast[reviewer])
+    assert reviewed.status_code == 200, reviewed.text
+    await pass_risk_check(engine, order_id)
+    approved = await client.post(f"/api/v1/orders/{order_id}/approve", headers=cast[approver])
+    assert approved.status_code == 200, approved.text
+    return order_id

@@ -17,6 +17,7 @@ from tradeops.clients.router import router as clients_router
 from tradeops.db.engine import create_engine
 from tradeops.db.migrate import head_revision
 from tradeops.desks.router import router as desks_router
+from tradeops.executions.router import router as executions_router
 from tradeops.health.router import router as health_router
 from tradeops.instruments.router import router as instruments_router
 from tradeops.maintenance import running_maintenance
@@ -29,6 +30,7 @@ from tradeops.observability import (
     configure_logging,
 )
 from tradeops.orders.router import router as orders_router
+from tradeops.positions.router import router as positions_router
 from tradeops.problems import document_problems, install_problem_handlers
 from tradeops.risk.router import router as risk_router
 from tradeops.settings import Settings, get_settings
@@ -88,6 +90,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         clients_router,
         instruments_router,
         market_data_router,
+        executions_router,
+        positions_router,
         risk_router,
         desks_router,
         health_router,

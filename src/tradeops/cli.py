@@ -25,7 +25,9 @@ from tradeops.db import migrate
 from tradeops.db.embedded import resolve_database_url
 from tradeops.db.engine import create_engine
 from tradeops.db.uow import UnitOfWork, run_in_transaction
+from tradeops.decimals import plain
 from tradeops.demo import load_demo_data, load_demo_users
+from tradeops.executions.simulation import SimulatedFill, simulate_fills
 from tradeops.observability import configure_logging
 from tradeops.settings import Settings, get_settings
 
@@ -281,6 +283,36 @@ def api_keys_create(
         f"API key {created.id} ({created.prefix}) for {created.owner_email}: {created.scopes}"
     )
     print(created.key)
+
+
+@app.command("simulate-fills")
+def fill_approved_orders() -> None:
+    """Fill every approved order in full at its instrument's latest price (or its limit price
+    when there is none), as the system, through the same service as a venue's fills (demos)."""
+    settings = get_settings()
+    url = database_url(settings)
+
+    async def run() -> list[SimulatedFill]:
+        engine = create_engine(settings, url)
+        try:
+            return await simulate_fills(engine, SYSTEM)
+        finally:
+            await engine.dispose()
+
+    fills = asyncio.run(run())
+    table = Table("order", "client", "symbol", "side", "quantity", "price", "outcome")
+    for fill in fills:
+        price = plain(fill.price) if fill.price is not None else "-"
+        table.add_row(
+            str(fill.order_id),
+            fill.client_id,
+            fill.symbol,
+            fill.side,
+            plain(fill.quantity),
+            price,
+            fill.outcome,
+        )
+    console.print(table if fills else "no approved orders to fill")
 
 
 @audit_app.command("verify")

@@ -51,6 +51,13 @@ DESK_LIMIT = {"desk": "EQ-US", "max_order_notional": "1000000", "fat_finger_pct"
 REASON = {"reason": "Outside the client's mandate"}
 PRICE = {"symbol": "AAPL", "price": "192.55", "as_of": "2026-11-23T10:00:00Z", "source": "test"}
 PRICES = {"snapshots": [PRICE]}
+FILL = {
+    "quantity": "10",
+    "price": "192.5",
+    "venue": "XNAS",
+    "executed_at": "2026-11-23T14:30:00Z",
+    "external_id": "XNAS-1",
+}
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,17 @@ MATRIX = [
     row("GET",    "/market-data/AAPL",           None,       401, 404, 404, 404, 404, 404, 404,
         label="no price yet"),
     row("GET",    "/market-data/{priced}/history", None,     401, 200, 200, 200, 200, 200, 200),
+    # Fills: operations (admins, and admins' keys with executions:write) record them, on
+    # APPROVED or PARTIALLY_FILLED orders; whoever may read an order reads its fills.
+    row("POST",   "/orders/{eq_approved}/executions", FILL,  401, 403, 403, 403, 403, 201, 403),
+    row("POST",   "/orders/{eq_order}/executions", FILL,     401, 403, 403, 403, 403, 409, 403,
+        label="not approved"),
+    row("GET",    "/orders/{eq_order}/executions", None,     401, 200, 404, 200, 200, 200, 200),
+    row("GET",    "/orders/{fi_order}/executions", None,     401, 404, 200, 404, 200, 200, 404),
+    # Positions and portfolios: the client's desk (risk and admin every desk; positions:read).
+    row("GET",    "/positions",                  None,       401, 200, 200, 200, 200, 200, 200),
+    row("GET",    "/clients/CUST-1001/portfolio", None,      401, 200, 404, 200, 200, 200, 200),
+    row("GET",    "/clients/CUST-2001/portfolio", None,      401, 404, 200, 404, 200, 200, 404),
     # Risk limits: risk sets them, risk and admin read them; no key does either.
     row("GET",    "/risk/limits",                None,       401, 403, 403, 403, 200, 200, 403),
     row("PUT",    "/risk/limits",                DESK_LIMIT, 401, 403, 403, 403, 200, 403, 403),

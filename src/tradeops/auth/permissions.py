@@ -32,6 +32,8 @@ class Action(StrEnum):
     VERIFY_AUDIT = "verify the audit trail"
     READ_MARKET_DATA = "read market data"
     PUBLISH_MARKET_DATA = "publish market data"
+    RECORD_EXECUTION = "record executions"
+    READ_POSITIONS = "read positions"
     READ_RISK_LIMITS = "read risk limits"
     MANAGE_RISK_LIMITS = "manage risk limits"
 
@@ -59,6 +61,10 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     # Prices feed the bank's books: published by operations (admin, or an admin's feed key)
     # and by the system itself. Row-level security allows the same roles to insert.
     Action.PUBLISH_MARKET_DATA: frozenset({R.ADMIN}),
+    # Fills come from venues and the OMS: recorded by operations (admin, or an admin's
+    # connector key) and by the system (simulate-fills). Row-level security allows the same.
+    Action.RECORD_EXECUTION: frozenset({R.ADMIN}),
+    Action.READ_POSITIONS: frozenset({R.TRADER, R.AGENT, R.APPROVER, R.RISK, R.ADMIN}),
     # Limits are the risk function's; admin may look (no key may do either).
     Action.READ_RISK_LIMITS: frozenset({R.RISK, R.ADMIN}),
     Action.MANAGE_RISK_LIMITS: frozenset({R.RISK}),
@@ -75,6 +81,8 @@ SCOPES: dict[Action, str] = {
     Action.READ_AUDIT: "audit:read",
     Action.READ_MARKET_DATA: "marketdata:read",
     Action.PUBLISH_MARKET_DATA: "marketdata:write",
+    Action.RECORD_EXECUTION: "executions:write",
+    Action.READ_POSITIONS: "positions:read",
 }
 KNOWN_SCOPES = frozenset(SCOPES.values())
 # Deciding on an order is a person's act: no key may do it, whoever owns the key.

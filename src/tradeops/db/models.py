@@ -5,10 +5,12 @@ from tradeops.auth.models import ApiKey, User
 from tradeops.clients.models import Client
 from tradeops.db.base import Base
 from tradeops.desks.models import Desk, DeskMember
+from tradeops.executions.models import Execution
 from tradeops.idempotency.models import IdempotencyKey
 from tradeops.instruments.models import Instrument
 from tradeops.marketdata.models import MarketSnapshot
 from tradeops.orders.models import Order, OrderEvent
+from tradeops.positions.models import Position
 from tradeops.risk.models import RiskLimit
 
 __all__ = [
@@ -20,11 +22,13 @@ __all__ = [
     "Client",
     "Desk",
     "DeskMember",
+    "Execution",
     "IdempotencyKey",
     "Instrument",
     "MarketSnapshot",
     "Order",
     "OrderEvent",
+    "Position",
     "RiskLimit",
     "User",
 ]

@@ -55,6 +55,16 @@ class Order(Base):
         CheckConstraint(
             "filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_within_quantity"
         ),
+        # Fills (tradeops.executions): the status says how much is filled, and an order has
+        # an average fill price exactly when something is filled.
+        CheckConstraint("status <> 'FILLED' OR filled_quantity = quantity", name="filled_status"),
+        CheckConstraint(
+            "status <> 'PARTIALLY_FILLED' OR (filled_quantity > 0 AND filled_quantity < quantity)",
+            name="partially_filled_status",
+        ),
+        CheckConstraint(
+            "(filled_quantity = 0) = (avg_fill_price IS NULL)", name="avg_fill_price_when_filled"
+        ),
         CheckConstraint("version >= 1", name="version_positive"),
         CheckConstraint(
             "client_order_id IS NULL OR client_order_id ~ '^[\\x21-\\x7E]{1,64}$'",

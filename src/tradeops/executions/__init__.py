@@ -1,0 +1,1 @@
+"""Executions: fills reported by venues and the OMS, applied to orders and positions."""

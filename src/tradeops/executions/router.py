@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from tradeops.db.http import TransactionalRoute
+from tradeops.deps import API_PREFIX, CurrentPrincipal, RowId, UoW
+from tradeops.errors import Forbidden, InvalidRequest
+from tradeops.executions import service
+from tradeops.executions.schemas import ExecutionIn, ExecutionOut, RecordedFill
+from tradeops.orders.service import OrderNotFound
+from tradeops.problems import problem_responses
+
+router = APIRouter(
+    prefix=f"{API_PREFIX}/orders", tags=["executions"], route_class=TransactionalRoute
+)
+
+
+@router.post(
+    "/{order_id}/executions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RecordedFill,
+    responses={
+        200: {"model": RecordedFill, "description": "The same fill was sent again: as recorded"},
+        **problem_responses(
+            InvalidRequest,
+            service.Overfill,
+            service.FillOutsideLimit,
+            Forbidden,
+            OrderNotFound,
+            service.OrderNotFillable,
+            service.ExecutionConflict,
+        ),
+    },
+)
+async def record_execution(
+    order_id: RowId, fill: ExecutionIn, principal: CurrentPrincipal, uow: UoW
+) -> Response:
+    """Record a fill of an APPROVED or PARTIALLY_FILLED order, as a venue or the OMS reports
+    it: the order's `filled_quantity` and `avg_fill_price` are updated and its status becomes
+    PARTIALLY_FILLED, or FILLED when nothing is left; the client's position (quantity, cost,
+    realized P&L) changes in the same transaction.
+
+    `quantity` (a multiple of the lot size, at most what is left: more is an `overfill`, 422)
+    and `price` (not through a LIMIT order's limit, 422) are decimal strings. `external_id`
+    is the venue's id of the fill and makes retries safe: the same fill sent again answers
+    **200** with the fill as recorded (and `Idempotent-Replayed: true`), never a second fill;
+    the same `external_id` with other details is **409** `execution-conflict`. A first fill
+    answers **201**. Orders in other statuses: **409** `order-not-fillable`. For admins and
+    an admin's connector key with the scope `executions:write`.
+    """
+    outcome = await service.record_execution(uow, principal, order_id, fill)
+    headers = {"Location": f"{API_PREFIX}/orders/{order_id}/executions"}
+    if not outcome.created:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(
+        outcome.fill.model_dump_json(),
+        status_code=status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+@router.get(
+    "/{order_id}/executions",
+    response_model=list[ExecutionOut],
+    responses=problem_responses(OrderNotFound),
+)
+async def list_executions(
+    order_id: RowId, principal: CurrentPrincipal, uow: UoW
+) -> list[ExecutionOut]:
+    """The order's fills, oldest execution first: quantity, price, venue, when, the venue's
+    `external_id` and who recorded it. Whoever may read the order may read its fills."""
+    return await service.list_executions(uow, principal, order_id)

@@ -1,0 +1,171 @@
+"""Named queries over positions; access filtering is written once, in `readable_positions`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Select, select, text, tuple_
+
+from tradeops.auth.principal import Principal
+from tradeops.clients.models import Client
+from tradeops.db.base import table_of
+from tradeops.db.prepared import prepare
+from tradeops.desks.models import Desk
+from tradeops.instruments.models import Instrument
+from tradeops.positions.models import Position
+
+positions = table_of(Position)
+clients = table_of(Client)
+desks = table_of(Desk)
+instruments = table_of(Instrument)
+
+# The position's row, locked, whether it existed or not: a first fill inserts it flat, a
+# later one finds it (ON CONFLICT takes the row lock and sees the latest committed state, so
+# concurrent fills of one client and instrument queue here and none is lost).
+LOCK_POSITION = prepare(
+    text(
+        "INSERT INTO positions (desk_id, client_id, instrument_id)"
+        " VALUES (:desk_id, :client_id, :instrument_id)"
+        " ON CONFLICT (client_id, instrument_id) DO UPDATE SET version = positions.version"
+        " RETURNING quantity, cost_basis, realized_pnl, version"
+    )
+)
+
+# The new state, computed from the locked row, with its audit event, in one round trip.
+STORE_POSITION = prepare(
+    text(
+        "WITH before AS ("
+        " SELECT * FROM positions WHERE client_id = :client_id AND instrument_id = :instrument_id),"
+        " changed AS ("
+        " UPDATE positions SET quantity = :quantity, avg_cost = :avg_cost,"
+        "  cost_basis = :cost_basis, realized_pnl = :realized_pnl, version = version + 1,"
+        "  updated_at = now()"
+        " WHERE client_id = :client_id AND instrument_id = :instrument_id AND version = :version"
+        " RETURNING *),"
+        " audit AS ("
+        " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity,"
+        "  entity_id, before, after)"
+        " SELECT 'position:' || :position_key, :actor, :api_key_id, :request_id,"
+        "  'position.changed', 'position', :position_key, to_jsonb(b),"
+        "  to_jsonb(c) || jsonb_build_object('execution_id', CAST(:execution_id AS bigint))"
+        " FROM changed c CROSS JOIN before b)"
+        " SELECT version FROM changed"
+    )
+)
+
+
+def readable_positions(principal: Principal) -> Select[Any]:
+    """Positions as the API lists them, of the desks the principal covers (row-level
+    security enforces the same)."""
+    statement = (
+        select(
+            clients.c.external_id.label("client_id"),
+            desks.c.code.label("desk"),
+            instruments.c.symbol,
+            instruments.c.currency,
+            positions.c.quantity,
+            positions.c.avg_cost,
+            positions.c.cost_basis,
+            positions.c.realized_pnl,
+            positions.c.version,
+            positions.c.updated_at,
+            positions.c.client_id.label("client_pk"),
+            positions.c.instrument_id.label("instrument_pk"),
+        )
+        .select_from(positions)
+        .join(clients, clients.c.id == positions.c.client_id)
+        .join(desks, desks.c.id == positions.c.desk_id)
+        .join(instruments, instruments.c.id == positions.c.instrument_id)
+    )
+    if not principal.all_desks:
+        statement = statement.where(positions.c.desk_id.in_(principal.desk_ids))
+    return statement
+
+
+def filtered_positions(
+    principal: Principal,
+    *,
+    client_id: str | None,
+    symbol: str | None,
+    desk: str | None,
+    open_only: bool,
+    after: tuple[int, int] | None,
+    limit: int,
+) -> Select[Any]:
+    statement = readable_positions(principal)
+    if client_id is not None:
+        statement = statement.where(clients.c.external_id == client_id)
+    if symbol is not None:
+        statement = statement.where(instruments.c.symbol == symbol.upper())
+    if desk is not None:
+        statement = statement.where(desks.c.code == desk)
+    if open_only:
+        statement = statement.where(positions.c.quantity != 0)
+    if after is not None:
+        statement = statement.where(
+            tuple_(positions.c.client_id, positions.c.instrument_id) > tuple_(*after)
+        )
+    return statement.order_by(positions.c.client_id, positions.c.instrument_id).limit(limit)
+
+
+def _amounts(*columns: str) -> str:
+    """Decimals as the API writes them, strings without trailing zeros ("50", never
+    "50.000000"), each under its own name."""
+    return ", ".join(f"trim_scale({column})::text AS {column}" for column in columns)
+
+
+def _utc(expression: str) -> str:
+    return f"""to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
+# GET /clients/{id}/portfolio: one statement that answers the whole JSON document, so the
+# hot read costs one round trip and no per-position work in Python (500 positions: bench/).
+# Each position is valued at the latest price of its instrument (the first entry of the
+# (instrument_id, as_of DESC) index); exact numeric arithmetic throughout. Totals are per
+# currency; their market value and unrealized P&L are null when an open position of that
+# currency has no price, rather than a partial sum. No row: no such client for this caller.
+# Rows become JSON objects whole (json_agg of a row), measured faster than building each
+# object key by key.
+PORTFOLIO = prepare(
+    text(
+        "WITH client AS ("  # noqa: S608 - SQL from constants only
+        " SELECT c.id, c.external_id, d.code AS desk FROM clients c"
+        " JOIN desks d ON d.id = c.desk_id"
+        " WHERE c.external_id = :client_id"
+        "  AND (CAST(:all_desks AS boolean) OR c.desk_id = ANY(CAST(:desk_ids AS bigint[])))),"
+        " held AS ("
+        " SELECT i.symbol, i.currency, p.quantity, p.avg_cost, p.cost_basis, p.realized_pnl,"
+        "  s.price AS last_price, s.as_of AS price_as_of,"
+        # A flat position is worth nothing, priced or not.
+        "  CASE WHEN p.quantity = 0 THEN 0 ELSE p.quantity * s.price END AS market_value"
+        " FROM client JOIN positions p ON p.client_id = client.id"
+        " JOIN instruments i ON i.id = p.instrument_id"
+        " LEFT JOIN LATERAL (SELECT m.price, m.as_of FROM market_snapshots m"
+        "  WHERE m.instrument_id = p.instrument_id ORDER BY m.as_of DESC, m.id DESC LIMIT 1) s"
+        "  ON true),"
+        " valued AS (SELECT held.*, market_value - cost_basis AS unrealized_pnl FROM held),"
+        " totals AS ("
+        " SELECT currency, count(*) AS positions,"
+        "  count(*) FILTER (WHERE market_value IS NULL) AS unpriced_positions,"
+        "  CASE WHEN bool_and(market_value IS NOT NULL) THEN sum(market_value) END AS market_value,"
+        "  sum(cost_basis) AS cost_basis,"
+        "  CASE WHEN bool_and(unrealized_pnl IS NOT NULL) THEN sum(unrealized_pnl) END"
+        "   AS unrealized_pnl,"
+        "  sum(realized_pnl) AS realized_pnl"
+        " FROM valued GROUP BY currency)"
+        " SELECT json_build_object("
+        "  'client_id', client.external_id, 'desk', client.desk,"
+        f"  'as_of', {_utc('now()')},"
+        "  'positions', COALESCE((SELECT json_agg(shown ORDER BY shown.symbol) FROM ("
+        "   SELECT symbol, currency,"
+        f"   {_amounts('quantity', 'avg_cost', 'cost_basis')}, last_price IS NOT NULL AS priced,"
+        f"   {_amounts('last_price')}, {_utc('price_as_of')} AS price_as_of,"
+        f"   {_amounts('market_value', 'unrealized_pnl', 'realized_pnl')}"
+        "   FROM valued) AS shown), '[]'),"
+        "  'totals', COALESCE((SELECT json_agg(shown ORDER BY shown.currency) FROM ("
+        "   SELECT currency, positions, unpriced_positions,"
+        f"   {_amounts('market_value', 'cost_basis', 'unrealized_pnl', 'realized_pnl')}"
+        "   FROM totals) AS shown), '[]')"
+        " )::text FROM client"
+    )
+)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from tradeops.clients.service import ClientNotFound
+from tradeops.db.http import TransactionalRoute
+from tradeops.deps import API_PREFIX, CurrentPrincipal, UoW
+from tradeops.errors import Forbidden, InvalidRequest
+from tradeops.positions import service
+from tradeops.positions.schemas import Portfolio, PositionPage
+from tradeops.problems import problem_responses
+
+router = APIRouter(prefix=API_PREFIX, tags=["positions"], route_class=TransactionalRoute)
+
+
+@router.get(
+    "/positions",
+    response_model=PositionPage,
+    responses=problem_responses(InvalidRequest, Forbidden),
+)
+async def list_positions(
+    request: Request,
+    principal: CurrentPrincipal,
+    uow: UoW,
+    client_id: str | None = Query(default=None, description="Client external id, e.g. CUST-1001"),
+    symbol: str | None = None,
+    desk: str | None = Query(default=None, description="Desk code, e.g. EQ-US"),
+    open_only: bool = Query(default=False, description="Leave out flat (closed) positions"),
+    after: str | None = Query(default=None, description="next_cursor of the previous page"),
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+) -> PositionPage:
+    """Positions of your desks (every desk for risk and admin), by client and instrument,
+    one page at a time (follow `next_cursor`).
+
+    Each fill changes its client's position in the fill's own transaction. `quantity` is
+    signed (negative: short); `cost_basis` is what the open quantity cost and `avg_cost` that
+    per unit (average-cost method); `realized_pnl` is what reducing trades realized. Decimal
+    strings in the instrument's `currency`. For market values and unrealized P&L, see
+    `GET /clients/{client_id}/portfolio`. API keys need the scope `positions:read`.
+    """
+    settings = request.app.state.settings
+    return await service.list_positions(
+        uow,
+        principal,
+        limit=limit or settings.page_size_default,
+        after=after,
+        client_id=client_id,
+        symbol=symbol,
+        desk=desk,
+        open_only=open_only,
+    )
+
+
+@router.get(
+    "/clients/{client_id}/portfolio",
+    response_model=Portfolio,
+    responses=problem_responses(ClientNotFound, Forbidden),
+)
+async def client_portfolio(client_id: str, principal: CurrentPrincipal, uow: UoW) -> Response:
+    """A client's portfolio valued now: every position (flat ones too, for their realized
+    P&L) with quantity, average cost, cost basis, the instrument's latest market price,
+    market value (quantity * last price), unrealized P&L (market value - cost basis) and
+    realized P&L, and totals per currency.
+
+    All amounts are exact decimal strings in the position's currency. A position whose
+    instrument has no price yet says `priced: false`, with null last price, market value and
+    unrealized P&L; its currency's total market value and unrealized P&L are then null too
+    (never a partial sum) and `unpriced_positions` counts it. Clients of desks you do not
+    cover are not found (404). API keys need the scope `positions:read`.
+    """
+    document = await service.portfolio_json(uow, principal, client_id)
+    return Response(document, media_type="application/json")
