@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from mcp_types import CallToolResult
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, bearer, make_api_key
+from tests.factories import SEED_ORDER, Cast, approved_order, bearer, make_api_key
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,7 @@ TOOLS = {
     "list_clients",
     "list_instruments",
     "get_market_data",
+    "get_portfolio",
     "submit_order",
     "get_order",
     "list_orders",
@@ -160,6 +162,46 @@ async def test_reference_data_and_prices_read_through_tools(
     assert latest["price"] == "192.55" and latest["symbol"] == "AAPL"
     http_unpriced = await client.get(f"{API}/market-data/MSFT", headers=cast["agent"])
     assert unpriced["status"] == 404 and unpriced["detail"] == http_unpriced.json()["detail"]
+
+
+async def test_portfolio_through_the_tool_is_the_http_portfolio(
+    live_server: LiveServer, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    price = {"symbol": "AAPL", "price": "200.00", "as_of": "2026-11-23T10:00:00Z", "source": "t"}
+    published = await client.post(
+        f"{API}/market-data/snapshots", json={"snapshots": [price]}, headers=cast["admin"]
+    )
+    assert published.status_code == 201, published.text
+    order_id = await approved_order(client, cast, owner_engine)
+    fill = {
+        "quantity": "50",
+        "price": "192.55",
+        "venue": "XNAS",
+        "executed_at": "2026-11-23T10:01:00Z",
+        "external_id": "XNAS-MCP-1",
+    }
+    executions = f"{API}/orders/{order_id}/executions"
+    filled = await client.post(executions, json=fill, headers=cast["admin"])
+    assert filled.status_code == 201, filled.text
+    async with mcp_over_http(live_server, cast["agent"]) as agent:
+        portfolio = order_of(await agent.call_tool("get_portfolio", {"client_id": "CUST-1001"}))
+        other_desk = problem_of(await agent.call_tool("get_portfolio", {"client_id": "CUST-2001"}))
+    [position] = portfolio["positions"]
+    assert (position["symbol"], position["quantity"], position["unrealized_pnl"]) == (
+        "AAPL",
+        "50",
+        "372.5",  # (200 - 192.55) x 50
+    )
+    over_http = await client.get(f"{API}/clients/CUST-1001/portfolio", headers=cast["agent"])
+    assert over_http.status_code == 200, over_http.text
+    # The same document; timestamps are the same instants, written with or without micros.
+    documents = [portfolio, over_http.json()]
+    for document in documents:
+        document.pop("as_of")
+        for each in document["positions"]:
+            each["price_as_of"] = datetime.fromisoformat(each["price_as_of"])
+    assert documents[0] == documents[1]
+    assert other_desk["status"] == 404
 
 
 async def test_tools_are_described_with_their_schemas(live_server: LiveServer, cast: Cast) -> None:

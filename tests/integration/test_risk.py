@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast
+from tests.factories import SEED_ORDER, Cast, approved_order
 from tradeops.jobs import tasks
 from tradeops.jobs.app import run_worker
 
@@ -121,6 +121,31 @@ async def test_a_price_far_from_the_market_fails_and_a_client_band_can_tighten_i
     assert codes(near) == ["PRICE_AWAY_FROM_MARKET"]
     within = await submit_and_check(client, cast, database_url, price="178.50")  # 2.0 %
     assert within["risk_status"] == "PASSED"
+
+
+async def test_the_resulting_position_is_checked_against_the_limit(
+    client: httpx.AsyncClient, cast: Cast, database_url: str, owner_engine: AsyncEngine
+) -> None:
+    await publish_price(client, cast, "AAPL", "192.55")
+    held = await approved_order(client, cast, owner_engine)  # BUY 50, filled: long 50
+    fill = {
+        "quantity": "50",
+        "price": "192.55",
+        "venue": "XNAS",
+        "executed_at": "2026-11-23T14:31:00Z",
+        "external_id": "XNAS-RISK-1",
+    }
+    filled = await client.post(f"{ORDERS}/{held}/executions", json=fill, headers=cast["admin"])
+    assert filled.status_code == 201, filled.text
+    await set_limit(client, cast, client_id="CUST-1001", max_position="80")
+
+    more = await submit_and_check(client, cast, database_url, quantity=40)  # long 90
+    assert codes(more) == ["POSITION_ABOVE_LIMIT"]
+    assert (more["risk_reasons"][0]["value"], more["risk_reasons"][0]["limit"]) == ("90", "80")
+    within = await submit_and_check(client, cast, database_url, quantity=30)  # long 80
+    assert within["risk_status"] == "PASSED"
+    reducing = await submit_and_check(client, cast, database_url, side="SELL", quantity=20)
+    assert reducing["risk_status"] == "PASSED"
 
 
 async def test_without_a_market_price_the_check_fails_closed(

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, bearer, pass_risk_check
+from tests.factories import SEED_ORDER, Cast, approved_order, bearer, pass_risk_check
 from tests.pages import AGENT_ADVICE, API, csrf_of, review, sign_in, submit
 from tradeops.settings import Settings
 from tradeops.ui.session import COOKIE, Sessions
@@ -324,6 +324,31 @@ async def test_order_page_shows_the_order_its_price_advice_and_history(
     assert html.count('<span class="badge status-created">') == 1
     assert f'action="/ui/orders/{order_id}/approve"' in html
     assert "disabled" not in _form(html, "approve")
+
+
+async def test_order_page_shows_the_position_now_and_after_the_order(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, person: OpenPerson
+) -> None:
+    held = await approved_order(client, cast, owner_engine, quantity=30)
+    fill = {
+        "quantity": "30",
+        "price": "192.55",
+        "venue": "XNAS",
+        "executed_at": "2026-11-23T10:00:00Z",
+        "external_id": "XNAS-UI-1",
+    }
+    recorded = await client.post(
+        f"{API}/orders/{held}/executions", json=fill, headers=cast["admin"]
+    )
+    assert recorded.status_code == 201, recorded.text
+    selling = await client.post(
+        f"{API}/orders", json={**SEED_ORDER, "side": "SELL"}, headers=cast["trader"]
+    )
+    approver = await person("approver@test.bank")
+    page = await approver.get(f"/ui/orders/{selling.json()['id']}")
+    impact = re.search(r'data-field="position-impact">\s*(\S+) &rarr; (\S+)', page.text)
+    assert impact is not None, page.text
+    assert impact.groups() == ("30", "-20")  # long 30, selling 50: short 20 once filled
 
 
 async def test_market_order_notional_uses_the_latest_price_or_says_it_is_unknown(

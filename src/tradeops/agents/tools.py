@@ -33,6 +33,8 @@ from tradeops.marketdata.schemas import SnapshotOut
 from tradeops.orders import service as orders
 from tradeops.orders import workflow
 from tradeops.orders.schemas import ClientOrderId, OrderCreate, OrderOut, OrderPage, OrderStatus
+from tradeops.positions import service as positions
+from tradeops.positions.schemas import Portfolio
 from tradeops.settings import Settings
 
 OrderId = Annotated[
@@ -64,6 +66,10 @@ class ListInstruments(Arguments):
     active: bool | None = Field(
         default=None, description="true: only instruments that take orders; omit for all"
     )
+
+
+class GetPortfolio(Arguments):
+    client_id: ExternalId = Field(description="The client's id, e.g. CUST-1001 (list_clients)")
 
 
 class GetMarketData(Arguments):
@@ -178,6 +184,13 @@ async def _list_instruments(
 ) -> InstrumentList:
     items = await instruments.list_instruments(uow, principal, active=args.active)
     return InstrumentList(items=items)
+
+
+async def _get_portfolio(
+    uow: UnitOfWork, principal: Principal, args: GetPortfolio, _: Settings
+) -> Portfolio:
+    document = await positions.portfolio_json(uow, principal, args.client_id)
+    return Portfolio.model_validate_json(document)
 
 
 async def _get_market_data(
@@ -301,6 +314,19 @@ TOOLS: tuple[AgentTool, ...] = (
         arguments=ListInstruments,
         result=InstrumentList,
         run=_list_instruments,
+    ),
+    AgentTool(
+        name="get_portfolio",
+        title="Client portfolio",
+        description="A client's positions valued at the latest market prices: per symbol the "
+        "signed quantity (negative = short), avg_cost, last_price, market_value, "
+        "unrealized_pnl and realized_pnl, and totals per currency. All amounts are decimal "
+        "strings in the instrument's currency; values are null where an instrument has no "
+        "price yet (priced: false). A not-found problem for a client outside your desks. "
+        "Needs the scope positions:read.",
+        arguments=GetPortfolio,
+        result=Portfolio,
+        run=_get_portfolio,
     ),
     AgentTool(
         name="get_market_data",

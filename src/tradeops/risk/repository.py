@@ -43,7 +43,7 @@ RISK_FACTS = text(
     " i.symbol, i.restricted,"
     " (SELECT m.price FROM market_snapshots m WHERE m.instrument_id = o.instrument_id"
     "  ORDER BY m.as_of DESC, m.id DESC LIMIT 1) AS last_price,"
-    " 0::numeric AS position,"
+    " COALESCE(p.quantity, 0) AS position,"
     " d.max_order_notional AS desk_max_order_notional, d.max_position AS desk_max_position,"
     " d.fat_finger_pct AS desk_fat_finger_pct,"
     " c.max_order_notional AS client_max_order_notional, c.max_position AS client_max_position,"
@@ -51,6 +51,7 @@ RISK_FACTS = text(
     " FROM orders o JOIN instruments i ON i.id = o.instrument_id"
     " LEFT JOIN risk_limits d ON d.desk_id = o.desk_id AND d.client_id IS NULL"
     " LEFT JOIN risk_limits c ON c.client_id = o.client_id"
+    " LEFT JOIN positions p ON p.client_id = o.client_id AND p.instrument_id = o.instrument_id"
     " WHERE o.id = :id FOR UPDATE OF o"
 )
 

@@ -26,6 +26,7 @@ from tradeops.orders import service as orders
 from tradeops.orders import workflow
 from tradeops.orders.schemas import OrderOut, OrderPage
 from tradeops.orders.workflow import OrderEventOut
+from tradeops.positions import service as positions
 
 AWAITING_DECISION = ("PENDING", "REVIEWED")
 QUEUE_PAGE_SIZE = 50
@@ -116,6 +117,31 @@ class ActionView:
     refused: str | None
 
 
+@dataclass(frozen=True)
+class PositionImpact:
+    """The client's position in the instrument now, and once the order's open quantity fills."""
+
+    current: Decimal
+    after: Decimal
+
+
+async def position_impact(
+    uow: UnitOfWork, principal: Principal, order: OrderOut
+) -> PositionImpact | None:
+    """None when the person may not read positions (their role or key does not allow it)."""
+    if not is_allowed(principal, Action.READ_POSITIONS):
+        return None
+    page = await positions.list_positions(
+        uow, principal, limit=1, client_id=order.client_id, symbol=order.symbol
+    )
+    current = page.items[0].quantity if page.items else Decimal(0)
+    open_quantity = order.quantity - order.filled_quantity
+    if order.status in ("REJECTED", "CANCELLED", "FILLED"):
+        open_quantity = Decimal(0)
+    signed = open_quantity if order.side == "BUY" else -open_quantity
+    return PositionImpact(current=current, after=current + signed)
+
+
 @dataclass
 class OrderView:
     order: OrderOut
@@ -128,9 +154,7 @@ class OrderView:
     recommendation: Recommendation | None
     actions: list[ActionView]
     read_only: bool  # the role takes no step of the workflow (risk, admin)
-    # TODO(positions): "current position → after this order" once the positions table
-    # (branch `fills`) is merged; the order page shows a marked placeholder until then.
-    position: Any = field(default=None)
+    position: PositionImpact | None = field(default=None)
 
     def action(self, name: str) -> ActionView | None:
         return next((a for a in self.actions if a.name == name), None)
@@ -214,6 +238,7 @@ async def order_view(uow: UnitOfWork, principal: Principal, order_id: int) -> Or
             principal, order, await workflow.transition_refusals(uow, principal, order_id)
         ),
         read_only=not any(is_allowed(principal, t.action) for t in workflow.TRANSITIONS),
+        position=await position_impact(uow, principal, order),
     )
 
 
