@@ -157,15 +157,16 @@ async def sign_out(request: Request, form: CheckedForm) -> Response:
 # --- the queue ----------------------------------------------------------------------------
 
 
-def _filters(
-    person: SignedIn,
-    status: StatusFilter | None,
-    desk: str,
-    risk_status: str,
-    symbol: str,
-    client_id: str,
-    after: str,
+def queue_filters(
+    person: Person,
+    status: StatusFilter | None = None,
+    desk: Text = "",
+    risk_status: RiskFilter = "",
+    symbol: Text = "",
+    client_id: Text = "",
+    after: Text = "",
 ) -> views.QueueFilters:
+    """The queue's filters from the query string: the page and its polled rows read the same."""
     return views.QueueFilters(
         status=views.default_status(person.principal) if status is None else str(status),
         desk=desk,
@@ -174,6 +175,9 @@ def _filters(
         client_id=client_id.strip(),
         after=after,
     )
+
+
+Filters = Annotated[views.QueueFilters, Depends(queue_filters)]
 
 
 async def _queue_context(person: SignedIn, filters: views.QueueFilters) -> dict[str, Any]:
@@ -193,18 +197,8 @@ async def _queue_context(person: SignedIn, filters: views.QueueFilters) -> dict[
 
 
 @router.get("/orders")
-async def queue_page(
-    request: Request,
-    person: Person,
-    status: StatusFilter | None = None,
-    desk: Text = "",
-    risk_status: RiskFilter = "",
-    symbol: Text = "",
-    client_id: Text = "",
-    after: Text = "",
-) -> Response:
+async def queue_page(request: Request, person: Person, filters: Filters) -> Response:
     """The queue: what awaits a decision on the person's desks (a trader: their own orders)."""
-    filters = _filters(person, status, desk, risk_status, symbol, client_id, after)
     return render(
         request,
         "queue.html",
@@ -216,18 +210,8 @@ async def queue_page(
 
 
 @router.get("/orders/rows")
-async def queue_rows(
-    request: Request,
-    person: Person,
-    status: StatusFilter | None = None,
-    desk: Text = "",
-    risk_status: RiskFilter = "",
-    symbol: Text = "",
-    client_id: Text = "",
-    after: Text = "",
-) -> Response:
+async def queue_rows(request: Request, person: Person, filters: Filters) -> Response:
     """The queue's table alone: what the page polls to keep itself current."""
-    filters = _filters(person, status, desk, risk_status, symbol, client_id, after)
     return render(request, "_queue.html", **await _queue_context(person, filters))
 
 
