@@ -155,7 +155,6 @@ async def test_a_resent_fill_of_a_filled_order_is_still_answered_as_recorded(
     [
         {"quantity": "10"},
         {"price": "192.4"},
-        {"venue": "XNYS"},
         {"executed_at": "2026-11-23T15:00:00Z"},
     ],
 )
@@ -180,6 +179,17 @@ async def test_an_external_id_is_one_fill_across_orders(
     clash = await record(client, second, cast["admin"])
     assert clash.status_code == 409
     assert clash.json()["type"] == PROBLEMS + "execution-conflict"
+
+
+async def test_two_venues_may_use_the_same_fill_id(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    order_id = await approved_order(client, cast, owner_engine)
+    assert (await record(client, order_id, cast["admin"], venue="XNAS")).status_code == 201
+    other_venue = await record(client, order_id, cast["admin"], venue="xlon")
+    assert other_venue.status_code == 201, other_venue.text
+    assert other_venue.json()["execution"]["venue"] == "XLON"
+    assert (await position_of(client, cast))["quantity"] == "40"
 
 
 async def test_an_overfill_is_refused_with_what_is_left(

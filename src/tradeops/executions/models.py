@@ -13,6 +13,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -31,6 +32,8 @@ class Execution(Base):
         # The order's desk, checked against the order, so row-level security needs no join.
         ForeignKeyConstraint(["order_id", "desk_id"], ["orders.id", "orders.desk_id"]),
         Index("ix_executions_order_id_executed_at", "order_id", "executed_at"),
+        # A venue's fill ids are unique within that venue; two venues may reuse an id.
+        UniqueConstraint("venue", "external_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -41,7 +44,7 @@ class Execution(Base):
     venue: Mapped[str] = mapped_column(Text)
     executed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The venue's or OMS's id of the fill: a resent fill is recognised by it.
-    external_id: Mapped[str] = mapped_column(Text, unique=True)
+    external_id: Mapped[str] = mapped_column(Text)
     recorded_by: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
     recorded_by_key_id: Mapped[int | None] = mapped_column(BigInteger)
     recorded_at: Mapped[CreatedAt]

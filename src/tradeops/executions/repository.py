@@ -34,7 +34,7 @@ FILL_CONTEXT = prepare(
         "  WHERE order_id = :order_id) AS filled_notional,"
         f" {_EXECUTION_COLUMNS}"
         " FROM (SELECT 1) AS one"
-        " LEFT JOIN executions e ON e.external_id = :external_id"
+        " LEFT JOIN executions e ON e.venue = :venue AND e.external_id = :external_id"
         " LEFT JOIN users u ON u.id = e.recorded_by"
     )
 )
@@ -49,7 +49,7 @@ RECORD_FILL = prepare(
         "  external_id, recorded_by, recorded_by_key_id)"
         " VALUES (:order_id, :desk_id, :quantity, :price, :venue, :executed_at, :external_id,"
         "  :recorded_by, :recorded_by_key_id)"
-        " ON CONFLICT (external_id) DO NOTHING RETURNING *),"
+        " ON CONFLICT (venue, external_id) DO NOTHING RETURNING *),"
         " before AS (SELECT * FROM orders WHERE id = :order_id),"
         " changed AS ("
         " UPDATE orders SET filled_quantity = filled_quantity + :quantity,"

@@ -9,7 +9,10 @@ from tradeops.decimals import DecimalOut, PositiveAmount
 from tradeops.orders.schemas import OrderStatus
 
 ExternalExecutionId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7E]{1,128}$")]
-Venue = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+# Upper-cased, so XNAS and xnas are one venue (and one namespace of fill ids).
+Venue = Annotated[
+    str, StringConstraints(strip_whitespace=True, to_upper=True, min_length=1, max_length=64)
+]
 
 
 class ExecutionIn(BaseModel):
@@ -40,8 +43,8 @@ class ExecutionIn(BaseModel):
     venue: Venue = Field(description="Where it was executed, e.g. a MIC such as XNAS")
     executed_at: AwareDatetime = Field(description="When, ISO 8601 with a time zone")
     external_id: ExternalExecutionId = Field(
-        description="The venue's or OMS's id of the fill, unique: sending the same fill again "
-        "answers the fill already recorded (200), never a second fill"
+        description="The venue's or OMS's id of the fill, unique per venue: sending the same "
+        "fill again answers the fill already recorded (200), never a second fill"
     )
 
 

@@ -68,7 +68,8 @@ async def record_execution(
     if order is None or not principal.can_see_desk(order.desk_id):
         raise OrderNotFound(f"No order {order_id}.")
     context = await uow.one_or_none(
-        repo.FILL_CONTEXT, {"order_id": order_id, "external_id": fill.external_id}
+        repo.FILL_CONTEXT,
+        {"order_id": order_id, "venue": fill.venue, "external_id": fill.external_id},
     )
     assert context is not None  # one row whether or not the external id is known
     if context.id is not None:

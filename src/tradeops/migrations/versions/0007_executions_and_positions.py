@@ -116,7 +116,7 @@ def upgrade() -> None:
             ["recorded_by"], ["users.id"], name=op.f("fk_executions_recorded_by_users")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_executions")),
-        sa.UniqueConstraint("external_id", name=op.f("uq_executions_external_id")),
+        sa.UniqueConstraint("venue", "external_id", name=op.f("uq_executions_venue_external_id")),
     )
     op.create_index(
         "ix_executions_order_id_executed_at",
