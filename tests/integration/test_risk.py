@@ -146,6 +146,11 @@ async def test_the_resulting_position_is_checked_against_the_limit(
     assert within["risk_status"] == "PASSED"
     reducing = await submit_and_check(client, cast, database_url, side="SELL", quantity=20)
     assert reducing["risk_status"] == "PASSED"
+    # An approved order not yet filled counts: long 50 + approved 25 + 10 = 85 > 80.
+    await approved_order(client, cast, owner_engine, quantity=25)
+    beyond = await submit_and_check(client, cast, database_url, quantity=10)
+    assert codes(beyond) == ["POSITION_ABOVE_LIMIT"]
+    assert beyond["risk_reasons"][0]["value"] == "85"
 
 
 async def test_without_a_market_price_the_check_fails_closed(

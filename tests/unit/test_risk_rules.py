@@ -18,6 +18,7 @@ FACTS = RiskFacts(
     restricted=False,
     last_price=D("200.00"),
     position=D(0),
+    working=D(0),
     max_order_notional=None,
     max_position=None,
     fat_finger_pct=D(10),
@@ -99,6 +100,13 @@ def test_resulting_position_against_the_limit(
         max_position=Limit(D(1000), "desk"),
     )
     assert codes(facts) == (["POSITION_ABOVE_LIMIT"] if broken else [])
+
+
+def test_approved_orders_not_yet_filled_count_toward_the_position() -> None:
+    facts = replace(FACTS, position=D(500), working=D(450), max_position=Limit(D(1000), "desk"))
+    [reason] = evaluate(facts)  # 500 held + 450 approved + 100 = 1050
+    assert (reason["code"], reason["value"]) == ("POSITION_ABOVE_LIMIT", "1050")
+    assert evaluate(replace(facts, working=D(400))) == []
 
 
 def test_every_broken_rule_is_reported_in_order() -> None:

@@ -44,6 +44,11 @@ RISK_FACTS = text(
     " (SELECT m.price FROM market_snapshots m WHERE m.instrument_id = o.instrument_id"
     "  ORDER BY m.as_of DESC, m.id DESC LIMIT 1) AS last_price,"
     " COALESCE(p.quantity, 0) AS position,"
+    # Approved orders not yet filled will move the position too: count their open quantity.
+    " (SELECT COALESCE(sum(CASE w.side WHEN 'BUY' THEN 1 ELSE -1 END"
+    "   * (w.quantity - w.filled_quantity)), 0) FROM orders w"
+    "  WHERE w.client_id = o.client_id AND w.instrument_id = o.instrument_id"
+    "  AND w.status IN ('APPROVED', 'PARTIALLY_FILLED') AND w.id <> o.id) AS working,"
     " d.max_order_notional AS desk_max_order_notional, d.max_position AS desk_max_position,"
     " d.fat_finger_pct AS desk_fat_finger_pct,"
     " c.max_order_notional AS client_max_order_notional, c.max_position AS client_max_position,"

@@ -34,6 +34,7 @@ class RiskFacts:
     restricted: bool
     last_price: Decimal | None  # the instrument's latest market snapshot
     position: Decimal  # the client's current signed position in the instrument
+    working: Decimal  # signed open quantity of the client's approved, unfilled orders
     max_order_notional: Limit | None
     max_position: Limit | None
     fat_finger_pct: Decimal
@@ -108,15 +109,17 @@ def _fat_finger(f: RiskFacts) -> list[dict[str, Any]]:
 def _position(f: RiskFacts) -> list[dict[str, Any]]:
     limit = f.max_position
     signed = f.quantity if f.side == "BUY" else -f.quantity
-    resulting = f.position + signed
+    expected = f.position + f.working  # once the approved orders fill
+    resulting = expected + signed
     # An order that brings the position closer to flat only lowers the risk: never refused.
-    if limit is None or abs(resulting) <= limit.value or abs(resulting) < abs(f.position):
+    if limit is None or abs(resulting) <= limit.value or abs(resulting) < abs(expected):
         return []
     return [
         _reason(
             "POSITION_ABOVE_LIMIT",
-            f"The resulting position in {f.symbol} would be {plain(resulting)}, beyond the "
-            f"{limit.scope}'s limit of {plain(limit.value)}.",
+            f"The resulting position in {f.symbol} would be {plain(resulting)} (with the "
+            f"approved orders not yet filled), beyond the {limit.scope}'s limit of "
+            f"{plain(limit.value)}.",
             scope=limit.scope,
             limit=limit.value,
             value=resulting,

@@ -85,6 +85,7 @@ def facts_of(row: Row, default_fat_finger_pct: Decimal) -> RiskFacts:
         restricted=row.restricted,
         last_price=row.last_price,
         position=row.position,
+        working=row.working,
         max_order_notional=stricter(row.desk_max_order_notional, row.client_max_order_notional),
         max_position=stricter(row.desk_max_position, row.client_max_position),
         fat_finger_pct=min(bands, default=default_fat_finger_pct),
