@@ -216,12 +216,18 @@ async def test_deactivating_a_user_ends_their_page_session(
     assert (await approver.get("/ui/orders")).status_code == 303
 
 
-async def test_sign_out_ends_the_session(person: OpenPerson) -> None:
+async def test_sign_out_ends_the_session_and_is_audited(
+    person: OpenPerson, cast: Cast, owner_engine: AsyncEngine
+) -> None:
     approver = await person("approver@test.bank")
     out = await post_form(approver, "/ui/orders", "/ui/sign-out")
     assert out.status_code == 303
     assert out.headers["location"] == "/ui/sign-in"
     assert (await approver.get("/ui/orders")).status_code == 303
+    async with owner_engine.connect() as conn:
+        signed_out = text("SELECT actor FROM audit_events WHERE action = 'ui.signed_out'")
+        actors = (await conn.execute(signed_out)).scalars().all()
+    assert actors == [f"user:{cast.ids['approver']}"]
 
 
 async def test_pages_forbid_other_origins_and_caching(person: OpenPerson) -> None:

@@ -148,7 +148,10 @@ async def sign_in(request: Request, uow: LoginUoW) -> Response:
 
 
 @router.post("/sign-out")
-async def sign_out(request: Request, form: CheckedForm) -> Response:
+async def sign_out(request: Request, person: Person, form: CheckedForm) -> Response:
+    """Ends the session in this browser; audited beside the sign-in it closes."""
+    me = person.principal
+    await audit.record(person.uow, me, "ui.signed_out", "user", me.user_id)
     response = RedirectResponse("/ui/sign-in", status_code=303)
     _sessions(request).end(response)
     return response
