@@ -25,6 +25,7 @@ from tradeops.errors import Conflict, InvalidRequest
 from tradeops.executions import repository as repo
 from tradeops.executions.schemas import ExecutionIn, ExecutionOut, OrderFillState, RecordedFill
 from tradeops.orders.service import OrderNotFound, get_order
+from tradeops.positions.accounting import signed_quantity
 from tradeops.positions.service import PositionFill, book_fill
 
 FILLABLE = frozenset({"APPROVED", "PARTIALLY_FILLED"})
@@ -101,7 +102,7 @@ def _position_fill(order: Row, fill: ExecutionIn, execution_id: int) -> Position
         client_id=order.client_id,
         instrument_id=order.instrument_id,
         position_key=f"{order.client_external_id}:{order.symbol}",
-        quantity=fill.quantity if order.side == "BUY" else -fill.quantity,
+        quantity=signed_quantity(order.side, fill.quantity),
         price=fill.price,
         execution_id=execution_id,
     )

@@ -43,6 +43,11 @@ class Holding:
 FLAT = Holding(ZERO, ZERO, ZERO)
 
 
+def signed_quantity(side: str, quantity: Decimal) -> Decimal:
+    """An order's or fill's quantity as the position sees it: bought (+) or sold (-)."""
+    return quantity if side == "BUY" else -quantity
+
+
 def _sign(value: Decimal) -> int:
     return (value > 0) - (value < 0)
 

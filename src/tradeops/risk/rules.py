@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from tradeops.decimals import plain
+from tradeops.positions.accounting import signed_quantity
 
 HUNDRED = Decimal(100)
 
@@ -108,9 +109,8 @@ def _fat_finger(f: RiskFacts) -> list[dict[str, Any]]:
 
 def _position(f: RiskFacts) -> list[dict[str, Any]]:
     limit = f.max_position
-    signed = f.quantity if f.side == "BUY" else -f.quantity
     expected = f.position + f.working  # once the approved orders fill
-    resulting = expected + signed
+    resulting = expected + signed_quantity(f.side, f.quantity)
     # An order that brings the position closer to flat only lowers the risk: never refused.
     if limit is None or abs(resulting) <= limit.value or abs(resulting) < abs(expected):
         return []

@@ -71,7 +71,8 @@ async def set_limit(uow: UnitOfWork, principal: Principal, data: RiskLimitIn) ->
         after=dict(after._mapping),
     )
     shown = await uow.one_or_none(repo.LIMIT_BY_ID, {"id": after.id})
-    return RiskLimitOut.model_validate(shown._mapping if shown else {})
+    assert shown is not None  # the row this transaction just wrote
+    return RiskLimitOut.model_validate(shown._mapping)
 
 
 def facts_of(row: Row, default_fat_finger_pct: Decimal) -> RiskFacts:

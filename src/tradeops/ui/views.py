@@ -27,6 +27,7 @@ from tradeops.orders import workflow
 from tradeops.orders.schemas import OrderOut, OrderPage
 from tradeops.orders.workflow import OrderEventOut
 from tradeops.positions import service as positions
+from tradeops.positions.accounting import signed_quantity
 
 AWAITING_DECISION = ("PENDING", "REVIEWED")
 QUEUE_PAGE_SIZE = 50
@@ -138,8 +139,8 @@ async def position_impact(
     open_quantity = order.quantity - order.filled_quantity
     if order.status in ("REJECTED", "CANCELLED", "FILLED"):
         open_quantity = Decimal(0)
-    signed = open_quantity if order.side == "BUY" else -open_quantity
-    return PositionImpact(current=current, after=current + signed)
+    after = current + signed_quantity(order.side, open_quantity)
+    return PositionImpact(current=current, after=after)
 
 
 @dataclass
