@@ -23,7 +23,7 @@ from tradeops.auth.principal import SYSTEM
 from tradeops.auth.users import UserCreate
 from tradeops.db import migrate
 from tradeops.db.embedded import resolve_database_url
-from tradeops.db.engine import create_engine
+from tradeops.db.pool import Database
 from tradeops.db.uow import UnitOfWork, run_in_transaction
 from tradeops.decimals import plain
 from tradeops.demo import load_demo_data, load_demo_users
@@ -60,11 +60,11 @@ def database_url(settings: Settings) -> str:
 
 def run_as_system(settings: Settings, url: str, command: Callable[[UnitOfWork], Awaitable[T]]) -> T:
     async def run() -> T:
-        engine = create_engine(settings, url)
+        db = Database(settings, url)
         try:
-            return await run_in_transaction(engine, SYSTEM, command)
+            return await run_in_transaction(db, SYSTEM, command)
         finally:
-            await engine.dispose()
+            await db.dispose()
 
     return asyncio.run(run())
 
@@ -293,11 +293,11 @@ def fill_approved_orders() -> None:
     url = database_url(settings)
 
     async def run() -> list[SimulatedFill]:
-        engine = create_engine(settings, url)
+        db = Database(settings, url)
         try:
-            return await simulate_fills(engine, SYSTEM)
+            return await simulate_fills(db, SYSTEM)
         finally:
-            await engine.dispose()
+            await db.dispose()
 
     fills = asyncio.run(run())
     table = Table("order", "client", "symbol", "side", "quantity", "price", "outcome")

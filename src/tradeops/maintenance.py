@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tradeops.audit import service as audit
 from tradeops.auth.principal import SYSTEM
+from tradeops.db.pool import Database
 from tradeops.db.uow import UnitOfWork, unit_of_work
 from tradeops.idempotency.service import purge_expired
 from tradeops.settings import Settings
@@ -24,8 +24,8 @@ log = structlog.get_logger(component="tradeops.maintenance")
 _ROUND_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext('tradeops.maintenance'))")
 
 
-async def run_round(engine: AsyncEngine, settings: Settings) -> None:
-    async with unit_of_work(engine, SYSTEM, "maintenance") as uow:
+async def run_round(db: Database, settings: Settings) -> None:
+    async with unit_of_work(db, SYSTEM, "maintenance") as uow:
         if not await uow.scalar(_ROUND_LOCK):
             return
         await housekeeping(uow, settings)
@@ -45,18 +45,18 @@ async def housekeeping(uow: UnitOfWork, settings: Settings) -> None:
         )
 
 
-async def maintenance_loop(engine: AsyncEngine, settings: Settings) -> None:
+async def maintenance_loop(db: Database, settings: Settings) -> None:
     while True:
         await asyncio.sleep(settings.audit_checkpoint_seconds)
         try:
-            await run_round(engine, settings)
+            await run_round(db, settings)
         except Exception:
             log.exception("housekeeping failed")
 
 
 @contextlib.asynccontextmanager
-async def running_maintenance(engine: AsyncEngine, settings: Settings) -> AsyncIterator[None]:
-    task = asyncio.create_task(maintenance_loop(engine, settings)) if settings.maintenance else None
+async def running_maintenance(db: Database, settings: Settings) -> AsyncIterator[None]:
+    task = asyncio.create_task(maintenance_loop(db, settings)) if settings.maintenance else None
     try:
         yield
     finally:

@@ -15,10 +15,10 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tradeops.db.pool import Database
 from tradeops.problems import problem_bytes
 from tradeops.settings import Settings
 
@@ -100,21 +100,21 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
 
-    def watch_pool(self, engine: AsyncEngine) -> None:
-        self.registry.register(PoolCollector(engine))
+    def watch_pool(self, db: Database) -> None:
+        self.registry.register(PoolCollector(db))
 
 
 class PoolCollector(Collector):
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        pool: Any = self.engine.pool
+        in_use, idle = self.db.connections()
         gauge = GaugeMetricFamily(
             "tradeops_db_pool_connections", "Database pool connections by state.", labels=["state"]
         )
-        gauge.add_metric(["in_use"], float(pool.checkedout()))
-        gauge.add_metric(["idle"], float(pool.checkedin()))
+        gauge.add_metric(["in_use"], float(in_use))
+        gauge.add_metric(["idle"], float(idle))
         yield gauge
 
 

@@ -15,10 +15,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from tradeops.db.errors import problem_for
+from tradeops.db.pool import PoolTimeout
 from tradeops.errors import PROBLEM_BASE, DomainError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"

@@ -32,7 +32,7 @@ async def test_housekeeping_signs_the_trail_and_forgets_old_idempotency_keys(
                 " WHERE key = 'old'"
             )
         )
-    await run_round(app.state.engine, settings.model_copy(update={"audit_settle_seconds": 0}))
+    await run_round(app.state.db, settings.model_copy(update={"audit_settle_seconds": 0}))
     async with owner_engine.connect() as conn:
         keys = set((await conn.execute(text("SELECT key FROM idempotency_keys"))).scalars())
         checkpoints = await conn.scalar(text("SELECT count(*) FROM audit_checkpoints"))

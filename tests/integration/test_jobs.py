@@ -71,7 +71,7 @@ async def test_a_rolled_back_order_leaves_no_job(
 ) -> None:
     principal = await trader(owner_engine, cast)
     with pytest.raises(Rollback):
-        async with unit_of_work(app.state.engine, principal) as uow:
+        async with unit_of_work(app.state.db, principal) as uow:
             created = await submit_order(uow, principal, OrderCreate.model_validate(SEED_ORDER))
             assert created.id is not None
             raise Rollback  # the request fails after the order (and its job) were written
@@ -84,12 +84,12 @@ async def test_defer_job_commits_and_rolls_back_with_its_transaction(
     app: FastAPI, owner_engine: AsyncEngine, database_url: str
 ) -> None:
     with pytest.raises(Rollback):
-        async with transaction(app.state.engine) as uow:
+        async with transaction(app.state.db) as uow:
             await defer_job(uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": 1})
             raise Rollback
     assert await jobs(owner_engine) == []
 
-    async with transaction(app.state.engine) as uow:
+    async with transaction(app.state.db) as uow:
         job_id = await defer_job(
             uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": 2}, queueing_lock="q-2"
         )
@@ -112,7 +112,7 @@ async def test_the_worker_runs_the_risk_check_to_success(
 async def test_a_failing_job_is_failed_and_logged_never_silent(
     app: FastAPI, owner_engine: AsyncEngine, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with transaction(app.state.engine) as uow:
+    async with transaction(app.state.db) as uow:
         await defer_job(uow, CHECK_ORDER_RISK, RISK_QUEUE, {"wrong_argument": 1})
 
     await run_worker(database_url, wait=False, install_signal_handlers=False)

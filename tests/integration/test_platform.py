@@ -55,6 +55,33 @@ async def test_unreachable_database_is_503(settings: Settings) -> None:
             assert "nobody" not in orders.text
 
 
+async def test_exhausted_pool_is_503_and_shows_in_the_pool_gauge(
+    settings: Settings, database_url: str
+) -> None:
+    """With every connection held, a request waits pool_timeout_seconds, then gets a 503 it
+    may retry; the gauge counts the held connection as in use."""
+    tiny = settings.model_copy(
+        update={"pool_size": 1, "pool_max_overflow": 0, "pool_timeout_seconds": 0.2}
+    )
+    app = create_app(tiny, database_url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            async with app.state.db.acquire():
+                busy = await http.get("/api/v1/orders/1", headers={"X-API-Key": "tro_x_y"})
+                gauge = (await http.get("/metrics")).text
+            assert busy.status_code == 503
+            assert busy.headers["Retry-After"] == "2"
+            assert busy.json()["type"].endswith("/database-unavailable")
+            assert 'tradeops_db_pool_connections{state="in_use"} 1.0' in gauge
+            free = await http.get("/api/v1/health-check/db")
+            assert free.status_code == 200
+            assert (
+                'tradeops_db_pool_connections{state="idle"} 1.0'
+                in (await http.get("/metrics")).text
+            )
+
+
 async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClient) -> None:
     await client.get("/api/v1/orders/12345")
     body = (await client.get("/metrics")).text

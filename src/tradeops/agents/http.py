@@ -71,7 +71,7 @@ class McpEndpoint:
         async def check(uow: UnitOfWork) -> Principal:
             return await authenticate(uow, credential, tokens, request_id)
 
-        request.state.principal = await in_transaction(request.app.state.engine, check)
+        request.state.principal = await in_transaction(request.app.state.db, check)
         await self.sessions.handle_request(scope, receive, send)
 
 
@@ -86,7 +86,7 @@ def http_caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
         await uow.set_context(principal, request_id)
         return principal
 
-    return Caller(request.app.state.engine, identify, "http", request_id)
+    return Caller(request.app.state.db, identify, "http", request_id)
 
 
 def mount_mcp(app: FastAPI, settings: Settings) -> None:

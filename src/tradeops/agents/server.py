@@ -21,11 +21,11 @@ import orjson
 import structlog
 from mcp.server import Server, ServerRequestContext
 from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tradeops.agents.tools import TOOLS, TOOLS_BY_NAME, AgentTool
 from tradeops.audit import service as audit
 from tradeops.auth.principal import Principal
+from tradeops.db.pool import Database
 from tradeops.db.uow import UnitOfWork, in_transaction, run_in_transaction
 from tradeops.errors import NotFound
 from tradeops.problems import ProblemParts, problem_parts
@@ -51,7 +51,7 @@ class UnknownTool(NotFound):
 class Caller:
     """Who calls a tool, over which transport: the only thing HTTP and stdio do differently."""
 
-    engine: AsyncEngine
+    db: Database
     # The transaction's first statement: sets the request context and returns the principal.
     identify: Callable[[UnitOfWork], Awaitable[Principal]]
     transport: Literal["http", "stdio"]
@@ -126,7 +126,7 @@ async def call(
         return result
 
     try:
-        result = await in_transaction(caller.engine, command, attempts=settings.db_retry_attempts)
+        result = await in_transaction(caller.db, command, attempts=settings.db_retry_attempts)
     except Exception as error:
         problem = problem_parts(error)
         if acting is not None:  # unidentified callers are refused before anything happens
@@ -188,6 +188,6 @@ async def _record_failure(
         await _record(uow, principal, name, arguments, caller, problem)
 
     try:
-        await run_in_transaction(caller.engine, principal, record, request_id=caller.request_id)
+        await run_in_transaction(caller.db, principal, record, request_id=caller.request_id)
     except Exception:  # the caller still gets its problem; operators get the log
         log.exception("could not audit a failed tool call", tool=name)

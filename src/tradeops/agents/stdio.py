@@ -19,7 +19,7 @@ from tradeops.auth.authentication import authenticate
 from tradeops.auth.keys import parse_key
 from tradeops.auth.principal import Principal
 from tradeops.auth.tokens import TokenService
-from tradeops.db.engine import create_engine
+from tradeops.db.pool import Database
 from tradeops.db.uow import UnitOfWork, in_transaction
 from tradeops.errors import DomainError
 from tradeops.settings import Settings
@@ -33,7 +33,7 @@ async def serve_stdio(settings: Settings, database_url: str, key: str) -> None:
     """Serve until the client closes stdin; refuse to start with a key that does not work."""
     if parse_key(key) is None:
         raise KeyRefused("TRADEOPS_API_KEY must be an agent's API key (tro_...).")
-    engine = create_engine(settings, database_url)
+    db = Database(settings, database_url)
     tokens = TokenService(settings)
 
     async def identify(uow: UnitOfWork, request_id: str | None) -> Principal:
@@ -41,15 +41,15 @@ async def serve_stdio(settings: Settings, database_url: str, key: str) -> None:
 
     def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
         request_id = f"mcp-{uuid.uuid4().hex}"
-        return Caller(engine, lambda uow: identify(uow, request_id), "stdio", request_id)
+        return Caller(db, lambda uow: identify(uow, request_id), "stdio", request_id)
 
     try:
         try:
-            await in_transaction(engine, lambda uow: identify(uow, None))
+            await in_transaction(db, lambda uow: identify(uow, None))
         except DomainError as refused:
             raise KeyRefused(f"TRADEOPS_API_KEY was refused: {refused.detail}") from None
         server = build_server(settings, caller_of)
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
     finally:
-        await engine.dispose()
+        await db.dispose()

@@ -46,7 +46,7 @@ WHERE u.active AND u.role <> 'system' AND (u.id = :user_id OR u.email = :email)
 # Risk and admin keys see every desk unless the key names some; others see the owner's
 # desks, narrowed to the key's. last_used_at is written at most once a minute per key, by
 # a separate statement, so most requests read without writing.
-_API_KEY = prepare(
+AUTHENTICATE_API_KEY = prepare(
     f"""
 SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, k.id AS key_id,
        k.scopes, k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds'
@@ -90,7 +90,7 @@ async def authenticate(
     prefix = parse_key(credential)
     if prefix is not None:
         params: dict[str, Any] = {"prefix": prefix, "hash": hash_key(credential)}
-        statement = _API_KEY
+        statement = AUTHENTICATE_API_KEY
     else:
         try:
             subject = tokens.verify(credential)

@@ -1,1 +1,2 @@
-"""Database layer: engine, unit of work with request context, embedded PostgreSQL, error mapping."""
+"""Database layer: connection pool, unit of work with request context, embedded PostgreSQL, error
+mapping."""

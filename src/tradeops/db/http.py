@@ -32,7 +32,7 @@ class TransactionalRoute(APIRoute):
 
             settings = request.app.state.settings
             return await in_transaction(
-                request.app.state.engine, respond, attempts=settings.db_retry_attempts
+                request.app.state.db, respond, attempts=settings.db_retry_attempts
             )
 
         return handle_in_transaction

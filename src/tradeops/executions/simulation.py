@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tradeops.auth.principal import Principal
+from tradeops.db.pool import Database
 from tradeops.db.prepared import prepare
 from tradeops.db.uow import Row, run_in_transaction
 from tradeops.decimals import plain
@@ -63,19 +63,17 @@ def fill_price(side: str, limit: Decimal | None, market: Decimal | None) -> Deci
 
 
 async def simulate_fills(
-    engine: AsyncEngine,
+    db: Database,
     principal: Principal,
     *,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> list[SimulatedFill]:
     """Fill every APPROVED or PARTIALLY_FILLED order in full, one transaction per order."""
-    open_orders = await run_in_transaction(engine, principal, lambda uow: uow.execute(OPEN_ORDERS))
-    return [await _fill(engine, principal, order, clock()) for order in open_orders]
+    open_orders = await run_in_transaction(db, principal, lambda uow: uow.execute(OPEN_ORDERS))
+    return [await _fill(db, principal, order, clock()) for order in open_orders]
 
 
-async def _fill(
-    engine: AsyncEngine, principal: Principal, order: Row, now: datetime
-) -> SimulatedFill:
+async def _fill(db: Database, principal: Principal, order: Row, now: datetime) -> SimulatedFill:
     price = fill_price(order.side, order.limit_price, order.market_price)
     result = SimulatedFill(
         order.id,
@@ -97,7 +95,7 @@ async def _fill(
     )
     try:
         outcome = await run_in_transaction(
-            engine, principal, lambda uow: record_execution(uow, principal, order.id, fill)
+            db, principal, lambda uow: record_execution(uow, principal, order.id, fill)
         )
     except DomainError as refused:  # e.g. cancelled meanwhile: report it, fill the others
         return replace(result, outcome=refused.detail)

@@ -5,9 +5,8 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tradeops.db.pool import Database
 from tradeops.problems import Problem, problem_response
 
 router = APIRouter(tags=["health"])
@@ -24,9 +23,9 @@ class Readiness(BaseModel):
     migration: str | None = None
 
 
-async def _schema_revision(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as connection:
-        revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+async def _schema_revision(db: Database) -> str | None:
+    async with db.acquire() as connection:
+        revision = await connection.fetchval("SELECT version_num FROM alembic_version")
         return str(revision) if revision is not None else None
 
 
@@ -41,7 +40,7 @@ async def ready(request: Request) -> Readiness | Response:
     """Ready for traffic: the database answers and its schema is at the migrations' head."""
     try:
         revision = await asyncio.wait_for(
-            _schema_revision(request.app.state.engine), DB_CHECK_TIMEOUT_SECONDS
+            _schema_revision(request.app.state.db), DB_CHECK_TIMEOUT_SECONDS
         )
     except Exception:
         return problem_response(
@@ -75,8 +74,8 @@ async def database_check(request: Request) -> Readiness | Response:
     """The database answers a query: `{"status": "ok", "db": "reachable"}`, else 503."""
     try:
         async with asyncio.timeout(DB_CHECK_TIMEOUT_SECONDS):
-            async with request.app.state.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
+            async with request.app.state.db.acquire() as connection:
+                await connection.fetchval("SELECT 1")
     except Exception:
         return problem_response(
             request,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from procrastinate import App, PsycopgConnector
 
-from tradeops.db.engine import create_engine
+from tradeops.db.pool import Database
 from tradeops.db.urls import libpq_url
 from tradeops.settings import Settings, get_settings
 
@@ -28,12 +28,12 @@ async def run_worker(
 ) -> None:
     """Run jobs from every queue; with wait=False, return once the queues are empty.
 
-    Tasks reach the application's database the way requests do, through an engine (and the
+    Tasks reach the application's database the way requests do, through the pool (and the
     settings) handed to them in the job context."""
     import tradeops.jobs.tasks  # noqa: F401  (registers the tasks)
 
     settings = settings or get_settings()
-    engine = create_engine(settings, database_url)
+    db = Database(settings, database_url)
     try:
         with app.replace_connector(connector_for(database_url)):
             async with app.open_async():
@@ -42,7 +42,7 @@ async def run_worker(
                     wait=wait,
                     install_signal_handlers=install_signal_handlers,
                     name="tradeops-worker",
-                    additional_context={"engine": engine, "settings": settings},
+                    additional_context={"db": db, "settings": settings},
                 )
     finally:
-        await engine.dispose()
+        await db.dispose()

@@ -15,9 +15,9 @@ import asyncpg
 import psycopg
 import structlog
 from procrastinate import JobContext, RetryStrategy
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tradeops.auth.principal import SYSTEM
+from tradeops.db.pool import Database
 from tradeops.db.uow import run_in_transaction
 from tradeops.jobs.app import app
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
@@ -39,9 +39,9 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 RETRY = RetryStrategy(max_attempts=5, exponential_wait=2, retry_exceptions=TRANSIENT_ERRORS)
 
 
-def _engine(context: JobContext) -> AsyncEngine:
-    engine: AsyncEngine = context.additional_context["engine"]
-    return engine
+def _database(context: JobContext) -> Database:
+    db: Database = context.additional_context["db"]
+    return db
 
 
 def _job_request_id(context: JobContext) -> str:
@@ -58,7 +58,7 @@ async def _on_final_failure(context: JobContext, error: Exception) -> None:
     if not isinstance(order_id, int):
         return  # a malformed job names no order; the log line is all there is to show
     await run_in_transaction(
-        _engine(context),
+        _database(context),
         SYSTEM,
         lambda uow: risk.record_check_error(uow, order_id, type(error).__name__),
         request_id=_job_request_id(context),
@@ -101,7 +101,7 @@ async def check_order_risk(context: JobContext, order_id: int) -> None:
     """The pre-trade risk check of one order: PASSED or FAILED with reasons, once."""
     settings: Settings = context.additional_context["settings"]
     await run_in_transaction(
-        _engine(context),
+        _database(context),
         SYSTEM,
         lambda uow: risk.check_order(uow, order_id, default_fat_finger_pct=settings.fat_finger_pct),
         request_id=_job_request_id(context),
