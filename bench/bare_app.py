@@ -5,6 +5,12 @@ No FastAPI, no SQLAlchemy, no pydantic on the request path: JSON in and out with
 one SQL statement per request in autocommit. The SQL is our app's own, compiled by SQLAlchemy
 once at startup (see our_sql()). Clients and instruments are looked up once, at startup.
 
+With --same-work it does the database work our server does for the request, and nothing
+else: a transaction, our API key statement (which authenticates, switches to the application
+role and sets the request context), the same order statements with the key's desks, for an
+order the risk job deferred in the same transaction, commit. That isolates what our stack
+(FastAPI, pydantic, middleware, logging, metrics) costs beyond its SQL.
+
     BARE_DATABASE_URL=postgresql://... python bench/bare_app.py --host 127.0.0.1 --port 8001
 """
 
@@ -27,6 +33,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tradeops.auth.authentication import AUTHENTICATE_API_KEY
+from tradeops.auth.keys import hash_key, parse_key
+from tradeops.db.uow import APP_ROLE
+from tradeops.jobs.defer import CHECK_ORDER_RISK, DEFER_JOB, RISK_QUEUE
 from tradeops.orders.repository import CREATED_FIELDS
 
 # Our engine: pool_size=10 + max_overflow=10, i.e. 10 kept and up to 20 under load
@@ -135,6 +145,11 @@ async def init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+async def keep_session(connection: asyncpg.Connection) -> None:
+    """As our pool: no RESET ALL round trip when a connection goes back (asyncpg has already
+    rolled back anything left open)."""
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     pool = await asyncpg.create_pool(
@@ -143,6 +158,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         max_size=POOL_MAX_SIZE,
         server_settings=SERVER_SETTINGS,
         init=init_connection,
+        reset=keep_session,
     )
     app.state.pool = pool
     app.state.clients = {
@@ -156,6 +172,60 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         await pool.close()
+
+
+async def principal_of(
+    request: Request, connection: asyncpg.Connection, request_id: str
+) -> asyncpg.Record | None:
+    """--same-work: our API key statement for the bearer key (the key's user and desks); it
+    also switches the transaction to the application role and sets the request context."""
+    credential = request.headers.get("authorization", "").removeprefix("Bearer ")
+    prefix = parse_key(credential)
+    if prefix is None:
+        return None
+    parameters = {
+        "prefix": prefix,
+        "hash": hash_key(credential),
+        "app_role": APP_ROLE,
+        "request_id": request_id,
+    }
+    return await connection.fetchrow(
+        AUTHENTICATE_API_KEY.sql, *AUTHENTICATE_API_KEY.arguments(parameters)
+    )
+
+
+class NotAuthenticated(Exception):
+    pass
+
+
+async def read(request: Request, method: str, sql: str, key: Any) -> Any:
+    """`sql` for one order or client, by `method` (fetchrow, fetchval): for all desks in
+    autocommit, or with --same-work in a transaction, for the bearer key's desks."""
+    if not request.app.state.same_work:
+        return await getattr(request.app.state.pool, method)(sql, key, True, [])
+    async with request.app.state.pool.acquire() as connection, connection.transaction():
+        principal = await principal_of(request, connection, uuid.uuid4().hex)
+        if principal is None:
+            raise NotAuthenticated
+        run = getattr(connection, method)
+        return await run(sql, key, principal["all_desks"], principal["desk_ids"])
+
+
+async def not_authenticated(request: Request, error: Exception) -> Response:
+    return problem(401, "Not authenticated.")
+
+
+async def defer_risk_check(connection: asyncpg.Connection, order_id: int) -> None:
+    """--same-work: our risk check job for the new order, in the order's transaction."""
+    parameters = {
+        "queue": RISK_QUEUE,
+        "task_name": CHECK_ORDER_RISK,
+        "priority": 0,
+        "lock": f"order:{order_id}",
+        "queueing_lock": None,
+        "args": orjson.dumps({"order_id": order_id}).decode(),
+    }
+    await connection.fetchval(DEFER_JOB.sql, *DEFER_JOB.arguments(parameters))
 
 
 async def create_order(request: Request) -> Response:
@@ -189,9 +259,29 @@ async def create_order(request: Request) -> Response:
         "event_payload": orjson.dumps({"request_id": request_id}).decode(),
         "request_id": request_id,
     }
-    row = await request.app.state.pool.fetchrow(
-        INSERT_ORDER, *[parameters[name] for name in INSERT_PARAMETERS]
-    )
+    created_by = SYSTEM_EMAIL
+    if not request.app.state.same_work:
+        row = await request.app.state.pool.fetchrow(
+            INSERT_ORDER, *[parameters[name] for name in INSERT_PARAMETERS]
+        )
+    else:
+        async with request.app.state.pool.acquire() as connection, connection.transaction():
+            principal = await principal_of(request, connection, request_id)
+            if principal is None:
+                raise NotAuthenticated
+            created_by = principal["email"]
+            parameters |= {
+                "all_desks": principal["all_desks"],
+                "desk_ids": principal["desk_ids"],
+                "created_by": principal["user_id"],
+                "created_by_key_id": principal["key_id"],
+                "actor": f"user:{principal['user_id']}/key:{principal['key_id']}",
+            }
+            row = await connection.fetchrow(
+                INSERT_ORDER, *[parameters[name] for name in INSERT_PARAMETERS]
+            )
+            if row is not None and row["id"] is not None:
+                await defer_risk_check(connection, row["id"])
     if row is None or row["id"] is None:
         return problem(409, f"client_order_id {client_order_id} was already used.")
     order = {
@@ -207,7 +297,7 @@ async def create_order(request: Request) -> Response:
         "currency": instrument.currency,
         "avg_fill_price": None,
         "client_order_id": client_order_id,
-        "created_by": SYSTEM_EMAIL,
+        "created_by": created_by,
         "reviewed_by": None,
         "approved_by": None,
     }
@@ -217,7 +307,7 @@ async def create_order(request: Request) -> Response:
 
 async def get_order(request: Request) -> Response:
     order_id: int = request.path_params["order_id"]
-    row = await request.app.state.pool.fetchrow(SELECT_ORDER, order_id, True, [])
+    row = await read(request, "fetchrow", SELECT_ORDER, order_id)
     if row is None:
         return problem(404, f"No order {order_id}.")
     return json_response(dict(row), headers={"ETag": f'"{row["version"]}"'})
@@ -225,7 +315,7 @@ async def get_order(request: Request) -> Response:
 
 async def get_portfolio(request: Request) -> Response:
     client_id: str = request.path_params["client_id"]
-    document = await request.app.state.pool.fetchval(SELECT_PORTFOLIO, client_id, True, [])
+    document = await read(request, "fetchval", SELECT_PORTFOLIO, client_id)
     if document is None:
         return problem(404, f"No client {client_id}.")
     return Response(document, media_type="application/json")
@@ -244,6 +334,7 @@ app = Starlette(
         Route("/health/ready", ready, methods=["GET"]),
     ],
     lifespan=lifespan,
+    exception_handlers={NotAuthenticated: not_authenticated},
 )
 
 
@@ -251,7 +342,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument(
+        "--same-work",
+        action="store_true",
+        help="authenticate the bearer API key and run our statements in a transaction",
+    )
     args = parser.parse_args()
+    app.state.same_work = args.same_work
     # As `tradeops serve`: one worker, uvicorn's defaults (uvloop + httptools), no access log.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, access_log=False)
 

@@ -38,7 +38,7 @@ from tradeops.auth.api_keys import ApiKeyCreate
 from tradeops.auth.principal import SYSTEM
 from tradeops.db import migrate
 from tradeops.db.embedded import ensure_database, start_embedded
-from tradeops.db.engine import create_engine
+from tradeops.db.pool import Database
 from tradeops.db.uow import UnitOfWork, run_in_transaction
 from tradeops.db.urls import libpq_url
 from tradeops.demo import load_demo_data, load_demo_users
@@ -216,7 +216,7 @@ async def load_demo(url: str) -> dict[str, int]:
     """Demo data and users, an API key for the demo agent (orders:read, orders:write,
     positions:read), a market data feed's key (the demo admin's, marketdata:write), and the
     book of portfolio_500."""
-    engine = create_engine(Settings(), url)
+    db = Database(Settings(), url)
     key = ApiKeyCreate(
         name="bench",
         scopes=["orders:read", "orders:write", "positions:read"],
@@ -235,9 +235,9 @@ async def load_demo(url: str) -> dict[str, int]:
         return added
 
     try:
-        return await run_in_transaction(engine, SYSTEM, load)
+        return await run_in_transaction(db, SYSTEM, load)
     finally:
-        await engine.dispose()
+        await db.dispose()
 
 
 def postgres_version(url: str) -> str:
@@ -508,8 +508,9 @@ def ratio(ours: RunResult, bare: RunResult) -> float:
     return ours.rps / bare.rps if bare.rps else 0.0
 
 
-def verdict(scenario: Scenario, ours: RunResult, bare: RunResult) -> str:
-    if ours.errors or bare.errors:
+def verdict(scenario: Scenario, ours: RunResult, bare: RunResult, same: RunResult) -> str:
+    """The issue's targets, against the bare peer; any error in any of the three: ERRORS."""
+    if ours.errors or bare.errors or same.errors:
         return "ERRORS"
     met = []
     if scenario.target_ratio is not None:
@@ -531,13 +532,14 @@ def target_text(row: dict[str, Any]) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    table = Table(title="ours vs bare (Starlette + asyncpg)")
+    table = Table(title="ours vs bare (Starlette + asyncpg) and vs same-work (bare + our SQL)")
     columns = ["scenario", "ours req/s", "p50 ms", "p99 ms", "bare req/s", "p50 ms", "p99 ms"]
-    for column in [*columns, "ratio", "target", "result"]:
+    columns += ["ratio", "target", "result", "same-work req/s", "p99 ms", "ratio"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "scenario" else "right")
     colors = {"PASS": "green", "FAIL": "yellow", "ERRORS": "red", "-": "dim"}
     for row in rows:
-        ours, bare = row["ours"], row["bare"]
+        ours, bare, same = row["ours"], row["bare"], row["same_work"]
         table.add_row(
             row["name"],
             f"{ours['rps']:.1f}",
@@ -549,15 +551,18 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{row['ratio_rps']:.2f}",
             target_text(row),
             f"[{colors[row['result']]}]{row['result']}[/]",
+            f"{same['rps']:.1f}",
+            f"{same['p99_ms']:.2f}",
+            f"{row['ratio_same_work']:.2f}",
         )
     console.print(table)
     for row in rows:
-        for side in ("ours", "bare"):
+        for side in ("ours", "bare", "same_work"):
             if row[side]["errors"]:
                 console.print(
                     f"[red]{row['name']} {side}: {row[side]['errors']} errors "
                     f"{row[side]['errors_by_kind']} (status = non-2xx responses; server log: "
-                    f"bench/.work/{side}.log)[/red]"
+                    f"bench/.work/{side.removesuffix('_work')}.log)[/red]"
                 )
 
 
@@ -620,18 +625,33 @@ def run(args: argparse.Namespace) -> int:
                 {},
             )
         )
+        same = stack.enter_context(
+            running_server(
+                "same",
+                [str(BIN / "python"), str(BENCH / "bare_app.py"), "--same-work", "--host", HOST],
+                {
+                    "BARE_DATABASE_URL": libpq_url(url),
+                    "BARE_POOL_MIN_SIZE": str(pool_min),
+                    "BARE_POOL_MAX_SIZE": str(pool_max),
+                },
+                our_headers(),
+            )
+        )
         for scenario in scenarios:
             ours_result = measure(wrk, ours, scenario, settings)
             bare_result = measure(wrk, bare, scenario, settings)
+            same_result = measure(wrk, same, scenario, settings)
             rows.append(
                 {
                     "name": scenario.name,
                     "ours": asdict(ours_result),
                     "bare": asdict(bare_result),
+                    "same_work": asdict(same_result),
                     "ratio_rps": round(ratio(ours_result, bare_result), 3),
+                    "ratio_same_work": round(ratio(ours_result, same_result), 3),
                     "target_ratio": scenario.target_ratio,
                     "target_p99_ms": scenario.target_p99_ms,
-                    "result": verdict(scenario, ours_result, bare_result),
+                    "result": verdict(scenario, ours_result, bare_result, same_result),
                 }
             )
         if not args.only or BULK_STEP in args.only:
