@@ -62,7 +62,7 @@ SEED_ORDER = {
     "price": 192.55,
 }
 
-console = Console(width=None if sys.stdout.isatty() else 120)  # a log file gets the full table
+console = Console(width=None if sys.stdout.isatty() else 160)  # a log file gets the full table
 
 
 class BenchError(Exception):
