@@ -95,7 +95,7 @@ def test_session_cookie_is_secure_outside_dev_and_test() -> None:
     )
     sessions = Sessions(prod)
     response = Response()
-    sessions.save(response, sessions.start(7, "approver"))
+    sessions.save(response, sessions.start(7, "approver", 0))
     cookie = response.headers["set-cookie"].lower()
     assert "; secure" in cookie and "; httponly" in cookie and "samesite=lax" in cookie
 
@@ -220,10 +220,22 @@ async def test_sign_out_ends_the_session_and_is_audited(
     person: OpenPerson, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
     approver = await person("approver@test.bank")
+    copied = approver.cookies[COOKIE]
+    elsewhere = await person("approver@test.bank")  # the same person in another browser
+    other_user = await person("approver.fi@test.bank")
     out = await post_form(approver, "/ui/orders", "/ui/sign-out")
     assert out.status_code == 303
     assert out.headers["location"] == "/ui/sign-in"
     assert (await approver.get("/ui/orders")).status_code == 303
+    # Ended on the server: a copy of the cookie and the person's other sessions are refused.
+    approver.cookies.set(COOKIE, copied)
+    replayed = await approver.get("/ui/orders")
+    assert replayed.status_code == 303
+    assert replayed.headers["location"].startswith("/ui/sign-in")
+    assert (await elsewhere.get("/ui/orders")).status_code == 303
+    assert (await other_user.get("/ui/orders")).status_code == 200, "nobody else's"
+    again = await person("approver@test.bank")
+    assert (await again.get("/ui/orders")).status_code == 200
     async with owner_engine.connect() as conn:
         signed_out = text("SELECT actor FROM audit_events WHERE action = 'ui.signed_out'")
         actors = (await conn.execute(signed_out)).scalars().all()

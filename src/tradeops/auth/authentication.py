@@ -32,7 +32,8 @@ _SET_CONTEXT_COLUMNS = """
 _PERSON = prepare(
     f"""
 SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, NULL::bigint AS key_id,
-       NULL::text[] AS scopes, false AS touch, {_SET_CONTEXT_COLUMNS}
+       NULL::text[] AS scopes, false AS touch, u.page_session_generation,
+       {_SET_CONTEXT_COLUMNS}
 FROM users u
 CROSS JOIN LATERAL (
     SELECT COALESCE(array_agg(m.desk_id ORDER BY m.desk_id), '{{}}') AS desk_ids,
@@ -110,13 +111,15 @@ async def authenticate(
 
 
 async def authenticate_user(
-    uow: UnitOfWork, user_id: int, request_id: str | None
+    uow: UnitOfWork, user_id: int, page_session_generation: int, request_id: str | None
 ) -> Principal | None:
-    """The principal of an active person by id, for a signed-in page session; None when the
-    user is gone or deactivated. Desks and role are read now, so changes apply at once."""
+    """The principal of an active person by id, for a page session begun in
+    `page_session_generation`; None when the user is gone or deactivated, or has signed out
+    since. Desks and role are read now, so changes apply at once."""
     params = {"user_id": user_id, "email": None, "app_role": APP_ROLE}
     row = await uow.one_or_none(_PERSON, {**params, "request_id": request_id or ""})
-    if row is None:
+    if row is None or row.page_session_generation != page_session_generation:
+        # The context this statement set dies with the transaction: the request fails.
         return None
     principal = _principal(row)
     uow.principal, uow.request_id = principal, request_id

@@ -27,6 +27,7 @@ class User(Base):
         CheckConstraint(f"role IN {ROLES}", name="role"),
         CheckConstraint("email = lower(email) AND position('@' IN email) > 1", name="email"),
         CheckConstraint("failed_logins >= 0", name="failed_logins"),
+        CheckConstraint("page_session_generation >= 0", name="page_session_generation"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(start=1), primary_key=True)
@@ -37,6 +38,8 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     failed_logins: Mapped[int] = mapped_column(Integer, server_default="0")
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Page sessions (cookies) carry the generation they began in; signing out moves it on.
+    page_session_generation: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[CreatedAt]
 
 

@@ -82,7 +82,7 @@ async def issue_token(
             detail=error.detail,
             headers=error.extensions["headers"],
         )
-    token, ttl = request.app.state.tokens.issue(*signed_in)
+    token, ttl = request.app.state.tokens.issue(signed_in.user_id, signed_in.role)
     return AccessToken(access_token=token, expires_in=ttl)
 
 

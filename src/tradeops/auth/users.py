@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
@@ -182,7 +182,7 @@ async def _replace_desks(uow: UnitOfWork, user_id: int, desk_codes: list[str]) -
 
 # Sign-in runs before any principal exists, as the login role: the only reader of hashes.
 _LOGIN_LOOKUP = text(
-    "SELECT id, role, password_hash, active,"
+    "SELECT id, role, password_hash, active, page_session_generation,"
     " GREATEST(0, ceil(extract(epoch FROM locked_until - now())))::int AS locked_for"
     " FROM users WHERE email = :email AND role <> 'system'"
 )
@@ -199,10 +199,16 @@ _LOGIN_SUCCEEDED = text(
 )
 
 
+class SignedIn(NamedTuple):
+    user_id: int
+    role: str
+    page_session_generation: int  # for a page session begun now
+
+
 async def sign_in(
     uow: UnitOfWork, email: str, password: str, *, max_failures: int, lockout_seconds: int
-) -> tuple[int, str] | None:
-    """(user id, role) for the right password; None otherwise. Locked accounts get 429.
+) -> SignedIn | None:
+    """Who signed in, for the right password; None otherwise. Locked accounts get 429.
 
     Failures are counted per account; from the `max_failures`-th in a row the account is
     locked for `lockout_seconds`, doubling with each further failure (at most 15 minutes).
@@ -236,4 +242,14 @@ async def sign_in(
     await uow.execute(_LOGIN_SUCCEEDED, {"id": row.id})
     log.info("sign-in succeeded", user_id=row.id)
     await audit.record(uow, None, "login.succeeded", "login", email.lower(), actor=f"user:{row.id}")
-    return row.id, row.role
+    return SignedIn(row.id, row.role, row.page_session_generation)
+
+
+_END_PAGE_SESSIONS = text("SELECT end_page_sessions()")
+
+
+async def end_page_sessions(uow: UnitOfWork) -> None:
+    """Sign the acting user out of every page session (the cookies carry the generation that
+    this moves on); the database function touches no other user."""
+    if await uow.scalar(_END_PAGE_SESSIONS) is None:
+        raise LookupError("no acting user to sign out")

@@ -70,10 +70,12 @@ def _read_session(request: Request) -> PageSession | None:
 async def signed_in(request: Request, uow: LoginUoW) -> SignedIn:
     """The person the session cookie stands for, read afresh, with the request context set."""
     session = _read_session(request)
-    if session is None or session.user_id is None:
+    if session is None or session.user_id is None or session.generation is None:
         raise SignInRequired("Sign in to continue.")
-    principal = await authenticate_user(uow, session.user_id, request.state.request_id)
-    # A deactivated user, or one whose role changed since signing in, signs in again.
+    principal = await authenticate_user(
+        uow, session.user_id, session.generation, request.state.request_id
+    )
+    # A deactivated user, one whose role changed or who signed out since, signs in again.
     if principal is None or principal.role.value != session.role:
         raise SignInRequired("Your session has ended; sign in again.")
     request.state.principal = principal
@@ -149,8 +151,10 @@ async def sign_in(request: Request, uow: LoginUoW) -> Response:
 
 @router.post("/sign-out")
 async def sign_out(request: Request, person: Person, form: CheckedForm) -> Response:
-    """Ends the session in this browser; audited beside the sign-in it closes."""
+    """Ends the user's page sessions, this browser's and any copy of its cookie (the user's
+    other browsers too); audited beside the sign-in it closes."""
     me = person.principal
+    await users.end_page_sessions(person.uow)
     await audit.record(person.uow, me, "ui.signed_out", "user", me.user_id)
     response = RedirectResponse("/ui/sign-in", status_code=303)
     _sessions(request).end(response)

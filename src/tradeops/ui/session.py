@@ -2,10 +2,12 @@
 
 The cookie is a JWT signed with a key derived from TRADEOPS_SECRET_KEY for this use only and
 addressed to its own audience, so a session cookie is never an API bearer token nor the
-reverse. It holds the user id, role, expiry and the session's CSRF token; each request still
-reads the user from the database (active, role, desks), so deactivating a user or changing
-their role ends their session at once. Before sign-in the cookie holds a CSRF token only,
-which protects the sign-in form itself; signing in replaces it with a new one.
+reverse. It holds the user id, role, page session generation, expiry and the session's CSRF
+token; each request still reads the user from the database (active, role, desks,
+generation), so deactivating a user, changing their role or their signing out (which moves
+the generation on) ends their sessions at once, copies of the cookie included. Before
+sign-in the cookie holds a CSRF token only, which protects the sign-in form itself; signing
+in replaces it with a new one.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class PageSession:
     expires_at: int
     user_id: int | None = None
     role: str | None = None
+    generation: int | None = None
 
     @property
     def signed_in(self) -> bool:
@@ -48,13 +51,16 @@ class Sessions:
         self._ttl = settings.ui_session_minutes * 60
         self._secure = settings.env not in PLAIN_HTTP_ENVS
 
-    def start(self, user_id: int | None = None, role: str | None = None) -> PageSession:
+    def start(
+        self, user_id: int | None = None, role: str | None = None, generation: int | None = None
+    ) -> PageSession:
         """A new session with a new CSRF token (also at sign-in: no token outlives it)."""
         return PageSession(
             csrf=secrets.token_urlsafe(32),
             expires_at=int(time.time()) + self._ttl,
             user_id=user_id,
             role=role,
+            generation=generation,
         )
 
     def read(self, cookie: str | None) -> PageSession | None:
@@ -72,13 +78,17 @@ class Sessions:
         except jwt.PyJWTError:
             return None
         subject, role, csrf = claims.get("sub"), claims.get("role"), claims["csrf"]
-        if not isinstance(csrf, str) or (subject is not None and not str(subject).isdigit()):
+        generation = claims.get("gen")
+        if not isinstance(csrf, str):
             return None
+        if subject is not None and not (str(subject).isdigit() and type(generation) is int):
+            return None  # a signed-in session names its user and generation
         return PageSession(
             csrf=csrf,
             expires_at=int(claims["exp"]),
             user_id=None if subject is None else int(subject),
             role=role if isinstance(role, str) else None,
+            generation=generation if subject is not None else None,
         )
 
     def save(self, response: Response, session: PageSession) -> None:
@@ -88,7 +98,11 @@ class Sessions:
             "csrf": session.csrf,
         }
         if session.user_id is not None:
-            claims |= {"sub": str(session.user_id), "role": session.role}
+            claims |= {
+                "sub": str(session.user_id),
+                "role": session.role,
+                "gen": session.generation,
+            }
         response.set_cookie(
             COOKIE,
             jwt.encode(claims, self._key, ALGORITHM),
