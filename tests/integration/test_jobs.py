@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -13,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast
 from tradeops.auth.principal import Principal, Role
+from tradeops.db.pool import PoolTimeout
 from tradeops.db.uow import transaction, unit_of_work
 from tradeops.jobs.app import run_worker
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
+from tradeops.jobs.tasks import RETRY
 from tradeops.orders.schemas import OrderCreate
 from tradeops.orders.service import submit_order
 
@@ -121,3 +124,11 @@ async def test_a_failing_job_is_failed_and_logged_never_silent(
     assert job.status == "failed"  # a TypeError is not transient: no retry
     logged = capsys.readouterr().out
     assert "job_failed" in logged and "TypeError" in logged and "will_retry" in logged
+
+
+def test_a_busy_pool_or_a_lost_connection_is_retried_a_bug_is_not() -> None:
+    transient = [PoolTimeout("busy"), asyncpg.TooManyConnectionsError(), ConnectionResetError()]
+    retried = tuple(RETRY.retry_exceptions or ())
+    for error in transient:
+        assert isinstance(error, retried), error
+    assert not isinstance(TypeError("bug"), retried)

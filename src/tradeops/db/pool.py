@@ -21,8 +21,9 @@ from tradeops.db.urls import libpq_url
 from tradeops.settings import Settings
 
 
-class PoolTimeout(Exception):
-    """No connection became free within the pool timeout: nothing was done, retry later."""
+class PoolTimeout(TimeoutError):
+    """No connection became free within the pool timeout: nothing was done, retry later (jobs
+    retry a TimeoutError on their own)."""
 
 
 async def _set_codecs(connection: asyncpg.Connection) -> None:

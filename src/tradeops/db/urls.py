@@ -11,7 +11,7 @@ def _with_driver(url: str, driver: str) -> URL:
 
 
 def asyncpg_url(url: str) -> URL:
-    """The URL for the application's async engine (asyncpg)."""
+    """The URL for a SQLAlchemy async engine on asyncpg (tests arrange data through one)."""
     return _with_driver(url, "asyncpg")
 
 
