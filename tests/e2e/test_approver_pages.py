@@ -110,7 +110,7 @@ async def test_approver_approves_an_agents_order_and_rejects_another_with_a_reas
     await expect(advice).to_contain_text(AGENT_ADVICE["note"])
     await expect(advice).to_contain_text("agent@test.bank")
     await expect(page.locator('[data-field="notional"]')).to_contain_text("9,627.50 USD")
-    await expect(page.locator('[data-field="latest-price"]')).to_contain_text("193.1 USD")
+    await expect(page.locator('[data-field="latest-price"]')).to_contain_text("193.10 USD")
     await page.screenshot(path=artifacts / "order.png", full_page=True)
 
     await page.get_by_label("Note (optional)").fill("Checked with the desk")
