@@ -96,7 +96,7 @@ async def test_the_queue_fits_the_screen_and_sign_out_is_in_reach(
 
 
 async def test_a_large_approval_asks_to_confirm_before_it_is_made(
-    page: Page, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+    page: Page, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, artifacts: Path
 ) -> None:
     order_id = await agent_order(client, cast, owner_engine, quantity=6000)  # 1,155,300 USD
     await page.set_viewport_size({"width": PHONE, "height": 800})
@@ -106,9 +106,12 @@ async def test_a_large_approval_asks_to_confirm_before_it_is_made(
     await page.get_by_label("Note (optional)").fill("Block trade agreed with the client")
     await page.get_by_role("button", name="Approve").click()
 
+    await expect(page.get_by_role("alert")).to_contain_text("needs your confirmation")
     asking = page.locator('[data-field="confirm-approval"]')
     await expect(asking).to_contain_text("The notional, 1,155,300.00 USD, is above 1,000,000.00")
     assert await status_of(client, cast, order_id) == "REVIEWED", "nothing approved yet"
+    await asking.scroll_into_view_if_needed()
+    await page.screenshot(path=artifacts / "ui-confirm-390.png")
     await expect(page.get_by_label("Note (optional)")).to_have_value(
         "Block trade agreed with the client"
     )

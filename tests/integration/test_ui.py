@@ -650,6 +650,7 @@ async def test_a_large_approval_needs_a_confirming_second_submit(
     first = await post_form(approver, page, f"{page}/approve", version="2", note="big one")
     assert first.status_code == 409, "asked to confirm, nothing approved"
     assert "The notional, 1,155,300.00 USD, is above 1,000,000.00 USD." in first.text
+    assert f"Approving order #{order_id} needs your confirmation" in first.text
     assert '<input type="hidden" name="confirm" value="1">' in first.text
     assert ">big one</textarea>" in first.text, "the note is kept for the second submit"
     assert await status_of(client, cast, order_id) == "REVIEWED"
