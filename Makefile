@@ -5,13 +5,13 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 
-.PHONY: help run test lint format bench deps clean chromium
+.PHONY: help run test lint format bench deps clean reset chromium
 
-help:
-	@echo "make run    - embedded PostgreSQL, migrations, demo data, server on :8000"
-	@echo "make test   - the whole suite on real PostgreSQL (TRADEOPS_TEST_DATABASE_URL or embedded)"
-	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
-	@echo "make bench  - load benchmarks against a bare asyncpg app (results in bench/results)"
+# Every target documents itself with a `## what it does` after its prerequisites; `make help`
+# lists them all, so a new target shows up without touching this one
+# (tests/unit/test_makefile.py checks none is missing).
+help: ## this list
+	@awk 'BEGIN { FS = ":[^#]*## " } /^[a-zA-Z][a-zA-Z0-9_-]*:[^=].*## / { printf "make %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 # uv itself, in a private tool venv when the machine has none.
 $(CURDIR)/.tools/bin/uv:
@@ -22,17 +22,17 @@ $(CURDIR)/.tools/bin/uv:
 	$(UV) sync --frozen
 	@touch $@
 
-deps: .venv/.synced
+deps: .venv/.synced ## install Python and the dependencies into .venv (uv sync --frozen)
 
-run: deps
+run: deps ## embedded PostgreSQL in .tradeops/, migrations, demo data, server on :8000
 	$(UV) run --frozen tradeops dev
 
-test: deps chromium
+test: deps chromium ## the whole suite on real PostgreSQL (TRADEOPS_TEST_DATABASE_URL or embedded)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 # The browser tests (tests/e2e) drive Debian's chromium; Playwright never downloads a browser.
 CHROMIUM := /usr/bin/chromium
-chromium:
+chromium: ## install Debian's chromium for the browser tests, when missing
 	@if [ ! -x $(CHROMIUM) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing chromium for the browser tests (apt-get install chromium)"; \
@@ -43,17 +43,35 @@ chromium:
 	  fi; \
 	fi
 
-lint: deps
+lint: deps ## ruff check, ruff format --check, mypy --strict
 	$(UV) run --frozen ruff check src tests bench
 	$(UV) run --frozen ruff format --check src tests bench
 	$(UV) run --frozen mypy src
 
-format: deps
+format: deps ## ruff check --fix, ruff format
 	$(UV) run --frozen ruff check --fix src tests bench
 	$(UV) run --frozen ruff format src tests bench
 
-bench: deps
+bench: deps ## load benchmarks against a bare asyncpg app (results in bench/results)
 	$(UV) run --frozen python bench/run.py $(BENCH_ARGS)
 
-clean:
+# Where `make run` keeps the embedded PostgreSQL (TRADEOPS_HOME); reset removes only the
+# servers' data directories in it, whatever TRADEOPS_HOME points at.
+TRADEOPS_DIR := $(or $(TRADEOPS_HOME),.tradeops)
+
+clean: ## remove .venv, .tools and caches; keeps .tradeops/ (make reset removes it)
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
+	@echo "Kept $(TRADEOPS_DIR)/ (the embedded database, its demo data and logins)."
+	@echo "To start from nothing: make reset (or rm -rf $(TRADEOPS_DIR)), then make run."
+
+reset: ## delete .tradeops/: the embedded database, its demo data and logins (make run makes new ones)
+	@for data in "$(TRADEOPS_DIR)/pgdata" "$(TRADEOPS_DIR)/test-pgdata"; do \
+	  if [ -f "$$data/postmaster.pid" ] && kill -0 "$$(head -1 "$$data/postmaster.pid")" 2>/dev/null; then \
+	    echo "The embedded PostgreSQL in $$data is running: stop make run (or the tests) first."; \
+	    exit 1; \
+	  fi; \
+	done
+	@echo "Removing $(TRADEOPS_DIR)/pgdata and $(TRADEOPS_DIR)/test-pgdata: orders, audit trail," \
+	  "demo data and demo logins. The next make run creates them afresh and prints new logins."
+	rm -rf "$(TRADEOPS_DIR)/pgdata" "$(TRADEOPS_DIR)/test-pgdata"
+	@rmdir "$(TRADEOPS_DIR)" 2>/dev/null || true

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     audit_key: SecretStr = SecretStr(DEFAULT_AUDIT_KEY)
     token_ttl_minutes: int = 30
     ui_session_minutes: int = Field(default=480, ge=1, description="Signed-in page session")
+    # Approving an order above this notional (in the order's currency) on the pages takes a
+    # second, confirming submit: a fat finger that passed the checks still gets a second look.
+    ui_confirm_notional: Decimal = Field(default=Decimal(1_000_000), gt=0)
     jwt_issuer: str = "tradeops"
     jwt_audience: str = "tradeops-api"
     oidc_issuer: str | None = None

@@ -1,14 +1,12 @@
 """An approver and a maker at the /ui pages in a real browser, against a live server on the
 test database. Orders are arranged through the API as an agent submits them.
 
-Screenshots of the queue and of an order page land in tests/artifacts (git-ignored); with
-TRADEOPS_DOCS_SCREENSHOT=1 the queue's also replaces docs/ui-queue.png for the README.
+Screenshots of the queue and of an order page land in tests/artifacts (git-ignored); the
+ones in docs/ come from test_pages_fit_the_screen.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import httpx
@@ -25,7 +23,6 @@ from tradeops.settings import Settings
 
 pytestmark = pytest.mark.slow
 
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "ui-queue.png"
 PRICES = {
     "snapshots": [
         {"symbol": "AAPL", "price": "193.10", "as_of": "2026-11-23T14:30:00Z", "source": "feed"},
@@ -100,8 +97,6 @@ async def test_approver_approves_an_agents_order_and_rejects_another_with_a_reas
     # A short viewport: the full-page screenshot is then as tall as the content.
     await page.set_viewport_size({"width": 1360, "height": 480})
     await page.screenshot(path=artifacts / "queue.png", full_page=True)
-    if os.environ.get("TRADEOPS_DOCS_SCREENSHOT") == "1":
-        shutil.copyfile(artifacts / "queue.png", DOCS_SCREENSHOT)
 
     await queue.get_by_role("link", name=f"#{first}").click()
     await expect(page).to_have_url(f"{live_server.url}/ui/orders/{first}")
@@ -110,7 +105,7 @@ async def test_approver_approves_an_agents_order_and_rejects_another_with_a_reas
     await expect(advice).to_contain_text(AGENT_ADVICE["note"])
     await expect(advice).to_contain_text("agent@test.bank")
     await expect(page.locator('[data-field="notional"]')).to_contain_text("9,627.50 USD")
-    await expect(page.locator('[data-field="latest-price"]')).to_contain_text("193.1 USD")
+    await expect(page.locator('[data-field="latest-price"]')).to_contain_text("193.10 USD")
     await page.screenshot(path=artifacts / "order.png", full_page=True)
 
     await page.get_by_label("Note (optional)").fill("Checked with the desk")

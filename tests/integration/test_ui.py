@@ -18,7 +18,14 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, approved_order, bearer, pass_risk_check
+from tests.factories import (
+    SEED_ORDER,
+    Cast,
+    approved_order,
+    bearer,
+    make_instrument,
+    pass_risk_check,
+)
 from tests.pages import AGENT_ADVICE, API, csrf_of, review, sign_in, submit
 from tradeops.settings import Settings
 from tradeops.ui.session import COOKIE, Sessions
@@ -44,9 +51,11 @@ async def person(app: FastAPI, cast: Cast) -> AsyncIterator[OpenPerson]:
         yield open_as
 
 
-async def agent_order(client: httpx.AsyncClient, cast: Cast, engine: AsyncEngine) -> int:
+async def agent_order(
+    client: httpx.AsyncClient, cast: Cast, engine: AsyncEngine, **order: object
+) -> int:
     """An order an agent submitted and reviewed with its advice; its risk check passed."""
-    order_id = await submit(client, cast["agent"])
+    order_id = await submit(client, cast["agent"], **order)
     await review(client, order_id, cast["agent"], **AGENT_ADVICE)
     await pass_risk_check(engine, order_id)
     return order_id
@@ -301,7 +310,7 @@ async def test_queue_polls_its_rows_with_the_same_filters(person: OpenPerson, ca
         "/ui/orders/rows", params={"status": "awaiting", "risk_status": "PASSED"}
     )
     assert rows.status_code == 200
-    assert rows.text.lstrip().startswith("<table"), "a fragment, not a page"
+    assert rows.text.lstrip().startswith('<div class="scroll">'), "a fragment, not a page"
 
 
 async def test_invalid_filters_are_a_422_page(person: OpenPerson, cast: Cast) -> None:
@@ -334,7 +343,8 @@ async def test_order_page_shows_the_order_its_price_advice_and_history(
     assert "Client CUST-1001 (CUST-1001)" in html
     assert "AAPL, AAPL Inc." in html
     assert "9,627.50 USD" in html, "notional: 50 x 192.55"
-    assert "193.1 USD" in html, "the latest price"
+    assert "193.10 USD" in html, "the latest price, to the instrument's tick of 0.01"
+    assert "192.55 USD" in html, "the limit price"
     assert 'data-field="position-impact"' in html
     assert 'class="badge rec-approve">APPROVE' in html
     assert AGENT_ADVICE["note"] in unescape(html)
@@ -595,3 +605,78 @@ def _form(html: str, action: str) -> str:
 
 def _actions(html: str) -> set[str]:
     return set(re.findall(r'class="action action-(\w+)"', html))
+
+
+# --- prices, the favicon, large approvals -------------------------------------------------
+
+
+async def test_prices_are_written_to_the_instruments_tick(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, person: OpenPerson
+) -> None:
+    await make_instrument(owner_engine, "EURUSD", tick_size="0.0001")
+    cents = await submit(client, cast["trader"], price="415.2")
+    pips = await submit(client, cast["trader"], symbol="EURUSD", price="1.085")
+    approver = await person("approver@test.bank")
+    queue = (await approver.get("/ui/orders")).text
+    prices = dict(re.findall(r'data-order-id="(\d+)">.*?data-field="price">([^<]+)<', queue, re.S))
+    assert prices == {str(cents): "415.20", str(pips): "1.0850"}
+    page = (await approver.get(f"/ui/orders/{pips}")).text
+    assert re.search(r'data-field="limit-price">1.0850 USD<', page), page
+
+
+async def test_the_favicon_is_linked_and_served_at_favicon_ico(
+    client: httpx.AsyncClient, cast: Cast
+) -> None:
+    sign_in_page = (await client.get("/ui/sign-in")).text
+    assert '<link rel="icon" href="/ui/static/favicon.svg" type="image/svg+xml">' in sign_in_page
+    linked = await client.get("/ui/static/favicon.svg")
+    assert linked.status_code == 200 and linked.text.startswith("<svg")
+    asked = await client.get("/favicon.ico")
+    assert asked.status_code == 200, "browsers ask for it whatever the page links"
+    assert asked.headers["content-type"].startswith("image/svg+xml")
+    assert asked.content == linked.content
+
+
+LARGE = {"quantity": 6000}  # 6,000 x 192.55 = 1,155,300.00 USD: above the 1,000,000 default
+
+
+async def test_a_large_approval_needs_a_confirming_second_submit(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, person: OpenPerson
+) -> None:
+    order_id = await agent_order(client, cast, owner_engine, **LARGE)
+    approver = await person("approver@test.bank")
+    page = f"/ui/orders/{order_id}"
+    assert 'data-field="asks-to-confirm"' in (await approver.get(page)).text
+    first = await post_form(approver, page, f"{page}/approve", version="2", note="big one")
+    assert first.status_code == 409, "asked to confirm, nothing approved"
+    assert "The notional, 1,155,300.00 USD, is above 1,000,000.00 USD." in first.text
+    assert f"Approving order #{order_id} needs your confirmation" in first.text
+    assert '<input type="hidden" name="confirm" value="1">' in first.text
+    assert ">big one</textarea>" in first.text, "the note is kept for the second submit"
+    assert await status_of(client, cast, order_id) == "REVIEWED"
+    confirmed = await approver.post(
+        f"{page}/approve",
+        data={"csrf_token": csrf_of(first.text), "version": "2", "note": "big one", "confirm": "1"},
+    )
+    assert confirmed.status_code == 303, confirmed.text
+    assert await status_of(client, cast, order_id) == "APPROVED"
+    events = (await client.get(f"{API}/orders/{order_id}/events", headers=cast["risk"])).json()
+    assert events[-1]["payload"] == {"note": "big one"}
+
+
+async def test_a_small_approval_or_a_refused_one_is_not_asked_to_confirm(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, person: OpenPerson
+) -> None:
+    small = await agent_order(client, cast, owner_engine)
+    approver = await person("approver@test.bank")
+    assert 'data-field="asks-to-confirm"' not in (await approver.get(f"/ui/orders/{small}")).text
+    large = await agent_order(client, cast, owner_engine, **LARGE)
+    stale = await post_form(
+        approver, f"/ui/orders/{large}", f"/ui/orders/{large}/approve", version="1"
+    )
+    assert stale.status_code == 409
+    assert "The order has changed since you read it" in stale.text, "refused before confirming"
+    approved = await post_form(
+        approver, f"/ui/orders/{small}", f"/ui/orders/{small}/approve", version="2"
+    )
+    assert approved.status_code == 303

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -67,6 +69,21 @@ async def list_instruments(
     if active is not None:
         statement = statement.where(instruments.c.active == active)
     return [InstrumentOut.model_validate(r._mapping) for r in await uow.execute(statement)]
+
+
+async def tick_sizes(
+    uow: UnitOfWork, principal: Principal, symbols: Collection[str]
+) -> dict[str, Decimal]:
+    """Each symbol's tick size, in one read: how a list of orders writes its prices."""
+    authorize(principal, Action.READ_REFERENCE_DATA)
+    if not symbols:
+        return {}
+    rows = await uow.execute(
+        select(instruments.c.symbol, instruments.c.tick_size).where(
+            instruments.c.symbol.in_(sorted(symbols))
+        )
+    )
+    return {row.symbol: row.tick_size for row in rows}
 
 
 async def update_instrument(

@@ -48,13 +48,31 @@ def _amount(value: Decimal | None) -> str:
     return format(value.normalize(), ",f")
 
 
+def _places(value: Decimal) -> int:
+    """How many decimals a number needs: 0.01 → 2, 192.50 → 1, 25 → 0."""
+    exponent = value.normalize().as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+def _fixed(value: Decimal, places: int) -> str:
+    return format(value.quantize(Decimal(1).scaleb(-places)), ",f")
+
+
 def _money(value: Decimal | None) -> str:
     """A cash amount with at least cents: 9,627.50."""
     if value is None:
         return ""
-    exponent = value.normalize().as_tuple().exponent
-    places = -exponent if isinstance(exponent, int) and exponent < -2 else 2
-    return format(value.quantize(Decimal(1).scaleb(-places)), ",f")
+    return _fixed(value, max(2, _places(value)))
+
+
+def price_text(value: Decimal | None, tick: Decimal | None) -> str:
+    """A price with its instrument's tick decimals, as a screen quotes it: 415.20 at a tick of
+    0.01, 1.0850 at 0.0001. A price finer than its tick (a feed's mid) keeps its decimals."""
+    if value is None:
+        return ""
+    if tick is None:
+        return _amount(value)
+    return _fixed(value, max(_places(tick), _places(value)))
 
 
 def _when(value: datetime | None) -> str:
@@ -77,7 +95,7 @@ templates = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-templates.filters.update(amount=_amount, money=_money, when=_when, reason=_reason)
+templates.filters.update(amount=_amount, money=_money, price=price_text, when=_when, reason=_reason)
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlencode
 
@@ -189,11 +190,13 @@ Filters = Annotated[views.QueueFilters, Depends(queue_filters)]
 
 async def _queue_context(person: SignedIn, filters: views.QueueFilters) -> dict[str, Any]:
     page = await views.queue(person.uow, person.principal, filters)
+    ticks = await views.tick_sizes(person.uow, person.principal, page)
     poll = {"status": filters.status, **filters.as_query()}
     if filters.after:
         poll["after"] = filters.after
     return {
         "page": page,
+        "ticks": ticks,
         "filters": filters,
         "poll_query": urlencode(poll),
         "next_query": urlencode({**poll, "after": page.next_cursor or ""}),
@@ -230,7 +233,28 @@ async def order_page(
     request: Request, order_id: RowId, person: Person, done: Done | None = None
 ) -> Response:
     view = await views.order_view(person.uow, person.principal, order_id)
-    return render(request, "order.html", view=view, done=done)
+    return _order_page(request, view, done=done)
+
+
+def _order_page(
+    request: Request,
+    view: views.OrderView,
+    *,
+    done: Done | None = None,
+    confirm: views.Confirmation | None = None,
+    status: int = 200,
+) -> Response:
+    confirm_above = request.app.state.settings.ui_confirm_notional
+    return render(
+        request,
+        "order.html",
+        status=status,
+        view=view,
+        done=done,
+        confirm=confirm,
+        asks_to_confirm=views.needs_confirming(view, confirm_above),
+        confirm_above=confirm_above,
+    )
 
 
 def _model(model: type[M], **values: Any) -> M:
@@ -287,11 +311,38 @@ async def review_order(order_id: RowId, person: Person, form: CheckedForm) -> Re
 
 
 @router.post("/orders/{order_id}/approve")
-async def approve_order(order_id: RowId, person: Person, form: CheckedForm) -> Response:
+async def approve_order(
+    request: Request, order_id: RowId, person: Person, form: CheckedForm
+) -> Response:
+    """Above TRADEOPS_UI_CONFIRM_NOTIONAL an approval takes a second submit carrying
+    confirm=1: the first (or a direct POST without it) answers 409 with the order page asking
+    to confirm, and changes nothing."""
     body = _model(
         workflow.ApproveRequest, note=_text(form, "note"), expected_version=_version(form)
     )
+    if form.get("confirm") != "1":
+        asking = await _confirmation_page(request, person, order_id, body)
+        if asking is not None:
+            return asking
     return await _decide(person, order_id, workflow.APPROVE, body.expected_version, note=body.note)
+
+
+async def _confirmation_page(
+    request: Request, person: SignedIn, order_id: int, body: workflow.ApproveRequest
+) -> Response | None:
+    """The order page asking to confirm a large approval; None when there is nothing to
+    confirm, or when the workflow refuses the approval anyway (or the order changed since):
+    that refusal comes first."""
+    view = await views.order_view(person.uow, person.principal, order_id)
+    threshold: Decimal = request.app.state.settings.ui_confirm_notional
+    approve = view.action("approve")
+    current = body.expected_version in (None, view.order.version)
+    if not (approve and not approve.refused and current):
+        return None
+    if not views.needs_confirming(view, threshold):
+        return None
+    confirm = views.Confirmation(threshold, body.note, body.expected_version)
+    return _order_page(request, view, confirm=confirm, status=409)
 
 
 @router.post("/orders/{order_id}/reject")

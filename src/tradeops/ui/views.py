@@ -80,6 +80,11 @@ async def queue(uow: UnitOfWork, principal: Principal, filters: QueueFilters) ->
     )
 
 
+async def tick_sizes(uow: UnitOfWork, principal: Principal, page: OrderPage) -> dict[str, Decimal]:
+    """The tick size of each instrument on the page: its prices are written to that tick."""
+    return await instruments.tick_sizes(uow, principal, {o.symbol for o in page.items})
+
+
 async def desk_codes(uow: UnitOfWork, principal: Principal) -> list[str]:
     """The desks a person may filter on: the ones they cover."""
     codes = [d.code for d in await desks.list_desks(uow, principal)]
@@ -241,6 +246,21 @@ async def order_view(uow: UnitOfWork, principal: Principal, order_id: int) -> Or
         read_only=not any(is_allowed(principal, t.action) for t in workflow.TRANSITIONS),
         position=await position_impact(uow, principal, order),
     )
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """A large approval waiting for the approver's second submit, with the note they wrote
+    and the version they decided on (so a change since is still refused on the second)."""
+
+    threshold: Decimal
+    note: str | None
+    version: int | None
+
+
+def needs_confirming(view: OrderView, threshold: Decimal) -> bool:
+    """Above the threshold, or of unknown size (a market order with no price yet)."""
+    return view.notional is None or view.notional > threshold
 
 
 def may_verify_audit(principal: Principal) -> bool:
