@@ -22,6 +22,26 @@ DEFER_JOB = prepare(
 )
 
 
+# One risk sweeper at a time, across workers: held to the end of the sweeper's transaction,
+# so the next one sees the jobs this one deferred.
+RISK_SWEEP_LOCK = prepare("SELECT pg_advisory_xact_lock(hashtext('tradeops.risk_sweep'))")
+
+# The check again for each listed order that has no job queued or running for it (its
+# lock, order:<id>, is the one submit_order gives it; idx_procrastinate_jobs_id_lock serves
+# the lookup). Same lock, so it never runs beside another check of the order; the queueing
+# lock keeps a second sweeper from queueing it twice even without RISK_SWEEP_LOCK.
+DEFER_MISSING_RISK_CHECKS = prepare(
+    "SELECT o.id AS order_id, (procrastinate_defer_jobs_v1(ARRAY[ROW("
+    " CAST(:queue AS varchar), CAST(:task_name AS varchar), 0, 'order:' || o.id,"
+    " 'risk-sweep:' || o.id, jsonb_build_object('order_id', o.id),"
+    " CAST(NULL AS timestamptz))::procrastinate_job_to_defer_v1]))[1] AS job_id"
+    " FROM unnest(CAST(:order_ids AS bigint[])) AS o(id)"
+    " WHERE NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.lock = 'order:' || o.id"
+    "  AND j.status IN ('todo', 'doing'))"
+    " ORDER BY o.id"
+)
+
+
 async def defer_job(
     uow: UnitOfWork,
     task_name: str,
