@@ -396,6 +396,40 @@ async def test_the_sweeper_leaves_an_order_with_a_live_job_or_a_recent_one_alone
     assert queued != running
 
 
+async def test_a_check_running_far_too_long_on_a_live_worker_is_queued_again(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    cast: Cast,
+    owner_engine: AsyncEngine,
+    database_url: str,
+    sweep_now: Settings,
+) -> None:
+    """The worker lost the database while finishing the check, then got it back: it
+    heartbeats on, but its job stays `doing` forever unless the sweeper steps in."""
+    order_id = await submit(client, cast)
+    await owner_sql(
+        owner_engine,
+        "WITH w AS (INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id)"
+        " UPDATE procrastinate_jobs SET status = 'doing', worker_id = (SELECT id FROM w)",
+    )
+    assert await recovery.resume_pending_risk_checks(app.state.db, sweep_now) == []  # running
+    await owner_sql(
+        owner_engine,
+        "UPDATE procrastinate_events SET at = now() - interval '301 seconds'"
+        " WHERE type = 'started'",
+    )
+    both = await asyncio.gather(
+        recovery.resume_pending_risk_checks(app.state.db, sweep_now),
+        recovery.resume_pending_risk_checks(app.state.db, sweep_now),
+    )
+    assert sorted(both) == [[], [order_id]]
+    [job] = await risk_jobs(owner_engine)
+    assert (job.status, job.attempts) == ("todo", 1)  # the same job, not a second one
+
+    await run_worker(database_url, wait=False, install_signal_handlers=False)
+    assert await risk_status(owner_engine, order_id) in ("PASSED", "FAILED")
+
+
 async def test_the_sweeper_ignores_orders_nobody_can_approve_any_more(
     app: FastAPI,
     client: httpx.AsyncClient,

@@ -41,6 +41,21 @@ DEFER_MISSING_RISK_CHECKS = prepare(
     " ORDER BY o.id"
 )
 
+# The check of a listed order still `doing` long after it started: back to the queue, as
+# procrastinate retries a job (doing -> todo, one more attempt). Locked first, so a job that
+# finishes meanwhile is skipped rather than failing the statement.
+RETRY_OVERDUE_RISK_CHECKS = prepare(
+    "WITH overdue AS MATERIALIZED ("
+    " SELECT j.id, j.args FROM procrastinate_jobs j"
+    " WHERE j.status = 'doing' AND j.task_name = CAST(:task_name AS varchar)"
+    " AND j.lock IN (SELECT 'order:' || id FROM unnest(CAST(:order_ids AS bigint[])) AS o(id))"
+    " AND NOT EXISTS (SELECT 1 FROM procrastinate_events e WHERE e.job_id = j.id"
+    "  AND e.type = 'started' AND e.at > now() - make_interval(secs => :overdue_seconds))"
+    " ORDER BY j.id FOR UPDATE OF j SKIP LOCKED)"
+    " SELECT CAST(args->>'order_id' AS bigint) AS order_id, id AS job_id,"
+    " procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) AS retried FROM overdue"
+)
+
 
 async def defer_job(
     uow: UnitOfWork,

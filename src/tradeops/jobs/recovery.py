@@ -7,7 +7,8 @@ Two periodic tasks (tasks.py) call these, from every worker; each is safe to run
 - `resume_pending_risk_checks`: the backstop. An order still awaiting its check well after
   it was submitted, with no check queued or running (its job failed, was deleted, or never
   ran), gets its check deferred again, under an advisory lock so two sweepers never defer
-  the same check twice.
+  the same check twice. A check `doing` for far longer than any check takes (its worker
+  lost the database while finishing it, and heartbeats on) is put back in the queue.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tradeops.db.uow import UnitOfWork, run_in_transaction, transaction
 from tradeops.jobs.defer import (
     CHECK_ORDER_RISK,
     DEFER_MISSING_RISK_CHECKS,
+    RETRY_OVERDUE_RISK_CHECKS,
     RISK_QUEUE,
     RISK_SWEEP_LOCK,
 )
@@ -72,7 +74,8 @@ async def resume_pending_risk_checks(
     db: Database, settings: Settings, request_id: str | None = None
 ) -> list[int]:
     """Defer the check again for orders awaiting it longer than risk_sweep_after_seconds with
-    no check queued or running; the ids of those orders.
+    no check queued or running, and put back in the queue a check running for longer than
+    risk_check_overdue_seconds; the ids of those orders.
 
     The orders are read as the system, through row-level security, like every job's reads;
     the queue is procrastinate's and is written as the worker's own role, as procrastinate
@@ -84,11 +87,20 @@ async def resume_pending_risk_checks(
         return []
     async with transaction(db) as uow:
         await uow.execute(RISK_SWEEP_LOCK)
+        overdue = await uow.execute(
+            RETRY_OVERDUE_RISK_CHECKS,
+            {
+                "order_ids": awaiting,
+                "task_name": CHECK_ORDER_RISK,
+                "overdue_seconds": settings.risk_check_overdue_seconds,
+            },
+        )
         deferred = await uow.execute(
             DEFER_MISSING_RISK_CHECKS,
             {"order_ids": awaiting, "queue": RISK_QUEUE, "task_name": CHECK_ORDER_RISK},
         )
-    resumed = [int(row.order_id) for row in deferred]
+    for row in overdue:
+        log.warning("overdue_risk_check_retried", order_id=row.order_id, job_id=row.job_id)
     for row in deferred:
         log.warning("risk_check_resumed", order_id=row.order_id, job_id=row.job_id)
-    return resumed
+    return sorted(int(row.order_id) for row in [*overdue, *deferred])
