@@ -5,6 +5,7 @@ sweeper re-defers the check of any order left awaiting it with no job."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -373,6 +374,38 @@ async def test_the_sweeper_re_defers_an_order_whose_job_is_gone_exactly_once(
     assert await recovery.resume_pending_risk_checks(db, sweep_now) == []  # nothing awaits
 
 
+async def test_a_running_worker_sweeps_on_its_own_schedule(
+    client: httpx.AsyncClient,
+    cast: Cast,
+    owner_engine: AsyncEngine,
+    database_url: str,
+    settings: Settings,
+) -> None:
+    """What `tradeops worker` runs: the periodic sweep finds the jobless order and checks it."""
+    order_id = await submit(client, cast)
+    await owner_sql(owner_engine, "DELETE FROM procrastinate_jobs")
+    quick = settings.model_copy(update={"risk_sweep_after_seconds": 1.0})
+    worker = asyncio.create_task(
+        run_worker(database_url, install_signal_handlers=False, settings=quick)
+    )
+    try:
+
+        async def checked() -> bool:
+            return await risk_status(owner_engine, order_id) in ("PASSED", "FAILED")
+
+        took = await wait_for(checked, 40, "the sweeper re-defers and a worker checks")
+        print(f"jobless order checked {took:.1f} s after the worker started")
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    async with owner_engine.connect() as conn:
+        ran = await conn.execute(
+            text("SELECT DISTINCT task_name FROM procrastinate_jobs ORDER BY task_name")
+        )
+        assert {r.task_name for r in ran} >= {"check_order_risk", "resume_pending_risk_checks"}
+
+
 async def test_the_sweeper_leaves_an_order_with_a_live_job_or_a_recent_one_alone(
     app: FastAPI,
     client: httpx.AsyncClient,
@@ -477,3 +510,23 @@ async def test_the_sweeper_reads_orders_through_row_level_security(
     assert await run_in_transaction(app.state.db, trader, awaiting) == [mine]
     resumed = await recovery.resume_pending_risk_checks(app.state.db, sweep_now)
     assert sorted(resumed) == sorted([mine, int(other.json()["id"])])
+
+
+async def test_succeeded_housekeeping_runs_are_pruned_and_nothing_else(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    await submit(client, cast)
+    await owner_sql(owner_engine, "UPDATE procrastinate_jobs SET status = 'succeeded'")
+    for status in ("succeeded", "succeeded", "failed"):
+        await owner_sql(
+            owner_engine,
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
+            " VALUES ('housekeeping', 'retry_stalled_jobs', '{}', :status)",
+            status=status,
+        )
+    assert await recovery.prune_succeeded_housekeeping(app.state.db) == 2
+    async with owner_engine.connect() as conn:
+        left = await conn.execute(
+            text("SELECT queue_name, status::text FROM procrastinate_jobs ORDER BY id")
+        )
+        assert [tuple(r) for r in left] == [("risk", "succeeded"), ("housekeeping", "failed")]

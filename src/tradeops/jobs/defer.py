@@ -13,6 +13,7 @@ from tradeops.db.uow import UnitOfWork
 # Task names and queues, shared by the callers (which defer) and the worker (which runs).
 CHECK_ORDER_RISK = "check_order_risk"
 RISK_QUEUE = "risk"
+HOUSEKEEPING_QUEUE = "housekeeping"  # the periodic recovery tasks (tasks.py)
 
 DEFER_JOB = prepare(
     "SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW("
@@ -54,6 +55,12 @@ RETRY_OVERDUE_RISK_CHECKS = prepare(
     " ORDER BY j.id FOR UPDATE OF j SKIP LOCKED)"
     " SELECT CAST(args->>'order_id' AS bigint) AS order_id, id AS job_id,"
     " procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) AS retried FROM overdue"
+)
+
+# The periodic tasks leave a succeeded job every few seconds: nothing to keep (their effects
+# are logged), so they go; a failed one stays for people to look at.
+PRUNE_SUCCEEDED_HOUSEKEEPING = prepare(
+    "DELETE FROM procrastinate_jobs WHERE queue_name = :queue AND status = 'succeeded' RETURNING id"
 )
 
 

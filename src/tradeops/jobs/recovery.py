@@ -23,6 +23,8 @@ from tradeops.db.uow import UnitOfWork, run_in_transaction, transaction
 from tradeops.jobs.defer import (
     CHECK_ORDER_RISK,
     DEFER_MISSING_RISK_CHECKS,
+    HOUSEKEEPING_QUEUE,
+    PRUNE_SUCCEEDED_HOUSEKEEPING,
     RETRY_OVERDUE_RISK_CHECKS,
     RISK_QUEUE,
     RISK_SWEEP_LOCK,
@@ -104,3 +106,10 @@ async def resume_pending_risk_checks(
     for row in deferred:
         log.warning("risk_check_resumed", order_id=row.order_id, job_id=row.job_id)
     return sorted(int(row.order_id) for row in [*overdue, *deferred])
+
+
+async def prune_succeeded_housekeeping(db: Database) -> int:
+    """Delete the succeeded runs of the periodic tasks; how many."""
+    async with transaction(db) as uow:
+        pruned = await uow.execute(PRUNE_SUCCEEDED_HOUSEKEEPING, {"queue": HOUSEKEEPING_QUEUE})
+    return pruned.rowcount

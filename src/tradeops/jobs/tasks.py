@@ -26,13 +26,12 @@ from tradeops.db.transient import is_transient
 from tradeops.db.uow import run_in_transaction
 from tradeops.jobs import recovery
 from tradeops.jobs.app import app
-from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
+from tradeops.jobs.defer import CHECK_ORDER_RISK, HOUSEKEEPING_QUEUE, RISK_QUEUE
 from tradeops.risk import service as risk
 from tradeops.settings import Settings
 
 log = structlog.get_logger(component="tradeops.jobs")
 
-HOUSEKEEPING_QUEUE = "housekeeping"
 RETRY_STALLED_JOBS = "retry_stalled_jobs"
 RESUME_PENDING_RISK_CHECKS = "resume_pending_risk_checks"
 # Every 10 s (croniter's sixth field is the second): with the default 20 s stall timeout a
@@ -160,7 +159,9 @@ async def retry_stalled_jobs(context: JobContext, timestamp: int) -> int:
 )
 async def resume_pending_risk_checks(context: JobContext, timestamp: int) -> int:
     """Orders awaiting their risk check with no job for it get the check deferred again."""
+    db = _database(context)
     resumed = await recovery.resume_pending_risk_checks(
-        _database(context), _settings(context), request_id=_job_request_id(context)
+        db, _settings(context), request_id=_job_request_id(context)
     )
+    await recovery.prune_succeeded_housekeeping(db)
     return len(resumed)
