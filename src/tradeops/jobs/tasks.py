@@ -38,6 +38,8 @@ RESUME_PENDING_RISK_CHECKS = "resume_pending_risk_checks"
 # crashed worker's jobs are back in the queue within ~30 s.
 EVERY_TEN_SECONDS = "* * * * * */10"
 EVERY_FIFTEEN_SECONDS = "* * * * * */15"
+# Ahead of any backlog of checks: recovery must not wait behind the work it recovers.
+HOUSEKEEPING_PRIORITY = 10
 
 
 class FailureNotRecorded(Exception):
@@ -141,6 +143,7 @@ async def check_order_risk(context: JobContext, order_id: int) -> None:
 @app.task(
     name=RETRY_STALLED_JOBS,
     queue=HOUSEKEEPING_QUEUE,
+    priority=HOUSEKEEPING_PRIORITY,
     queueing_lock=RETRY_STALLED_JOBS,  # never two queued: a backlog of them is pointless
     pass_context=True,
 )
@@ -154,6 +157,7 @@ async def retry_stalled_jobs(context: JobContext, timestamp: int) -> int:
 @app.task(
     name=RESUME_PENDING_RISK_CHECKS,
     queue=HOUSEKEEPING_QUEUE,
+    priority=HOUSEKEEPING_PRIORITY,
     queueing_lock=RESUME_PENDING_RISK_CHECKS,
     pass_context=True,
 )
