@@ -125,7 +125,11 @@ def dev(
 def worker(
     concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once")] = 1,
 ) -> None:
-    """Run background jobs (procrastinate) until stopped by SIGINT or SIGTERM."""
+    """Run background jobs (procrastinate) until stopped by SIGINT or SIGTERM.
+
+    Besides the jobs, every worker heartbeats and keeps the recovery schedule: jobs of a
+    worker that stopped heartbeating are retried, and orders left awaiting their risk check
+    get it again (TRADEOPS_WORKER_* and TRADEOPS_RISK_* settings)."""
     from tradeops.jobs.app import run_worker
 
     settings = get_settings()

@@ -66,6 +66,30 @@ class Settings(BaseSettings):
     demo_password: SecretStr | None = None
     # The pre-trade price band where neither the desk nor the client sets one.
     fat_finger_pct: Decimal = Field(default=Decimal(10), gt=0, le=100)
+    # Job workers: a worker that stops heartbeating for worker_stalled_seconds is taken for
+    # dead and its running jobs are retried (checked every ~10 s), so a crashed worker's risk
+    # checks resume within about worker_stalled_seconds + 10 s.
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    worker_stalled_seconds: float = Field(default=20.0, gt=0)
+    # An order still awaiting its risk check this long, with no job queued or running for it,
+    # gets its check deferred again (at most risk_sweep_batch orders per sweep).
+    risk_sweep_after_seconds: float = Field(default=60.0, gt=0)
+    risk_sweep_batch: int = Field(default=100, ge=1)
+    # A check still `doing` this long after it started is taken for lost (a worker that lost
+    # the database while finishing it keeps heartbeating) and is put back in the queue. Far
+    # above what a check takes (its statements time out after statement_timeout_ms).
+    risk_check_overdue_seconds: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeats_outpace_the_stall_timeout(self) -> Settings:
+        # A live worker must heartbeat several times within the timeout, or a slow beat
+        # would have its running jobs retried under it.
+        if self.worker_stalled_seconds < 2 * self.worker_heartbeat_seconds:
+            raise ValueError(
+                "TRADEOPS_WORKER_STALLED_SECONDS must be at least twice"
+                " TRADEOPS_WORKER_HEARTBEAT_SECONDS"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> Settings:

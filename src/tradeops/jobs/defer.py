@@ -13,12 +13,54 @@ from tradeops.db.uow import UnitOfWork
 # Task names and queues, shared by the callers (which defer) and the worker (which runs).
 CHECK_ORDER_RISK = "check_order_risk"
 RISK_QUEUE = "risk"
+HOUSEKEEPING_QUEUE = "housekeeping"  # the periodic recovery tasks (tasks.py)
 
 DEFER_JOB = prepare(
     "SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW("
     " CAST(:queue AS varchar), CAST(:task_name AS varchar), CAST(:priority AS integer),"
     " CAST(:lock AS text), CAST(:queueing_lock AS text), CAST(:args AS jsonb),"
     " CAST(NULL AS timestamptz))::procrastinate_job_to_defer_v1]))[1] AS id"
+)
+
+
+# One risk sweeper at a time, across workers: held to the end of the sweeper's transaction,
+# so the next one sees the jobs this one deferred.
+RISK_SWEEP_LOCK = prepare("SELECT pg_advisory_xact_lock(hashtext('tradeops.risk_sweep'))")
+
+# The check again for each listed order that has no job queued or running for it (its
+# lock, order:<id>, is the one submit_order gives it; idx_procrastinate_jobs_id_lock serves
+# the lookup). Same lock, so it never runs beside another check of the order; the queueing
+# lock keeps a second sweeper from queueing it twice even without RISK_SWEEP_LOCK.
+DEFER_MISSING_RISK_CHECKS = prepare(
+    "SELECT o.id AS order_id, (procrastinate_defer_jobs_v1(ARRAY[ROW("
+    " CAST(:queue AS varchar), CAST(:task_name AS varchar), 0, 'order:' || o.id,"
+    " 'risk-sweep:' || o.id, jsonb_build_object('order_id', o.id),"
+    " CAST(NULL AS timestamptz))::procrastinate_job_to_defer_v1]))[1] AS job_id"
+    " FROM unnest(CAST(:order_ids AS bigint[])) AS o(id)"
+    " WHERE NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.lock = 'order:' || o.id"
+    "  AND j.status IN ('todo', 'doing'))"
+    " ORDER BY o.id"
+)
+
+# The check of a listed order still `doing` long after it started: back to the queue, as
+# procrastinate retries a job (doing -> todo, one more attempt). Locked first, so a job that
+# finishes meanwhile is skipped rather than failing the statement.
+RETRY_OVERDUE_RISK_CHECKS = prepare(
+    "WITH overdue AS MATERIALIZED ("
+    " SELECT j.id, j.args FROM procrastinate_jobs j"
+    " WHERE j.status = 'doing' AND j.task_name = CAST(:task_name AS varchar)"
+    " AND j.lock IN (SELECT 'order:' || id FROM unnest(CAST(:order_ids AS bigint[])) AS o(id))"
+    " AND NOT EXISTS (SELECT 1 FROM procrastinate_events e WHERE e.job_id = j.id"
+    "  AND e.type = 'started' AND e.at > now() - make_interval(secs => :overdue_seconds))"
+    " ORDER BY j.id FOR UPDATE OF j SKIP LOCKED)"
+    " SELECT CAST(args->>'order_id' AS bigint) AS order_id, id AS job_id,"
+    " procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) AS retried FROM overdue"
+)
+
+# The periodic tasks leave a succeeded job every few seconds: nothing to keep (their effects
+# are logged), so they go; a failed one stays for people to look at.
+PRUNE_SUCCEEDED_HOUSEKEEPING = prepare(
+    "DELETE FROM procrastinate_jobs WHERE queue_name = :queue AND status = 'succeeded' RETURNING id"
 )
 
 

@@ -2,46 +2,76 @@
 
 check_order_risk runs the pre-trade rules (tradeops.risk) for one order. It is deferred by
 submit_order in the order's own transaction, so every committed order has its check, and no
-rolled-back order has one. Transient database errors are retried with backoff; when a check
-cannot run at all, the order is marked FAILED with a RISK_CHECK_ERROR event, never left
-silently unchecked.
+rolled-back order has one. Transient database errors (db.transient) are retried with
+backoff; when a check cannot run at all, the order is marked FAILED with a RISK_CHECK_ERROR
+event, never left silently unchecked, and when even that cannot be written the job is retried.
+
+Two periodic tasks keep that promise when a worker dies (recovery.py): jobs of a worker that
+stopped heartbeating are retried, and orders still awaiting their check with no job for it
+get it deferred again.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-import psycopg
 import structlog
-from procrastinate import JobContext, RetryStrategy
+from procrastinate import JobContext
+from procrastinate.jobs import Job
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
 from tradeops.auth.principal import SYSTEM
 from tradeops.db.pool import Database
+from tradeops.db.transient import is_transient
 from tradeops.db.uow import run_in_transaction
+from tradeops.jobs import recovery
 from tradeops.jobs.app import app
-from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
+from tradeops.jobs.defer import CHECK_ORDER_RISK, HOUSEKEEPING_QUEUE, RISK_QUEUE
 from tradeops.risk import service as risk
 from tradeops.settings import Settings
 
 log = structlog.get_logger(component="tradeops.jobs")
 
-# Transient: the database went away or refused us for a moment. Waits 2, 4, 8, 16 s.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    psycopg.OperationalError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.TooManyConnectionsError,
-    ConnectionError,
-    TimeoutError,
-)
-RETRY = RetryStrategy(max_attempts=5, exponential_wait=2, retry_exceptions=TRANSIENT_ERRORS)
+RETRY_STALLED_JOBS = "retry_stalled_jobs"
+RESUME_PENDING_RISK_CHECKS = "resume_pending_risk_checks"
+# Every 10 s (croniter's sixth field is the second): with the default 20 s stall timeout a
+# crashed worker's jobs are back in the queue within ~30 s.
+EVERY_TEN_SECONDS = "* * * * * */10"
+EVERY_FIFTEEN_SECONDS = "* * * * * */15"
+# Ahead of any backlog of checks: recovery must not wait behind the work it recovers.
+HOUSEKEEPING_PRIORITY = 10
+
+
+class FailureNotRecorded(Exception):
+    """A job gave up, and writing that down on the order failed too (the database is away):
+    the job is retried instead, so the order is never left awaiting a check nobody runs."""
+
+
+class TransientRetry(BaseRetryStrategy):
+    """Transient errors (db.transient) retried after 2, 4, 8, 16 s, then the job gives up;
+    a give-up that could not be recorded is retried until it can be (at most a minute apart)."""
+
+    max_attempts = 5
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, FailureNotRecorded):
+            return RetryDecision(retry_in={"seconds": min(60, 2 ** min(job.attempts + 1, 6))})
+        if job.attempts + 1 >= self.max_attempts or not is_transient(exception):
+            return None
+        return RetryDecision(retry_in={"seconds": 2 ** (job.attempts + 1)})
+
+
+RETRY = TransientRetry()
 
 
 def _database(context: JobContext) -> Database:
     db: Database = context.additional_context["db"]
     return db
+
+
+def _settings(context: JobContext) -> Settings:
+    settings: Settings = context.additional_context["settings"]
+    return settings
 
 
 def _job_request_id(context: JobContext) -> str:
@@ -85,8 +115,9 @@ async def report_failures(call_next: Any, context: JobContext, worker: Any) -> A
         if not will_retry:
             try:
                 await _on_final_failure(context, error)
-            except Exception:
+            except Exception as unrecorded:
                 log.exception("job_failure_not_recorded", job_id=job.id, task=job.task_name)
+                raise FailureNotRecorded(f"{type(error).__name__}, not recorded") from unrecorded
         raise
 
 
@@ -99,10 +130,42 @@ async def report_failures(call_next: Any, context: JobContext, worker: Any) -> A
 )
 async def check_order_risk(context: JobContext, order_id: int) -> None:
     """The pre-trade risk check of one order: PASSED or FAILED with reasons, once."""
-    settings: Settings = context.additional_context["settings"]
+    settings = _settings(context)
     await run_in_transaction(
         _database(context),
         SYSTEM,
         lambda uow: risk.check_order(uow, order_id, default_fat_finger_pct=settings.fat_finger_pct),
         request_id=_job_request_id(context),
     )
+
+
+@app.periodic(cron=EVERY_TEN_SECONDS, periodic_id=RETRY_STALLED_JOBS)
+@app.task(
+    name=RETRY_STALLED_JOBS,
+    queue=HOUSEKEEPING_QUEUE,
+    priority=HOUSEKEEPING_PRIORITY,
+    queueing_lock=RETRY_STALLED_JOBS,  # never two queued: a backlog of them is pointless
+    pass_context=True,
+)
+async def retry_stalled_jobs(context: JobContext, timestamp: int) -> int:
+    """Jobs left `doing` by a worker that stopped heartbeating go back to the queue."""
+    stalled = _settings(context).worker_stalled_seconds
+    return len(await recovery.retry_stalled_jobs(context.app.job_manager, stalled))
+
+
+@app.periodic(cron=EVERY_FIFTEEN_SECONDS, periodic_id=RESUME_PENDING_RISK_CHECKS)
+@app.task(
+    name=RESUME_PENDING_RISK_CHECKS,
+    queue=HOUSEKEEPING_QUEUE,
+    priority=HOUSEKEEPING_PRIORITY,
+    queueing_lock=RESUME_PENDING_RISK_CHECKS,
+    pass_context=True,
+)
+async def resume_pending_risk_checks(context: JobContext, timestamp: int) -> int:
+    """Orders awaiting their risk check with no job for it get the check deferred again."""
+    db = _database(context)
+    resumed = await recovery.resume_pending_risk_checks(
+        db, _settings(context), request_id=_job_request_id(context)
+    )
+    await recovery.prune_succeeded_housekeeping(db)
+    return len(resumed)

@@ -78,3 +78,12 @@ RECORD_RESULT = text(
     "  to_jsonb(b), to_jsonb(c) FROM changed c CROSS JOIN before b)"
     " SELECT id, version FROM changed"
 )
+
+# Orders still awaiting their check a while after they were submitted, oldest first (the
+# open statuses only: check_order skips every other). Reads through row-level security as
+# the caller, so a sweep run as the system sees every desk. ix_orders_status_id serves it.
+AWAITING_CHECK = text(
+    "SELECT id FROM orders WHERE status IN ('PENDING', 'REVIEWED') AND risk_status = 'PENDING'"
+    " AND created_at < now() - make_interval(secs => :older_than_seconds)"
+    " ORDER BY id LIMIT :limit"
+)

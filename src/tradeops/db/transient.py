@@ -1,0 +1,70 @@
+"""Which database errors are worth retrying: the one classifier the job retries use.
+
+Transient means "the same work may well succeed on a new attempt": the connection went away
+(the server restarted, a proxy dropped us, the client closed it mid-query), the server is
+shutting down or starting up, or the transaction lost a race (serialization failure,
+deadlock) or waited too long (a busy pool, a row held by another transaction). Anything else
+(a bug, bad data, a refused permission) fails the same way every time and must not be retried.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import asyncpg.exceptions._base as asyncpg_base
+import psycopg
+import psycopg.errors
+
+from tradeops.db.uow import RETRYABLE_SQLSTATES, sqlstate_of
+
+# By SQLSTATE, whichever driver raised it. Class 08 is connection exceptions.
+TRANSIENT_SQLSTATES = RETRYABLE_SQLSTATES | {
+    "57P01",  # admin_shutdown: the server is being stopped or restarted
+    "57P02",  # crash_shutdown: another backend crashed, the server resets every session
+    "57P03",  # cannot_connect_now: the server is starting up or in recovery
+    "53300",  # too_many_connections
+    "55P03",  # lock_not_available: a row held by another transaction
+    # query_canceled: our statement_timeout fired, in a job almost always while waiting
+    # for a row another transaction holds; the next attempt usually finds it free.
+    "57014",
+}
+
+# By type: the drivers' connection-level errors carry no SQLSTATE (they never reached the
+# server, or the connection died under them).
+TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
+    asyncpg.InterfaceError,  # "the underlying connection is closed", "…another operation…"
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InternalClientError,  # a protocol state the client could not make sense of
+    asyncpg.TooManyConnectionsError,
+    psycopg.OperationalError,  # psycopg's class for every connection-level failure
+    psycopg.errors.AdminShutdown,
+    ConnectionError,  # refused, reset, aborted, broken pipe
+    TimeoutError,  # a busy pool (db.pool.PoolTimeout), a connect that never answered
+)
+
+# Subclasses of a transient type that are bugs: a Python value asyncpg cannot encode.
+NOT_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (asyncpg_base.DataError,)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for an error that a later attempt of the same work may well not meet."""
+    for candidate in _causes(error):
+        if isinstance(candidate, NOT_TRANSIENT_TYPES):
+            return False
+        code = sqlstate_of(candidate) or ""
+        if code in TRANSIENT_SQLSTATES or code.startswith("08"):
+            return True
+        if isinstance(candidate, TRANSIENT_TYPES):
+            return True
+    return False
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what it was raised from (procrastinate and SQLAlchemy wrap the driver's
+    error), outermost first; a few levels are plenty and guard against cycles."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(chain) < 5 and current not in chain:
+        chain.append(current)
+        current = current.__cause__
+    return chain

@@ -1,0 +1,115 @@
+"""Recovery: no job lost with a crashed worker, no order left waiting for its risk check.
+
+Two periodic tasks (tasks.py) call these, from every worker; each is safe to run twice at once:
+- `retry_stalled_jobs`: jobs `doing` on a worker that stopped heartbeating (killed, its
+  machine gone) go back to `todo`. procrastinate moves a job only if it is still `doing`,
+  so of two workers retrying the same job one does it and the other is told it is gone.
+- `resume_pending_risk_checks`: the backstop. An order still awaiting its check well after
+  it was submitted, with no check queued or running (its job failed, was deleted, or never
+  ran), gets its check deferred again, under an advisory lock so two sweepers never defer
+  the same check twice. A check `doing` for far longer than any check takes (its worker
+  lost the database while finishing it, and heartbeats on) is put back in the queue.
+"""
+
+from __future__ import annotations
+
+import structlog
+from procrastinate import exceptions
+from procrastinate.manager import JobManager
+
+from tradeops.auth.principal import SYSTEM
+from tradeops.db.pool import Database
+from tradeops.db.uow import UnitOfWork, run_in_transaction, transaction
+from tradeops.jobs.defer import (
+    CHECK_ORDER_RISK,
+    DEFER_MISSING_RISK_CHECKS,
+    HOUSEKEEPING_QUEUE,
+    PRUNE_SUCCEEDED_HOUSEKEEPING,
+    RETRY_OVERDUE_RISK_CHECKS,
+    RISK_QUEUE,
+    RISK_SWEEP_LOCK,
+)
+from tradeops.risk import repository as risk_repo
+from tradeops.settings import Settings
+
+log = structlog.get_logger(component="tradeops.jobs")
+
+NOT_DOING = "P0001"  # procrastinate_retry_job: 'Job was not found or not in "doing" status'
+
+
+async def retry_stalled_jobs(job_manager: JobManager, stalled_seconds: float) -> list[int]:
+    """Put back in the queue every job running on a worker silent for `stalled_seconds`;
+    the ids of those this call moved."""
+    stalled = await job_manager.get_stalled_jobs(seconds_since_heartbeat=stalled_seconds)
+    retried: list[int] = []
+    for job in stalled:
+        assert job.id is not None  # a job read from the table
+        try:
+            await job_manager.retry_job(job)
+        except exceptions.ConnectorException as error:
+            if getattr(error.__cause__, "sqlstate", None) != NOT_DOING:
+                raise
+            continue  # another worker retried it first, or it finished meanwhile
+        retried.append(job.id)
+        log.warning(
+            "stalled_job_retried",
+            job_id=job.id,
+            task=job.task_name,
+            args=job.task_kwargs,
+            worker_id=job.worker_id,
+        )
+    return retried
+
+
+async def _orders_awaiting_check(uow: UnitOfWork, settings: Settings) -> list[int]:
+    rows = await uow.execute(
+        risk_repo.AWAITING_CHECK,
+        {
+            "older_than_seconds": settings.risk_sweep_after_seconds,
+            "limit": settings.risk_sweep_batch,
+        },
+    )
+    return [int(row.id) for row in rows]
+
+
+async def resume_pending_risk_checks(
+    db: Database, settings: Settings, request_id: str | None = None
+) -> list[int]:
+    """Defer the check again for orders awaiting it longer than risk_sweep_after_seconds with
+    no check queued or running, and put back in the queue a check running for longer than
+    risk_check_overdue_seconds; the ids of those orders.
+
+    The orders are read as the system, through row-level security, like every job's reads;
+    the queue is procrastinate's and is written as the worker's own role, as procrastinate
+    itself does."""
+    awaiting = await run_in_transaction(
+        db, SYSTEM, lambda uow: _orders_awaiting_check(uow, settings), request_id=request_id
+    )
+    if not awaiting:
+        return []
+    async with transaction(db) as uow:
+        await uow.execute(RISK_SWEEP_LOCK)
+        overdue = await uow.execute(
+            RETRY_OVERDUE_RISK_CHECKS,
+            {
+                "order_ids": awaiting,
+                "task_name": CHECK_ORDER_RISK,
+                "overdue_seconds": settings.risk_check_overdue_seconds,
+            },
+        )
+        deferred = await uow.execute(
+            DEFER_MISSING_RISK_CHECKS,
+            {"order_ids": awaiting, "queue": RISK_QUEUE, "task_name": CHECK_ORDER_RISK},
+        )
+    for row in overdue:
+        log.warning("overdue_risk_check_retried", order_id=row.order_id, job_id=row.job_id)
+    for row in deferred:
+        log.warning("risk_check_resumed", order_id=row.order_id, job_id=row.job_id)
+    return sorted(int(row.order_id) for row in [*overdue, *deferred])
+
+
+async def prune_succeeded_housekeeping(db: Database) -> int:
+    """Delete the succeeded runs of the periodic tasks; how many."""
+    async with transaction(db) as uow:
+        pruned = await uow.execute(PRUNE_SUCCEEDED_HOUSEKEEPING, {"queue": HOUSEKEEPING_QUEUE})
+    return pruned.rowcount
