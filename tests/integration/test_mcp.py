@@ -137,7 +137,7 @@ async def test_agent_submits_reads_and_reviews_an_order(
     over_http = await client.get(f"{API}/orders/{submitted['id']}", headers=cast["approver"])
     assert over_http.json() == reviewed
     events = await client.get(f"{API}/orders/{submitted['id']}/events", headers=cast["approver"])
-    review = events.json()[-1]
+    review = events.json()["items"][-1]
     assert review["type"] == "REVIEWED"
     assert review["payload"]["recommendation"] == "APPROVE"
     assert review["payload"]["note"] == "Within the client's mandate; price near the last trade."
