@@ -115,12 +115,12 @@ def _amounts(*columns: str) -> str:
 
 
 def _json_array(rows: str, order_by: str) -> str:
-    """The rows of the query `rows` as one compact JSON array ordered by `order_by`, `[]`
-    when there are none. row_to_json writes each row without spaces, as orjson writes every
-    other response; json_agg would put ", " and a newline between rows."""
+    """The text of the rows of the query `rows` as one compact JSON array ordered by
+    `order_by`, `[]` when there are none. row_to_json writes each row without spaces, as
+    orjson writes every other response; json_agg would put ", " and a newline between rows."""
     return (
         "COALESCE((SELECT '[' || string_agg(row_to_json(shown)::text, ','"  # noqa: S608 - constants
-        f" ORDER BY shown.{order_by}) || ']' FROM ({rows}) AS shown), '[]')::json"
+        f" ORDER BY shown.{order_by}) || ']' FROM ({rows}) AS shown), '[]')"
     )
 
 
@@ -176,11 +176,13 @@ PORTFOLIO = prepare(
         "   AS unrealized_pnl,"
         "  sum(realized_pnl) AS realized_pnl"
         " FROM valued GROUP BY currency)"
-        " SELECT row_to_json(document)::text FROM (SELECT"
-        "  client.external_id AS client_id, client.desk,"
-        f"  {_utc('now()')} AS as_of,"
-        f"  {_json_array(_PORTFOLIO_POSITIONS, 'symbol')} AS positions,"
-        f"  {_json_array(_PORTFOLIO_TOTALS, 'currency')} AS totals"
-        " FROM client) AS document"
+        # The document's own keys are joined as text: a cast of the arrays to json would
+        # parse them again (measured on 500 positions: about a third slower).
+        " SELECT '{\"client_id\":' || to_json(client.external_id)::text"
+        "  || ',\"desk\":' || to_json(client.desk)::text"
+        f"  || ',\"as_of\":' || to_json({_utc('now()')})::text"
+        f"  || ',\"positions\":' || {_json_array(_PORTFOLIO_POSITIONS, 'symbol')}"
+        f"  || ',\"totals\":' || {_json_array(_PORTFOLIO_TOTALS, 'currency')} || '}}'"
+        " FROM client"
     )
 )
