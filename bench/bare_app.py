@@ -238,7 +238,10 @@ async def create_order(request: Request) -> Response:
         price = _decimal(body.get("price"))
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ArithmeticError):
         return problem(422, "Invalid order.")
-    order_type = body.get("order_type") or ("LIMIT" if price is not None else "MARKET")
+    # As ours: LIMIT unless MARKET is asked for by name, and a LIMIT order needs a price.
+    order_type = str(body.get("order_type") or "LIMIT").upper()
+    if (order_type == "LIMIT") != (price is not None):
+        return problem(422, "Invalid order.")
     time_in_force = body.get("time_in_force") or "DAY"
     client_order_id = body.get("client_order_id")
     request_id = uuid.uuid4().hex

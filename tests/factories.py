@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tradeops.auth import api_keys
 from tradeops.auth.api_keys import ApiKeyCreate
+from tradeops.auth.keys import generate_key
 from tradeops.auth.passwords import hash_password
 from tradeops.auth.principal import SYSTEM
 from tradeops.auth.tokens import TokenService
@@ -144,6 +145,22 @@ async def make_api_key(
         engine, SYSTEM, lambda uow: api_keys.create_api_key(uow, SYSTEM, data)
     )
     return created.id, created.key
+
+
+async def stored_api_key(engine: AsyncEngine, owner_email: str, scopes: list[str]) -> str:
+    """A key written straight into the table, past the service's checks: one granted a scope
+    its owner's role can never use, as keys made before that check (or by hand) may be."""
+    key, prefix, key_hash = generate_key()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO api_keys (owner_user_id, name, prefix, hash, scopes)"
+                " SELECT id, 'stored key', :prefix, :hash, :scopes FROM users"
+                " WHERE email = :email"
+            ),
+            {"prefix": prefix, "hash": key_hash, "scopes": scopes, "email": owner_email},
+        )
+    return key
 
 
 def bearer(credential: str) -> dict[str, str]:

@@ -83,8 +83,12 @@ def _field_path(loc: tuple[Any, ...]) -> str | None:
 
 
 def _validation_message(error: Mapping[str, Any]) -> str:
-    if error.get("type") == "extra_forbidden":
+    kind = error.get("type")
+    if kind == "extra_forbidden":
         return "Unknown field."
+    if kind in ("value_error", "assertion_error") and "error" in error.get("ctx", {}):
+        # The validator's own sentence, without pydantic's "Value error, " before it.
+        return str(error["ctx"]["error"])
     return str(error.get("msg", "Invalid value."))
 
 
@@ -165,8 +169,73 @@ def problem_parts(error: BaseException) -> ProblemParts:
     )
 
 
+# --- a body FastAPI could not read at all: say what to send instead -------------------------
+
+_READS_AS = {
+    "application/json": "a JSON body",
+    "application/x-www-form-urlencoded": "a form",
+    "multipart/form-data": "a multipart form",
+}
+
+
+def _sent_as_expected(expected: str, sent: str) -> bool:
+    media_type = sent.split(";", 1)[0].strip().lower()
+    if expected == "application/json":
+        return media_type == expected or (
+            media_type.startswith("application/") and media_type.endswith("+json")
+        )
+    return media_type in ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _wrong_media_type(request: Request, error: RequestValidationError) -> str | None:
+    """Why the body's fields could not be read: sent as another media type than the endpoint
+    reads (JSON without its Content-Type, a form sent as JSON), or None."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    expected = getattr(getattr(body_field, "field_info", None), "media_type", None)
+    sent = request.headers.get("content-type", "")
+    body_errors = any(tuple(e.get("loc", ()))[:1] == ("body",) for e in error.errors())
+    if not isinstance(expected, str) or not body_errors or _sent_as_expected(expected, sent):
+        return None
+    came = f"it came as {sent}" if sent else "it came without a Content-Type"
+    return (
+        f"This endpoint reads {_READS_AS.get(expected, expected)}: send it with "
+        f"Content-Type: {expected} ({came})."
+    )
+
+
+def _broken_json(error: RequestValidationError) -> str | None:
+    """Where a JSON body stops parsing, as an editor shows it: line and column, from 1."""
+    broken = next((e for e in error.errors() if e.get("type") == "json_invalid"), None)
+    if broken is None:
+        return None
+    body = error.body
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    position = int(broken["loc"][-1])
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    reason = broken.get("ctx", {}).get("error", "invalid syntax")
+    return f"The body is not valid JSON: {reason} at line {line}, column {column}."
+
+
+def unreadable_body(request: Request, error: RequestValidationError) -> ProblemParts | None:
+    """The problem for a request body that could not be read at all, naming the fix; None
+    when the body was read and only its fields are invalid."""
+    for field_name, detail in (
+        ("header.Content-Type", _wrong_media_type(request, error)),
+        ("body", _broken_json(error)),
+    ):
+        if detail is not None:
+            errors = [{"field": field_name, "message": detail}]
+            return ProblemParts(
+                422, "validation-error", "The request is not valid", detail, {"errors": errors}
+            )
+    return None
+
+
 async def on_error(request: Request, exc: Exception) -> Response:
     parts = problem_parts(exc)
+    if isinstance(exc, RequestValidationError):
+        parts = unreadable_body(request, exc) or parts
     return problem_response(
         request,
         status=parts.status,

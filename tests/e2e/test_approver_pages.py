@@ -88,7 +88,9 @@ async def test_approver_approves_an_agents_order_and_rejects_another_with_a_reas
     await run_risk_checks(database_url, settings)
     for order_id in (first, second):
         await review(client, order_id, cast["agent"], **AGENT_ADVICE)
-    await submit(client, cast["trader2"], symbol="MSFT", quantity=75, price=None)
+    await submit(
+        client, cast["trader2"], symbol="MSFT", quantity=75, price=None, order_type="MARKET"
+    )
 
     await sign_in(page, "approver@test.bank")
     queue = page.locator("#queue")

@@ -13,8 +13,16 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import Cast, approved_order, bearer, make_api_key
+from tests.factories import (
+    SEED_ORDER,
+    Cast,
+    approved_order,
+    bearer,
+    make_api_key,
+    stored_api_key,
+)
 from tradeops.db.uow import sqlstate_of
+from tradeops.errors import InvalidRequest
 
 ORDERS = "/api/v1/orders"
 PROBLEMS = "https://tradeops.dev/problems/"
@@ -99,7 +107,9 @@ async def test_the_last_fill_fills_the_order_at_the_weighted_average_price(
         "50",
         "192.53",
     )
-    events = (await client.get(f"{ORDERS}/{order_id}/events", headers=cast["trader"])).json()
+    events = (await client.get(f"{ORDERS}/{order_id}/events", headers=cast["trader"])).json()[
+        "items"
+    ]
     assert [(e["seq"], e["type"]) for e in events] == [
         (1, "CREATED"),
         (2, "REVIEWED"),
@@ -233,7 +243,7 @@ async def test_a_limit_order_fills_only_at_its_limit_or_better(
 async def test_a_market_order_fills_at_any_price(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
-    order_id = await approved_order(client, cast, owner_engine, price=None)
+    order_id = await approved_order(client, cast, owner_engine, price=None, order_type="MARKET")
     assert (await record(client, order_id, cast["admin"], price="999.99")).status_code == 201
 
 
@@ -272,7 +282,7 @@ async def test_only_approved_or_partially_filled_orders_take_fills(
 ) -> None:
     pending = await client.post(
         ORDERS,
-        json={"client_id": "CUST-1001", "symbol": "AAPL", "side": "BUY", "quantity": 50},
+        json={**SEED_ORDER, "price": None, "order_type": "MARKET"},
         headers=cast["trader"],
     )
     refused = await record(client, pending.json()["id"], cast["admin"])
@@ -335,7 +345,10 @@ async def test_no_one_but_operations_records_fills_whatever_the_key_scope(
 ) -> None:
     order_id = await approved_order(client, cast, owner_engine)
     for owner in ("trader@test.bank", "agent@test.bank", "risk@test.bank"):
-        _, key = await make_api_key(owner_engine, owner, ["executions:write"])
+        with pytest.raises(InvalidRequest, match="can never use executions:write"):
+            await make_api_key(owner_engine, owner, ["executions:write"])
+        # A key that holds the scope anyway (made before that check) is refused when used.
+        key = await stored_api_key(owner_engine, owner, ["executions:write"])
         assert (await record(client, order_id, bearer(key))).status_code == 403, owner
     for who in ("trader", "approver", "risk", "agent"):
         assert (await record(client, order_id, cast[who])).status_code == 403, who
@@ -464,7 +477,9 @@ async def test_concurrent_fills_of_one_position_lose_no_update(
     fills = [("BUY", 10 + n, f"{190 + n}.25") for n in range(8)]
     fills += [("SELL", 5 + n, f"{195 + n}.5") for n in range(4)]
     orders = [
-        await approved_order(client, cast, owner_engine, side=side, quantity=qty, price=None)
+        await approved_order(
+            client, cast, owner_engine, side=side, quantity=qty, price=None, order_type="MARKET"
+        )
         for side, qty, _ in fills
     ]
     responses = await asyncio.gather(
@@ -512,7 +527,7 @@ async def test_concurrent_fills_of_one_order_never_overfill_it(
     }
     order = (await client.get(f"{ORDERS}/{order_id}", headers=cast["risk"])).json()
     assert (order["status"], order["filled_quantity"], order["version"]) == ("FILLED", "50", 8)
-    events = (await client.get(f"{ORDERS}/{order_id}/events", headers=cast["risk"])).json()
+    events = (await client.get(f"{ORDERS}/{order_id}/events", headers=cast["risk"])).json()["items"]
     assert [e["seq"] for e in events] == list(range(1, 9))
     assert (await position_of(client, cast))["quantity"] == "50"
 

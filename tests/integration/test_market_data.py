@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import Cast, bearer, make_api_key, make_instrument
+from tests.factories import Cast, bearer, make_api_key, make_instrument, stored_api_key
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.uow import UnitOfWork, driver_of
 
@@ -369,7 +369,7 @@ async def test_an_admins_key_publishes_with_the_write_scope_only(
 ) -> None:
     _, feed = await make_api_key(owner_engine, "admin@test.bank", ["marketdata:write"])
     _, other = await make_api_key(owner_engine, "admin@test.bank", ["orders:read"])
-    _, traders = await make_api_key(owner_engine, "trader@test.bank", ["marketdata:write"])
+    traders = await stored_api_key(owner_engine, "trader@test.bank", ["marketdata:write"])
     assert (await publish(client, bearer(feed), [snapshot()])).status_code == 201
     assert (await publish(client, bearer(other), [snapshot()])).status_code == 403
     assert (await publish(client, bearer(traders), [snapshot()])).status_code == 403

@@ -137,7 +137,7 @@ async def test_agent_submits_reads_and_reviews_an_order(
     over_http = await client.get(f"{API}/orders/{submitted['id']}", headers=cast["approver"])
     assert over_http.json() == reviewed
     events = await client.get(f"{API}/orders/{submitted['id']}/events", headers=cast["approver"])
-    review = events.json()[-1]
+    review = events.json()["items"][-1]
     assert review["type"] == "REVIEWED"
     assert review["payload"]["recommendation"] == "APPROVE"
     assert review["payload"]["note"] == "Within the client's mandate; price near the last trade."
@@ -427,6 +427,27 @@ async def test_tool_errors_carry_the_http_problem_detail(
     assert twice["type"].endswith("/illegal-transition")
     assert stale["type"].endswith("/stale-version") and stale["current_version"] == 2
     assert bad_fields["instance"] == "/mcp/tools/submit_order" and bad_fields["request_id"]
+
+
+async def test_an_agents_order_without_a_price_is_refused_not_sent_to_market(
+    live_server: LiveServer, cast: Cast
+) -> None:
+    unpriced = {k: v for k, v in ORDER.items() if k != "price"}
+    async with mcp_over_http(live_server, cast["agent"]) as agent:
+        refused = problem_of(await agent.call_tool("submit_order", unpriced))
+        market = order_of(
+            await agent.call_tool(
+                "submit_order", {**unpriced, "order_type": "MARKET", "client_order_id": "m-1"}
+            )
+        )
+        tools = {tool.name: tool for tool in (await agent.list_tools()).tools}
+    assert refused["status"] == 422
+    assert [e["message"] for e in refused["errors"]] == [
+        "a LIMIT order needs a price; send order_type MARKET to trade at market"
+    ]
+    assert (market["order_type"], market["price"]) == ("MARKET", None)
+    order_type = tools["submit_order"].input_schema["properties"]["order_type"]
+    assert order_type["default"] == "LIMIT" and "MARKET" in order_type["description"]
 
 
 # --- the audit trail -----------------------------------------------------------------------

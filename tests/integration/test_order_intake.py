@@ -46,7 +46,8 @@ async def test_seed_body_creates_pending_order(client: httpx.AsyncClient, refdat
 
 
 async def test_market_order_without_price(client: httpx.AsyncClient, refdata: None) -> None:
-    response = await client.post(ORDERS, json=order(price=..., side="sell", time_in_force="gtc"))
+    body = order(price=..., order_type="market", side="sell", time_in_force="gtc")
+    response = await client.post(ORDERS, json=body)
     assert response.status_code == 201, response.text
     body = response.json()
     assert (body["order_type"], body["price"], body["side"], body["time_in_force"]) == (
@@ -55,6 +56,21 @@ async def test_market_order_without_price(client: httpx.AsyncClient, refdata: No
         "SELL",
         "GTC",
     )
+
+
+@pytest.mark.parametrize("price", [..., None], ids=["left-out", "null"])
+async def test_an_order_without_a_price_is_never_made_a_market_order(
+    client: httpx.AsyncClient, refdata: None, price: Any
+) -> None:
+    response = await client.post(ORDERS, json=order(price=price))
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {
+            "field": "body",
+            "message": "a LIMIT order needs a price; send order_type MARKET to trade at market",
+        }
+    ]
+    assert (await client.get(ORDERS)).json()["items"] == [], "nothing may be recorded"
 
 
 async def test_decimal_strings_are_accepted(client: httpx.AsyncClient, refdata: None) -> None:

@@ -43,6 +43,7 @@ async def trade(
         side=side,
         quantity=quantity,
         price=None,
+        order_type="MARKET",
     )
     fill = {
         "quantity": quantity,

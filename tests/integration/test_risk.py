@@ -44,7 +44,7 @@ async def set_limit(client: httpx.AsyncClient, cast: Cast, **limit: Any) -> http
 
 async def events(client: httpx.AsyncClient, cast: Cast, order_id: int) -> list[dict[str, Any]]:
     response = await client.get(f"{ORDERS}/{order_id}/events", headers=cast["trader"])
-    return list(response.json())
+    return list(response.json()["items"])
 
 
 def codes(order: dict[str, Any]) -> list[str]:

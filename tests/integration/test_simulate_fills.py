@@ -45,7 +45,7 @@ async def test_simulation_fills_each_approved_order_once(
     at_limit = await approved_order(client, cast, owner_engine, symbol="MSFT", price=400)
     below_market = await approved_order(client, cast, owner_engine, quantity=5, price=191)
     unpriced = await approved_order(
-        client, cast, owner_engine, symbol="NVDA", side="SELL", price=None
+        client, cast, owner_engine, symbol="NVDA", side="SELL", price=None, order_type="MARKET"
     )
     partly = await approved_order(client, cast, owner_engine)
     first_fill = {
@@ -62,7 +62,13 @@ async def test_simulation_fills_each_approved_order_once(
     ).status_code == 201
     pending = await client.post(
         f"{API}/orders",
-        json={"client_id": "CUST-1001", "symbol": "AAPL", "side": "BUY", "quantity": 1},
+        json={
+            "client_id": "CUST-1001",
+            "symbol": "AAPL",
+            "side": "BUY",
+            "quantity": 1,
+            "order_type": "MARKET",
+        },
         headers=cast["trader"],
     )
 

@@ -91,12 +91,12 @@ async def me(client: httpx.AsyncClient, token: str) -> httpx.Response:
     return await client.get(ME, headers=bearer(token))
 
 
-def assert_unauthenticated(response: httpx.Response) -> None:
+def assert_unauthenticated(response: httpx.Response, slug: str = "unauthenticated") -> None:
     assert response.status_code == 401, response.text
     assert response.headers["content-type"] == PROBLEM
     problem = response.json()
     assert problem["status"] == 401
-    assert problem["type"].endswith("/unauthenticated")
+    assert problem["type"].endswith(f"/{slug}")
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
@@ -140,7 +140,7 @@ async def test_expired_token_is_refused(
 ) -> None:
     now = int(time.time())
     payload = own_claims(settings, cast.ids["trader"], iat=now - 600, exp=now - 60)
-    assert_unauthenticated(await me(client, sign_own(settings, payload)))
+    assert_unauthenticated(await me(client, sign_own(settings, payload)), "token-expired")
 
 
 async def test_token_just_expired_within_leeway_is_accepted(
@@ -370,7 +370,8 @@ async def test_oidc_token_with_a_bad_claim_is_refused(
     oidc_client: httpx.AsyncClient, cast: Cast, idp_key: rsa.RSAPrivateKey, changes: Any
 ) -> None:
     token = idp_token(idp_key, idp_claims("approver@test.bank", **changes))
-    assert_unauthenticated(await me(oidc_client, token))
+    slug = "token-expired" if "exp" in changes else "unauthenticated"
+    assert_unauthenticated(await me(oidc_client, token), slug)
 
 
 async def test_rs256_token_claiming_our_issuer_is_refused(

@@ -417,7 +417,9 @@ async def test_approver_approves_and_rejects_with_a_reason(
     )
     assert rejected.status_code == 303
     assert await status_of(client, cast, second) == "REJECTED"
-    events = (await client.get(f"{API}/orders/{second}/events", headers=cast["risk"])).json()
+    events = (await client.get(f"{API}/orders/{second}/events", headers=cast["risk"])).json()[
+        "items"
+    ]
     assert events[-1]["payload"] == {"reason": "Outside the mandate"}
     assert events[-1]["actor"] == f"user:{cast.ids['approver']}"
 
@@ -514,7 +516,7 @@ async def test_an_order_not_yet_reviewed_can_be_reviewed_before_approval(
     approver = await person("approver@test.bank")
     page = f"/ui/orders/{order_id}"
     html = (await approver.get(page)).text
-    assert "is PENDING; it cannot be approved" in _form(html, "approve")
+    assert "is PENDING: it needs a review first" in _form(html, "approve")
     reviewed = await post_form(
         approver, page, f"{page}/review", version="1", note="called the client"
     )

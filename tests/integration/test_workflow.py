@@ -69,7 +69,9 @@ async def test_seed_flow_review_then_approve_by_another_user(
         4,
     )
 
-    events = (await client.get(f"{ORDERS}/{created['id']}/events", headers=cast["trader"])).json()
+    events = (await client.get(f"{ORDERS}/{created['id']}/events", headers=cast["trader"])).json()[
+        "items"
+    ]
     assert [e["type"] for e in events] == ["CREATED", "RISK_CHECKED", "REVIEWED", "APPROVED"]
     assert events[1]["payload"] == {"risk_status": "PASSED", "reasons": []}
     assert events[2]["payload"]["note"] == "client call"
@@ -87,7 +89,9 @@ async def test_agent_review_is_a_recommendation_and_agents_never_decide(
     for step, body in (("approve", None), ("reject", {"reason": "agent tries"})):
         refused = await act(client, order["id"], step, cast["agent"], body)
         assert refused.status_code == 403, refused.text
-    history = (await client.get(f"{ORDERS}/{order['id']}/events", headers=cast["approver"])).json()
+    history = (await client.get(f"{ORDERS}/{order['id']}/events", headers=cast["approver"])).json()[
+        "items"
+    ]
     assert history[1]["payload"] == review
     assert history[1]["actor"].startswith(f"user:{cast.ids['agent']}/key:")
 
@@ -270,5 +274,7 @@ async def test_transitions_are_idempotent_too(client: httpx.AsyncClient, cast: C
     second = await act(client, order["id"], "review", cast["trader"], **key)
     assert first.status_code == second.status_code == 200
     assert second.headers["idempotent-replayed"] == "true"
-    events = (await client.get(f"{ORDERS}/{order['id']}/events", headers=cast["trader"])).json()
+    events = (await client.get(f"{ORDERS}/{order['id']}/events", headers=cast["trader"])).json()[
+        "items"
+    ]
     assert [e["type"] for e in events] == ["CREATED", "REVIEWED"]

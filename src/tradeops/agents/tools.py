@@ -99,7 +99,8 @@ class SubmitOrder(OrderCreate):
     price: PositiveAmount | None = Field(
         default=None,
         description='The limit price, as a decimal string such as "192.55", in the '
-        "instrument's currency: > 0, a multiple of its tick_size. Omit for a MARKET order.",
+        "instrument's currency: > 0, a multiple of its tick_size. Omit it only for a MARKET "
+        "order, which you ask for with order_type MARKET.",
     )
     client_order_id: ClientOrderId = Field(
         description="Required: your own unique id for this order (1-64 printable ASCII "
@@ -345,8 +346,9 @@ TOOLS: tuple[AgentTool, ...] = (
         description="Submit a trade order for a client of your desks. quantity and price are "
         'decimal strings ("50", "192.55"): quantity > 0 in units of the instrument, a multiple '
         "of its lot_size; price is the limit price in the instrument's currency, a multiple of "
-        "its tick_size; omit price for a MARKET order. The order is recorded with status "
-        "PENDING and risk_status PENDING; a background pre-trade risk check then sets "
+        "its tick_size. order_type is LIMIT unless you send MARKET: a LIMIT order needs a "
+        "price; to trade at market send order_type MARKET and no price. The order is recorded "
+        "with status PENDING and risk_status PENDING; a background pre-trade risk check then sets "
         "risk_status to PASSED or FAILED. Nothing trades yet: the order waits for a review "
         "(review_order) and then for a human approver, who approves or rejects it; no agent "
         "can. If you do not know whether a submit went through (a timeout, a lost "

@@ -12,8 +12,14 @@ from sqlalchemy.dialects.postgresql import insert
 from tradeops.audit import service as audit
 from tradeops.auth.keys import generate_key
 from tradeops.auth.models import ApiKey, User
-from tradeops.auth.permissions import KNOWN_SCOPES, Action, authorize, is_allowed
-from tradeops.auth.principal import Principal
+from tradeops.auth.permissions import (
+    KNOWN_SCOPES,
+    Action,
+    authorize,
+    is_allowed,
+    usable_scopes,
+)
+from tradeops.auth.principal import Principal, Role
 from tradeops.db.base import table_of
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
@@ -94,16 +100,36 @@ def _visible_to(principal: Principal) -> Any:
     return statement
 
 
-async def _owner_id(uow: UnitOfWork, principal: Principal, owner_email: str | None) -> int:
+async def _owner(
+    uow: UnitOfWork, principal: Principal, owner_email: str | None
+) -> tuple[int, Role]:
+    """The key owner's user id and role."""
     if owner_email is None or owner_email.lower() == principal.email:
-        return principal.user_id
+        return principal.user_id, principal.role
     authorize(principal, Action.MANAGE_ANY_API_KEYS)
-    owner = await uow.scalar(
-        select(users.c.id).where(users.c.email == owner_email.lower(), users.c.role != "system")
+    owner = await uow.one_or_none(
+        select(users.c.id, users.c.role).where(
+            users.c.email == owner_email.lower(), users.c.role != "system"
+        )
     )
     if owner is None:
         raise InvalidRequest(f"Unknown user {owner_email}.", field="body.owner_email")
-    return int(owner)
+    return int(owner.id), Role(owner.role)
+
+
+def _check_usable(scopes: list[str], role: Role) -> None:
+    """A scope the owner's role can never use would be a key that is refused whatever it
+    does with it: say so now, with the scopes that would work."""
+    usable = usable_scopes(role)
+    unusable = sorted(set(scopes) - usable)
+    if unusable:
+        raise InvalidRequest(
+            f"The key's owner has the role {role.value}, which can never use "
+            f"{', '.join(unusable)} (a key only narrows what its owner may do). Scopes its "
+            f"key can use: {', '.join(sorted(usable))}.",
+            field="body.scopes",
+            usable_scopes=sorted(usable),
+        )
 
 
 _OWNER_DESKS = text(
@@ -135,7 +161,8 @@ async def create_api_key(
     unknown = sorted(set(data.scopes) - KNOWN_SCOPES)
     if unknown:
         raise InvalidRequest(f"Unknown scope: {', '.join(unknown)}.", field="body.scopes")
-    owner_id = await _owner_id(uow, principal, data.owner_email)
+    owner_id, owner_role = await _owner(uow, principal, data.owner_email)
+    _check_usable(data.scopes, owner_role)
     desk_ids = await _key_desks(uow, owner_id, data.desks) if data.desks else None
     key, prefix, key_hash = generate_key()
     expires = (

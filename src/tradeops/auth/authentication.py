@@ -14,7 +14,7 @@ from typing import Any
 
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.principal import Principal, Role
-from tradeops.auth.tokens import InvalidToken, TokenService
+from tradeops.auth.tokens import InvalidToken, TokenExpired, TokenService
 from tradeops.db.prepared import prepare
 from tradeops.db.uow import APP_ROLE, UnitOfWork
 from tradeops.errors import Unauthenticated
@@ -95,6 +95,14 @@ async def authenticate(
     else:
         try:
             subject = tokens.verify(credential)
+        except TokenExpired as error:
+            raise AccessTokenExpired(
+                "The access token expired; sign in again for a new one.",
+                headers={
+                    "WWW-Authenticate": 'Bearer realm="tradeops", error="invalid_token", '
+                    'error_description="The access token expired"'
+                },
+            ) from error
         except InvalidToken as error:
             raise unauthenticated("The access token is not valid.") from error
         params = {"user_id": subject.user_id, "email": subject.email}
@@ -124,6 +132,13 @@ async def authenticate_user(
     principal = _principal(row)
     uow.principal, uow.request_id = principal, request_id
     return principal
+
+
+class AccessTokenExpired(Unauthenticated):
+    """Told apart from a bad token, so a client knows a new sign-in is all it needs."""
+
+    slug = "token-expired"
+    title = "Access token expired"
 
 
 def unauthenticated(detail: str) -> Unauthenticated:

@@ -85,6 +85,14 @@ SCOPES: dict[Action, str] = {
     Action.READ_POSITIONS: "positions:read",
 }
 KNOWN_SCOPES = frozenset(SCOPES.values())
+
+
+def usable_scopes(role: Role) -> frozenset[str]:
+    """The scopes a key of an owner with this role can ever use: those of the actions the
+    role may take (a key only narrows its owner)."""
+    return frozenset(scope for action, scope in SCOPES.items() if role in PERMISSIONS[action])
+
+
 # Deciding on an order is a person's act: no key may do it, whoever owns the key.
 PERSON_ONLY = frozenset({Action.APPROVE_ORDER, Action.REJECT_ORDER})
 # What every key may do whatever its scopes (their scopes exist, so asking for them is valid).

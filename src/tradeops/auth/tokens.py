@@ -28,6 +28,10 @@ class InvalidToken(Exception):
     pass
 
 
+class TokenExpired(InvalidToken):
+    """A token that was good and ran out: its holder only needs to sign in again."""
+
+
 @dataclass(frozen=True)
 class TokenSubject:
     """Who a valid token speaks for: our user id, or an external identity's email."""
@@ -110,6 +114,8 @@ class TokenService:
                 options={"require": REQUIRED_CLAIMS},
                 leeway=30,
             )
+        except jwt.ExpiredSignatureError as error:
+            raise TokenExpired(str(error)) from error
         except jwt.PyJWTError as error:
             raise InvalidToken(str(error)) from error
 
@@ -136,4 +142,4 @@ class TokenService:
         return PyJWKClient(self.settings.oidc_jwks_url, cache_keys=True, lifespan=300)
 
 
-__all__ = ["InvalidToken", "TokenService", "TokenSubject"]
+__all__ = ["InvalidToken", "TokenExpired", "TokenService", "TokenSubject"]

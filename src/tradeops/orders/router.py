@@ -17,7 +17,7 @@ from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage, OrderStatu
 from tradeops.orders.workflow import (
     ApproveRequest,
     CancelRequest,
-    OrderEventOut,
+    OrderEventList,
     RejectRequest,
     ReviewRequest,
     Transition,
@@ -81,7 +81,8 @@ async def submit_order(
     never an agent — to approve it.
 
     Quantities and prices are decimals: send them as strings (`"192.55"`) or JSON numbers.
-    `order_type` defaults to LIMIT when `price` is given, MARKET otherwise. Retry safely with an
+    `order_type` is LIMIT unless you send MARKET: a LIMIT order needs a `price`, a MARKET
+    order takes none (an order without a price is never made a MARKET order). Retry safely with an
     `Idempotency-Key` header; a repeated `client_order_id` answers 409 with the existing
     order's id (`existing_order_id`).
     """
@@ -259,11 +260,10 @@ async def cancel_order(
 
 @router.get(
     "/{order_id}/events",
-    response_model=list[OrderEventOut],
+    response_model=OrderEventList,
     responses=problem_responses(service.OrderNotFound),
 )
-async def order_events(
-    order_id: RowId, principal: CurrentPrincipal, uow: UoW
-) -> list[OrderEventOut]:
-    """The order's history, oldest first: who did what, when, with notes and reasons."""
-    return await workflow.order_history(uow, principal, order_id)
+async def order_events(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -> OrderEventList:
+    """The order's history in `items`, oldest first: who did what, when, with notes and
+    reasons. The whole history, in one page (an order has a handful of steps)."""
+    return OrderEventList(items=await workflow.order_history(uow, principal, order_id))

@@ -29,6 +29,7 @@ OrderStatus = Literal[
 ]
 RiskStatus = Literal["PENDING", "PASSED", "FAILED"]
 ClientOrderId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7E]{1,64}$")]
+LIMIT_NEEDS_PRICE = "a LIMIT order needs a price; send order_type MARKET to trade at market"
 
 
 class OrderCreate(BaseModel):
@@ -60,8 +61,12 @@ class OrderCreate(BaseModel):
         description="Limit price in the instrument's currency, a multiple of its tick size; "
         "omit for a MARKET order",
     )
-    order_type: OrderType | None = Field(
-        default=None, description="LIMIT (default when price is given) or MARKET (default without)"
+    # A MARKET order is always asked for by name: a price left out by mistake must never
+    # trade at whatever the market pays.
+    order_type: OrderType = Field(
+        default="LIMIT",
+        description="LIMIT (the default, needs a price) or MARKET (send it explicitly, without "
+        "a price, to trade at market)",
     )
     time_in_force: TimeInForce = Field(default="DAY", description="DAY (default), GTC, IOC or FOK")
     client_order_id: ClientOrderId | None = Field(
@@ -72,10 +77,8 @@ class OrderCreate(BaseModel):
 
     @model_validator(mode="after")
     def _price_matches_type(self) -> Self:
-        if self.order_type is None:
-            self.order_type = "LIMIT" if self.price is not None else "MARKET"
         if self.order_type == "LIMIT" and self.price is None:
-            raise ValueError("a LIMIT order needs a price")
+            raise ValueError(LIMIT_NEEDS_PRICE)
         if self.order_type == "MARKET" and self.price is not None:
             raise ValueError("a MARKET order takes no price")
         return self

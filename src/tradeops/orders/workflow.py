@@ -111,25 +111,9 @@ def refusal(transition: Transition, principal: Principal, order: Any) -> DomainE
         authorize(principal, transition.action)
     except Forbidden as error:
         return error
-    if order.status not in transition.from_statuses:
-        return IllegalTransition(
-            f"Order {order.id} is {order.status}; it cannot be {transition.to_status.lower()} from"
-            " there.",
-            current_status=order.status,
-            current_version=order.version,
-        )
-    if transition is APPROVE and order.risk_status == "FAILED":
-        return RiskCheckFailed(
-            f"Order {order.id} failed its risk check and cannot be approved; reject it instead.",
-            order_id=order.id,
-            risk_reasons=order.risk_reasons,
-        )
-    if transition is APPROVE and order.risk_status != "PASSED":
-        return RiskCheckPending(
-            f"Order {order.id} is still waiting for its pre-trade risk check; approve it once "
-            "the check has passed.",
-            order_id=order.id,
-        )
+    refused = _status_refusal(transition, order)
+    if refused is not None:
+        return refused
     deciding = transition in (APPROVE, REJECT)
     if deciding and order.created_by == principal.user_id:
         return MakerCannotApprove(
@@ -143,6 +127,42 @@ def refusal(transition: Transition, principal: Principal, order: Any) -> DomainE
         and principal.role not in (Role.APPROVER, Role.SYSTEM)
     ):
         return Forbidden(f"Only the order's maker or an approver may cancel order {order.id}.")
+    return None
+
+
+def _status_refusal(transition: Transition, order: Any) -> DomainError | None:
+    """Why the order's status or risk check rules the transition out, saying what would let
+    it through: a failed check first, since no review can mend it."""
+    undecided = order.status in APPROVE.from_statuses | REVIEW.from_statuses
+    if transition is APPROVE and undecided and order.risk_status == "FAILED":
+        reasons = " ".join(str(r.get("message", r.get("code"))) for r in order.risk_reasons)
+        reasons = reasons or "no reason was recorded."
+        return RiskCheckFailed(
+            f"Order {order.id} failed its risk check and cannot be approved: {reasons} "
+            "Reject it instead.",
+            order_id=order.id,
+            risk_reasons=order.risk_reasons,
+        )
+    if transition is APPROVE and order.status == "PENDING":
+        return IllegalTransition(
+            f"Order {order.id} is PENDING: it needs a review first; once it is REVIEWED it "
+            "can be approved.",
+            current_status=order.status,
+            current_version=order.version,
+        )
+    if order.status not in transition.from_statuses:
+        return IllegalTransition(
+            f"Order {order.id} is {order.status}; it cannot be {transition.to_status.lower()} from"
+            " there.",
+            current_status=order.status,
+            current_version=order.version,
+        )
+    if transition is APPROVE and order.risk_status != "PASSED":
+        return RiskCheckPending(
+            f"Order {order.id} is still waiting for its pre-trade risk check; approve it once "
+            "the check has passed.",
+            order_id=order.id,
+        )
     return None
 
 
@@ -208,6 +228,10 @@ class OrderEventOut(BaseModel):
     actor: str
     payload: dict[str, Any]
     at: datetime
+
+
+class OrderEventList(BaseModel):
+    items: list[OrderEventOut] = Field(description="Oldest first")
 
 
 async def order_history(

@@ -114,9 +114,32 @@ def _amounts(*columns: str) -> str:
     return ", ".join(f"trim_scale({column})::text AS {column}" for column in columns)
 
 
+def _json_array(rows: str, order_by: str) -> str:
+    """The text of the rows of the query `rows` as one compact JSON array ordered by
+    `order_by`, `[]` when there are none. row_to_json writes each row without spaces, as
+    orjson writes every other response; json_agg would put ", " and a newline between rows."""
+    return (
+        "COALESCE((SELECT '[' || string_agg(row_to_json(shown)::text, ','"  # noqa: S608 - constants
+        f" ORDER BY shown.{order_by}) || ']' FROM ({rows}) AS shown), '[]')"
+    )
+
+
 def _utc(expression: str) -> str:
     return f"""to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
+
+_PORTFOLIO_POSITIONS = (
+    "SELECT symbol, currency,"  # noqa: S608 - SQL from constants only
+    f" {_amounts('quantity', 'avg_cost', 'cost_basis')}, last_price IS NOT NULL AS priced,"
+    f" {_amounts('last_price')}, {_utc('price_as_of')} AS price_as_of,"
+    f" {_amounts('market_value', 'unrealized_pnl', 'realized_pnl')}"
+    " FROM valued"
+)
+_PORTFOLIO_TOTALS = (
+    "SELECT currency, positions, unpriced_positions,"  # noqa: S608 - SQL from constants only
+    f" {_amounts('market_value', 'cost_basis', 'unrealized_pnl', 'realized_pnl')}"
+    " FROM totals"
+)
 
 # GET /clients/{id}/portfolio: one statement that answers the whole JSON document, so the
 # hot read costs one round trip and no per-position work in Python (500 positions: bench/).
@@ -124,8 +147,8 @@ def _utc(expression: str) -> str:
 # (instrument_id, as_of DESC) index); exact numeric arithmetic throughout. Totals are per
 # currency; their market value and unrealized P&L are null when an open position of that
 # currency has no price, rather than a partial sum. No row: no such client for this caller.
-# Rows become JSON objects whole (json_agg of a row), measured faster than building each
-# object key by key.
+# Rows become JSON objects whole (row_to_json), measured faster than building each object
+# key by key, and compact like every other response (json_build_object writes " : ").
 PORTFOLIO = prepare(
     text(
         "WITH client AS ("  # noqa: S608 - SQL from constants only
@@ -153,19 +176,13 @@ PORTFOLIO = prepare(
         "   AS unrealized_pnl,"
         "  sum(realized_pnl) AS realized_pnl"
         " FROM valued GROUP BY currency)"
-        " SELECT json_build_object("
-        "  'client_id', client.external_id, 'desk', client.desk,"
-        f"  'as_of', {_utc('now()')},"
-        "  'positions', COALESCE((SELECT json_agg(shown ORDER BY shown.symbol) FROM ("
-        "   SELECT symbol, currency,"
-        f"   {_amounts('quantity', 'avg_cost', 'cost_basis')}, last_price IS NOT NULL AS priced,"
-        f"   {_amounts('last_price')}, {_utc('price_as_of')} AS price_as_of,"
-        f"   {_amounts('market_value', 'unrealized_pnl', 'realized_pnl')}"
-        "   FROM valued) AS shown), '[]'),"
-        "  'totals', COALESCE((SELECT json_agg(shown ORDER BY shown.currency) FROM ("
-        "   SELECT currency, positions, unpriced_positions,"
-        f"   {_amounts('market_value', 'cost_basis', 'unrealized_pnl', 'realized_pnl')}"
-        "   FROM totals) AS shown), '[]')"
-        " )::text FROM client"
+        # The document's own keys are joined as text: a cast of the arrays to json would
+        # parse them again (measured on 500 positions: about a third slower).
+        " SELECT '{\"client_id\":' || to_json(client.external_id)::text"
+        "  || ',\"desk\":' || to_json(client.desk)::text"
+        f"  || ',\"as_of\":' || to_json({_utc('now()')})::text"
+        f"  || ',\"positions\":' || {_json_array(_PORTFOLIO_POSITIONS, 'symbol')}"
+        f"  || ',\"totals\":' || {_json_array(_PORTFOLIO_TOTALS, 'currency')} || '}}'"
+        " FROM client"
     )
 )
