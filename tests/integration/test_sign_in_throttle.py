@@ -16,11 +16,15 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import PASSWORD, Cast
 from tests.live import LiveServer
 from tests.pages import csrf_of
 from tradeops.app import create_app
+from tradeops.auth.sign_in import email_key
+from tradeops.maintenance import run_round
 from tradeops.settings import Settings
 
 API = "/api/v1"
@@ -166,3 +170,55 @@ async def _health_latencies(http: httpx.AsyncClient, count: int) -> list[float]:
         latencies.append(time.perf_counter() - started)
         await asyncio.sleep(0.02)
     return latencies
+
+
+async def test_failures_older_than_the_window_are_forgotten_and_housekeeping_drops_them(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    cast: Cast,
+    settings: Settings,
+    owner_engine: AsyncEngine,
+) -> None:
+    """The table holds only recently tried emails, even ones that never succeed."""
+    await fail_times(client, "old@test.bank", settings.login_max_failures - 1)
+    await fail_times(client, "recent@test.bank", 1)
+    await fail_times(client, "trader@test.bank", settings.login_max_failures)  # locked
+    async with owner_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE sign_in_throttle SET last_failed_at = now() - make_interval(secs => :age)"
+                " WHERE email_key = :key"
+            ),
+            {"age": settings.login_failure_window_seconds + 60, "key": email_key("old@test.bank")},
+        )
+    # One failure past the window starts a new count: the old ones no longer bring the lock.
+    await fail_times(client, "old@test.bank", settings.login_max_failures - 1)
+    async with owner_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE sign_in_throttle SET last_failed_at = now() - make_interval(secs => :age)"
+                " WHERE email_key = :key"
+            ),
+            {"age": settings.login_failure_window_seconds + 60, "key": email_key("old@test.bank")},
+        )
+    await run_round(app.state.db, settings)
+    async with owner_engine.connect() as conn:
+        kept = set((await conn.execute(text("SELECT email_key FROM sign_in_throttle"))).scalars())
+    assert kept == {email_key("recent@test.bank"), email_key("trader@test.bank")}
+
+
+async def test_the_application_role_cannot_read_the_throttle(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    await fail_times(client, "trader@test.bank", 1)
+    async with owner_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "SELECT set_config('role', 'tradeops_app', true),"
+                " set_config('tradeops.user_id', :id, true),"
+                " set_config('tradeops.role', 'admin', true)"
+            ),
+            {"id": str(cast.ids["admin"])},
+        )
+        seen = await conn.scalar(text("SELECT count(*) FROM sign_in_throttle"))
+    assert seen == 0, "only the sign-in step (and the system's housekeeping) sees failures"
