@@ -145,6 +145,27 @@ async def test_password_checks_beyond_the_cap_get_503_with_retry_after(
 
 
 @pytest.mark.slow
+async def test_page_sign_ins_beyond_the_cap_get_a_503_page_with_retry_after(
+    capped_client: httpx.AsyncClient, cast: Cast
+) -> None:
+    csrf = csrf_of((await capped_client.get("/ui/sign-in")).text)
+    answers = await asyncio.gather(
+        *(
+            capped_client.post(
+                "/ui/sign-in",
+                data={"email": f"someone{n}@test.bank", "password": "guess", "csrf_token": csrf},
+            )
+            for n in range(8)
+        )
+    )
+    statuses = [answer.status_code for answer in answers]
+    assert set(statuses) <= {401, 503} and 503 in statuses, statuses
+    busy = next(answer for answer in answers if answer.status_code == 503)
+    assert "Too many sign-ins are being checked" in busy.text
+    assert int(busy.headers["retry-after"]) >= 1
+
+
+@pytest.mark.slow
 async def test_health_stays_fast_during_a_burst_of_sign_ins(
     live_server: LiveServer, cast: Cast
 ) -> None:
