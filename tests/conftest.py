@@ -34,6 +34,7 @@ DATA_TABLES = [
     "audit_checkpoints",
     "audit_stream_heads",
     "idempotency_keys",
+    "sign_in_throttle",
     "positions",
     "executions",
     "order_events",

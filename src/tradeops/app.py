@@ -11,7 +11,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from tradeops.agents.http import mount_mcp, running_mcp
 from tradeops.audit.router import router as audit_router
+from tradeops.auth.passwords import PasswordChecks
 from tradeops.auth.router import router as auth_router
+from tradeops.auth.router import sign_in_router
 from tradeops.auth.tokens import TokenService
 from tradeops.clients.router import router as clients_router
 from tradeops.db.migrate import head_revision
@@ -58,6 +60,10 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings, url)
         app.state.db = db
+        password_checks = PasswordChecks(
+            settings.password_verify_threads, settings.password_verify_max_waiting
+        )
+        app.state.password_checks = password_checks
         metrics.watch_pool(db)
         # What exists now (modules, routes, schemas) lives as long as the process: keep it out
         # of the collector's full passes, which otherwise walk it all. Measured: a full pass
@@ -69,6 +75,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
                 yield
         finally:
             await db.dispose()
+            password_checks.close()
 
     app = FastAPI(
         title="tradeops",
@@ -84,6 +91,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     document_problems(app)
 
     routers = (
+        sign_in_router,
         auth_router,
         audit_router,
         orders_router,

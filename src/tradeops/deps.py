@@ -82,5 +82,6 @@ async def _login_uow(request: Request) -> UnitOfWork:
     return uow
 
 
-# For the sign-in endpoint only: runs as the login role, before any principal exists.
+# For reading a page session's user: runs as the login role, before any principal exists.
+# (Signing in itself holds no request transaction: auth/sign_in.py runs its own.)
 LoginUoW = Annotated[UnitOfWork, Depends(_login_uow)]

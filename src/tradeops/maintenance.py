@@ -1,4 +1,5 @@
-"""Housekeeping the API processes run by themselves: audit checkpoints, expired idempotency keys.
+"""Housekeeping the API processes run by themselves: audit checkpoints, expired idempotency keys,
+forgotten sign-in failures.
 
 Every process runs the loop; a transaction-scoped advisory lock lets one of them act per round,
 so adding processes adds no duplicate work.
@@ -15,6 +16,7 @@ from sqlalchemy import text
 
 from tradeops.audit import service as audit
 from tradeops.auth.principal import SYSTEM
+from tradeops.auth.sign_in import forget_old_failures
 from tradeops.db.pool import Database
 from tradeops.db.uow import UnitOfWork, unit_of_work
 from tradeops.idempotency.service import purge_expired
@@ -37,11 +39,13 @@ async def housekeeping(uow: UnitOfWork, settings: Settings) -> None:
         uow, SYSTEM, key, settle_seconds=settings.audit_settle_seconds
     )
     purged = await purge_expired(uow, keep_hours=settings.idempotency_keep_hours)
-    if checkpoint or purged:
+    forgotten = await forget_old_failures(uow, window_seconds=settings.login_failure_window_seconds)
+    if checkpoint or purged or forgotten:
         log.info(
             "housekeeping",
             checkpoint_upto=checkpoint.upto_id if checkpoint else None,
             idempotency_keys_purged=purged,
+            sign_in_failures_forgotten=forgotten,
         )
 
 

@@ -60,8 +60,15 @@ class Settings(BaseSettings):
     audit_checkpoint_seconds: float = 60.0
     audit_settle_seconds: float = 300.0
     idempotency_keep_hours: int = 24
-    login_max_failures: int = 5
-    login_lockout_seconds: int = 30
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_seconds: int = Field(default=30, ge=1)
+    # Failures are forgotten this long after the last one (so the throttle table stays
+    # small); longer than the longest lock (15 minutes), so a lock always runs its course.
+    login_failure_window_seconds: int = Field(default=3600, ge=900)
+    # Password checks (argon2id, ~0.5 s of CPU each) run in their own threads: None means one
+    # per CPU. Beyond the threads, at most this many sign-ins wait; the rest get 503.
+    password_verify_threads: int | None = Field(default=None, ge=1)
+    password_verify_max_waiting: int = Field(default=16, ge=0)
     cors_origins: list[str] = Field(default_factory=list)
     demo_password: SecretStr | None = None
     # The pre-trade price band where neither the desk nor the client sets one.

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import PASSWORD, Cast, bearer
 from tradeops.app import create_app
+from tradeops.auth.sign_in import email_key
 from tradeops.settings import Settings
 
 API = "/api/v1"
@@ -387,8 +388,8 @@ async def test_rs256_token_claiming_our_issuer_is_refused(
 
 async def failed_logins(engine: AsyncEngine, email: str) -> int:
     async with engine.connect() as conn:
-        query = text("SELECT failed_logins FROM users WHERE email = :email")
-        return int(await conn.scalar(query, {"email": email}))
+        query = text("SELECT failures FROM sign_in_throttle WHERE email_key = :key")
+        return int(await conn.scalar(query, {"key": email_key(email)}) or 0)
 
 
 async def test_wrong_password_is_401(client: httpx.AsyncClient, cast: Cast) -> None:

@@ -27,6 +27,7 @@ from tests.factories import (
     pass_risk_check,
 )
 from tests.pages import AGENT_ADVICE, API, csrf_of, review, sign_in, submit
+from tradeops.auth.sign_in import email_key
 from tradeops.settings import Settings
 from tradeops.ui.session import COOKIE, Sessions
 
@@ -123,7 +124,8 @@ async def test_wrong_password_and_unknown_email_get_the_same_answer_and_are_coun
     assert (await client.get("/ui/orders")).status_code == 303, "still signed out"
     async with owner_engine.connect() as conn:
         failures = await conn.scalar(
-            text("SELECT failed_logins FROM users WHERE email = 'approver@test.bank'")
+            text("SELECT failures FROM sign_in_throttle WHERE email_key = :key"),
+            {"key": email_key("approver@test.bank")},
         )
         audited = await conn.scalar(
             text("SELECT count(*) FROM audit_events WHERE action = 'login.failed'")

@@ -10,6 +10,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Integer,
+    LargeBinary,
     Text,
     text,
 )
@@ -26,7 +27,6 @@ class User(Base):
     __table_args__ = (
         CheckConstraint(f"role IN {ROLES}", name="role"),
         CheckConstraint("email = lower(email) AND position('@' IN email) > 1", name="email"),
-        CheckConstraint("failed_logins >= 0", name="failed_logins"),
         CheckConstraint("page_session_generation >= 0", name="page_session_generation"),
     )
 
@@ -36,8 +36,6 @@ class User(Base):
     role: Mapped[str] = mapped_column(Text)
     password_hash: Mapped[str | None] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
-    failed_logins: Mapped[int] = mapped_column(Integer, server_default="0")
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Page sessions (cookies) carry the generation they began in; signing out moves it on.
     page_session_generation: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[CreatedAt]
@@ -68,3 +66,19 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SignInThrottle(Base):
+    """Failed sign-ins per email, known or not (the SHA-256 of the lower-cased email), so an
+    unknown email is throttled exactly like one with an account."""
+
+    __tablename__ = "sign_in_throttle"
+    __table_args__ = (
+        CheckConstraint("failures > 0", name="failures"),
+        CheckConstraint("length(email_key) = 32", name="email_key_sha256"),
+    )
+
+    email_key: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -2,19 +2,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, ConfigDict
 
 from tradeops.auth import api_keys, users
 from tradeops.auth.api_keys import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from tradeops.auth.authentication import unauthenticated
+from tradeops.auth.passwords import PasswordChecksBusy
 from tradeops.auth.principal import Principal
+from tradeops.auth.sign_in import LoginThrottled, ThrottlePolicy, sign_in
 from tradeops.auth.users import UserCreate, UserOut
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, LoginUoW, RowId, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, RowId, UoW
 from tradeops.errors import Forbidden, InvalidRequest, Unauthenticated
-from tradeops.problems import problem_response, problem_responses
+from tradeops.problems import problem_responses
 
 router = APIRouter(prefix=API_PREFIX, route_class=TransactionalRoute)
 
@@ -52,37 +54,36 @@ class DeskAssignment(BaseModel):
     desks: list[str]
 
 
-@router.post(
+# Not a TransactionalRoute: signing in runs its own short transactions around the password
+# check (auth/sign_in.py), so no transaction or connection is held while a hash is checked.
+sign_in_router = APIRouter(prefix=API_PREFIX)
+
+
+@sign_in_router.post(
     "/auth/token",
     response_model=AccessToken,
     tags=["auth"],
-    responses=problem_responses(Unauthenticated, users.LoginThrottled),
+    responses=problem_responses(Unauthenticated, LoginThrottled, PasswordChecksBusy),
 )
 async def issue_token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, uow: LoginUoW
-) -> AccessToken | Response:
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request
+) -> AccessToken:
     """Sign in with email (as `username`) and password (OAuth2 password form). Returns a
-    short-lived bearer token. Repeated failures lock the account for a growing time (429)."""
-    settings = request.app.state.settings
-    signed_in = await users.sign_in(
-        uow,
+    short-lived bearer token. Repeated failures lock the email, whether or not it has an
+    account, for a growing time (429 with Retry-After); 503 with Retry-After when too many
+    sign-ins are being checked at once."""
+    state = request.app.state
+    signed_in = await sign_in(
+        state.db,
+        state.password_checks,
         form.username,
         form.password,
-        max_failures=settings.login_max_failures,
-        lockout_seconds=settings.login_lockout_seconds,
+        ThrottlePolicy.of(state.settings),
+        request.state.request_id,
     )
-    if signed_in is None:
-        # Returned, not raised: the failure count must be committed with the 401.
-        error = unauthenticated("Wrong email or password.")
-        return problem_response(
-            request,
-            status=401,
-            slug=error.slug,
-            title=error.title,
-            detail=error.detail,
-            headers=error.extensions["headers"],
-        )
-    token, ttl = request.app.state.tokens.issue(signed_in.user_id, signed_in.role)
+    if signed_in is None:  # the failure is already counted and committed
+        raise unauthenticated("Wrong email or password.")
+    token, ttl = state.tokens.issue(signed_in.user_id, signed_in.role)
     return AccessToken(access_token=token, expires_in=ttl)
 
 

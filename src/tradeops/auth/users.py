@@ -1,27 +1,25 @@
-"""People and service accounts: create, list, deactivate, set desks; sign in with throttling."""
+"""People and service accounts: create, list, deactivate, set desks (signing in: sign_in.py)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
-import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from tradeops.audit import service as audit
 from tradeops.auth.models import User
-from tradeops.auth.passwords import hash_password, verify_password
+from tradeops.auth.passwords import hash_password
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.base import table_of
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk, DeskMember
 from tradeops.desks.service import desk_ids_by_code
-from tradeops.errors import Conflict, NotFound, TooManyRequests
+from tradeops.errors import Conflict, NotFound
 
-log = structlog.get_logger(component="tradeops.auth")
 users = table_of(User)
 members = table_of(DeskMember)
 desks = table_of(Desk)
@@ -67,11 +65,6 @@ class UserNotFound(NotFound):
 class UserExists(Conflict):
     slug = "user-exists"
     title = "User already exists"
-
-
-class LoginThrottled(TooManyRequests):
-    slug = "login-throttled"
-    title = "Too many failed sign-ins"
 
 
 def _user_view() -> Any:
@@ -178,71 +171,6 @@ async def _replace_desks(uow: UnitOfWork, user_id: int, desk_codes: list[str]) -
         await uow.execute(
             insert(members), [{"user_id": user_id, "desk_id": d} for d in ids.values()]
         )
-
-
-# Sign-in runs before any principal exists, as the login role: the only reader of hashes.
-_LOGIN_LOOKUP = text(
-    "SELECT id, role, password_hash, active, page_session_generation,"
-    " GREATEST(0, ceil(extract(epoch FROM locked_until - now())))::int AS locked_for"
-    " FROM users WHERE email = :email AND role <> 'system'"
-)
-_LOGIN_FAILED = text(
-    "UPDATE users SET failed_logins = failed_logins + 1,"
-    " locked_until = CASE WHEN failed_logins + 1 >= :max_failures"
-    "  THEN now() + make_interval(secs => least("
-    "   900, :lockout * 2 ^ (failed_logins + 1 - :max_failures)))"
-    "  ELSE locked_until END"
-    " WHERE id = :id RETURNING failed_logins"
-)
-_LOGIN_SUCCEEDED = text(
-    "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = :id AND failed_logins > 0"
-)
-
-
-class SignedIn(NamedTuple):
-    user_id: int
-    role: str
-    page_session_generation: int  # for a page session begun now
-
-
-async def sign_in(
-    uow: UnitOfWork, email: str, password: str, *, max_failures: int, lockout_seconds: int
-) -> SignedIn | None:
-    """Who signed in, for the right password; None otherwise. Locked accounts get 429.
-
-    Failures are counted per account; from the `max_failures`-th in a row the account is
-    locked for `lockout_seconds`, doubling with each further failure (at most 15 minutes).
-    """
-    row = await uow.one_or_none(_LOGIN_LOOKUP, {"email": email.lower()})
-    if row is not None and row.locked_for > 0:
-        log.warning("sign-in refused: account locked", email=email, retry_after=row.locked_for)
-        raise LoginThrottled(
-            "Too many failed sign-ins for this account; try again later.",
-            headers={"Retry-After": str(row.locked_for)},
-        )
-    valid = verify_password(row.password_hash if row else None, password)
-    if row is None or not valid or not row.active:
-        failures = None
-        if row is not None:
-            failures = await uow.scalar(
-                _LOGIN_FAILED,
-                {"id": row.id, "max_failures": max_failures, "lockout": lockout_seconds},
-            )
-        log.warning("sign-in failed", email=email, failures=failures)
-        await audit.record(
-            uow,
-            None,
-            "login.failed",
-            "login",
-            email.lower(),
-            after={"failures": failures},
-            actor=f"user:{row.id}" if row else "anonymous",
-        )
-        return None
-    await uow.execute(_LOGIN_SUCCEEDED, {"id": row.id})
-    log.info("sign-in succeeded", user_id=row.id)
-    await audit.record(uow, None, "login.succeeded", "login", email.lower(), actor=f"user:{row.id}")
-    return SignedIn(row.id, row.role, row.page_session_generation)
 
 
 _END_PAGE_SESSIONS = text("SELECT end_page_sessions()")

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from tradeops.db.http import TransactionalRoute
@@ -127,24 +128,36 @@ def error_page(request: Request, error: DomainError, back: str | None = None) ->
     return response
 
 
+def _shown_as_page(
+    handle: Callable[[Request], Coroutine[Any, Any, Response]],
+) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    async def handle_page(request: Request) -> Response:
+        try:
+            return await handle(request)
+        except SignInRequired:
+            return sign_in_redirect(request)
+        except DomainError as error:
+            return error_page(request, error, back=_back_link(request))
+        except RequestValidationError:
+            invalid = InvalidRequest("Some of the values sent are not valid.")
+            return error_page(request, invalid, back=_back_link(request))
+
+    return handle_page
+
+
 class PageRoute(TransactionalRoute):
     """A page in one transaction; a refusal (raised, so rolled back) is shown as a page."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
+        return _shown_as_page(super().get_route_handler())
 
-        async def handle_page(request: Request) -> Response:
-            try:
-                return await handle(request)
-            except SignInRequired:
-                return sign_in_redirect(request)
-            except DomainError as error:
-                return error_page(request, error, back=_back_link(request))
-            except RequestValidationError:
-                invalid = InvalidRequest("Some of the values sent are not valid.")
-                return error_page(request, invalid, back=_back_link(request))
 
-        return handle_page
+class UntransactedPageRoute(APIRoute):
+    """A page that runs its own transactions (signing in: none is held across the password
+    check); refusals are shown as pages all the same."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return _shown_as_page(super().get_route_handler())
 
 
 def _back_link(request: Request) -> str | None:

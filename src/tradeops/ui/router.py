@@ -23,8 +23,11 @@ from starlette.datastructures import FormData
 from tradeops.audit import service as audit
 from tradeops.auth import users
 from tradeops.auth.authentication import authenticate_user
+from tradeops.auth.passwords import PasswordChecksBusy
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
+from tradeops.auth.sign_in import LoginThrottled, ThrottlePolicy
+from tradeops.auth.sign_in import sign_in as sign_in_with_password
 from tradeops.db.uow import UnitOfWork
 from tradeops.deps import LoginUoW, RowId
 from tradeops.errors import InvalidRequest
@@ -33,7 +36,13 @@ from tradeops.orders.models import ORDER_STATUSES, RISK_STATUSES
 from tradeops.orders.schemas import OrderStatus, RiskStatus
 from tradeops.orders.workflow import Transition
 from tradeops.ui import views
-from tradeops.ui.pages import CsrfRefused, PageRoute, SignInRequired, render
+from tradeops.ui.pages import (
+    CsrfRefused,
+    PageRoute,
+    SignInRequired,
+    UntransactedPageRoute,
+    render,
+)
 from tradeops.ui.session import COOKIE, PageSession, Sessions, csrf_matches
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
@@ -118,30 +127,34 @@ async def sign_in_page(request: Request, next: Text = QUEUE_PATH) -> Response:
     return response
 
 
-@router.post("/sign-in")
-async def sign_in(request: Request, uow: LoginUoW) -> Response:
-    """The users service signs in (throttled, audited); the session starts afresh."""
+# Its own router: signing in runs short transactions around the password check, not one.
+sign_in_router = APIRouter(prefix="/ui", route_class=UntransactedPageRoute, include_in_schema=False)
+
+
+@sign_in_router.post("/sign-in")
+async def sign_in(request: Request) -> Response:
+    """The same sign-in as the API's (throttled per email, audited); the session starts afresh."""
     form = await request.form()
     session = _read_session(request)
     if not csrf_matches(session, form.get("csrf_token")):
         raise CsrfRefused("The sign-in form has expired; reload the page and try again.")
     email, password = str(form.get("email", "")), str(form.get("password", ""))
     again = {"next": safe_next(form.get("next")), "email": email}
-    settings = request.app.state.settings
+    state = request.app.state
     try:
-        signed = await users.sign_in(
-            uow,
+        signed = await sign_in_with_password(
+            state.db,
+            state.password_checks,
             email,
             password,
-            max_failures=settings.login_max_failures,
-            lockout_seconds=settings.login_lockout_seconds,
+            ThrottlePolicy.of(state.settings),
+            request.state.request_id,
         )
-    except users.LoginThrottled as error:  # raised before anything was written
-        page = render(request, "sign_in.html", status=429, error=error.detail, **again)
+    except (LoginThrottled, PasswordChecksBusy) as error:
+        page = render(request, "sign_in.html", status=error.status, error=error.detail, **again)
         page.headers.update(error.extensions.get("headers") or {})
         return page
-    if signed is None:
-        # Returned, not raised: the failure count commits with the answer.
+    if signed is None:  # the failure is already counted and committed
         return render(
             request, "sign_in.html", status=401, error="Wrong email or password.", **again
         )
