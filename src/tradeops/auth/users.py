@@ -171,6 +171,27 @@ async def set_user_active(
     return after
 
 
+async def set_password(uow: UnitOfWork, principal: Principal, email: str, password: str) -> UserOut:
+    """Give a person a new password and lift any sign-in lockout, as a reset by an
+    administrator should; the audit event records no secret."""
+    authorize(principal, Action.MANAGE_USERS)
+    user_id = await uow.scalar(
+        update(users)
+        .where(users.c.email == email.strip().lower(), users.c.role.not_in(["system", "agent"]))
+        .values(
+            password_hash=hash_password(password),
+            failed_logins=0,
+            locked_until=None,
+        )
+        .returning(users.c.id)
+    )
+    if user_id is None:
+        raise UserNotFound(f"No person with email {email} (agents sign in with API keys only).")
+    changed = await get_user(uow, principal, user_id)
+    await audit.record(uow, principal, "user.password_set", "user", user_id, after=changed)
+    return changed
+
+
 async def _replace_desks(uow: UnitOfWork, user_id: int, desk_codes: list[str]) -> None:
     ids = await desk_ids_by_code(uow, desk_codes) if desk_codes else {}
     await uow.execute(delete(members).where(members.c.user_id == user_id))
