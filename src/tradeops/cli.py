@@ -317,11 +317,15 @@ def history() -> None:
 
 
 @demo_app.command("load")
-def demo_load() -> None:
+def demo_load(
+    reset_passwords: Annotated[
+        bool, typer.Option(help="Give demo users already there the demo password again")
+    ] = False,
+) -> None:
     """Load the demo desks, clients, instruments, prices and users (idempotent)."""
     settings = get_settings()
     url = database_url(settings)
-    password = _load_demo(settings, url)
+    password = _load_demo(settings, url, reset_passwords=reset_passwords)
     _print_logins(password)
 
 
@@ -373,9 +377,10 @@ def _choose_demo_password(settings: Settings) -> tuple[str, bool]:
     return password, password != stored
 
 
-def _load_demo(settings: Settings, url: str) -> str:
+def _load_demo(settings: Settings, url: str, *, reset_passwords: bool = False) -> str:
     """Load the demo data and users; print what was added in words; return the password."""
     password, reset_existing = _choose_demo_password(settings)
+    reset_existing = reset_existing or reset_passwords
 
     async def load(uow: UnitOfWork) -> tuple[dict[str, int], list[str]]:
         added = await load_demo_data(uow, SYSTEM)

@@ -237,6 +237,19 @@ async def test_a_demo_password_chosen_after_the_first_run_still_signs_in(
     assert await sign_in(client, "trader@demo.test", chosen) == 200
     assert tradeops(database_url, tmp_path, "demo", "password").stdout.strip() == chosen
 
+    # A demo user whose password was changed gets the demo password back on request.
+    tradeops(
+        database_url,
+        tmp_path,
+        "users",
+        "set-password",
+        "--email",
+        "trader@demo.test",
+        stdin="someone-elses-password\n",
+    )
+    assert tradeops(database_url, tmp_path, "demo", "load", "--reset-passwords").returncode == 0
+    assert await sign_in(client, "trader@demo.test", chosen) == 200
+
 
 def test_no_demo_logins_in_production(database_url: str, tmp_path: Path) -> None:
     keys = {"TRADEOPS_SECRET_KEY": "s" * 40, "TRADEOPS_AUDIT_KEY": "a" * 40}
