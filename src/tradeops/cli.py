@@ -600,8 +600,9 @@ def explain(error: Exception) -> tuple[str, int]:
         shown = "" if "password" in field else f" {first['input']!r}"  # never echo a secret
         return f"invalid {field}{shown}: {first['msg']}", USAGE_ERROR
     if isinstance(error, DomainError):
-        # 4xx rules about the input are usage errors; conflicts and refusals are refusals.
-        return error.detail, USAGE_ERROR if error.status in (400, 422) else REFUSED
+        # Naming what does not exist, or breaking a rule about the input, is a usage error;
+        # a conflict with what exists, or a refusal, is a refused operation.
+        return error.detail, USAGE_ERROR if error.status in (400, 404, 422) else REFUSED
     return f"{type(error).__name__}: {error} (--debug shows the traceback)", REFUSED
 
 
