@@ -4,6 +4,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
+# Installing is chatter a newcomer need not read: it goes here, and is shown only on failure.
+SETUP_LOG := $(or $(TRADEOPS_HOME),.tradeops)/logs/setup.log
 
 .PHONY: help run test lint format bench deps clean reset chromium
 
@@ -15,17 +17,21 @@ help: ## this list
 
 # uv itself, in a private tool venv when the machine has none.
 $(CURDIR)/.tools/bin/uv:
-	$(PYTHON) -m venv $(CURDIR)/.tools
-	$(CURDIR)/.tools/bin/pip install --quiet uv
+	@mkdir -p $(dir $(SETUP_LOG))
+	@echo "installing uv into .tools/ (log: $(SETUP_LOG))"
+	@{ $(PYTHON) -m venv $(CURDIR)/.tools && $(CURDIR)/.tools/bin/pip install --quiet uv; } \
+	  >>$(SETUP_LOG) 2>&1 || { tail -n 20 $(SETUP_LOG); exit 1; }
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	@mkdir -p $(dir $(SETUP_LOG))
+	@echo "installing dependencies into .venv/ (log: $(SETUP_LOG))"
+	@$(UV) sync --frozen >>$(SETUP_LOG) 2>&1 || { tail -n 20 $(SETUP_LOG); exit 1; }
 	@touch $@
 
 deps: .venv/.synced ## install Python and the dependencies into .venv (uv sync --frozen)
 
 run: deps ## embedded PostgreSQL in .tradeops/, migrations, demo data, server on :8000
-	$(UV) run --frozen tradeops dev
+	@$(UV) run --frozen tradeops dev
 
 test: deps chromium ## the whole suite on real PostgreSQL (TRADEOPS_TEST_DATABASE_URL or embedded)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)

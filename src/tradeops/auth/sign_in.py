@@ -122,6 +122,7 @@ _LOCKED_FOR = text(
     "SELECT GREATEST(0, ceil(extract(epoch FROM locked_until - now())))::int"
     " FROM sign_in_throttle WHERE email_key = :key"
 )
+_LIFT_LOCKOUT = text("DELETE FROM sign_in_throttle WHERE email_key = :key")
 _PURGE = text(
     "WITH forgotten AS (DELETE FROM sign_in_throttle"
     " WHERE last_failed_at < now() - make_interval(secs => :window)"
@@ -220,3 +221,9 @@ async def forget_old_failures(uow: UnitOfWork, *, window_seconds: int) -> int:
     """Housekeeping: drop throttle rows whose last failure is older than the window (they
     count as no failures already), so the table holds only recently tried emails."""
     return int(await uow.scalar(_PURGE, {"window": window_seconds}))
+
+
+async def lift_lockout(uow: UnitOfWork, email: str) -> None:
+    """A password reset starts the email's count afresh. Only the system may (the table's
+    policy): resets run from the command line, never from a request."""
+    await uow.execute(_LIFT_LOCKOUT, {"key": email_key(email)})

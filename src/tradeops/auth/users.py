@@ -14,6 +14,7 @@ from tradeops.auth.models import User
 from tradeops.auth.passwords import hash_password
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
+from tradeops.auth.sign_in import lift_lockout
 from tradeops.db.base import table_of
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk, DeskMember
@@ -162,6 +163,24 @@ async def set_user_active(
     action = "user.activated" if active else "user.deactivated"
     await audit.record(uow, principal, action, "user", user_id, before=before, after=after)
     return after
+
+
+async def set_password(uow: UnitOfWork, principal: Principal, email: str, password: str) -> UserOut:
+    """Give a person a new password and lift any sign-in lockout, as a reset by an
+    administrator should; the audit event records no secret."""
+    authorize(principal, Action.MANAGE_USERS)
+    user_id = await uow.scalar(
+        update(users)
+        .where(users.c.email == email.strip().lower(), users.c.role.not_in(["system", "agent"]))
+        .values(password_hash=hash_password(password))
+        .returning(users.c.id)
+    )
+    if user_id is None:
+        raise UserNotFound(f"No person with email {email} (agents sign in with API keys only).")
+    await lift_lockout(uow, email)
+    changed = await get_user(uow, principal, user_id)
+    await audit.record(uow, principal, "user.password_set", "user", user_id, after=changed)
+    return changed
 
 
 async def _replace_desks(uow: UnitOfWork, user_id: int, desk_codes: list[str]) -> None:
