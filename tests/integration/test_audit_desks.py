@@ -120,7 +120,7 @@ async def test_a_narrowed_key_sees_only_its_desks_and_desk_less_events(
         "instrument",
     }
     assert {e["desk"] for e in narrowed} == {"EQ-US", None}
-    eq_order = [e for e in narrowed if e["entity_id"] == str(orders["EQ-US"])]
+    eq_order = [e for e in narrowed if e["stream"] == f"order:{orders['EQ-US']}"]
     assert eq_order and all(e["desk"] == "EQ-US" for e in eq_order)
     # The order itself is 404 for this key, and so is the trail of it.
     direct = await client.get(
