@@ -19,7 +19,7 @@ from tests.integration.test_audit_trail import as_superuser, verify
 from tradeops.audit import service as audit
 from tradeops.auth.principal import SYSTEM, Principal, Role
 from tradeops.db import migrate
-from tradeops.db.uow import UnitOfWork, driver_of, run_in_transaction
+from tradeops.db.uow import UnitOfWork, driver_of, run_in_transaction, sqlstate_of
 from tradeops.db.urls import asyncpg_url
 from tradeops.errors import Forbidden
 
@@ -181,7 +181,7 @@ async def test_row_level_security_hides_other_desks_events_from_sql(
     await as_principal(connection, narrowed)
     seen = set((await connection.execute(text("SELECT desk_id FROM audit_events"))).scalars())
     assert seen == {desks["EQ-US"], None}
-    # Its streams still chain: the heads are not a way to read another desk's events either.
+    # Nor may it sign a checkpoint over the part of the trail it sees.
     with pytest.raises(DBAPIError):
         async with connection.begin_nested():
             await connection.execute(
@@ -191,11 +191,57 @@ async def test_row_level_security_hides_other_desks_events_from_sql(
                 )
             )
 
+    # A person limited to FI-EU (no key) sees FI-EU's and the desk-less events.
+    fi_only = Principal(cast.ids["risk"], "risk@test.bank", Role.RISK, frozenset({desks["FI-EU"]}))
+    await as_principal(connection, fi_only)
+    seen = set((await connection.execute(text("SELECT desk_id FROM audit_events"))).scalars())
+    assert seen == {desks["FI-EU"], None}
+    # A trader is no auditor: not even the own desk's events.
+    trader = Principal(
+        cast.ids["trader"], "trader@test.bank", Role.TRADER, frozenset(desks.values())
+    )
+    await as_principal(connection, trader)
+    assert await connection.scalar(text("SELECT count(*) FROM audit_events")) == 0
+    # A writer may not file an event under a desk it does not cover (RLS, not the CHECK).
+    eq_trader = Principal(
+        cast.ids["trader"], "trader@test.bank", Role.TRADER, frozenset({desks["EQ-US"]})
+    )
+    await as_principal(connection, eq_trader)
+    with pytest.raises(DBAPIError) as refused:
+        async with connection.begin_nested():
+            await connection.execute(
+                text(
+                    "INSERT INTO audit_events (stream, actor, action, entity, entity_id, after)"
+                    " VALUES ('order:999', 'user:1', 'x', 'order', '999',"
+                    " jsonb_build_object('desk_id', CAST(:fi AS bigint)))"
+                ),
+                {"fi": desks["FI-EU"]},
+            )
+    assert sqlstate_of(refused.value) == "42501"
+
+
+async def test_a_desk_bound_event_without_a_desk_is_refused(owner_engine: AsyncEngine) -> None:
+    """Fail closed: an event the database cannot place on a desk would otherwise be shown to
+    every auditor, so it is refused instead."""
+    with pytest.raises(DBAPIError) as refused:
+        async with owner_engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO audit_events (stream, actor, action, entity, entity_id, after)"
+                    " VALUES ('client:NOPE', 'user:0', 'x', 'client', 'NOPE', '{}')"
+                )
+            )
+    assert sqlstate_of(refused.value) == "23514"
+
 
 async def test_verify_covers_every_desk_and_refuses_a_partial_view(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, app: Any
 ) -> None:
     orders = await history_on_both_desks(client, cast, owner_engine)
+    _, key = await make_api_key(owner_engine, "risk@test.bank", ["audit:read"], desks=["EQ-US"])
+    for path in ("verify", "checkpoints"):
+        refused = await client.post(f"{API}/audit/{path}", headers=bearer(key))
+        assert refused.status_code == 403, refused.text
     report = await verify(client, cast)
     assert report["ok"] is True, report
     async with owner_engine.connect() as conn:
