@@ -270,6 +270,22 @@ async def test_verify_covers_every_desk_and_refuses_a_partial_view(
     assert "content does not match" in broken["first_broken"]["reason"]
 
 
+async def test_a_relabelled_desk_is_detected(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """desk_id is outside the hash; verify checks it against the hashed fields instead."""
+    orders = await history_on_both_desks(client, cast, owner_engine)
+    desks = await desk_ids(owner_engine)
+    await as_superuser(
+        owner_engine,
+        f"UPDATE audit_events SET desk_id = {desks['EQ-US']}"
+        f" WHERE entity = 'order' AND entity_id = '{orders['FI-EU']}'",
+    )
+    broken = await verify(client, cast)
+    assert broken["ok"] is False
+    assert "desk label" in broken["first_broken"]["reason"]
+
+
 async def test_new_payloads_show_decimals_as_strings_and_actors_with_email(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:

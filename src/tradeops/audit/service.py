@@ -243,9 +243,13 @@ class VerificationReport(BaseModel):
     first_broken: BrokenEvent | None = None
 
 
+# desk_id is outside the hash (migration 0009), so it is checked against the desk the
+# database derives from the hashed fields: a relabelled event could otherwise be hidden from
+# its desk's auditors or shown to another desk's.
 _ALL_EVENTS = text(
     "SELECT id, stream, seq, at, actor, api_key_id, request_id, action, entity, entity_id,"
-    " before::text AS before_text, after::text AS after_text, prev_hash, hash"
+    " before::text AS before_text, after::text AS after_text, prev_hash, hash, desk_id,"
+    " audit_event_desk(entity, entity_id, before, after) AS derived_desk_id"
     " FROM audit_events ORDER BY id"
 )
 _CHECKPOINTS = text(
@@ -309,6 +313,10 @@ class _Verifier:
         )
         if recomputed != row.hash:
             return self.fail(row, "content does not match its hash (changed after it was written)")
+        if row.desk_id != row.derived_desk_id:
+            return self.fail(
+                row, "desk label does not match the event (changed after it was written)"
+            )
         self.streams[row.stream] = (row.seq, row.hash)
         self.root = fold_root(self.root, row.hash)
         self.count += 1
