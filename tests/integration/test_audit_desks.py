@@ -296,6 +296,14 @@ async def test_new_payloads_show_decimals_as_strings_and_actors_with_email(
     assert created["after"]["price"] == "192.55"
     assert created["after"]["filled_quantity"] == "0"
     assert isinstance(created["after"]["id"], int) and created["after"]["version"] == 1
+    async with owner_engine.connect() as conn:
+        stored = await conn.scalar(
+            text(
+                "SELECT jsonb_typeof(after->'quantity') FROM audit_events"
+                " WHERE action = 'order.created' LIMIT 1"
+            )
+        )
+    assert stored == "number"  # rendered on the way out; what was hashed stays as written
     position = next(e for e in events if e["entity"] == "position")
     assert position["after"]["quantity"] == "20"
     assert position["after"]["avg_cost"] == "192.5"

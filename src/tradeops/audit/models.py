@@ -24,7 +24,7 @@ class AuditEvent(Base):
     """One change, chained to the previous change of the same stream (an entity) by hash.
 
     seq, prev_hash and hash are filled by a trigger, so every writer chains the same way and
-    writers of different streams never wait for each other. The same trigger fills desk_id
+    writers of different streams never wait for each other. Another trigger fills desk_id
     (the desk the event concerns, NULL for desk-less entities such as users and keys), which
     row-level security reads; it is a label outside the hash (see migration 0009).
     """

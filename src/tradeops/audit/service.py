@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -9,7 +10,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field
-from sqlalchemy import BigInteger, Select, cast, func, select, text
+from sqlalchemy import BigInteger, Select, Text, cast, func, select, text
 
 from tradeops.audit.chain import GENESIS, event_hash, fold_root, sign_checkpoint, signature_matches
 from tradeops.audit.models import AuditEvent
@@ -35,8 +36,8 @@ _RECORD = text(
 
 
 def _json_default(value: object) -> str:
-    # Decimals as the API writes them ("50", not "50.000000"); the database does the same
-    # to the numbers of payloads built in SQL (migration 0009).
+    # Decimals as the API writes them ("50", not "50.000000"); payloads built in SQL keep
+    # jsonb numbers, which the list renders the same way (_payload).
     return plain(value) if isinstance(value, Decimal) else str(value)
 
 
@@ -76,6 +77,17 @@ async def record(
     )
 
 
+def _plain_decimal(literal: str) -> str:
+    return plain(Decimal(literal))
+
+
+def _payload(document: str | None) -> Any:
+    """A stored payload as the API shows amounts: decimals as plain strings ("50", "192.55"),
+    read from the exact text of the jsonb number (a float would round large amounts). The
+    stored, hashed payload stays as written; integers (ids, versions) stay numbers."""
+    return None if document is None else json.loads(document, parse_float=_plain_decimal)
+
+
 class AuditEventOut(BaseModel):
     id: int
     stream: str
@@ -108,7 +120,11 @@ _ACTOR_USER_ID = cast(func.substring(audit_events.c.actor, r"^user:(\d+)"), BigI
 def _events_view() -> Select[Any]:
     """Events with their desk's code and the actor's email. Both joins run under row-level
     security: a user row the caller may not see leaves the email out, never the event."""
-    shown = [c for c in audit_events.c if c.name not in ("prev_hash", "desk_id")]
+    shown = [
+        cast(c, Text).label(c.name) if c.name in ("before", "after") else c
+        for c in audit_events.c
+        if c.name not in ("prev_hash", "desk_id")
+    ]
     return (
         select(*shown, desks.c.code.label("desk"), users.c.email.label("actor_email"))
         .select_from(audit_events)
@@ -160,7 +176,12 @@ async def list_events(
     security shows the caller's desks' events and the desk-less ones (migration 0009)."""
     authorize(principal, Action.READ_AUDIT)
     rows = (await uow.execute(_filtered(after=after, **filters).limit(limit + 1))).all()
-    items = [AuditEventOut.model_validate(r._mapping) for r in rows[:limit]]
+    items = [
+        AuditEventOut.model_validate(
+            {**r._mapping, "before": _payload(r.before), "after": _payload(r.after)}
+        )
+        for r in rows[:limit]
+    ]
     return AuditPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)
 
 
