@@ -95,7 +95,8 @@ class AuditEventOut(BaseModel):
     at: datetime
     actor: str
     actor_email: str | None = Field(
-        description="The acting person's email (for a key, its owner's); null for the system"
+        description="The acting user's email (for a key, its owner's); null when the actor"
+        " is no user (system:…, anonymous)"
     )
     api_key_id: int | None
     request_id: str | None
