@@ -3,7 +3,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Identity, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -14,13 +24,21 @@ class AuditEvent(Base):
     """One change, chained to the previous change of the same stream (an entity) by hash.
 
     seq, prev_hash and hash are filled by a trigger, so every writer chains the same way and
-    writers of different streams never wait for each other.
+    writers of different streams never wait for each other. Another trigger fills desk_id
+    (the desk the event concerns, NULL for desk-less entities such as users and keys), which
+    row-level security reads; it is a label outside the hash (see migration 0009).
     """
 
     __tablename__ = "audit_events"
     __table_args__ = (
         UniqueConstraint("stream", "seq"),
         Index("ix_audit_events_entity_entity_id", "entity", "entity_id"),
+        Index("ix_audit_events_desk_id_id", "desk_id", "id"),
+        CheckConstraint(
+            "entity NOT IN ('order', 'execution', 'position', 'risk_limit', 'client')"
+            " OR desk_id IS NOT NULL",
+            name="desk_bound_has_desk",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -37,6 +55,7 @@ class AuditEvent(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     prev_hash: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(Text)
+    desk_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("desks.id"))
 
 
 class AuditCheckpoint(Base):

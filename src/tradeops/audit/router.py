@@ -35,13 +35,16 @@ async def list_audit_events(
     entity_id: str | None = None,
     action: str | None = Query(default=None, description="e.g. order.approved, login.failed"),
     actor: str | None = Query(default=None, description='e.g. "user:7" or "user:7/key:3"'),
+    desk: str | None = Query(default=None, description="desk code, e.g. EQ-US"),
     at_from: datetime | None = None,
     at_to: datetime | None = None,
     after: str | None = Query(default=None, description="next_cursor of the previous page"),
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
     """The audit trail, oldest first (risk and admin): every state change with its actor
-    (and API key), request id, before and after."""
+    (and API key, and the acting person's email), the desk it concerns, request id, before and
+    after. A key narrowed to some desks sees those desks' events and the desk-less ones (users,
+    keys, instruments, …); decimals in new payloads are strings, as elsewhere in the API."""
     return await service.list_events(
         uow,
         principal,
@@ -51,6 +54,7 @@ async def list_audit_events(
         entity_id=entity_id,
         action=action,
         actor=actor,
+        desk=desk,
         at_from=at_from,
         at_to=at_to,
     )
@@ -61,7 +65,8 @@ async def verify_audit_trail(
     request: Request, principal: CurrentPrincipal, uow: UoW
 ) -> VerificationReport:
     """Recompute every event's hash, every stream's chain and every signed checkpoint (risk
-    and admin). `ok` is true, or `first_broken` names the first event that does not hold."""
+    and admin, over every desk: a person's token, never a key). `ok` is true, or
+    `first_broken` names the first event that does not hold."""
     key = request.app.state.settings.audit_key.get_secret_value().encode()
     return await service.verify(uow, principal, key)
 

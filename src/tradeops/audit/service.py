@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
-from sqlalchemy import Select, select, text
+from pydantic import BaseModel, Field
+from sqlalchemy import BigInteger, Select, Text, cast, func, select, text
 
 from tradeops.audit.chain import GENESIS, event_hash, fold_root, sign_checkpoint, signature_matches
 from tradeops.audit.models import AuditEvent
+from tradeops.auth.models import User
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.base import table_of
 from tradeops.db.uow import UnitOfWork
+from tradeops.decimals import plain
+from tradeops.desks.models import Desk
+from tradeops.errors import Forbidden
 
 audit_events = table_of(AuditEvent)
+desks = table_of(Desk)
+users = table_of(User)
 
 _RECORD = text(
     "INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity, entity_id,"
@@ -27,12 +35,18 @@ _RECORD = text(
 )
 
 
+def _json_default(value: object) -> str:
+    # Decimals as the API writes them ("50", not "50.000000"); payloads built in SQL keep
+    # jsonb numbers, which the list renders the same way (_payload).
+    return plain(value) if isinstance(value, Decimal) else str(value)
+
+
 def _json(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, BaseModel):
         return value.model_dump_json()
-    return orjson.dumps(value, default=str).decode()
+    return orjson.dumps(value, default=_json_default).decode()
 
 
 async def record(
@@ -46,7 +60,8 @@ async def record(
     after: Any = None,
     actor: str | None = None,
 ) -> None:
-    """Append one event in the caller's transaction: it commits or rolls back with the change."""
+    """Append one event in the caller's transaction: it commits or rolls back with the change.
+    The database labels it with the desk it concerns (see migration 0009)."""
     await uow.execute(
         _RECORD,
         {
@@ -62,17 +77,33 @@ async def record(
     )
 
 
+def _plain_decimal(literal: str) -> str:
+    return plain(Decimal(literal))
+
+
+def _payload(document: str | None) -> Any:
+    """A stored payload as the API shows amounts: decimals as plain strings ("50", "192.55"),
+    read from the exact text of the jsonb number (a float would round large amounts). The
+    stored, hashed payload stays as written; integers (ids, versions) stay numbers."""
+    return None if document is None else json.loads(document, parse_float=_plain_decimal)
+
+
 class AuditEventOut(BaseModel):
     id: int
     stream: str
     seq: int
     at: datetime
     actor: str
+    actor_email: str | None = Field(
+        description="The acting user's email (for a key, its owner's); null when the actor"
+        " is no user (system:…, anonymous)"
+    )
     api_key_id: int | None
     request_id: str | None
     action: str
     entity: str
     entity_id: str
+    desk: str | None = Field(description="The desk the event concerns; null for users, keys, …")
     before: Any
     after: Any
     hash: str
@@ -83,22 +114,44 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
+# "user:7" and "user:7/key:3" name user 7 (a key acts as its owner); "system:…" no user.
+_ACTOR_USER_ID = cast(func.substring(audit_events.c.actor, r"^user:(\d+)"), BigInteger)
+
+
+def _events_view() -> Select[Any]:
+    """Events with their desk's code and the actor's email. Both joins run under row-level
+    security: a user row the caller may not see leaves the email out, never the event."""
+    shown = [
+        cast(c, Text).label(c.name) if c.name in ("before", "after") else c
+        for c in audit_events.c
+        if c.name not in ("prev_hash", "desk_id")
+    ]
+    return (
+        select(*shown, desks.c.code.label("desk"), users.c.email.label("actor_email"))
+        .select_from(audit_events)
+        .outerjoin(desks, desks.c.id == audit_events.c.desk_id)
+        .outerjoin(users, users.c.id == _ACTOR_USER_ID)
+    )
+
+
 def _filtered(
     *,
     entity: str | None,
     entity_id: str | None,
     action: str | None,
     actor: str | None,
+    desk: str | None,
     at_from: datetime | None,
     at_to: datetime | None,
     after: int | None,
 ) -> Select[Any]:
-    statement = select(*[c for c in audit_events.c if c.name != "prev_hash"])
+    statement = _events_view()
     filters = [
         (entity, audit_events.c.entity),
         (entity_id, audit_events.c.entity_id),
         (action, audit_events.c.action),
         (actor, audit_events.c.actor),
+        (desk, desks.c.code),
     ]
     for value, column in filters:
         if value is not None:
@@ -120,10 +173,16 @@ async def list_events(
     after: int | None = None,
     **filters: Any,
 ) -> AuditPage:
-    """Oldest first, so a reader can follow the trail with `after` as it grows."""
+    """Oldest first, so a reader can follow the trail with `after` as it grows. Row-level
+    security shows the caller's desks' events and the desk-less ones (migration 0009)."""
     authorize(principal, Action.READ_AUDIT)
     rows = (await uow.execute(_filtered(after=after, **filters).limit(limit + 1))).all()
-    items = [AuditEventOut.model_validate(r._mapping) for r in rows[:limit]]
+    items = [
+        AuditEventOut.model_validate(
+            {**r._mapping, "before": _payload(r.before), "after": _payload(r.after)}
+        )
+        for r in rows[:limit]
+    ]
     return AuditPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)
 
 
@@ -145,6 +204,20 @@ _INSERT_CHECKPOINT = text(
 )
 
 
+def _authorize_whole_trail(principal: Principal) -> None:
+    """Verifying and signing read every desk's events. Row-level security would hand a
+    desk-limited caller a filtered trail, whose checkpoint root is wrong and whose verification
+    proves nothing about the rest, so such a caller is refused rather than misled (the
+    database refuses its checkpoints too)."""
+    authorize(principal, Action.VERIFY_AUDIT)
+    if not principal.all_desks:
+        raise Forbidden(
+            "Verifying or signing the audit trail needs a view of every desk;"
+            " your key or account is limited to some desks.",
+            action=Action.VERIFY_AUDIT.value,
+        )
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     upto_id: int
@@ -157,7 +230,7 @@ async def create_checkpoint(
     uow: UnitOfWork, principal: Principal, audit_key: bytes, *, settle_seconds: float = 300
 ) -> Checkpoint | None:
     """Sign the trail up to its newest settled event; None when nothing new has settled."""
-    authorize(principal, Action.VERIFY_AUDIT)
+    _authorize_whole_trail(principal)
     await uow.execute(text("SELECT pg_advisory_xact_lock(hashtext('tradeops.audit.checkpoint'))"))
     last = await uow.one_or_none(_LAST_CHECKPOINT)
     upto, events, root, previous = (
@@ -192,9 +265,13 @@ class VerificationReport(BaseModel):
     first_broken: BrokenEvent | None = None
 
 
+# desk_id is outside the hash (migration 0009), so it is checked against the desk the
+# database derives from the hashed fields: a relabelled event could otherwise be hidden from
+# its desk's auditors or shown to another desk's.
 _ALL_EVENTS = text(
     "SELECT id, stream, seq, at, actor, api_key_id, request_id, action, entity, entity_id,"
-    " before::text AS before_text, after::text AS after_text, prev_hash, hash"
+    " before::text AS before_text, after::text AS after_text, prev_hash, hash, desk_id,"
+    " audit_event_desk(entity, entity_id, before, after) AS derived_desk_id"
     " FROM audit_events ORDER BY id"
 )
 _CHECKPOINTS = text(
@@ -205,7 +282,7 @@ _HEADS = text("SELECT stream, seq, hash FROM audit_stream_heads")
 
 async def verify(uow: UnitOfWork, principal: Principal, audit_key: bytes) -> VerificationReport:
     """Recompute every hash, every stream's chain and every checkpoint's root and signature."""
-    authorize(principal, Action.VERIFY_AUDIT)
+    _authorize_whole_trail(principal)
     checkpoints = list(await uow.execute(_CHECKPOINTS))
     verifier = _Verifier(audit_key, checkpoints)
     async for row in uow.stream(_ALL_EVENTS):
@@ -258,6 +335,10 @@ class _Verifier:
         )
         if recomputed != row.hash:
             return self.fail(row, "content does not match its hash (changed after it was written)")
+        if row.desk_id != row.derived_desk_id:
+            return self.fail(
+                row, "desk label does not match the event (changed after it was written)"
+            )
         self.streams[row.stream] = (row.seq, row.hash)
         self.root = fold_root(self.root, row.hash)
         self.count += 1
