@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tradeops.db.pool import Database
+from tradeops.numeric_input import parse_count
 from tradeops.problems import problem_bytes
 from tradeops.settings import Settings
 
@@ -213,8 +214,8 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.larger.get(scope["path"], self.max_bytes)
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        declared = parse_count(_header(scope, b"content-length") or "", max_digits=20)
+        if declared is not None and declared > limit:
             await self._refuse(scope, send, limit)
             return
         received = 0

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from tradeops.db.errors import problem_for
 from tradeops.db.pool import PoolTimeout
 from tradeops.errors import PROBLEM_BASE, DomainError
+from tradeops.numeric_input import parse_count
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger(component="tradeops.errors")
@@ -249,7 +250,7 @@ def _error_responses(schema: dict[str, Any]) -> list[dict[str, Any]]:
         for path in schema.get("paths", {}).values()
         for operation in path.values()
         for status, response in operation.get("responses", {}).items()
-        if status.isdigit() and int(status) >= 400
+        if (parse_count(status, max_digits=3) or 0) >= 400
     ]
 
 
