@@ -10,10 +10,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from tradeops.app import create_app
 from tradeops.settings import Settings
@@ -32,9 +34,9 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def live_server(settings: Settings, database_url: str) -> Iterator[LiveServer]:
-    app = create_app(settings, database_url)
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """`app` served by uvicorn on a free port in a thread of its own; yields its base URL."""
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
@@ -46,7 +48,14 @@ def live_server(settings: Settings, database_url: str) -> Iterator[LiveServer]:
             raise RuntimeError("the live tradeops server did not start")
         time.sleep(0.05)
     try:
-        yield LiveServer(url=f"http://127.0.0.1:{port}", app_state=app.state)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(settings: Settings, database_url: str) -> Iterator[LiveServer]:
+    app = create_app(settings, database_url)
+    with serving(app) as url:
+        yield LiveServer(url=url, app_state=app.state)
