@@ -7,16 +7,26 @@ import asyncio
 import io
 import json
 import logging
+import os
+import shutil
+import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 import structlog
 from fastapi import APIRouter, FastAPI, Request
 
-from tests.live import serving
+from tests.factories import SEED_ORDER, Cast
+from tests.live import free_port, serving
 from tradeops.app import create_app
+from tradeops.db.http import TransactionalRoute
+from tradeops.db.pool import PoolTimeout
+from tradeops.deps import LoginUoW
 from tradeops.observability import configure_logging
 from tradeops.settings import Settings
 
@@ -154,3 +164,155 @@ def test_a_logged_exception_shows_no_locals_and_is_bounded(
     assert len(log) <= 16 * 1024
     assert_no_secrets(log)
     assert "deep" in log
+
+
+# --- the database unavailable: 503 with Retry-After, never 500 ------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+UNAVAILABLE = [
+    asyncpg.InterfaceError("connection is closed"),
+    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
+    asyncpg.InternalClientError("unexpected connection state"),
+    ConnectionRefusedError(111, "Connect call failed"),
+    ConnectionResetError(104, "Connection reset by peer"),
+    OSError(113, "No route to host"),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.exceptions.CrashShutdownError("terminating connection due to crash"),
+    asyncpg.exceptions.ConnectionFailureError("connection failure"),
+    asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+    asyncpg.exceptions.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only txn"),
+    PoolTimeout("no database connection became free in time"),
+]
+
+
+def raising_routes(errors: dict[str, BaseException]) -> APIRouter:
+    router = APIRouter(route_class=TransactionalRoute)
+
+    @router.get("/test-only/raise/{name}")
+    async def raise_it(name: str, uow: LoginUoW) -> None:
+        raise errors[name]
+
+    @router.get("/test-only/select")
+    async def select(uow: LoginUoW, sleep: float = 0) -> dict[str, int]:
+        return {"one": await uow.scalar("SELECT 1 FROM pg_sleep(:s)", {"s": sleep})}
+
+    return router
+
+
+async def test_every_database_unavailable_error_is_a_503_with_retry_after(
+    settings: Settings, database_url: str
+) -> None:
+    """Raised where a request's database work would raise them, answered by the app's one
+    mapping; none is a 500."""
+    errors = {type(e).__name__: e for e in UNAVAILABLE}
+    app = create_app(settings, database_url)
+    app.include_router(raising_routes(errors))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as http,
+    ):
+        for name in errors:
+            response = await http.get(f"/test-only/raise/{name}")
+            assert response.status_code == 503, (name, response.text)
+            assert response.headers["content-type"] == "application/problem+json", name
+            assert int(response.headers["retry-after"]) > 0, name
+            assert "read-only" not in response.json()["detail"] or name.startswith("ReadOnly")
+
+
+@pytest.fixture
+def stoppable_postgres() -> Iterator[tuple[str, Callable[[], None]]]:
+    """A PostgreSQL server of this test's own (never the shared one), and a way to kill it.
+
+    Its directory is outside pytest's (private to root): as root, PostgreSQL runs as postgres.
+    """
+    home = Path(tempfile.mkdtemp(prefix="tradeops-pg-"))
+    data, sockets = home / "pgdata", home / "sock"
+    sockets.mkdir()
+    if os.geteuid() == 0:
+        for path in (home, sockets):
+            shutil.chown(path, "postgres")
+    as_postgres = {"user": "postgres"} if os.geteuid() == 0 else {}
+    subprocess.run(
+        [PG_BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+        **as_postgres,  # type: ignore[arg-type]
+    )
+    port = free_port()
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+
+    def pg_ctl(*args: str) -> None:
+        subprocess.run(
+            [PG_BIN / "pg_ctl", "-D", data, "-w", *args],
+            check=True,
+            capture_output=True,
+            **as_postgres,  # type: ignore[arg-type]
+        )
+
+    pg_ctl("-o", options, "-l", str(home / "log"), "start")
+    stopped = False
+
+    def kill() -> None:
+        nonlocal stopped
+        pg_ctl("-m", "immediate", "stop")
+        stopped = True
+
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", kill
+    finally:
+        if not stopped:
+            pg_ctl("-m", "immediate", "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_a_killed_database_is_a_503_with_retry_after_for_every_request(
+    settings: Settings, stoppable_postgres: tuple[str, Callable[[], None]]
+) -> None:
+    """The database dies under pooled connections: each request is answered 503, at once."""
+    url, kill = stoppable_postgres
+    app = create_app(settings, url)
+    app.include_router(raising_routes({}))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as http,
+    ):
+        warm = await asyncio.gather(*(http.get("/test-only/select") for _ in range(4)))
+        assert [r.status_code for r in warm] == [200] * 4
+        in_flight = [
+            asyncio.create_task(http.get("/test-only/select", params={"sleep": 5}))
+            for _ in range(4)
+        ]
+        await asyncio.sleep(0.5)  # the queries are running
+        kill()
+        answers = await asyncio.gather(*in_flight)
+        answers += await asyncio.gather(*(http.get("/test-only/select") for _ in range(4)))
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert int(answer.headers["retry-after"]) > 0
+
+
+async def test_a_read_only_database_is_a_503_saying_so(
+    settings: Settings, database_url: str, cast: Cast
+) -> None:
+    """A standby (or a primary made read-only) refuses writes with 25006: unavailable for
+    writes, retry later; reads still work."""
+    read_only = database_url + "?default_transaction_read_only=on"
+    app = create_app(settings, read_only)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as http,
+    ):
+        write = await http.post("/api/v1/orders", json=SEED_ORDER, headers=cast["trader"])
+        read = await http.get("/api/v1/orders", headers=cast["trader"])
+    assert write.status_code == 503, write.text
+    assert write.headers["retry-after"]
+    assert write.json()["type"].endswith("/database-read-only")
+    assert "read-only" in write.json()["detail"]
+    assert read.status_code == 200
