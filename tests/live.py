@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from tradeops.app import create_app
+from tradeops.header_limits import HeaderLimitedHttpToolsProtocol
 from tradeops.settings import Settings
 
 
@@ -38,7 +39,14 @@ def free_port() -> int:
 def serving(app: FastAPI) -> Iterator[str]:
     """`app` served by uvicorn on a free port in a thread of its own; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        http=HeaderLimitedHttpToolsProtocol,  # as `tradeops serve` runs it
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()

@@ -28,6 +28,7 @@ from tradeops.db.uow import UnitOfWork, run_in_transaction
 from tradeops.decimals import plain
 from tradeops.demo import load_demo_data, load_demo_users
 from tradeops.executions.simulation import SimulatedFill, simulate_fills
+from tradeops.header_limits import HeaderLimitedHttpToolsProtocol
 from tradeops.observability import configure_logging
 from tradeops.settings import Settings, get_settings
 
@@ -90,6 +91,8 @@ def _serve(settings: Settings, url: str, host: str, port: int, workers: int) -> 
         log_config=None,
         access_log=False,
         proxy_headers=True,
+        # httptools has no cap on a request's headers: this protocol adds one (431).
+        http=HeaderLimitedHttpToolsProtocol,
     )
 
 

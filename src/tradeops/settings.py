@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     db_retry_attempts: int = 3
 
     max_body_bytes: int = 64 * 1024
+    # Request header fields (names and values) past this are a 431; see header_limits.py.
+    max_header_bytes: int = Field(default=16 * 1024, ge=4 * 1024)
     max_bulk_body_bytes: int = 2 * 1024 * 1024  # bulk uploads: market data snapshots
     price_max_decimals: int = Field(default=6, ge=0, le=6)
     page_size_default: int = 50

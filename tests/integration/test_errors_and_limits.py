@@ -22,7 +22,7 @@ import structlog
 from fastapi import APIRouter, FastAPI, Request
 
 from tests.factories import SEED_ORDER, Cast
-from tests.live import free_port, serving
+from tests.live import LiveServer, free_port, serving
 from tradeops.app import create_app
 from tradeops.db.http import TransactionalRoute
 from tradeops.db.pool import PoolTimeout
@@ -316,3 +316,30 @@ async def test_a_read_only_database_is_a_503_saying_so(
     assert write.json()["type"].endswith("/database-read-only")
     assert "read-only" in write.json()["detail"]
     assert read.status_code == 200
+
+
+# --- limits: request headers, and what prod keeps private -----------------------------------
+
+HUGE_AUTHORIZATION = {"Authorization": "Bearer " + "A" * (8 * 1024 * 1024)}
+
+
+async def test_headers_past_the_cap_are_a_431_problem(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    refused = await client.get("/api/v1/orders", headers=HUGE_AUTHORIZATION)
+    assert refused.status_code == 431, refused.text[:200]
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert str(settings.max_header_bytes) in refused.json()["detail"]
+    just_under = {"X-Note": "n" * (settings.max_header_bytes - 1024)}
+    assert (await client.get("/health/live", headers=just_under)).status_code == 200
+
+
+def test_the_live_server_refuses_an_8_mb_header_without_reading_it(live_server: LiveServer) -> None:
+    """The server's parser would buffer it all before the app saw it: the served protocol
+    answers once the head passes the cap, and the client reads that answer."""
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        refused = http.get("/api/v1/orders", headers=HUGE_AUTHORIZATION)
+        assert refused.status_code == 431
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["request_id"] is None, "answered by the server, not the app"
+        assert http.get("/health/live").status_code == 200
