@@ -76,6 +76,10 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # The schema lists every operation and its rules: in prod only if asked for.
+        openapi_url="/openapi.json" if settings.serves_docs else None,
+        docs_url="/docs" if settings.serves_docs else None,
+        redoc_url="/redoc" if settings.serves_docs else None,
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import structlog
 from fastapi import APIRouter, FastAPI, Request
+from pydantic import SecretStr
 
 from tests.factories import SEED_ORDER, Cast
 from tests.live import LiveServer, free_port, serving
@@ -343,3 +344,64 @@ def test_the_live_server_refuses_an_8_mb_header_without_reading_it(live_server: 
         assert refused.headers["content-type"] == "application/problem+json"
         assert refused.json()["request_id"] is None, "answered by the server, not the app"
         assert http.get("/health/live").status_code == 200
+
+
+METRICS_TOKEN = "m" * 40
+
+
+def prod_settings(settings: Settings, **changes: object) -> Settings:
+    secrets = {"secret_key": SecretStr("s" * 40), "audit_key": SecretStr("a" * 40)}
+    return Settings.model_validate({**settings.model_dump(), "env": "prod", **secrets, **changes})
+
+
+async def test_prod_metrics_need_the_metrics_token(settings: Settings, database_url: str) -> None:
+    app = create_app(prod_settings(settings, metrics_token=SecretStr(METRICS_TOKEN)), database_url)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+    ) as http:
+        anonymous = await http.get("/metrics")
+        wrong = await http.get("/metrics", headers={"Authorization": "Bearer " + "x" * 40})
+        right = await http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    for refused in (anonymous, wrong):
+        assert refused.status_code == 401
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert "tradeops_http_requests_total" not in refused.text
+    assert right.status_code == 200
+    assert "tradeops_http_requests_total" in right.text
+
+
+async def test_prod_without_a_metrics_token_serves_no_metrics(
+    settings: Settings, database_url: str
+) -> None:
+    app = create_app(prod_settings(settings), database_url)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+    ) as http:
+        assert (await http.get("/metrics")).status_code == 404
+
+
+def test_a_short_metrics_token_is_refused_in_prod(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="TRADEOPS_METRICS_TOKEN"):
+        prod_settings(settings, metrics_token=SecretStr("short"))
+
+
+@pytest.mark.parametrize(
+    ("env", "docs_enabled", "served"),
+    [("prod", None, False), ("prod", True, True), ("test", None, True), ("test", False, False)],
+)
+async def test_api_docs_follow_the_setting_and_are_off_in_prod_by_default(
+    settings: Settings, database_url: str, env: str, docs_enabled: bool | None, served: bool
+) -> None:
+    chosen = (
+        prod_settings(settings, docs_enabled=docs_enabled)
+        if env == "prod"
+        else settings.model_copy(update={"docs_enabled": docs_enabled})
+    )
+    app = create_app(chosen, database_url)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+    ) as http:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            status = (await http.get(path)).status_code
+            assert status == (200 if served else 404), (path, status)
