@@ -68,6 +68,8 @@ async def test_openapi_documents_errors_as_problems(client: httpx.AsyncClient) -
         f"{API}/orders?after=1%C2%B2",
         f"{API}/audit/events?after=%C2%B9",
         f"{API}/audit/events?after=%D9%A3",  # ARABIC-INDIC DIGIT THREE: int() accepts it
+        f"{API}/positions?after=%D9%A3.1",  # and a regular expression's \d matches it
+        f"{API}/market-data/AAPL/history?after=1.%D9%A3",
     ],
 )
 async def test_a_cursor_of_non_ascii_digits_is_422(
