@@ -1,9 +1,9 @@
 """What a log line may hold: exceptions without local variables, no credentials, bounded size.
 
 structlog's defaults render an exception with every frame's local variables (rich in the
-console, `dict_tracebacks` in JSON). Measured on this project: one ValueError in a request
-took 0.74 s to log as JSON and a deep one 429 s in the console, on the event loop, while
-other requests waited; and the locals held the caller's bearer token and, when sign-in
+console, `dict_tracebacks` in JSON), on the event loop, while other requests wait. Measured
+on this project: a ValueError 500 frames deep took 82 ms to log as JSON and 429 s in the
+console (now 1.9 ms and 14 ms); the locals held the caller's bearer token and, when sign-in
 failed, the password. Here a traceback is the last frames' file, line and function only,
 every string is cut to a bound, credentials are masked by field name and by shape, and a
 line never exceeds MAX_LINE_BYTES.
