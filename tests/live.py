@@ -10,12 +10,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from tradeops.app import create_app
+from tradeops.header_limits import HeaderLimitedHttpToolsProtocol
 from tradeops.settings import Settings
 
 
@@ -25,18 +28,25 @@ class LiveServer:
     app_state: object  # the served app's state (tokens, settings) for arranging tests
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-@pytest.fixture(scope="session")
-def live_server(settings: Settings, database_url: str) -> Iterator[LiveServer]:
-    app = create_app(settings, database_url)
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """`app` served by uvicorn on a free port in a thread of its own; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        http=HeaderLimitedHttpToolsProtocol,  # as `tradeops serve` runs it
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()
@@ -46,7 +56,14 @@ def live_server(settings: Settings, database_url: str) -> Iterator[LiveServer]:
             raise RuntimeError("the live tradeops server did not start")
         time.sleep(0.05)
     try:
-        yield LiveServer(url=f"http://127.0.0.1:{port}", app_state=app.state)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(settings: Settings, database_url: str) -> Iterator[LiveServer]:
+    app = create_app(settings, database_url)
+    with serving(app) as url:
+        yield LiveServer(url=url, app_state=app.state)

@@ -20,6 +20,7 @@ from tradeops.db.migrate import head_revision
 from tradeops.db.pool import Database
 from tradeops.desks.router import router as desks_router
 from tradeops.executions.router import router as executions_router
+from tradeops.header_limits import HeaderSizeLimitMiddleware
 from tradeops.health.router import router as health_router
 from tradeops.instruments.router import router as instruments_router
 from tradeops.maintenance import running_maintenance
@@ -82,6 +83,10 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # The schema lists every operation and its rules: in prod only if asked for.
+        openapi_url="/openapi.json" if settings.serves_docs else None,
+        docs_url="/docs" if settings.serves_docs else None,
+        redoc_url="/redoc" if settings.serves_docs else None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -129,6 +134,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         max_bytes=settings.max_body_bytes,
         larger={SNAPSHOTS_PATH: settings.max_bulk_body_bytes},
     )
+    # Inside the request context (so a 431 has a request id and an access line), outside
+    # everything that reads a header.
+    app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.max_header_bytes)
     app.add_middleware(
         RequestContextMiddleware, metrics=metrics, access_log_enabled=settings.access_log
     )

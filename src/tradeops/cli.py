@@ -44,6 +44,7 @@ from tradeops.demo import (
 from tradeops.desks import service as desks
 from tradeops.errors import DomainError
 from tradeops.executions.simulation import SimulatedFill, simulate_fills
+from tradeops.header_limits import HeaderLimitedHttpToolsProtocol
 from tradeops.observability import configure_logging, log_to_file
 from tradeops.settings import Settings, get_settings
 
@@ -169,6 +170,8 @@ def _serve(
         "log_config": None,
         "access_log": False,
         "proxy_headers": True,
+        # httptools has no cap on a request's headers: this protocol adds one (431).
+        "http": HeaderLimitedHttpToolsProtocol,
     }
     if workers > 1 or on_ready is None:
         uvicorn.run("tradeops.app:create_app_from_env", workers=workers, **options)  # type: ignore[arg-type]

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-import orjson
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -20,7 +19,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tradeops.db.pool import Database
-from tradeops.problems import problem_bytes
+from tradeops.log_records import bounded, clean_event, exception_renderer, json_line
+from tradeops.numeric_input import parse_count
+from tradeops.problems import problem_bytes, problem_parts
 from tradeops.settings import Settings
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -45,16 +46,18 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     ]
     json_lines = settings.log_renderer == "json"
     renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_json_line)
+        structlog.processors.JSONRenderer(serializer=json_line)
         if json_lines
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else bounded(
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            )
+        )
     )
+    # Exceptions without locals, credentials masked, sizes bounded (log_records.py says why).
+    safe = [exception_renderer(json_lines), clean_event]
     structlog.configure(
-        processors=[
-            *shared,
-            *([structlog.processors.dict_tracebacks] if json_lines else []),
-            renderer,
-        ],
+        processors=[*shared, *safe, renderer],
         # stdout as it is when a logger is made, unless told otherwise
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -65,7 +68,11 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *safe,
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()
@@ -89,10 +96,6 @@ def log_to_file(path: Path, *names: str) -> None:
         logger.handlers = [handler]
         logger.setLevel(logging.INFO)
         logger.propagate = False
-
-
-def _json_line(event: Any, **_: Any) -> str:
-    return orjson.dumps(event, default=str).decode()
 
 
 class Metrics:
@@ -174,6 +177,7 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         extra_headers = [(REQUEST_ID_HEADER.encode(), request_id.encode()), *SECURITY_HEADERS]
         if scope["path"].startswith("/api/") or _header(scope, b"authorization"):
@@ -181,14 +185,16 @@ class RequestContextMiddleware:
             extra_headers.append((b"cache-control", b"no-store"))
 
         async def send_with_request_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, response_started = message["status"], True
                 message["headers"] = [*message.get("headers", []), *extra_headers]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_request_id)
+        except Exception as error:
+            await answer_error(scope, send_with_request_id, error, response_started)
         finally:
             elapsed = time.perf_counter() - started
             route = route_template(scope)
@@ -205,6 +211,36 @@ class RequestContextMiddleware:
                     duration_ms=round(elapsed * 1000, 2),
                 )
             structlog.contextvars.clear_contextvars()
+
+
+async def answer_error(scope: Scope, send: Send, error: Exception, response_started: bool) -> None:
+    """A problem document for what no exception handler answered (a bug, a driver failure in
+    a middleware or a streamed body), logged once here and never raised on: the server would
+    log it again, and the client would be left without an answer.
+
+    Starlette's outermost error middleware would answer too, but re-raise to the server."""
+    parts = problem_parts(error)
+    if response_started:
+        # Too late for a problem document: ending here makes the server close the connection,
+        # which tells the client the response is incomplete.
+        access_log.warning("response failed after it started", error=type(error).__name__)
+        return
+    body = problem_bytes(
+        status=parts.status,
+        slug=parts.slug,
+        title=parts.title,
+        detail=parts.detail,
+        instance=scope["path"],
+        request_id=scope.get("state", {}).get("request_id"),
+        **parts.extensions,
+    )
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in (parts.headers or {}).items()),
+    ]
+    await send({"type": "http.response.start", "status": parts.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyTooLarge(HTTPException):
@@ -227,8 +263,8 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.larger.get(scope["path"], self.max_bytes)
-        declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        declared = parse_count(_header(scope, b"content-length") or "", max_digits=20)
+        if declared is not None and declared > limit:
             await self._refuse(scope, send, limit)
             return
         received = 0

@@ -17,9 +17,10 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
-from tradeops.db.errors import problem_for
-from tradeops.db.pool import PoolTimeout
+from tradeops.db.errors import CONNECTION_FAILURES, problem_for
+from tradeops.db.uow import sqlstate_of
 from tradeops.errors import PROBLEM_BASE, DomainError
+from tradeops.numeric_input import parse_count
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = structlog.get_logger(component="tradeops.errors")
@@ -123,7 +124,12 @@ class ProblemParts:
         }
 
 
-_DATABASE_ERRORS = (DBAPIError, asyncpg.PostgresError, asyncpg.exceptions.DataError)
+_DATABASE_ERRORS = (
+    DBAPIError,
+    asyncpg.PostgresError,
+    asyncpg.exceptions.DataError,
+    *CONNECTION_FAILURES,
+)
 
 
 def problem_parts(error: BaseException) -> ProblemParts:
@@ -146,20 +152,15 @@ def problem_parts(error: BaseException) -> ProblemParts:
     if isinstance(error, _DATABASE_ERRORS):
         problem = problem_for(error)
         # The database's own message is for operators, never for the client.
-        log.warning("database error", status=problem.status, error=str(error)[:500])
+        log.warning(
+            "database error",
+            status=problem.status,
+            error_type=type(error).__name__,
+            sqlstate=sqlstate_of(error),
+            error=str(error)[:500],
+        )
         retry = {"Retry-After": str(problem.retry_after)} if problem.retry_after else None
         return ProblemParts(problem.status, problem.slug, problem.title, problem.detail, {}, retry)
-    if isinstance(error, OSError | PoolTimeout):
-        # Connection refused or the pool exhausted: nothing happened, the client may retry.
-        log.warning("database unavailable", error=type(error).__name__)
-        return ProblemParts(
-            503,
-            "database-unavailable",
-            "Service unavailable",
-            "The database is not reachable now; retry after the given delay.",
-            {},
-            {"Retry-After": "2"},
-        )
     log.exception("unhandled error", exc_info=error)
     return ProblemParts(
         500,
@@ -275,7 +276,7 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, on_http_error)
     # DataError: raised by the driver before sending (a value out of a column type's range).
-    for error in (RequestValidationError, DomainError, *_DATABASE_ERRORS, OSError, PoolTimeout):
+    for error in (RequestValidationError, DomainError, *_DATABASE_ERRORS):
         app.add_exception_handler(error, on_error)
     app.add_exception_handler(Exception, on_error)
 
@@ -318,7 +319,7 @@ def _error_responses(schema: dict[str, Any]) -> list[dict[str, Any]]:
         for path in schema.get("paths", {}).values()
         for operation in path.values()
         for status, response in operation.get("responses", {}).items()
-        if status.isdigit() and int(status) >= 400
+        if (parse_count(status, max_digits=3) or 0) >= 400
     ]
 
 

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     db_retry_attempts: int = 3
 
     max_body_bytes: int = 64 * 1024
+    # Request header fields (names and values) past this are a 431; see header_limits.py.
+    max_header_bytes: int = Field(default=16 * 1024, ge=4 * 1024)
     max_bulk_body_bytes: int = 2 * 1024 * 1024  # bulk uploads: market data snapshots
     price_max_decimals: int = Field(default=6, ge=0, le=6)
     page_size_default: int = 50
@@ -70,6 +72,10 @@ class Settings(BaseSettings):
     password_verify_threads: int | None = Field(default=None, ge=1)
     password_verify_max_waiting: int = Field(default=16, ge=0)
     cors_origins: list[str] = Field(default_factory=list)
+    # GET /metrics wants `Authorization: Bearer <token>` when set; in prod without one it is off.
+    metrics_token: SecretStr | None = None
+    # /docs, /redoc and /openapi.json; None: on, except in prod.
+    docs_enabled: bool | None = None
     demo_password: SecretStr | None = None
     # The pre-trade price band where neither the desk nor the client sets one.
     fat_finger_pct: Decimal = Field(default=Decimal(10), gt=0, le=100)
@@ -110,7 +116,19 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"TRADEOPS_{name.upper()} must be set to a secret of 32+ characters in prod"
                     )
+            token = self.metrics_token
+            if token is not None and len(token.get_secret_value()) < 32:
+                raise ValueError("TRADEOPS_METRICS_TOKEN must be 32+ characters in prod")
         return self
+
+    @property
+    def serves_docs(self) -> bool:
+        return self.docs_enabled if self.docs_enabled is not None else self.env != "prod"
+
+    @property
+    def metrics_public(self) -> bool:
+        """Outside prod, metrics without a token set are anyone's to read (a developer's)."""
+        return self.metrics_token is None and self.env != "prod"
 
     @property
     def log_renderer(self) -> Literal["json", "console"]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from tests.factories import SEED_ORDER, Cast
+from tests.pages import csrf_of, sign_in
 
 API = "/api/v1"
 
@@ -56,3 +58,43 @@ async def test_openapi_documents_errors_as_problems(client: httpx.AsyncClient) -
                     )
             if operation.get("security"):
                 assert "401" in operation["responses"], operation["operationId"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        # '²' and '¹' pass str.isdigit() and fail int(): they were 500s.
+        f"{API}/orders?after=%C2%B2",
+        f"{API}/orders?after=1%C2%B2",
+        f"{API}/audit/events?after=%C2%B9",
+        f"{API}/audit/events?after=%D9%A3",  # ARABIC-INDIC DIGIT THREE: int() accepts it
+        f"{API}/positions?after=%D9%A3.1",  # and a regular expression's \d matches it
+        f"{API}/market-data/AAPL/history?after=1.%D9%A3",
+    ],
+)
+async def test_a_cursor_of_non_ascii_digits_is_422(
+    client: httpx.AsyncClient, cast: Cast, path: str
+) -> None:
+    response = await client.get(path, headers=cast["risk"])
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"] == "query.after"
+
+
+@pytest.mark.parametrize("version", ["²", "1²", "٣", "x", "9" * 12])
+async def test_a_page_form_version_that_is_not_ascii_digits_is_422(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, version: str
+) -> None:
+    order_id = (await client.post(f"{API}/orders", json=SEED_ORDER, headers=cast["trader"])).json()[
+        "id"
+    ]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as approver:
+        assert (await sign_in(approver, "approver@test.bank")).status_code == 303
+        page = f"/ui/orders/{order_id}"
+        token = csrf_of((await approver.get(page)).text)
+        response = await approver.post(
+            f"{page}/review", data={"csrf_token": token, "version": version}
+        )
+    assert response.status_code == 422, response.text
+    assert "version" in response.text

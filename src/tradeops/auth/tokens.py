@@ -17,6 +17,7 @@ from typing import Any
 import jwt
 from jwt import PyJWKClient, PyJWKSet
 
+from tradeops.numeric_input import parse_count
 from tradeops.settings import Settings
 
 OWN_ALGORITHM = "HS256"
@@ -78,10 +79,10 @@ class TokenService:
             self.settings.jwt_issuer,
             self.settings.jwt_audience,
         )
-        subject = str(claims["sub"])
-        if not subject.isdigit():
+        user_id = parse_count(str(claims["sub"]), max_digits=18)
+        if user_id is None:
             raise InvalidToken("bad subject")
-        return TokenSubject(user_id=int(subject))
+        return TokenSubject(user_id=user_id)
 
     def _verify_external(self, token: str) -> TokenSubject:
         try:

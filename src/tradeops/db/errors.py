@@ -1,11 +1,20 @@
-"""PostgreSQL errors mapped by SQLSTATE to problems; no database message reaches a client."""
+"""PostgreSQL errors mapped by SQLSTATE to problems; no database message reaches a client.
+
+The one mapping from a database failure to a problem: HTTP, MCP and the pages use it.
+Whatever says the database is not there for us now (a refused or dropped connection, a
+server shutting down or starting up, a standby that refuses writes, a pool with no free
+connection) is a 503 with Retry-After: nothing was done, the client may try again.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import asyncpg
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as EnginePoolTimeout
 
+from tradeops.db.pool import PoolTimeout
 from tradeops.db.uow import RETRYABLE_SQLSTATES, sqlstate_of
 
 
@@ -23,6 +32,48 @@ class DatabaseProblem:
 INVALID_DATA = frozenset(
     {"23503", "23514", "23502", "23P01", "22003", "22P02", "22021", "22P05", "22007", "22008"}
 )
+# Class 08 (connection exceptions) by prefix, and: too many connections, admin shutdown,
+# crash shutdown, cannot connect now (starting up, recovering).
+UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction: a standby, or a primary set read-only
+UNAVAILABLE_RETRY_AFTER = 2
+
+# The driver's own failures when the connection is gone: asyncpg's InterfaceError (its
+# ConnectionDoesNotExistError: "connection was closed in the middle of operation") and
+# InternalClientError; the socket's OSError (refused, reset; TimeoutError is one too); no
+# free connection in our pool or a SQLAlchemy engine's.
+CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    PoolTimeout,
+    EnginePoolTimeout,
+)
+
+UNAVAILABLE = DatabaseProblem(
+    503,
+    "database-unavailable",
+    "Service unavailable",
+    "The database is not reachable now; retry after the given delay.",
+    retry_after=UNAVAILABLE_RETRY_AFTER,
+)
+READ_ONLY = DatabaseProblem(
+    503,
+    "database-read-only",
+    "Service unavailable",
+    "The database is read-only (a standby) and cannot take changes now; retry after the"
+    " given delay.",
+    retry_after=UNAVAILABLE_RETRY_AFTER,
+)
+
+
+def is_connection_failure(error: BaseException) -> bool:
+    if isinstance(error, CONNECTION_FAILURES):
+        return True
+    # SQLAlchemy wraps the driver's error; its `connection_invalidated` says the link broke.
+    return isinstance(error, DBAPIError) and (
+        error.connection_invalidated or isinstance(error.orig, CONNECTION_FAILURES)
+    )
 
 
 def problem_for(error: BaseException) -> DatabaseProblem:
@@ -36,7 +87,7 @@ def problem_for(error: BaseException) -> DatabaseProblem:
             "The request is not valid",
             "The request breaks a data rule (a reference, a range or a required value).",
         )
-    if code in RETRYABLE_SQLSTATES or code.startswith("08") or code in {"53300", "57P03"}:
+    if code in RETRYABLE_SQLSTATES:
         return DatabaseProblem(
             503,
             "database-busy",
@@ -44,6 +95,10 @@ def problem_for(error: BaseException) -> DatabaseProblem:
             "The database could not complete the request now; retry after the given delay.",
             retry_after=1,
         )
+    if code == READ_ONLY_SQLSTATE:
+        return READ_ONLY
+    if code.startswith("08") or code in UNAVAILABLE_SQLSTATES or is_connection_failure(error):
+        return UNAVAILABLE
     if code == "57014":
         return DatabaseProblem(
             504, "database-timeout", "Timed out", "The database took too long to answer."

@@ -1,15 +1,28 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
+from starlette.exceptions import HTTPException
 
 from tradeops.db.pool import Database
 from tradeops.problems import Problem, problem_response
+from tradeops.settings import Settings
 
 router = APIRouter(tags=["health"])
+
+
+def _bears(request: Request, token: SecretStr) -> bool:
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    # Compared in constant time, so the answer's timing does not spell the token out.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credential.encode(), token.get_secret_value().encode()
+    )
+
+
 DB_CHECK_TIMEOUT_SECONDS = 2.0
 
 
@@ -90,7 +103,21 @@ async def database_check(request: Request) -> Readiness | Response:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics of this process."""
+    """Prometheus metrics of this process: for the bearer of TRADEOPS_METRICS_TOKEN when one
+    is set; in prod without one, not served (they show routes, load and the pool's state)."""
+    settings: Settings = request.app.state.settings
+    if not settings.metrics_public:
+        if settings.metrics_token is None:
+            raise HTTPException(404, "Not Found")
+        if not _bears(request, settings.metrics_token):
+            return problem_response(
+                request,
+                status=401,
+                slug="unauthenticated",
+                title="Authentication required",
+                detail="The metrics need the metrics token as a bearer token.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     return Response(
         generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )

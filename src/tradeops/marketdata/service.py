@@ -153,7 +153,7 @@ async def latest(uow: UnitOfWork, principal: Principal, symbol: str) -> Snapshot
     return SnapshotOut.model_validate(dict(row))
 
 
-_CURSOR = re.compile(r"^(-?\d{1,19})\.(\d{1,19})$")
+_CURSOR = re.compile(r"^(-?\d{1,19})\.(\d{1,19})$", re.ASCII)  # \d alone matches "٣"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_ID = 2**63 - 1
 

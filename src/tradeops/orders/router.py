@@ -34,7 +34,7 @@ IfMatch = Annotated[
         "has changed since, the request fails with 409 stale-version.",
     ),
 ]
-_VERSION_TAG = re.compile(r'^(?:W/)?"?(\d{1,9})"?$')
+_VERSION_TAG = re.compile(r'^(?:W/)?"?(\d{1,9})"?$', re.ASCII)
 TRANSITION_ERRORS = problem_responses(
     service.OrderNotFound,
     workflow.IllegalTransition,

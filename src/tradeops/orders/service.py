@@ -12,6 +12,7 @@ from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
+from tradeops.numeric_input import BIGINT_MAX, parse_count
 from tradeops.orders import repository as repo
 from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage
 
@@ -161,11 +162,13 @@ async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> Ord
 def decode_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 19:
+    position = parse_count(cursor, max_digits=19)
+    # 19 digits may still be past bigint: such a cursor finds nothing, it does not fail.
+    if position is None or position > BIGINT_MAX:
         raise InvalidRequest(
             "Invalid cursor; pass next_cursor from a previous page.", field="query.after"
         )
-    return int(cursor)
+    return position
 
 
 async def list_orders(

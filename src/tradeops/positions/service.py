@@ -61,7 +61,7 @@ async def book_fill(uow: UnitOfWork, principal: Principal, fill: PositionFill) -
     return after
 
 
-_CURSOR = re.compile(r"^(\d{1,19})\.(\d{1,19})$")
+_CURSOR = re.compile(r"^(\d{1,19})\.(\d{1,19})$", re.ASCII)  # \d alone matches "٣"
 
 
 def encode_cursor(client_pk: int, instrument_pk: int) -> str:

@@ -31,6 +31,7 @@ from tradeops.auth.sign_in import sign_in as sign_in_with_password
 from tradeops.db.uow import UnitOfWork
 from tradeops.deps import LoginUoW, RowId
 from tradeops.errors import InvalidRequest
+from tradeops.numeric_input import parse_count
 from tradeops.orders import workflow
 from tradeops.orders.models import ORDER_STATUSES, RISK_STATUSES
 from tradeops.orders.schemas import OrderStatus, RiskStatus
@@ -286,8 +287,14 @@ def _text(form: FormData, name: str) -> str | None:
 
 
 def _version(form: FormData) -> int | None:
+    """The order version the page showed; a form without one decides on the order as it is."""
     value = _text(form, "version")
-    return int(value) if value and value.isdigit() and len(value) <= 9 else None
+    if value is None:
+        return None
+    version = parse_count(value, max_digits=9)
+    if version is None:
+        raise InvalidRequest("version: not a version number", field="form.version")
+    return version
 
 
 async def _decide(

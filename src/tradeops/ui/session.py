@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import jwt
 from fastapi import Response
 
+from tradeops.numeric_input import parse_count
 from tradeops.settings import Settings
 
 COOKIE = "tradeops_session"
@@ -81,12 +82,13 @@ class Sessions:
         generation = claims.get("gen")
         if not isinstance(csrf, str):
             return None
-        if subject is not None and not (str(subject).isdigit() and type(generation) is int):
+        user_id = None if subject is None else parse_count(str(subject), max_digits=18)
+        if subject is not None and not (user_id is not None and type(generation) is int):
             return None  # a signed-in session names its user and generation
         return PageSession(
             csrf=csrf,
             expires_at=int(claims["exp"]),
-            user_id=None if subject is None else int(subject),
+            user_id=user_id,
             role=role if isinstance(role, str) else None,
             generation=generation if subject is not None else None,
         )

@@ -31,7 +31,7 @@ from tradeops.positions.accounting import signed_quantity
 
 AWAITING_DECISION = ("PENDING", "REVIEWED")
 QUEUE_PAGE_SIZE = 50
-_ACTOR = re.compile(r"^user:(\d+)(?:/key:(\d+))?$")
+_ACTOR = re.compile(r"^user:(\d+)(?:/key:(\d+))?$", re.ASCII)
 
 
 # --- the queue ----------------------------------------------------------------------------
