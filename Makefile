@@ -5,11 +5,12 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 
-.PHONY: help run test lint format bench deps clean chromium
+.PHONY: help run test faults lint format bench deps clean chromium
 
 help:
 	@echo "make run    - embedded PostgreSQL, migrations, demo data, server on :8000"
 	@echo "make test   - the whole suite on real PostgreSQL (TRADEOPS_TEST_DATABASE_URL or embedded)"
+	@echo "make faults - crash PostgreSQL and the worker under load, fuzz the OpenAPI (own cluster)"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict"
 	@echo "make bench  - load benchmarks against a bare asyncpg app (results in bench/results)"
 
@@ -29,6 +30,12 @@ run: deps
 
 test: deps chromium
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+# The fault suite (tests/faults): its own PostgreSQL cluster (initdb and pg_ctl from
+# TRADEOPS_PG_BIN, default /usr/lib/postgresql/15/bin) on a free port, killed and restarted
+# under load, then schemathesis over the whole OpenAPI. Figures: .tradeops/faults/latest.json.
+faults: deps
+	$(UV) run --frozen pytest tests/faults -m faults -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # The browser tests (tests/e2e) drive Debian's chromium; Playwright never downloads a browser.
 CHROMIUM := /usr/bin/chromium
