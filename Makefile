@@ -32,7 +32,7 @@ test: deps chromium
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 # The fault suite (tests/faults): its own PostgreSQL cluster (initdb and pg_ctl from
-# TRADEOPS_PG_BIN, default /usr/lib/postgresql/15/bin) on a free port, killed and restarted
+# TRADEOPS_PG_BIN, default the newest /usr/lib/postgresql/N/bin) on a free port, killed and restarted
 # under load, then schemathesis over the whole OpenAPI. Figures: .tradeops/faults/latest.json.
 faults: deps
 	$(UV) run --frozen pytest tests/faults -m faults -s -p no:cacheprovider $(PYTEST_ARGS)

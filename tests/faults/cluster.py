@@ -20,7 +20,17 @@ from pathlib import Path
 
 import psycopg
 
-PG_BIN = Path(os.environ.get("TRADEOPS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _postgres_bin() -> Path:
+    """TRADEOPS_PG_BIN, else Debian's newest /usr/lib/postgresql/N/bin."""
+    configured = os.environ.get("TRADEOPS_PG_BIN")
+    if configured:
+        return Path(configured)
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _postgres_bin()
 
 
 def free_port() -> int:

@@ -257,6 +257,17 @@ def figures_of(
         "no_response_errors": dict(
             sorted(Counter(a.error for a in attempts if a.status is None).items())
         ),
+        # When (seconds into the run, sent → done), to set beside the timeline's kills.
+        "no_response_at_s": [
+            f"{a.sent - timeline.start:.1f}-{a.done - timeline.start:.1f}"
+            for a in attempts
+            if a.status is None
+        ],
+        "responses_500_at_s": [
+            f"{a.sent - timeline.start:.1f}-{a.done - timeline.start:.1f}"
+            for a in attempts
+            if a.status == 500
+        ],
         "submissions_unanswered_after_retry": sum(1 for s in submissions if not s.settled),
         "retried_submissions": sum(1 for s in submissions if len(s.attempts) > 1),
         "first_2xx_after_database_up_s": [None if f is None else round(f, 3) for f in first_2xx],
