@@ -9,14 +9,18 @@ even a 503).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import ROOT, Stack
+from tests.faults.conftest import FIGURES_DIR, ROOT, Stack
 
 pytestmark = pytest.mark.faults
 
@@ -64,4 +68,29 @@ def test_no_input_gets_a_server_error(stack: Stack, auth: str) -> None:
     print(f"\n=== schemathesis ({auth}): exit {done.returncode} ===\n{done.stdout[-12000:]}")
     if done.stderr:
         print(done.stderr[-3000:])
-    assert done.returncode == 0, f"schemathesis ({auth}) found failures; see the output above"
+    figures = figures_of(auth, done.stdout, report_dir)
+    print(f"=== schemathesis figures ({auth}) ===\n{json.dumps(figures, indent=2)}")
+    assert figures["operations_with_server_error"] == 0, f"server errors ({auth}); see above"
+    assert done.returncode == 0, f"schemathesis ({auth}) did not finish cleanly; see above"
+
+
+def figures_of(auth: str, output: str, report_dir: Path) -> dict[str, object]:
+    """Test cases sent and operations with a server error (from the JUnit report), written to
+    .tradeops/faults/schemathesis-<auth>.json for the README."""
+    failed = errored = 0
+    for report in report_dir.glob("*.xml"):
+        suites = ET.parse(report).getroot()
+        failed += int(suites.get("failures", "0"))
+        errored += int(suites.get("errors", "0"))
+    generated = re.search(r"(\d+) generated", output)
+    figures: dict[str, object] = {
+        "auth": auth,
+        "test_cases": int(generated.group(1)) if generated else None,
+        "operations_with_server_error": failed,
+        "runtime_errors": errored,
+        "budget_seconds": SECONDS_PER_RUN,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+    (FIGURES_DIR / f"schemathesis-{auth}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
