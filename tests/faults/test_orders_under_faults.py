@@ -93,6 +93,7 @@ class Timeline:
     database_up: list[float] = field(default_factory=list)  # after each postmaster restart
     database_killed: list[float] = field(default_factory=list)
     worker_restarted: float | None = None
+    worker_killed_mid_job: bool = False
     events: list[str] = field(default_factory=list)
 
     def note(self, what: str) -> None:
@@ -128,6 +129,20 @@ async def submitter(
         await asyncio.sleep(max(0.0, SUBMIT_INTERVAL - (time.monotonic() - sent)))
 
 
+def wait_for_a_running_job(stack: Stack, timeout: float) -> bool:
+    """Poll until some job is `doing` (True), or give up after `timeout` s (False)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            doing = conn.execute(
+                "SELECT 1 FROM procrastinate_jobs WHERE status = 'doing' LIMIT 1"
+            ).fetchone()
+            if doing:
+                return True
+            time.sleep(0.005)
+    return False
+
+
 async def restart_database(stack: Stack, timeline: Timeline) -> None:
     await asyncio.sleep(RESTART_AFTER)
     await asyncio.to_thread(stack.pg.start)
@@ -146,9 +161,13 @@ async def chaos(stack: Stack, timeline: Timeline, stop: asyncio.Event) -> None:
         await restart_database(stack, timeline)
         if round_ == 1:
             await asyncio.sleep(5)
+            # Killed while it runs a check, when one can be caught within 3 s: the crash that
+            # can leave an order's check started and never finished.
+            mid_job = await asyncio.to_thread(wait_for_a_running_job, stack, 3.0)
             pid = stack.worker.pid
             stack.worker.kill()
-            timeline.note(f"SIGKILL worker {pid}")
+            timeline.worker_killed_mid_job = mid_job
+            timeline.note(f"SIGKILL worker {pid}" + (" while it ran a check" if mid_job else ""))
             await asyncio.sleep(RESTART_AFTER)
             stack.worker.start()
             timeline.worker_restarted = time.monotonic()
@@ -322,6 +341,7 @@ async def test_orders_survive_database_and_worker_crashes(stack: Stack) -> None:
         None if risk_seconds is None else round(risk_seconds, 3)
     )
     figures["risk_checks_still_pending"] = still_pending
+    figures["worker_killed_mid_job"] = timeline.worker_killed_mid_job
     figures["api_restarts"] = 0 if stack.api.alive() and stack.api.pid == api_pid else 1
     figures["worker_exits_not_caused_by_the_test"] = 0 if stack.worker.alive() else 1
     figures["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
