@@ -7,7 +7,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 # Installing is chatter a newcomer need not read: it goes here, and is shown only on failure.
 SETUP_LOG := $(or $(TRADEOPS_HOME),.tradeops)/logs/setup.log
 
-.PHONY: help run test lint format bench deps clean reset chromium
+.PHONY: help run test faults lint format bench deps clean reset chromium
 
 # Every target documents itself with a `## what it does` after its prerequisites; `make help`
 # lists them all, so a new target shows up without touching this one
@@ -35,6 +35,12 @@ run: deps ## embedded PostgreSQL in .tradeops/, migrations, demo data, server on
 
 test: deps chromium ## the whole suite on real PostgreSQL (TRADEOPS_TEST_DATABASE_URL or embedded)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+# The fault suite (tests/faults): its own PostgreSQL cluster (initdb and pg_ctl from
+# TRADEOPS_PG_BIN, default the newest /usr/lib/postgresql/N/bin) on a free port, killed and restarted
+# under load, then schemathesis over the whole OpenAPI. Figures: .tradeops/faults/latest.json.
+faults: deps ## crash PostgreSQL and the worker under load, fuzz the OpenAPI (own cluster)
+	$(UV) run --frozen pytest tests/faults -m faults -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # The browser tests (tests/e2e) drive Debian's chromium; Playwright never downloads a browser.
 CHROMIUM := /usr/bin/chromium

@@ -98,3 +98,23 @@ async def test_a_page_form_version_that_is_not_ascii_digits_is_422(
         )
     assert response.status_code == 422, response.text
     assert "version" in response.text
+
+
+async def test_openapi_links_lead_from_a_submitted_order_to_its_approval(
+    client: httpx.AsyncClient,
+) -> None:
+    """The links schemathesis' stateful phase (make faults) follows: submit → get → review →
+    approve, each taking the order id from the answer before."""
+    schema = (await client.get("/openapi.json")).json()
+    paths = schema["paths"]
+    order = "/api/v1/orders/{order_id}"
+    steps = [
+        (paths["/api/v1/orders"]["post"], "201", "GetOrder"),
+        (paths[order]["get"], "200", "ReviewOrder"),
+        (paths[f"{order}/review"]["post"], "200", "ApproveOrder"),
+    ]
+    for operation, status, link_name in steps:
+        link = operation["responses"][status]["links"][link_name]
+        assert link["parameters"] == {"order_id": "$response.body#/id"}
+        target_path, method = link["operationRef"].removeprefix("#/paths/").rsplit("/", 1)
+        assert method in paths[target_path.replace("~1", "/")]

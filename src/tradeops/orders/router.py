@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel
@@ -46,6 +46,30 @@ TRANSITION_ERRORS = problem_responses(
 )
 
 
+def _order_link(action: str, method: str, order_id: str) -> dict[str, Any]:
+    """An OpenAPI link from an order's answer to `action` on that order (clients and
+    schemathesis' stateful runs follow submit → get → review → approve by them)."""
+    path = f"{API_PREFIX}/orders/{{order_id}}{action}".replace("/", "~1")
+    return {"operationRef": f"#/paths/{path}/{method}", "parameters": {"order_id": order_id}}
+
+
+def _links_from(order_id: str) -> dict[str, Any]:
+    return {
+        "links": {
+            "GetOrder": _order_link("", "get", order_id),
+            "ReviewOrder": _order_link("/review", "post", order_id),
+            "ApproveOrder": _order_link("/approve", "post", order_id),
+            "RejectOrder": _order_link("/reject", "post", order_id),
+            "CancelOrder": _order_link("/cancel", "post", order_id),
+            "GetOrderEvents": _order_link("/events", "get", order_id),
+        }
+    }
+
+
+ORDER_LINKS_201: dict[int | str, dict[str, Any]] = {201: _links_from("$response.body#/id")}
+ORDER_LINKS_200: dict[int | str, dict[str, Any]] = {200: _links_from("$response.body#/id")}
+
+
 def _etag(order: OrderOut) -> dict[str, str]:
     return {"ETag": f'"{order.version}"'}
 
@@ -65,9 +89,12 @@ def expected_version(if_match: str | None, in_body: int | None) -> int | None:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=OrderOut,
-    responses=problem_responses(
-        InvalidRequest, Forbidden, service.DuplicateClientOrderId, IdempotencyKeyReused
-    ),
+    responses={
+        **problem_responses(
+            InvalidRequest, Forbidden, service.DuplicateClientOrderId, IdempotencyKeyReused
+        ),
+        **ORDER_LINKS_201,
+    },
 )
 async def submit_order(
     order: OrderCreate,
@@ -98,7 +125,9 @@ async def submit_order(
 
 
 @router.get(
-    "/{order_id}", response_model=OrderOut, responses=problem_responses(service.OrderNotFound)
+    "/{order_id}",
+    response_model=OrderOut,
+    responses={**problem_responses(service.OrderNotFound), **ORDER_LINKS_200},
 )
 async def get_order(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -> Response:
     """One order, with its status, risk status, fills and `version` (also sent as the ETag)."""
@@ -156,7 +185,11 @@ async def _decide(
     return await respond_once(request, uow, principal, idempotency_key, change)
 
 
-@router.post("/{order_id}/review", response_model=OrderOut, responses=TRANSITION_ERRORS)
+@router.post(
+    "/{order_id}/review",
+    response_model=OrderOut,
+    responses={**TRANSITION_ERRORS, **ORDER_LINKS_200},
+)
 async def review_order(
     order_id: RowId,
     request: Request,
