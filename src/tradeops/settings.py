@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     # A check still `doing` this long after it started is taken for lost (a worker that lost
     # the database while finishing it keeps heartbeating) and is put back in the queue. Far
     # above what a check takes (its statements time out after statement_timeout_ms).
-    risk_check_overdue_seconds: float = Field(default=300.0, gt=0)
+    risk_check_overdue_seconds: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _heartbeats_outpace_the_stall_timeout(self) -> Settings:
