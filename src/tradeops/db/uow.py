@@ -275,3 +275,33 @@ async def run_in_transaction(
         return await command(uow)
 
     return await in_transaction(db, with_context, attempts=attempts)
+
+
+async def record_despite_failure(
+    db: Connections,
+    record: Callable[[UnitOfWork], Awaitable[T]],
+    *,
+    principal: Identity | None = None,
+    request_id: str | None = None,
+    attempts: int = 3,
+) -> T:
+    """Commit `record` although the command it belongs to failed: the one way to keep a write
+    that the failure must not undo (a failed sign-in counted for throttling, a failed MCP tool
+    call audited). Nothing else commits on a failure: a raised error rolls back, always.
+
+    It is a transaction of its own on another pooled connection, run after the command's
+    (which rolls back as usual), so it holds only what the failure means, never the command's
+    half-done changes. With `principal` the context is its first statement; without (nobody
+    is signed in yet) it runs as the login role, keeping the request id for the audit trail.
+    Its own errors propagate: the caller decides whether a record that could not be written
+    changes the answer (throttling: yes) or is only logged (the failed call's audit: no)."""
+    if principal is not None:
+        return await run_in_transaction(
+            db, principal, record, attempts=attempts, request_id=request_id
+        )
+
+    async def anonymous(uow: UnitOfWork) -> T:
+        uow.request_id = request_id
+        return await record(uow)
+
+    return await in_transaction(db, anonymous, attempts=attempts)
