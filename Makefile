@@ -49,10 +49,11 @@ chromium: ## install Debian's chromium for the browser tests, when missing
 	  fi; \
 	fi
 
-lint: deps ## ruff check, ruff format --check, mypy --strict
+lint: deps ## ruff check, ruff format --check, mypy --strict, lint-imports (the layers)
 	$(UV) run --frozen ruff check src tests bench
 	$(UV) run --frozen ruff format --check src tests bench
 	$(UV) run --frozen mypy src
+	$(UV) run --frozen lint-imports --no-logo
 
 format: deps ## ruff check --fix, ruff format
 	$(UV) run --frozen ruff check --fix src tests bench
