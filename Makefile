@@ -67,7 +67,7 @@ bench: deps ## load benchmarks against a bare asyncpg app (results in bench/resu
 TRADEOPS_DIR := $(or $(TRADEOPS_HOME),.tradeops)
 
 clean: ## remove .venv, .tools and caches; keeps .tradeops/ (make reset removes it)
-	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 	@echo "Kept $(TRADEOPS_DIR)/ (the embedded database, its demo data and logins)."
 	@echo "To start from nothing: make reset (or rm -rf $(TRADEOPS_DIR)), then make run."
 
