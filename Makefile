@@ -55,10 +55,11 @@ chromium: ## install Debian's chromium for the browser tests, when missing
 	  fi; \
 	fi
 
-lint: deps ## ruff check, ruff format --check, mypy --strict
+lint: deps ## ruff check, ruff format --check, mypy --strict, lint-imports (the layers)
 	$(UV) run --frozen ruff check src tests bench
 	$(UV) run --frozen ruff format --check src tests bench
 	$(UV) run --frozen mypy src
+	$(UV) run --frozen lint-imports --no-logo
 
 format: deps ## ruff check --fix, ruff format
 	$(UV) run --frozen ruff check --fix src tests bench
@@ -72,7 +73,7 @@ bench: deps ## load benchmarks against a bare asyncpg app (results in bench/resu
 TRADEOPS_DIR := $(or $(TRADEOPS_HOME),.tradeops)
 
 clean: ## remove .venv, .tools and caches; keeps .tradeops/ (make reset removes it)
-	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 	@echo "Kept $(TRADEOPS_DIR)/ (the embedded database, its demo data and logins)."
 	@echo "To start from nothing: make reset (or rm -rf $(TRADEOPS_DIR)), then make run."
 

@@ -37,7 +37,7 @@ from tradeops.positions.router import router as positions_router
 from tradeops.problems import document_problems, install_problem_handlers
 from tradeops.risk.router import router as risk_router
 from tradeops.settings import Settings, get_settings
-from tradeops.ui import install_ui
+from tradeops.ui.install import install_ui
 
 DESCRIPTION = """
 The system of record for trade operations: agents and people submit trade orders, orders pass

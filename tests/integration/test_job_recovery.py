@@ -31,8 +31,8 @@ from tests.factories import SEED_ORDER, Cast
 from tradeops.db.pool import PoolTimeout
 from tradeops.db.transient import is_transient
 from tradeops.jobs import recovery, tasks
-from tradeops.jobs.app import app as procrastinate_app
 from tradeops.jobs.app import connector_for, run_worker
+from tradeops.jobs.registry import app as procrastinate_app
 from tradeops.jobs.tasks import RETRY, FailureNotRecorded
 from tradeops.settings import Settings
 

@@ -8,9 +8,9 @@ from sqlalchemy import create_engine
 
 from tests.conftest import create_database, drop_database
 from tradeops.db import migrate
-from tradeops.db.models import Base
 from tradeops.db.urls import psycopg_url
 from tradeops.migrations.env_options import include_object
+from tradeops.migrations.schema import Base
 
 
 def schema_drift(url: str) -> list[object]:

@@ -6,7 +6,8 @@ every call — refused, failed or done — passes through one place that audits 
 
 Each call runs in its own transaction whose first statement identifies the caller (the
 transport decides how: see `Caller`), then the tool's service call, then the call's audit
-event. A failed call is rolled back and audited afterwards in a transaction of its own.
+event. A failed call is rolled back and audited afterwards in a transaction of its own
+(db.uow.record_despite_failure, as sign-in counts a wrong password).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tradeops.agents.tools import TOOLS, TOOLS_BY_NAME, AgentTool
 from tradeops.audit import service as audit
 from tradeops.auth.principal import Principal
 from tradeops.db.pool import Database
-from tradeops.db.uow import UnitOfWork, in_transaction, run_in_transaction
+from tradeops.db.uow import UnitOfWork, in_transaction, record_despite_failure
 from tradeops.errors import NotFound
 from tradeops.problems import ProblemParts, problem_parts
 from tradeops.settings import Settings
@@ -188,6 +189,8 @@ async def _record_failure(
         await _record(uow, principal, name, arguments, caller, problem)
 
     try:
-        await run_in_transaction(caller.db, principal, record, request_id=caller.request_id)
+        await record_despite_failure(
+            caller.db, record, principal=principal, request_id=caller.request_id
+        )
     except Exception:  # the caller still gets its problem; operators get the log
         log.exception("could not audit a failed tool call", tool=name)

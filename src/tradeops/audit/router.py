@@ -11,7 +11,7 @@ from tradeops.audit.service import AuditPage, VerificationReport
 from tradeops.db.http import TransactionalRoute
 from tradeops.deps import API_PREFIX, CurrentPrincipal, UoW
 from tradeops.errors import Forbidden, InvalidRequest
-from tradeops.orders.service import decode_cursor
+from tradeops.pagination import decode_id_cursor
 from tradeops.problems import problem_responses
 
 router = APIRouter(prefix=f"{API_PREFIX}/audit", tags=["audit"], route_class=TransactionalRoute)
@@ -49,7 +49,7 @@ async def list_audit_events(
         uow,
         principal,
         limit=limit,
-        after=decode_cursor(after),
+        after=decode_id_cursor(after),
         entity=entity,
         entity_id=entity_id,
         action=action,

@@ -28,7 +28,7 @@ from sqlalchemy import text
 
 from tradeops.audit import service as audit
 from tradeops.auth.passwords import PasswordChecks
-from tradeops.db.uow import Connections, UnitOfWork, in_transaction
+from tradeops.db.uow import Connections, UnitOfWork, in_transaction, record_despite_failure
 from tradeops.errors import TooManyRequests
 from tradeops.settings import Settings
 
@@ -172,11 +172,12 @@ async def sign_in(
 
         return await in_transaction(db, succeeded)
 
-    async def failed(uow: UnitOfWork) -> None:
-        uow.request_id = request_id
-        await _record_failure(uow, email, key, account.user_id, policy)
-
-    await in_transaction(db, failed)
+    # A wrong password is the command failing; its count must commit all the same.
+    await record_despite_failure(
+        db,
+        lambda uow: _record_failure(uow, email, key, account.user_id, policy),
+        request_id=request_id,
+    )
     return None
 
 

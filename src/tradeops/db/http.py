@@ -22,8 +22,9 @@ class TransactionalRoute(APIRoute):
 
         async def handle_in_transaction(request: Request) -> Response:
             async def respond(uow: UnitOfWork) -> Response:
-                # Anything raised rolls back; a returned response (even a 4xx that records a
-                # failed login) is committed before it is sent.
+                # Anything raised rolls back; a returned response is committed before it is
+                # sent. A write that must outlive a failure is not made here but with
+                # uow.record_despite_failure, after this transaction rolled back.
                 request.state.driver = uow.driver
                 try:
                     return await handle(request)

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Set
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ClauseElement
 
-from tradeops.auth.principal import Principal
 from tradeops.db.pool import Database
 from tradeops.db.prepared import Prepared, prepare
 
@@ -47,11 +46,29 @@ SET_CONTEXT = prepare(
 Statement = Prepared | ClauseElement | str
 
 
-def context_parameters(principal: Principal, request_id: str | None) -> dict[str, str]:
+class Identity(Protocol):
+    """Who a transaction acts for, as far as the request context needs to know.
+
+    `auth.principal.Principal` is the one implementation. The database layer names only what
+    it publishes with set_config, so it never imports auth (a layer above it)."""
+
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def role(self) -> str: ...  # a StrEnum: its value is what policies compare
+    @property
+    def desk_ids(self) -> Set[int]: ...
+    @property
+    def all_desks(self) -> bool: ...
+    @property
+    def api_key_id(self) -> int | None: ...
+
+
+def context_parameters(principal: Identity, request_id: str | None) -> dict[str, str]:
     return {
         "role": APP_ROLE,
         "user_id": str(principal.user_id),
-        "principal_role": principal.role.value,
+        "principal_role": str(principal.role),
         "desk_ids": "{" + ",".join(str(d) for d in sorted(principal.desk_ids)) + "}",
         "all_desks": "on" if principal.all_desks else "off",
         "api_key_id": "" if principal.api_key_id is None else str(principal.api_key_id),
@@ -118,10 +135,10 @@ class UnitOfWork:
 
     def __init__(self, driver: asyncpg.Connection) -> None:
         self.driver = driver
-        self.principal: Principal | None = None
+        self.principal: Identity | None = None
         self.request_id: str | None = None
 
-    async def set_context(self, principal: Principal, request_id: str | None = None) -> None:
+    async def set_context(self, principal: Identity, request_id: str | None = None) -> None:
         await self.fetchrow(SET_CONTEXT, context_parameters(principal, request_id))
         self.principal = principal
         self.request_id = request_id
@@ -219,7 +236,7 @@ async def transaction(source: Connections) -> AsyncIterator[UnitOfWork]:
 
 @asynccontextmanager
 async def unit_of_work(
-    db: Connections, principal: Principal, request_id: str | None = None
+    db: Connections, principal: Identity, request_id: str | None = None
 ) -> AsyncIterator[UnitOfWork]:
     """A transaction with the principal's context set as its first statement."""
     async with transaction(db) as uow:
@@ -245,7 +262,7 @@ async def in_transaction(
 
 async def run_in_transaction(
     db: Connections,
-    principal: Principal,
+    principal: Identity,
     command: Callable[[UnitOfWork], Awaitable[T]],
     *,
     attempts: int = 3,
@@ -258,3 +275,33 @@ async def run_in_transaction(
         return await command(uow)
 
     return await in_transaction(db, with_context, attempts=attempts)
+
+
+async def record_despite_failure(
+    db: Connections,
+    record: Callable[[UnitOfWork], Awaitable[T]],
+    *,
+    principal: Identity | None = None,
+    request_id: str | None = None,
+    attempts: int = 3,
+) -> T:
+    """Commit `record` although the command it belongs to failed: the one way to keep a write
+    that the failure must not undo (a failed sign-in counted for throttling, a failed MCP tool
+    call audited). Nothing else commits on a failure: a raised error rolls back, always.
+
+    It is a transaction of its own on another pooled connection, run after the command's
+    (which rolls back as usual), so it holds only what the failure means, never the command's
+    half-done changes. With `principal` the context is its first statement; without (nobody
+    is signed in yet) it runs as the login role, keeping the request id for the audit trail.
+    Its own errors propagate: the caller decides whether a record that could not be written
+    changes the answer (throttling: yes) or is only logged (the failed call's audit: no)."""
+    if principal is not None:
+        return await run_in_transaction(
+            db, principal, record, attempts=attempts, request_id=request_id
+        )
+
+    async def anonymous(uow: UnitOfWork) -> T:
+        uow.request_id = request_id
+        return await record(uow)
+
+    return await in_transaction(db, anonymous, attempts=attempts)

@@ -1,5 +1,6 @@
 """Background jobs: procrastinate on our PostgreSQL, deferred in the caller's transaction.
 
 `defer.py` is all the request path needs (one statement, no procrastinate import);
-`app.py` holds the procrastinate App and the worker; `tasks.py` the tasks.
+`registry.py` holds the procrastinate App, `tasks.py` the tasks that register on it, and
+`app.py` the worker that runs them.
 """

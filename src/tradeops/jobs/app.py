@@ -1,20 +1,17 @@
-"""The procrastinate App and its worker, on the same PostgreSQL as everything else."""
+"""The worker: runs the tasks registered on `registry.app`, on our one PostgreSQL."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
-from procrastinate import App, PsycopgConnector
+from procrastinate import PsycopgConnector
 from procrastinate.periodic import PeriodicRegistry
 
 from tradeops.db.pool import Database
 from tradeops.db.urls import libpq_url
+from tradeops.jobs.registry import app
 from tradeops.settings import Settings, get_settings
-
-# Tasks register on this app at import; the connector is set when a worker (or a test)
-# knows the database URL, with `connector_for`.
-app = App(connector=PsycopgConnector(), import_paths=["tradeops.jobs.tasks"])
 
 
 def connector_for(database_url: str) -> PsycopgConnector:

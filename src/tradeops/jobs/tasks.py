@@ -25,8 +25,8 @@ from tradeops.db.pool import Database
 from tradeops.db.transient import is_transient
 from tradeops.db.uow import run_in_transaction
 from tradeops.jobs import recovery
-from tradeops.jobs.app import app
 from tradeops.jobs.defer import CHECK_ORDER_RISK, HOUSEKEEPING_QUEUE, RISK_QUEUE
+from tradeops.jobs.registry import app
 from tradeops.risk import service as risk
 from tradeops.settings import Settings
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import text
 
@@ -19,6 +18,7 @@ from tradeops.marketdata.schemas import (
     SnapshotOut,
     SnapshotPage,
 )
+from tradeops.pagination import decode_cursor, encode_cursor, instant_key, key_instant
 
 
 class MarketDataNotFound(NotFound):
@@ -153,31 +153,6 @@ async def latest(uow: UnitOfWork, principal: Principal, symbol: str) -> Snapshot
     return SnapshotOut.model_validate(dict(row))
 
 
-_CURSOR = re.compile(r"^(-?\d{1,19})\.(\d{1,19})$", re.ASCII)  # \d alone matches "٣"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX_ID = 2**63 - 1
-
-
-def encode_cursor(as_of: datetime, snapshot_id: int) -> str:
-    """The position after a snapshot: its as_of in microseconds since 1970, and its id."""
-    return f"{(as_of - _EPOCH) // timedelta(microseconds=1)}.{snapshot_id}"
-
-
-def decode_cursor(cursor: str | None) -> tuple[datetime, int] | tuple[None, None]:
-    if cursor is None:
-        return None, None
-    match = _CURSOR.match(cursor)
-    try:
-        if match is None or int(match.group(2)) > _MAX_ID:
-            raise ValueError(cursor)
-        as_of = _EPOCH + timedelta(microseconds=int(match.group(1)))
-    except (ValueError, OverflowError):
-        raise InvalidRequest(
-            "Invalid cursor; pass next_cursor from a previous page.", field="query.after"
-        ) from None
-    return as_of, int(match.group(2))
-
-
 async def history(
     uow: UnitOfWork,
     principal: Principal,
@@ -190,7 +165,7 @@ async def history(
 ) -> SnapshotPage:
     """Newest first; keyset pagination on (as_of, id), so pages hold while prices arrive."""
     authorize(principal, Action.READ_MARKET_DATA)
-    after_as_of, after_id = decode_cursor(after)
+    after_as_of, after_id = _snapshot_after(after)
     instrument_id = await uow.scalar(INSTRUMENT_ID, {"symbol": symbol.upper()})
     if instrument_id is None:
         raise MarketDataNotFound(f"No market data for symbol {symbol}.")
@@ -209,6 +184,14 @@ async def history(
     ).all()
     items = [SnapshotOut.model_validate(r._mapping) for r in rows[:limit]]
     next_cursor = (
-        encode_cursor(rows[limit - 1].as_of, rows[limit - 1].id) if len(rows) > limit else None
+        encode_cursor(instant_key(rows[limit - 1].as_of), rows[limit - 1].id)
+        if len(rows) > limit
+        else None
     )
     return SnapshotPage(items=items, next_cursor=next_cursor)
+
+
+def _snapshot_after(cursor: str | None) -> tuple[datetime, int] | tuple[None, None]:
+    """A history cursor: the (as_of, id) key of the last snapshot shown."""
+    key = decode_cursor(cursor, keys=2, signed_first=True)
+    return (None, None) if key is None else (key_instant(key[0]), key[1])

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from tradeops.db.models import Base
 from tradeops.migrations.env_options import include_object
+from tradeops.migrations.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

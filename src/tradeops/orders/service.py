@@ -12,9 +12,9 @@ from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
-from tradeops.numeric_input import BIGINT_MAX, parse_count
 from tradeops.orders import repository as repo
 from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage
+from tradeops.pagination import decode_id_cursor
 
 
 class OrderNotFound(NotFound):
@@ -159,25 +159,13 @@ async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> Ord
     return OrderOut.model_validate(dict(row))
 
 
-def decode_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    position = parse_count(cursor, max_digits=19)
-    # 19 digits may still be past bigint: such a cursor finds nothing, it does not fail.
-    if position is None or position > BIGINT_MAX:
-        raise InvalidRequest(
-            "Invalid cursor; pass next_cursor from a previous page.", field="query.after"
-        )
-    return position
-
-
 async def list_orders(
     uow: UnitOfWork, principal: Principal, *, limit: int, after: str | None = None, **filters: Any
 ) -> OrderPage:
     """Newest first; keyset pagination, so pages stay stable while orders keep arriving."""
     authorize(principal, Action.READ_ORDERS)
     statement = repo.filtered_orders(
-        principal, after=decode_cursor(after), limit=limit + 1, **filters
+        principal, after=decode_id_cursor(after), limit=limit + 1, **filters
     )
     rows = (await uow.execute(statement)).all()
     items = [OrderOut.model_validate(r._mapping) for r in rows[:limit]]

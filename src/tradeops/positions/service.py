@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -10,7 +9,7 @@ from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.clients.service import ClientNotFound
 from tradeops.db.uow import UnitOfWork
-from tradeops.errors import InvalidRequest
+from tradeops.pagination import decode_cursor, encode_cursor
 from tradeops.positions import repository as repo
 from tradeops.positions.accounting import Holding, apply_fill
 from tradeops.positions.schemas import PositionOut, PositionPage
@@ -61,22 +60,10 @@ async def book_fill(uow: UnitOfWork, principal: Principal, fill: PositionFill) -
     return after
 
 
-_CURSOR = re.compile(r"^(\d{1,19})\.(\d{1,19})$", re.ASCII)  # \d alone matches "٣"
-
-
-def encode_cursor(client_pk: int, instrument_pk: int) -> str:
-    return f"{client_pk}.{instrument_pk}"
-
-
-def decode_cursor(cursor: str | None) -> tuple[int, int] | None:
-    if cursor is None:
-        return None
-    match = _CURSOR.match(cursor)
-    if match is None or max(int(match.group(1)), int(match.group(2))) >= 2**63:
-        raise InvalidRequest(
-            "Invalid cursor; pass next_cursor from a previous page.", field="query.after"
-        )
-    return int(match.group(1)), int(match.group(2))
+def _position_after(cursor: str | None) -> tuple[int, int] | None:
+    """A positions cursor: the (client, instrument) key of the last position shown."""
+    key = decode_cursor(cursor, keys=2)
+    return None if key is None else (key[0], key[1])
 
 
 async def list_positions(
@@ -98,7 +85,7 @@ async def list_positions(
         symbol=symbol,
         desk=desk,
         open_only=open_only,
-        after=decode_cursor(after),
+        after=_position_after(after),
         limit=limit + 1,
     )
     rows = (await uow.execute(statement)).all()

@@ -1,4 +1,7 @@
-"""Every model, imported once so Alembic and the tests see the whole schema."""
+"""Every model, imported once so Alembic and the tests see the whole schema.
+
+Here, beside the migrations, not in db/: the database layer sits below the domains that
+define the tables, so it must not import them."""
 
 from tradeops.audit.models import AuditCheckpoint, AuditEvent, AuditStreamHead
 from tradeops.auth.models import ApiKey, User
