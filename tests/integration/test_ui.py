@@ -664,7 +664,9 @@ async def test_a_large_approval_needs_a_confirming_second_submit(
     )
     assert confirmed.status_code == 303, confirmed.text
     assert await status_of(client, cast, order_id) == "APPROVED"
-    events = (await client.get(f"{API}/orders/{order_id}/events", headers=cast["risk"])).json()
+    events = (await client.get(f"{API}/orders/{order_id}/events", headers=cast["risk"])).json()[
+        "items"
+    ]
     assert events[-1]["payload"] == {"note": "big one"}
 
 
