@@ -44,7 +44,9 @@ async def a_busy_queue(client: httpx.AsyncClient, cast: Cast, engine: AsyncEngin
     fat_finger = await submit(client, cast["trader"], quantity=5000, price="250")
     async with engine.begin() as conn:
         await conn.execute(text(FAILED_CHECK), {"id": fat_finger})
-    await submit(client, cast["trader2"], symbol="MSFT", quantity=75, price=None)
+    await submit(
+        client, cast["trader2"], symbol="MSFT", quantity=75, price=None, order_type="MARKET"
+    )
 
 
 async def page_width(page: Page) -> int:
