@@ -62,12 +62,14 @@ ROLES = tuple(str(role) for role in Role if role is not Role.SYSTEM)
 
 @functools.cache
 def console() -> Console:
+    """The terminal, for commands' output (rich is imported once a command prints)."""
     from rich.console import Console
 
     return Console()
 
 
 def get_settings() -> Settings:
+    """settings.get_settings, imported when a command runs (pydantic-settings is slow)."""
     from tradeops.settings import get_settings
 
     return get_settings()
