@@ -209,11 +209,10 @@ async def transition_order(
             "to_status": transition.to_status,
             "reviewed_by": principal.user_id if transition is REVIEW else None,
             "approved_by": principal.user_id if transition is APPROVE else None,
+            "rejected_by": principal.user_id if transition is REJECT else None,
             "event_type": transition.to_status,
             "actor": principal.actor,
             "payload": orjson.dumps({k: v for k, v in payload.items() if v is not None}).decode(),
-            "api_key_id": principal.api_key_id,
-            "request_id": uow.request_id,
             "action": f"order.{transition.to_status.lower()}",
         },
     )
