@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, pass_risk_check
+from tests.factories import SEED_ORDER, Cast, make_maker, pass_risk_check
 from tradeops.jobs.app import run_worker
 
 ORDERS = "/api/v1/orders"
@@ -99,21 +99,9 @@ async def test_agent_review_is_a_recommendation_and_agents_never_decide(
 async def test_maker_cannot_approve_or_reject_own_order(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
-    # Arrange an order whose maker is the approver (as if submitted through their own key):
-    # written by the owner, since no maker may change (migration 0011).
-    async with owner_engine.begin() as conn:
-        order = {
-            "id": await conn.scalar(
-                text(
-                    "INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type,"
-                    " quantity, price, currency, created_by)"
-                    " SELECT c.desk_id, c.id, i.id, 'BUY', 'LIMIT', 10, 1.5, 'USD', :me"
-                    " FROM clients c, instruments i"
-                    " WHERE c.external_id = 'CUST-1001' AND i.symbol = 'AAPL' RETURNING id"
-                ),
-                {"me": cast.ids["approver"]},
-            )
-        }
+    # Arrange an order whose maker is the approver (as if submitted through their own key).
+    order = await submit(client, cast["trader"])
+    await make_maker(owner_engine, order["id"], cast.ids["approver"])
     await pass_risk_check(owner_engine, order["id"])
     await act(client, order["id"], "review", cast["trader"])
     approve = await act(client, order["id"], "approve", cast["approver"])

@@ -97,29 +97,11 @@ BEGIN
               TABLE = 'orders';
 END $$;
 
--- The decider of an approval or rejection, when the writer has a request context: the acting
--- person, an approver, not through an API key (deciding is a person's act).
-CREATE FUNCTION orders_check_decider(order_id bigint, decider bigint) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF tradeops_user_id() IS NULL THEN
-        RETURN;
-    END IF;
-    IF decider IS DISTINCT FROM tradeops_user_id() THEN
-        PERFORM orders_maker_checker_refuse(order_id, 'a decision is recorded under its decider');
-    END IF;
-    IF tradeops_role() IS DISTINCT FROM 'approver' THEN
-        PERFORM orders_maker_checker_refuse(order_id, 'only an approver decides on an order');
-    END IF;
-    IF tradeops_api_key_id() IS NOT NULL THEN
-        PERFORM orders_maker_checker_refuse(order_id, 'no API key decides on an order');
-    END IF;
-END $$;
-
 CREATE FUNCTION orders_enforce_maker_checker() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     approving boolean := NEW.status = 'APPROVED' AND OLD.status IS DISTINCT FROM 'APPROVED';
     rejecting boolean := NEW.status = 'REJECTED' AND OLD.status IS DISTINCT FROM 'REJECTED';
+    decider bigint := CASE WHEN approving THEN NEW.approved_by ELSE NEW.rejected_by END;
 BEGIN
     IF NEW.created_by IS DISTINCT FROM OLD.created_by
        OR NEW.created_by_key_id IS DISTINCT FROM OLD.created_by_key_id THEN
@@ -135,27 +117,29 @@ BEGIN
        AND tradeops_user_id() IS NOT NULL AND tradeops_role() IS DISTINCT FROM 'system' THEN
         PERFORM orders_maker_checker_refuse(NEW.id, 'only the risk check sets the risk status');
     END IF;
-    IF approving THEN
-        IF OLD.status IS DISTINCT FROM 'REVIEWED' THEN
-            PERFORM orders_maker_checker_refuse(NEW.id,
-                format('it is %s; only a REVIEWED order can be approved', OLD.status));
-        END IF;
-        IF NEW.risk_status IS DISTINCT FROM 'PASSED' THEN
-            PERFORM orders_maker_checker_refuse(NEW.id,
-                format('its risk check is %s, not PASSED', NEW.risk_status));
-        END IF;
-        IF NEW.approved_by IS NULL OR NEW.approved_by = NEW.created_by THEN
-            PERFORM orders_maker_checker_refuse(NEW.id,
-                'an approval names its approver, who is not the maker');
-        END IF;
-        PERFORM orders_check_decider(NEW.id, NEW.approved_by);
+    IF NOT (approving OR rejecting) THEN
+        RETURN NEW;  -- reviews, fills, cancellations
     END IF;
-    IF rejecting THEN
-        IF NEW.rejected_by IS NULL OR NEW.rejected_by = NEW.created_by THEN
-            PERFORM orders_maker_checker_refuse(NEW.id,
-                'a rejection names its decider, who is not the maker');
-        END IF;
-        PERFORM orders_check_decider(NEW.id, NEW.rejected_by);
+    IF approving AND OLD.status IS DISTINCT FROM 'REVIEWED' THEN
+        PERFORM orders_maker_checker_refuse(NEW.id,
+            format('it is %s; only a REVIEWED order can be approved', OLD.status));
+    END IF;
+    IF approving AND NEW.risk_status IS DISTINCT FROM 'PASSED' THEN
+        PERFORM orders_maker_checker_refuse(NEW.id,
+            format('its risk check is %s, not PASSED', NEW.risk_status));
+    END IF;
+    -- The maker's key owner is the maker (fk_orders_created_by_key_id_api_keys).
+    IF decider IS NULL OR decider = NEW.created_by THEN
+        PERFORM orders_maker_checker_refuse(NEW.id,
+            'a decision names its decider, who is not the order''s maker');
+    END IF;
+    -- With a request context (every application write) the decider is the acting person:
+    -- an approver, not through an API key. Without one (the owner) the row rules suffice.
+    IF tradeops_user_id() IS NOT NULL
+       AND (decider <> tradeops_user_id() OR tradeops_role() IS DISTINCT FROM 'approver'
+            OR tradeops_api_key_id() IS NOT NULL) THEN
+        PERFORM orders_maker_checker_refuse(NEW.id,
+            'a decision is the acting approver''s own, never through an API key');
     END IF;
     RETURN NEW;
 END $$;
@@ -193,7 +177,7 @@ DROP_MAKER_CHECKER = """
 DROP TRIGGER orders_undecided_birth ON orders;
 DROP TRIGGER orders_maker_checker ON orders;
 DROP FUNCTION orders_enforce_undecided_birth(), orders_enforce_maker_checker(),
-    orders_check_decider(bigint, bigint), orders_maker_checker_refuse(bigint, text);
+    orders_maker_checker_refuse(bigint, text);
 """
 
 
