@@ -138,7 +138,8 @@ class OrderEvent(Base):
     desk_id: Mapped[int] = mapped_column(BigInteger)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(Text)
-    actor: Mapped[str] = mapped_column(Text)
+    # The context's actor (tradeops_actor(), migration 0011) unless the writer names one.
+    actor: Mapped[str] = mapped_column(Text, server_default=text("tradeops_actor()"))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False

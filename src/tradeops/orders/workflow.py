@@ -211,7 +211,6 @@ async def transition_order(
             "approved_by": principal.user_id if transition is APPROVE else None,
             "rejected_by": principal.user_id if transition is REJECT else None,
             "event_type": transition.to_status,
-            "actor": principal.actor,
             "payload": orjson.dumps({k: v for k, v in payload.items() if v is not None}).decode(),
             "action": f"order.{transition.to_status.lower()}",
         },

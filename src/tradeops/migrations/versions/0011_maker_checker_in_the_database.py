@@ -33,8 +33,10 @@ Refusals are check_violation (23514) naming the constraint orders_maker_checker,
 API turns into a 409 problem (tradeops.db.errors): the Python rules explain a refusal first,
 so the database refuses only on a race or drift.
 
-Audit events' actor, api_key_id and request_id default from the transaction's context; the
-actor format ("user:7", "user:7/key:3") is tradeops_actor() (migration 0003), written once.
+Audit events' actor, api_key_id and request_id, and order events' actor, default from the
+transaction's context; the actor format ("user:7", "user:7/key:3") is tradeops_actor()
+(migration 0003), written once. Writers without a context (sign-in, the risk job's
+"system:risk-check") still name their actor.
 """
 
 from collections.abc import Sequence
@@ -68,6 +70,7 @@ $$;
 """
 
 AUDIT_DEFAULTS = """
+ALTER TABLE order_events ALTER COLUMN actor SET DEFAULT tradeops_actor();
 ALTER TABLE audit_events
     ALTER COLUMN actor SET DEFAULT tradeops_actor(),
     ALTER COLUMN api_key_id SET DEFAULT tradeops_api_key_id(),
@@ -75,6 +78,7 @@ ALTER TABLE audit_events
 """
 
 NO_AUDIT_DEFAULTS = """
+ALTER TABLE order_events ALTER COLUMN actor DROP DEFAULT;
 ALTER TABLE audit_events
     ALTER COLUMN actor DROP DEFAULT,
     ALTER COLUMN api_key_id DROP DEFAULT,
