@@ -163,8 +163,8 @@ BEGIN
     RETURN NEW;
 END $$;
 
--- Only when something maker-checker cares about changes: risk results of fills and every
--- other update skip the function call entirely.
+-- Only when something maker-checker cares about changes (status, decider, risk status,
+-- maker); every other update, a further partial fill say, skips the call entirely.
 CREATE TRIGGER orders_maker_checker BEFORE UPDATE ON orders FOR EACH ROW
     WHEN (OLD.status IS DISTINCT FROM NEW.status
           OR OLD.approved_by IS DISTINCT FROM NEW.approved_by
@@ -173,7 +173,11 @@ CREATE TRIGGER orders_maker_checker BEFORE UPDATE ON orders FOR EACH ROW
           OR OLD.created_by IS DISTINCT FROM NEW.created_by
           OR OLD.created_by_key_id IS DISTINCT FROM NEW.created_by_key_id)
     EXECUTE FUNCTION orders_enforce_maker_checker();
+-- Intake as it should be (PENDING, nothing decided, risk unchecked) never calls it.
 CREATE TRIGGER orders_undecided_birth BEFORE INSERT ON orders FOR EACH ROW
+    WHEN (NEW.status IS DISTINCT FROM 'PENDING' OR NEW.risk_status IS DISTINCT FROM 'PENDING'
+          OR NEW.reviewed_by IS NOT NULL OR NEW.approved_by IS NOT NULL
+          OR NEW.rejected_by IS NOT NULL)
     EXECUTE FUNCTION orders_enforce_undecided_birth();
 """
 
