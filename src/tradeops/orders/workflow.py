@@ -106,8 +106,9 @@ def refusal(transition: Transition, principal: Principal, order: Any) -> DomainE
     The one statement of the maker-checker rules: `transition_order` raises what this returns,
     and the approver pages show it beside a disabled button. The database holds the same
     rules (triggers of migration 0011) for every writer; should it refuse what this allowed
-    (a race, drift), the caller gets 409 maker-checker-refused (tradeops.db.errors). `order` needs `id`, `status`,
-    `version`, `risk_status`, `risk_reasons` and `created_by` (the maker's user id).
+    (a race, drift), the caller gets 409 maker-checker-refused (tradeops.db.errors).
+    `order` needs `id`, `status`, `version`, `risk_status`, `risk_reasons` and `created_by`
+    (the maker's user id).
     """
     try:
         authorize(principal, transition.action)
