@@ -12,10 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.async_api import Page, expect
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import PASSWORD, Cast, pass_risk_check
+from tests.factories import PASSWORD, Cast, make_maker, pass_risk_check
 from tests.live import LiveServer
 from tests.pages import AGENT_ADVICE, API, review, submit
 from tradeops.jobs.app import run_worker
@@ -132,11 +131,8 @@ async def test_the_maker_cannot_approve_their_own_order(
     page: Page, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
     order_id = await agent_order(client, cast, owner_engine)
-    async with owner_engine.begin() as conn:  # the approver made it, as through their own key
-        await conn.execute(
-            text("UPDATE orders SET created_by = :me WHERE id = :id"),
-            {"me": cast.ids["approver"], "id": order_id},
-        )
+    # The approver made it, as through their own key.
+    await make_maker(owner_engine, order_id, cast.ids["approver"])
     await sign_in(page, "approver@test.bank")
     await page.locator("#queue").get_by_role("link", name=f"#{order_id}").click()
     approve = page.get_by_role("button", name="Approve")

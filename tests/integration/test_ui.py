@@ -24,6 +24,7 @@ from tests.factories import (
     approved_order,
     bearer,
     make_instrument,
+    make_maker,
     pass_risk_check,
 )
 from tests.pages import AGENT_ADVICE, API, csrf_of, review, sign_in, submit
@@ -469,11 +470,7 @@ async def test_the_maker_sees_approve_disabled_and_cannot_approve(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, person: OpenPerson
 ) -> None:
     order_id = await agent_order(client, cast, owner_engine)
-    async with owner_engine.begin() as conn:  # as if the approver had submitted it by key
-        await conn.execute(
-            text("UPDATE orders SET created_by = :me WHERE id = :id"),
-            {"me": cast.ids["approver"], "id": order_id},
-        )
+    await make_maker(owner_engine, order_id, cast.ids["approver"])
     approver = await person("approver@test.bank")
     page = f"/ui/orders/{order_id}"
     html = (await approver.get(page)).text

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, pass_risk_check
+from tests.factories import SEED_ORDER, Cast, make_maker, pass_risk_check
 from tradeops.jobs.app import run_worker
 
 ORDERS = "/api/v1/orders"
@@ -101,11 +101,7 @@ async def test_maker_cannot_approve_or_reject_own_order(
 ) -> None:
     # Arrange an order whose maker is the approver (as if submitted through their own key).
     order = await submit(client, cast["trader"])
-    async with owner_engine.begin() as conn:
-        await conn.execute(
-            text("UPDATE orders SET created_by = :me WHERE id = :id"),
-            {"me": cast.ids["approver"], "id": order["id"]},
-        )
+    await make_maker(owner_engine, order["id"], cast.ids["approver"])
     await pass_risk_check(owner_engine, order["id"])
     await act(client, order["id"], "review", cast["trader"])
     approve = await act(client, order["id"], "approve", cast["approver"])

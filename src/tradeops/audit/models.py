@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -45,9 +46,14 @@ class AuditEvent(Base):
     stream: Mapped[str] = mapped_column(Text)
     seq: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    actor: Mapped[str] = mapped_column(Text)
-    api_key_id: Mapped[int | None] = mapped_column(BigInteger)
-    request_id: Mapped[str | None] = mapped_column(Text)
+    # From the transaction's context unless a writer without one names them (migration 0011).
+    actor: Mapped[str] = mapped_column(Text, server_default=text("tradeops_actor()"))
+    api_key_id: Mapped[int | None] = mapped_column(
+        BigInteger, server_default=text("tradeops_api_key_id()")
+    )
+    request_id: Mapped[str | None] = mapped_column(
+        Text, server_default=text("tradeops_request_id()")
+    )
     action: Mapped[str] = mapped_column(Text)
     entity: Mapped[str] = mapped_column(Text)
     entity_id: Mapped[str] = mapped_column(Text)

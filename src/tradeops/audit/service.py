@@ -27,7 +27,15 @@ audit_events = table_of(AuditEvent)
 desks = table_of(Desk)
 users = table_of(User)
 
+# In a request context the database fills actor, api_key_id and request_id from it
+# (migration 0011), so the actor's format ("user:7", "user:7/key:3") is written once, in SQL.
 _RECORD = text(
+    "INSERT INTO audit_events (stream, action, entity, entity_id, before, after)"
+    " VALUES (:entity || ':' || :entity_id, :action, :entity, :entity_id,"
+    " CAST(:before AS jsonb), CAST(:after AS jsonb))"
+)
+# Without a context (a sign-in, before anyone is known) the caller names the actor.
+_RECORD_AS = text(
     "INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity, entity_id,"
     " before, after)"
     " VALUES (:entity || ':' || :entity_id, :actor, :api_key_id, :request_id, :action, :entity,"
@@ -61,20 +69,26 @@ async def record(
     actor: str | None = None,
 ) -> None:
     """Append one event in the caller's transaction: it commits or rolls back with the change.
-    The database labels it with the desk it concerns (see migration 0009)."""
-    await uow.execute(
-        _RECORD,
-        {
-            "actor": actor or (principal.actor if principal else "anonymous"),
-            "api_key_id": principal.api_key_id if principal else None,
-            "request_id": uow.request_id,
-            "action": action,
-            "entity": entity,
-            "entity_id": str(entity_id),
-            "before": _json(before),
-            "after": _json(after),
-        },
-    )
+    The database labels it with the desk it concerns (see migration 0009) and, in a request
+    context, with the context's actor, key and request (migration 0011): the transaction's
+    principal, whom row-level security already knows. `actor` names who acted where no
+    context is set (sign-in)."""
+    event = {
+        "action": action,
+        "entity": entity,
+        "entity_id": str(entity_id),
+        "before": _json(before),
+        "after": _json(after),
+    }
+    if actor is None and uow.principal is not None:
+        await uow.execute(_RECORD, event)
+        return
+    explicit = {
+        "actor": actor or (principal.actor if principal else "anonymous"),
+        "api_key_id": principal.api_key_id if principal and not actor else None,
+        "request_id": uow.request_id,
+    }
+    await uow.execute(_RECORD_AS, event | explicit)
 
 
 def _plain_decimal(literal: str) -> str:

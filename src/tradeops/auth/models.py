@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -50,6 +51,8 @@ class ApiKey(Base):
         CheckConstraint("hash ~ '^[0-9a-f]{64}$'", name="hash"),
         CheckConstraint("cardinality(scopes) > 0", name="scopes_not_empty"),
         CheckConstraint("length(name) BETWEEN 1 AND 100", name="name"),
+        # What orders' (created_by_key_id, created_by) refers to: a key with its owner.
+        UniqueConstraint("id", "owner_user_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

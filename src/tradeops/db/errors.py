@@ -35,6 +35,9 @@ INVALID_DATA = frozenset(
 # Class 08 (connection exceptions) by prefix, and: too many connections, admin shutdown,
 # crash shutdown, cannot connect now (starting up, recovering).
 UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
+# The triggers of maker-checker (migration 0011) raise check_violation naming this: the order's
+# state, not the request's data, refuses the change, and reading the order again shows why.
+MAKER_CHECKER_CONSTRAINT = "orders_maker_checker"
 READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction: a standby, or a primary set read-only
 UNAVAILABLE_RETRY_AFTER = 2
 
@@ -50,6 +53,14 @@ CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
     EnginePoolTimeout,
 )
 
+MAKER_CHECKER_REFUSED = DatabaseProblem(
+    409,
+    "maker-checker-refused",
+    "Refused by the maker-checker rules",
+    "The order's maker-checker rules refuse this change as the order is now: an approval needs"
+    " a REVIEWED order whose risk check passed, and neither approval nor rejection may come"
+    " from the order's maker. Read the order again before deciding.",
+)
 UNAVAILABLE = DatabaseProblem(
     503,
     "database-unavailable",
@@ -76,10 +87,24 @@ def is_connection_failure(error: BaseException) -> bool:
     )
 
 
+def constraint_of(error: BaseException) -> str | None:
+    """The constraint an asyncpg error names (a check, a key, a trigger's own), or None."""
+    candidates: list[object] = [error]
+    if isinstance(error, DBAPIError):
+        candidates += [error.orig, getattr(error.orig, "__cause__", None)]
+    for candidate in candidates:
+        name = getattr(candidate, "constraint_name", None)
+        if isinstance(name, str):
+            return name
+    return None
+
+
 def problem_for(error: BaseException) -> DatabaseProblem:
     code = sqlstate_of(error) or ""
     if code == "23505":
         return DatabaseProblem(409, "conflict", "Conflict", "The resource already exists.")
+    if code == "23514" and constraint_of(error) == MAKER_CHECKER_CONSTRAINT:
+        return MAKER_CHECKER_REFUSED
     if code in INVALID_DATA or isinstance(error, asyncpg.exceptions.DataError):
         return DatabaseProblem(
             422,

@@ -70,6 +70,25 @@ class Order(Base):
             "client_order_id IS NULL OR client_order_id ~ '^[\\x21-\\x7E]{1,64}$'",
             name="client_order_id",
         ),
+        # Maker-checker's row rules; the transitions' rules are triggers (migration 0011).
+        CheckConstraint(
+            "approved_by IS NULL OR approved_by <> created_by", name="approver_is_not_maker"
+        ),
+        CheckConstraint(
+            "rejected_by IS NULL OR rejected_by <> created_by", name="rejecter_is_not_maker"
+        ),
+        CheckConstraint(
+            "status NOT IN ('APPROVED', 'PARTIALLY_FILLED', 'FILLED') OR approved_by IS NOT NULL",
+            name="approved_has_approver",
+        ),
+        CheckConstraint(
+            "(status = 'REJECTED') = (rejected_by IS NOT NULL)", name="rejected_has_rejecter"
+        ),
+        # The key an order came through is its maker's: a key acts as its owner, so the
+        # maker's key owner is the maker, for every row and every writer.
+        ForeignKeyConstraint(
+            ["created_by_key_id", "created_by"], ["api_keys.id", "api_keys.owner_user_id"]
+        ),
         UniqueConstraint("created_by", "client_order_id"),
         # Lets order_events carry the order's desk, checked by a composite foreign key.
         UniqueConstraint("id", "desk_id"),
@@ -98,6 +117,7 @@ class Order(Base):
     created_by_key_id: Mapped[int | None] = mapped_column(BigInteger)
     reviewed_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
     approved_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
+    rejected_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -118,7 +138,8 @@ class OrderEvent(Base):
     desk_id: Mapped[int] = mapped_column(BigInteger)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(Text)
-    actor: Mapped[str] = mapped_column(Text)
+    # The context's actor (tradeops_actor(), migration 0011) unless the writer names one.
+    actor: Mapped[str] = mapped_column(Text, server_default=text("tradeops_actor()"))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False

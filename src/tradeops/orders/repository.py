@@ -91,22 +91,24 @@ ORDER_FACTS = text(_ORDER_FACTS)
 LOCK_ORDER = text(_ORDER_FACTS + " FOR UPDATE")
 
 # One conditional UPDATE (the row is already locked, the version re-checked) with its history
-# event and audit event, in one round trip. The event's seq is the order's new version.
+# event and audit event, in one round trip. The event's seq is the order's new version. The
+# events' actor, key and request come from the transaction's context (migration 0011);
+# the triggers of maker-checker check the decision again (approved_by, rejected_by).
 TRANSITION = text(
     "WITH before AS (SELECT * FROM orders WHERE id = :id),"
     " changed AS ("
     " UPDATE orders SET status = :to_status, version = version + 1, updated_at = now(),"
     "  reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
-    "  approved_by = COALESCE(:approved_by, approved_by)"
+    "  approved_by = COALESCE(:approved_by, approved_by),"
+    "  rejected_by = COALESCE(:rejected_by, rejected_by)"
     " WHERE id = :id AND version = :version AND status = :from_status RETURNING *),"
     " event AS ("
-    " INSERT INTO order_events (order_id, desk_id, seq, type, actor, payload)"
-    " SELECT id, desk_id, version, :event_type, :actor, CAST(:payload AS jsonb) FROM changed),"
+    " INSERT INTO order_events (order_id, desk_id, seq, type, payload)"
+    " SELECT id, desk_id, version, :event_type, CAST(:payload AS jsonb) FROM changed),"
     " audit AS ("
-    " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity, entity_id,"
-    "  before, after)"
-    " SELECT 'order:' || c.id, :actor, :api_key_id, :request_id, :action, 'order', c.id::text,"
-    "  to_jsonb(b), to_jsonb(c) FROM changed c CROSS JOIN before b)"
+    " INSERT INTO audit_events (stream, action, entity, entity_id, before, after)"
+    " SELECT 'order:' || c.id, :action, 'order', c.id::text, to_jsonb(b), to_jsonb(c)"
+    " FROM changed c CROSS JOIN before b)"
     " SELECT id, version FROM changed"
 )
 

@@ -104,8 +104,11 @@ def refusal(transition: Transition, principal: Principal, order: Any) -> DomainE
     """Why `principal` may not make `transition` on `order` now, or None if they may.
 
     The one statement of the maker-checker rules: `transition_order` raises what this returns,
-    and the approver pages show it beside a disabled button. `order` needs `id`, `status`,
-    `version`, `risk_status`, `risk_reasons` and `created_by` (the maker's user id).
+    and the approver pages show it beside a disabled button. The database holds the same
+    rules (triggers of migration 0011) for every writer; should it refuse what this allowed
+    (a race, drift), the caller gets 409 maker-checker-refused (tradeops.db.errors).
+    `order` needs `id`, `status`, `version`, `risk_status`, `risk_reasons` and `created_by`
+    (the maker's user id).
     """
     try:
         authorize(principal, transition.action)
@@ -209,11 +212,9 @@ async def transition_order(
             "to_status": transition.to_status,
             "reviewed_by": principal.user_id if transition is REVIEW else None,
             "approved_by": principal.user_id if transition is APPROVE else None,
+            "rejected_by": principal.user_id if transition is REJECT else None,
             "event_type": transition.to_status,
-            "actor": principal.actor,
             "payload": orjson.dumps({k: v for k, v in payload.items() if v is not None}).decode(),
-            "api_key_id": principal.api_key_id,
-            "request_id": uow.request_id,
             "action": f"order.{transition.to_status.lower()}",
         },
     )
