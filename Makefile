@@ -33,8 +33,11 @@ deps: .venv/.synced ## install Python and the dependencies into .venv (uv sync -
 run: deps ## embedded PostgreSQL in .tradeops/, migrations, demo data, server on :8000
 	@$(UV) run --frozen tradeops dev
 
+# In TEST_WORKERS processes (pytest-xdist), each on a database of its own copied from one
+# migrated template; TEST_WORKERS=0 runs in this process, as plain `pytest` does.
+TEST_WORKERS ?= 2
 test: deps chromium ## the whole suite on real PostgreSQL (TRADEOPS_TEST_DATABASE_URL or embedded)
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The browser tests (tests/e2e) drive Debian's chromium; Playwright never downloads a browser.
 CHROMIUM := /usr/bin/chromium
