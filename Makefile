@@ -41,7 +41,7 @@ run: deps ## embedded PostgreSQL in .tradeops/, migrations, demo data, server on
 TEST_WORKERS ?= 2
 test: deps chromium ## the whole suite on real PostgreSQL (TRADEOPS_TEST_DATABASE_URL or embedded)
 	@$(UV) run --frozen python -m compileall -q src
-	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(UV) run --frozen pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The browser tests (tests/e2e) drive Debian's chromium; Playwright never downloads a browser.
 CHROMIUM := /usr/bin/chromium
