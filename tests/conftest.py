@@ -2,7 +2,7 @@
 
 TRADEOPS_TEST_DATABASE_URL points at an existing server (a new database is created on it
 and dropped afterwards); without it an embedded PostgreSQL is started under .tradeops/.
-Each test starts from empty tables (TRUNCATE), so tests may commit, run concurrent
+Each test starts from empty tables (see EMPTY_TABLES), so tests may commit, run concurrent
 transactions and still never see each other's data.
 
 In parallel (`pytest -n 2`, as `make test` runs it) the controller starts the embedded
