@@ -22,10 +22,13 @@ $(CURDIR)/.tools/bin/uv:
 	@{ $(PYTHON) -m venv $(CURDIR)/.tools && $(CURDIR)/.tools/bin/pip install --quiet uv; } \
 	  >>$(SETUP_LOG) 2>&1 || { tail -n 20 $(SETUP_LOG); exit 1; }
 
+# Bytecode is compiled once here (and for src/ before the tests), not left to each process:
+# where PYTHONDONTWRITEBYTECODE is set nothing is ever cached, and every `tradeops` command
+# and test worker compiles FastAPI, SQLAlchemy and the app from source again (seconds of CPU).
 .venv/.synced: pyproject.toml uv.lock | $(UV)
 	@mkdir -p $(dir $(SETUP_LOG))
 	@echo "installing dependencies into .venv/ (log: $(SETUP_LOG))"
-	@$(UV) sync --frozen >>$(SETUP_LOG) 2>&1 || { tail -n 20 $(SETUP_LOG); exit 1; }
+	@$(UV) sync --frozen --compile-bytecode >>$(SETUP_LOG) 2>&1 || { tail -n 20 $(SETUP_LOG); exit 1; }
 	@touch $@
 
 deps: .venv/.synced ## install Python and the dependencies into .venv (uv sync --frozen)
@@ -33,8 +36,12 @@ deps: .venv/.synced ## install Python and the dependencies into .venv (uv sync -
 run: deps ## embedded PostgreSQL in .tradeops/, migrations, demo data, server on :8000
 	@$(UV) run --frozen tradeops dev
 
+# In TEST_WORKERS processes (pytest-xdist), each on a database of its own copied from one
+# migrated template; TEST_WORKERS=0 runs in this process, as plain `pytest` does.
+TEST_WORKERS ?= 2
 test: deps chromium ## the whole suite on real PostgreSQL (TRADEOPS_TEST_DATABASE_URL or embedded)
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+	@$(UV) run --frozen python -m compileall -q src
+	$(UV) run --frozen pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The fault suite (tests/faults): its own PostgreSQL cluster (initdb and pg_ctl from
 # TRADEOPS_PG_BIN, default the newest /usr/lib/postgresql/N/bin) on a free port, killed and restarted

@@ -303,7 +303,9 @@ async def test_a_read_only_database_is_a_503_saying_so(
 ) -> None:
     """A standby (or a primary made read-only) refuses writes with 25006: unavailable for
     writes, retry later; reads still work."""
-    read_only = database_url + "?default_transaction_read_only=on"
+    # The embedded server's URL already has a query (?host=its socket directory).
+    joiner = "&" if "?" in database_url else "?"
+    read_only = f"{database_url}{joiner}default_transaction_read_only=on"
     app = create_app(settings, read_only)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (

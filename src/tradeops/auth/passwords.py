@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +21,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from tradeops.errors import DomainError
 
 _hasher = PasswordHasher()
-# Verified when the account does not exist, so an unknown email costs as much as a wrong password.
-_DUMMY_HASH = _hasher.hash("tradeops-dummy-password")
 BUSY_RETRY_AFTER_SECONDS = 2
 # Checks yield the CPU to serving requests: on Linux a thread's niceness is its own (and the
 # threads argon2 starts for its lanes inherit it), so the event loop outranks the hashing.
@@ -38,9 +37,19 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the account does not exist, so an unknown email costs as much as a wrong
+    password. Made on first need, not at import: every `tradeops` command imports this module
+    and most never check a password (PasswordChecks makes it as the application starts)."""
+    return _hasher.hash("tradeops-dummy-password")
+
+
 def verify_password(password_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return (
+            _hasher.verify(password_hash or _dummy_hash(), password) and password_hash is not None
+        )
     except (VerificationError, InvalidHashError):
         return False
 
@@ -55,6 +64,7 @@ class PasswordChecks:
         self._executor = ThreadPoolExecutor(
             self.threads, thread_name_prefix="password-check", initializer=_yield_cpu
         )
+        self._executor.submit(_dummy_hash)  # ready before the first unknown email arrives
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """Whether the password matches (a missing hash costs the same and never matches)."""
