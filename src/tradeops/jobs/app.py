@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
+from typing import Any
 
+import structlog
 from procrastinate import PsycopgConnector
 from procrastinate.periodic import PeriodicRegistry
 
 from tradeops.db.pool import Database
+from tradeops.db.transient import is_transient
 from tradeops.db.urls import libpq_url
 from tradeops.jobs.registry import app
 from tradeops.settings import Settings, get_settings
+
+log = structlog.get_logger("tradeops.jobs")
 
 
 def connector_for(database_url: str) -> PsycopgConnector:
@@ -45,25 +52,70 @@ async def run_worker(
     settings) handed to them in the job context. The worker heartbeats every
     worker_heartbeat_seconds; with `periodic` (default: a worker that waits for jobs) it also
     defers the periodic tasks: stalled jobs retried, orders awaiting a check re-deferred. A
-    worker that drains the queues and returns (wait=False) has no schedule to keep."""
+    worker that drains the queues and returns (wait=False) has no schedule to keep.
+
+    A waiting worker outlives the database: procrastinate stops a worker whose heartbeat or
+    job fetch fails (a restarted PostgreSQL), so the worker is started again, after 1 s and
+    then up to 10 s apart, until SIGINT or SIGTERM asks it to stop."""
     import tradeops.jobs.tasks  # noqa: F401  (registers the tasks)
 
     settings = settings or get_settings()
     db = Database(settings, database_url)
+    stop_requested = asyncio.Event()
     try:
         with (
             app.replace_connector(connector_for(database_url)),
             nullcontext() if (wait if periodic is None else periodic) else _without_schedule(),
+            _stop_on_signals(stop_requested) if install_signal_handlers else nullcontext(),
         ):
-            async with app.open_async():
-                await app.run_worker_async(
-                    concurrency=concurrency,
-                    wait=wait,
-                    install_signal_handlers=install_signal_handlers,
-                    name="tradeops-worker",
-                    update_heartbeat_interval=settings.worker_heartbeat_seconds,
-                    stalled_worker_timeout=settings.worker_stalled_seconds,
-                    additional_context={"db": db, "settings": settings},
-                )
+            pause = 1.0
+            while True:
+                try:
+                    await _work_until_stopped(
+                        stop_requested,
+                        concurrency=concurrency,
+                        wait=wait,
+                        name="tradeops-worker",
+                        update_heartbeat_interval=settings.worker_heartbeat_seconds,
+                        stalled_worker_timeout=settings.worker_stalled_seconds,
+                        additional_context={"db": db, "settings": settings},
+                    )
+                except Exception as error:
+                    if not is_transient(error):
+                        raise
+                    log.warning("worker lost the database", error=repr(error))
+                if stop_requested.is_set() or not wait:
+                    return
+                log.warning("worker stopped without being asked; starting again", after_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
     finally:
         await db.dispose()
+
+
+async def _work_until_stopped(stop_requested: asyncio.Event, **options: Any) -> None:
+    """One run of procrastinate's worker; a stop request ends it gracefully (the running jobs
+    finish: procrastinate answers the cancellation with its own stop)."""
+    async with app.open_async():
+        run = asyncio.create_task(app.run_worker_async(install_signal_handlers=False, **options))
+        stopping = asyncio.create_task(stop_requested.wait())
+        try:
+            await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                run.cancel()
+            with suppress(asyncio.CancelledError):
+                await run
+        finally:
+            stopping.cancel()
+
+
+@contextmanager
+def _stop_on_signals(stop_requested: asyncio.Event) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop_requested.set)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
