@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 
 from tradeops.audit import service as audit
 from tradeops.auth.keys import generate_key
@@ -75,7 +75,7 @@ class ApiKeyNotFound(NotFound):
 
 def _key_view() -> Any:
     desk_codes = (
-        select(func.array_agg(desks.c.code))
+        select(func.array_agg(aggregate_order_by(desks.c.code, desks.c.code)))
         .where(desks.c.id == func.any(api_keys.c.desk_ids))
         .scalar_subquery()
     )

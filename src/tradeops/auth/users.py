@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 
 from tradeops.audit import service as audit
 from tradeops.auth.models import User
@@ -70,7 +70,13 @@ class UserExists(Conflict):
 
 def _user_view() -> Any:
     desk_codes = (
-        select(func.coalesce(func.array_agg(desks.c.code), text("'{}'::text[]")))
+        # In code order: an aggregate's order is otherwise whatever the join's plan gives.
+        select(
+            func.coalesce(
+                func.array_agg(aggregate_order_by(desks.c.code, desks.c.code)),
+                text("'{}'::text[]"),
+            )
+        )
         .select_from(members.join(desks, desks.c.id == members.c.desk_id))
         .where(members.c.user_id == users.c.id)
         .scalar_subquery()
