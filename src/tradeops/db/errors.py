@@ -78,6 +78,11 @@ READ_ONLY = DatabaseProblem(
 )
 
 
+def means_unavailable(sqlstate: str) -> bool:
+    """Class 08 (connection exceptions) or a server refusing sessions now."""
+    return sqlstate.startswith("08") or sqlstate in UNAVAILABLE_SQLSTATES
+
+
 def is_connection_failure(error: BaseException) -> bool:
     if isinstance(error, CONNECTION_FAILURES):
         return True
@@ -122,7 +127,7 @@ def problem_for(error: BaseException) -> DatabaseProblem:
         )
     if code == READ_ONLY_SQLSTATE:
         return READ_ONLY
-    if code.startswith("08") or code in UNAVAILABLE_SQLSTATES or is_connection_failure(error):
+    if means_unavailable(code) or is_connection_failure(error):
         return UNAVAILABLE
     if code == "57014":
         return DatabaseProblem(

@@ -14,14 +14,12 @@ import asyncpg.exceptions._base as asyncpg_base
 import psycopg
 import psycopg.errors
 
+from tradeops.db.errors import means_unavailable
 from tradeops.db.uow import RETRYABLE_SQLSTATES, sqlstate_of
 
-# By SQLSTATE, whichever driver raised it. Class 08 is connection exceptions.
+# By SQLSTATE, whichever driver raised it, besides what makes the database unavailable
+# (class 08, shutdowns, start-up, too many connections: db.errors.means_unavailable).
 TRANSIENT_SQLSTATES = RETRYABLE_SQLSTATES | {
-    "57P01",  # admin_shutdown: the server is being stopped or restarted
-    "57P02",  # crash_shutdown: another backend crashed, the server resets every session
-    "57P03",  # cannot_connect_now: the server is starting up or in recovery
-    "53300",  # too_many_connections
     "55P03",  # lock_not_available: a row held by another transaction
     # query_canceled: our statement_timeout fired, in a job almost always while waiting
     # for a row another transaction holds; the next attempt usually finds it free.
@@ -52,7 +50,7 @@ def is_transient(error: BaseException) -> bool:
         if isinstance(candidate, NOT_TRANSIENT_TYPES):
             return False
         code = sqlstate_of(candidate) or ""
-        if code in TRANSIENT_SQLSTATES or code.startswith("08"):
+        if code in TRANSIENT_SQLSTATES or means_unavailable(code):
             return True
         if isinstance(candidate, TRANSIENT_TYPES):
             return True
