@@ -4,6 +4,7 @@ import asyncio
 import hmac
 
 from fastapi import APIRouter, Request, Response
+from fastapi.security.utils import get_authorization_scheme_param
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException
@@ -16,7 +17,7 @@ router = APIRouter(tags=["health"])
 
 
 def _bears(request: Request, token: SecretStr) -> bool:
-    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    scheme, credential = get_authorization_scheme_param(request.headers.get("Authorization"))
     # Compared in constant time, so the answer's timing does not spell the token out.
     return scheme.lower() == "bearer" and hmac.compare_digest(
         credential.encode(), token.get_secret_value().encode()
