@@ -471,9 +471,10 @@ class RunResult:
     errors: int  # all kinds; non-2xx responses are in errors_by_kind["status"]
     errors_by_kind: dict[str, int]
     connections: int = 0
-    # The server's processes' user + system CPU during the measured run, per request (not
-    # PostgreSQL's, nor wrk's).
+    # User + system CPU during the measured run, per request: the server's processes, and the
+    # bench database's PostgreSQL backends (None when PostgreSQL runs on another machine).
     cpu_ms_per_request: float | None = None
+    db_cpu_ms_per_request: float | None = None
 
 
 def ensure_wrk() -> str:
@@ -548,23 +549,27 @@ def run_wrk(
 
 def measure(
     wrk: str,
-    server: Server,
+    target: tuple[Server, DatabaseCpu],
     scenario: Scenario,
     extra_env: dict[str, str],
     settings: WrkSettings,
     label: str,
 ) -> RunResult:
+    server, database = target
     if settings.warmup_s > 0:
         run_wrk(wrk, server, scenario, extra_env, settings, settings.warmup_s)
-    cpu_before = cpu_seconds(server.process.pid)
+    cpu_before, db_before = cpu_seconds(server.process.pid), database.snapshot()
     result = run_wrk(wrk, server, scenario, extra_env, settings, settings.duration_s)
-    cpu_ms = (cpu_seconds(server.process.pid) - cpu_before) * 1000 / max(result.requests, 1)
-    result = replace(result, cpu_ms_per_request=round(cpu_ms, 3))
+    requests = max(result.requests, 1)
+    cpu_ms = (cpu_seconds(server.process.pid) - cpu_before) * 1000 / requests
+    db_seconds = database.used_since(db_before)
+    db_ms = None if db_seconds is None else round(db_seconds * 1000 / requests, 3)
+    result = replace(result, cpu_ms_per_request=round(cpu_ms, 3), db_cpu_ms_per_request=db_ms)
     note = f"  [red]{result.errors} errors {result.errors_by_kind}[/red]" if result.errors else ""
     console.print(
         f"{scenario.name:<13} {label:<10} {settings.connections:>3} conn {result.rps:>9.1f} req/s"
         f"  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
-        f"  cpu {cpu_ms:.2f} ms/req{note}"
+        f"  cpu {cpu_ms:.2f} ms/req (PostgreSQL {db_ms if db_ms is not None else '?'}){note}"
     )
     return result
 
@@ -586,14 +591,46 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds one process (all its threads) has used; None if not here."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU the server's processes (all their threads) have used so far."""
-    ticks = 0
-    for process in process_tree(pid):
-        with suppress(OSError):
-            fields = Path(f"/proc/{process}/stat").read_text().rpartition(")")[2].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / CLOCK_TICKS
+    """User + system CPU the server's processes have used so far."""
+    return sum(process_cpu(process) or 0.0 for process in process_tree(pid))
+
+
+class DatabaseCpu:
+    """CPU of the bench database's backends, read from /proc when PostgreSQL runs on this
+    machine: what a request costs the database, the figure that sizes a database node. Only
+    one server is loaded at a time, so the backends of the database are working for it."""
+
+    BACKENDS = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid()"
+    )
+
+    def __init__(self, url: str) -> None:
+        self.connection = psycopg.connect(url, autocommit=True)
+
+    def snapshot(self) -> dict[int, float] | None:
+        pids = [row[0] for row in self.connection.execute(self.BACKENDS)]
+        used = {pid: process_cpu(pid) for pid in pids}
+        readable = {pid: cpu for pid, cpu in used.items() if cpu is not None}
+        return readable if readable or not pids else None  # pids but no /proc: elsewhere
+
+    def used_since(self, before: dict[int, float] | None) -> float | None:
+        """CPU seconds since `before` of the backends alive now (a backend that closed in
+        between is missed; the pools keep theirs)."""
+        after = self.snapshot()
+        if before is None or after is None:
+            return None
+        return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def rss_mb(pid: int) -> dict[str, float]:
@@ -666,8 +703,9 @@ COLORS = {"PASS": "green", "FAIL": "yellow", "ERRORS": "red", "-": "dim"}
 
 
 def print_runs(rows: list[dict[str, Any]]) -> None:
-    table = Table(title="req/s, p50 / p99 ms and server CPU ms per request, each run")
-    for column in ("scenario", "run", "conn", "req/s", "p50 ms", "p99 ms", "cpu ms/req"):
+    table = Table(title="req/s, p50 / p99 ms, CPU ms per request of the server and of PostgreSQL")
+    columns = ("scenario", "run", "conn", "req/s", "p50 ms", "p99 ms", "cpu ms/req", "PG cpu ms")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("scenario", "run") else "right")
     for row in rows:
         for key, label in RUN_LABELS.items():
@@ -681,6 +719,9 @@ def print_runs(rows: list[dict[str, Any]]) -> None:
                     f"{run['p50_ms']:.2f}",
                     f"{run['p99_ms']:.2f}",
                     f"{run['cpu_ms_per_request']:.2f}",
+                    "?"
+                    if run["db_cpu_ms_per_request"] is None
+                    else f"{run['db_cpu_ms_per_request']:.2f}",
                 )
     console.print(table)
 
@@ -804,17 +845,24 @@ def start_servers(stack: ExitStack, url: str, pool_min: int, pool_max: int) -> d
 
 
 def run_scenario(
-    wrk: str, servers: dict[str, Server], scenario: Scenario, load: WrkSettings, light: WrkSettings
+    wrk: str,
+    servers: dict[str, Server],
+    database: DatabaseCpu,
+    scenario: Scenario,
+    settings: tuple[WrkSettings, WrkSettings],
 ) -> dict[str, Any]:
-    """Ours at `load` and at `light` connections, then each peer at `load`."""
+    """Ours at the load's and at the light load's connections, then each peer at the load's."""
+    load, light = settings
     runs: Runs = {}
     for key, server in servers.items():
         if key == "seed000" and not scenario.seed000:
             continue
         extra_env = scenario.setup(server) if scenario.setup else {}
-        runs[key] = measure(wrk, server, scenario, extra_env, load, key)
+        runs[key] = measure(wrk, (server, database), scenario, extra_env, load, key)
         if key == "ours":
-            runs["ours_light"] = measure(wrk, server, scenario, extra_env, light, "ours_light")
+            runs["ours_light"] = measure(
+                wrk, (server, database), scenario, extra_env, light, "ours_light"
+            )
     return scenario_row(scenario, runs, load.connections, light.connections)
 
 
@@ -861,7 +909,11 @@ def run(args: argparse.Namespace) -> int:
         server_url, url = stack.enter_context(bench_database())
         pg_version = postgres_version(server_url)
         servers = start_servers(stack, url, pool_min, pool_max)
-        rows = [run_scenario(wrk, servers, scenario, load, light) for scenario in scenarios]
+        database = DatabaseCpu(libpq_url(url))
+        stack.callback(database.connection.close)
+        rows = [
+            run_scenario(wrk, servers, database, scenario, (load, light)) for scenario in scenarios
+        ]
         if not args.only or BULK_STEP in args.only:
             steps[BULK_STEP] = time_bulk_snapshots(servers["ours"])
             checks[BULK_STEP] = bulk_check(steps[BULK_STEP])
