@@ -606,31 +606,35 @@ def cpu_seconds(pid: int) -> float:
 
 
 class DatabaseCpu:
-    """CPU of the bench database's backends, read from /proc when PostgreSQL runs on this
-    machine: what a request costs the database, the figure that sizes a database node. Only
-    one server is loaded at a time, so the backends of the database are working for it."""
-
-    BACKENDS = (
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-        " AND pid <> pg_backend_pid()"
-    )
+    """CPU of the PostgreSQL server, read from /proc when it runs on this machine: what a
+    request costs the database, the figure that sizes a database node. All its processes
+    count (backends, WAL writer, checkpointer), and those that exited (a pool that closes and
+    opens connections) through the postmaster's children's times, so the figure means
+    something only on a server of the bench's own (the embedded one), where only the server
+    under load uses it."""
 
     def __init__(self, url: str) -> None:
-        self.connection = psycopg.connect(url, autocommit=True)
+        with psycopg.connect(url) as connection:
+            row = connection.execute("SELECT pg_backend_pid()").fetchone()
+        stat = Path(f"/proc/{row[0] if row else 0}/stat")
+        # The backend's parent is the postmaster; no such process here: another machine.
+        self.postmaster = (
+            int(stat.read_text().rpartition(")")[2].split()[1]) if stat.exists() else None
+        )
 
-    def snapshot(self) -> dict[int, float] | None:
-        pids = [row[0] for row in self.connection.execute(self.BACKENDS)]
-        used = {pid: process_cpu(pid) for pid in pids}
-        readable = {pid: cpu for pid, cpu in used.items() if cpu is not None}
-        return readable if readable or not pids else None  # pids but no /proc: elsewhere
-
-    def used_since(self, before: dict[int, float] | None) -> float | None:
-        """CPU seconds since `before` of the backends alive now (a backend that closed in
-        between is missed; the pools keep theirs)."""
-        after = self.snapshot()
-        if before is None or after is None:
+    def snapshot(self) -> float | None:
+        if self.postmaster is None:
             return None
-        return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+        try:
+            fields = Path(f"/proc/{self.postmaster}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS  # cutime, cstime
+        return reaped + cpu_seconds(self.postmaster)
+
+    def used_since(self, before: float | None) -> float | None:
+        after = self.snapshot()
+        return None if before is None or after is None else after - before
 
 
 def rss_mb(pid: int) -> dict[str, float]:
@@ -910,7 +914,6 @@ def run(args: argparse.Namespace) -> int:
         pg_version = postgres_version(server_url)
         servers = start_servers(stack, url, pool_min, pool_max)
         database = DatabaseCpu(libpq_url(url))
-        stack.callback(database.connection.close)
         rows = [
             run_scenario(wrk, servers, database, scenario, (load, light)) for scenario in scenarios
         ]
