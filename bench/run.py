@@ -709,12 +709,14 @@ COLORS = {"PASS": "green", "FAIL": "yellow", "ERRORS": "red", "-": "dim"}
 def print_runs(rows: list[dict[str, Any]]) -> None:
     table = Table(title="req/s, p50 / p99 ms, CPU ms per request of the server and of PostgreSQL")
     columns = ("scenario", "run", "conn", "req/s", "p50 ms", "p99 ms", "cpu ms/req", "PG cpu ms")
+    columns += ("both",)  # what a request costs the machine, whatever share of it a run got
     for column in columns:
         table.add_column(column, justify="left" if column in ("scenario", "run") else "right")
     for row in rows:
         for key, label in RUN_LABELS.items():
             if key in row:
                 run = row[key]
+                app_ms, db_ms = run["cpu_ms_per_request"], run["db_cpu_ms_per_request"]
                 table.add_row(
                     row["name"],
                     label,
@@ -722,10 +724,9 @@ def print_runs(rows: list[dict[str, Any]]) -> None:
                     f"{run['rps']:.1f}",
                     f"{run['p50_ms']:.2f}",
                     f"{run['p99_ms']:.2f}",
-                    f"{run['cpu_ms_per_request']:.2f}",
-                    "?"
-                    if run["db_cpu_ms_per_request"] is None
-                    else f"{run['db_cpu_ms_per_request']:.2f}",
+                    f"{app_ms:.2f}",
+                    "?" if db_ms is None else f"{db_ms:.2f}",
+                    "?" if db_ms is None else f"{app_ms + db_ms:.2f}",
                 )
     console.print(table)
 
