@@ -614,13 +614,14 @@ class DatabaseCpu:
     under load uses it."""
 
     def __init__(self, url: str) -> None:
-        with psycopg.connect(url) as connection:
+        self.postmaster: int | None = None
+        with psycopg.connect(url) as connection:  # the backend lives as long as this
             row = connection.execute("SELECT pg_backend_pid()").fetchone()
-        stat = Path(f"/proc/{row[0] if row else 0}/stat")
-        # The backend's parent is the postmaster; no such process here: another machine.
-        self.postmaster = (
-            int(stat.read_text().rpartition(")")[2].split()[1]) if stat.exists() else None
-        )
+            stat = Path(f"/proc/{row[0] if row else 0}/stat")
+            with suppress(OSError):  # no such process here: PostgreSQL is on another machine
+                name, _, fields = stat.read_text().partition(") ")
+                if name.endswith("(postgres"):  # not a process of ours that has the same pid
+                    self.postmaster = int(fields.split()[1])  # the backend's parent
 
     def snapshot(self) -> float | None:
         if self.postmaster is None:
