@@ -784,7 +784,8 @@ def write_chart(path: Path, report: dict[str, Any]) -> None:
     machine = report["machine"]
     figure.suptitle(
         f"tradeops bench {report['started']} ({report['git_commit']}), {machine['nproc']} cores"
-        f" shared with wrk and PostgreSQL {machine['postgresql']}"
+        f" shared with wrk and PostgreSQL {machine['postgresql'].split()[0]},"
+        f" load average {machine['loadavg_at_end']:.1f} at the end"
     )
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
