@@ -72,8 +72,8 @@ format: deps ## ruff check --fix, ruff format
 	$(UV) run --frozen ruff check --fix src tests bench
 	$(UV) run --frozen ruff format src tests bench
 
-bench: deps ## load benchmarks against a bare asyncpg app (results in bench/results)
-	$(UV) run --frozen python bench/run.py $(BENCH_ARGS)
+bench: deps ## load benchmarks: ours vs bare asyncpg, same-work and seed 000 peers (bench/results)
+	$(UV) run --frozen --group bench python bench/run.py $(BENCH_ARGS)
 
 # Where `make run` keeps the embedded PostgreSQL (TRADEOPS_HOME); reset removes only the
 # servers' data directories in it, whatever TRADEOPS_HOME points at.
