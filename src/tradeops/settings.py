@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     )
     # A caller (a user, whichever credential) reads on the primary this long after its last
     # write through this process; a replica lagging more than read_max_lag_seconds at its last
-    # check (every read_check_seconds) takes no reads. Hence the validator below.
+    # check (every read_check_seconds) takes no reads. The validator below ties them.
     read_your_writes_seconds: float = Field(default=5.0, ge=0)
     read_max_lag_seconds: float = Field(default=2.0, ge=0)
     read_check_seconds: float = Field(default=1.0, gt=0)
@@ -125,12 +125,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _own_writes_outlast_the_replica_lag(self) -> Settings:
-        # A write is on a replica that was fit at its last check once the lag allowed and
-        # one check interval have passed: only then may its writer read there again.
-        if self.read_your_writes_seconds < self.read_max_lag_seconds + self.read_check_seconds:
+        # A replica takes reads on a check at most two intervals old that found it within the
+        # lag allowed: a write is there once both have passed, and only then may its writer
+        # read there again (db/replicas.py).
+        least = self.read_max_lag_seconds + 2 * self.read_check_seconds
+        if self.read_your_writes_seconds < least:
             raise ValueError(
                 "TRADEOPS_READ_YOUR_WRITES_SECONDS must be at least"
-                " TRADEOPS_READ_MAX_LAG_SECONDS + TRADEOPS_READ_CHECK_SECONDS"
+                " TRADEOPS_READ_MAX_LAG_SECONDS + 2 * TRADEOPS_READ_CHECK_SECONDS"
             )
         return self
 

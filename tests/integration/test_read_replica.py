@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tests.factories import SEED_ORDER, Cast, make_cast, make_reference_data
 from tests.faults.cluster import PG_BIN, LocalPostgres
+from tests.pages import sign_in
 from tradeops.app import create_app
 from tradeops.db import migrate
 from tradeops.db.embedded import ensure_database
@@ -51,7 +53,10 @@ SERVER_SETTINGS = (
     "pg_stat_statements.track=top",
     "wal_level=replica",
     "max_wal_senders=4",
-    "synchronous_commit=off",  # a test cluster: no fsync wait per commit
+    # A throwaway cluster: no fsync. Commits still write their WAL before they return, so the
+    # walsender streams each at once, as on a real primary (synchronous_commit=off would hold
+    # it up to three wal_writer_delay rounds, 600 ms, in the buffers).
+    "fsync=off",
 )
 # The data the GETs below read; the primary must run no SELECT over them while reads go to
 # the replica (the lag check and the batched key-use UPDATE do not touch them).
@@ -60,6 +65,8 @@ DATA_READS = (
     r" AND query !~* '^\s*WITH\s+refs'"  # order intake's CTE (an INSERT) starts with WITH
 )
 WRITES = r"query ~* '(^|\s|\()(INSERT|UPDATE|DELETE)\s'"
+# The application's statements: not the counters' own, nor the replica's lag check.
+APP_STATEMENTS = "query !~* 'pg_stat_statements|pg_current_wal_insert_lsn|pg_is_in_recovery'"
 
 
 def _port_free(port: int) -> bool:
@@ -211,7 +218,7 @@ async def submit(stack: Stack, who: str = "trader") -> dict[str, Any]:
 
 async def replayed(pair: Pair) -> None:
     """Wait until the standby has replayed everything the primary has written."""
-    position = _query(pair.primary_url, "SELECT pg_current_wal_lsn()::text")
+    position = _query(pair.primary_url, "SELECT pg_current_wal_insert_lsn()::text")
 
     async def caught_up() -> bool:
         behind = _query(
@@ -377,3 +384,78 @@ async def test_several_hosts_find_the_primary_and_a_standby_is_not_one(stack: St
         write = await client.post(f"{API}/orders", json=SEED_ORDER, headers=stack.cast["trader"])
         assert write.status_code == 503 and write.json()["type"].endswith("/database-read-only")
         assert write.headers["Retry-After"]
+
+
+async def test_the_approval_queue_page_reads_on_the_replica(stack: Stack) -> None:
+    pair = stack.pair
+    await reads_on_replica(stack)
+    transport = httpx.ASGITransport(app=stack.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as browser:
+        signed_in = await sign_in(browser, "approver@test.bank")
+        assert signed_in.status_code == 303, signed_in.text
+        reset_counts(pair.primary_url, pair.standby_url)
+        queue = await browser.get("/ui/orders")
+        rows = await browser.get("/ui/orders/rows")
+    assert queue.status_code == 200 and rows.status_code == 200
+    assert calls(pair.standby_url, DATA_READS) >= 2
+    assert calls(pair.primary_url, DATA_READS) == 0
+
+
+def _median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 2)
+
+
+async def test_figures_read_latency_and_replica_lag(stack: Stack) -> None:
+    """Not a rule: the figures quoted in docs/operations.md (printed with -s)."""
+    pair = stack.pair
+    order = await submit(stack, "trader2")
+    await replayed(pair)
+    await reads_on_replica(stack)
+    path, agent = f"{API}/orders/{order['id']}", stack.cast["agent"]
+
+    async def timed(client: httpx.AsyncClient) -> float:
+        started = time.perf_counter()
+        answer = await client.get(path, headers=agent)
+        assert answer.status_code == 200, answer.text
+        return time.perf_counter() - started
+
+    async with serving(_settings(), pair.primary_url) as (_, on_primary):
+        for _ in range(10):  # warm both pools and statement caches
+            await timed(stack.client)
+            await timed(on_primary)
+        replica_times, primary_times = [], []
+        for _ in range(100):  # interleaved, so both see the same machine load
+            replica_times.append(await timed(stack.client))
+            primary_times.append(await timed(on_primary))
+        # What the primary executes per GET: the replica's load taken off it.
+        on_primary_per_get = {}
+        for name, client in (("via_replica", stack.client), ("primary_only", on_primary)):
+            reset_counts(pair.primary_url)
+            for _ in range(20):
+                await timed(client)
+            on_primary_per_get[name] = calls(pair.primary_url, APP_STATEMENTS) / 20
+
+    replay_delays = []
+    async with await psycopg.AsyncConnection.connect(pair.standby_url, autocommit=True) as standby:
+        for _ in range(50):  # each write, then how long until the standby has replayed it
+            await submit(stack, "trader")
+            written = _query(pair.primary_url, "SELECT pg_current_wal_insert_lsn()::text")
+            started = time.perf_counter()
+            while True:
+                cursor = await standby.execute(
+                    "SELECT pg_wal_lsn_diff(%s, pg_last_wal_replay_lsn())", (written,)
+                )
+                row = await cursor.fetchone()
+                if row is not None and row[0] <= 0:
+                    break
+            replay_delays.append(time.perf_counter() - started)
+    figures = {
+        "get_order_median_ms_via_replica": _median_ms(replica_times),
+        "get_order_median_ms_primary_only": _median_ms(primary_times),
+        "replayed_after_write_median_ms": _median_ms(replay_delays),
+        "replayed_after_write_max_ms": round(max(replay_delays) * 1000, 2),
+        "primary_statements_per_get_via_replica": on_primary_per_get["via_replica"],
+        "primary_statements_per_get_primary_only": on_primary_per_get["primary_only"],
+        "writes": len(replay_delays),
+    }
+    print(f"\nread replica figures: {figures}")

@@ -5,12 +5,14 @@ A GET runs on the replica's pool (TRADEOPS_READ_DATABASE_URL) in a READ ONLY tra
 
 - for a caller (a user, by any of its credentials) that committed a write through this process
   less than `read_your_writes_seconds` ago: it reads on the primary and sees its own write;
-- while the replica is unfit: its last check (every `read_check_seconds`) failed or found it
-  more than `read_max_lag_seconds` behind the primary, or a read on it lost its connection
-  since (that read runs again on the primary).
+- while the replica is unfit: its last check (every `read_check_seconds`) failed, is over two
+  intervals old, or found it more than `read_max_lag_seconds` behind the primary, or a read
+  on it lost its connection since (that read runs again on the primary).
 
-Settings require read_your_writes_seconds >= read_max_lag_seconds + read_check_seconds, so
-by the time a writer's reads go back to a replica, a fit replica has replayed the write.
+A fit replica had replayed, at a check at most two intervals old, everything committed more
+than read_max_lag_seconds before that check; settings require read_your_writes_seconds >=
+read_max_lag_seconds + 2 * read_check_seconds, so by the time a writer's reads go back to
+the replica, it has replayed the write.
 Writes are remembered per process: see docs/operations.md#read-replicas for several.
 """
 
@@ -20,8 +22,10 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -31,13 +35,13 @@ from tradeops.settings import Settings
 log = structlog.get_logger(component="tradeops.read_replica")
 
 # The primary's WAL position first, then how far the replica has replayed: a write between
-# the two counts for nothing, so the lag is never understated.
-_PRIMARY_POSITION = "SELECT pg_current_wal_lsn()::text"
-# Without the primary's position (it is down), what the replica has received stands for it.
+# the two counts for nothing, so the lag is never understated. The insert position, not the
+# written one: a commit with synchronous_commit=off returns before its record is written.
+_PRIMARY_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
 _REPLICA_POSITION = """
 SELECT pg_is_in_recovery() AS in_recovery,
-       pg_wal_lsn_diff(COALESCE($1::text::pg_lsn, pg_last_wal_receive_lsn()),
-                       pg_last_wal_replay_lsn()) AS lag_bytes,
+       pg_last_wal_replay_lsn()::text AS replayed,
+       pg_last_wal_receive_lsn()::text AS received,
        EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age
 """
 _FORGET_WRITES_AT = 4096  # remembered writers before the stale ones are swept out
@@ -54,17 +58,32 @@ class ReplicaState:
     checked_at: float = 0.0  # time.monotonic()
 
 
-def lag_of(in_recovery: bool, lag_bytes: float | None, replay_age: float | None) -> float:
-    """Seconds behind the primary: none when it has replayed all the primary has written (an
-    idle primary writes nothing, however old its last commit), else the age of the last
-    transaction replayed; unknown counts as infinitely far."""
-    if not in_recovery:
+def wal_position(lsn: str | None) -> int | None:
+    """A pg_lsn's text ('16/B374D848') as a byte position."""
+    if lsn is None:
+        return None
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def lag_of(
+    replayed: int,
+    replay_age: float | None,
+    primary_positions: Sequence[tuple[float, int]],
+    now: float,
+) -> float:
+    """Seconds behind the primary, at most: none when it has replayed all the primary had
+    written at the latest sample, else the time since the last sample it had caught up with
+    (`primary_positions`: (time.monotonic(), primary's WAL position), oldest first), or the age
+    of its last replayed commit, whichever is less. Neither alone will do: an idle primary's
+    last commit may be minutes old when a new write arrives, and the samples are one check
+    interval apart."""
+    if primary_positions and primary_positions[-1][1] <= replayed:
         return 0.0
-    if lag_bytes is None:
-        return math.inf
-    if lag_bytes <= 0:
-        return 0.0
-    return math.inf if replay_age is None else max(0.0, replay_age)
+    caught_up = [at for at, position in primary_positions if position <= replayed]
+    since_caught_up = now - caught_up[-1] if caught_up else math.inf
+    age = math.inf if replay_age is None else max(0.0, replay_age)
+    return min(age, since_caught_up)
 
 
 class ReadReplica:
@@ -77,12 +96,19 @@ class ReadReplica:
         self._own_writes = settings.read_your_writes_seconds
         self._check_every = settings.read_check_seconds
         self._writes: dict[int, float] = {}
+        # The primary's positions at recent checks: enough to tell any lag up to the allowed.
+        self._positions: deque[tuple[float, int]] = deque()
+        self._keep_positions = self._max_lag + 3 * self._check_every
         self.state = ReplicaState(reachable=False)
 
     def for_reads(self) -> Database | None:
-        """The replica's pool if it is fit for reads now, else None (read on the primary)."""
-        lag = self.state.lag_seconds
-        if not self.state.reachable or lag is None or lag > self._max_lag:
+        """The replica's pool if it is fit for reads now, else None (read on the primary):
+        reachable, within the lag allowed, and found so by a check at most two intervals old
+        (a check stuck on a hung server must not vouch for it)."""
+        state, lag = self.state, self.state.lag_seconds
+        if not state.reachable or lag is None or lag > self._max_lag:
+            return None
+        if time.monotonic() - state.checked_at > 2 * self._check_every:
             return None
         return self.replica
 
@@ -104,39 +130,52 @@ class ReadReplica:
 
     async def check(self) -> ReplicaState:
         try:
-            primary_lsn = await self._primary_position()
+            asked_primary_at = time.monotonic()  # it had written no more than this by then
+            primary_position = await self._primary_position()
             async with asyncio.timeout(self._check_every * 2 + 1):
                 async with self.replica.acquire() as connection:
-                    row = await connection.fetchrow(_REPLICA_POSITION, primary_lsn)
+                    row = await connection.fetchrow(_REPLICA_POSITION)
         except Exception as error:  # unreachable, refusing, timed out: not fit, said once
             if self.state.reachable or self.state.checked_at == 0.0:
                 log.warning("read replica unreachable; reads go to the primary", error=repr(error))
             self.state = ReplicaState(reachable=False, checked_at=time.monotonic())
             return self.state
         assert row is not None
-        lag_bytes = None if row["lag_bytes"] is None else int(row["lag_bytes"])
-        self.state = ReplicaState(
-            reachable=True,
-            role="replica" if row["in_recovery"] else "primary",
-            lag_seconds=lag_of(row["in_recovery"], lag_bytes, row["replay_age"]),
-            lag_bytes=max(0, lag_bytes) if lag_bytes is not None else None,
-            checked_at=time.monotonic(),
-        )
+        self.state = self._measured(row, asked_primary_at, primary_position)
         return self.state
 
-    async def _primary_position(self) -> str | None:
+    def _measured(self, row: Any, asked_at: float, primary_position: int | None) -> ReplicaState:
+        now = time.monotonic()
+        if not row["in_recovery"]:  # a primary (prefer-standby found no standby): no lag
+            return ReplicaState(True, "primary", 0.0, 0, now)
+        replayed = wal_position(row["replayed"])
+        if replayed is None:
+            return ReplicaState(True, "replica", math.inf, None, now)
+        if primary_position is not None:
+            self._positions.append((asked_at, primary_position))
+            while self._positions and now - self._positions[0][0] > self._keep_positions:
+                self._positions.popleft()
+            behind = max(0, primary_position - replayed)
+            lag = lag_of(replayed, row["replay_age"], self._positions, now)
+        else:  # the primary is down: what the replica has received stands for it
+            received = wal_position(row["received"])
+            behind = max(0, (received or replayed) - replayed)
+            lag = 0.0 if behind == 0 else lag_of(replayed, row["replay_age"], (), now)
+        return ReplicaState(True, "replica", lag, behind, now)
+
+    async def _primary_position(self) -> int | None:
         try:
             async with asyncio.timeout(self._check_every * 2 + 1):
                 async with self.primary.acquire() as connection:
-                    position: str = await connection.fetchval(_PRIMARY_POSITION)
-                    return position
+                    return wal_position(await connection.fetchval(_PRIMARY_POSITION))
         except Exception:  # down, or itself in recovery: the replica's own view must do
             return None
 
     async def _check_every_interval(self) -> None:
         while True:
+            started = time.monotonic()
             await self.check()
-            await asyncio.sleep(self._check_every)
+            await asyncio.sleep(max(0.0, self._check_every - (time.monotonic() - started)))
 
     @contextlib.asynccontextmanager
     async def checking(self) -> AsyncIterator[None]:
