@@ -113,9 +113,8 @@ async def test_api_key_lifecycle(
         ["orders:read", "orders:write"],
     )
     # Its use is noted, not written, by authentication (which may run on a read replica);
-    # the process writes the noted keys on the primary every few seconds.
-    assert created.json()["id"] in app.state.key_usage.pending
-    assert await app.state.key_usage.flush(app.state.db) >= 1
+    # the process writes the noted keys on the primary every few seconds, or now.
+    await app.state.key_usage.flush(app.state.db)
     async with owner_engine.connect() as conn:
         stored = (
             await conn.execute(

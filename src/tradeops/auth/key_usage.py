@@ -42,10 +42,6 @@ class KeyUsage:
     def note(self, key_id: int) -> None:
         self._used.add(key_id)
 
-    @property
-    def pending(self) -> frozenset[int]:
-        return frozenset(self._used)
-
     async def flush(self, db: Database) -> int:
         """Write the noted keys' last use on `db` (the primary); how many were noted. Notes
         that could not be written are kept for the next flush."""

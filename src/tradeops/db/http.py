@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from tradeops.db.errors import is_connection_failure, means_unavailable
 from tradeops.db.pool import Database
 from tradeops.db.replicas import ReadReplica
-from tradeops.db.uow import UnitOfWork, in_transaction, sqlstate_of
+from tradeops.db.uow import RETRYABLE_SQLSTATES, UnitOfWork, in_transaction, sqlstate_of
 
 log = structlog.get_logger(component="tradeops.read_replica")
 
@@ -44,6 +44,12 @@ def reads_own_writes(request: Request, user_id: int) -> None:
 def _replica_unavailable(error: BaseException) -> bool:
     code = sqlstate_of(error)
     return is_connection_failure(error) or (code is not None and means_unavailable(code))
+
+
+def _recovery_conflict(error: BaseException) -> bool:
+    """A replica cancels a read that conflicts with replaying the primary's changes as a
+    serialization failure or deadlock; retried there in vain, it runs on the primary."""
+    return sqlstate_of(error) in RETRYABLE_SQLSTATES
 
 
 class TransactionalRoute(APIRoute):
@@ -78,6 +84,8 @@ class TransactionalRoute(APIRoute):
             except ReadOwnWrites:
                 return None
             except Exception as error:
+                if _recovery_conflict(error):
+                    return None
                 if not _replica_unavailable(error):
                     raise
                 replica.lost()
