@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     pool_timeout_seconds: float = 10.0
     statement_timeout_ms: int = 5000
     db_retry_attempts: int = 3
+    # Reads on a streaming replica (docs/operations.md#read-replicas); None: all on the primary.
+    read_database_url: str | None = Field(
+        default=None, description="A replica for GET requests (libpq URL, several hosts allowed)"
+    )
+    # A caller (a user, whichever credential) reads on the primary this long after its last
+    # write through this process; a replica lagging more than read_max_lag_seconds at its last
+    # check (every read_check_seconds) takes no reads. The validator below ties them.
+    read_your_writes_seconds: float = Field(default=5.0, ge=0)
+    read_max_lag_seconds: float = Field(default=2.0, ge=0)
+    read_check_seconds: float = Field(default=1.0, gt=0)
 
     # `serve --workers N`: the supervisor kills a worker process that does not answer its
     # health check within this (uvicorn's timeout_worker_healthcheck). A process answers from
@@ -110,6 +120,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 "TRADEOPS_WORKER_STALLED_SECONDS must be at least twice"
                 " TRADEOPS_WORKER_HEARTBEAT_SECONDS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _own_writes_outlast_the_replica_lag(self) -> Settings:
+        # A replica takes reads on a check at most two intervals old that found it within the
+        # lag allowed: a write is there once both have passed, and only then may its writer
+        # read there again (db/replicas.py).
+        least = self.read_max_lag_seconds + 2 * self.read_check_seconds
+        if self.read_your_writes_seconds < least:
+            raise ValueError(
+                "TRADEOPS_READ_YOUR_WRITES_SECONDS must be at least"
+                " TRADEOPS_READ_MAX_LAG_SECONDS + 2 * TRADEOPS_READ_CHECK_SECONDS"
             )
         return self
 

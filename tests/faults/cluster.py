@@ -60,6 +60,8 @@ class LocalPostgres:
     root: Path
     port: int = field(default_factory=free_port)
     user: str | None = field(default_factory=_run_as)
+    # More `-c name=value` server settings, e.g. ("shared_preload_libraries=pg_stat_statements",)
+    settings: tuple[str, ...] = ()
 
     @property
     def data(self) -> Path:
@@ -84,7 +86,7 @@ class LocalPostgres:
             raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr}{done.stdout}")
         return done
 
-    def init(self) -> None:
+    def _make_root(self) -> None:
         if not (PG_BIN / "initdb").exists():
             raise RuntimeError(f"no PostgreSQL binaries in {PG_BIN} (set TRADEOPS_PG_BIN)")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -92,9 +94,22 @@ class LocalPostgres:
             shutil.chown(self.root, self.user)
             # The temp dir above is root's and private: let the server's user through.
             self.root.parent.chmod(0o755)
+
+    def init(self) -> None:
+        self._make_root()
         self._pg(
             "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
             "--no-sync", "--locale=C",
+        )  # fmt: skip
+
+    def standby_of(self, primary: LocalPostgres) -> None:
+        """Make this cluster a streaming replica of `primary` (running): `pg_basebackup -R`
+        copies it and writes standby.signal and primary_conninfo (initdb's trust rules
+        allow replication connections from 127.0.0.1)."""
+        self._make_root()
+        self._pg(
+            "pg_basebackup", "-D", str(self.data), "-R", "-X", "stream", "-c", "fast",
+            "--no-sync", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
         )  # fmt: skip
 
     def start(self) -> None:
@@ -102,7 +117,7 @@ class LocalPostgres:
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
             " -c max_connections=200 -c shared_buffers=64MB"
-        )
+        ) + "".join(f" -c {setting}" for setting in self.settings)
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "start", "-W")
 
     def accepts_connections(self) -> bool:

@@ -43,9 +43,25 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 
 class Database:
-    def __init__(self, settings: Settings, database_url: str) -> None:
+    """A pool on one server (or a multi-host URL's chosen one).
+
+    `read_only`: a read replica's pool (TRADEOPS_READ_DATABASE_URL). Its transactions begin
+    READ ONLY (db/uow.py), so a read path that tried to write fails on any server, a primary
+    behind a `prefer-standby` URL included; its sessions carry their own application_name,
+    telling the two pools apart in pg_stat_activity."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database_url: str,
+        *,
+        application_name: str = "tradeops",
+        read_only: bool = False,
+    ) -> None:
         self._url = libpq_url(database_url)
         self._settings = settings
+        self.application_name = application_name
+        self.read_only = read_only
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
@@ -63,7 +79,7 @@ class Database:
                     init=_set_codecs,
                     reset=_keep_session,
                     server_settings={
-                        "application_name": "tradeops",
+                        "application_name": self.application_name,
                         "statement_timeout": str(settings.statement_timeout_ms),
                         # A transaction left open by a crashed request must not hold locks.
                         "idle_in_transaction_session_timeout": "60000",

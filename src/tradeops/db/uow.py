@@ -230,7 +230,8 @@ async def _connection(source: Connections) -> AsyncIterator[asyncpg.Connection]:
 @asynccontextmanager
 async def transaction(source: Connections) -> AsyncIterator[UnitOfWork]:
     """A pooled connection in a transaction: committed on success, rolled back on any error."""
-    async with _connection(source) as driver, driver.transaction():
+    read_only = isinstance(source, Database) and source.read_only
+    async with _connection(source) as driver, driver.transaction(readonly=read_only):
         yield UnitOfWork(driver)
 
 

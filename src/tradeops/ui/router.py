@@ -28,6 +28,7 @@ from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.auth.sign_in import LoginThrottled, ThrottlePolicy
 from tradeops.auth.sign_in import sign_in as sign_in_with_password
+from tradeops.db.http import reads_own_writes
 from tradeops.db.uow import UnitOfWork
 from tradeops.deps import LoginUoW, RowId
 from tradeops.errors import InvalidRequest
@@ -89,6 +90,7 @@ async def signed_in(request: Request, uow: LoginUoW) -> SignedIn:
     # A deactivated user, one whose role changed or who signed out since, signs in again.
     if principal is None or principal.role.value != session.role:
         raise SignInRequired("Your session has ended; sign in again.")
+    reads_own_writes(request, principal.user_id)
     request.state.principal = principal
     return SignedIn(uow, principal, session)
 
