@@ -371,6 +371,62 @@ async def test_a_receiver_that_was_down_receives_everything_afterwards_each_id_o
     assert timeouts >= len(orders)
 
 
+async def test_two_workers_at_once_send_each_message_once(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, db: Database, quick: Settings
+) -> None:
+    """SKIP LOCKED and the lease: two workers delivering at the same time never take the same
+    delivery, so a receiver that always answers at once gets no repeat."""
+    port = free_port()
+    created = await register(
+        client, cast, f"http://127.0.0.1:{port}/hook", ["EQ-US"], ["order.awaiting_approval"]
+    )
+    receiver = Receiver(secrets={"/hook": created["secret"]})
+    orders = [await submit(client, cast, "trader", SEED_ORDER) for _ in range(12)]
+    for order_id in orders:
+        await pass_risk_check(owner_engine, order_id)
+        await call(client, cast["trader2"], "POST", f"/orders/{order_id}/review")
+    small_batches = quick.model_copy(update={"webhook_batch": 2})
+    with serving(receiver, port):
+        sent = await asyncio.gather(
+            service.deliver_due(db, small_batches), service.deliver_due(db, small_batches)
+        )
+    assert sum(sent) == len(orders)
+    assert receiver.duplicates == [] and set(receiver.seen.values()) == {1}
+    assert sorted(order for order, _, _ in receiver.events("/hook")) == orders
+
+
+async def test_a_hanging_receiver_holds_no_lock_and_never_delays_an_order(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, db: Database, quick: Settings
+) -> None:
+    """While a POST hangs, no transaction is open on its delivery and orders move on."""
+    port = free_port()
+    created = await register(
+        client, cast, f"http://127.0.0.1:{port}/hook", ["EQ-US"], ["order.awaiting_approval"]
+    )
+    receiver = Receiver(secrets={"/hook": created["secret"]}, slow_first_accept=3.0)
+    first = await submit(client, cast, "trader", SEED_ORDER)
+    await pass_risk_check(owner_engine, first)
+    await call(client, cast["trader2"], "POST", f"/orders/{first}/review")
+    second = await submit(client, cast, "trader", SEED_ORDER)
+    await pass_risk_check(owner_engine, second)
+    with serving(receiver, port):
+        delivering = asyncio.create_task(service.deliver_due(db, quick))
+        while not receiver.seen:
+            await asyncio.sleep(0.05)
+        async with owner_engine.begin() as conn:  # would fail if the worker held the row
+            locked = await conn.scalar(
+                text("SELECT count(*) FROM (SELECT FROM webhook_deliveries FOR UPDATE NOWAIT) AS d")
+            )
+        began = time.monotonic()
+        await call(client, cast["trader2"], "POST", f"/orders/{second}/review")
+        await call(client, cast["approver"], "POST", f"/orders/{second}/approve")
+        took = time.monotonic() - began
+        assert not delivering.done(), "the receiver still hangs"
+        await delivering
+    assert locked == 1
+    assert took < 2.0, f"the order waited {took:.1f} s"
+
+
 # --- the outbox --------------------------------------------------------------------------
 
 
