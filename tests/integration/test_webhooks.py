@@ -393,6 +393,16 @@ async def test_two_workers_at_once_send_each_message_once(
     assert sum(sent) == len(orders)
     assert receiver.duplicates == [] and set(receiver.seen.values()) == {1}
     assert sorted(order for order, _, _ in receiver.events("/hook")) == orders
+    # The deliveries page by page, newest first.
+    pages, after = [], ""
+    while after is not None:
+        page = await call(
+            client, cast["admin"], "GET", f"/webhooks/{created['id']}/deliveries?limit=5{after}"
+        )
+        pages.append([d["order_id"] for d in page["items"]])
+        after = page["next_cursor"] and f"&after={page['next_cursor']}"
+    assert [len(p) for p in pages] == [5, 5, 2]
+    assert sum(pages, []) == sorted(orders, reverse=True)
 
 
 async def test_a_hanging_receiver_holds_no_lock_and_never_delays_an_order(
