@@ -402,7 +402,7 @@ async def test_two_workers_at_once_send_each_message_once(
         pages.append([d["order_id"] for d in page["items"]])
         after = page["next_cursor"] and f"&after={page['next_cursor']}"
     assert [len(p) for p in pages] == [5, 5, 2]
-    assert sum(pages, []) == sorted(orders, reverse=True)
+    assert [o for p in pages for o in p] == sorted(orders, reverse=True)
 
 
 async def test_a_hanging_receiver_holds_no_lock_and_never_delays_an_order(
