@@ -105,14 +105,13 @@ BEGIN
     WHERE e.disabled_at IS NULL AND NEW.desk_id = ANY(e.desk_ids) AND kind = ANY(e.event_types)
     ORDER BY e.id
     ON CONFLICT (endpoint_id, order_id, event_seq) DO NOTHING;
-    IF FOUND AND pg_try_advisory_xact_lock(hashtext('tradeops.webhook_nudge')) THEN
+    IF FOUND AND pg_try_advisory_xact_lock(hashtext('tradeops.webhook_nudge'))
+       AND NOT EXISTS (SELECT FROM procrastinate_jobs
+                       WHERE queueing_lock = 'deliver_webhooks' AND status = 'todo') THEN
         BEGIN
-            IF NOT EXISTS (SELECT FROM procrastinate_jobs
-                           WHERE queueing_lock = 'deliver_webhooks' AND status = 'todo') THEN
-                PERFORM procrastinate_defer_jobs_v1(ARRAY[ROW(
-                    'webhooks', 'deliver_webhooks', 0, NULL, 'deliver_webhooks', '{}'::jsonb,
-                    NULL)::procrastinate_job_to_defer_v1]);
-            END IF;
+            PERFORM procrastinate_defer_jobs_v1(ARRAY[ROW(
+                'webhooks', 'deliver_webhooks', 0, NULL, 'deliver_webhooks', '{}'::jsonb,
+                NULL)::procrastinate_job_to_defer_v1]);
         EXCEPTION WHEN OTHERS THEN
             NULL;  -- a nudge is an optimisation: the periodic sweep delivers without it
         END;
