@@ -191,7 +191,9 @@ async def _claim(uow: UnitOfWork, settings: Settings) -> list[repo.Claimed]:
     return [repo.claimed_of(row) for row in rows]
 
 
-async def _post(client: httpx.AsyncClient, claimed: repo.Claimed) -> tuple[int | None, str | None]:
+async def _post(
+    client: httpx.AsyncClient, claimed: repo.Claimed, within_seconds: float
+) -> tuple[int | None, str | None]:
     """The receiver's status (None: no answer) and what went wrong (None: a 2xx)."""
     timestamp = int(time.time())
     headers = {
@@ -201,10 +203,15 @@ async def _post(client: httpx.AsyncClient, claimed: repo.Claimed) -> tuple[int |
         "webhook-signature": sign(claimed.secret, claimed.webhook_id, timestamp, claimed.body),
     }
     try:
-        # Streamed and closed unread: a receiver's answer is its status, whatever its size.
-        async with client.stream(
-            "POST", claimed.url, content=claimed.body.encode(), headers=headers
-        ) as response:
+        # One bound for the whole attempt (httpx's bounds each phase: a receiver dripping its
+        # headers would outlast them). Streamed and closed unread: a receiver's answer is its
+        # status, whatever its size.
+        async with (
+            asyncio.timeout(within_seconds),
+            client.stream(
+                "POST", claimed.url, content=claimed.body.encode(), headers=headers
+            ) as response,
+        ):
             status = response.status_code
     except Exception as error:  # every failure to get an answer is an attempt that failed
         return None, (f"{type(error).__name__}: {error}".rstrip(": "))[:500]
@@ -217,7 +224,7 @@ async def _attempt(
     """One attempt, recorded; whether it was delivered."""
     at = datetime.now(UTC)
     started = time.perf_counter()
-    status_code, error = await _post(client, claimed)
+    status_code, error = await _post(client, claimed, settings.webhook_timeout_seconds)
     duration_ms = round((time.perf_counter() - started) * 1000)
     delivered = error is None
     gave_up = not delivered and claimed.attempt >= settings.webhook_max_attempts
