@@ -599,6 +599,46 @@ def test_our_signature_is_the_standard_one() -> None:
     assert not verify(secret, "msg_other", 1614265330, body, signature)
 
 
+@pytest.mark.slow
+async def test_a_running_worker_retries_on_its_sweep(
+    client: httpx.AsyncClient,
+    cast: Cast,
+    owner_engine: AsyncEngine,
+    database_url: str,
+    quick: Settings,
+) -> None:
+    """What `tradeops worker` runs: the nudge sends the first attempt, the periodic sweep
+    (every 2 s) the retries, which no nudge announces."""
+    port = free_port()
+    created = await register(
+        client, cast, f"http://127.0.0.1:{port}/hook", ["EQ-US"], ["order.awaiting_approval"]
+    )
+    receiver = Receiver(secrets={"/hook": created["secret"]}, refuse_first=2)
+    order_id = await submit(client, cast, "trader", SEED_ORDER)
+    await pass_risk_check(owner_engine, order_id)
+    worker = asyncio.create_task(
+        run_worker(database_url, install_signal_handlers=False, settings=quick)
+    )
+    try:
+        with serving(receiver, port):
+            await call(client, cast["trader2"], "POST", f"/orders/{order_id}/review")
+            deadline = time.monotonic() + 20
+            while not receiver.accepted:
+                assert time.monotonic() < deadline, "the retries were not sent"
+                await asyncio.sleep(0.1)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    assert list(receiver.seen.values()) == [3]
+    sweeps = await owner_scalar(
+        owner_engine,
+        "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'sweep_webhooks'"
+        " AND status = 'succeeded'",
+    )
+    assert sweeps <= 1, "the sweep deletes its succeeded runs"
+
+
 # --- latency -----------------------------------------------------------------------------
 
 
