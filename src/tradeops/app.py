@@ -41,6 +41,7 @@ from tradeops.problems import document_problems, install_problem_handlers
 from tradeops.risk.router import router as risk_router
 from tradeops.settings import Settings, get_settings
 from tradeops.ui.install import install_ui
+from tradeops.webhooks.router import router as webhooks_router
 
 DESCRIPTION = """
 The system of record for trade operations: agents and people submit trade orders, orders pass
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         positions_router,
         risk_router,
         desks_router,
+        webhooks_router,
         health_router,
     )
     for router in routers:

@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     # the database while finishing it keeps heartbeating) and is put back in the queue. Far
     # above what a check takes (its statements time out after statement_timeout_ms).
     risk_check_overdue_seconds: float = Field(default=60.0, gt=0)
+    # Webhooks (tradeops.webhooks): one POST may take webhook_timeout_seconds; a failed one is
+    # retried after webhook_backoff_seconds * 2^(attempt-1) (±25% jitter, at most an hour),
+    # webhook_max_attempts times in all (the default keeps trying for about six hours).
+    # At most webhook_batch deliveries are sent at once per worker run.
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=15, ge=1, le=100)
+    webhook_batch: int = Field(default=50, ge=1, le=500)
+    # Plain http:// endpoint URLs; None: allowed except in prod.
+    webhook_allow_http: bool | None = None
 
     @model_validator(mode="after")
     def _heartbeats_outpace_the_stall_timeout(self) -> Settings:
@@ -156,6 +166,12 @@ class Settings(BaseSettings):
     @property
     def serves_docs(self) -> bool:
         return self.docs_enabled if self.docs_enabled is not None else self.env != "prod"
+
+    @property
+    def webhooks_may_use_http(self) -> bool:
+        return (
+            self.webhook_allow_http if self.webhook_allow_http is not None else self.env != "prod"
+        )
 
     @property
     def metrics_public(self) -> bool:

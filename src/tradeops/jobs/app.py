@@ -101,12 +101,14 @@ async def _work_until_stopped(stop_requested: asyncio.Event, **options: Any) -> 
         stopping = asyncio.create_task(stop_requested.wait())
         try:
             await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when this task is cancelled: the worker stops (its running jobs finish and
+            # record their status) before the app and its connections close under it.
+            stopping.cancel()
             if not run.done():
                 run.cancel()
             with suppress(asyncio.CancelledError):
                 await run
-        finally:
-            stopping.cancel()
 
 
 @contextmanager

@@ -108,8 +108,8 @@ async def resume_pending_risk_checks(
     return sorted(int(row.order_id) for row in [*overdue, *deferred])
 
 
-async def prune_succeeded_housekeeping(db: Database) -> int:
-    """Delete the succeeded runs of the periodic tasks; how many."""
+async def prune_succeeded_housekeeping(db: Database, queue: str = HOUSEKEEPING_QUEUE) -> int:
+    """Delete the succeeded runs of the periodic tasks (of `queue`); how many."""
     async with transaction(db) as uow:
-        pruned = await uow.execute(PRUNE_SUCCEEDED_HOUSEKEEPING, {"queue": HOUSEKEEPING_QUEUE})
+        pruned = await uow.execute(PRUNE_SUCCEEDED_HOUSEKEEPING, {"queue": queue})
     return pruned.rowcount
