@@ -14,7 +14,7 @@ from tradeops.db.uow import UnitOfWork
 CHECK_ORDER_RISK = "check_order_risk"
 RISK_QUEUE = "risk"
 HOUSEKEEPING_QUEUE = "housekeeping"  # the periodic recovery tasks (tasks.py)
-# Webhook deliveries: the outbox trigger of migration 0016 defers DELIVER_WEBHOOKS on this
+# Webhook deliveries: the outbox trigger of migration 0012 defers DELIVER_WEBHOOKS on this
 # queue (the names are written there too), with DELIVER_WEBHOOKS as its queueing lock.
 WEBHOOKS_QUEUE = "webhooks"
 DELIVER_WEBHOOKS = "deliver_webhooks"
