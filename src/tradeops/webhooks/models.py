@@ -1,4 +1,4 @@
-"""Webhook endpoints, their outbox of deliveries, and every delivery attempt (migration 0016).
+"""Webhook endpoints, their outbox of deliveries, and every delivery attempt (migration 0012).
 
 The outbox is filled by a trigger on order_events, in the transaction that appends the
 event; the worker empties it (tradeops.webhooks.delivery)."""
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from tradeops.db.base import Base, CreatedAt
 
-# What an endpoint may subscribe to; the trigger of migration 0016 maps order events to them.
+# What an endpoint may subscribe to; the trigger of migration 0012 maps order events to them.
 EVENT_TYPES = (
     "order.awaiting_approval",
     "order.approved",

@@ -1,5 +1,5 @@
 """The statements over webhook endpoints, deliveries and attempts (the tables' one writer,
-besides the outbox trigger of migration 0016 that inserts deliveries).
+besides the outbox trigger of migration 0012 that inserts deliveries).
 
 Endpoint statements run as the application role in the admin's context (row-level security
 shows webhooks to admins only). The delivery statements run as the database owner, the

@@ -1,6 +1,6 @@
 """webhooks: signed notifications of order events, through an outbox
 
-Revision ID: 0016
+Revision ID: 0012
 Revises: 0011
 Create Date: 2026-11-27
 
