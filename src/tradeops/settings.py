@@ -35,8 +35,14 @@ class Settings(BaseSettings):
     pool_size: int = 10
     pool_max_overflow: int = 10
     pool_timeout_seconds: float = 10.0
-    statement_timeout_ms: int = 5000
+    # Set in every transaction's first round trip (set_config(..., true)), never at connect:
+    # a pooler in transaction mode (PgBouncer) refuses or loses connection-level settings.
+    statement_timeout_ms: int = Field(default=5000, ge=0)
     db_retry_attempts: int = 3
+    # False behind a pooler that cannot keep prepared statements apart (PgBouncer < 1.21, or
+    # max_prepared_statements = 0): asyncpg keeps no statement cache and psycopg never
+    # prepares, so no statement name reaches another client's server connection.
+    db_prepared_statements: bool = True
 
     # `serve --workers N`: the supervisor kills a worker process that does not answer its
     # health check within this (uvicorn's timeout_worker_healthcheck). A process answers from
@@ -101,6 +107,12 @@ class Settings(BaseSettings):
     # the database while finishing it keeps heartbeating) and is put back in the queue. Far
     # above what a check takes (its statements time out after statement_timeout_ms).
     risk_check_overdue_seconds: float = Field(default=60.0, gt=0)
+    # A worker learns of new jobs by LISTEN on this URL, which must reach PostgreSQL directly
+    # (a pooler in transaction mode drops LISTEN); None: database_url. Without a direct URL
+    # set worker_listen off: the worker then looks for jobs every worker_poll_seconds.
+    worker_listen_database_url: str | None = None
+    worker_listen: bool = True
+    worker_poll_seconds: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _heartbeats_outpace_the_stall_timeout(self) -> Settings:
