@@ -62,7 +62,7 @@ ORDERS = 200
 CLIENTS = 16
 RISK_P95_BOUND = 2.0  # seconds from submission to the check's result, LISTEN direct
 POLL_SECONDS = 1.0
-POLLED_ORDERS = 20
+SPACED_ORDERS = 20
 
 
 @dataclass
@@ -436,10 +436,11 @@ async def test_a_request_stuck_on_a_lock_gets_a_504_at_the_statement_timeout(
     assert STATEMENT_TIMEOUT_MS / 1000 <= took < STATEMENT_TIMEOUT_MS / 1000 + 5
 
 
-# --- a worker with LISTEN off -------------------------------------------------------------
+# --- how soon a check starts: LISTEN direct, or polling ------------------------------------
 
 
 async def submit_spaced(bounced: Bounced, count: int) -> None:
+    """`count` orders, one every 0.25 s: each check's wait shows, not a backlog's."""
     async with httpx.AsyncClient(base_url=bounced.base_url, timeout=60) as http:
         for quantity in range(1000, 1000 + count):
             created = await http.post(
@@ -447,6 +448,23 @@ async def submit_spaced(bounced: Bounced, count: int) -> None:
             )
             assert created.status_code == 201, created.text
             await asyncio.sleep(0.25)
+
+
+async def spaced_latencies(bounced: Bounced) -> list[float]:
+    first = last_order_id(bounced)
+    await submit_spaced(bounced, SPACED_ORDERS)
+    await wait_checked(bounced, first, SPACED_ORDERS, within=30)
+    return risk_latencies(bounced, first)
+
+
+async def test_a_worker_listening_direct_hears_of_each_order_at_once(bounced: Bounced) -> None:
+    """The API's NOTIFY (at the order's commit, through the pooler) reaches the worker's
+    LISTEN on TRADEOPS_WORKER_LISTEN_DATABASE_URL: no check waits for a poll (5 s)."""
+    latencies = await spaced_latencies(bounced)
+    figures = {"worker_listens_on": "direct URL", **latency_figures(latencies)}
+    report(bounced, "listening_worker", figures)
+    assert len(latencies) == SPACED_ORDERS
+    assert latencies[-1] <= RISK_P95_BOUND, figures
 
 
 async def test_a_worker_without_listen_polls_at_its_interval(bounced: Bounced) -> None:
@@ -462,14 +480,11 @@ async def test_a_worker_without_listen_polls_at_its_interval(bounced: Bounced) -
     polling.start()
     try:
         await asyncio.sleep(3)  # started, and past its first look at the queue
-        first = last_order_id(bounced)
-        await submit_spaced(bounced, POLLED_ORDERS)
-        await wait_checked(bounced, first, POLLED_ORDERS, within=30)
-        latencies = risk_latencies(bounced, first)
+        latencies = await spaced_latencies(bounced)
     finally:
         polling.stop()
         bounced.worker.start()
     figures = {"poll_seconds": POLL_SECONDS, **latency_figures(latencies)}
     report(bounced, "polling_worker", figures)
-    assert len(latencies) == POLLED_ORDERS
-    assert latencies[-1] <= POLL_SECONDS + 2.0, figures
+    assert len(latencies) == SPACED_ORDERS
+    assert latencies[-1] <= POLL_SECONDS + RISK_P95_BOUND, figures
