@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     pool_size: int = 10
     pool_max_overflow: int = 10
     pool_timeout_seconds: float = 10.0
-    # Set in every transaction's first round trip (set_config(..., true)), never at connect:
+    # Set in every transaction's BEGIN round trip (set_config(..., true)), never at connect:
     # a pooler in transaction mode (PgBouncer) refuses or loses connection-level settings.
     statement_timeout_ms: int = Field(default=5000, ge=0)
     db_retry_attempts: int = 3

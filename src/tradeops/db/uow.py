@@ -225,8 +225,8 @@ def begin_statement(statement_timeout_ms: int) -> str:
 
     The limits are transaction-local (set_config(..., true)), so every transaction carries
     its own: a pooler in transaction mode (PgBouncer) refuses them as startup parameters
-    (before 1.21) or drops them silently (after), and nothing set here outlives the
-    transaction on a shared server connection."""
+    (`unsupported startup parameter`) or, told to ignore them, drops them silently; and
+    nothing set here outlives the transaction on a server connection others share."""
     return (
         "BEGIN; SELECT"
         f" set_config('statement_timeout', '{int(statement_timeout_ms)}', true),"
