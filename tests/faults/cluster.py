@@ -167,6 +167,18 @@ class LocalPostgres:
             self._pg("pg_ctl", "-D", str(self.data), "stop", "-m", "immediate", check=False)
 
 
+def end(popen: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a child we started, SIGKILL it if it is still there after 15 s."""
+    if popen is None or popen.poll() is not None:
+        return
+    popen.terminate()
+    try:
+        popen.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait(timeout=10)
+
+
 @dataclass
 class Process:
     """A `tradeops` command run as a child process, its output in a log file."""
@@ -203,14 +215,7 @@ class Process:
         self.popen.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.terminate()
-        try:
-            self.popen.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
+        end(self.popen)
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -303,11 +308,4 @@ class PgBouncer:
             return False
 
     def stop(self) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.terminate()
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
+        end(self.popen)
