@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     pool_size: int = 10
     pool_max_overflow: int = 10
     pool_timeout_seconds: float = 10.0
-    statement_timeout_ms: int = 5000
+    # Set in every transaction's BEGIN round trip (set_config(..., true)), never at connect:
+    # a pooler in transaction mode (PgBouncer) refuses or loses connection-level settings.
+    statement_timeout_ms: int = Field(default=5000, ge=0)
     db_retry_attempts: int = 3
     # Reads on a streaming replica (docs/operations.md#read-replicas); None: all on the primary.
     read_database_url: str | None = Field(
@@ -47,6 +49,10 @@ class Settings(BaseSettings):
     read_your_writes_seconds: float = Field(default=5.0, ge=0)
     read_max_lag_seconds: float = Field(default=2.0, ge=0)
     read_check_seconds: float = Field(default=1.0, gt=0)
+    # False behind a pooler that cannot keep prepared statements apart (PgBouncer < 1.21, or
+    # max_prepared_statements = 0): asyncpg keeps no statement cache and psycopg never
+    # prepares, so no statement name reaches another client's server connection.
+    db_prepared_statements: bool = True
 
     # `serve --workers N`: the supervisor kills a worker process that does not answer its
     # health check within this (uvicorn's timeout_worker_healthcheck). A process answers from
@@ -121,6 +127,12 @@ class Settings(BaseSettings):
     webhook_batch: int = Field(default=50, ge=1, le=500)
     # Plain http:// endpoint URLs; None: allowed except in prod.
     webhook_allow_http: bool | None = None
+    # A worker learns of new jobs by LISTEN on this URL, which must reach PostgreSQL directly
+    # (a pooler in transaction mode drops LISTEN); None: database_url. Without a direct URL
+    # set worker_listen off: the worker then looks for jobs every worker_poll_seconds.
+    worker_listen_database_url: str | None = None
+    worker_listen: bool = True
+    worker_poll_seconds: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _heartbeats_outpace_the_stall_timeout(self) -> Settings:
