@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ClauseElement
 
 from tradeops.db.pool import Database
-from tradeops.db.prepared import Prepared, prepare
+from tradeops.db.prepared import Prepared, Query, prepare
 
 T = TypeVar("T")
 
@@ -160,6 +160,22 @@ class UnitOfWork:
             return Result([])
         sql, arguments = _render(statement, params)
         return Result(await self.driver.fetch(sql, *arguments))
+
+    async def row(self, query: Query[T], params: Mapping[str, Any] | None = None) -> T | None:
+        """The one row of a typed query, as its type, or None."""
+        record = await self.fetchrow(query.prepared, params)
+        return None if record is None else query.into(**record)
+
+    async def rows(self, query: Query[T], params: Mapping[str, Any] | None = None) -> list[T]:
+        """Every row of a typed query, as its type."""
+        return await self.rows_of(query.prepared, query.into, params)
+
+    async def rows_of(
+        self, statement: Statement, into: type[T], params: Mapping[str, Any] | None = None
+    ) -> list[T]:
+        """Every row of a statement built per call (filters), as `into`."""
+        sql, arguments = _render(statement, params)
+        return [into(**record) for record in await self.driver.fetch(sql, *arguments)]
 
     async def one_or_none(
         self, statement: Statement, params: Mapping[str, Any] | None = None
