@@ -62,14 +62,14 @@ async def retry_stalled_jobs(job_manager: JobManager, stalled_seconds: float) ->
 
 
 async def _orders_awaiting_check(uow: UnitOfWork, settings: Settings) -> list[int]:
-    rows = await uow.execute(
+    rows = await uow.rows(
         risk_repo.AWAITING_CHECK,
         {
             "older_than_seconds": settings.risk_sweep_after_seconds,
             "limit": settings.risk_sweep_batch,
         },
     )
-    return [int(row.id) for row in rows]
+    return [row.id for row in rows]
 
 
 async def resume_pending_risk_checks(
