@@ -187,6 +187,14 @@ class UnitOfWork:
         record = await self.fetchrow(statement, params)
         return None if record is None else record[0]
 
+    async def stream_rows(
+        self, query: Query[T], params: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[T]:
+        """The rows of a typed query as they arrive (a server-side cursor), as its type."""
+        sql, arguments = _render(query.prepared, params)
+        async for record in self.driver.cursor(sql, *arguments, prefetch=500):
+            yield query.into(**record)
+
     async def stream(
         self, statement: Statement, params: Mapping[str, Any] | None = None
     ) -> AsyncIterator[Row]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Select, select, text, tuple_
 
+from tradeops.audit.repository import append_audit
 from tradeops.auth.principal import Principal
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
@@ -33,24 +34,24 @@ LOCK_POSITION = prepare(
 
 # The new state, computed from the locked row, with its audit event, in one round trip.
 STORE_POSITION = prepare(
-    text(
-        "WITH before AS ("
-        " SELECT * FROM positions WHERE client_id = :client_id AND instrument_id = :instrument_id),"
-        " changed AS ("
-        " UPDATE positions SET quantity = :quantity, avg_cost = :avg_cost,"
-        "  cost_basis = :cost_basis, realized_pnl = :realized_pnl, version = version + 1,"
-        "  updated_at = now()"
-        " WHERE client_id = :client_id AND instrument_id = :instrument_id AND version = :version"
-        " RETURNING *),"
-        " audit AS ("
-        " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity,"
-        "  entity_id, before, after)"
-        " SELECT 'position:' || :position_key, :actor, :api_key_id, :request_id,"
-        "  'position.changed', 'position', :position_key, to_jsonb(b),"
-        "  to_jsonb(c) || jsonb_build_object('execution_id', CAST(:execution_id AS bigint))"
-        " FROM changed c CROSS JOIN before b)"
-        " SELECT version FROM changed"
+    "WITH before AS ("  # noqa: S608 - SQL from constants only
+    " SELECT * FROM positions WHERE client_id = :client_id AND instrument_id = :instrument_id),"
+    " changed AS ("
+    " UPDATE positions SET quantity = :quantity, avg_cost = :avg_cost,"
+    "  cost_basis = :cost_basis, realized_pnl = :realized_pnl, version = version + 1,"
+    "  updated_at = now()"
+    " WHERE client_id = :client_id AND instrument_id = :instrument_id AND version = :version"
+    " RETURNING *),"
+    " audit AS ("
+    + append_audit(
+        entity="'position'",
+        entity_id="CAST(:position_key AS text)",
+        before="to_jsonb(b)",
+        after="to_jsonb(c) || jsonb_build_object('execution_id', CAST(:execution_id AS bigint))",
+        action="'position.changed'",
+        source="changed c CROSS JOIN before b",
     )
+    + ") SELECT version FROM changed"
 )
 
 

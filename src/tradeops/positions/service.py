@@ -50,9 +50,6 @@ async def book_fill(uow: UnitOfWork, principal: Principal, fill: PositionFill) -
             "version": row["version"],
             "position_key": fill.position_key,
             "execution_id": fill.execution_id,
-            "actor": principal.actor,
-            "api_key_id": principal.api_key_id,
-            "request_id": uow.request_id,
         },
     )
     if stored is None:  # pragma: no cover - the row is locked; kept as a guard
