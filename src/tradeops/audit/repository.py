@@ -83,8 +83,8 @@ class AuditFilters:
 
 
 @dataclass(frozen=True, slots=True)
-class ListedEvent:
-    """An event as the list shows it; before and after as the stored jsonb's text."""
+class EventFields:
+    """What an event says, as stored (and hashed)."""
 
     id: int
     stream: str
@@ -96,6 +96,12 @@ class ListedEvent:
     action: str
     entity: str
     entity_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListedEvent(EventFields):
+    """An event as the list shows it; before and after as the stored jsonb's text."""
+
     before: str | None
     after: str | None
     hash: str
@@ -171,19 +177,9 @@ class EventHash:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(EventFields):
     """An event with everything its hash covers, and the desk the database derives for it."""
 
-    id: int
-    stream: str
-    seq: int
-    at: datetime
-    actor: str
-    api_key_id: int | None
-    request_id: str | None
-    action: str
-    entity: str
-    entity_id: str
     before_text: str | None
     after_text: str | None
     prev_hash: str

@@ -113,7 +113,7 @@ async def _owner(
         )
     )
     if owner is None:
-        raise InvalidRequest(f"Unknown user {owner_email}.", field="body.owner_email")
+        raise InvalidRequest(f"Unknown user {owner_email}.", field="owner_email")
     return int(owner.id), Role(owner.role)
 
 
@@ -127,7 +127,7 @@ def _check_usable(scopes: list[str], role: Role) -> None:
             f"The key's owner has the role {role.value}, which can never use "
             f"{', '.join(unusable)} (a key only narrows what its owner may do). Scopes its "
             f"key can use: {', '.join(sorted(usable))}.",
-            field="body.scopes",
+            field="scopes",
             usable_scopes=sorted(usable),
         )
 
@@ -146,7 +146,7 @@ async def _key_desks(uow: UnitOfWork, owner_id: int, codes: list[str]) -> list[i
     outside = sorted(code for code, desk in wanted.items() if desk not in owner.desk_ids)
     if outside and not owner.all_desks:
         raise InvalidRequest(
-            f"The key's owner does not cover desk {', '.join(outside)}.", field="body.desks"
+            f"The key's owner does not cover desk {', '.join(outside)}.", field="desks"
         )
     return list(wanted.values())
 
@@ -160,7 +160,7 @@ async def create_api_key(
     authorize(principal, Action.MANAGE_OWN_API_KEYS)
     unknown = sorted(set(data.scopes) - KNOWN_SCOPES)
     if unknown:
-        raise InvalidRequest(f"Unknown scope: {', '.join(unknown)}.", field="body.scopes")
+        raise InvalidRequest(f"Unknown scope: {', '.join(unknown)}.", field="scopes")
     owner_id, owner_role = await _owner(uow, principal, data.owner_email)
     _check_usable(data.scopes, owner_role)
     desk_ids = await _key_desks(uow, owner_id, data.desks) if data.desks else None

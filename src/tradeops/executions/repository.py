@@ -9,7 +9,7 @@ from decimal import Decimal
 from tradeops.audit.repository import append_audit
 from tradeops.db.prepared import query
 from tradeops.executions.schemas import ExecutionOut
-from tradeops.orders.repository import locking, order_update
+from tradeops.orders.repository import locking, order_change, updating
 from tradeops.orders.states import OrderStatus, Side
 
 
@@ -111,10 +111,12 @@ class RecordedExecution:
 # concurrent fill of another order took meanwhile inserts nothing, changes nothing and
 # returns no row.
 RECORD_FILL = query(
-    order_update(
-        "filled_quantity = filled_quantity + :quantity, avg_fill_price = :avg_fill_price,"
-        " status = :event_type",
-        "version = :version AND EXISTS (SELECT FROM new_execution)",
+    order_change(
+        updating(
+            "filled_quantity = filled_quantity + :quantity, avg_fill_price = :avg_fill_price,"
+            " status = :event_type",
+            "version = :version AND EXISTS (SELECT FROM new_execution)",
+        ),
         first="new_execution AS ("  # noqa: S608 - SQL from constants only
         " INSERT INTO executions (order_id, desk_id, quantity, price, venue, executed_at,"
         "  external_id, recorded_by, recorded_by_key_id)"

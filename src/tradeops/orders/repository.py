@@ -73,26 +73,12 @@ def order_change(
     return "WITH " + ", ".join(ctes) + " " + returning
 
 
-def order_update(
-    set_: str,
-    where: str,
-    *,
-    first: str = "",
-    event_payload: str = "CAST(:payload AS jsonb)",
-    event_source: str = "changed c",
-    actor: str = "",
-    returning: str = "SELECT id, version FROM changed",
-) -> str:
-    """An order change that is a conditional UPDATE: `set_` besides the new version, `where`
-    besides the order's id (:id)."""
-    return order_change(
+def updating(set_: str, where: str) -> str:
+    """The change of an order that exists: `set_` besides the new version, only `where`
+    (besides the order's id, :id) holds."""
+    return (
         f"UPDATE orders SET {set_}, version = version + 1, updated_at = now()"  # noqa: S608
-        f" WHERE id = :id AND {where} RETURNING *",
-        first=first,
-        event_payload=event_payload,
-        event_source=event_source,
-        actor=actor,
-        returning=returning,
+        f" WHERE id = :id AND {where} RETURNING *"
     )
 
 
@@ -214,11 +200,13 @@ class Changed:
 # A maker-checker transition: one conditional UPDATE (the row is already locked, the version
 # re-checked); the triggers of maker-checker check the decision again.
 TRANSITION = query(
-    order_update(
-        "status = :to_status, reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
-        " approved_by = COALESCE(:approved_by, approved_by),"
-        " rejected_by = COALESCE(:rejected_by, rejected_by)",
-        "version = :version AND status = :from_status",
+    order_change(
+        updating(
+            "status = :to_status, reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
+            " approved_by = COALESCE(:approved_by, approved_by),"
+            " rejected_by = COALESCE(:rejected_by, rejected_by)",
+            "version = :version AND status = :from_status",
+        )
     ),
     Changed,
 )

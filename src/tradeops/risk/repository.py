@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from tradeops.db.prepared import query
-from tradeops.orders.repository import Changed, OrderId, locking, order_update
+from tradeops.orders.repository import Changed, OrderId, locking, order_change, updating
 from tradeops.orders.states import OrderStatus, RiskStatus, Side
 from tradeops.risk.schemas import RiskLimitOut
 
@@ -141,9 +141,11 @@ RISK_FACTS = query(
 # statement); only while the order still awaits its check, so a rerun changes nothing. The
 # job acts as the system but names the check as the actor.
 RECORD_RESULT = query(
-    order_update(
-        "risk_status = :risk_status, risk_reasons = CAST(:reasons AS jsonb)",
-        "risk_status = 'PENDING'",
+    order_change(
+        updating(
+            "risk_status = :risk_status, risk_reasons = CAST(:reasons AS jsonb)",
+            "risk_status = 'PENDING'",
+        ),
         actor="CAST(:actor AS text)",
     ),
     Changed,
