@@ -243,10 +243,17 @@ def located(request: Request, extensions: dict[str, Any]) -> dict[str, Any]:
     where = "query" if request.method in ("GET", "HEAD") else "body"
     return extensions | {
         "errors": [
-            e | {"field": f"{where}.{e['field']}"} if "." not in (e.get("field") or ".") else e
+            e | {"field": f"{where}.{e['field']}"} if _unplaced(e.get("field")) else e
             for e in errors
         ]
     }
+
+
+_LOCATIONS = ("body", "query", "header", "path", "form", "cookie")
+
+
+def _unplaced(field_name: object) -> bool:
+    return isinstance(field_name, str) and field_name.split(".", 1)[0] not in _LOCATIONS
 
 
 async def on_error(request: Request, exc: Exception) -> Response:

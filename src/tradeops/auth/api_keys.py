@@ -19,7 +19,7 @@ from tradeops.auth.permissions import (
     is_allowed,
     usable_scopes,
 )
-from tradeops.auth.principal import Principal, Role
+from tradeops.auth.principal import Principal, Role, sees_every_desk
 from tradeops.db.base import table_of
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
@@ -133,7 +133,7 @@ def _check_usable(scopes: list[str], role: Role) -> None:
 
 
 _OWNER_DESKS = text(
-    "SELECT u.role IN ('risk', 'admin') AS all_desks,"
+    f"SELECT {sees_every_desk('u.role')} AS all_desks,"  # noqa: S608 - constants only
     " ARRAY(SELECT desk_id FROM desk_members WHERE user_id = u.id) AS desk_ids"
     " FROM users u WHERE u.id = :id"
 )

@@ -170,6 +170,13 @@ class UnitOfWork:
         """Every row of a typed query, as its type."""
         return await self.rows_of(query.prepared, query.into, params)
 
+    async def row_of(
+        self, statement: Statement, into: type[T], params: Mapping[str, Any] | None = None
+    ) -> T | None:
+        """The one row of a statement built per call, as `into`, or None."""
+        record = await self.fetchrow(statement, params)
+        return None if record is None else into(**record)
+
     async def rows_of(
         self, statement: Statement, into: type[T], params: Mapping[str, Any] | None = None
     ) -> list[T]:
