@@ -232,12 +232,6 @@ class OrderId:
     id: int
 
 
-EXISTING_CLIENT_ORDER = query(
-    "SELECT id FROM orders WHERE created_by = :created_by AND client_order_id = :client_order_id",
-    OrderId,
-)
-
-
 def order_view() -> Select[Any]:
     """Orders as the API shows them: external ids and symbols instead of keys."""
     return (
@@ -284,6 +278,17 @@ ORDER_BY_ID = query(
             bindparam("all_desks", type_=Boolean),
             orders.c.desk_id == any_(bindparam("desk_ids", type_=ARRAY(BigInteger))),
         ),
+    ),
+    OrderOut,
+)
+
+
+# The order a submitter recorded under a client_order_id, as the API shows it: a retry's
+# answer, or the order a conflicting one names (row-level security hides other desks').
+ORDER_BY_CLIENT_ORDER_ID = query(
+    order_view().where(
+        orders.c.created_by == bindparam("created_by", type_=BigInteger),
+        orders.c.client_order_id == bindparam("client_order_id"),
     ),
     OrderOut,
 )

@@ -150,31 +150,26 @@ async def _recorded_before(
     if row.desk_id is not None and not principal.can_see_desk(row.desk_id):
         row = replace(row, client_pk=None)
     check_order_rules(order, row)
-    existing = await uow.row(
-        repo.EXISTING_CLIENT_ORDER,
+    # The submitter's own order, read as intake answered it (so without needing orders:read).
+    recorded = await uow.row(
+        repo.ORDER_BY_CLIENT_ORDER_ID,
         {"created_by": principal.user_id, "client_order_id": order.client_order_id},
     )
-    existing_id = None if existing is None else existing.id
-    # The submitter's own order: read as intake answered it, without needing orders:read.
-    recorded = None if existing_id is None else await _visible_order(uow, principal, existing_id)
     if recorded is not None and _same_order(recorded, order):
         return recorded
+    existing_id = None if recorded is None else recorded.id
     raise DuplicateClientOrderId(
         f"client_order_id {order.client_order_id} was already used for order {existing_id}.",
         existing_order_id=existing_id,
     )
 
 
-async def _visible_order(uow: UnitOfWork, principal: Principal, order_id: int) -> OrderOut | None:
-    return await uow.row(
+async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> OrderOut:
+    authorize(principal, Action.READ_ORDERS)
+    order = await uow.row(
         repo.ORDER_BY_ID,
         {"id": order_id, "all_desks": principal.all_desks, "desk_ids": list(principal.desk_ids)},
     )
-
-
-async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> OrderOut:
-    authorize(principal, Action.READ_ORDERS)
-    order = await _visible_order(uow, principal, order_id)
     if order is None:
         raise OrderNotFound(f"No order {order_id}.")
     return order
