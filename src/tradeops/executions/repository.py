@@ -149,3 +149,32 @@ EXECUTIONS_OF_ORDER = query(
     " WHERE e.order_id = :order_id ORDER BY e.executed_at, e.id",
     ExecutionOut,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    """An order the simulator fills: what is left of it, and the market's latest price."""
+
+    id: int
+    client_id: str
+    symbol: str
+    side: Side
+    limit_price: Decimal | None
+    remaining: Decimal
+    market_price: Decimal | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "side", Side(self.side))
+
+
+OPEN_ORDERS = query(
+    "SELECT o.id, c.external_id AS client_id, i.symbol, o.side, o.price AS limit_price,"
+    " o.quantity - o.filled_quantity AS remaining, s.price AS market_price"
+    " FROM orders o JOIN clients c ON c.id = o.client_id"
+    " JOIN instruments i ON i.id = o.instrument_id"
+    " LEFT JOIN LATERAL (SELECT m.price FROM market_snapshots m"
+    "  WHERE m.instrument_id = o.instrument_id ORDER BY m.as_of DESC, m.id DESC LIMIT 1) s"
+    "  ON true"
+    " WHERE o.status IN ('APPROVED', 'PARTIALLY_FILLED') ORDER BY o.id",
+    OpenOrder,
+)
