@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -19,6 +18,8 @@ from tradeops.auth.permissions import (
     usable_scopes,
 )
 from tradeops.auth.principal import Principal, Role
+from tradeops.auth.schemas import ApiKeyOut
+from tradeops.db.prepared import Id
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.service import desk_ids_by_code
 from tradeops.errors import Forbidden, InvalidRequest, NotFound
@@ -44,19 +45,6 @@ class ApiKeyCreate(BaseModel):
     )
 
 
-class ApiKeyOut(BaseModel):
-    id: int
-    name: str
-    prefix: str
-    owner_email: str
-    scopes: list[str]
-    desks: list[str] | None
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    last_used_at: datetime | None
-
-
 class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="The secret key. Shown only now: store it safely.")
 
@@ -73,9 +61,9 @@ def _visible_to(principal: Principal) -> Select[Any]:
 
 async def _key(uow: UnitOfWork, key_id: int) -> ApiKeyOut:
     """A key this transaction just wrote, as the API shows it."""
-    row = await uow.row_of(repo.key_by_id(key_id), repo.ApiKeyRow)
+    row = await uow.row_of(repo.key_by_id(key_id), ApiKeyOut)
     assert row is not None
-    return ApiKeyOut.model_validate(row, from_attributes=True)
+    return row
 
 
 async def _owner(
@@ -150,7 +138,7 @@ async def create_api_key(
                 "expires_at": expires,
             }
         ),
-        repo.Id,
+        Id,
     )
     assert inserted is not None  # an INSERT without ON CONFLICT returns its row
     key_id = inserted.id
@@ -161,21 +149,17 @@ async def create_api_key(
 
 async def list_api_keys(uow: UnitOfWork, principal: Principal) -> list[ApiKeyOut]:
     authorize(principal, Action.MANAGE_OWN_API_KEYS)
-    rows = await uow.rows_of(_visible_to(principal), repo.ApiKeyRow)
-    return [ApiKeyOut.model_validate(r, from_attributes=True) for r in rows]
+    return await uow.rows_of(_visible_to(principal), ApiKeyOut)
 
 
 async def revoke_api_key(uow: UnitOfWork, principal: Principal, key_id: int) -> ApiKeyOut:
     """Revocation is immediate: the next request with the key gets 401."""
     authorize(principal, Action.MANAGE_OWN_API_KEYS)
-    row = await uow.row_of(
-        _visible_to(principal).where(repo.api_keys.c.id == key_id), repo.ApiKeyRow
-    )
-    if row is None:
+    before = await uow.row_of(_visible_to(principal).where(repo.api_keys.c.id == key_id), ApiKeyOut)
+    if before is None:
         raise ApiKeyNotFound(f"No API key {key_id}.")
     await uow.execute(repo.revoke_key(key_id))
     after = await _key(uow, key_id)
-    before = ApiKeyOut.model_validate(row, from_attributes=True)
     await audit.record(
         uow, principal, "api_key.revoked", "api_key", key_id, before=before, after=after
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Delete, Insert, Select, Update, delete, func, select, text, update
@@ -21,23 +20,7 @@ desks = table_of(Desk)
 api_keys = table_of(ApiKey)
 
 
-@dataclass(frozen=True, slots=True)
-class Id:
-    id: int
-
-
 # --- users ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class UserRow:
-    id: int
-    email: str
-    name: str
-    role: str
-    active: bool
-    desks: list[str]
-    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,20 +119,6 @@ END_PAGE_SESSIONS = prepare("SELECT end_page_sessions()")
 
 
 # --- API keys ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKeyRow:
-    id: int
-    name: str
-    prefix: str
-    owner_email: str
-    scopes: list[str]
-    desks: list[str] | None
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    last_used_at: datetime | None
 
 
 def _key_view() -> Select[Any]:

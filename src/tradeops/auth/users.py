@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
@@ -12,7 +11,9 @@ from tradeops.auth import repository as repo
 from tradeops.auth.passwords import hash_password
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
+from tradeops.auth.schemas import UserOut
 from tradeops.auth.sign_in import lift_lockout
+from tradeops.db.prepared import Id
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.service import desk_ids_by_code
 from tradeops.errors import Conflict, NotFound
@@ -40,16 +41,6 @@ class UserCreate(BaseModel):
     )
 
 
-class UserOut(BaseModel):
-    id: int
-    email: str
-    name: str
-    role: str
-    active: bool
-    desks: list[str]
-    created_at: datetime
-
-
 class UserNotFound(NotFound):
     slug = "user-not-found"
     title = "User not found"
@@ -63,10 +54,10 @@ class UserExists(Conflict):
 async def get_user(uow: UnitOfWork, principal: Principal, user_id: int) -> UserOut:
     if user_id != principal.user_id:
         authorize(principal, Action.MANAGE_USERS)
-    row = await uow.row_of(repo.user_by_id(user_id), repo.UserRow)
-    if row is None:
+    user = await uow.row_of(repo.user_by_id(user_id), UserOut)
+    if user is None:
         raise UserNotFound(f"No user {user_id}.")
-    return UserOut.model_validate(row, from_attributes=True)
+    return user
 
 
 async def emails_of(uow: UnitOfWork, user_ids: set[int]) -> dict[int, str]:
@@ -80,8 +71,7 @@ async def emails_of(uow: UnitOfWork, user_ids: set[int]) -> dict[int, str]:
 
 async def list_users(uow: UnitOfWork, principal: Principal) -> list[UserOut]:
     authorize(principal, Action.MANAGE_USERS)
-    rows = await uow.rows_of(repo.all_users(), repo.UserRow)
-    return [UserOut.model_validate(r, from_attributes=True) for r in rows]
+    return await uow.rows_of(repo.all_users(), UserOut)
 
 
 async def create_user(uow: UnitOfWork, principal: Principal, data: UserCreate) -> UserOut:
@@ -89,7 +79,7 @@ async def create_user(uow: UnitOfWork, principal: Principal, data: UserCreate) -
     password = data.password.get_secret_value() if data.password else None
     password_hash = hash_password(password) if password else None
     inserted = await uow.row_of(
-        repo.insert_user(data.email, data.name, data.role, password_hash), repo.Id
+        repo.insert_user(data.email, data.name, data.role, password_hash), Id
     )
     if inserted is None:
         raise UserExists(f"A user with email {data.email} already exists.")
@@ -119,7 +109,7 @@ async def set_user_active(
     """Deactivating takes effect at once: tokens and the user's API keys stop working."""
     authorize(principal, Action.MANAGE_USERS)
     before = await get_user(uow, principal, user_id)
-    changed = await uow.row_of(repo.set_active(user_id, active=active), repo.Id)
+    changed = await uow.row_of(repo.set_active(user_id, active=active), Id)
     if changed is None:
         raise UserNotFound(f"No user {user_id}.")
     after = await get_user(uow, principal, user_id)
@@ -132,7 +122,7 @@ async def set_password(uow: UnitOfWork, principal: Principal, email: str, passwo
     """Give a person a new password and lift any sign-in lockout, as a reset by an
     administrator should; the audit event records no secret."""
     authorize(principal, Action.MANAGE_USERS)
-    updated = await uow.row_of(repo.set_password_hash(email, hash_password(password)), repo.Id)
+    updated = await uow.row_of(repo.set_password_hash(email, hash_password(password)), Id)
     if updated is None:
         raise UserNotFound(f"No person with email {email} (agents sign in with API keys only).")
     user_id = updated.id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Insert, Select, Update, func, select, update
@@ -16,11 +15,6 @@ from tradeops.desks.models import Desk
 
 clients = table_of(Client)
 desks = table_of(Desk)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientKey:
-    id: int
 
 
 def readable(principal: Principal) -> Select[Any]:

@@ -7,6 +7,7 @@ from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.clients import repository as repo
 from tradeops.clients.schemas import ClientCreate, ClientOut, ClientUpdate
+from tradeops.db.prepared import Id
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.service import desk_ids_by_code
 from tradeops.errors import Conflict, NotFound
@@ -40,7 +41,7 @@ async def list_clients(
 async def create_client(uow: UnitOfWork, principal: Principal, data: ClientCreate) -> ClientOut:
     authorize(principal, Action.MANAGE_CLIENTS)
     desk_id = (await desk_ids_by_code(uow, [data.desk]))[data.desk]
-    created = await uow.row_of(repo.insert_client(data, desk_id), repo.ClientKey)
+    created = await uow.row_of(repo.insert_client(data, desk_id), Id)
     if created is None:
         raise ClientExists(f"Client {data.client_id} already exists.")
     client = await get_client(uow, principal, data.client_id)
@@ -55,7 +56,7 @@ async def update_client(
     values = changes.model_dump(exclude_unset=True, exclude_none=True)
     before = await get_client(uow, principal, client_id)
     if values:
-        updated = await uow.row_of(repo.update_client(client_id, values), repo.ClientKey)
+        updated = await uow.row_of(repo.update_client(client_id, values), Id)
         if updated is None:
             raise ClientNotFound(f"No client {client_id}.")
         after = await get_client(uow, principal, client_id)

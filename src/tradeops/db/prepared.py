@@ -55,6 +55,13 @@ class Query(Generic[T]):
     into: type[T]
 
 
+@dataclass(frozen=True, slots=True)
+class Id:
+    """A row of one key: what an INSERT or UPDATE … RETURNING id answers."""
+
+    id: int
+
+
 # Every typed query built at import, for the test that checks columns against types.
 QUERIES: list[Query[Any]] = []
 

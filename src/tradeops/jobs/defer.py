@@ -8,18 +8,13 @@ from typing import Any
 
 import orjson
 
-from tradeops.db.prepared import prepare, query
+from tradeops.db.prepared import Id, prepare, query
 from tradeops.db.uow import UnitOfWork
 
 # Task names and queues, shared by the callers (which defer) and the worker (which runs).
 CHECK_ORDER_RISK = "check_order_risk"
 RISK_QUEUE = "risk"
 HOUSEKEEPING_QUEUE = "housekeeping"  # the periodic recovery tasks (tasks.py)
-
-
-@dataclass(frozen=True, slots=True)
-class JobId:
-    id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +35,7 @@ DEFER_JOB = query(
     " CAST(:queue AS varchar), CAST(:task_name AS varchar), CAST(:priority AS integer),"
     " CAST(:lock AS text), CAST(:queueing_lock AS text), CAST(:args AS jsonb),"
     " CAST(NULL AS timestamptz))::procrastinate_job_to_defer_v1]))[1] AS id",
-    JobId,
+    Id,
 )
 
 
@@ -85,7 +80,7 @@ RETRY_OVERDUE_RISK_CHECKS = query(
 PRUNE_SUCCEEDED_HOUSEKEEPING = query(
     "DELETE FROM procrastinate_jobs WHERE queue_name = :queue AND status = 'succeeded'"
     " RETURNING id",
-    JobId,
+    Id,
 )
 
 

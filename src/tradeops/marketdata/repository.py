@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
-from tradeops.db.prepared import query
+from tradeops.db.prepared import Id, query
 from tradeops.marketdata.schemas import SnapshotOut
 
 
@@ -28,11 +28,6 @@ class Snapshot:
     ask: Decimal | None
     as_of: datetime
     source: str
-    id: int
-
-
-@dataclass(frozen=True, slots=True)
-class InstrumentKey:
     id: int
 
 
@@ -81,7 +76,7 @@ LATEST = query(
     SnapshotOut,
 )
 
-INSTRUMENT_ID = query("SELECT id FROM instruments WHERE symbol = :symbol", InstrumentKey)
+INSTRUMENT_ID = query("SELECT id FROM instruments WHERE symbol = :symbol", Id)
 
 HISTORY = query(
     text(

@@ -227,11 +227,6 @@ ORDER_EVENTS = query(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class OrderId:
-    id: int
-
-
 def order_view() -> Select[Any]:
     """Orders as the API shows them: external ids and symbols instead of keys."""
     return (

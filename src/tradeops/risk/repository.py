@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from tradeops.db.prepared import query
-from tradeops.orders.repository import Changed, OrderId, locking, order_change, updating
+from tradeops.db.prepared import Id, query
+from tradeops.orders.repository import Changed, locking, order_change, updating
 from tradeops.orders.states import OrderStatus, RiskStatus, Side
 from tradeops.risk.schemas import RiskLimitOut
 
@@ -158,5 +158,5 @@ AWAITING_CHECK = query(
     "SELECT id FROM orders WHERE status IN ('PENDING', 'REVIEWED') AND risk_status = 'PENDING'"
     " AND created_at < now() - make_interval(secs => :older_than_seconds)"
     " ORDER BY id LIMIT :limit",
-    OrderId,
+    Id,
 )
