@@ -454,6 +454,7 @@ def users_create(
     from pydantic import SecretStr
 
     from tradeops.auth import users
+    from tradeops.auth.schemas import UserOut
     from tradeops.auth.users import UserCreate
 
     _validate_role(role)
@@ -466,7 +467,7 @@ def users_create(
         password=SecretStr(password) if password else None,
     )
 
-    async def create(uow: UnitOfWork) -> users.UserOut:
+    async def create(uow: UnitOfWork) -> UserOut:
         await _require_known_desks(uow, data.desks)
         try:
             return await users.create_user(uow, SYSTEM, data)

@@ -14,12 +14,13 @@ from typing import Any
 
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.keys import hash_key, parse_key
-from tradeops.auth.principal import Principal, Role
+from tradeops.auth.principal import Principal, Role, sees_every_desk
 from tradeops.auth.tokens import InvalidToken, TokenExpired, TokenService
 from tradeops.db.prepared import prepare
 from tradeops.db.uow import APP_ROLE, UnitOfWork
 from tradeops.errors import Unauthenticated
 
+EVERY_DESK = sees_every_desk("u.role")
 _SET_CONTEXT_COLUMNS = """
     set_config('role', :app_role, true) AS _role,
     set_config('tradeops.user_id', u.id::text, true) AS _user,
@@ -38,7 +39,7 @@ SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, NULL::bigi
 FROM users u
 CROSS JOIN LATERAL (
     SELECT COALESCE(array_agg(m.desk_id ORDER BY m.desk_id), '{{}}') AS desk_ids,
-           u.role IN ('risk', 'admin') AS all_desks, NULL::bigint AS key_id
+           {EVERY_DESK} AS all_desks, NULL::bigint AS key_id
     FROM desk_members m WHERE m.user_id = u.id
 ) ctx
 WHERE u.active AND u.role <> 'system' AND (u.id = :user_id OR u.email = :email)
@@ -56,12 +57,12 @@ SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, k.id AS ke
 FROM api_keys k
 JOIN users u ON u.id = k.owner_user_id
 CROSS JOIN LATERAL (
-    SELECT CASE WHEN u.role IN ('risk', 'admin') THEN COALESCE(k.desk_ids, '{{}}')
+    SELECT CASE WHEN {EVERY_DESK} THEN COALESCE(k.desk_ids, '{{}}')
                 ELSE COALESCE((SELECT array_agg(m.desk_id ORDER BY m.desk_id) FROM desk_members m
                                WHERE m.user_id = u.id
                                  AND (k.desk_ids IS NULL OR m.desk_id = ANY(k.desk_ids))), '{{}}')
            END AS desk_ids,
-           u.role IN ('risk', 'admin') AND k.desk_ids IS NULL AS all_desks,
+           {EVERY_DESK} AND k.desk_ids IS NULL AS all_desks,
            k.id AS key_id
 ) ctx
 WHERE k.prefix = :prefix AND k.hash = :hash AND k.revoked_at IS NULL

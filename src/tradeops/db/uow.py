@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ClauseElement
 
 from tradeops.db.pool import Database
-from tradeops.db.prepared import Prepared, prepare
+from tradeops.db.prepared import Prepared, Query, prepare
 
 T = TypeVar("T")
 
@@ -161,6 +161,29 @@ class UnitOfWork:
         sql, arguments = _render(statement, params)
         return Result(await self.driver.fetch(sql, *arguments))
 
+    async def row(self, query: Query[T], params: Mapping[str, Any] | None = None) -> T | None:
+        """The one row of a typed query, as its type, or None."""
+        record = await self.fetchrow(query.prepared, params)
+        return None if record is None else query.into(**record)
+
+    async def rows(self, query: Query[T], params: Mapping[str, Any] | None = None) -> list[T]:
+        """Every row of a typed query, as its type."""
+        return await self.rows_of(query.prepared, query.into, params)
+
+    async def row_of(
+        self, statement: Statement, into: type[T], params: Mapping[str, Any] | None = None
+    ) -> T | None:
+        """The one row of a statement built per call, as `into`, or None."""
+        record = await self.fetchrow(statement, params)
+        return None if record is None else into(**record)
+
+    async def rows_of(
+        self, statement: Statement, into: type[T], params: Mapping[str, Any] | None = None
+    ) -> list[T]:
+        """Every row of a statement built per call (filters), as `into`."""
+        sql, arguments = _render(statement, params)
+        return [into(**record) for record in await self.driver.fetch(sql, *arguments)]
+
     async def one_or_none(
         self, statement: Statement, params: Mapping[str, Any] | None = None
     ) -> Row | None:
@@ -170,6 +193,14 @@ class UnitOfWork:
     async def scalar(self, statement: Statement, params: Mapping[str, Any] | None = None) -> Any:
         record = await self.fetchrow(statement, params)
         return None if record is None else record[0]
+
+    async def stream_rows(
+        self, query: Query[T], params: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[T]:
+        """The rows of a typed query as they arrive (a server-side cursor), as its type."""
+        sql, arguments = _render(query.prepared, params)
+        async for record in self.driver.cursor(sql, *arguments, prefetch=500):
+            yield query.into(**record)
 
     async def stream(
         self, statement: Statement, params: Mapping[str, Any] | None = None
