@@ -8,12 +8,12 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel
 
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, RowId, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, RowId, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.idempotency.http import IdempotencyKeyHeader, respond_once
 from tradeops.idempotency.service import IdempotencyKeyReused
 from tradeops.orders import service, workflow
-from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage, OrderStatus
+from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage, OrderStatus, RiskStatus
 from tradeops.orders.workflow import (
     ApproveRequest,
     CancelRequest,
@@ -136,12 +136,18 @@ async def get_order(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -> R
     return Response(order.model_dump_json(), media_type="application/json", headers=_etag(order))
 
 
-@router.get("", response_model=OrderPage, responses=problem_responses(InvalidRequest))
+@router.get(
+    "",
+    response_model=OrderPage,
+    responses=problem_responses(InvalidRequest),
+    dependencies=[DeclaredQueryOnly],
+)
 async def list_orders(
     request: Request,
     principal: CurrentPrincipal,
     uow: UoW,
     status: OrderStatus | None = None,
+    risk_status: RiskStatus | None = None,
     client_id: str | None = Query(default=None, description="Client external id, e.g. CUST-1001"),
     symbol: str | None = None,
     desk: str | None = Query(default=None, description="Desk code, e.g. EQ-US"),
@@ -150,7 +156,9 @@ async def list_orders(
     after: str | None = Query(default=None, description="next_cursor of the previous page"),
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
 ) -> OrderPage:
-    """Orders of your desks, newest first, one page at a time (follow `next_cursor`)."""
+    """Orders of your desks, newest first, one page at a time (follow `next_cursor`). Filters
+    combine; one that names no client, symbol or desk of yours answers an empty page. A query
+    parameter not listed here is a 422."""
     settings = request.app.state.settings
     return await service.list_orders(
         uow,
@@ -158,6 +166,7 @@ async def list_orders(
         limit=limit or settings.page_size_default,
         after=after,
         status=status,
+        risk_status=risk_status,
         client_id=client_id,
         symbol=symbol,
         desk=desk,

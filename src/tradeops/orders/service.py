@@ -160,14 +160,50 @@ async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> Ord
 
 
 async def list_orders(
-    uow: UnitOfWork, principal: Principal, *, limit: int, after: str | None = None, **filters: Any
+    uow: UnitOfWork,
+    principal: Principal,
+    *,
+    limit: int,
+    after: str | None = None,
+    client_id: str | None = None,
+    symbol: str | None = None,
+    desk: str | None = None,
+    **filters: Any,
 ) -> OrderPage:
     """Newest first; keyset pagination, so pages stay stable while orders keep arriving."""
     authorize(principal, Action.READ_ORDERS)
-    statement = repo.filtered_orders(
-        principal, after=decode_id_cursor(after), limit=limit + 1, **filters
-    )
+    cursor = decode_id_cursor(after)
+    keys = await list_filter_keys(uow, principal, client_id=client_id, symbol=symbol, desk=desk)
+    if keys is None:
+        return OrderPage(items=[], next_cursor=None)
+    statement = repo.filtered_orders(principal, keys=keys, after=cursor, limit=limit + 1, **filters)
     rows = (await uow.execute(statement)).all()
     items = [OrderOut.model_validate(r._mapping) for r in rows[:limit]]
     next_cursor = str(items[-1].id) if len(rows) > limit else None
     return OrderPage(items=items, next_cursor=next_cursor)
+
+
+async def list_filter_keys(
+    uow: UnitOfWork,
+    principal: Principal,
+    *,
+    client_id: str | None,
+    symbol: str | None,
+    desk: str | None,
+) -> repo.ListFilterKeys | None:
+    """The ids behind the client, symbol and desk filters, or None when one names nothing the
+    principal may see: then no order matches, and none is read to find that out."""
+    if client_id is None and symbol is None and desk is None:
+        return repo.ListFilterKeys()
+    row = await uow.fetchrow(
+        repo.LIST_FILTER_KEYS,
+        {"client_id": client_id, "symbol": symbol and symbol.upper(), "desk": desk},
+    )
+    keys = repo.ListFilterKeys(*row) if row is not None else repo.ListFilterKeys()
+    unknown = (
+        (client_id is not None and keys.client is None)
+        or (symbol is not None and keys.instrument is None)
+        or (desk is not None and keys.desk is None)
+        or (keys.desk is not None and not principal.can_see_desk(keys.desk))
+    )
+    return None if unknown else keys
