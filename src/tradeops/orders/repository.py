@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Select, any_, bindparam, or_, select, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Select,
+    any_,
+    bindparam,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from tradeops.auth.models import User
@@ -213,11 +224,18 @@ def filtered_orders(
     made_by: int | None = None,
     created_from: datetime | None = None,
     created_to: datetime | None = None,
-    after: int | None = None,
+    after: tuple[int] | tuple[datetime, int] | None = None,
     limit: int,
 ) -> Select[Any]:
     """A page of the orders a principal may read, newest first, after the keyset `after`.
-    Every condition is on orders' own columns, so an index of orders can serve it."""
+    Every condition is on orders' own columns, so an index of orders can serve it.
+
+    Newest first is by id, or with a created range by (created_at, id) (`after` is then that
+    pair): read back from the range's end on (created_at, id), a range costs the same
+    however far back it lies. By id, PostgreSQL walks the id index from the newest order
+    until it reaches the range: it prices that walk as if the range's orders were spread
+    over all ids, when they lie together, and took 8 s for one day 600 days back of ten
+    million. Ids cannot stand in for the range: they follow created_at only roughly."""
     statement = readable_orders(principal)
     if keys.client is not None:
         statement = statement.where(orders.c.client_id == keys.client)
@@ -237,6 +255,9 @@ def filtered_orders(
         statement = statement.where(orders.c.created_at >= created_from)
     if created_to is not None:
         statement = statement.where(orders.c.created_at < created_to)
+    by_created = created_from is not None or created_to is not None
+    key = (orders.c.created_at, orders.c.id) if by_created else (orders.c.id,)
     if after is not None:
-        statement = statement.where(orders.c.id < after)
-    return statement.order_by(orders.c.id.desc()).limit(limit)
+        bound = (literal(v, column.type) for column, v in zip(key, after, strict=True))
+        statement = statement.where(tuple_(*key) < tuple_(*bound))
+    return statement.order_by(*(column.desc() for column in key)).limit(limit)

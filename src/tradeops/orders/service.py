@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -14,7 +15,13 @@ from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
 from tradeops.orders import repository as repo
 from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage
-from tradeops.pagination import decode_id_cursor
+from tradeops.pagination import (
+    decode_cursor,
+    decode_id_cursor,
+    encode_cursor,
+    instant_key,
+    key_instant,
+)
 
 
 class OrderNotFound(NotFound):
@@ -172,15 +179,30 @@ async def list_orders(
 ) -> OrderPage:
     """Newest first; keyset pagination, so pages stay stable while orders keep arriving."""
     authorize(principal, Action.READ_ORDERS)
-    cursor = decode_id_cursor(after)
+    by_created = filters.get("created_from") is not None or filters.get("created_to") is not None
+    cursor = _created_cursor(after) if by_created else _id_cursor(after)
     keys = await list_filter_keys(uow, principal, client_id=client_id, symbol=symbol, desk=desk)
     if keys is None:
         return OrderPage(items=[], next_cursor=None)
     statement = repo.filtered_orders(principal, keys=keys, after=cursor, limit=limit + 1, **filters)
     rows = (await uow.execute(statement)).all()
     items = [OrderOut.model_validate(r._mapping) for r in rows[:limit]]
-    next_cursor = str(items[-1].id) if len(rows) > limit else None
-    return OrderPage(items=items, next_cursor=next_cursor)
+    if len(rows) <= limit:
+        return OrderPage(items=items, next_cursor=None)
+    last = items[-1]
+    keys_of_last = (instant_key(last.created_at), last.id) if by_created else (last.id,)
+    return OrderPage(items=items, next_cursor=encode_cursor(*keys_of_last))
+
+
+def _id_cursor(cursor: str | None) -> tuple[int] | None:
+    key = decode_id_cursor(cursor)
+    return None if key is None else (key,)
+
+
+def _created_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    """With a created range the list is by (created_at, id), and so is its cursor."""
+    key = decode_cursor(cursor, keys=2, signed_first=True)
+    return None if key is None else (key_instant(key[0]), key[1])
 
 
 async def list_filter_keys(
