@@ -115,6 +115,18 @@ async def test_each_filter_reads_its_index_as_the_application_role(
         ("risk status", big, {"risk_status": "FAILED"}, {"ix_orders_desk_id_risk_status_id"}),
         ("desk", big, {"desk": BIG_DESK}, newest),
         ("created, one day", big, window, {"ix_orders_created_at_id"}),
+        (
+            "created since",
+            big,
+            {"created_from": window["created_from"]},
+            {"ix_orders_created_at_id"},
+        ),
+        (
+            "created with a cursor",
+            big,
+            {**window, "after": (window["created_to"], ROWS)},
+            {"ix_orders_created_at_id"},
+        ),
         ("small desk", small, {}, newest),
         ("small desk status", small, {"status": "REVIEWED"}, {"ix_orders_desk_id_status_id"}),
         ("small desk symbol", small, {"symbol": "B0100"}, {"ix_orders_instrument_id_id"}),
@@ -204,3 +216,35 @@ async def test_names_resolve_to_ids_and_what_you_may_not_see_is_an_empty_page(
         assert page.status_code == 200 and page.json() == {"items": [], "next_cursor": None}
     everywhere = await client.get(ORDERS, params={"desk": "EQ-US"}, headers=cast["risk"])
     assert [o["id"] for o in everywhere.json()["items"]] == [order_id]
+
+
+async def test_a_created_range_pages_by_created_at_and_id(
+    client: httpx.AsyncClient, cast: Cast
+) -> None:
+    ids = []
+    for quantity in (10, 20, 30):
+        created = await client.post(
+            ORDERS, json={**SEED_ORDER, "quantity": quantity}, headers=cast["trader"]
+        )
+        ids.append(created.json()["id"])
+    since = {"created_from": "2020-01-01T00:00:00Z", "limit": "1"}
+    seen, cursors, after = [], [], None
+    while True:
+        page = await client.get(
+            ORDERS,
+            params={**since, **({"after": after} if after else {})},
+            headers=cast["approver"],
+        )
+        assert page.status_code == 200, page.text
+        seen += [o["id"] for o in page.json()["items"]]
+        after = page.json()["next_cursor"]
+        if after is None:
+            break
+        cursors.append(after)
+    assert seen == ids[::-1]
+    assert all(c.count(".") == 1 for c in cursors)  # microseconds.id
+    # An id cursor is not a position in a created range, nor the other way round.
+    mixed = await client.get(ORDERS, params={**since, "after": "5"}, headers=cast["approver"])
+    assert mixed.status_code == 422
+    back = await client.get(ORDERS, params={"after": cursors[0]}, headers=cast["approver"])
+    assert back.status_code == 422
