@@ -90,6 +90,8 @@ class Measured:
     items: int
     verdict: str
     db_ms: float = 0.0  # the list query's planning + execution in PostgreSQL, median
+    rows_read: int = 0  # orders rows its scans read (returned + filtered out): load-proof
+    buffers: int = 0  # 8 KB pages it touched (shared hit + read)
     plan: str = ""  # how it reads orders: the index of each scan
 
 
@@ -98,6 +100,15 @@ PRINCIPAL = (
     "SELECT u.id, array_agg(m.desk_id) AS desks FROM users u"
     " JOIN desk_members m ON m.user_id = u.id WHERE u.email = $1 GROUP BY u.id"
 )
+
+
+def _rows_read(plan: dict[str, Any]) -> int:
+    """Rows of orders the plan's scans read, kept or filtered out."""
+    read = 0
+    if plan.get("Relation Name") == "orders":
+        loops = plan.get("Actual Loops", 1)
+        read += (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * loops
+    return read + sum(_rows_read(child) for child in plan.get("Plans", []))
 
 
 def _reads(plan: dict[str, Any]) -> list[str]:
@@ -122,19 +133,25 @@ async def _principals(db: Database, facts: dict[str, str]) -> dict[str, Principa
     return made
 
 
-async def database_ms(
-    db: Database, principal: Principal, params: dict[str, str]
-) -> tuple[float, str]:
+@dataclass(frozen=True, slots=True)
+class DatabaseWork:
+    ms: float
+    rows_read: int
+    buffers: int
+    plan: str
+
+
+async def database_work(db: Database, principal: Principal, params: dict[str, str]) -> DatabaseWork:
     """The list query the service would run for `params`, EXPLAIN ANALYZEd as the
-    application role with the principal's context: (median ms, the plan's reads of orders).
-    What the server's time is under a loaded machine, without the client and the app."""
+    application role with the principal's context: its median time, and what it read
+    (rows, pages, indexes), which no other load on the machine changes."""
     filters: dict[str, Any] = dict(params)
     names = {name: filters.pop(name, None) for name in ("client_id", "symbol", "desk")}
     for name in ("created_from", "created_to"):
         if name in filters:
             filters[name] = datetime.fromisoformat(filters[name])
     after = filters.pop("after", None)
-    times, reads = [], ""
+    times: list[float] = []
     async with db.acquire() as conn:
         for _ in range(PLANS):
             async with conn.transaction():
@@ -142,7 +159,7 @@ async def database_ms(
                 await uow.set_context(principal, "bench")
                 keys = await service.list_filter_keys(uow, principal, **names)
                 if keys is None:
-                    return 0.0, "(no order read: a name that matches nothing)"
+                    return DatabaseWork(0.0, 0, 0, "(no order read: a name that matches nothing)")
                 statement = prepare(
                     repository.filtered_orders(
                         principal,
@@ -153,12 +170,18 @@ async def database_ms(
                     )
                 )
                 explained = await conn.fetchval(
-                    "EXPLAIN (ANALYZE, FORMAT JSON) " + statement.sql, *statement.arguments({})
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement.sql,
+                    *statement.arguments({}),
                 )
                 plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]
                 times.append(plan["Planning Time"] + plan["Execution Time"])
-                reads = ", ".join(_reads(plan["Plan"]))
-    return round(statistics.median(times), 2), reads
+    top = plan["Plan"]
+    return DatabaseWork(
+        round(statistics.median(times), 2),
+        _rows_read(top),
+        top["Shared Hit Blocks"] + top["Shared Read Blocks"],
+        ", ".join(_reads(top)),
+    )
 
 
 def cases(facts: dict[str, str], now: datetime) -> list[Case]:
@@ -263,7 +286,7 @@ async def deep_cursor(http: httpx.AsyncClient, key: str, page: int) -> str:
 
 
 def _summary(
-    name: str, query: dict[str, str], samples: list[float], items: int, db_ms: float, plan: str
+    name: str, query: dict[str, str], samples: list[float], items: int, work: DatabaseWork
 ) -> Measured:
     p99 = statistics.quantiles(samples, n=100, method="inclusive")[98]
     return Measured(
@@ -274,8 +297,10 @@ def _summary(
         round(statistics.fmean(samples), 2),
         items,
         "",
-        db_ms,
-        plan,
+        work.ms,
+        work.rows_read,
+        work.buffers,
+        work.plan,
     )
 
 
@@ -309,8 +334,8 @@ async def run(args: argparse.Namespace) -> list[Measured]:
                     measured.append((f"page {args.deep_page}", "big", {"after": cursor}))
                 for name, who, params in measured:
                     samples, items = await measure(http, keys[who], name, params, args.requests)
-                    db_ms, plan = await database_ms(db, principals[who], params)
-                    results.append(_summary(name, params, samples, items, db_ms, plan))
+                    work = await database_work(db, principals[who], params)
+                    results.append(_summary(name, params, samples, items, work))
                 if case.is_filter:
                     filters.add(case.name)
     finally:
@@ -320,18 +345,20 @@ async def run(args: argparse.Namespace) -> list[Measured]:
 
 def report(results: list[Measured], total: int) -> None:
     table = Table(title=f"GET {ORDERS} on {total:,} orders (limit 50)")
-    for column in ("case", "p50 ms", "p99 ms", "mean ms", "items", "target", "db ms", "plan"):
+    columns = ("case", "p50 ms", "p99 ms", "items", "target", "db ms", "rows read", "pages", "plan")
+    for column in columns:
         table.add_column(column)
     for r in results:
         table.add_row(
             r.name,
             f"{r.p50_ms:.1f}",
             f"{r.p99_ms:.1f}",
-            f"{r.mean_ms:.1f}",
             str(r.items),
             r.verdict,
             f"{r.db_ms:.2f}",
-            r.plan,
+            f"{r.rows_read:,}",
+            f"{r.buffers:,}",
+            r.plan.replace("Index Scan ", ""),
         )
     console.print(table)
 
