@@ -35,12 +35,20 @@ def _orders_scans(plan: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
     heap scan by the index its bitmap comes from."""
     if plan.get("Relation Name") == "orders":
         if plan["Node Type"] == "Bitmap Heap Scan":
-            for bitmap in plan["Plans"]:
-                yield bitmap["Node Type"], bitmap.get("Index Name")
+            yield from _bitmap_indexes(plan)
         else:
             yield plan["Node Type"], plan.get("Index Name")
     for child in plan.get("Plans", []):
         yield from _orders_scans(child)
+
+
+def _bitmap_indexes(plan: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
+    """The indexes a bitmap heap scan's bitmap is made of (through BitmapAnd and BitmapOr)."""
+    for child in plan.get("Plans", []):
+        if child["Node Type"] == "Bitmap Index Scan":
+            yield child["Node Type"], child["Index Name"]
+        else:
+            yield from _bitmap_indexes(child)
 
 
 @pytest.fixture
@@ -48,7 +56,11 @@ def generated_orders(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         load_orders(conn, ROWS, seed=14)
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("ANALYZE")
+        # Statistics of every row (not a sample: the same plans on every run), and no dead
+        # rows left by earlier tests' orders.
+        conn.execute("SET default_statistics_target = 1000")
+        for table in ("orders", "clients", "instruments", "desks", "users", "desk_members"):
+            conn.execute(f"VACUUM (ANALYZE) {table}")
 
 
 @pytest.fixture
@@ -129,7 +141,12 @@ async def test_each_filter_reads_its_index_as_the_application_role(
         ),
         ("small desk", small, {}, newest),
         ("small desk status", small, {"status": "REVIEWED"}, {"ix_orders_desk_id_status_id"}),
-        ("small desk symbol", small, {"symbol": "B0100"}, {"ix_orders_instrument_id_id"}),
+        (
+            "small desk symbol",
+            small,
+            {"symbol": "B0100"},
+            {"ix_orders_instrument_id_id", "ix_orders_desk_id_id"},  # alone or ANDed
+        ),
     ]
     used, wrong = {}, {}
     for name, principal, filters, expected in cases:
@@ -137,7 +154,7 @@ async def test_each_filter_reads_its_index_as_the_application_role(
         used[name] = scans
         if not scans or any(index not in expected for _, index in scans):
             wrong[name] = used[name]
-    assert not wrong, wrong
+    assert not wrong, {"wrong": wrong, "all": used}
     assert all("Seq Scan" not in str(plans) for plans in used.values()), used
 
 

@@ -156,9 +156,10 @@ async def list_orders(
     after: str | None = Query(default=None, description="next_cursor of the previous page"),
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
 ) -> OrderPage:
-    """Orders of your desks, newest first, one page at a time (follow `next_cursor`). Filters
-    combine; one that names no client, symbol or desk of yours answers an empty page. A query
-    parameter not listed here is a 422."""
+    """Orders of your desks, newest first, one page at a time (follow `next_cursor`, with the
+    same filters). Filters combine; one that names no client, symbol or desk of yours answers
+    an empty page. With `created_from` or `created_to` the newest are by creation time, and
+    the cursor holds it. A query parameter not listed here is a 422."""
     settings = request.app.state.settings
     return await service.list_orders(
         uow,

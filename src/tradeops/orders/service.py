@@ -177,7 +177,9 @@ async def list_orders(
     desk: str | None = None,
     **filters: Any,
 ) -> OrderPage:
-    """Newest first; keyset pagination, so pages stay stable while orders keep arriving."""
+    """Newest first; keyset pagination, so pages stay stable while orders keep arriving.
+    With a created range newest first is by (created_at, id), and so is the cursor
+    (repository.filtered_orders says why)."""
     authorize(principal, Action.READ_ORDERS)
     by_created = filters.get("created_from") is not None or filters.get("created_to") is not None
     cursor = _created_cursor(after) if by_created else _id_cursor(after)
