@@ -9,6 +9,7 @@ generator (the same skew as its ten million, fewer rows) with fresh statistics.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,12 +19,15 @@ import psycopg
 import pytest
 from bench.data import BIG_DESK, SMALL_DESKS, UNTRADED_SYMBOL, load_orders
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from tests.conftest import TEMPLATE_ENV, copy_database, create_database, drop_database
 from tests.factories import SEED_ORDER, Cast, pass_risk_check
 from tradeops.auth.principal import Principal, Role
+from tradeops.db import migrate
 from tradeops.db.prepared import prepare
 from tradeops.db.uow import UnitOfWork, driver_of
+from tradeops.db.urls import asyncpg_url
 from tradeops.orders import repository, service
 
 ROWS = 40_000
@@ -51,21 +55,37 @@ def _bitmap_indexes(plan: dict[str, Any]) -> Iterator[tuple[str, str | None]]:
             yield from _bitmap_indexes(child)
 
 
-@pytest.fixture
-def generated_orders(database_url: str) -> None:
-    with psycopg.connect(database_url) as conn:
-        load_orders(conn, ROWS, seed=14)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        # Statistics of every row (not a sample: the same plans on every run), and no dead
-        # rows left by earlier tests' orders.
-        conn.execute("SET default_statistics_target = 1000")
-        for table in ("orders", "clients", "instruments", "desks", "users", "desk_members"):
-            conn.execute(f"VACUUM (ANALYZE) {table}")
+@pytest.fixture(scope="module")
+def scale_database(postgres_server_url: str) -> Iterator[str]:
+    """A database of this module's own with the generated orders: the plans depend on the
+    statistics, which no earlier test's orders (nor their dead rows) may skew. Statistics of
+    every row, not a sample: the same plans on every run."""
+    template = os.environ.get(TEMPLATE_ENV)
+    url = copy_database(postgres_server_url, template) if template else None
+    if url is None:
+        url = create_database(postgres_server_url)
+        migrate.upgrade(url)
+    try:
+        with psycopg.connect(url) as conn:
+            load_orders(conn, ROWS, seed=14)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SET default_statistics_target = 1000")
+            conn.execute("VACUUM (ANALYZE)")
+        yield url
+    finally:
+        drop_database(postgres_server_url, url)
 
 
 @pytest.fixture
-async def connection(owner_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    async with owner_engine.connect() as conn, conn.begin() as tx:
+async def scale_engine(scale_database: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(asyncpg_url(scale_database), pool_size=1)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def connection(scale_engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async with scale_engine.connect() as conn, conn.begin() as tx:
         yield conn
         await tx.rollback()
 
@@ -101,7 +121,7 @@ async def _plan(conn: AsyncConnection, principal: Principal, **filters: Any) -> 
 
 
 async def test_each_filter_reads_its_index_as_the_application_role(
-    generated_orders: None, connection: AsyncConnection
+    connection: AsyncConnection,
 ) -> None:
     await connection.execute(text("SELECT 1"))
     big = await _approver_of(connection, BIG_DESK)
@@ -159,11 +179,11 @@ async def test_each_filter_reads_its_index_as_the_application_role(
 
 
 async def test_generated_orders_satisfy_every_constraint_and_trigger_rule(
-    generated_orders: None, owner_engine: AsyncEngine
+    scale_engine: AsyncEngine,
 ) -> None:
     """The load re-validated the foreign keys and the triggers' rules (bench/data.py); the
     checks held row by row in the COPY. Here: the shape the benchmark relies on."""
-    async with owner_engine.connect() as conn:
+    async with scale_engine.connect() as conn:
         shape = (
             await conn.execute(
                 text(
