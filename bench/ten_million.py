@@ -43,6 +43,7 @@ from tradeops.db.prepared import prepare
 from tradeops.db.uow import UnitOfWork, run_in_transaction
 from tradeops.db.urls import libpq_url
 from tradeops.orders import repository, service
+from tradeops.orders.schemas import OrderFilters
 from tradeops.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -146,27 +147,23 @@ async def database_work(db: Database, principal: Principal, params: dict[str, st
     application role with the principal's context: its median time, and what it read
     (rows, pages, indexes), which no other load on the machine changes."""
     filters: dict[str, Any] = dict(params)
-    names = {name: filters.pop(name, None) for name in ("client_id", "symbol", "desk")}
     for name in ("created_from", "created_to"):
         if name in filters:
             filters[name] = datetime.fromisoformat(filters[name])
-    after = filters.pop("after", None)
+    after = filters.pop("after", None)  # an id cursor: the deep page is of the plain list
+    wanted = OrderFilters(**filters)
     times: list[float] = []
     async with db.acquire() as conn:
         for _ in range(PLANS):
             async with conn.transaction():
                 uow = UnitOfWork(conn)
                 await uow.set_context(principal, "bench")
-                keys = await service.list_filter_keys(uow, principal, **names)
+                keys = await service.list_filter_keys(uow, principal, wanted)
                 if keys is None:
                     return DatabaseWork(0.0, 0, 0, "(no order read: a name that matches nothing)")
                 statement = prepare(
                     repository.filtered_orders(
-                        principal,
-                        keys=keys,
-                        after=(int(after),) if after else None,
-                        limit=51,
-                        **filters,
+                        principal, wanted, keys, after=(int(after),) if after else None, limit=51
                     )
                 )
                 explained = await conn.fetchval(

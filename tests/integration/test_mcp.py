@@ -129,7 +129,15 @@ async def test_agent_submits_reads_and_reviews_an_order(
             )
         )
         listed = order_of(await agent.call_tool("list_orders", {"status": "REVIEWED"}))
+        # risk_status filters as on GET /orders; PENDING first: a check only moves it on
+        # (found once, or twice when it passes between the two lists).
+        by_risk = [
+            order_of(await agent.call_tool("list_orders", {"risk_status": risk}))
+            for risk in ("PENDING", "PASSED", "FAILED")
+        ]
     assert reviewed["status"] == "REVIEWED"
+    assert {o["id"] for page in by_risk[:2] for o in page["items"]} == {submitted["id"]}
+    assert by_risk[2]["items"] == []
     assert reviewed["reviewed_by"] == "agent@test.bank" and reviewed["approved_by"] is None
     assert [o["id"] for o in listed["items"]] == [submitted["id"]]
 
@@ -238,6 +246,9 @@ async def test_retried_submit_returns_the_order_already_recorded(
         f"{API}/orders", json={**ORDER, "quantity": "60"}, headers=cast["agent"]
     )
     assert over_http.status_code == 409
+    # The same rule over HTTP: the same order again is the order recorded, 200.
+    retried_over_http = await client.post(f"{API}/orders", json=retry, headers=cast["agent"])
+    assert retried_over_http.status_code == 200 and retried_over_http.json() == first
     assert changed["status"] == 409 and changed["type"].endswith("/duplicate-client-order-id")
     assert changed["detail"] == over_http.json()["detail"]
     assert changed["existing_order_id"] == first["id"]

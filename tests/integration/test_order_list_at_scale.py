@@ -29,6 +29,7 @@ from tradeops.db.prepared import prepare
 from tradeops.db.uow import UnitOfWork, driver_of
 from tradeops.db.urls import asyncpg_url
 from tradeops.orders import repository, service
+from tradeops.orders.schemas import OrderFilters
 
 ROWS = 40_000
 ORDERS = "/api/v1/orders"
@@ -108,10 +109,11 @@ async def _plan(conn: AsyncConnection, principal: Principal, **filters: Any) -> 
     """The plan of the list's query for these filters, as the application would run it."""
     uow = UnitOfWork(await driver_of(conn))
     await uow.set_context(principal, "explain")  # SET ROLE tradeops_app and the desks
-    names = {name: filters.pop(name, None) for name in ("client_id", "symbol", "desk")}
-    keys = await service.list_filter_keys(uow, principal, **names)
-    assert keys is not None, f"{names} resolved to nothing"
-    statement = prepare(repository.filtered_orders(principal, keys=keys, limit=51, **filters))
+    after = filters.pop("after", None)
+    wanted = OrderFilters(**filters)
+    keys = await service.list_filter_keys(uow, principal, wanted)
+    assert keys is not None, f"{wanted} resolved to nothing"
+    statement = prepare(repository.filtered_orders(principal, wanted, keys, after=after, limit=51))
     raw = await uow.driver.fetchval(
         "EXPLAIN (FORMAT JSON) " + statement.sql, *statement.arguments({})
     )
