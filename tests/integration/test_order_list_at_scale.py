@@ -211,7 +211,14 @@ async def test_generated_orders_satisfy_every_constraint_and_trigger_rule(
 async def test_unknown_query_parameter_is_a_422_naming_it(
     client: httpx.AsyncClient, cast: Cast
 ) -> None:
-    for path in (ORDERS, "/api/v1/audit/events", "/api/v1/positions", "/api/v1/risk/limits"):
+    lists = (
+        ORDERS,
+        "/api/v1/audit/events",
+        "/api/v1/positions",
+        "/api/v1/risk/limits",
+        "/api/v1/webhooks/1/deliveries",  # refused before the webhook is looked for
+    )
+    for path in lists:
         response = await client.get(path, params={"symbl": "AAPL"}, headers=cast["admin"])
         assert response.status_code == 422, (path, response.text)
         problem = response.json()
