@@ -149,6 +149,11 @@ class UnitOfWork:
         sql, arguments = _render(statement, params)
         return await self.driver.fetchrow(sql, *arguments)
 
+    def savepoint(self) -> Any:
+        """A nested transaction (a savepoint): leaving it by an error undoes only its work, so
+        one command of many (a bulk cancel's) may fail and the others still commit."""
+        return self.driver.transaction()
+
     async def execute(
         self,
         statement: Statement,

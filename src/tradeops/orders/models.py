@@ -84,6 +84,15 @@ class Order(Base):
             ["created_by_key_id", "created_by"], ["api_keys.id", "api_keys.owner_user_id"]
         ),
         UniqueConstraint("created_by", "client_order_id"),
+        # An amendment (migration 0016): the replacement and the order it replaces name each
+        # other, on the same desk, at most once each; a REPLACED order names its replacement.
+        ForeignKeyConstraint(["replaces", "desk_id"], ["orders.id", "orders.desk_id"]),
+        ForeignKeyConstraint(["replaced_by", "desk_id"], ["orders.id", "orders.desk_id"]),
+        UniqueConstraint("replaces"),
+        UniqueConstraint("replaced_by"),
+        CheckConstraint(
+            "(status = 'REPLACED') = (replaced_by IS NOT NULL)", name="replaced_names_replacement"
+        ),
         # Lets order_events carry the order's desk, checked by a composite foreign key.
         UniqueConstraint("id", "desk_id"),
         Index("ix_orders_client_id_id", "client_id", "id"),
@@ -112,6 +121,8 @@ class Order(Base):
     reviewed_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
     approved_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
     rejected_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
+    replaces: Mapped[int | None] = mapped_column(BigInteger)
+    replaced_by: Mapped[int | None] = mapped_column(BigInteger)
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
