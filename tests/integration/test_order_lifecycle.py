@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast, approved_order, pass_risk_check
+from tradeops.jobs.app import run_worker
 
 ORDERS = "/api/v1/orders"
 FI_ORDER = {**SEED_ORDER, "client_id": "CUST-2001"}
@@ -115,6 +117,34 @@ async def test_replacing_a_reviewed_order_starts_a_new_decision(
     assert again.status_code == 409 and again.json()["current_status"] == "REPLACED"
     verified = await client.post("/api/v1/audit/verify", headers=cast["risk"])
     assert verified.json()["ok"] is True
+
+
+async def test_of_concurrent_amendments_one_wins_and_the_new_order_gets_its_risk_check(
+    client: httpx.AsyncClient, cast: Cast, database_url: str
+) -> None:
+    order = await submit(client, cast["trader"])
+    answers = await asyncio.gather(
+        *(
+            amend(
+                client,
+                order["id"],
+                cast["trader"],
+                {"quantity": str(10 + i)},
+                **{"If-Match": '"1"'},
+            )
+            for i in range(10)
+        )
+    )
+    assert sorted(a.status_code for a in answers) == [201] + [409] * 9
+    (new,) = [a.json() for a in answers if a.status_code == 201]
+    assert (await read(client, order["id"], cast["trader"]))["replaced_by"] == new["id"]
+    await run_worker(database_url, wait=False, install_signal_handlers=False)
+    checked = await read(client, new["id"], cast["trader"])
+    assert checked["risk_status"] in ("PASSED", "FAILED")
+    assert [e["type"] for e in await events(client, new["id"], cast["trader"])] == [
+        "CREATED",
+        "RISK_CHECKED",
+    ]
 
 
 async def test_a_partly_filled_order_keeps_its_fills_and_the_rest_is_replaced(
