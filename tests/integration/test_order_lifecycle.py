@@ -292,6 +292,9 @@ async def test_cancel_many_answers_per_order_and_never_touches_other_desks(
         other_symbol["id"]: 200,
     }
     assert (await read(client, fi["id"], cast["trader_fi"]))["status"] == "PENDING"
+    # From the other desk, only that desk's order is in the answer.
+    from_fi = await client.delete(f"{ORDERS}?symbol=AAPL", headers=cast["trader_fi"])
+    assert [(r["id"], r["status"]) for r in from_fi.json()["results"]] == [(fi["id"], 200)]
     history = await events(client, colleagues["id"], cast["trader"])
     assert history[-1]["type"] == "CANCELLED"
     assert history[-1]["actor"] == f"user:{cast.ids['approver']}"
