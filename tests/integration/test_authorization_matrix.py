@@ -33,6 +33,7 @@ PROBLEM = "application/problem+json"
 PRINCIPALS = ("nobody", "trader", "trader_fi", "approver", "risk", "admin", "agent")
 
 FI_ORDER = {**SEED_ORDER, "client_id": "CUST-2001"}
+AMEND = {"quantity": "60", "price": "192.50"}
 NEW_USER = {"email": "new.trader@test.bank", "name": "New", "role": "trader", "desks": ["EQ-US"]}
 NEW_KEY = {"name": "my key", "scopes": ["orders:read"]}
 NEW_CLIENT = {"client_id": "CUST-1003", "name": "Acme Pension Fund", "desk": "EQ-US"}
@@ -160,6 +161,24 @@ MATRIX = [
     row("POST",   "/orders/{agent_order}/cancel", None,      401, 403, 404, 200, 403, 403, 200,
         label="the agent's order"),
     row("POST",   "/orders/{fi_order}/cancel",   None,       401, 404, 200, 404, 403, 403, 404),
+    # Amend (PATCH: the order becomes REPLACED, a new one PENDING): only the order's maker
+    # (or their key with orders:write), from an open status; submitters' roles only.
+    row("PATCH",  "/orders/{eq_order}",          AMEND,      401, 201, 404, 403, 403, 403, 403),
+    row("PATCH",  "/orders/{eq_approved}",       AMEND,      401, 201, 404, 403, 403, 403, 403,
+        label="approved"),
+    row("PATCH",  "/orders/{agent_order}",       AMEND,      401, 403, 404, 403, 403, 403, 201,
+        label="the agent's order"),
+    row("PATCH",  "/orders/{fi_order}",          AMEND,      401, 404, 201, 403, 403, 403, 404),
+    row("PATCH",  "/orders/{eq_cancelled}",      AMEND,      401, 409, 404, 403, 403, 403, 409,
+        label="cancelled"),
+    row("PATCH",  "/orders/{eq_order}",          {},         401, 422, 422, 422, 422, 422, 422,
+        label="nothing to change"),
+    # Cancel many: whoever may cancel; each order then answers as its single cancel would
+    # (tests/integration/test_order_lifecycle.py), never another desk's.
+    row("DELETE", "/orders?symbol={eq_symbol}",  None,       401, 207, 207, 207, 403, 403, 207),
+    # By client_order_id: the caller's own order, or for an approver the desk's.
+    row("GET",    "/orders:by_client_order_id?client_order_id={eq_client_order_id}", None,
+        401, 200, 404, 200, 404, 404, 404),
     # An order's history is readable by whoever may read the order.
     row("GET",    "/orders/{eq_order}/events",   None,       401, 200, 404, 200, 200, 200, 200),
     row("GET",    "/orders/{fi_order}/events",   None,       401, 404, 200, 404, 200, 200, 404),
@@ -267,6 +286,23 @@ async def approved(world: World) -> int:
     return await decide(world, order_id, "approver", "approve")
 
 
+async def cancelled(world: World) -> int:
+    order_id = await submit(world, "trader", SEED_ORDER)
+    return await decide(world, order_id, "trader", "cancel")
+
+
+async def submitted_symbol(world: World) -> str:
+    """An open order of each desk, so a bulk cancel has something to answer for (or not)."""
+    await submit(world, "trader", SEED_ORDER)
+    await submit(world, "trader_fi", FI_ORDER)
+    return str(SEED_ORDER["symbol"])
+
+
+async def submitted_client_order_id(world: World) -> str:
+    await submit(world, "trader", {**SEED_ORDER, "client_order_id": "matrix-1"})
+    return "matrix-1"
+
+
 ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
     "eq_order": lambda world: submit(world, "trader", SEED_ORDER),
     "fi_order": lambda world: submit(world, "trader_fi", FI_ORDER),
@@ -278,6 +314,9 @@ ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
         world, "trader", SEED_ORDER, "trader2", risk_checked=False
     ),
     "trader2_order": lambda world: submit(world, "trader2", SEED_ORDER),
+    "eq_cancelled": lambda world: cancelled(world),
+    "eq_symbol": lambda world: submitted_symbol(world),
+    "eq_client_order_id": lambda world: submitted_client_order_id(world),
     "agent_order": lambda world: submit(world, "agent", SEED_ORDER),
     "trader_key": trader_key,
     "trader2": trader2,
@@ -343,6 +382,7 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         "{eq_approved}": "{order_id}",
         "{trader2_order}": "{order_id}",
         "{agent_order}": "{order_id}",
+        "{eq_cancelled}": "{order_id}",
         "{trader_key}": "{key_id}",
         "{trader2}": "{user_id}",
         "{priced}": "{symbol}",
@@ -356,7 +396,7 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         path = entry.path
         for concrete, template in placeholders.items():
             path = path.replace(concrete, template)
-        covered.add((entry.method, f"{API}{path}"))
+        covered.add((entry.method, f"{API}{path.split('?')[0]}"))
     public = {("POST", f"{API}/auth/token"), ("GET", f"{API}/health-check/db")}
     assert covered <= routes, f"rows for endpoints that do not exist: {covered - routes}"
     without_row = sorted(routes - public - covered)

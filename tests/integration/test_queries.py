@@ -21,7 +21,7 @@ from tradeops.auth.principal import SYSTEM
 from tradeops.db.prepared import QUERIES, prepare
 from tradeops.orders import repository as orders_repo
 from tradeops.orders.schemas import OrderFilters, OrderOut
-from tradeops.orders.states import OrderStatus, RiskStatus
+from tradeops.orders.states import OrderStatus, RiskStatus, Side
 
 
 def _import_every_module() -> None:
@@ -58,6 +58,8 @@ BUILT_PER_CALL = [
                 made_by=1,
                 client_id="C",
                 symbol="S",
+                side=Side.BUY,
+                client_order_id="K",
                 desk="D",
             ),
             orders_repo.ListFilterKeys(client=1, instrument=2, desk=3),

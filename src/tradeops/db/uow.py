@@ -149,6 +149,21 @@ class UnitOfWork:
         sql, arguments = _render(statement, params)
         return await self.driver.fetchrow(sql, *arguments)
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A nested transaction (a savepoint): leaving it by an error undoes only its work, so
+        one command of many (a bulk cancel's) may fail and the others still commit. Written
+        out, as the transaction itself is (asyncpg's transaction() refuses to nest in a
+        transaction it did not begin)."""
+        await self.driver.execute("SAVEPOINT tradeops_step")
+        try:
+            yield
+        except BaseException:
+            if not self.driver.is_closed():
+                await self.driver.execute("ROLLBACK TO SAVEPOINT tradeops_step")
+            raise
+        await self.driver.execute("RELEASE SAVEPOINT tradeops_step")
+
     async def execute(
         self,
         statement: Statement,

@@ -84,6 +84,15 @@ class Order(Base):
             ["created_by_key_id", "created_by"], ["api_keys.id", "api_keys.owner_user_id"]
         ),
         UniqueConstraint("created_by", "client_order_id"),
+        # An amendment (migration 0014): the replacement and the order it replaces name each
+        # other, on the same desk, at most once each; a REPLACED order names its replacement.
+        ForeignKeyConstraint(["replaces", "desk_id"], ["orders.id", "orders.desk_id"]),
+        ForeignKeyConstraint(["replaced_by", "desk_id"], ["orders.id", "orders.desk_id"]),
+        UniqueConstraint("replaces"),
+        UniqueConstraint("replaced_by"),
+        CheckConstraint(
+            "(status = 'REPLACED') = (replaced_by IS NOT NULL)", name="replaced_names_replacement"
+        ),
         # Lets order_events carry the order's desk, checked by a composite foreign key.
         UniqueConstraint("id", "desk_id"),
         Index("ix_orders_client_id_id", "client_id", "id"),
@@ -94,6 +103,13 @@ class Order(Base):
         Index("ix_orders_desk_id_status_id", "desk_id", "status", "id"),
         Index("ix_orders_desk_id_risk_status_id", "desk_id", "risk_status", "id"),
         Index("ix_orders_created_at_id", "created_at", "id"),
+        # The client_order_id filter and look-up of an approver (migration 0014).
+        Index(
+            "ix_orders_client_order_id_id",
+            "client_order_id",
+            "id",
+            postgresql_where=text("client_order_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -117,6 +133,8 @@ class Order(Base):
     reviewed_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
     approved_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
     rejected_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
+    replaces: Mapped[int | None] = mapped_column(BigInteger)
+    replaced_by: Mapped[int | None] = mapped_column(BigInteger)
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -213,6 +213,106 @@ TRANSITION = query(
 
 
 @dataclass(frozen=True, slots=True)
+class ReplacedOrder:
+    """What an amendment reads of the order it replaces (locked): the maker-checker facts, what
+    the replacement copies, and the instrument's steps its new quantity and price must keep."""
+
+    id: int
+    desk_id: int
+    status: OrderStatus
+    version: int
+    created_by: int
+    risk_status: RiskStatus
+    risk_reasons: list[dict[str, Any]]
+    client_id: str
+    desk: str
+    symbol: str
+    side: str
+    order_type: str
+    time_in_force: str
+    quantity: Decimal
+    price: Decimal | None
+    currency: str
+    filled_quantity: Decimal
+    client_order_id: str | None
+    lot_size: Decimal
+    tick_size: Decimal
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", OrderStatus(self.status))
+        object.__setattr__(self, "risk_status", RiskStatus(self.risk_status))
+
+
+LOCK_REPLACED_ORDER = query(
+    locking(
+        _ORDER_FACTS.removeprefix("SELECT ") + ", c.external_id AS client_id, d.code AS desk,"
+        " i.symbol, o.side, o.order_type, o.time_in_force, o.quantity, o.price, o.currency,"
+        " o.filled_quantity, o.client_order_id, i.lot_size, i.tick_size",
+        "JOIN clients c ON c.id = o.client_id JOIN desks d ON d.id = o.desk_id"
+        " JOIN instruments i ON i.id = o.instrument_id",
+    ),
+    ReplacedOrder,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """The new order's columns the API shows that the replaced order does not give."""
+
+    id: int
+    status: OrderStatus
+    risk_status: RiskStatus
+    risk_reasons: list[Any]
+    filled_quantity: Decimal
+    replaces: int
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+# The replacement, born as intake makes an order (PENDING, risk PENDING) with its CREATED
+# history and audit events; then the amended order's move to REPLACED naming it, with its own.
+# A client_order_id the maker already used inserts nothing, so nothing is replaced.
+_REPLACEMENT = (
+    "created AS (INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type,"  # noqa: S608 - SQL from this code only
+    " time_in_force, quantity, price, currency, client_order_id, created_by, created_by_key_id,"
+    " replaces)"
+    " SELECT desk_id, client_id, instrument_id, side, order_type, time_in_force,"
+    "  CAST(:quantity AS numeric), CAST(:price AS numeric), currency,"
+    "  CAST(:client_order_id AS text), created_by, CAST(:created_by_key_id AS bigint), id"
+    " FROM orders WHERE id = :id AND version = :version AND status = :from_status"
+    " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *),"
+    " created_event AS (INSERT INTO order_events (order_id, desk_id, seq, type, payload)"
+    " SELECT n.id, n.desk_id, n.version, 'CREATED',"
+    "  CAST(:created_payload AS jsonb) || jsonb_build_object('replaces', n.replaces)"
+    " FROM created n),"
+    " created_audit AS ("
+    + append_audit(
+        entity="'order'",
+        entity_id="n.id::text",
+        after="to_jsonb(n)",
+        action="'order.created'",
+        source="created n",
+    )
+    + ")"
+)
+REPLACE_ORDER = query(
+    order_change(
+        updating(
+            "status = 'REPLACED', replaced_by = (SELECT id FROM created)",
+            "version = :version AND status = :from_status AND EXISTS (SELECT FROM created)",
+        ),
+        first=_REPLACEMENT,
+        event_payload="CAST(:payload AS jsonb) || jsonb_build_object('replaced_by', c.replaced_by)",
+        returning="SELECT n.id, n.status, n.risk_status, n.risk_reasons, n.filled_quantity,"
+        " n.replaces, n.version, n.created_at, n.updated_at FROM created n JOIN changed c"
+        " ON c.replaced_by = n.id",
+    ),
+    Replacement,
+)
+
+
+@dataclass(frozen=True, slots=True)
 class OrderEventRow:
     seq: int
     type: str
@@ -250,6 +350,8 @@ def order_view() -> Select[Any]:
             creator.c.email.label("created_by"),
             reviewer.c.email.label("reviewed_by"),
             approver.c.email.label("approved_by"),
+            orders.c.replaces,
+            orders.c.replaced_by,
             orders.c.version,
             orders.c.created_at,
             orders.c.updated_at,
@@ -357,6 +459,10 @@ def filtered_orders(
         statement = statement.where(orders.c.risk_status == wanted.risk_status)
     if wanted.made_by is not None:
         statement = statement.where(orders.c.created_by == wanted.made_by)
+    if wanted.side is not None:
+        statement = statement.where(orders.c.side == wanted.side)
+    if wanted.client_order_id is not None:
+        statement = statement.where(orders.c.client_order_id == wanted.client_order_id)
     if wanted.created_from is not None:
         statement = statement.where(orders.c.created_at >= wanted.created_from)
     if wanted.created_to is not None:

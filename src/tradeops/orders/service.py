@@ -8,7 +8,7 @@ from decimal import Decimal
 import orjson
 
 from tradeops.auth.permissions import Action, authorize
-from tradeops.auth.principal import Principal
+from tradeops.auth.principal import Principal, Role
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
@@ -34,6 +34,11 @@ class DuplicateClientOrderId(Conflict):
     title = "Duplicate client_order_id"
 
 
+class AmbiguousClientOrderId(Conflict):
+    slug = "ambiguous-client-order-id"
+    title = "Several makers on your desks used this client_order_id"
+
+
 def _decimal_places(value: Decimal) -> int:
     exponent = value.normalize().as_tuple().exponent
     return max(0, -exponent) if isinstance(exponent, int) else 0
@@ -54,15 +59,28 @@ def check_order_rules(order: OrderCreate, refs: Submitted) -> None:
     if not refs.instrument_active:
         raise InvalidRequest(f"Instrument {order.symbol} is not active.", field="symbol")
     assert refs.lot_size is not None and refs.tick_size is not None
-    if not _is_multiple(order.quantity, refs.lot_size):
+    check_steps(order.quantity, order.price, lot_size=refs.lot_size, tick_size=refs.tick_size)
+
+
+def check_steps(
+    quantity: Decimal, price: Decimal | None, *, lot_size: Decimal, tick_size: Decimal
+) -> None:
+    """An order's quantity is in lots and its price in ticks of its instrument."""
+    if not _is_multiple(quantity, lot_size):
         raise InvalidRequest(
-            f"Quantity must be a multiple of the lot size {refs.lot_size.normalize():f}.",
+            f"Quantity must be a multiple of the lot size {lot_size.normalize():f}.",
             field="quantity",
         )
-    if order.price is not None and not _is_multiple(order.price, refs.tick_size):
+    if price is not None and not _is_multiple(price, tick_size):
         raise InvalidRequest(
-            f"Price must be a multiple of the tick size {refs.tick_size.normalize():f}.",
-            field="price",
+            f"Price must be a multiple of the tick size {tick_size.normalize():f}.", field="price"
+        )
+
+
+def check_price_places(price: Decimal | None, price_max_decimals: int) -> None:
+    if price is not None and _decimal_places(price) > price_max_decimals:
+        raise InvalidRequest(
+            f"Price may have at most {price_max_decimals} decimal places.", field="price"
         )
 
 
@@ -80,10 +98,7 @@ async def submit_order(
     A repeated client_order_id is a retry when the order is the same (every transport answers
     the order recorded then) and a conflict when it is not."""
     authorize(principal, Action.SUBMIT_ORDER)
-    if order.price is not None and _decimal_places(order.price) > price_max_decimals:
-        raise InvalidRequest(
-            f"Price may have at most {price_max_decimals} decimal places.", field="price"
-        )
+    check_price_places(order.price, price_max_decimals)
     row = await uow.row(
         repo.SUBMIT_ORDER,
         {
@@ -179,6 +194,35 @@ async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> Ord
     if order is None:
         raise OrderNotFound(f"No order {order_id}.")
     return order
+
+
+async def get_order_by_client_order_id(
+    uow: UnitOfWork, principal: Principal, client_order_id: str
+) -> OrderOut:
+    """The caller's own order under their client_order_id; for an approver, failing that, the
+    one order of their desks under it (client_order_ids are unique per maker, not per desk)."""
+    authorize(principal, Action.READ_ORDERS)
+    own = await uow.row(
+        repo.ORDER_BY_CLIENT_ORDER_ID,
+        {"created_by": principal.user_id, "client_order_id": client_order_id},
+    )
+    if own is not None:
+        return own
+    if principal.role is not Role.APPROVER:
+        raise OrderNotFound(f"You have no order with client_order_id {client_order_id}.")
+    wanted = OrderFilters(client_order_id=client_order_id)
+    found = await uow.rows_of(
+        repo.filtered_orders(principal, wanted, ListFilterKeys(), after=None, limit=10), OrderOut
+    )
+    if not found:
+        raise OrderNotFound(f"No order of your desks has client_order_id {client_order_id}.")
+    if len(found) > 1:
+        raise AmbiguousClientOrderId(
+            f"Orders {', '.join(str(o.id) for o in found)} of different makers use "
+            f"client_order_id {client_order_id}; list them with the client_order_id filter.",
+            order_ids=[o.id for o in found],
+        )
+    return found[0]
 
 
 async def list_orders(uow: UnitOfWork, principal: Principal, wanted: OrderQuery) -> OrderPage:

@@ -34,7 +34,7 @@ from tradeops.deps import LoginUoW, RowId
 from tradeops.errors import InvalidRequest
 from tradeops.numeric_input import parse_count
 from tradeops.orders import workflow
-from tradeops.orders.models import ORDER_STATUSES, RISK_STATUSES
+from tradeops.orders.models import RISK_STATUSES
 from tradeops.orders.schemas import OrderStatus, RiskStatus
 from tradeops.ui import views
 from tradeops.ui.pages import (
@@ -229,7 +229,7 @@ async def queue_page(request: Request, person: Person, filters: Filters) -> Resp
         "queue.html",
         **await _queue_context(person, filters),
         desks=await views.desk_codes(person.uow, person.principal),
-        statuses=ORDER_STATUSES,
+        statuses=views.QUEUED_STATUSES,
         risk_statuses=RISK_STATUSES,
     )
 
