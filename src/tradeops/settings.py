@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     # the database while finishing it keeps heartbeating) and is put back in the queue. Far
     # above what a check takes (its statements time out after statement_timeout_ms).
     risk_check_overdue_seconds: float = Field(default=60.0, gt=0)
+    # The order event stream (GET /api/v1/orders/events/stream): a comment line this often
+    # when nothing else was sent, so proxies keep the connection and clients see it is alive.
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    # Open event streams per person or API key, per API process (more: 429).
+    streams_per_principal: int = Field(default=5, ge=1)
 
     @model_validator(mode="after")
     def _heartbeats_outpace_the_stall_timeout(self) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -115,6 +116,47 @@ TRANSITION = text(
 ORDER_EVENTS = text(
     "SELECT seq, type, actor, payload, at FROM order_events WHERE order_id = :id ORDER BY seq"
 )
+
+# The event stream (orders/stream.py), in (transaction_id, id) order after a position. An
+# event is `settled` when its transaction is older than every transaction in flight
+# (pg_snapshot_xmin of the statement's own snapshot): nothing can commit before it any more.
+# The desk condition repeats row-level security, as for every read of orders.
+EVENTS_AFTER = prepare(
+    "SELECT e.id, e.transaction_id, e.order_id, d.code AS desk, e.seq AS version, e.type,"
+    " e.actor, e.payload, e.at, e.transaction_id < h.horizon AS settled"
+    " FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) AS h"
+    " JOIN order_events e ON (e.transaction_id, e.id)"
+    "  > (CAST(:after_transaction AS bigint), CAST(:after_id AS bigint))"
+    " JOIN desks d ON d.id = e.desk_id"
+    " WHERE (CAST(:all_desks AS boolean) OR e.desk_id = ANY(CAST(:desk_ids AS bigint[])))"
+    " ORDER BY e.transaction_id, e.id LIMIT CAST(:limit AS integer)"
+)
+
+# Where a stream that starts now begins: at the oldest transaction still in flight.
+STREAM_HORIZON = prepare("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+
+# The position of an event a client saw (Last-Event-ID), if it may see it.
+EVENT_POSITION = prepare(
+    "SELECT transaction_id FROM order_events WHERE id = CAST(:id AS bigint)"
+    " AND (CAST(:all_desks AS boolean) OR desk_id = ANY(CAST(:desk_ids AS bigint[])))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedEvent:
+    """An order event as the stream sends it; `version` is the order's version after it."""
+
+    id: int
+    transaction_id: int
+    order_id: int
+    desk: str
+    version: int
+    type: str
+    actor: str
+    payload: dict[str, Any]
+    at: datetime
+    settled: bool
+
 
 EXISTING_CLIENT_ORDER = text(
     "SELECT id FROM orders WHERE created_by = :created_by AND client_order_id = :client_order_id"
