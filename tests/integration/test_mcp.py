@@ -41,6 +41,7 @@ TOOLS = {
     "list_orders",
     "review_order",
     "cancel_order",
+    "wait_for_order_update",
 }
 INITIALIZE = {
     "jsonrpc": "2.0",
