@@ -25,12 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast, bearer, make_api_key
 from tests.live import serving
+from tests.pages import sign_in
 from tradeops.app import create_app
 from tradeops.settings import Settings
 
 pytestmark = pytest.mark.slow
 
 STREAM = "/api/v1/orders/events/stream"
+UI_EVENTS = "/ui/orders/events"
 FI_ORDER = {**SEED_ORDER, "client_id": "CUST-2001"}
 
 
@@ -95,17 +97,25 @@ class Stream:
 
 @asynccontextmanager
 async def stream(
-    url: str, headers: dict[str, str], last_event_id: int | None = None
+    url: str,
+    headers: dict[str, str],
+    last_event_id: int | None = None,
+    *,
+    http: httpx.AsyncClient | None = None,
+    path: str = STREAM,
 ) -> AsyncIterator[Stream]:
     sent = dict(headers)
     if last_event_id is not None:
         sent["Last-Event-ID"] = str(last_event_id)
-    async with (
-        httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(5, read=30)) as http,
-        http.stream("GET", STREAM, headers=sent) as response,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        if http is None:
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(5, read=30))
+            )
+        response = await stack.enter_async_context(http.stream("GET", path, headers=sent))
         assert response.status_code == 200, await response.aread()
         assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-store"
         events = Stream(response)
         try:
             yield events
@@ -284,6 +294,21 @@ async def test_streams_per_principal_are_capped(stream_url: str, cast: Cast) -> 
         except AssertionError:
             assert time.monotonic() < deadline, "slots were not given back"
             await asyncio.sleep(0.2)
+
+
+async def test_the_queue_page_follows_events_by_its_session_cookie(
+    stream_url: str, client: httpx.AsyncClient, cast: Cast
+) -> None:
+    """/ui/orders/events: the pages' cookie is sent to /ui only; same events, same desks."""
+    async with httpx.AsyncClient(base_url=stream_url, timeout=httpx.Timeout(5, read=30)) as ui:
+        signed_out = await ui.get(UI_EVENTS)
+        assert signed_out.status_code == 303
+        assert signed_out.headers["location"].startswith("/ui/sign-in")
+        assert (await sign_in(ui, "approver@test.bank")).status_code == 303
+        async with stream(stream_url, {}, http=ui, path=UI_EVENTS) as events:
+            await submit(client, cast, "trader_fi", **FI_ORDER)
+            eq_order = await submit(client, cast)
+            assert (await events.next_event())["order_id"] == eq_order
 
 
 async def test_time_from_commit_to_event(

@@ -28,10 +28,9 @@ from tradeops.settings import Settings
 # No request transaction: not a TransactionalRoute.
 events_router = APIRouter(prefix=f"{API_PREFIX}/orders", tags=["orders"])
 
-SSE_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",  # a proxy (nginx) must pass each event on at once
-}
+# A proxy (nginx) must pass each event on at once. (Cache-Control: no-store comes with every
+# API answer from the request middleware.)
+SSE_HEADERS = {"X-Accel-Buffering": "no"}
 
 
 def install_event_streams(app: FastAPI, settings: Settings, database_url: str) -> None:
