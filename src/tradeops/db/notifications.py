@@ -91,20 +91,19 @@ class Listener:
                 connection = await asyncpg.connect(
                     self._url, server_settings={"application_name": "tradeops-listen"}
                 )
-            except (OSError, asyncpg.PostgresError) as error:
-                log.warning("cannot listen for notifications", error=str(error), retry_in=delay)
+            except Exception as error:  # whatever the reason, the listener must live on
+                log.warning("cannot listen for notifications", error=repr(error), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(10.0, delay * 2)
                 continue
             delay = 1.0
             try:
                 await self._listen_on(connection)
-            except (OSError, asyncpg.PostgresError) as error:
-                log.warning("listening failed", error=str(error))
+            except Exception as error:  # a connection lost mid-LISTEN fails in many ways
+                log.warning("listening failed", error=repr(error))
             finally:
                 self.listening.clear()
-                with suppress(Exception):
-                    await connection.close(timeout=2)
+                connection.terminate()  # no goodbye on a connection that may be gone
             await asyncio.sleep(delay)
 
     async def _listen_on(self, connection: asyncpg.Connection) -> None:

@@ -118,13 +118,16 @@ ORDER_EVENTS = text(
 )
 
 # The event stream (orders/stream.py), in (transaction_id, id) order after a position. An
-# event is `settled` when its transaction is older than every transaction in flight
-# (pg_snapshot_xmin of the statement's own snapshot): nothing can commit before it any more.
-# The desk condition repeats row-level security, as for every read of orders.
+# event is `settled` when its transaction is older than every transaction in flight on the
+# server (pg_snapshot_xmin of the statement's own snapshot, cheap) or, when `:exact`, every
+# one in flight that may write here (order_events_horizon(), migration 0015, which reads
+# pg_locks): nothing can commit before a settled event any more. The desk condition repeats
+# row-level security, as for every read of orders.
 EVENTS_AFTER = prepare(
     "SELECT e.id, e.transaction_id, e.order_id, d.code AS desk, e.seq AS version, e.type,"
     " e.actor, e.payload, e.at, e.transaction_id < h.horizon AS settled"
-    " FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon) AS h"
+    " FROM (SELECT CASE WHEN CAST(:exact AS boolean) THEN order_events_horizon()"
+    "  ELSE pg_snapshot_xmin(pg_current_snapshot())::text::bigint END AS horizon) AS h"
     " JOIN order_events e ON (e.transaction_id, e.id)"
     "  > (CAST(:after_transaction AS bigint), CAST(:after_id AS bigint))"
     " JOIN desks d ON d.id = e.desk_id"
@@ -132,8 +135,8 @@ EVENTS_AFTER = prepare(
     " ORDER BY e.transaction_id, e.id LIMIT CAST(:limit AS integer)"
 )
 
-# Where a stream that starts now begins: at the oldest transaction still in flight.
-STREAM_HORIZON = prepare("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+# Where a stream that starts now begins: at the oldest transaction in flight that may write.
+STREAM_HORIZON = prepare("SELECT order_events_horizon()")
 
 # The position of an event a client saw (Last-Event-ID), if it may see it.
 EVENT_POSITION = prepare(

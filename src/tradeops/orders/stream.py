@@ -11,15 +11,17 @@ Gap-free order. Event ids come from an identity, handed out when the event is in
 not when it commits: transaction A may take id 7 and commit after transaction B took and
 committed id 8. A reader that sent 8 and then resumed "after 8" would never send 7. So the
 stream reads events in (transaction_id, id) order and sends only events whose transaction is
-older than the oldest transaction still in flight (pg_snapshot_xmin of the reading
-statement's snapshot, the `settled` column): every transaction before that point has ended,
-so no event can ever appear before a position the stream has passed. Resuming after an event
+older than the oldest transaction still in flight that may write to this database (the
+`settled` column; pg_snapshot_xmin of the reading statement's snapshot, or, when that holds
+an event back, order_events_horizon() of migration 0015, which leaves out transactions of
+other databases on the same server): every such transaction before that point has ended, so
+no event can ever appear before a position the stream has passed. Resuming after an event
 (Last-Event-ID) continues from that event's position: nothing lost, nothing sent twice.
 
-The price: an event is held back while any older transaction on the server is still open,
-however unrelated, and sent as soon as it ends (the stream looks again every 50 ms, backing
-off to 1 s, while it holds events back). Our own transactions are short (the pool ends an
-idle one after 60 s); the measured delay is in docs/api.md.
+The price: an event is held back while an older writing transaction on this database is
+still open, however unrelated, and sent as soon as it ends (the stream looks again every
+50 ms, backing off to 1 s, while it holds events back). Our own transactions are short (the
+pool ends an idle one after 60 s); the measured delay is in docs/api.md.
 """
 
 from __future__ import annotations
@@ -101,17 +103,22 @@ async def start_position(
 async def events_after(
     uow: UnitOfWork, principal: Principal, position: Position, limit: int = BATCH
 ) -> list[StreamedEvent]:
-    rows = await uow.execute(
-        repo.EVENTS_AFTER,
-        {
-            "after_transaction": position.transaction_id,
-            "after_id": position.event_id,
-            "all_desks": principal.all_desks,
-            "desk_ids": list(principal.desk_ids),
-            "limit": limit,
-        },
-    )
-    return [StreamedEvent(**row._mapping) for row in rows]
+    """The events after `position`, each marked settled or not. The server-wide horizon
+    first (cheap); if it holds an event back, the exact one (only this database's
+    transactions count), so a long transaction elsewhere on the server holds nothing up."""
+    params = {
+        "after_transaction": position.transaction_id,
+        "after_id": position.event_id,
+        "all_desks": principal.all_desks,
+        "desk_ids": list(principal.desk_ids),
+        "limit": limit,
+        "exact": False,
+    }
+    events = [StreamedEvent(**row._mapping) for row in await uow.execute(repo.EVENTS_AFTER, params)]
+    if all(event.settled for event in events):
+        return events
+    exact = await uow.execute(repo.EVENTS_AFTER, {**params, "exact": True})
+    return [StreamedEvent(**row._mapping) for row in exact]
 
 
 def sse_message(event: StreamedEvent) -> bytes:
