@@ -280,7 +280,8 @@ async def test_who_may_open_a_stream(
         assert narrowed.status_code == 403
         invalid = await http.get(STREAM, headers={**cast["trader"], "Last-Event-ID": "x"})
         assert invalid.status_code == 422
-    for who in ("trader", "approver", "agent", "risk", "admin"):
+    # The matrix's principals (test_authorization_matrix.py): everyone who may read orders.
+    for who in ("trader", "trader_fi", "approver", "agent", "risk", "admin"):
         async with stream(stream_url, cast[who]):
             pass
 

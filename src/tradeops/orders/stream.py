@@ -37,7 +37,7 @@ import structlog
 
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
-from tradeops.db.notifications import Listener, Notice, Subscription
+from tradeops.db.notifications import Listener, Notice
 from tradeops.db.pool import Database
 from tradeops.db.transient import is_transient
 from tradeops.db.uow import UnitOfWork, in_transaction
@@ -160,9 +160,6 @@ class StreamSlots:
 
         return release
 
-    def open_streams(self, principal: Principal) -> int:
-        return self._open[(principal.user_id, principal.api_key_id)]
-
 
 @dataclass(frozen=True, slots=True)
 class Follow:
@@ -198,19 +195,18 @@ async def follow(how: Follow, principal: Principal, position: Position) -> Async
                 held_look = min(HELD_BACK_LAST_LOOK, held_look * 2)
             else:
                 held_look = HELD_BACK_FIRST_LOOK
-                await _quiet(subscription, how.heartbeat_seconds - (time.monotonic() - last_sent))
+                quiet_for = how.heartbeat_seconds - (time.monotonic() - last_sent)
+                await subscription.wait(max(0.0, quiet_for))
             if time.monotonic() - last_sent >= how.heartbeat_seconds:
                 yield KEEP_ALIVE
                 last_sent = time.monotonic()
 
 
-async def _quiet(subscription: Subscription, seconds: float) -> None:
-    await subscription.wait(max(0.0, seconds))
-
-
 async def _read(how: Follow, position: Position) -> list[StreamedEvent] | None:
     """The events after `position`, in a short transaction of their own; [] while the
-    database is unavailable (looked at again next time), None if the caller was refused."""
+    database is unavailable (looked at again next time); None when the stream must end: the
+    caller was refused, or something unforeseen failed (the 200 is sent: no problem
+    document can follow, so the stream ends cleanly and the client reconnects)."""
 
     async def read(uow: UnitOfWork) -> list[StreamedEvent]:
         principal = await how.identify(uow)
@@ -224,7 +220,8 @@ async def _read(how: Follow, position: Position) -> list[StreamedEvent] | None:
         return None
     except Exception as error:
         if not is_transient(error):
-            raise
+            log.exception("event stream ended by an error")
+            return None
         log.warning("event stream waits for the database", error=str(error))
         await asyncio.sleep(1.0)
         return []
