@@ -24,6 +24,11 @@ class Settings(BaseSettings):
         default=None,
         description="postgresql://user:pass@host:port/db; unset starts an embedded PostgreSQL",
     )
+    # Where each process LISTENs for order events (one connection of its own). LISTEN needs
+    # a session: behind PgBouncer in transaction mode, point this at PostgreSQL itself.
+    listen_database_url: str | None = Field(
+        default=None, description="Unset: TRADEOPS_DATABASE_URL (or the embedded one)"
+    )
     home: Path = Path(".tradeops")
     host: str = "127.0.0.1"
     port: int = 8000

@@ -38,7 +38,7 @@ async def serve_stdio(settings: Settings, database_url: str, key: str) -> None:
     db = Database(settings, database_url)
     tokens = TokenService(settings)
     # This process's own listener, started by the first call that waits.
-    order_events = Listener(database_url, CHANNEL)
+    order_events = Listener(settings.listen_database_url or database_url, CHANNEL)
 
     async def identify(uow: UnitOfWork, request_id: str | None) -> Principal:
         return await authenticate(uow, key, tokens, request_id)

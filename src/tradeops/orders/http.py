@@ -35,7 +35,7 @@ SSE_HEADERS = {"X-Accel-Buffering": "no"}
 
 def install_event_streams(app: FastAPI, settings: Settings, database_url: str) -> None:
     """One listener and one set of stream slots per process (closed by `close_event_streams`)."""
-    app.state.order_events = Listener(database_url, stream.CHANNEL)
+    app.state.order_events = Listener(settings.listen_database_url or database_url, stream.CHANNEL)
     app.state.stream_slots = stream.StreamSlots(settings.streams_per_principal)
 
 
