@@ -22,6 +22,8 @@ wait_for_order_update follow order_events as it grows. For that each event gets:
   not happen. It is on the table rather than in the code that writes events, so every
   writer (intake, decisions, fills, the risk job) announces alike. Listeners re-read the
   events through row-level security; the payload carries nothing a listener may not see.
+  Its price: PostgreSQL serializes the commits of transactions that NOTIFY (docs/api.md
+  has the measured cost).
 """
 
 from collections.abc import Sequence
