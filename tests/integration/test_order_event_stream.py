@@ -217,7 +217,7 @@ async def test_a_long_transaction_in_another_database_holds_nothing_back(
 ) -> None:
     """The server-wide oldest transaction may belong to another database on the same
     server (another application, a test run beside this one): it cannot write our events,
-    so the stream does not wait for it (order_events_horizon, migration 0015)."""
+    so the stream does not wait for it (order_events_horizon, migration 0014)."""
     elsewhere = create_database(postgres_server_url, prefix="tradeops_elsewhere")
     try:
         async with await psycopg.AsyncConnection.connect(elsewhere) as conn:
@@ -375,3 +375,41 @@ async def test_time_from_commit_to_event(
     low, high = statistics.median(after_answer), statistics.median(after_request)
     print(f"\ncommit → SSE event, p50 over 50: between {low * 1000:.1f} and {high * 1000:.1f} ms")
     assert low < 0.5
+
+
+async def test_the_stream_and_the_webhook_outbox_both_hear_every_event(
+    stream_url: str, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """order_events has two AFTER INSERT triggers, the stream's NOTIFY (migration 0014) and
+    the webhook outbox (0012): both fire for one event, in its transaction."""
+    endpoint = {"url": "https://hooks.example.com/both", "event_types": ["order.expired"]}
+    registered = await client.post(
+        "/api/v1/webhooks", json=endpoint | {"desks": ["EQ-US"]}, headers=cast["admin"]
+    )
+    assert registered.status_code == 201, registered.text
+    order_id = await submit(client, cast)
+    async with stream(stream_url, cast["trader"]) as events:
+        async with owner_engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO order_events (order_id, desk_id, seq, type, actor)"
+                    " SELECT id, desk_id, 99, 'EXPIRED', 'user:test' FROM orders WHERE id = :id"
+                ),
+                {"id": order_id},
+            )
+        expired = await events.next_event()
+    assert (expired["order_id"], expired["type"]) == (order_id, "EXPIRED")
+    async with owner_engine.connect() as conn:
+        outbox = await conn.scalar(
+            text("SELECT count(*) FROM webhook_deliveries WHERE order_id = :id"), {"id": order_id}
+        )
+        names = set(
+            await conn.scalars(
+                text(
+                    "SELECT tgname FROM pg_trigger WHERE tgrelid = 'order_events'::regclass"
+                    " AND NOT tgisinternal"
+                )
+            )
+        )
+    assert outbox == 1
+    assert {"order_events_notify", "order_events_webhooks"} <= names

@@ -123,7 +123,8 @@ async def call(
     if waiting is None:
         return await call_once(settings, caller, name, arguments)
     # Subscribed before the first look: a change committed after it always wakes the wait.
-    # No connection is held while waiting: each look is a transaction of its own.
+    # No connection is held while waiting: each look is a transaction of its own, on the
+    # primary (caller.db), where the notifying commit happened: a replica could lag behind it.
     with caller.order_events.subscribe(
         lambda notice: notice.get("order_id") == waiting.order_id
     ) as changes:

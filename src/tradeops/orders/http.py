@@ -3,6 +3,13 @@
 No request transaction is held: the stream authenticates and finds its start in a short
 transaction, then each read takes a pooled connection for one statement and gives it back,
 so an idle stream holds a socket and a slot, never a database connection.
+
+Every read of a stream runs on the primary (app.state.db), never on the read replica that
+other GETs use (db/http.py): the NOTIFY that wakes a stream is sent at the primary's commit,
+and a replica behind it would not yet hold the event, so the stream would find nothing and
+send it only at its next look (a heartbeat later). On the primary the woken read always
+finds what woke it; and "settled" (order_events_horizon()) is about the primary's
+transactions in flight, which a replica's snapshot does not describe.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ SSE_HEADERS = {"X-Accel-Buffering": "no"}
 
 def install_event_streams(app: FastAPI, settings: Settings, database_url: str) -> None:
     """One listener and one set of stream slots per process (closed by `close_event_streams`)."""
-    app.state.order_events = Listener(settings.listen_database_url or database_url, stream.CHANNEL)
+    listen_url = settings.order_events_listen_url(database_url)
+    app.state.order_events = Listener(listen_url, stream.CHANNEL)
     app.state.stream_slots = stream.StreamSlots(settings.streams_per_principal)
 
 
@@ -151,10 +159,10 @@ async def order_event_stream(
     credential = bearer or api_key
     if not credential:
         raise unauthenticated("Send a bearer token or an API key.")
-    tokens, request_id = request.app.state.tokens, request.state.request_id
+    state, request_id = request.app.state, request.state.request_id
 
     async def identify(uow: UnitOfWork) -> Principal:
-        return await authenticate(uow, credential, tokens, request_id)
+        return await authenticate(uow, credential, state.tokens, request_id, state.key_usage)
 
     after = last_event_id(last_event_id_header, last_event_id_query)
     return await open_event_stream(request, identify, after)

@@ -23,20 +23,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tradeops.db.base import Amount, Base, CreatedAt
+from tradeops.orders.states import OrderStatus, RiskStatus, Side
 
-SIDES = ("BUY", "SELL")
+# Plain strings: the CHECK constraints below render them as SQL literals.
+SIDES = tuple(s.value for s in Side)
 ORDER_TYPES = ("LIMIT", "MARKET")
 TIMES_IN_FORCE = ("DAY", "GTC", "IOC", "FOK")
-ORDER_STATUSES = (
-    "PENDING",
-    "REVIEWED",
-    "APPROVED",
-    "PARTIALLY_FILLED",
-    "FILLED",
-    "REJECTED",
-    "CANCELLED",
-)
-RISK_STATUSES = ("PENDING", "PASSED", "FAILED")
+ORDER_STATUSES = tuple(s.value for s in OrderStatus)
+RISK_STATUSES = tuple(s.value for s in RiskStatus)
 
 
 class Order(Base):
@@ -139,7 +133,7 @@ class OrderEvent(Base):
     # The event's id in the stream (Last-Event-ID); not in commit order, see transaction_id.
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
     # The writing transaction (pg_current_xact_id()): the stream reads events in
-    # (transaction_id, id) order, up to the oldest transaction in flight (migration 0015).
+    # (transaction_id, id) order, up to the oldest transaction in flight (migration 0014).
     transaction_id: Mapped[int] = mapped_column(
         BigInteger, server_default=text("(pg_current_xact_id()::text)::bigint")
     )

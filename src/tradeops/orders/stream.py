@@ -1,7 +1,7 @@
 """Order events as they happen: the event stream and waiting for an order to change.
 
 Every insert into order_events is announced at its commit (a trigger's NOTIFY, migration
-0015) with ids only. A stream never trusts the announcement: it re-reads the events after its
+0014) with ids only. A stream never trusts the announcement: it re-reads the events after its
 position through the same row-level-security-checked query as any read, so it sends exactly
 what GET shows the caller. A notification is only a hint to look again now; the stream also
 looks again at every heartbeat, so a notification lost with a dropped connection costs a
@@ -13,7 +13,7 @@ committed id 8. A reader that sent 8 and then resumed "after 8" would never send
 stream reads events in (transaction_id, id) order and sends only events whose transaction is
 older than the oldest transaction still in flight that may write to this database (the
 `settled` column; pg_snapshot_xmin of the reading statement's snapshot, or, when that holds
-an event back, order_events_horizon() of migration 0015, which leaves out transactions of
+an event back, order_events_horizon() of migration 0014, which leaves out transactions of
 other databases on the same server): every such transaction before that point has ended, so
 no event can ever appear before a position the stream has passed. Resuming after an event
 (Last-Event-ID) continues from that event's position: nothing lost, nothing sent twice.
@@ -47,7 +47,7 @@ from tradeops.orders.repository import StreamedEvent
 
 log = structlog.get_logger(component="tradeops.orders.stream")
 
-CHANNEL = "tradeops_order_events"  # the trigger's channel (migration 0015)
+CHANNEL = "tradeops_order_events"  # the trigger's channel (migration 0014)
 BATCH = 200
 HELD_BACK_FIRST_LOOK = 0.05
 HELD_BACK_LAST_LOOK = 1.0
@@ -80,10 +80,12 @@ async def start_position(
     in flight: events that committed just before may come too)."""
     authorize(principal, Action.READ_ORDERS)
     if last_event_id is None:
-        return Position(await uow.scalar(repo.STREAM_HORIZON), 0)
+        horizon = await uow.row(repo.STREAM_HORIZON)
+        assert horizon is not None  # a SELECT of a function: always one row
+        return Position(horizon.transaction_id, 0)
     if last_event_id == 0:
         return Position(0, 0)  # from the first event
-    transaction_id = await uow.scalar(
+    seen = await uow.row(
         repo.EVENT_POSITION,
         {
             "id": last_event_id,
@@ -91,13 +93,13 @@ async def start_position(
             "desk_ids": list(principal.desk_ids),
         },
     )
-    if transaction_id is None:
+    if seen is None:
         raise InvalidRequest(
             f"Last-Event-ID {last_event_id} is not an order event you can see: resume with "
             "the id of the last event this stream sent you, 0 for all, or none for new ones.",
             field="header.Last-Event-ID",
         )
-    return Position(transaction_id, last_event_id)
+    return Position(seen.transaction_id, last_event_id)
 
 
 async def events_after(
@@ -114,11 +116,10 @@ async def events_after(
         "limit": limit,
         "exact": False,
     }
-    events = [StreamedEvent(**row._mapping) for row in await uow.execute(repo.EVENTS_AFTER, params)]
+    events = await uow.rows(repo.EVENTS_AFTER, params)
     if all(event.settled for event in events):
         return events
-    exact = await uow.execute(repo.EVENTS_AFTER, {**params, "exact": True})
-    return [StreamedEvent(**row._mapping) for row in exact]
+    return await uow.rows(repo.EVENTS_AFTER, {**params, "exact": True})
 
 
 def sse_message(event: StreamedEvent) -> bytes:

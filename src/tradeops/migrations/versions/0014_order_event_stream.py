@@ -1,7 +1,7 @@
 """order event stream: event ids, their transactions, and a notification at commit
 
-Revision ID: 0015
-Revises: 0011
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-11-27
 
 GET /api/v1/orders/events/stream (Server-Sent Events) and the MCP tool
@@ -23,7 +23,9 @@ wait_for_order_update follow order_events as it grows. For that each event gets:
   writer (intake, decisions, fills, the risk job) announces alike. Listeners re-read the
   events through row-level security; the payload carries nothing a listener may not see.
   Its price: PostgreSQL serializes the commits of transactions that NOTIFY (docs/api.md
-  has the measured cost).
+  has the measured cost). It sits beside the webhook outbox's AFTER INSERT trigger
+  (order_events_webhooks, migration 0012): both fire for every event, in name order, and
+  neither reads the other's columns (the outbox reads no `id` or `transaction_id`).
 """
 
 from collections.abc import Sequence
@@ -31,8 +33,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0015"
-down_revision: str | None = "0011"
+revision: str = "0014"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
