@@ -10,7 +10,7 @@ from tradeops.audit import service
 from tradeops.audit.repository import AuditFilters
 from tradeops.audit.service import AuditPage, VerificationReport
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.pagination import decode_id_cursor
 from tradeops.problems import problem_responses
@@ -26,7 +26,10 @@ class CheckpointOut(BaseModel):
 
 
 @router.get(
-    "/events", response_model=AuditPage, responses=problem_responses(Forbidden, InvalidRequest)
+    "/events",
+    response_model=AuditPage,
+    responses=problem_responses(Forbidden, InvalidRequest),
+    dependencies=[DeclaredQueryOnly],
 )
 async def list_audit_events(
     request: Request,
