@@ -35,6 +35,7 @@ from tradeops.observability import (
     RequestContextMiddleware,
     configure_logging,
 )
+from tradeops.orders.http import close_event_streams, events_router, install_event_streams
 from tradeops.orders.router import router as orders_router
 from tradeops.positions.router import router as positions_router
 from tradeops.problems import document_problems, install_problem_handlers
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             ):
                 yield
         finally:
+            await close_event_streams(app)
             if replica is not None:
                 await replica.replica.dispose()
             await db.dispose()
@@ -114,6 +116,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         sign_in_router,
         auth_router,
         audit_router,
+        events_router,
         orders_router,
         clients_router,
         instruments_router,
@@ -127,6 +130,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     )
     for router in routers:
         app.include_router(router)
+    install_event_streams(app, settings, url)
     install_ui(app)
     mount_mcp(app, settings)
     if settings.cors_origins:

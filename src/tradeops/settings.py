@@ -24,6 +24,13 @@ class Settings(BaseSettings):
         default=None,
         description="postgresql://user:pass@host:port/db; unset starts an embedded PostgreSQL",
     )
+    # Where each process LISTENs for order events (one connection of its own). LISTEN needs
+    # a session: behind PgBouncer in transaction mode, point this at PostgreSQL itself.
+    # Unset: worker_listen_database_url (the worker's direct URL), else database_url.
+    listen_database_url: str | None = Field(
+        default=None,
+        description="Unset: TRADEOPS_WORKER_LISTEN_DATABASE_URL, else TRADEOPS_DATABASE_URL",
+    )
     home: Path = Path(".tradeops")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -117,6 +124,11 @@ class Settings(BaseSettings):
     # the database while finishing it keeps heartbeating) and is put back in the queue. Far
     # above what a check takes (its statements time out after statement_timeout_ms).
     risk_check_overdue_seconds: float = Field(default=60.0, gt=0)
+    # The order event stream (GET /api/v1/orders/events/stream): a comment line this often
+    # when nothing else was sent, so proxies keep the connection and clients see it is alive.
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    # Open event streams per person or API key, per API process (more: 429).
+    streams_per_principal: int = Field(default=5, ge=1)
     # Webhooks (tradeops.webhooks): one POST may take webhook_timeout_seconds; a failed one is
     # retried after webhook_backoff_seconds * 2^(attempt-1) (±25% jitter, at most an hour),
     # webhook_max_attempts times in all (the default keeps trying for about six hours).
@@ -184,6 +196,11 @@ class Settings(BaseSettings):
         return (
             self.webhook_allow_http if self.webhook_allow_http is not None else self.env != "prod"
         )
+
+    def order_events_listen_url(self, database_url: str) -> str:
+        """Where this process LISTENs for order events: a direct URL when one is set (the
+        worker's will do: both need a session, which a transaction-mode pooler doesn't keep)."""
+        return self.listen_database_url or self.worker_listen_database_url or database_url
 
     @property
     def metrics_public(self) -> bool:

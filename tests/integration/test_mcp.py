@@ -43,6 +43,7 @@ TOOLS = {
     "cancel_order",
     "replace_order",
     "cancel_orders",
+    "wait_for_order_update",
 }
 INITIALIZE = {
     "jsonrpc": "2.0",

@@ -308,7 +308,8 @@ async def test_queue_polls_its_rows_with_the_same_filters(person: OpenPerson, ca
     approver = await person("approver@test.bank")
     page = await approver.get("/ui/orders", params={"risk_status": "PASSED"})
     assert 'hx-get="/ui/orders/rows?status=awaiting&amp;risk_status=PASSED"' in page.text
-    assert 'hx-trigger="every 5s"' in page.text
+    assert 'hx-trigger="orders-changed"' in page.text
+    assert 'data-events="/ui/orders/events"' in page.text and "queue-events.js" in page.text
     rows = await approver.get(
         "/ui/orders/rows", params={"status": "awaiting", "risk_status": "PASSED"}
     )

@@ -25,6 +25,18 @@ def test_production_refuses_default_or_short_secrets() -> None:
     assert ok.env == "prod"
 
 
+def test_order_events_listen_on_a_direct_url_the_worker_may_share() -> None:
+    """Behind PgBouncer one direct URL serves the worker's LISTEN and the API's."""
+    pooled, direct, own = "postgresql://pgb/db", "postgresql://db/db", "postgresql://other/db"
+    unset = {"listen_database_url": None, "worker_listen_database_url": None}
+    settings = Settings(_env_file=None).model_copy(update=unset)  # type: ignore[call-arg]
+    assert settings.order_events_listen_url(pooled) == pooled
+    worker = settings.model_copy(update={"worker_listen_database_url": direct})
+    assert worker.order_events_listen_url(pooled) == direct
+    both = worker.model_copy(update={"listen_database_url": own})
+    assert both.order_events_listen_url(pooled) == own
+
+
 def test_event_hash_depends_on_every_field_and_cannot_be_shifted() -> None:
     base = {
         "prev_hash": GENESIS,

@@ -95,7 +95,8 @@ def http_caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
         await uow.set_context(principal, request_id)
         return principal
 
-    return Caller(request.app.state.db, identify, "http", request_id)
+    state = request.app.state
+    return Caller(state.db, identify, "http", request_id, state.order_events)
 
 
 def mount_mcp(app: FastAPI, settings: Settings) -> None:

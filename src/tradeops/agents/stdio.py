@@ -20,9 +20,11 @@ from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.keys import parse_key
 from tradeops.auth.principal import Principal
 from tradeops.auth.tokens import TokenService
+from tradeops.db.notifications import Listener
 from tradeops.db.pool import Database
 from tradeops.db.uow import UnitOfWork, in_transaction
 from tradeops.errors import DomainError
+from tradeops.orders.stream import CHANNEL
 from tradeops.settings import Settings
 
 
@@ -37,13 +39,15 @@ async def serve_stdio(settings: Settings, database_url: str, key: str) -> None:
     db = Database(settings, database_url)
     tokens = TokenService(settings)
     key_usage = KeyUsage()
+    # This process's own listener, started by the first call that waits.
+    order_events = Listener(settings.order_events_listen_url(database_url), CHANNEL)
 
     async def identify(uow: UnitOfWork, request_id: str | None) -> Principal:
         return await authenticate(uow, key, tokens, request_id, key_usage)
 
     def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
         request_id = f"mcp-{uuid.uuid4().hex}"
-        return Caller(db, lambda uow: identify(uow, request_id), "stdio", request_id)
+        return Caller(db, lambda uow: identify(uow, request_id), "stdio", request_id, order_events)
 
     try:
         try:
@@ -54,4 +58,5 @@ async def serve_stdio(settings: Settings, database_url: str, key: str) -> None:
         async with key_usage.flushing(db), stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
     finally:
+        await order_events.close()
         await db.dispose()

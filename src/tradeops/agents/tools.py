@@ -165,6 +165,38 @@ class ReviewOrder(Arguments):
     expected_version: ExpectedVersion
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A call that returns once an order's version passes `after_version`, or at `seconds`."""
+
+    order_id: int
+    after_version: int
+    seconds: float
+
+    def done(self, order: dict[str, Any]) -> bool:
+        return int(order["version"]) > self.after_version
+
+
+class WaitForOrderUpdate(Arguments):
+    order_id: OrderId
+    after_version: int = Field(
+        ge=0,
+        le=2**31 - 1,
+        description="The order's `version` as you last read it: the call returns as soon as "
+        "the order's version is greater (0: return at once)",
+    )
+    timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=60,
+        description="Wait at most this long (seconds, up to 60); the order comes back "
+        "unchanged if nothing happened. Call again to keep waiting.",
+    )
+
+    def waiting(self) -> Waiting:
+        return Waiting(self.order_id, self.after_version, self.timeout_seconds)
+
+
 class CancelOrder(Arguments):
     order_id: OrderId
     reason: str | None = Field(
@@ -225,6 +257,11 @@ class AgentTool:
     read_only: bool = True
     # Calling again with the same arguments changes nothing more (MCP's idempotentHint).
     idempotent: bool = True
+    # Its effect cannot be undone (MCP's destructiveHint): an order cancelled stays so.
+    destructive: bool = False
+    # How the call waits for an order to change (wait_for_order_update): agents.server runs
+    # it again, each time in a new transaction, until then.
+    waiting: Callable[[Any], Waiting] | None = None
 
     @cached_property
     def input_schema(self) -> dict[str, Any]:
@@ -279,6 +316,13 @@ async def _get_order(
     if args.client_order_id is not None:
         return await orders.get_order_by_client_order_id(uow, principal, args.client_order_id)
     assert args.order_id is not None  # one of the two, by GetOrder's validation
+    return await orders.get_order(uow, principal, args.order_id)
+
+
+async def _wait_for_order_update(
+    uow: UnitOfWork, principal: Principal, args: WaitForOrderUpdate, _: Settings
+) -> OrderOut:
+    # One look; agents.server looks again when the order's events are announced.
     return await orders.get_order(uow, principal, args.order_id)
 
 
@@ -477,7 +521,9 @@ TOOLS: tuple[AgentTool, ...] = (
         result=OrderOut,
         run=_review_order,
         read_only=False,
-        idempotent=False,
+        # Again with the same arguments: refused (the order is no longer PENDING), nothing
+        # more changes; a review adds to the history and undoes nothing, so not destructive.
+        idempotent=True,
     ),
     AgentTool(
         name="cancel_order",
@@ -492,7 +538,24 @@ TOOLS: tuple[AgentTool, ...] = (
         result=OrderOut,
         run=_cancel_order,
         read_only=False,
-        idempotent=False,
+        # Again with the same arguments: refused (illegal-transition), nothing more changes.
+        idempotent=True,
+        destructive=True,
+    ),
+    AgentTool(
+        name="wait_for_order_update",
+        title="Wait for an order to change",
+        description="Wait until an order changes, then return it: as soon as its version is "
+        "greater than after_version (its risk check finished, a person approved or rejected "
+        "it, it was filled or cancelled), or after timeout_seconds (at most 60) with the "
+        "order as it is. Use it after submit_order or review_order instead of calling "
+        "get_order in a loop: pass the version you last saw; when it returns with the same "
+        "version, nothing happened yet: call it again. Needs the scope orders:read. "
+        + _ORDER_FIELDS,
+        arguments=WaitForOrderUpdate,
+        result=OrderOut,
+        run=_wait_for_order_update,
+        waiting=WaitForOrderUpdate.waiting,
     ),
     AgentTool(
         name="replace_order",
@@ -509,7 +572,10 @@ TOOLS: tuple[AgentTool, ...] = (
         result=OrderOut,
         run=_replace_order,
         read_only=False,
-        idempotent=False,
+        # Again with the same expected_version: refused (stale-version), nothing more
+        # changes; the old order is REPLACED for good.
+        idempotent=True,
+        destructive=True,
     ),
     AgentTool(
         name="cancel_orders",
@@ -524,7 +590,9 @@ TOOLS: tuple[AgentTool, ...] = (
         result=CancelResults,
         run=_cancel_orders,
         read_only=False,
+        # Again: nothing open is left to cancel; cancelled orders stay cancelled.
         idempotent=True,
+        destructive=True,
     ),
 )
 TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}

@@ -148,9 +148,18 @@ class OrderEvent(Base):
         ForeignKeyConstraint(
             ["order_id", "desk_id"], ["orders.id", "orders.desk_id"], ondelete="CASCADE"
         ),
+        # The event stream's read order (orders/stream.py).
+        Index("ix_order_events_transaction_id_id", "transaction_id", "id"),
     )
 
     order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # The event's id in the stream (Last-Event-ID); not in commit order, see transaction_id.
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
+    # The writing transaction (pg_current_xact_id()): the stream reads events in
+    # (transaction_id, id) order, up to the oldest transaction in flight (migration 0015).
+    transaction_id: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("(pg_current_xact_id()::text)::bigint")
+    )
     # The order's desk, so row-level security needs no lookup of the order.
     desk_id: Mapped[int] = mapped_column(BigInteger)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)

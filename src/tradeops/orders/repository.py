@@ -327,6 +327,60 @@ ORDER_EVENTS = query(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class StreamedEvent:
+    """An order event as the stream sends it; `version` is the order's version after it."""
+
+    id: int
+    transaction_id: int
+    order_id: int
+    desk: str
+    version: int
+    type: str
+    actor: str
+    payload: dict[str, Any]
+    at: datetime
+    settled: bool
+
+
+# The event stream (orders/stream.py), in (transaction_id, id) order after a position. An
+# event is `settled` when its transaction is older than every transaction in flight on the
+# server (pg_snapshot_xmin of the statement's own snapshot, cheap) or, when `:exact`, every
+# one in flight that may write here (order_events_horizon(), migration 0015, which reads
+# pg_locks): nothing can commit before a settled event any more. The desk condition repeats
+# row-level security, as for every read of orders.
+EVENTS_AFTER = query(
+    "SELECT e.id, e.transaction_id, e.order_id, d.code AS desk, e.seq AS version, e.type,"
+    " e.actor, e.payload, e.at, e.transaction_id < h.horizon AS settled"
+    " FROM (SELECT CASE WHEN CAST(:exact AS boolean) THEN order_events_horizon()"
+    "  ELSE pg_snapshot_xmin(pg_current_snapshot())::text::bigint END AS horizon) AS h"
+    " JOIN order_events e ON (e.transaction_id, e.id)"
+    "  > (CAST(:after_transaction AS bigint), CAST(:after_id AS bigint))"
+    " JOIN desks d ON d.id = e.desk_id"
+    " WHERE (CAST(:all_desks AS boolean) OR e.desk_id = ANY(CAST(:desk_ids AS bigint[])))"
+    " ORDER BY e.transaction_id, e.id LIMIT CAST(:limit AS integer)",
+    StreamedEvent,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EventTransaction:
+    """A position in the stream's (transaction_id, id) order, by its transaction."""
+
+    transaction_id: int
+
+
+# Where a stream that starts now begins: at the oldest transaction in flight that may write.
+STREAM_HORIZON = query("SELECT order_events_horizon() AS transaction_id", EventTransaction)
+
+# The position of an event a client saw (Last-Event-ID), if it may see it.
+EVENT_POSITION = query(
+    "SELECT transaction_id FROM order_events WHERE id = CAST(:id AS bigint)"
+    " AND (CAST(:all_desks AS boolean) OR desk_id = ANY(CAST(:desk_ids AS bigint[])))",
+    EventTransaction,
+)
+
+
 def order_view() -> Select[Any]:
     """Orders as the API shows them: external ids and symbols instead of keys."""
     return (

@@ -15,8 +15,8 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
@@ -34,6 +34,7 @@ from tradeops.deps import LoginUoW, RowId
 from tradeops.errors import InvalidRequest
 from tradeops.numeric_input import parse_count
 from tradeops.orders import workflow
+from tradeops.orders.http import last_event_id, open_event_stream
 from tradeops.orders.models import RISK_STATUSES
 from tradeops.orders.schemas import OrderStatus, RiskStatus
 from tradeops.ui import views
@@ -49,7 +50,10 @@ from tradeops.ui.session import COOKIE, PageSession, Sessions, csrf_matches
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 
 QUEUE_PATH = "/ui/orders"
+# The queue refreshes on each order event of its desks; every 5 s only if the browser cannot
+# keep the event stream open (static/queue-events.js).
 REFRESH_SECONDS = 5
+QUEUE_EVENTS_PATH = "/ui/orders/events"
 # Only our own pages are places to return to after signing in: never another site.
 _NEXT = re.compile(r"^/ui(/[A-Za-z0-9/_-]*)?$")
 M = TypeVar("M", bound=BaseModel)
@@ -216,6 +220,7 @@ async def _queue_context(person: SignedIn, filters: views.QueueFilters) -> dict[
         "poll_query": urlencode(poll),
         "next_query": urlencode({**poll, "after": page.next_cursor or ""}),
         "refresh_seconds": REFRESH_SECONDS,
+        "events_path": QUEUE_EVENTS_PATH,
         "refreshed_at": datetime.now(UTC),
         "own_only": views.only_own_orders(person.principal),
     }
@@ -232,6 +237,34 @@ async def queue_page(request: Request, person: Person, filters: Filters) -> Resp
         statuses=views.QUEUED_STATUSES,
         risk_statuses=RISK_STATUSES,
     )
+
+
+# The queue's live updates: its own transactions, none held while the stream is open.
+stream_router = APIRouter(prefix="/ui", route_class=UntransactedPageRoute, include_in_schema=False)
+
+
+@stream_router.get("/orders/events")
+async def queue_events(
+    request: Request,
+    last_seen: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+) -> StreamingResponse:
+    """The order events of the person's desks (the API's event stream, by the session
+    cookie, which is sent to /ui only); the queue refreshes its rows on each."""
+    session = _read_session(request)
+    if session is None or session.user_id is None or session.generation is None:
+        raise SignInRequired("Sign in to continue.")
+    user_id, generation, role = session.user_id, session.generation, session.role
+    request_id = request.state.request_id
+
+    async def identify(uow: UnitOfWork) -> Principal:
+        principal = await authenticate_user(uow, user_id, generation, request_id)
+        if principal is None or principal.role.value != role:
+            raise SignInRequired("Your session has ended; sign in again.")
+        return principal
+
+    response = await open_event_stream(request, identify, last_event_id(last_seen, None))
+    response.headers["Cache-Control"] = "no-store"  # as every page
+    return response
 
 
 @router.get("/orders/rows")
