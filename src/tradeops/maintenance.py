@@ -80,9 +80,7 @@ async def _sign_checkpoint(db: Database, settings: Settings) -> Checkpoint | Non
 
 async def _forget_sign_in_failures(db: Database, settings: Settings) -> int:
     async with unit_of_work(db, SYSTEM, "maintenance") as uow:
-        return await forget_old_failures(
-            uow, window_seconds=settings.login_failure_window_seconds
-        )
+        return await forget_old_failures(uow, window_seconds=settings.login_failure_window_seconds)
 
 
 def _log(done: Round) -> None:

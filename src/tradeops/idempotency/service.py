@@ -18,8 +18,8 @@ from sqlalchemy import text
 
 from tradeops.auth.principal import Principal
 from tradeops.db.uow import Connections, UnitOfWork, run_in_transaction
-from tradeops.idempotency import repository
 from tradeops.errors import InvalidRequest
+from tradeops.idempotency import repository
 
 MAX_KEY_LENGTH = 255
 
