@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from tradeops.agents.http import mount_mcp, running_mcp
 from tradeops.audit.router import router as audit_router
+from tradeops.audit.router import verify_router as audit_verify_router
 from tradeops.auth.passwords import PasswordChecks
 from tradeops.auth.router import router as auth_router
 from tradeops.auth.router import sign_in_router
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         sign_in_router,
         auth_router,
         audit_router,
+        audit_verify_router,
         orders_router,
         clients_router,
         instruments_router,
