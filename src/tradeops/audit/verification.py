@@ -28,7 +28,13 @@ from pydantic import BaseModel, Field
 
 from tradeops.audit import repository
 from tradeops.audit.chain import GENESIS, event_hash, fold_root, sign_checkpoint, signature_matches
-from tradeops.audit.repository import ChainedEvent, Horizon, LastCheckpoint, SignedCheckpoint
+from tradeops.audit.repository import (
+    ChainedEvent,
+    EventBatch,
+    Horizon,
+    LastCheckpoint,
+    SignedCheckpoint,
+)
 from tradeops.audit.service import authorize_whole_trail
 from tradeops.auth.principal import Principal
 from tradeops.db.uow import Connections, UnitOfWork, run_in_transaction
@@ -99,20 +105,29 @@ async def verify(
 async def _check_events(
     read: Read, verifier: _Verifier, horizon: Horizon, start: LastCheckpoint | None, batch: int
 ) -> None:
-    after = start.checkpoint.upto_id if start else 0
     checkpoints = _Checkpoints(start.checkpoint.id if start else 0, horizon.last_checkpoint_id)
     verifier.pending = checkpoints.queue
-    while True:
-        events = await read(
-            partial(repository.events_after, after=after, upto=horizon.last_event_id, batch=batch)
+
+    def fetch(after: int) -> asyncio.Task[EventBatch]:
+        window = partial(
+            repository.events_after, after=after, upto=horizon.last_event_id, batch=batch
         )
-        await checkpoints.cover(read, events[-1].id if events else after, batch)
-        # Hashing is CPU work: in a thread, so the event loop serves requests meanwhile.
-        if events and not await asyncio.to_thread(verifier.check_events, events):
-            return
-        if len(events) < batch:
-            break
-        after = events[-1].id
+        return asyncio.ensure_future(read(window))
+
+    next_batch = fetch(start.checkpoint.upto_id if start else 0)
+    try:
+        while True:
+            events = await next_batch
+            if len(events) == batch:  # read the next batch while this one is hashed
+                next_batch = fetch(events.last_id)
+            await checkpoints.cover(read, events.last_id if events else 0, batch)
+            # Typing and hashing is CPU work: in a thread, so the event loop serves requests.
+            if events and not await asyncio.to_thread(verifier.check_batch, events):
+                return
+            if len(events) < batch:
+                break
+    finally:
+        next_batch.cancel()  # a batch read ahead of a failure (done already otherwise)
     verifier.finish_checkpoints()
 
 
@@ -205,8 +220,8 @@ class _Verifier:
         self.previous_signature = checkpoint.signature
         return True
 
-    def check_events(self, events: list[ChainedEvent]) -> bool:
-        return all(self.check_event(event) for event in events)
+    def check_batch(self, batch: EventBatch) -> bool:
+        return all(self.check_event(event) for event in batch.events())
 
     def check_event(self, event: ChainedEvent) -> bool:
         previous = GENESIS if event.seq == 1 else event.predecessor_hash
