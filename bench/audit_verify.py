@@ -9,7 +9,8 @@ audit events over 10,000 streams, chained with the hashes the database trigger w
 checkpoint before the last `--after-checkpoint` of them, and starts `tradeops serve` on it.
 Then it times POST /api/v1/audit/verify, incremental (the default) and with full=true, as a
 risk officer, while it asks GET /health/live every 50 ms: the latency of those is what the
-server's other requests suffer during a verification. Results: bench/results/<date>-audit-verify.json.
+server's other requests suffer during a verification.
+Results: bench/results/<date>-audit-verify.json.
 """
 
 from __future__ import annotations
@@ -90,10 +91,26 @@ class Trail:
             }
             hashed = event_hash(prev_hash=prev_hash, before_text=None, after_text=after, **fields)  # type: ignore[arg-type]
             self.heads[stream] = (seq, hashed)
-            yield "\t".join(
-                [stream, str(seq), at.isoformat(), "user:0", "\\N", f"bench-{n}",
-                 "user.updated", "user", str(n % STREAMS), "\\N", after, prev_hash, hashed]
-            ) + "\n"
+            yield (
+                "\t".join(
+                    [
+                        stream,
+                        str(seq),
+                        at.isoformat(),
+                        "user:0",
+                        "\\N",
+                        f"bench-{n}",
+                        "user.updated",
+                        "user",
+                        str(n % STREAMS),
+                        "\\N",
+                        after,
+                        prev_hash,
+                        hashed,
+                    ]
+                )
+                + "\n"
+            )
 
 
 def load(url: str, trail: Trail, count: int) -> None:
@@ -207,9 +224,10 @@ async def live_latencies(http: httpx.AsyncClient, until: asyncio.Future[Any]) ->
 
 async def timed_verification(port: int, token: str, full: bool) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base, timeout=600) as http, httpx.AsyncClient(
-        base_url=base, timeout=10
-    ) as probe:
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=600) as http,
+        httpx.AsyncClient(base_url=base, timeout=10) as probe,
+    ):
         idle = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().call_later(2.0, idle.set_result, None)
         baseline = await live_latencies(probe, idle)
@@ -278,7 +296,11 @@ def main() -> None:
         "streams": STREAMS,
         "events_after_checkpoint": args.after_checkpoint,
         "batch": Settings(_env_file=None).audit_verify_batch,  # type: ignore[call-arg]
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_end": [round(load, 1) for load in os.getloadavg()],
+        },
         "note": "one API process (tradeops serve), PostgreSQL on the same host, shared CPUs",
         "runs": runs,
     }

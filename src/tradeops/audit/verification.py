@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -127,7 +128,10 @@ async def _check_events(
             if len(events) < batch:
                 break
     finally:
-        next_batch.cancel()  # a batch read ahead of a failure (done already otherwise)
+        # A batch read ahead of a failure is let finish, not cancelled: a read cancelled
+        # mid-transaction can leave its connection behind, still in the transaction.
+        with suppress(Exception):
+            await next_batch
     verifier.finish_checkpoints()
 
 
