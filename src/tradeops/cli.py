@@ -180,7 +180,7 @@ def dev(
     logs = logs_dir(settings.home)
     log_to_file(logs / "database.log", "alembic")
     url = database_url(settings)
-    migrate.upgrade(url)
+    migrate.upgrade(url, prepared_statements=settings.db_prepared_statements)
     password = _load_demo(settings, url)
     # One job worker beside the server, on the same database; stopped when the server stops.
     # Its lines go to a log file, so the banner stays the last thing on the terminal.
@@ -217,7 +217,9 @@ def worker(
     settings = get_settings()
     configure_logging(settings)
     url = database_url(settings)
-    console().print(f"[bold]tradeops worker[/bold] (concurrency {concurrency})")
+    polling = f"polling every {settings.worker_poll_seconds} s"
+    hears = "LISTEN" if settings.worker_listen else polling
+    console().print(f"[bold]tradeops worker[/bold] (concurrency {concurrency}, {hears})")
     asyncio.run(run_worker(url, concurrency=concurrency, settings=settings))
 
 
@@ -272,7 +274,10 @@ def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Migrate the schema up to REVISION (default: head)."""
     from tradeops.db import migrate
 
-    migrate.upgrade(database_url(get_settings()), revision)
+    settings = get_settings()
+    migrate.upgrade(
+        database_url(settings), revision, prepared_statements=settings.db_prepared_statements
+    )
     console().print(f"database at {revision}")
 
 
@@ -281,7 +286,10 @@ def downgrade(revision: Annotated[str, typer.Argument(help="Target, e.g. base or
     """Migrate the schema down to REVISION."""
     from tradeops.db import migrate
 
-    migrate.downgrade(database_url(get_settings()), revision)
+    settings = get_settings()
+    migrate.downgrade(
+        database_url(settings), revision, prepared_statements=settings.db_prepared_statements
+    )
     console().print(f"database at {revision}")
 
 
@@ -446,6 +454,7 @@ def users_create(
     from pydantic import SecretStr
 
     from tradeops.auth import users
+    from tradeops.auth.schemas import UserOut
     from tradeops.auth.users import UserCreate
 
     _validate_role(role)
@@ -458,7 +467,7 @@ def users_create(
         password=SecretStr(password) if password else None,
     )
 
-    async def create(uow: UnitOfWork) -> users.UserOut:
+    async def create(uow: UnitOfWork) -> UserOut:
         await _require_known_desks(uow, data.desks)
         try:
             return await users.create_user(uow, SYSTEM, data)

@@ -10,6 +10,7 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from tradeops.auth.authentication import authenticate, unauthenticated
 from tradeops.auth.principal import Principal
+from tradeops.db.http import reads_own_writes
 from tradeops.db.uow import UnitOfWork, in_transaction
 
 API_PREFIX = "/api/v1"
@@ -54,9 +55,11 @@ async def authenticated_session(
     if not credential:
         raise unauthenticated("Send a bearer token or an API key.")
     uow = _connection_of(request)
+    state = request.app.state
     principal = await authenticate(
-        uow, credential, request.app.state.tokens, request.state.request_id
+        uow, credential, state.tokens, request.state.request_id, state.key_usage
     )
+    reads_own_writes(request, principal.user_id)
     request.state.principal = principal
     return AuthenticatedSession(uow, principal)
 
@@ -90,7 +93,9 @@ async def principal_of_a_short_transaction(
     state = request.app.state
 
     async def authenticated(uow: UnitOfWork) -> Principal:
-        return await authenticate(uow, credential, state.tokens, request.state.request_id)
+        return await authenticate(
+            uow, credential, state.tokens, request.state.request_id, state.key_usage
+        )
 
     principal = await in_transaction(state.db, authenticated)
     request.state.principal = principal

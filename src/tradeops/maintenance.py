@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy import text
 
 from tradeops.audit import service as audit
-from tradeops.audit.service import Checkpoint
+from tradeops.audit.repository import Checkpoint
 from tradeops.auth.principal import SYSTEM
 from tradeops.auth.sign_in import forget_old_failures
 from tradeops.db.pool import Database

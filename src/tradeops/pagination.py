@@ -20,9 +20,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _invalid() -> InvalidRequest:
-    return InvalidRequest(
-        "Invalid cursor; pass next_cursor from a previous page.", field="query.after"
-    )
+    return InvalidRequest("Invalid cursor; pass next_cursor from a previous page.", field="after")
 
 
 def encode_cursor(*keys: int) -> str:

@@ -233,10 +233,37 @@ def unreadable_body(request: Request, error: RequestValidationError) -> ProblemP
     return None
 
 
+def located(request: Request, extensions: dict[str, Any]) -> dict[str, Any]:
+    """A domain error names the command's field (`price`), as an MCP caller sends it; over
+    HTTP that field is in the body, or for a read in the query string (`body.price`). A field
+    a transport named itself (`header.If-Match`) stays as it is."""
+    errors = extensions.get("errors")
+    if not errors:
+        return extensions
+    where = "query" if request.method in ("GET", "HEAD") else "body"
+    return extensions | {
+        "errors": [
+            e | {"field": f"{where}.{e['field']}"} if _unplaced(e.get("field")) else e
+            for e in errors
+        ]
+    }
+
+
+_LOCATIONS = ("body", "query", "header", "path", "form", "cookie")
+
+
+def _unplaced(field_name: object) -> bool:
+    return isinstance(field_name, str) and field_name.split(".", 1)[0] not in _LOCATIONS
+
+
 async def on_error(request: Request, exc: Exception) -> Response:
     parts = problem_parts(exc)
+    extensions = parts.extensions
     if isinstance(exc, RequestValidationError):
         parts = unreadable_body(request, exc) or parts
+        extensions = parts.extensions
+    elif isinstance(exc, DomainError):
+        extensions = located(request, extensions)
     return problem_response(
         request,
         status=parts.status,
@@ -244,7 +271,7 @@ async def on_error(request: Request, exc: Exception) -> Response:
         title=parts.title,
         detail=parts.detail,
         headers=parts.headers,
-        **parts.extensions,
+        **extensions,
     )
 
 

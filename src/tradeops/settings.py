@@ -35,8 +35,24 @@ class Settings(BaseSettings):
     pool_size: int = 10
     pool_max_overflow: int = 10
     pool_timeout_seconds: float = 10.0
-    statement_timeout_ms: int = 5000
+    # Set in every transaction's BEGIN round trip (set_config(..., true)), never at connect:
+    # a pooler in transaction mode (PgBouncer) refuses or loses connection-level settings.
+    statement_timeout_ms: int = Field(default=5000, ge=0)
     db_retry_attempts: int = 3
+    # Reads on a streaming replica (docs/operations.md#read-replicas); None: all on the primary.
+    read_database_url: str | None = Field(
+        default=None, description="A replica for GET requests (libpq URL, several hosts allowed)"
+    )
+    # A caller (a user, whichever credential) reads on the primary this long after its last
+    # write through this process; a replica lagging more than read_max_lag_seconds at its last
+    # check (every read_check_seconds) takes no reads. The validator below ties them.
+    read_your_writes_seconds: float = Field(default=5.0, ge=0)
+    read_max_lag_seconds: float = Field(default=2.0, ge=0)
+    read_check_seconds: float = Field(default=1.0, gt=0)
+    # False behind a pooler that cannot keep prepared statements apart (PgBouncer < 1.21, or
+    # max_prepared_statements = 0): asyncpg keeps no statement cache and psycopg never
+    # prepares, so no statement name reaches another client's server connection.
+    db_prepared_statements: bool = True
 
     # `serve --workers N`: the supervisor kills a worker process that does not answer its
     # health check within this (uvicorn's timeout_worker_healthcheck). A process answers from
@@ -113,6 +129,22 @@ class Settings(BaseSettings):
     # the database while finishing it keeps heartbeating) and is put back in the queue. Far
     # above what a check takes (its statements time out after statement_timeout_ms).
     risk_check_overdue_seconds: float = Field(default=60.0, gt=0)
+    # Webhooks (tradeops.webhooks): one POST may take webhook_timeout_seconds; a failed one is
+    # retried after webhook_backoff_seconds * 2^(attempt-1) (±25% jitter, at most an hour),
+    # webhook_max_attempts times in all (the default keeps trying for about six hours).
+    # At most webhook_batch deliveries are sent at once per worker run.
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=15, ge=1, le=100)
+    webhook_batch: int = Field(default=50, ge=1, le=500)
+    # Plain http:// endpoint URLs; None: allowed except in prod.
+    webhook_allow_http: bool | None = None
+    # A worker learns of new jobs by LISTEN on this URL, which must reach PostgreSQL directly
+    # (a pooler in transaction mode drops LISTEN); None: database_url. Without a direct URL
+    # set worker_listen off: the worker then looks for jobs every worker_poll_seconds.
+    worker_listen_database_url: str | None = None
+    worker_listen: bool = True
+    worker_poll_seconds: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _heartbeats_outpace_the_stall_timeout(self) -> Settings:
@@ -122,6 +154,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 "TRADEOPS_WORKER_STALLED_SECONDS must be at least twice"
                 " TRADEOPS_WORKER_HEARTBEAT_SECONDS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _own_writes_outlast_the_replica_lag(self) -> Settings:
+        # A replica takes reads on a check at most two intervals old that found it within the
+        # lag allowed: a write is there once both have passed, and only then may its writer
+        # read there again (db/replicas.py).
+        least = self.read_max_lag_seconds + 2 * self.read_check_seconds
+        if self.read_your_writes_seconds < least:
+            raise ValueError(
+                "TRADEOPS_READ_YOUR_WRITES_SECONDS must be at least"
+                " TRADEOPS_READ_MAX_LAG_SECONDS + 2 * TRADEOPS_READ_CHECK_SECONDS"
             )
         return self
 
@@ -145,6 +190,12 @@ class Settings(BaseSettings):
     @property
     def serves_docs(self) -> bool:
         return self.docs_enabled if self.docs_enabled is not None else self.env != "prod"
+
+    @property
+    def webhooks_may_use_http(self) -> bool:
+        return (
+            self.webhook_allow_http if self.webhook_allow_http is not None else self.env != "prod"
+        )
 
     @property
     def metrics_public(self) -> bool:

@@ -44,6 +44,11 @@ NEW_SYMBOL = {
     "tick_size": "0.01",
 }
 NEW_DESK = {"code": "FX-GLOBAL", "name": "Global FX"}
+NEW_HOOK = {
+    "url": "https://hooks.example.com/t",
+    "event_types": ["order.approved"],
+    "desks": ["EQ-US"],
+}
 EQ_DESK = {"desks": ["EQ-US"]}
 RENAME = {"name": "Renamed"}
 RESTRICT = {"restricted": True}
@@ -183,6 +188,12 @@ MATRIX = [
     # Risk limits: risk sets them, risk and admin read them; no key does either.
     row("GET",    "/risk/limits",                None,       401, 403, 403, 403, 200, 200, 403),
     row("PUT",    "/risk/limits",                DESK_LIMIT, 401, 403, 403, 403, 200, 403, 403),
+    # Webhooks: admins, signed in (no key scope reaches them). {webhook}: an admin's endpoint.
+    row("GET",    "/webhooks",                   None,       401, 403, 403, 403, 403, 200, 403),
+    row("POST",   "/webhooks",                   NEW_HOOK,   401, 403, 403, 403, 403, 201, 403),
+    row("GET",    "/webhooks/{webhook}",         None,       401, 403, 403, 403, 403, 200, 403),
+    row("DELETE", "/webhooks/{webhook}",         None,       401, 403, 403, 403, 403, 200, 403),
+    row("GET",    "/webhooks/{webhook}/deliveries", None,    401, 403, 403, 403, 403, 200, 403),
     # Approval waits for the pre-trade risk check to pass ({eq_unchecked}: reviewed, unchecked).
     row("POST",   "/orders/{eq_unchecked}/approve", None,    401, 403, 403, 409, 403, 403, 403,
         label="risk check pending"),
@@ -228,6 +239,14 @@ async def priced(world: World) -> str:
     return PRICE["symbol"]
 
 
+async def webhook(world: World) -> int:
+    response = await world.client.post(
+        f"{API}/webhooks", json=NEW_HOOK, headers=world.cast["admin"]
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
 async def decide(world: World, order_id: int, who: str, action: str) -> int:
     response = await world.client.post(f"{API}/orders/{order_id}/{action}", headers=world.cast[who])
     assert response.status_code == 200, response.text
@@ -263,6 +282,7 @@ ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
     "trader_key": trader_key,
     "trader2": trader2,
     "priced": priced,
+    "webhook": webhook,
 }
 
 
@@ -326,6 +346,7 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         "{trader_key}": "{key_id}",
         "{trader2}": "{user_id}",
         "{priced}": "{symbol}",
+        "{webhook}": "{webhook_id}",
         "CUST-1001": "{client_id}",
         "CUST-2001": "{client_id}",
         "AAPL": "{symbol}",

@@ -502,10 +502,8 @@ async def test_the_sweeper_reads_orders_through_row_level_security(
     trader = Principal(cast.ids["trader"], "trader@test.bank", Role.TRADER, frozenset({eq_us}))
 
     async def awaiting(uow: Any) -> list[int]:
-        rows = await uow.execute(
-            risk_repo.AWAITING_CHECK, {"older_than_seconds": 0.0, "limit": 100}
-        )
-        return [int(r.id) for r in rows]
+        rows = await uow.rows(risk_repo.AWAITING_CHECK, {"older_than_seconds": 0.0, "limit": 100})
+        return [r.id for r in rows]
 
     assert await run_in_transaction(app.state.db, trader, awaiting) == [mine]
     resumed = await recovery.resume_pending_risk_checks(app.state.db, sweep_now)

@@ -60,12 +60,14 @@ async def test_a_committed_order_has_exactly_one_risk_check_job(
     assert job.lock == f"order:{order_id}"
 
 
-async def test_a_refused_order_defers_nothing(
+async def test_a_refused_or_retried_order_defers_nothing(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
     body = {**SEED_ORDER, "client_order_id": "DUP-1"}
     assert (await client.post(ORDERS, json=body, headers=cast["trader"])).status_code == 201
-    again = await client.post(ORDERS, json=body, headers=cast["trader"])
+    retried = await client.post(ORDERS, json=body, headers=cast["trader"])
+    assert retried.status_code == 200, retried.text
+    again = await client.post(ORDERS, json={**body, "quantity": 7}, headers=cast["trader"])
     assert again.status_code == 409, again.text
     assert len(await jobs(owner_engine)) == 1
 
@@ -77,7 +79,7 @@ async def test_a_rolled_back_order_leaves_no_job(
     with pytest.raises(Rollback):
         async with unit_of_work(app.state.db, principal) as uow:
             created = await submit_order(uow, principal, OrderCreate.model_validate(SEED_ORDER))
-            assert created.id is not None
+            assert created.order.id is not None
             raise Rollback  # the request fails after the order (and its job) were written
     assert await jobs(owner_engine) == []
     async with owner_engine.connect() as conn:

@@ -238,6 +238,9 @@ async def test_retried_submit_returns_the_order_already_recorded(
         f"{API}/orders", json={**ORDER, "quantity": "60"}, headers=cast["agent"]
     )
     assert over_http.status_code == 409
+    # The same rule over HTTP: the same order again is the order recorded, 200.
+    retried_over_http = await client.post(f"{API}/orders", json=retry, headers=cast["agent"])
+    assert retried_over_http.status_code == 200 and retried_over_http.json() == first
     assert changed["status"] == 409 and changed["type"].endswith("/duplicate-client-order-id")
     assert changed["detail"] == over_http.json()["detail"]
     assert changed["existing_order_id"] == first["id"]

@@ -156,11 +156,17 @@ async def test_body_over_limit_is_413(client: httpx.AsyncClient, refdata: None) 
     assert response.headers["content-type"] == "application/problem+json"
 
 
-async def test_duplicate_client_order_id_is_409_naming_the_order(
+async def test_a_repeated_client_order_id_answers_the_recorded_order_or_409(
     client: httpx.AsyncClient, refdata: None
 ) -> None:
     first = await client.post(ORDERS, json=order(client_order_id="ABC-1"))
     assert first.status_code == 201
+    # The same order again (a retry): the order recorded then, 200, nothing new.
+    retried = await client.post(ORDERS, json=order(client_order_id="ABC-1"))
+    assert retried.status_code == 200
+    assert retried.json() == first.json()
+    assert retried.headers["ETag"] == first.headers["ETag"]
+    # Another order under the same id: a conflict naming the order.
     again = await client.post(ORDERS, json=order(client_order_id="ABC-1", quantity=7))
     assert again.status_code == 409
     problem = again.json()

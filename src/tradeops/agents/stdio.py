@@ -16,6 +16,7 @@ from mcp.server.stdio import stdio_server
 
 from tradeops.agents.server import Caller, build_server
 from tradeops.auth.authentication import authenticate
+from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.keys import parse_key
 from tradeops.auth.principal import Principal
 from tradeops.auth.tokens import TokenService
@@ -35,9 +36,10 @@ async def serve_stdio(settings: Settings, database_url: str, key: str) -> None:
         raise KeyRefused("TRADEOPS_API_KEY must be an agent's API key (tro_...).")
     db = Database(settings, database_url)
     tokens = TokenService(settings)
+    key_usage = KeyUsage()
 
     async def identify(uow: UnitOfWork, request_id: str | None) -> Principal:
-        return await authenticate(uow, key, tokens, request_id)
+        return await authenticate(uow, key, tokens, request_id, key_usage)
 
     def caller_of(ctx: ServerRequestContext[Any, Any]) -> Caller:
         request_id = f"mcp-{uuid.uuid4().hex}"
@@ -49,7 +51,7 @@ async def serve_stdio(settings: Settings, database_url: str, key: str) -> None:
         except DomainError as refused:
             raise KeyRefused(f"TRADEOPS_API_KEY was refused: {refused.detail}") from None
         server = build_server(settings, caller_of)
-        async with stdio_server() as (read_stream, write_stream):
+        async with key_usage.flushing(db), stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
     finally:
         await db.dispose()

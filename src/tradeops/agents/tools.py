@@ -25,14 +25,21 @@ from tradeops.clients import service as clients
 from tradeops.clients.schemas import ClientList, ExternalId
 from tradeops.db.uow import UnitOfWork
 from tradeops.decimals import PositiveAmount
-from tradeops.errors import DomainError
 from tradeops.instruments import service as instruments
 from tradeops.instruments.schemas import InstrumentList, Symbol
 from tradeops.marketdata import service as market_data
 from tradeops.marketdata.schemas import SnapshotOut
 from tradeops.orders import service as orders
 from tradeops.orders import workflow
-from tradeops.orders.schemas import ClientOrderId, OrderCreate, OrderOut, OrderPage, OrderStatus
+from tradeops.orders.schemas import (
+    ClientOrderId,
+    OrderCreate,
+    OrderFilters,
+    OrderOut,
+    OrderPage,
+    OrderQuery,
+    OrderStatus,
+)
 from tradeops.positions import service as positions
 from tradeops.positions.schemas import Portfolio
 from tradeops.settings import Settings
@@ -200,39 +207,13 @@ async def _get_market_data(
     return await market_data.latest(uow, principal, args.symbol)
 
 
-def _same_order(recorded: OrderOut, asked: OrderCreate) -> bool:
-    return (
-        recorded.client_id == asked.client_id
-        and recorded.symbol == asked.symbol
-        and recorded.side == asked.side
-        and recorded.order_type == asked.order_type
-        and recorded.time_in_force == asked.time_in_force
-        and recorded.quantity == asked.quantity
-        and recorded.price == asked.price
-    )
-
-
 async def _submit_order(
     uow: UnitOfWork, principal: Principal, args: SubmitOrder, settings: Settings
 ) -> OrderOut:
-    try:
-        return await orders.submit_order(
-            uow, principal, args, price_max_decimals=settings.price_max_decimals
-        )
-    except orders.DuplicateClientOrderId as duplicate:
-        # A retry (the agent never saw the first answer): the order already recorded under
-        # this client_order_id, if it is the same order. Nothing was written, so the
-        # transaction is still good to read it in.
-        existing_id = duplicate.extensions.get("existing_order_id")
-        if existing_id is None:
-            raise
-        try:
-            recorded = await orders.get_order(uow, principal, existing_id)
-        except DomainError:  # e.g. a key without orders:read: the 409 names the order
-            raise duplicate from None
-        if not _same_order(recorded, args):
-            raise
-        return recorded
+    submitted = await orders.submit_order(
+        uow, principal, args, price_max_decimals=settings.price_max_decimals
+    )
+    return submitted.order
 
 
 async def _get_order(
@@ -244,11 +225,7 @@ async def _get_order(
 async def _list_orders(
     uow: UnitOfWork, principal: Principal, args: ListOrders, settings: Settings
 ) -> OrderPage:
-    return await orders.list_orders(
-        uow,
-        principal,
-        limit=args.limit or settings.page_size_default,
-        after=args.after,
+    filters = OrderFilters(
         status=args.status,
         client_id=args.client_id,
         symbol=args.symbol,
@@ -256,32 +233,30 @@ async def _list_orders(
         created_from=args.created_from,
         created_to=args.created_to,
     )
+    wanted = OrderQuery(args.limit or settings.page_size_default, args.after, filters)
+    return await orders.list_orders(uow, principal, wanted)
 
 
 async def _review_order(
     uow: UnitOfWork, principal: Principal, args: ReviewOrder, _: Settings
 ) -> OrderOut:
-    return await workflow.transition_order(
-        uow,
-        principal,
+    decision = workflow.Decision(
         args.order_id,
         workflow.REVIEW,
-        expected_version=args.expected_version,
-        payload={"note": args.note, "recommendation": args.recommendation},
+        args.expected_version,
+        note=args.note,
+        recommendation=args.recommendation,
     )
+    return await workflow.transition_order(uow, principal, decision)
 
 
 async def _cancel_order(
     uow: UnitOfWork, principal: Principal, args: CancelOrder, _: Settings
 ) -> OrderOut:
-    return await workflow.transition_order(
-        uow,
-        principal,
-        args.order_id,
-        workflow.CANCEL,
-        expected_version=args.expected_version,
-        payload={"reason": args.reason},
+    decision = workflow.Decision(
+        args.order_id, workflow.CANCEL, args.expected_version, reason=args.reason
     )
+    return await workflow.transition_order(uow, principal, decision)
 
 
 # --- the catalogue ---------------------------------------------------------------------------

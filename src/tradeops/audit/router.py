@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
 from tradeops.audit import service, verification
+from tradeops.audit.repository import AuditFilters
 from tradeops.audit.service import AuditPage
 from tradeops.audit.verification import VerificationReport
 from tradeops.db.http import TransactionalRoute
@@ -46,18 +47,9 @@ async def list_audit_events(
     (and API key, and the acting person's email), the desk it concerns, request id, before and
     after. A key narrowed to some desks sees those desks' events and the desk-less ones (users,
     keys, instruments, …); decimals in new payloads are strings, as elsewhere in the API."""
+    wanted = AuditFilters(entity, entity_id, action, actor, desk, at_from, at_to)
     return await service.list_events(
-        uow,
-        principal,
-        limit=limit,
-        after=decode_id_cursor(after),
-        entity=entity,
-        entity_id=entity_id,
-        action=action,
-        actor=actor,
-        desk=desk,
-        at_from=at_from,
-        at_to=at_to,
+        uow, principal, wanted, limit=limit, after=decode_id_cursor(after)
     )
 
 

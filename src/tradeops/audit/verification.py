@@ -32,9 +32,10 @@ from tradeops.audit.chain import GENESIS, event_hash, fold_root, sign_checkpoint
 from tradeops.audit.repository import (
     ChainedEvent,
     EventBatch,
+    HeadCheck,
     Horizon,
-    LastCheckpoint,
-    SignedCheckpoint,
+    NewestCheckpoint,
+    StoredCheckpoint,
 )
 from tradeops.audit.service import authorize_whole_trail
 from tradeops.auth.principal import Principal
@@ -104,9 +105,9 @@ async def verify(
 
 
 async def _check_events(
-    read: Read, verifier: _Verifier, horizon: Horizon, start: LastCheckpoint | None, batch: int
+    read: Read, verifier: _Verifier, horizon: Horizon, start: NewestCheckpoint | None, batch: int
 ) -> None:
-    checkpoints = _Checkpoints(start.checkpoint.id if start else 0, horizon.last_checkpoint_id)
+    checkpoints = _Checkpoints(start.id if start else 0, horizon.last_checkpoint_id)
     verifier.pending = checkpoints.queue
 
     def fetch(after: int) -> asyncio.Task[EventBatch]:
@@ -115,7 +116,7 @@ async def _check_events(
         )
         return asyncio.ensure_future(read(window))
 
-    next_batch = fetch(start.checkpoint.upto_id if start else 0)
+    next_batch = fetch(start.upto_id if start else 0)
     try:
         while True:
             events = await next_batch
@@ -156,7 +157,7 @@ class _Checkpoints:
     """The checkpoints still to meet, read in batches as the events reach them."""
 
     def __init__(self, after_id: int, upto_id: int) -> None:
-        self.queue: deque[SignedCheckpoint] = deque()
+        self.queue: deque[StoredCheckpoint] = deque()
         self.last_read = after_id
         self.upto_id = upto_id
         self.exhausted = after_id >= upto_id
@@ -184,7 +185,7 @@ class _Verifier:
     def __init__(self, key: bytes, *, full: bool) -> None:
         self.key = key
         self.full = full
-        self.pending: deque[SignedCheckpoint] = deque()
+        self.pending: deque[StoredCheckpoint] = deque()
         self.previous_signature = ""
         self.root = GENESIS
         self.count = 0  # events since the first, as checkpoints count them
@@ -202,9 +203,8 @@ class _Verifier:
         )
         return False
 
-    def start_from(self, start: LastCheckpoint) -> bool:
+    def start_from(self, checkpoint: NewestCheckpoint) -> bool:
         """Chain on from a checkpoint whose signature holds and whose last event exists."""
-        checkpoint = start.checkpoint
         self.from_checkpoint = checkpoint.id
         self.checkpoints_checked = 1
         expected = sign_checkpoint(
@@ -212,11 +212,11 @@ class _Verifier:
             upto_id=checkpoint.upto_id,
             events=checkpoint.events,
             root_hash=checkpoint.root_hash,
-            previous=start.previous_signature,
+            previous=checkpoint.previous_signature,
         )
         if not signature_matches(expected, checkpoint.signature):
             return self.fail(f"checkpoint {checkpoint.id} is not signed with the audit key")
-        if not start.last_event_present:
+        if not checkpoint.last_event_present:
             return self.fail(
                 f"checkpoint {checkpoint.id} covers events that are missing (tail removed)"
             )
@@ -272,7 +272,7 @@ class _Verifier:
             self.checkpoints_checked += 1
         return True
 
-    def checkpoint_holds(self, checkpoint: SignedCheckpoint) -> bool:
+    def checkpoint_holds(self, checkpoint: StoredCheckpoint) -> bool:
         expected = sign_checkpoint(
             self.key,
             upto_id=checkpoint.upto_id,
@@ -292,7 +292,7 @@ class _Verifier:
             missing = self.pending[0]
             self.fail(f"checkpoint {missing.id} covers events that are missing (tail removed)")
 
-    def check_heads(self, heads: list[repository.StreamHead]) -> bool:
+    def check_heads(self, heads: list[HeadCheck]) -> bool:
         for head in heads:
             if not head.holds:
                 return self.fail(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
+from sqlalchemy import Select, func
 
 from tradeops.audit import service as audit
+from tradeops.auth import repository as repo
 from tradeops.auth.keys import generate_key
-from tradeops.auth.models import ApiKey, User
 from tradeops.auth.permissions import (
     KNOWN_SCOPES,
     Action,
@@ -20,15 +18,11 @@ from tradeops.auth.permissions import (
     usable_scopes,
 )
 from tradeops.auth.principal import Principal, Role
-from tradeops.db.base import table_of
+from tradeops.auth.schemas import ApiKeyOut
+from tradeops.db.prepared import Id
 from tradeops.db.uow import UnitOfWork
-from tradeops.desks.models import Desk
 from tradeops.desks.service import desk_ids_by_code
 from tradeops.errors import Forbidden, InvalidRequest, NotFound
-
-api_keys = table_of(ApiKey)
-users = table_of(User)
-desks = table_of(Desk)
 
 Scope = Annotated[str, StringConstraints(pattern=r"^[a-z]+:[a-z]+$")]
 
@@ -51,19 +45,6 @@ class ApiKeyCreate(BaseModel):
     )
 
 
-class ApiKeyOut(BaseModel):
-    id: int
-    name: str
-    prefix: str
-    owner_email: str
-    scopes: list[str]
-    desks: list[str] | None
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    last_used_at: datetime | None
-
-
 class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="The secret key. Shown only now: store it safely.")
 
@@ -73,31 +54,16 @@ class ApiKeyNotFound(NotFound):
     title = "API key not found"
 
 
-def _key_view() -> Any:
-    desk_codes = (
-        select(func.array_agg(aggregate_order_by(desks.c.code, desks.c.code)))
-        .where(desks.c.id == func.any(api_keys.c.desk_ids))
-        .scalar_subquery()
-    )
-    return select(
-        api_keys.c.id,
-        api_keys.c.name,
-        api_keys.c.prefix,
-        users.c.email.label("owner_email"),
-        api_keys.c.scopes,
-        desk_codes.label("desks"),
-        api_keys.c.created_at,
-        api_keys.c.expires_at,
-        api_keys.c.revoked_at,
-        api_keys.c.last_used_at,
-    ).join(users, users.c.id == api_keys.c.owner_user_id)
+def _visible_to(principal: Principal) -> Select[Any]:
+    every_owner = is_allowed(principal, Action.MANAGE_ANY_API_KEYS)
+    return repo.keys_visible_to(principal, every_owner=every_owner)
 
 
-def _visible_to(principal: Principal) -> Any:
-    statement = _key_view()
-    if not is_allowed(principal, Action.MANAGE_ANY_API_KEYS):
-        statement = statement.where(api_keys.c.owner_user_id == principal.user_id)
-    return statement
+async def _key(uow: UnitOfWork, key_id: int) -> ApiKeyOut:
+    """A key this transaction just wrote, as the API shows it."""
+    row = await uow.row_of(repo.key_by_id(key_id), ApiKeyOut)
+    assert row is not None
+    return row
 
 
 async def _owner(
@@ -107,14 +73,10 @@ async def _owner(
     if owner_email is None or owner_email.lower() == principal.email:
         return principal.user_id, principal.role
     authorize(principal, Action.MANAGE_ANY_API_KEYS)
-    owner = await uow.one_or_none(
-        select(users.c.id, users.c.role).where(
-            users.c.email == owner_email.lower(), users.c.role != "system"
-        )
-    )
+    owner = await uow.row_of(repo.person_by_email(owner_email), repo.UserRole)
     if owner is None:
-        raise InvalidRequest(f"Unknown user {owner_email}.", field="body.owner_email")
-    return int(owner.id), Role(owner.role)
+        raise InvalidRequest(f"Unknown user {owner_email}.", field="owner_email")
+    return owner.id, Role(owner.role)
 
 
 def _check_usable(scopes: list[str], role: Role) -> None:
@@ -127,26 +89,20 @@ def _check_usable(scopes: list[str], role: Role) -> None:
             f"The key's owner has the role {role.value}, which can never use "
             f"{', '.join(unusable)} (a key only narrows what its owner may do). Scopes its "
             f"key can use: {', '.join(sorted(usable))}.",
-            field="body.scopes",
+            field="scopes",
             usable_scopes=sorted(usable),
         )
-
-
-_OWNER_DESKS = text(
-    "SELECT u.role IN ('risk', 'admin') AS all_desks,"
-    " ARRAY(SELECT desk_id FROM desk_members WHERE user_id = u.id) AS desk_ids"
-    " FROM users u WHERE u.id = :id"
-)
 
 
 async def _key_desks(uow: UnitOfWork, owner_id: int, codes: list[str]) -> list[int]:
     """A key narrows its owner's desks; naming a desk the owner does not cover is an error."""
     wanted = await desk_ids_by_code(uow, codes)
-    owner = (await uow.execute(_OWNER_DESKS, {"id": owner_id})).one()
+    owner = await uow.row(repo.OWNER_DESKS, {"id": owner_id})
+    assert owner is not None  # the owner was found above
     outside = sorted(code for code, desk in wanted.items() if desk not in owner.desk_ids)
     if outside and not owner.all_desks:
         raise InvalidRequest(
-            f"The key's owner does not cover desk {', '.join(outside)}.", field="body.desks"
+            f"The key's owner does not cover desk {', '.join(outside)}.", field="desks"
         )
     return list(wanted.values())
 
@@ -160,7 +116,7 @@ async def create_api_key(
     authorize(principal, Action.MANAGE_OWN_API_KEYS)
     unknown = sorted(set(data.scopes) - KNOWN_SCOPES)
     if unknown:
-        raise InvalidRequest(f"Unknown scope: {', '.join(unknown)}.", field="body.scopes")
+        raise InvalidRequest(f"Unknown scope: {', '.join(unknown)}.", field="scopes")
     owner_id, owner_role = await _owner(uow, principal, data.owner_email)
     _check_usable(data.scopes, owner_role)
     desk_ids = await _key_desks(uow, owner_id, data.desks) if data.desks else None
@@ -170,45 +126,40 @@ async def create_api_key(
         if data.expires_in_days
         else None
     )
-    key_id = await uow.scalar(
-        insert(api_keys)
-        .values(
-            owner_user_id=owner_id,
-            name=data.name,
-            prefix=prefix,
-            hash=key_hash,
-            scopes=sorted(set(data.scopes)),
-            desk_ids=desk_ids,
-            expires_at=expires,
-        )
-        .returning(api_keys.c.id)
+    inserted = await uow.row_of(
+        repo.insert_key(
+            {
+                "owner_user_id": owner_id,
+                "name": data.name,
+                "prefix": prefix,
+                "hash": key_hash,
+                "scopes": sorted(set(data.scopes)),
+                "desk_ids": desk_ids,
+                "expires_at": expires,
+            }
+        ),
+        Id,
     )
-    row = (await uow.execute(_key_view().where(api_keys.c.id == key_id))).one()
-    created = ApiKeyOut.model_validate(row._mapping)
+    assert inserted is not None  # an INSERT without ON CONFLICT returns its row
+    key_id = inserted.id
+    created = await _key(uow, key_id)
     await audit.record(uow, principal, "api_key.created", "api_key", key_id, after=created)
     return ApiKeyCreated(**created.model_dump(), key=key)
 
 
 async def list_api_keys(uow: UnitOfWork, principal: Principal) -> list[ApiKeyOut]:
     authorize(principal, Action.MANAGE_OWN_API_KEYS)
-    rows = await uow.execute(_visible_to(principal).order_by(api_keys.c.id))
-    return [ApiKeyOut.model_validate(r._mapping) for r in rows]
+    return await uow.rows_of(_visible_to(principal), ApiKeyOut)
 
 
 async def revoke_api_key(uow: UnitOfWork, principal: Principal, key_id: int) -> ApiKeyOut:
     """Revocation is immediate: the next request with the key gets 401."""
     authorize(principal, Action.MANAGE_OWN_API_KEYS)
-    row = await uow.one_or_none(_visible_to(principal).where(api_keys.c.id == key_id))
-    if row is None:
+    before = await uow.row_of(_visible_to(principal).where(repo.api_keys.c.id == key_id), ApiKeyOut)
+    if before is None:
         raise ApiKeyNotFound(f"No API key {key_id}.")
-    await uow.execute(
-        update(api_keys)
-        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-        .values(revoked_at=func.now())
-    )
-    revoked = (await uow.execute(_key_view().where(api_keys.c.id == key_id))).one()
-    after = ApiKeyOut.model_validate(revoked._mapping)
-    before = ApiKeyOut.model_validate(row._mapping)
+    await uow.execute(repo.revoke_key(key_id))
+    after = await _key(uow, key_id)
     await audit.record(
         uow, principal, "api_key.revoked", "api_key", key_id, before=before, after=after
     )

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.keys import hash_key, parse_key
-from tradeops.auth.principal import Principal, Role
+from tradeops.auth.principal import Principal, Role, sees_every_desk
 from tradeops.auth.tokens import InvalidToken, TokenExpired, TokenService
 from tradeops.db.prepared import prepare
 from tradeops.db.uow import APP_ROLE, UnitOfWork
 from tradeops.errors import Unauthenticated
 
+EVERY_DESK = sees_every_desk("u.role")
 _SET_CONTEXT_COLUMNS = """
     set_config('role', :app_role, true) AS _role,
     set_config('tradeops.user_id', u.id::text, true) AS _user,
@@ -37,7 +39,7 @@ SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, NULL::bigi
 FROM users u
 CROSS JOIN LATERAL (
     SELECT COALESCE(array_agg(m.desk_id ORDER BY m.desk_id), '{{}}') AS desk_ids,
-           u.role IN ('risk', 'admin') AS all_desks, NULL::bigint AS key_id
+           {EVERY_DESK} AS all_desks, NULL::bigint AS key_id
     FROM desk_members m WHERE m.user_id = u.id
 ) ctx
 WHERE u.active AND u.role <> 'system' AND (u.id = :user_id OR u.email = :email)
@@ -45,8 +47,8 @@ WHERE u.active AND u.role <> 'system' AND (u.id = :user_id OR u.email = :email)
 )
 
 # Risk and admin keys see every desk unless the key names some; others see the owner's
-# desks, narrowed to the key's. last_used_at is written at most once a minute per key, by
-# a separate statement, so most requests read without writing.
+# desks, narrowed to the key's. `touch`: last_used_at is over a minute old, so the key is
+# noted in KeyUsage, which writes it later on the primary: authenticating never writes.
 AUTHENTICATE_API_KEY = prepare(
     f"""
 SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, k.id AS key_id,
@@ -55,21 +57,18 @@ SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, k.id AS ke
 FROM api_keys k
 JOIN users u ON u.id = k.owner_user_id
 CROSS JOIN LATERAL (
-    SELECT CASE WHEN u.role IN ('risk', 'admin') THEN COALESCE(k.desk_ids, '{{}}')
+    SELECT CASE WHEN {EVERY_DESK} THEN COALESCE(k.desk_ids, '{{}}')
                 ELSE COALESCE((SELECT array_agg(m.desk_id ORDER BY m.desk_id) FROM desk_members m
                                WHERE m.user_id = u.id
                                  AND (k.desk_ids IS NULL OR m.desk_id = ANY(k.desk_ids))), '{{}}')
            END AS desk_ids,
-           u.role IN ('risk', 'admin') AND k.desk_ids IS NULL AS all_desks,
+           {EVERY_DESK} AND k.desk_ids IS NULL AS all_desks,
            k.id AS key_id
 ) ctx
 WHERE k.prefix = :prefix AND k.hash = :hash AND k.revoked_at IS NULL
   AND (k.expires_at IS NULL OR k.expires_at > now()) AND u.active AND u.role <> 'system'
 """
 )
-
-
-_TOUCH_KEY = prepare("UPDATE api_keys SET last_used_at = now() WHERE id = :id")
 
 
 def _principal(row: Any) -> Principal:
@@ -85,9 +84,14 @@ def _principal(row: Any) -> Principal:
 
 
 async def authenticate(
-    uow: UnitOfWork, credential: str, tokens: TokenService, request_id: str | None
+    uow: UnitOfWork,
+    credential: str,
+    tokens: TokenService,
+    request_id: str | None,
+    key_usage: KeyUsage,
 ) -> Principal:
-    """The principal a bearer credential (JWT or API key) stands for; 401 if none."""
+    """The principal a bearer credential (JWT or API key) stands for; 401 if none. Reads
+    only (it may run on a read replica); a key's use is noted in `key_usage`."""
     prefix = parse_key(credential)
     if prefix is not None:
         params: dict[str, Any] = {"prefix": prefix, "hash": hash_key(credential)}
@@ -113,8 +117,8 @@ async def authenticate(
         raise unauthenticated("The credentials are not valid, expired, revoked or inactive.")
     principal = _principal(row)
     uow.principal, uow.request_id = principal, request_id
-    if row.touch:
-        await uow.execute(_TOUCH_KEY, {"id": principal.api_key_id})
+    if row.touch and principal.api_key_id is not None:
+        key_usage.note(principal.api_key_id)
     return principal
 
 

@@ -17,6 +17,14 @@ class Role(StrEnum):
 
 SYSTEM_USER_ID = 0
 
+# Risk and admin oversee the bank: they see every desk (a key of theirs may narrow that).
+EVERY_DESK_ROLES = (Role.RISK, Role.ADMIN)
+
+
+def sees_every_desk(role_column: str) -> str:
+    """The SQL condition that the user whose role is `role_column` sees every desk."""
+    return f"{role_column} IN ({', '.join(repr(r.value) for r in EVERY_DESK_ROLES)})"
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:

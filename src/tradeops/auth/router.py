@@ -7,12 +7,13 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, ConfigDict
 
 from tradeops.auth import api_keys, users
-from tradeops.auth.api_keys import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from tradeops.auth.api_keys import ApiKeyCreate, ApiKeyCreated
 from tradeops.auth.authentication import unauthenticated
 from tradeops.auth.passwords import PasswordChecksBusy
 from tradeops.auth.principal import Principal
+from tradeops.auth.schemas import ApiKeyOut, UserOut
 from tradeops.auth.sign_in import LoginThrottled, ThrottlePolicy, sign_in
-from tradeops.auth.users import UserCreate, UserOut
+from tradeops.auth.users import UserCreate
 from tradeops.db.http import TransactionalRoute
 from tradeops.deps import API_PREFIX, CurrentPrincipal, RowId, UoW
 from tradeops.errors import Forbidden, InvalidRequest, Unauthenticated

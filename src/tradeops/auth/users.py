@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
-from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 
 from tradeops.audit import service as audit
-from tradeops.auth.models import User
+from tradeops.auth import repository as repo
 from tradeops.auth.passwords import hash_password
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
+from tradeops.auth.schemas import UserOut
 from tradeops.auth.sign_in import lift_lockout
-from tradeops.db.base import table_of
+from tradeops.db.prepared import Id
 from tradeops.db.uow import UnitOfWork
-from tradeops.desks.models import Desk, DeskMember
 from tradeops.desks.service import desk_ids_by_code
 from tradeops.errors import Conflict, NotFound
-
-users = table_of(User)
-members = table_of(DeskMember)
-desks = table_of(Desk)
 
 PersonRole = Literal["trader", "agent", "approver", "risk", "admin"]
 # A plain shape check: reserved domains such as demo.test are fine for demo and test accounts.
@@ -48,16 +41,6 @@ class UserCreate(BaseModel):
     )
 
 
-class UserOut(BaseModel):
-    id: int
-    email: str
-    name: str
-    role: str
-    active: bool
-    desks: list[str]
-    created_at: datetime
-
-
 class UserNotFound(NotFound):
     slug = "user-not-found"
     title = "User not found"
@@ -68,37 +51,13 @@ class UserExists(Conflict):
     title = "User already exists"
 
 
-def _user_view() -> Any:
-    desk_codes = (
-        # In code order: an aggregate's order is otherwise whatever the join's plan gives.
-        select(
-            func.coalesce(
-                func.array_agg(aggregate_order_by(desks.c.code, desks.c.code)),
-                text("'{}'::text[]"),
-            )
-        )
-        .select_from(members.join(desks, desks.c.id == members.c.desk_id))
-        .where(members.c.user_id == users.c.id)
-        .scalar_subquery()
-    )
-    return select(
-        users.c.id,
-        users.c.email,
-        users.c.name,
-        users.c.role,
-        users.c.active,
-        desk_codes.label("desks"),
-        users.c.created_at,
-    ).where(users.c.role != "system")
-
-
 async def get_user(uow: UnitOfWork, principal: Principal, user_id: int) -> UserOut:
     if user_id != principal.user_id:
         authorize(principal, Action.MANAGE_USERS)
-    row = await uow.one_or_none(_user_view().where(users.c.id == user_id))
-    if row is None:
+    user = await uow.row_of(repo.user_by_id(user_id), UserOut)
+    if user is None:
         raise UserNotFound(f"No user {user_id}.")
-    return UserOut.model_validate(row._mapping)
+    return user
 
 
 async def emails_of(uow: UnitOfWork, user_ids: set[int]) -> dict[int, str]:
@@ -106,32 +65,25 @@ async def emails_of(uow: UnitOfWork, user_ids: set[int]) -> dict[int, str]:
     maker and approver of an order are shown with it), never anything more."""
     if not user_ids:
         return {}
-    rows = await uow.execute(select(users.c.id, users.c.email).where(users.c.id.in_(user_ids)))
+    rows = await uow.rows_of(repo.emails_of(user_ids), repo.UserEmail)
     return {row.id: row.email for row in rows}
 
 
 async def list_users(uow: UnitOfWork, principal: Principal) -> list[UserOut]:
     authorize(principal, Action.MANAGE_USERS)
-    rows = await uow.execute(_user_view().order_by(users.c.email))
-    return [UserOut.model_validate(r._mapping) for r in rows]
+    return await uow.rows_of(repo.all_users(), UserOut)
 
 
 async def create_user(uow: UnitOfWork, principal: Principal, data: UserCreate) -> UserOut:
     authorize(principal, Action.MANAGE_USERS)
     password = data.password.get_secret_value() if data.password else None
-    user_id = await uow.scalar(
-        insert(users)
-        .values(
-            email=data.email.lower(),
-            name=data.name,
-            role=data.role,
-            password_hash=hash_password(password) if password else None,
-        )
-        .on_conflict_do_nothing(index_elements=["email"])
-        .returning(users.c.id)
+    password_hash = hash_password(password) if password else None
+    inserted = await uow.row_of(
+        repo.insert_user(data.email, data.name, data.role, password_hash), Id
     )
-    if user_id is None:
+    if inserted is None:
         raise UserExists(f"A user with email {data.email} already exists.")
+    user_id = inserted.id
     await _replace_desks(uow, user_id, data.desks)
     created = await get_user(uow, principal, user_id)
     await audit.record(uow, principal, "user.created", "user", user_id, after=created)
@@ -157,12 +109,7 @@ async def set_user_active(
     """Deactivating takes effect at once: tokens and the user's API keys stop working."""
     authorize(principal, Action.MANAGE_USERS)
     before = await get_user(uow, principal, user_id)
-    changed = await uow.scalar(
-        update(users)
-        .where(users.c.id == user_id, users.c.role != "system")
-        .values(active=active)
-        .returning(users.c.id)
-    )
+    changed = await uow.row_of(repo.set_active(user_id, active=active), Id)
     if changed is None:
         raise UserNotFound(f"No user {user_id}.")
     after = await get_user(uow, principal, user_id)
@@ -175,14 +122,10 @@ async def set_password(uow: UnitOfWork, principal: Principal, email: str, passwo
     """Give a person a new password and lift any sign-in lockout, as a reset by an
     administrator should; the audit event records no secret."""
     authorize(principal, Action.MANAGE_USERS)
-    user_id = await uow.scalar(
-        update(users)
-        .where(users.c.email == email.strip().lower(), users.c.role.not_in(["system", "agent"]))
-        .values(password_hash=hash_password(password))
-        .returning(users.c.id)
-    )
-    if user_id is None:
+    updated = await uow.row_of(repo.set_password_hash(email, hash_password(password)), Id)
+    if updated is None:
         raise UserNotFound(f"No person with email {email} (agents sign in with API keys only).")
+    user_id = updated.id
     await lift_lockout(uow, email)
     changed = await get_user(uow, principal, user_id)
     await audit.record(uow, principal, "user.password_set", "user", user_id, after=changed)
@@ -191,18 +134,13 @@ async def set_password(uow: UnitOfWork, principal: Principal, email: str, passwo
 
 async def _replace_desks(uow: UnitOfWork, user_id: int, desk_codes: list[str]) -> None:
     ids = await desk_ids_by_code(uow, desk_codes) if desk_codes else {}
-    await uow.execute(delete(members).where(members.c.user_id == user_id))
+    await uow.execute(repo.clear_desks(user_id))
     if ids:
-        await uow.execute(
-            insert(members), [{"user_id": user_id, "desk_id": d} for d in ids.values()]
-        )
-
-
-_END_PAGE_SESSIONS = text("SELECT end_page_sessions()")
+        await uow.execute(repo.add_desks(user_id, list(ids.values())))
 
 
 async def end_page_sessions(uow: UnitOfWork) -> None:
     """Sign the acting user out of every page session (the cookies carry the generation that
     this moves on); the database function touches no other user."""
-    if await uow.scalar(_END_PAGE_SESSIONS) is None:
+    if await uow.scalar(repo.END_PAGE_SESSIONS) is None:
         raise LookupError("no acting user to sign out")

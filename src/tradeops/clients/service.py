@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import Select, func, select, update
-from sqlalchemy.dialects.postgresql import insert
-
 from tradeops.audit import service as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
-from tradeops.clients.models import Client
+from tradeops.clients import repository as repo
 from tradeops.clients.schemas import ClientCreate, ClientOut, ClientUpdate
-from tradeops.db.base import table_of
+from tradeops.db.prepared import Id
 from tradeops.db.uow import UnitOfWork
-from tradeops.desks.models import Desk
 from tradeops.desks.service import desk_ids_by_code
 from tradeops.errors import Conflict, NotFound
-
-clients = table_of(Client)
-desks = table_of(Desk)
 
 
 class ClientNotFound(NotFound):
@@ -32,48 +23,25 @@ class ClientExists(Conflict):
     title = "Client already exists"
 
 
-def _readable(principal: Principal) -> Select[Any]:
-    """Clients as the principal may see them (row-level security enforces the same)."""
-    statement = select(
-        clients.c.external_id.label("client_id"),
-        clients.c.name,
-        desks.c.code.label("desk"),
-        clients.c.status,
-        clients.c.created_at,
-        clients.c.updated_at,
-    ).join(desks, desks.c.id == clients.c.desk_id)
-    if not principal.all_desks:
-        statement = statement.where(clients.c.desk_id.in_(principal.desk_ids))
-    return statement
-
-
 async def get_client(uow: UnitOfWork, principal: Principal, client_id: str) -> ClientOut:
     authorize(principal, Action.READ_CLIENTS)
-    row = await uow.one_or_none(_readable(principal).where(clients.c.external_id == client_id))
-    if row is None:
+    client = await uow.row_of(repo.client_by_id(principal, client_id), ClientOut)
+    if client is None:
         raise ClientNotFound(f"No client {client_id}.")
-    return ClientOut.model_validate(row._mapping)
+    return client
 
 
 async def list_clients(
     uow: UnitOfWork, principal: Principal, *, desk: str | None = None
 ) -> list[ClientOut]:
     authorize(principal, Action.READ_CLIENTS)
-    statement = _readable(principal).order_by(clients.c.external_id)
-    if desk is not None:
-        statement = statement.where(desks.c.code == desk)
-    return [ClientOut.model_validate(r._mapping) for r in await uow.execute(statement)]
+    return await uow.rows_of(repo.clients_of(principal, desk), ClientOut)
 
 
 async def create_client(uow: UnitOfWork, principal: Principal, data: ClientCreate) -> ClientOut:
     authorize(principal, Action.MANAGE_CLIENTS)
     desk_id = (await desk_ids_by_code(uow, [data.desk]))[data.desk]
-    created = await uow.scalar(
-        insert(clients)
-        .values(external_id=data.client_id, name=data.name, desk_id=desk_id, status=data.status)
-        .on_conflict_do_nothing(index_elements=["external_id"])
-        .returning(clients.c.id)
-    )
+    created = await uow.row_of(repo.insert_client(data, desk_id), Id)
     if created is None:
         raise ClientExists(f"Client {data.client_id} already exists.")
     client = await get_client(uow, principal, data.client_id)
@@ -88,12 +56,7 @@ async def update_client(
     values = changes.model_dump(exclude_unset=True, exclude_none=True)
     before = await get_client(uow, principal, client_id)
     if values:
-        updated = await uow.scalar(
-            update(clients)
-            .where(clients.c.external_id == client_id)
-            .values(**values, updated_at=func.now())
-            .returning(clients.c.id)
-        )
+        updated = await uow.row_of(repo.update_client(client_id, values), Id)
         if updated is None:
             raise ClientNotFound(f"No client {client_id}.")
         after = await get_client(uow, principal, client_id)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.sql import ClauseElement
 
 _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +43,31 @@ def _render(statement: ClauseElement) -> Prepared:
 def prepare(statement: ClauseElement | str) -> Prepared:
     """Render a constant statement once (plain SQL strings use :name parameters)."""
     return _render(text(statement) if isinstance(statement, str) else statement)
+
+
+@dataclass(frozen=True, slots=True)
+class Query(Generic[T]):
+    """A statement and the type of its rows: a frozen dataclass (or a pydantic model) whose
+    fields are the statement's columns, by name. `tests/integration/test_queries.py`
+    prepares every one against the migrated schema and compares the two."""
+
+    prepared: Prepared
+    into: type[T]
+
+
+@dataclass(frozen=True, slots=True)
+class Id:
+    """A row of one key: what an INSERT or UPDATE … RETURNING id answers."""
+
+    id: int
+
+
+# Every typed query built at import, for the test that checks columns against types.
+QUERIES: list[Query[Any]] = []
+
+
+def query(statement: ClauseElement | str, into: type[T]) -> Query[T]:
+    """A constant statement whose rows are `into`; rendered once, registered for the test."""
+    typed = Query(prepare(statement), into)
+    QUERIES.append(typed)
+    return typed

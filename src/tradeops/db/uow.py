@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ClauseElement
 
 from tradeops.db.pool import Database
-from tradeops.db.prepared import Prepared, prepare
+from tradeops.db.prepared import Prepared, Query, prepare
 
 T = TypeVar("T")
 
@@ -161,6 +161,29 @@ class UnitOfWork:
         sql, arguments = _render(statement, params)
         return Result(await self.driver.fetch(sql, *arguments))
 
+    async def row(self, query: Query[T], params: Mapping[str, Any] | None = None) -> T | None:
+        """The one row of a typed query, as its type, or None."""
+        record = await self.fetchrow(query.prepared, params)
+        return None if record is None else query.into(**record)
+
+    async def rows(self, query: Query[T], params: Mapping[str, Any] | None = None) -> list[T]:
+        """Every row of a typed query, as its type."""
+        return await self.rows_of(query.prepared, query.into, params)
+
+    async def row_of(
+        self, statement: Statement, into: type[T], params: Mapping[str, Any] | None = None
+    ) -> T | None:
+        """The one row of a statement built per call, as `into`, or None."""
+        record = await self.fetchrow(statement, params)
+        return None if record is None else into(**record)
+
+    async def rows_of(
+        self, statement: Statement, into: type[T], params: Mapping[str, Any] | None = None
+    ) -> list[T]:
+        """Every row of a statement built per call (filters), as `into`."""
+        sql, arguments = _render(statement, params)
+        return [into(**record) for record in await self.driver.fetch(sql, *arguments)]
+
     async def one_or_none(
         self, statement: Statement, params: Mapping[str, Any] | None = None
     ) -> Row | None:
@@ -170,6 +193,14 @@ class UnitOfWork:
     async def scalar(self, statement: Statement, params: Mapping[str, Any] | None = None) -> Any:
         record = await self.fetchrow(statement, params)
         return None if record is None else record[0]
+
+    async def stream_rows(
+        self, query: Query[T], params: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[T]:
+        """The rows of a typed query as they arrive (a server-side cursor), as its type."""
+        sql, arguments = _render(query.prepared, params)
+        async for record in self.driver.cursor(sql, *arguments, prefetch=500):
+            yield query.into(**record)
 
     async def stream(
         self, statement: Statement, params: Mapping[str, Any] | None = None
@@ -216,22 +247,57 @@ def backoff_seconds(attempt: int) -> float:
 # data through the migration owner's).
 Connections = Database | AsyncEngine
 
+# A transaction left open by a crashed or stuck caller must not hold its locks for long.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+
+
+def begin_statement(statement_timeout_ms: int, *, read_only: bool = False) -> str:
+    """BEGIN and the transaction's time limits, in one round trip (one simple query).
+
+    The limits are transaction-local (set_config(..., true)), so every transaction carries
+    its own: a pooler in transaction mode (PgBouncer) refuses them as startup parameters
+    (`unsupported startup parameter`) or, told to ignore them, drops them silently; and
+    nothing set here outlives the transaction on a server connection others share."""
+    begin = "BEGIN READ ONLY" if read_only else "BEGIN"
+    return (
+        f"{begin}; SELECT"
+        f" set_config('statement_timeout', '{int(statement_timeout_ms)}', true),"
+        " set_config('idle_in_transaction_session_timeout',"
+        f" '{IDLE_IN_TRANSACTION_TIMEOUT_MS}', true)"
+    )
+
 
 @asynccontextmanager
-async def _connection(source: Connections) -> AsyncIterator[asyncpg.Connection]:
+async def _connection(source: Connections) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
+    """A connection, and the statement that begins a transaction on it."""
     if isinstance(source, Database):
         async with source.acquire() as driver:
-            yield driver
-    else:
+            yield (
+                driver,
+                begin_statement(source.settings.statement_timeout_ms, read_only=source.read_only),
+            )
+    else:  # the migration owner's engine, in tests: no limits, as for migrations
         async with source.connect() as connection:
-            yield await driver_of(connection)
+            yield await driver_of(connection), "BEGIN"
 
 
 @asynccontextmanager
 async def transaction(source: Connections) -> AsyncIterator[UnitOfWork]:
-    """A pooled connection in a transaction: committed on success, rolled back on any error."""
-    async with _connection(source) as driver, driver.transaction():
-        yield UnitOfWork(driver)
+    """A pooled connection in a transaction: committed on success, rolled back on any error.
+
+    Begun, committed and rolled back by hand rather than with asyncpg's `transaction()`,
+    whose BEGIN cannot carry the time limits in the same round trip."""
+    async with _connection(source) as (driver, begin):
+        await driver.execute(begin)
+        try:
+            yield UnitOfWork(driver)
+        except BaseException:
+            # A connection already lost has nothing to roll back (the server ended the
+            # transaction): the error that lost it is the one to report.
+            if not driver.is_closed():
+                await driver.execute("ROLLBACK")
+            raise
+        await driver.execute("COMMIT")
 
 
 @asynccontextmanager

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 
 from tradeops.audit import service as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
-from tradeops.db.base import table_of
 from tradeops.db.uow import UnitOfWork
-from tradeops.desks.models import Desk
+from tradeops.desks import repository as repo
 from tradeops.errors import Conflict, InvalidRequest
-
-desks = table_of(Desk)
 
 
 class DeskIn(BaseModel):
@@ -36,28 +31,23 @@ class DeskExists(Conflict):
 
 async def list_desks(uow: UnitOfWork, principal: Principal) -> list[DeskOut]:
     authorize(principal, Action.READ_REFERENCE_DATA)
-    rows = await uow.execute(select(desks.c.code, desks.c.name).order_by(desks.c.code))
-    return [DeskOut.model_validate(r._mapping) for r in rows]
+    rows = await uow.rows_of(repo.all_desks(), repo.DeskRow)
+    return [DeskOut(code=r.code, name=r.name) for r in rows]
 
 
 async def create_desk(uow: UnitOfWork, principal: Principal, data: DeskIn) -> DeskOut:
     authorize(principal, Action.MANAGE_DESKS)
-    row = await uow.one_or_none(
-        insert(desks)
-        .values(code=data.code, name=data.name)
-        .on_conflict_do_nothing(index_elements=["code"])
-        .returning(desks.c.code, desks.c.name)
-    )
+    row = await uow.row_of(repo.insert_desk(data.code, data.name), repo.DeskRow)
     if row is None:
         raise DeskExists(f"Desk {data.code} already exists.")
-    created = DeskOut.model_validate(row._mapping)
+    created = DeskOut(code=row.code, name=row.name)
     await audit.record(uow, principal, "desk.created", "desk", data.code, after=created)
     return created
 
 
 async def desk_ids_by_code(uow: UnitOfWork, codes: list[str]) -> dict[str, int]:
     """Resolve desk codes; an unknown code is a field error on `field`."""
-    rows = await uow.execute(select(desks.c.code, desks.c.id).where(desks.c.code.in_(codes)))
+    rows = await uow.rows_of(repo.desks_by_code(codes), repo.DeskKey)
     found: dict[str, int] = {row.code: row.id for row in rows}
     missing = sorted(set(codes) - found.keys())
     if missing:

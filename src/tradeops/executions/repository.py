@@ -1,23 +1,53 @@
-"""Named queries over executions."""
+"""Named queries over executions; the order a fill changes is written by orders/repository."""
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 
-from tradeops.db.prepared import prepare
+from tradeops.audit.repository import append_audit
+from tradeops.db.prepared import query
+from tradeops.executions.schemas import ExecutionOut
+from tradeops.orders.repository import locking, order_change, updating
+from tradeops.orders.states import OrderStatus, Side
+
+
+@dataclass(frozen=True, slots=True)
+class FillOrder:
+    """The order to fill, as locked: what the fill rules and the position need."""
+
+    id: int
+    desk_id: int
+    client_id: int
+    instrument_id: int
+    side: Side
+    order_type: str
+    limit_price: Decimal | None
+    quantity: Decimal
+    filled_quantity: Decimal
+    avg_fill_price: Decimal | None
+    status: OrderStatus
+    version: int
+    client_external_id: str
+    symbol: str
+    lot_size: Decimal
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "side", Side(self.side))
+        object.__setattr__(self, "status", OrderStatus(self.status))
+
 
 # The order to fill, locked first: fills of one order queue here, and everything after
 # (the resent-fill check, the position) is read under this lock.
-LOCK_ORDER = prepare(
-    text(
-        "SELECT o.id, o.desk_id, o.client_id, o.instrument_id, o.side, o.order_type,"
+LOCK_ORDER = query(
+    locking(
+        "o.id, o.desk_id, o.client_id, o.instrument_id, o.side, o.order_type,"
         " o.price AS limit_price, o.quantity, o.filled_quantity, o.avg_fill_price, o.status,"
-        " o.version,"
-        " c.external_id AS client_external_id, i.symbol, i.lot_size"
-        " FROM orders o JOIN clients c ON c.id = o.client_id"
-        " JOIN instruments i ON i.id = o.instrument_id"
-        " WHERE o.id = :id FOR UPDATE OF o"
-    )
+        " o.version, c.external_id AS client_external_id, i.symbol, i.lot_size",
+        "JOIN clients c ON c.id = o.client_id JOIN instruments i ON i.id = o.instrument_id",
+    ),
+    FillOrder,
 )
 
 _EXECUTION_COLUMNS = (
@@ -25,65 +55,126 @@ _EXECUTION_COLUMNS = (
     " u.email AS recorded_by, e.recorded_at"
 )
 
+
+@dataclass(frozen=True, slots=True)
+class FillContext:
+    """What the order's fills cost so far, and the execution already recorded under the
+    fill's external id (all None: none)."""
+
+    filled_notional: Decimal
+    id: int | None
+    order_id: int | None
+    external_id: str | None
+    quantity: Decimal | None
+    price: Decimal | None
+    venue: str | None
+    executed_at: datetime | None
+    recorded_by: str | None
+    recorded_at: datetime | None
+
+
 # Read after the lock (a new statement, so it sees every fill committed before it): the
 # execution already recorded under this external id, if any, and what the order's fills
 # cost so far, for its average fill price.
-FILL_CONTEXT = prepare(
-    text(
-        "SELECT (SELECT COALESCE(sum(quantity * price), 0) FROM executions"  # noqa: S608 - constants only
-        "  WHERE order_id = :order_id) AS filled_notional,"
-        f" {_EXECUTION_COLUMNS}"
-        " FROM (SELECT 1) AS one"
-        " LEFT JOIN executions e ON e.venue = :venue AND e.external_id = :external_id"
-        " LEFT JOIN users u ON u.id = e.recorded_by"
-    )
+FILL_CONTEXT = query(
+    "SELECT (SELECT COALESCE(sum(quantity * price), 0) FROM executions"  # noqa: S608 - constants only
+    "  WHERE order_id = :order_id) AS filled_notional,"
+    f" {_EXECUTION_COLUMNS}"
+    " FROM (SELECT 1) AS one"
+    " LEFT JOIN executions e ON e.venue = :venue AND e.external_id = :external_id"
+    " LEFT JOIN users u ON u.id = e.recorded_by",
+    FillContext,
 )
 
-# The fill, the order's new state, its history event (seq = the new version) and the audit
-# events of both, in one round trip. A fill whose external id a concurrent fill of another
-# order took meanwhile inserts nothing, changes nothing and returns no row.
-RECORD_FILL = prepare(
-    text(
-        "WITH new_execution AS ("  # noqa: S608 - SQL from constants only
+
+@dataclass(frozen=True, slots=True)
+class RecordedExecution:
+    """A fill just recorded, and its order's new fill state."""
+
+    id: int
+    order_id: int
+    external_id: str
+    quantity: Decimal
+    price: Decimal
+    venue: str
+    executed_at: datetime
+    recorded_by: str
+    recorded_at: datetime
+    order_status: OrderStatus
+    order_filled_quantity: Decimal
+    order_avg_fill_price: Decimal
+    order_version: int
+
+
+# The fill and its audit event, then the order's change (new state, history event with
+# the execution's id, audit event), in one round trip. A fill whose external id a
+# concurrent fill of another order took meanwhile inserts nothing, changes nothing and
+# returns no row.
+RECORD_FILL = query(
+    order_change(
+        updating(
+            "filled_quantity = filled_quantity + :quantity, avg_fill_price = :avg_fill_price,"
+            " status = :event_type",
+            "version = :version AND EXISTS (SELECT FROM new_execution)",
+        ),
+        first="new_execution AS ("  # noqa: S608 - SQL from constants only
         " INSERT INTO executions (order_id, desk_id, quantity, price, venue, executed_at,"
         "  external_id, recorded_by, recorded_by_key_id)"
-        " VALUES (:order_id, :desk_id, :quantity, :price, :venue, :executed_at, :external_id,"
+        " VALUES (:id, :desk_id, :quantity, :price, :venue, :executed_at, :external_id,"
         "  :recorded_by, :recorded_by_key_id)"
         " ON CONFLICT (venue, external_id) DO NOTHING RETURNING *),"
-        " before AS (SELECT * FROM orders WHERE id = :order_id),"
-        " changed AS ("
-        " UPDATE orders SET filled_quantity = filled_quantity + :quantity,"
-        "  avg_fill_price = :avg_fill_price, status = :to_status, version = version + 1,"
-        "  updated_at = now()"
-        " WHERE id = :order_id AND version = :version AND EXISTS (SELECT FROM new_execution)"
-        " RETURNING *),"
-        " event AS ("
-        " INSERT INTO order_events (order_id, desk_id, seq, type, actor, payload)"
-        " SELECT c.id, c.desk_id, c.version, c.status, :actor,"
-        "  CAST(:payload AS jsonb) || jsonb_build_object('execution_id', e.id)"
-        " FROM changed c CROSS JOIN new_execution e),"
         " audit_execution AS ("
-        " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity,"
-        "  entity_id, after)"
-        " SELECT 'execution:' || e.id, :actor, :api_key_id, :request_id, 'execution.recorded',"
-        "  'execution', e.id::text, to_jsonb(e) FROM new_execution e),"
-        " audit_order AS ("
-        " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity,"
-        "  entity_id, before, after)"
-        " SELECT 'order:' || c.id, :actor, :api_key_id, :request_id, :action, 'order',"
-        "  c.id::text, to_jsonb(b), to_jsonb(c) FROM changed c CROSS JOIN before b)"
-        f" SELECT {_EXECUTION_COLUMNS}, c.status AS order_status,"
+        + append_audit(
+            entity="'execution'",
+            entity_id="e.id::text",
+            after="to_jsonb(e)",
+            action="'execution.recorded'",
+            source="new_execution e",
+        )
+        + ")",
+        event_payload="CAST(:payload AS jsonb) || jsonb_build_object('execution_id', e.id)",
+        event_source="changed c CROSS JOIN new_execution e",
+        returning=f"SELECT {_EXECUTION_COLUMNS}, c.status AS order_status,"  # noqa: S608
         " c.filled_quantity AS order_filled_quantity, c.avg_fill_price AS order_avg_fill_price,"
         " c.version AS order_version"
         " FROM new_execution e JOIN changed c ON c.id = e.order_id"
-        " JOIN users u ON u.id = e.recorded_by"
-    )
+        " JOIN users u ON u.id = e.recorded_by",
+    ),
+    RecordedExecution,
 )
 
-EXECUTIONS_OF_ORDER = prepare(
-    text(
-        f"SELECT {_EXECUTION_COLUMNS} FROM executions e"  # noqa: S608 - constants only
-        " JOIN users u ON u.id = e.recorded_by"
-        " WHERE e.order_id = :order_id ORDER BY e.executed_at, e.id"
-    )
+EXECUTIONS_OF_ORDER = query(
+    f"SELECT {_EXECUTION_COLUMNS} FROM executions e"  # noqa: S608 - constants only
+    " JOIN users u ON u.id = e.recorded_by"
+    " WHERE e.order_id = :order_id ORDER BY e.executed_at, e.id",
+    ExecutionOut,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    """An order the simulator fills: what is left of it, and the market's latest price."""
+
+    id: int
+    client_id: str
+    symbol: str
+    side: Side
+    limit_price: Decimal | None
+    remaining: Decimal
+    market_price: Decimal | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "side", Side(self.side))
+
+
+OPEN_ORDERS = query(
+    "SELECT o.id, c.external_id AS client_id, i.symbol, o.side, o.price AS limit_price,"
+    " o.quantity - o.filled_quantity AS remaining, s.price AS market_price"
+    " FROM orders o JOIN clients c ON c.id = o.client_id"
+    " JOIN instruments i ON i.id = o.instrument_id"
+    " LEFT JOIN LATERAL (SELECT m.price FROM market_snapshots m"
+    "  WHERE m.instrument_id = o.instrument_id ORDER BY m.as_of DESC, m.id DESC LIMIT 1) s"
+    "  ON true"
+    " WHERE o.status IN ('APPROVED', 'PARTIALLY_FILLED') ORDER BY o.id",
+    OpenOrder,
 )

@@ -15,31 +15,16 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import text
-
 from tradeops.auth.principal import Principal
 from tradeops.db.pool import Database
-from tradeops.db.prepared import prepare
-from tradeops.db.uow import Row, run_in_transaction
+from tradeops.db.uow import run_in_transaction
 from tradeops.decimals import plain
 from tradeops.errors import DomainError
+from tradeops.executions import repository as repo
 from tradeops.executions.schemas import ExecutionIn
 from tradeops.executions.service import record_execution
 
 VENUE = "SIMULATOR"
-
-OPEN_ORDERS = prepare(
-    text(
-        "SELECT o.id, c.external_id AS client_id, i.symbol, o.side, o.price AS limit_price,"
-        " o.quantity - o.filled_quantity AS remaining, s.price AS market_price"
-        " FROM orders o JOIN clients c ON c.id = o.client_id"
-        " JOIN instruments i ON i.id = o.instrument_id"
-        " LEFT JOIN LATERAL (SELECT m.price FROM market_snapshots m"
-        "  WHERE m.instrument_id = o.instrument_id ORDER BY m.as_of DESC, m.id DESC LIMIT 1) s"
-        "  ON true"
-        " WHERE o.status IN ('APPROVED', 'PARTIALLY_FILLED') ORDER BY o.id"
-    )
-)
 
 
 @dataclass(frozen=True)
@@ -69,11 +54,13 @@ async def simulate_fills(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> list[SimulatedFill]:
     """Fill every APPROVED or PARTIALLY_FILLED order in full, one transaction per order."""
-    open_orders = await run_in_transaction(db, principal, lambda uow: uow.execute(OPEN_ORDERS))
+    open_orders = await run_in_transaction(db, principal, lambda uow: uow.rows(repo.OPEN_ORDERS))
     return [await _fill(db, principal, order, clock()) for order in open_orders]
 
 
-async def _fill(db: Database, principal: Principal, order: Row, now: datetime) -> SimulatedFill:
+async def _fill(
+    db: Database, principal: Principal, order: repo.OpenOrder, now: datetime
+) -> SimulatedFill:
     price = fill_price(order.side, order.limit_price, order.market_price)
     result = SimulatedFill(
         order.id,

@@ -6,20 +6,13 @@ from collections.abc import Collection
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
-
 from tradeops.audit import service as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
-from tradeops.db.base import table_of
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, NotFound
-from tradeops.instruments.models import Instrument
+from tradeops.instruments import repository as repo
 from tradeops.instruments.schemas import InstrumentCreate, InstrumentOut, InstrumentUpdate
-
-instruments = table_of(Instrument)
-_COLUMNS = [c for c in instruments.c if c.name != "id"]
 
 
 class InstrumentNotFound(NotFound):
@@ -38,15 +31,9 @@ async def create_instrument(
     authorize(principal, Action.MANAGE_INSTRUMENTS)
     if data.restricted:
         authorize(principal, Action.MANAGE_RESTRICTED_LIST)
-    row = await uow.one_or_none(
-        insert(instruments)
-        .values(**data.model_dump())
-        .on_conflict_do_nothing(index_elements=["symbol"])
-        .returning(*_COLUMNS)
-    )
-    if row is None:
+    created = await uow.row_of(repo.insert_instrument(data.model_dump()), InstrumentOut)
+    if created is None:
         raise InstrumentExists(f"Instrument {data.symbol} already exists.")
-    created = InstrumentOut.model_validate(row._mapping)
     await audit.record(
         uow, principal, "instrument.created", "instrument", data.symbol, after=created
     )
@@ -55,20 +42,17 @@ async def create_instrument(
 
 async def get_instrument(uow: UnitOfWork, principal: Principal, symbol: str) -> InstrumentOut:
     authorize(principal, Action.READ_REFERENCE_DATA)
-    row = await uow.one_or_none(select(*_COLUMNS).where(instruments.c.symbol == symbol.upper()))
-    if row is None:
+    instrument = await uow.row_of(repo.instrument_by_symbol(symbol), InstrumentOut)
+    if instrument is None:
         raise InstrumentNotFound(f"No instrument with symbol {symbol}.")
-    return InstrumentOut.model_validate(row._mapping)
+    return instrument
 
 
 async def list_instruments(
     uow: UnitOfWork, principal: Principal, *, active: bool | None = None
 ) -> list[InstrumentOut]:
     authorize(principal, Action.READ_REFERENCE_DATA)
-    statement = select(*_COLUMNS).order_by(instruments.c.symbol)
-    if active is not None:
-        statement = statement.where(instruments.c.active == active)
-    return [InstrumentOut.model_validate(r._mapping) for r in await uow.execute(statement)]
+    return await uow.rows_of(repo.instruments_list(active), InstrumentOut)
 
 
 async def tick_sizes(
@@ -78,11 +62,7 @@ async def tick_sizes(
     authorize(principal, Action.READ_REFERENCE_DATA)
     if not symbols:
         return {}
-    rows = await uow.execute(
-        select(instruments.c.symbol, instruments.c.tick_size).where(
-            instruments.c.symbol.in_(sorted(symbols))
-        )
-    )
+    rows = await uow.rows_of(repo.tick_sizes(symbols), repo.TickSize)
     return {row.symbol: row.tick_size for row in rows}
 
 
@@ -97,15 +77,9 @@ async def update_instrument(
     before = await get_instrument(uow, principal, symbol)
     if not values:
         return before
-    row = await uow.one_or_none(
-        update(instruments)
-        .where(instruments.c.symbol == before.symbol)
-        .values(**values, updated_at=func.now())
-        .returning(*_COLUMNS)
-    )
-    if row is None:  # pragma: no cover - read just above in the same transaction
+    after = await uow.row_of(repo.update_instrument(before.symbol, values), InstrumentOut)
+    if after is None:  # pragma: no cover - read just above in the same transaction
         raise InstrumentNotFound(f"No instrument with symbol {symbol}.")
-    after = InstrumentOut.model_validate(row._mapping)
     await audit.record(
         uow, principal, "instrument.updated", "instrument", after.symbol, before=before, after=after
     )

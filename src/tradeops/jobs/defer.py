@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from tradeops.db.prepared import prepare
+from tradeops.db.prepared import Id, prepare, query
 from tradeops.db.uow import UnitOfWork
 
 # Task names and queues, shared by the callers (which defer) and the worker (which runs).
 CHECK_ORDER_RISK = "check_order_risk"
 RISK_QUEUE = "risk"
 HOUSEKEEPING_QUEUE = "housekeeping"  # the periodic recovery tasks (tasks.py)
+# Webhook deliveries: the outbox trigger of migration 0012 defers DELIVER_WEBHOOKS on this
+# queue (the names are written there too), with DELIVER_WEBHOOKS as its queueing lock.
+WEBHOOKS_QUEUE = "webhooks"
+DELIVER_WEBHOOKS = "deliver_webhooks"
+SWEEP_WEBHOOKS = "sweep_webhooks"
 
-DEFER_JOB = prepare(
+
+@dataclass(frozen=True, slots=True)
+class OrderJob:
+    """A risk check the sweeper queued (or put back) for an order."""
+
+    order_id: int
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetriedJob(OrderJob):
+    retried: None  # procrastinate_retry_job_v2 returns void
+
+
+DEFER_JOB = query(
     "SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW("
     " CAST(:queue AS varchar), CAST(:task_name AS varchar), CAST(:priority AS integer),"
     " CAST(:lock AS text), CAST(:queueing_lock AS text), CAST(:args AS jsonb),"
-    " CAST(NULL AS timestamptz))::procrastinate_job_to_defer_v1]))[1] AS id"
+    " CAST(NULL AS timestamptz))::procrastinate_job_to_defer_v1]))[1] AS id",
+    Id,
 )
 
 
@@ -31,7 +52,7 @@ RISK_SWEEP_LOCK = prepare("SELECT pg_advisory_xact_lock(hashtext('tradeops.risk_
 # lock, order:<id>, is the one submit_order gives it; idx_procrastinate_jobs_id_lock serves
 # the lookup). Same lock, so it never runs beside another check of the order; the queueing
 # lock keeps a second sweeper from queueing it twice even without RISK_SWEEP_LOCK.
-DEFER_MISSING_RISK_CHECKS = prepare(
+DEFER_MISSING_RISK_CHECKS = query(
     "SELECT o.id AS order_id, (procrastinate_defer_jobs_v1(ARRAY[ROW("
     " CAST(:queue AS varchar), CAST(:task_name AS varchar), 0, 'order:' || o.id,"
     " 'risk-sweep:' || o.id, jsonb_build_object('order_id', o.id),"
@@ -39,13 +60,14 @@ DEFER_MISSING_RISK_CHECKS = prepare(
     " FROM unnest(CAST(:order_ids AS bigint[])) AS o(id)"
     " WHERE NOT EXISTS (SELECT 1 FROM procrastinate_jobs j WHERE j.lock = 'order:' || o.id"
     "  AND j.status IN ('todo', 'doing'))"
-    " ORDER BY o.id"
+    " ORDER BY o.id",
+    OrderJob,
 )
 
 # The check of a listed order still `doing` long after it started: back to the queue, as
 # procrastinate retries a job (doing -> todo, one more attempt). Locked first, so a job that
 # finishes meanwhile is skipped rather than failing the statement.
-RETRY_OVERDUE_RISK_CHECKS = prepare(
+RETRY_OVERDUE_RISK_CHECKS = query(
     "WITH overdue AS MATERIALIZED ("
     " SELECT j.id, j.args FROM procrastinate_jobs j"
     " WHERE j.status = 'doing' AND j.task_name = CAST(:task_name AS varchar)"
@@ -54,14 +76,26 @@ RETRY_OVERDUE_RISK_CHECKS = prepare(
     "  AND e.type = 'started' AND e.at > now() - make_interval(secs => :overdue_seconds))"
     " ORDER BY j.id FOR UPDATE OF j SKIP LOCKED)"
     " SELECT CAST(args->>'order_id' AS bigint) AS order_id, id AS job_id,"
-    " procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) AS retried FROM overdue"
+    " procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) AS retried FROM overdue",
+    RetriedJob,
 )
 
 # The periodic tasks leave a succeeded job every few seconds: nothing to keep (their effects
 # are logged), so they go; a failed one stays for people to look at.
-PRUNE_SUCCEEDED_HOUSEKEEPING = prepare(
-    "DELETE FROM procrastinate_jobs WHERE queue_name = :queue AND status = 'succeeded' RETURNING id"
+PRUNE_SUCCEEDED_HOUSEKEEPING = query(
+    "DELETE FROM procrastinate_jobs WHERE queue_name = :queue AND status = 'succeeded'"
+    " RETURNING id",
+    Id,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedJobsBatch:
+    """One batch of remove_finished_jobs: jobs looked at, the last one's id, jobs deleted."""
+
+    scanned: int
+    last_id: int | None
+    removed: int
 
 
 # One batch of finished jobs, in id order after :after (a keyset over the primary key), of which
@@ -70,7 +104,7 @@ PRUNE_SUCCEEDED_HOUSEKEEPING = prepare(
 # longer than a succeeded one. SKIP LOCKED: two workers running this never wait for each other.
 # procrastinate's builtin remove_old_jobs is not used: it is one DELETE over every job joined
 # with every event (DISTINCT ON), the unbounded statement this replaces for idempotency keys.
-REMOVE_FINISHED_JOBS_BATCH = prepare(
+REMOVE_FINISHED_JOBS_BATCH = query(
     "WITH scanned AS MATERIALIZED ("
     " SELECT id, status FROM procrastinate_jobs"
     " WHERE id > :after AND status IN ('succeeded', 'failed', 'cancelled', 'aborted')"
@@ -81,7 +115,8 @@ REMOVE_FINISHED_JOBS_BATCH = prepare(
     "    THEN CAST(:succeeded_hours AS integer) ELSE CAST(:failed_hours AS integer) END))"
     "  RETURNING j.id)"
     " SELECT (SELECT count(*) FROM scanned) AS scanned, (SELECT max(id) FROM scanned) AS last_id,"
-    " (SELECT count(*) FROM removed) AS removed"
+    " (SELECT count(*) FROM removed) AS removed",
+    FinishedJobsBatch,
 )
 
 
@@ -95,7 +130,7 @@ async def defer_job(
     priority: int = 0,
 ) -> int:
     """Insert a job in the unit of work's transaction (committed or rolled back with it)."""
-    job_id = await uow.scalar(
+    job = await uow.row(
         DEFER_JOB,
         {
             "queue": queue,
@@ -106,5 +141,5 @@ async def defer_job(
             "args": orjson.dumps(dict(args)).decode(),
         },
     )
-    assert isinstance(job_id, int)
-    return job_id
+    assert job is not None  # procrastinate answers the new job's id
+    return job.id

@@ -68,14 +68,14 @@ async def retry_stalled_jobs(job_manager: JobManager, stalled_seconds: float) ->
 
 
 async def _orders_awaiting_check(uow: UnitOfWork, settings: Settings) -> list[int]:
-    rows = await uow.execute(
+    rows = await uow.rows(
         risk_repo.AWAITING_CHECK,
         {
             "older_than_seconds": settings.risk_sweep_after_seconds,
             "limit": settings.risk_sweep_batch,
         },
     )
-    return [int(row.id) for row in rows]
+    return [row.id for row in rows]
 
 
 async def resume_pending_risk_checks(
@@ -95,7 +95,7 @@ async def resume_pending_risk_checks(
         return []
     async with transaction(db) as uow:
         await uow.execute(RISK_SWEEP_LOCK)
-        overdue = await uow.execute(
+        overdue = await uow.rows(
             RETRY_OVERDUE_RISK_CHECKS,
             {
                 "order_ids": awaiting,
@@ -103,22 +103,22 @@ async def resume_pending_risk_checks(
                 "overdue_seconds": settings.risk_check_overdue_seconds,
             },
         )
-        deferred = await uow.execute(
+        deferred = await uow.rows(
             DEFER_MISSING_RISK_CHECKS,
             {"order_ids": awaiting, "queue": RISK_QUEUE, "task_name": CHECK_ORDER_RISK},
         )
     for row in overdue:
         log.warning("overdue_risk_check_retried", order_id=row.order_id, job_id=row.job_id)
-    for row in deferred:
-        log.warning("risk_check_resumed", order_id=row.order_id, job_id=row.job_id)
-    return sorted(int(row.order_id) for row in [*overdue, *deferred])
+    for resumed in deferred:
+        log.warning("risk_check_resumed", order_id=resumed.order_id, job_id=resumed.job_id)
+    return sorted(row.order_id for row in [*overdue, *deferred])
 
 
-async def prune_succeeded_housekeeping(db: Database) -> int:
-    """Delete the succeeded runs of the periodic tasks; how many."""
+async def prune_succeeded_housekeeping(db: Database, queue: str = HOUSEKEEPING_QUEUE) -> int:
+    """Delete the succeeded runs of the periodic tasks (of `queue`); how many."""
     async with transaction(db) as uow:
-        pruned = await uow.execute(PRUNE_SUCCEEDED_HOUSEKEEPING, {"queue": HOUSEKEEPING_QUEUE})
-    return pruned.rowcount
+        pruned = await uow.rows(PRUNE_SUCCEEDED_HOUSEKEEPING, {"queue": queue})
+    return len(pruned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +150,12 @@ async def remove_finished_jobs(
     while removed < round_limit:
         size = min(batch, round_limit - removed)
         async with transaction(db) as uow:
-            outcome = (
-                await uow.execute(
-                    REMOVE_FINISHED_JOBS_BATCH, retention | {"after": after, "batch": size}
-                )
-            ).one()
+            outcome = await uow.row(
+                REMOVE_FINISHED_JOBS_BATCH, retention | {"after": after, "batch": size}
+            )
+        assert outcome is not None  # aggregates without GROUP BY answer one row
         batches, removed = batches + 1, removed + outcome.removed
-        if outcome.scanned < size or outcome.removed == 0:
+        if outcome.scanned < size or outcome.removed == 0 or outcome.last_id is None:
             return Removal(jobs=removed, batches=batches, done=True)
         after = outcome.last_id
     return Removal(jobs=removed, batches=batches, done=False)

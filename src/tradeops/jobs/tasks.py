@@ -25,10 +25,18 @@ from tradeops.db.pool import Database
 from tradeops.db.transient import is_transient
 from tradeops.db.uow import run_in_transaction
 from tradeops.jobs import recovery
-from tradeops.jobs.defer import CHECK_ORDER_RISK, HOUSEKEEPING_QUEUE, RISK_QUEUE
+from tradeops.jobs.defer import (
+    CHECK_ORDER_RISK,
+    DELIVER_WEBHOOKS,
+    HOUSEKEEPING_QUEUE,
+    RISK_QUEUE,
+    SWEEP_WEBHOOKS,
+    WEBHOOKS_QUEUE,
+)
 from tradeops.jobs.registry import app
 from tradeops.risk import service as risk
 from tradeops.settings import Settings
+from tradeops.webhooks import service as webhooks
 
 log = structlog.get_logger(component="tradeops.jobs")
 
@@ -40,6 +48,9 @@ REMOVE_FINISHED_JOBS = "remove_finished_jobs"
 EVERY_TEN_SECONDS = "* * * * * */10"
 EVERY_FIFTEEN_SECONDS = "* * * * * */15"
 EVERY_TEN_MINUTES = "*/10 * * * *"
+# Webhook retries come due on their own schedule; a nudge from the outbox trigger brings
+# new deliveries at once, so this sweep bounds only the wait of retries and missed nudges.
+EVERY_TWO_SECONDS = "* * * * * */2"
 # Ahead of any backlog of checks: recovery must not wait behind the work it recovers.
 HOUSEKEEPING_PRIORITY = 10
 
@@ -200,3 +211,25 @@ async def remove_finished_jobs(context: JobContext, timestamp: int) -> int:
             done=removal.done,
         )
     return removal.jobs
+
+
+@app.task(
+    name=DELIVER_WEBHOOKS, queue=WEBHOOKS_QUEUE, queueing_lock=DELIVER_WEBHOOKS, pass_context=True
+)
+async def deliver_webhooks(context: JobContext) -> int:
+    """Deliveries written by the outbox trigger, sent as soon as their transaction commits
+    (the trigger defers this job, at most one queued)."""
+    return await webhooks.deliver_due(_database(context), _settings(context))
+
+
+@app.periodic(cron=EVERY_TWO_SECONDS, periodic_id=SWEEP_WEBHOOKS)
+@app.task(
+    name=SWEEP_WEBHOOKS, queue=WEBHOOKS_QUEUE, queueing_lock=SWEEP_WEBHOOKS, pass_context=True
+)
+async def sweep_webhooks(context: JobContext, timestamp: int) -> int:
+    """Retries that came due, and anything a nudge missed; the succeeded runs of both tasks
+    are deleted (nothing to keep: every attempt is in webhook_attempts)."""
+    db = _database(context)
+    sent = await webhooks.deliver_due(db, _settings(context))
+    await recovery.prune_succeeded_housekeeping(db, WEBHOOKS_QUEUE)
+    return sent

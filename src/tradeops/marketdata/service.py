@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import text
-
 from tradeops.audit import service as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
-from tradeops.db.prepared import prepare
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import DomainError, InvalidRequest, NotFound
+from tradeops.marketdata import repository as repo
 from tradeops.marketdata.schemas import (
     PublishResult,
     SnapshotBatch,
@@ -33,65 +31,6 @@ class UnknownSymbols(InvalidRequest):
         DomainError.__init__(self, detail, errors=[{"field": f, "message": detail} for f in fields])
 
 
-# The whole batch in one statement: the arrays are unnested in request order, symbols
-# resolved to instruments, and the rows inserted only when every symbol is known. A snapshot
-# already stored (same instrument, as_of and source) is skipped. Rows go in in key order, so
-# concurrent batches that overlap wait for each other instead of deadlocking. Returns how
-# many rows were inserted and the positions (1-based) of unknown symbols.
-PUBLISH = prepare(
-    text(
-        "WITH input AS ("
-        " SELECT * FROM unnest(CAST(:symbols AS text[]), CAST(:prices AS numeric[]),"
-        "  CAST(:bids AS numeric[]), CAST(:asks AS numeric[]), CAST(:as_ofs AS timestamptz[]),"
-        "  CAST(:sources AS text[]))"
-        "  WITH ORDINALITY AS t(symbol, price, bid, ask, as_of, source, n)),"
-        " resolved AS ("
-        " SELECT input.*, i.id AS instrument_id FROM input"
-        " LEFT JOIN instruments i ON i.symbol = input.symbol),"
-        " unknown AS (SELECT n FROM resolved WHERE instrument_id IS NULL),"
-        " stored AS ("
-        " INSERT INTO market_snapshots (instrument_id, price, bid, ask, as_of, source)"
-        " SELECT instrument_id, price, bid, ask, as_of, source FROM resolved"
-        " WHERE NOT EXISTS (SELECT FROM unknown) ORDER BY instrument_id, as_of, source"
-        " ON CONFLICT (instrument_id, as_of, source) DO NOTHING RETURNING 1)"
-        " SELECT (SELECT count(*) FROM stored) AS stored,"
-        "  (SELECT array_agg(n ORDER BY n) FROM unknown) AS unknown"
-    )
-)
-
-_SNAPSHOT = (
-    "SELECT i.symbol, s.price, s.bid, s.ask, s.as_of, s.source, s.id FROM market_snapshots s"
-    " JOIN instruments i ON i.id = s.instrument_id"
-)
-
-# The first entry of the (instrument_id, as_of DESC) index, read through a lateral join so
-# the planner stops there; of two prices quoted at the same moment (by different sources),
-# the one received last.
-LATEST = prepare(
-    text(
-        "SELECT i.symbol, s.price, s.bid, s.ask, s.as_of, s.source FROM instruments i"
-        " CROSS JOIN LATERAL (SELECT * FROM market_snapshots m WHERE m.instrument_id = i.id"
-        "  ORDER BY m.as_of DESC, m.id DESC LIMIT 1) s"
-        " WHERE i.symbol = :symbol"
-    )
-)
-
-INSTRUMENT_ID = prepare(text("SELECT id FROM instruments WHERE symbol = :symbol"))
-
-HISTORY = prepare(
-    text(
-        _SNAPSHOT + " WHERE s.instrument_id = :instrument_id"
-        " AND s.as_of >= COALESCE(CAST(:as_of_from AS timestamptz), '-infinity')"
-        " AND s.as_of < COALESCE(CAST(:as_of_to AS timestamptz), 'infinity')"
-        # The bound on as_of alone is an index condition; the row comparison then skips
-        # the snapshots of the cursor's own moment already shown.
-        " AND s.as_of <= COALESCE(CAST(:after_as_of AS timestamptz), 'infinity')"
-        " AND (CAST(:after_as_of AS timestamptz) IS NULL"
-        "  OR (s.as_of, s.id) < (CAST(:after_as_of AS timestamptz), CAST(:after_id AS bigint)))"
-        " ORDER BY s.as_of DESC, s.id DESC LIMIT :limit"
-    )
-)
-
 _SHOWN_UNKNOWN = 20  # field errors listed for unknown symbols; the detail counts them all
 
 
@@ -102,8 +41,8 @@ async def publish(uow: UnitOfWork, principal: Principal, batch: SnapshotBatch) -
     """
     authorize(principal, Action.PUBLISH_MARKET_DATA)
     items = batch.snapshots
-    row = await uow.fetchrow(
-        PUBLISH,
+    row = await uow.row(
+        repo.PUBLISH,
         {
             "symbols": [s.symbol for s in items],
             "prices": [s.price for s in items],
@@ -114,17 +53,17 @@ async def publish(uow: UnitOfWork, principal: Principal, batch: SnapshotBatch) -
         },
     )
     assert row is not None  # an aggregate always answers one row
-    if row["unknown"]:
-        positions = [n - 1 for n in row["unknown"]]
+    if row.unknown:
+        positions = [n - 1 for n in row.unknown]
         names = sorted({items[p].symbol for p in positions})
         raise UnknownSymbols(
             f"Unknown symbol{'s' if len(names) > 1 else ''} {', '.join(names[:_SHOWN_UNKNOWN])}"
             f" in {len(positions)} snapshot{'s' if len(positions) > 1 else ''}; nothing was"
             " stored.",
-            [f"body.snapshots.{p}.symbol" for p in positions[:_SHOWN_UNKNOWN]],
+            [f"snapshots.{p}.symbol" for p in positions[:_SHOWN_UNKNOWN]],
         )
     result = PublishResult(
-        received=len(items), stored=row["stored"], duplicates=len(items) - row["stored"]
+        received=len(items), stored=row.stored, duplicates=len(items) - row.stored
     )
     if not result.stored:  # a resent batch changed nothing: nothing to audit
         return result
@@ -147,10 +86,10 @@ async def publish(uow: UnitOfWork, principal: Principal, batch: SnapshotBatch) -
 
 async def latest(uow: UnitOfWork, principal: Principal, symbol: str) -> SnapshotOut:
     authorize(principal, Action.READ_MARKET_DATA)
-    row = await uow.fetchrow(LATEST, {"symbol": symbol.upper()})
-    if row is None:
+    snapshot = await uow.row(repo.LATEST, {"symbol": symbol.upper()})
+    if snapshot is None:
         raise MarketDataNotFound(f"No market data for symbol {symbol}.")
-    return SnapshotOut.model_validate(dict(row))
+    return snapshot
 
 
 async def history(
@@ -166,23 +105,21 @@ async def history(
     """Newest first; keyset pagination on (as_of, id), so pages hold while prices arrive."""
     authorize(principal, Action.READ_MARKET_DATA)
     after_as_of, after_id = _snapshot_after(after)
-    instrument_id = await uow.scalar(INSTRUMENT_ID, {"symbol": symbol.upper()})
-    if instrument_id is None:
+    instrument = await uow.row(repo.INSTRUMENT_ID, {"symbol": symbol.upper()})
+    if instrument is None:
         raise MarketDataNotFound(f"No market data for symbol {symbol}.")
-    rows = (
-        await uow.execute(
-            HISTORY,
-            {
-                "instrument_id": instrument_id,
-                "as_of_from": as_of_from,
-                "as_of_to": as_of_to,
-                "after_as_of": after_as_of,
-                "after_id": after_id,
-                "limit": limit + 1,
-            },
-        )
-    ).all()
-    items = [SnapshotOut.model_validate(r._mapping) for r in rows[:limit]]
+    rows = await uow.rows(
+        repo.HISTORY,
+        {
+            "instrument_id": instrument.id,
+            "as_of_from": as_of_from,
+            "as_of_to": as_of_to,
+            "after_as_of": after_as_of,
+            "after_id": after_id,
+            "limit": limit + 1,
+        },
+    )
+    items = [SnapshotOut.model_validate(r, from_attributes=True) for r in rows[:limit]]
     next_cursor = (
         encode_cursor(instant_key(rows[limit - 1].as_of), rows[limit - 1].id)
         if len(rows) > limit

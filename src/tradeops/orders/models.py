@@ -23,20 +23,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tradeops.db.base import Amount, Base, CreatedAt
+from tradeops.orders.states import OrderStatus, RiskStatus, Side
 
-SIDES = ("BUY", "SELL")
+# Plain strings: the CHECK constraints below render them as SQL literals.
+SIDES = tuple(s.value for s in Side)
 ORDER_TYPES = ("LIMIT", "MARKET")
 TIMES_IN_FORCE = ("DAY", "GTC", "IOC", "FOK")
-ORDER_STATUSES = (
-    "PENDING",
-    "REVIEWED",
-    "APPROVED",
-    "PARTIALLY_FILLED",
-    "FILLED",
-    "REJECTED",
-    "CANCELLED",
-)
-RISK_STATUSES = ("PENDING", "PASSED", "FAILED")
+ORDER_STATUSES = tuple(s.value for s in OrderStatus)
+RISK_STATUSES = tuple(s.value for s in RiskStatus)
 
 
 class Order(Base):

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, Boolean, Select, any_, bindparam, or_, select, text
+from sqlalchemy import BigInteger, Boolean, Select, any_, bindparam, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from tradeops.audit.repository import append_audit
 from tradeops.auth.models import User
 from tradeops.auth.principal import Principal
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
-from tradeops.db.prepared import prepare
+from tradeops.db.prepared import Query, query
+from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
 from tradeops.orders.models import Order, OrderEvent
+from tradeops.orders.schemas import OrderFilters, OrderOut
+from tradeops.orders.states import OrderStatus, RiskStatus
+
+T = TypeVar("T")
 
 orders = table_of(Order)
 order_events = table_of(OrderEvent)
@@ -28,47 +35,76 @@ creator = users.alias("creator")
 reviewer = users.alias("reviewer")
 approver = users.alias("approver")
 
-# Intake in one statement: find the client and instrument, insert the order only if every
-# rule that needs their rows holds, append its first history event and its audit event, and
-# return the references either way, so a refusal can be explained field by field. A repeated
-# client_order_id inserts nothing. The trigger on orders checks the same rules again.
-SUBMIT_ORDER = prepare(
-    text(
-        "WITH refs AS ("
-        " SELECT c.id AS client_pk, c.desk_id, c.status AS client_status, d.code AS desk,"
-        "  i.id AS instrument_pk, i.currency, i.lot_size, i.tick_size,"
-        "  i.active AS instrument_active"
-        " FROM (SELECT 1) AS one"
-        " LEFT JOIN clients c ON c.external_id = :client_id"
-        " LEFT JOIN desks d ON d.id = c.desk_id"
-        " LEFT JOIN instruments i ON i.symbol = :symbol),"
-        " new_order AS ("
-        " INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
-        "  quantity, price, currency, client_order_id, created_by, created_by_key_id)"
-        " SELECT desk_id, client_pk, instrument_pk, CAST(:side AS text),"
-        "  CAST(:order_type AS text), CAST(:time_in_force AS text), CAST(:quantity AS numeric),"
-        "  CAST(:price AS numeric), currency, CAST(:client_order_id AS text),"
-        "  CAST(:created_by AS bigint), CAST(:created_by_key_id AS bigint)"
-        " FROM refs"
-        " WHERE client_status = 'ACTIVE' AND instrument_active"
-        "  AND (CAST(:all_desks AS boolean) OR desk_id = ANY(CAST(:desk_ids AS bigint[])))"
-        "  AND mod(:quantity, lot_size) = 0"
-        "  AND (:price IS NULL OR mod(:price, tick_size) = 0)"
-        " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *),"
-        " event AS ("
-        " INSERT INTO order_events (order_id, desk_id, seq, type, actor, payload, at)"
-        " SELECT id, desk_id, 1, 'CREATED', :actor, CAST(:event_payload AS jsonb), created_at"
-        " FROM new_order),"
-        " audit AS ("
-        " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity,"
-        "  entity_id, after)"
-        " SELECT 'order:' || id, :actor, :created_by_key_id, :request_id, 'order.created', 'order',"
-        "  id::text, to_jsonb(new_order) FROM new_order)"
-        " SELECT refs.*, n.id, n.status, n.risk_status, n.risk_reasons, n.filled_quantity,"
-        "  n.version, n.created_at, n.updated_at"
-        " FROM refs LEFT JOIN new_order n ON true"
+
+def order_change(
+    change: str,
+    *,
+    before: bool = True,
+    first: str = "",
+    event_payload: str = "CAST(:payload AS jsonb)",
+    event_source: str = "changed c",
+    actor: str = "",
+    returning: str = "SELECT id, version FROM changed",
+) -> str:
+    """The one way an order changes: `change` (an INSERT or a conditional UPDATE of orders,
+    `RETURNING *`) with its history event (seq = the order's new version, type
+    :event_type) and its audit event (:action, the order before and after), in one
+    statement, so one round trip. `first` are CTEs the change reads (a fill's execution);
+    `actor` names who acted where the transaction's context does not (the risk job)."""
+    ctes = [first] if first else []
+    if before:
+        ctes.append("before AS (SELECT * FROM orders WHERE id = :id)")
+    ctes.append(f"changed AS ({change})")
+    event_actor = (", actor", f", {actor}") if actor else ("", "")
+    ctes.append(
+        f"event AS (INSERT INTO order_events (order_id, desk_id, seq, type{event_actor[0]},"  # noqa: S608 - SQL from this code only
+        f" payload) SELECT c.id, c.desk_id, c.version, :event_type{event_actor[1]},"
+        f" {event_payload} FROM {event_source})"
     )
-)
+    audit = append_audit(
+        entity="'order'",
+        entity_id="c.id::text",
+        before="to_jsonb(b)" if before else "NULL",
+        after="to_jsonb(c)",
+        source="changed c CROSS JOIN before b" if before else "changed c",
+        named=f"{actor}, tradeops_api_key_id(), tradeops_request_id()" if actor else "",
+    )
+    ctes.append(f"audit AS ({audit})")
+    return "WITH " + ", ".join(ctes) + " " + returning
+
+
+def updating(set_: str, where: str) -> str:
+    """The change of an order that exists: `set_` besides the new version, only `where`
+    (besides the order's id, :id) holds."""
+    return (
+        f"UPDATE orders SET {set_}, version = version + 1, updated_at = now()"  # noqa: S608
+        f" WHERE id = :id AND {where} RETURNING *"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What intake returns: the client and instrument it found (None: not found), and the
+    new order's columns (None: nothing was inserted)."""
+
+    client_pk: int | None
+    desk_id: int | None
+    client_status: str | None
+    desk: str | None
+    instrument_pk: int | None
+    currency: str | None
+    lot_size: Decimal | None
+    tick_size: Decimal | None
+    instrument_active: bool | None
+    id: int | None
+    status: str | None
+    risk_status: str | None
+    risk_reasons: list[Any] | None
+    filled_quantity: Decimal | None
+    version: int | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
 
 # The columns of the new order that SUBMIT_ORDER returns beside the references.
 CREATED_FIELDS = (
@@ -82,42 +118,112 @@ CREATED_FIELDS = (
     "updated_at",
 )
 
-# What the maker-checker rules read of an order; locked when it is about to change.
+# Intake in one statement: find the client and instrument, insert the order only if every
+# rule that needs their rows holds, append its first history event and its audit event, and
+# return the references either way, so a refusal can be explained field by field. A repeated
+# client_order_id inserts nothing. The trigger on orders checks the same rules again.
+SUBMIT_ORDER = query(
+    order_change(
+        "INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
+        " quantity, price, currency, client_order_id, created_by, created_by_key_id)"
+        " SELECT desk_id, client_pk, instrument_pk, CAST(:side AS text),"
+        "  CAST(:order_type AS text), CAST(:time_in_force AS text), CAST(:quantity AS numeric),"
+        "  CAST(:price AS numeric), currency, CAST(:client_order_id AS text),"
+        "  CAST(:created_by AS bigint), CAST(:created_by_key_id AS bigint)"
+        " FROM refs"
+        " WHERE client_status = 'ACTIVE' AND instrument_active"
+        "  AND (CAST(:all_desks AS boolean) OR desk_id = ANY(CAST(:desk_ids AS bigint[])))"
+        "  AND mod(:quantity, lot_size) = 0"
+        "  AND (:price IS NULL OR mod(:price, tick_size) = 0)"
+        " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *",
+        before=False,
+        first="refs AS ("
+        " SELECT c.id AS client_pk, c.desk_id, c.status AS client_status, d.code AS desk,"
+        "  i.id AS instrument_pk, i.currency, i.lot_size, i.tick_size,"
+        "  i.active AS instrument_active"
+        " FROM (SELECT 1) AS one"
+        " LEFT JOIN clients c ON c.external_id = :client_id"
+        " LEFT JOIN desks d ON d.id = c.desk_id"
+        " LEFT JOIN instruments i ON i.symbol = :symbol)",
+        returning="SELECT refs.*, n.id, n.status, n.risk_status, n.risk_reasons,"
+        " n.filled_quantity, n.version, n.created_at, n.updated_at"
+        " FROM refs LEFT JOIN changed n ON true",
+    ),
+    Submitted,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFacts:
+    """What the maker-checker rules read of an order (`created_by`: the maker's user id)."""
+
+    id: int
+    desk_id: int
+    status: OrderStatus
+    version: int
+    created_by: int
+    risk_status: RiskStatus
+    risk_reasons: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", OrderStatus(self.status))
+        object.__setattr__(self, "risk_status", RiskStatus(self.risk_status))
+
+
 _ORDER_FACTS = (
-    "SELECT id, desk_id, status, version, created_by, risk_status, risk_reasons FROM orders"
-    " WHERE id = :id"
+    "SELECT o.id, o.desk_id, o.status, o.version, o.created_by, o.risk_status, o.risk_reasons"
 )
-ORDER_FACTS = text(_ORDER_FACTS)
-LOCK_ORDER = text(_ORDER_FACTS + " FOR UPDATE")
+ORDER_FACTS = query(_ORDER_FACTS + " FROM orders o WHERE o.id = :id", OrderFacts)
 
-# One conditional UPDATE (the row is already locked, the version re-checked) with its history
-# event and audit event, in one round trip. The event's seq is the order's new version. The
-# events' actor, key and request come from the transaction's context (migration 0011);
-# the triggers of maker-checker check the decision again (approved_by, rejected_by).
-TRANSITION = text(
-    "WITH before AS (SELECT * FROM orders WHERE id = :id),"
-    " changed AS ("
-    " UPDATE orders SET status = :to_status, version = version + 1, updated_at = now(),"
-    "  reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
-    "  approved_by = COALESCE(:approved_by, approved_by),"
-    "  rejected_by = COALESCE(:rejected_by, rejected_by)"
-    " WHERE id = :id AND version = :version AND status = :from_status RETURNING *),"
-    " event AS ("
-    " INSERT INTO order_events (order_id, desk_id, seq, type, payload)"
-    " SELECT id, desk_id, version, :event_type, CAST(:payload AS jsonb) FROM changed),"
-    " audit AS ("
-    " INSERT INTO audit_events (stream, action, entity, entity_id, before, after)"
-    " SELECT 'order:' || c.id, :action, 'order', c.id::text, to_jsonb(b), to_jsonb(c)"
-    " FROM changed c CROSS JOIN before b)"
-    " SELECT id, version FROM changed"
+
+def locking(columns: str, joins: str = "") -> str:
+    """The statement that locks an order (`o`) and reads `columns` of it and of `joins`:
+    whoever is about to change an order reads it this way, so its changes queue here."""
+    return f"SELECT {columns} FROM orders o {joins} WHERE o.id = :id FOR UPDATE OF o"  # noqa: S608
+
+
+async def lock_order(uow: UnitOfWork, locked: Query[T], order_id: int) -> T | None:
+    """The one order lock: `locked` is a `locking` statement; None: no such order (or one
+    row-level security hides)."""
+    return await uow.row(locked, {"id": order_id})
+
+
+LOCK_ORDER = query(locking(_ORDER_FACTS.removeprefix("SELECT ")), OrderFacts)
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    id: int
+    version: int
+
+
+# A maker-checker transition: one conditional UPDATE (the row is already locked, the version
+# re-checked); the triggers of maker-checker check the decision again.
+TRANSITION = query(
+    order_change(
+        updating(
+            "status = :to_status, reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
+            " approved_by = COALESCE(:approved_by, approved_by),"
+            " rejected_by = COALESCE(:rejected_by, rejected_by)",
+            "version = :version AND status = :from_status",
+        )
+    ),
+    Changed,
 )
 
-ORDER_EVENTS = text(
-    "SELECT seq, type, actor, payload, at FROM order_events WHERE order_id = :id ORDER BY seq"
-)
 
-EXISTING_CLIENT_ORDER = text(
-    "SELECT id FROM orders WHERE created_by = :created_by AND client_order_id = :client_order_id"
+@dataclass(frozen=True, slots=True)
+class OrderEventRow:
+    seq: int
+    type: str
+    actor: str
+    payload: dict[str, Any]
+    at: datetime
+
+
+ORDER_EVENTS = query(
+    "SELECT seq, type, actor, payload, at FROM order_events WHERE order_id = :id ORDER BY seq",
+    OrderEventRow,
 )
 
 
@@ -160,14 +266,26 @@ def order_view() -> Select[Any]:
 
 # GET /orders/{id}: the hot read, rendered once. The desk condition repeats what row-level
 # security enforces, so a principal's filter never depends on the database alone.
-ORDER_BY_ID = prepare(
+ORDER_BY_ID = query(
     order_view().where(
         orders.c.id == bindparam("id", type_=BigInteger),
         or_(
             bindparam("all_desks", type_=Boolean),
             orders.c.desk_id == any_(bindparam("desk_ids", type_=ARRAY(BigInteger))),
         ),
-    )
+    ),
+    OrderOut,
+)
+
+
+# The order a submitter recorded under a client_order_id, as the API shows it: a retry's
+# answer, or the order a conflicting one names (row-level security hides other desks').
+ORDER_BY_CLIENT_ORDER_ID = query(
+    order_view().where(
+        orders.c.created_by == bindparam("created_by", type_=BigInteger),
+        orders.c.client_order_id == bindparam("client_order_id"),
+    ),
+    OrderOut,
 )
 
 
@@ -180,39 +298,27 @@ def readable_orders(principal: Principal) -> Select[Any]:
 
 
 def filtered_orders(
-    principal: Principal,
-    *,
-    status: str | None = None,
-    statuses: Sequence[str] | None = None,
-    risk_status: str | None = None,
-    made_by: int | None = None,
-    client_id: str | None = None,
-    symbol: str | None = None,
-    desk: str | None = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
-    after: int | None = None,
-    limit: int,
+    principal: Principal, wanted: OrderFilters, *, after: int | None, limit: int
 ) -> Select[Any]:
     statement = readable_orders(principal)
-    if status is not None:
-        statement = statement.where(orders.c.status == status)
-    if statuses is not None:
-        statement = statement.where(orders.c.status.in_(statuses))
-    if risk_status is not None:
-        statement = statement.where(orders.c.risk_status == risk_status)
-    if made_by is not None:
-        statement = statement.where(orders.c.created_by == made_by)
-    if client_id is not None:
-        statement = statement.where(clients.c.external_id == client_id)
-    if symbol is not None:
-        statement = statement.where(instruments.c.symbol == symbol.upper())
-    if desk is not None:
-        statement = statement.where(desks.c.code == desk)
-    if created_from is not None:
-        statement = statement.where(orders.c.created_at >= created_from)
-    if created_to is not None:
-        statement = statement.where(orders.c.created_at < created_to)
+    if wanted.status is not None:
+        statement = statement.where(orders.c.status == wanted.status)
+    if wanted.statuses is not None:
+        statement = statement.where(orders.c.status.in_(wanted.statuses))
+    if wanted.risk_status is not None:
+        statement = statement.where(orders.c.risk_status == wanted.risk_status)
+    if wanted.made_by is not None:
+        statement = statement.where(orders.c.created_by == wanted.made_by)
+    if wanted.client_id is not None:
+        statement = statement.where(clients.c.external_id == wanted.client_id)
+    if wanted.symbol is not None:
+        statement = statement.where(instruments.c.symbol == wanted.symbol.upper())
+    if wanted.desk is not None:
+        statement = statement.where(desks.c.code == wanted.desk)
+    if wanted.created_from is not None:
+        statement = statement.where(orders.c.created_at >= wanted.created_from)
+    if wanted.created_to is not None:
+        statement = statement.where(orders.c.created_at < wanted.created_to)
     if after is not None:
         statement = statement.where(orders.c.id < after)
     return statement.order_by(orders.c.id.desc()).limit(limit)

@@ -13,14 +13,21 @@ from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.idempotency.http import IdempotencyKeyHeader, respond_once
 from tradeops.idempotency.service import IdempotencyKeyReused
 from tradeops.orders import service, workflow
-from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage, OrderStatus
+from tradeops.orders.schemas import (
+    OrderCreate,
+    OrderFilters,
+    OrderOut,
+    OrderPage,
+    OrderQuery,
+    OrderStatus,
+)
 from tradeops.orders.workflow import (
     ApproveRequest,
     CancelRequest,
+    Decision,
     OrderEventList,
     RejectRequest,
     ReviewRequest,
-    Transition,
 )
 from tradeops.problems import problem_responses
 
@@ -94,6 +101,11 @@ def expected_version(if_match: str | None, in_body: int | None) -> int | None:
             InvalidRequest, Forbidden, service.DuplicateClientOrderId, IdempotencyKeyReused
         ),
         **ORDER_LINKS_201,
+        200: {
+            "model": OrderOut,
+            "description": "A retry: the same order was already recorded under this "
+            "client_order_id; that order, unchanged",
+        },
     },
 )
 async def submit_order(
@@ -110,15 +122,19 @@ async def submit_order(
     Quantities and prices are decimals: send them as strings (`"192.55"`) or JSON numbers.
     `order_type` is LIMIT unless you send MARKET: a LIMIT order needs a `price`, a MARKET
     order takes none (an order without a price is never made a MARKET order). Retry safely with an
-    `Idempotency-Key` header; a repeated `client_order_id` answers 409 with the existing
-    order's id (`existing_order_id`).
+    `Idempotency-Key` header, or with the same `client_order_id`: the same order again answers
+    200 with the order recorded the first time; a different order under a used
+    `client_order_id` answers 409 with the existing order's id (`existing_order_id`).
     """
     settings = request.app.state.settings
 
     async def create() -> tuple[int, BaseModel, dict[str, str]]:
-        created = await service.submit_order(
+        submitted = await service.submit_order(
             uow, principal, order, price_max_decimals=settings.price_max_decimals
         )
+        created = submitted.order
+        if not submitted.created:  # a retry: the order recorded under its client_order_id
+            return 200, created, _etag(created)
         return 201, created, {**_etag(created), "Location": f"{request.url.path}/{created.id}"}
 
     return await respond_once(request, uow, principal, idempotency_key, create)
@@ -152,11 +168,7 @@ async def list_orders(
 ) -> OrderPage:
     """Orders of your desks, newest first, one page at a time (follow `next_cursor`)."""
     settings = request.app.state.settings
-    return await service.list_orders(
-        uow,
-        principal,
-        limit=limit or settings.page_size_default,
-        after=after,
+    filters = OrderFilters(
         status=status,
         client_id=client_id,
         symbol=symbol,
@@ -164,22 +176,19 @@ async def list_orders(
         created_from=created_from,
         created_to=created_to,
     )
+    wanted = OrderQuery(limit=limit or settings.page_size_default, after=after, filters=filters)
+    return await service.list_orders(uow, principal, wanted)
 
 
 async def _decide(
     request: Request,
     uow: UoW,
     principal: CurrentPrincipal,
-    order_id: RowId,
-    transition: Transition,
-    version: int | None,
+    decision: Decision,
     idempotency_key: str | None,
-    payload: dict[str, str | None],
 ) -> Response:
     async def change() -> tuple[int, BaseModel, dict[str, str]]:
-        changed = await workflow.transition_order(
-            uow, principal, order_id, transition, expected_version=version, payload=payload
-        )
+        changed = await workflow.transition_order(uow, principal, decision)
         return 200, changed, _etag(changed)
 
     return await respond_once(request, uow, principal, idempotency_key, change)
@@ -203,16 +212,14 @@ async def review_order(
     review is its recommendation (`recommendation` APPROVE or REJECT, and a `note` with the
     rationale), shown to the approver. The order then waits for a person to approve it."""
     body = body or ReviewRequest()
-    return await _decide(
-        request,
-        uow,
-        principal,
+    decision = Decision(
         order_id,
         workflow.REVIEW,
         expected_version(if_match, body.expected_version),
-        idempotency_key,
-        {"note": body.note, "recommendation": body.recommendation},
+        note=body.note,
+        recommendation=body.recommendation,
     )
+    return await _decide(request, uow, principal, decision, idempotency_key)
 
 
 @router.post("/{order_id}/approve", response_model=OrderOut, responses=TRANSITION_ERRORS)
@@ -230,16 +237,13 @@ async def approve_order(
     FAILED or is still PENDING (only PASSED). Send the version you saw as If-Match: of
     concurrent deciders exactly one wins."""
     body = body or ApproveRequest()
-    return await _decide(
-        request,
-        uow,
-        principal,
+    decision = Decision(
         order_id,
         workflow.APPROVE,
         expected_version(if_match, body.expected_version),
-        idempotency_key,
-        {"note": body.note},
+        note=body.note,
     )
+    return await _decide(request, uow, principal, decision, idempotency_key)
 
 
 @router.post("/{order_id}/reject", response_model=OrderOut, responses=TRANSITION_ERRORS)
@@ -254,16 +258,13 @@ async def reject_order(
 ) -> Response:
     """Reject a PENDING or REVIEWED order → REJECTED, with a required `reason`. Same people
     as approval: a signed-in approver who is not the order's maker."""
-    return await _decide(
-        request,
-        uow,
-        principal,
+    decision = Decision(
         order_id,
         workflow.REJECT,
         expected_version(if_match, body.expected_version),
-        idempotency_key,
-        {"reason": body.reason},
+        reason=body.reason,
     )
+    return await _decide(request, uow, principal, decision, idempotency_key)
 
 
 @router.post("/{order_id}/cancel", response_model=OrderOut, responses=TRANSITION_ERRORS)
@@ -279,16 +280,13 @@ async def cancel_order(
     """Cancel an order that is not filled (PENDING, REVIEWED or APPROVED) → CANCELLED. The
     order's maker (or their agent's key) or an approver of its desk may cancel."""
     body = body or CancelRequest()
-    return await _decide(
-        request,
-        uow,
-        principal,
+    decision = Decision(
         order_id,
         workflow.CANCEL,
         expected_version(if_match, body.expected_version),
-        idempotency_key,
-        {"reason": body.reason},
+        reason=body.reason,
     )
+    return await _decide(request, uow, principal, decision, idempotency_key)
 
 
 @router.get(

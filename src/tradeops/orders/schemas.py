@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -15,19 +16,18 @@ from pydantic import (
 from tradeops.clients.schemas import ExternalId
 from tradeops.decimals import DecimalOut, PositiveAmount
 from tradeops.instruments.schemas import Symbol
+from tradeops.orders import states
 
 
 def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
 
-Side = Annotated[Literal["BUY", "SELL"], BeforeValidator(_upper)]
+Side = Annotated[states.Side, BeforeValidator(_upper)]
 OrderType = Annotated[Literal["LIMIT", "MARKET"], BeforeValidator(_upper)]
 TimeInForce = Annotated[Literal["DAY", "GTC", "IOC", "FOK"], BeforeValidator(_upper)]
-OrderStatus = Literal[
-    "PENDING", "REVIEWED", "APPROVED", "PARTIALLY_FILLED", "FILLED", "REJECTED", "CANCELLED"
-]
-RiskStatus = Literal["PENDING", "PASSED", "FAILED"]
+OrderStatus = states.OrderStatus
+RiskStatus = states.RiskStatus
 ClientOrderId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7E]{1,64}$")]
 LIMIT_NEEDS_PRICE = "a LIMIT order needs a price; send order_type MARKET to trade at market"
 
@@ -114,3 +114,27 @@ class OrderPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `after` to get the next page; null on the last page"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFilters:
+    """Which orders a list shows; None: any."""
+
+    status: OrderStatus | None = None
+    statuses: tuple[str, ...] | None = None
+    risk_status: RiskStatus | None = None
+    made_by: int | None = None
+    client_id: str | None = None
+    symbol: str | None = None
+    desk: str | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderQuery:
+    """One page of orders: at most `limit`, after the cursor `after` (a next_cursor)."""
+
+    limit: int
+    after: str | None = None
+    filters: OrderFilters = field(default_factory=OrderFilters)

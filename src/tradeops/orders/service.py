@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, NamedTuple
 
 import orjson
 
@@ -13,7 +13,8 @@ from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
 from tradeops.orders import repository as repo
-from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage
+from tradeops.orders.repository import Submitted
+from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage, OrderQuery
 from tradeops.pagination import decode_id_cursor
 
 
@@ -36,53 +37,48 @@ def _is_multiple(value: Decimal, step: Decimal) -> bool:
     return value % step == 0
 
 
-class OrderReferences(NamedTuple):
-    """What intake needs to know of the order's client and instrument (None: not found)."""
-
-    client_pk: int | None
-    desk_id: int | None
-    client_status: str | None
-    desk: str | None
-    instrument_pk: int | None
-    currency: str | None
-    lot_size: Decimal | None
-    tick_size: Decimal | None
-    instrument_active: bool | None
-
-
-def check_order_rules(order: OrderCreate, refs: OrderReferences) -> None:
+def check_order_rules(order: OrderCreate, refs: Submitted) -> None:
     """The rules that need the client and instrument rows; each failure names its field."""
     if refs.client_pk is None:
-        raise InvalidRequest(f"Unknown client {order.client_id}.", field="body.client_id")
+        raise InvalidRequest(f"Unknown client {order.client_id}.", field="client_id")
     if refs.client_status != "ACTIVE":
-        raise InvalidRequest(f"Client {order.client_id} is not active.", field="body.client_id")
+        raise InvalidRequest(f"Client {order.client_id} is not active.", field="client_id")
     if refs.instrument_pk is None:
-        raise InvalidRequest(f"Unknown symbol {order.symbol}.", field="body.symbol")
+        raise InvalidRequest(f"Unknown symbol {order.symbol}.", field="symbol")
     if not refs.instrument_active:
-        raise InvalidRequest(f"Instrument {order.symbol} is not active.", field="body.symbol")
+        raise InvalidRequest(f"Instrument {order.symbol} is not active.", field="symbol")
     assert refs.lot_size is not None and refs.tick_size is not None
     if not _is_multiple(order.quantity, refs.lot_size):
         raise InvalidRequest(
             f"Quantity must be a multiple of the lot size {refs.lot_size.normalize():f}.",
-            field="body.quantity",
+            field="quantity",
         )
     if order.price is not None and not _is_multiple(order.price, refs.tick_size):
         raise InvalidRequest(
             f"Price must be a multiple of the tick size {refs.tick_size.normalize():f}.",
-            field="body.price",
+            field="price",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    order: OrderOut
+    created: bool  # False: a retry, answered with the order recorded under its client_order_id
 
 
 async def submit_order(
     uow: UnitOfWork, principal: Principal, order: OrderCreate, *, price_max_decimals: int = 6
-) -> OrderOut:
-    """Record a new order as PENDING; it then waits for review and a person's approval."""
+) -> Submission:
+    """Record a new order as PENDING; it then waits for review and a person's approval.
+
+    A repeated client_order_id is a retry when the order is the same (every transport answers
+    the order recorded then) and a conflict when it is not."""
     authorize(principal, Action.SUBMIT_ORDER)
     if order.price is not None and _decimal_places(order.price) > price_max_decimals:
         raise InvalidRequest(
-            f"Price may have at most {price_max_decimals} decimal places.", field="body.price"
+            f"Price may have at most {price_max_decimals} decimal places.", field="price"
         )
-    row = await uow.fetchrow(
+    row = await uow.row(
         repo.SUBMIT_ORDER,
         {
             "client_id": order.client_id,
@@ -97,77 +93,95 @@ async def submit_order(
             "client_order_id": order.client_order_id,
             "created_by": principal.user_id,
             "created_by_key_id": principal.api_key_id,
-            "actor": principal.actor,
-            "event_payload": orjson.dumps({"request_id": uow.request_id}).decode(),
-            "request_id": uow.request_id,
+            "event_type": "CREATED",
+            "payload": orjson.dumps({"request_id": uow.request_id}).decode(),
+            "action": "order.created",
         },
     )
     assert row is not None  # the references row always comes back
-    if row["id"] is None:
-        await _explain_refusal(uow, principal, order, row)
+    if row.id is None:
+        return Submission(await _recorded_before(uow, principal, order, row), created=False)
     # The risk check is queued in the order's transaction: no order without it, nor vice versa.
-    await defer_job(
-        uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": row["id"]}, lock=f"order:{row['id']}"
-    )
-    refs = OrderReferences(**{field: row[field] for field in OrderReferences._fields})
-    return OrderOut(
-        **{k: row[k] for k in repo.CREATED_FIELDS},
-        client_id=order.client_id,
-        desk=refs.desk,
-        symbol=order.symbol,
-        side=order.side,
-        order_type=order.order_type or "LIMIT",
-        time_in_force=order.time_in_force,
-        quantity=order.quantity,
-        price=order.price,
-        currency=refs.currency,
-        avg_fill_price=None,
-        client_order_id=order.client_order_id,
-        created_by=principal.email,
-        reviewed_by=None,
-        approved_by=None,
+    await defer_job(uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": row.id}, lock=f"order:{row.id}")
+    return Submission(_created(principal, order, row), created=True)
+
+
+def _created(principal: Principal, order: OrderCreate, row: Submitted) -> OrderOut:
+    """The new order as the API shows it, from what intake sent and what it returned."""
+    return OrderOut.model_validate(
+        {field: getattr(row, field) for field in repo.CREATED_FIELDS}
+        | {
+            "client_id": order.client_id,
+            "desk": row.desk,
+            "symbol": order.symbol,
+            "side": order.side,
+            "order_type": order.order_type,
+            "time_in_force": order.time_in_force,
+            "quantity": order.quantity,
+            "price": order.price,
+            "currency": row.currency,
+            "avg_fill_price": None,
+            "client_order_id": order.client_order_id,
+            "created_by": principal.email,
+            "reviewed_by": None,
+            "approved_by": None,
+        }
     )
 
 
-async def _explain_refusal(
-    uow: UnitOfWork, principal: Principal, order: OrderCreate, row: Any
-) -> None:
-    """Nothing was inserted: name the rule that failed, or the order that has this id."""
-    refs = OrderReferences(**{field: row[field] for field in OrderReferences._fields})
+def _same_order(recorded: OrderOut, asked: OrderCreate) -> bool:
+    return (
+        recorded.client_id == asked.client_id
+        and recorded.symbol == asked.symbol
+        and recorded.side == asked.side
+        and recorded.order_type == asked.order_type
+        and recorded.time_in_force == asked.time_in_force
+        and recorded.quantity == asked.quantity
+        and recorded.price == asked.price
+    )
+
+
+async def _recorded_before(
+    uow: UnitOfWork, principal: Principal, order: OrderCreate, row: Submitted
+) -> OrderOut:
+    """Nothing was inserted: name the rule that failed, or answer the order recorded under
+    this client_order_id when it is this order (a retry), or refuse a different one."""
     # A client on another desk is unknown to this principal, never "forbidden": no existence leak.
-    if refs.desk_id is not None and not principal.can_see_desk(refs.desk_id):
-        refs = refs._replace(client_pk=None)
-    check_order_rules(order, refs)
-    existing = await uow.scalar(
-        repo.EXISTING_CLIENT_ORDER,
+    if row.desk_id is not None and not principal.can_see_desk(row.desk_id):
+        row = replace(row, client_pk=None)
+    check_order_rules(order, row)
+    # The submitter's own order, read as intake answered it (so without needing orders:read).
+    recorded = await uow.row(
+        repo.ORDER_BY_CLIENT_ORDER_ID,
         {"created_by": principal.user_id, "client_order_id": order.client_order_id},
     )
+    if recorded is not None and _same_order(recorded, order):
+        return recorded
+    existing_id = None if recorded is None else recorded.id
     raise DuplicateClientOrderId(
-        f"client_order_id {order.client_order_id} was already used for order {existing}.",
-        existing_order_id=existing,
+        f"client_order_id {order.client_order_id} was already used for order {existing_id}.",
+        existing_order_id=existing_id,
     )
 
 
 async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> OrderOut:
     authorize(principal, Action.READ_ORDERS)
-    row = await uow.fetchrow(
+    order = await uow.row(
         repo.ORDER_BY_ID,
         {"id": order_id, "all_desks": principal.all_desks, "desk_ids": list(principal.desk_ids)},
     )
-    if row is None:
+    if order is None:
         raise OrderNotFound(f"No order {order_id}.")
-    return OrderOut.model_validate(dict(row))
+    return order
 
 
-async def list_orders(
-    uow: UnitOfWork, principal: Principal, *, limit: int, after: str | None = None, **filters: Any
-) -> OrderPage:
+async def list_orders(uow: UnitOfWork, principal: Principal, wanted: OrderQuery) -> OrderPage:
     """Newest first; keyset pagination, so pages stay stable while orders keep arriving."""
     authorize(principal, Action.READ_ORDERS)
     statement = repo.filtered_orders(
-        principal, after=decode_id_cursor(after), limit=limit + 1, **filters
+        principal, wanted.filters, after=decode_id_cursor(wanted.after), limit=wanted.limit + 1
     )
-    rows = (await uow.execute(statement)).all()
-    items = [OrderOut.model_validate(r._mapping) for r in rows[:limit]]
-    next_cursor = str(items[-1].id) if len(rows) > limit else None
+    rows = await uow.rows_of(statement, OrderOut)
+    items = rows[: wanted.limit]
+    next_cursor = str(items[-1].id) if len(rows) > wanted.limit else None
     return OrderPage(items=items, next_cursor=next_cursor)

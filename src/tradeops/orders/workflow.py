@@ -23,6 +23,7 @@ from tradeops.errors import Conflict, DomainError, Forbidden
 from tradeops.orders import repository as repo
 from tradeops.orders.schemas import OrderOut
 from tradeops.orders.service import OrderNotFound, get_order
+from tradeops.orders.states import OrderStatus, RiskStatus
 
 
 class IllegalTransition(Conflict):
@@ -85,22 +86,45 @@ class CancelRequest(BaseModel):
 class Transition:
     name: str
     action: Action
-    from_statuses: frozenset[str]
-    to_status: str
+    from_statuses: frozenset[OrderStatus]
+    to_status: OrderStatus
 
 
-REVIEW = Transition("review", Action.REVIEW_ORDER, frozenset({"PENDING"}), "REVIEWED")
-APPROVE = Transition("approve", Action.APPROVE_ORDER, frozenset({"REVIEWED"}), "APPROVED")
-REJECT = Transition("reject", Action.REJECT_ORDER, frozenset({"PENDING", "REVIEWED"}), "REJECTED")
+PENDING, REVIEWED, APPROVED = OrderStatus.PENDING, OrderStatus.REVIEWED, OrderStatus.APPROVED
+REVIEW = Transition("review", Action.REVIEW_ORDER, frozenset({PENDING}), REVIEWED)
+APPROVE = Transition("approve", Action.APPROVE_ORDER, frozenset({REVIEWED}), APPROVED)
+REJECT = Transition(
+    "reject", Action.REJECT_ORDER, frozenset({PENDING, REVIEWED}), OrderStatus.REJECTED
+)
 CANCEL = Transition(
-    "cancel", Action.CANCEL_ORDER, frozenset({"PENDING", "REVIEWED", "APPROVED"}), "CANCELLED"
+    "cancel", Action.CANCEL_ORDER, frozenset({PENDING, REVIEWED, APPROVED}), OrderStatus.CANCELLED
 )
 
 
 TRANSITIONS = (REVIEW, APPROVE, REJECT, CANCEL)
 
 
-def refusal(transition: Transition, principal: Principal, order: Any) -> DomainError | None:
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A command to move an order on: `transition`, by someone who read it at
+    `expected_version` (None: as it is now), with what the order's history keeps of it."""
+
+    order_id: int
+    transition: Transition
+    expected_version: int | None = None
+    note: str | None = None
+    recommendation: Literal["APPROVE", "REJECT"] | None = None
+    reason: str | None = None
+
+    def history(self) -> dict[str, str]:
+        """The event's payload: what was said, nothing left blank."""
+        said = {"note": self.note, "recommendation": self.recommendation, "reason": self.reason}
+        return {k: v for k, v in said.items() if v is not None}
+
+
+def refusal(
+    transition: Transition, principal: Principal, order: repo.OrderFacts
+) -> DomainError | None:
     """Why `principal` may not make `transition` on `order` now, or None if they may.
 
     The one statement of the maker-checker rules: `transition_order` raises what this returns,
@@ -133,11 +157,11 @@ def refusal(transition: Transition, principal: Principal, order: Any) -> DomainE
     return None
 
 
-def _status_refusal(transition: Transition, order: Any) -> DomainError | None:
+def _status_refusal(transition: Transition, order: repo.OrderFacts) -> DomainError | None:
     """Why the order's status or risk check rules the transition out, saying what would let
     it through: a failed check first, since no review can mend it."""
     undecided = order.status in APPROVE.from_statuses | REVIEW.from_statuses
-    if transition is APPROVE and undecided and order.risk_status == "FAILED":
+    if transition is APPROVE and undecided and order.risk_status is RiskStatus.FAILED:
         reasons = " ".join(str(r.get("message", r.get("code"))) for r in order.risk_reasons)
         reasons = reasons or "no reason was recorded."
         return RiskCheckFailed(
@@ -146,7 +170,7 @@ def _status_refusal(transition: Transition, order: Any) -> DomainError | None:
             order_id=order.id,
             risk_reasons=order.risk_reasons,
         )
-    if transition is APPROVE and order.status == "PENDING":
+    if transition is APPROVE and order.status is PENDING:
         return IllegalTransition(
             f"Order {order.id} is PENDING: it needs a review first; once it is REVIEWED it "
             "can be approved.",
@@ -160,7 +184,7 @@ def _status_refusal(transition: Transition, order: Any) -> DomainError | None:
             current_status=order.status,
             current_version=order.version,
         )
-    if transition is APPROVE and order.risk_status != "PASSED":
+    if transition is APPROVE and order.risk_status is not RiskStatus.PASSED:
         return RiskCheckPending(
             f"Order {order.id} is still waiting for its pre-trade risk check; approve it once "
             "the check has passed.",
@@ -174,28 +198,22 @@ async def transition_refusals(
 ) -> dict[str, DomainError | None]:
     """For each transition by name, None if the principal may make it on the order now, or
     the error they would get: what a page needs to enable or explain its buttons."""
-    order = await uow.one_or_none(repo.ORDER_FACTS, {"id": order_id})
+    order = await uow.row(repo.ORDER_FACTS, {"id": order_id})
     if order is None or not principal.can_see_desk(order.desk_id):
         raise OrderNotFound(f"No order {order_id}.")
     return {t.name: refusal(t, principal, order) for t in TRANSITIONS}
 
 
-async def transition_order(
-    uow: UnitOfWork,
-    principal: Principal,
-    order_id: int,
-    transition: Transition,
-    *,
-    expected_version: int | None,
-    payload: dict[str, Any],
-) -> OrderOut:
+async def transition_order(uow: UnitOfWork, principal: Principal, decision: Decision) -> OrderOut:
+    transition, order_id = decision.transition, decision.order_id
     authorize(principal, transition.action)
-    order = await uow.one_or_none(repo.LOCK_ORDER, {"id": order_id})
+    order = await repo.lock_order(uow, repo.LOCK_ORDER, order_id)
     if order is None or not principal.can_see_desk(order.desk_id):
         raise OrderNotFound(f"No order {order_id}.")
-    if expected_version is not None and expected_version != order.version:
+    expected = decision.expected_version
+    if expected is not None and expected != order.version:
         raise StaleVersion(
-            f"Order {order_id} is at version {order.version}, not {expected_version}; "
+            f"Order {order_id} is at version {order.version}, not {expected}; "
             "read it again and decide on what it is now.",
             current_version=order.version,
             current_status=order.status,
@@ -203,7 +221,7 @@ async def transition_order(
     refused = refusal(transition, principal, order)
     if refused is not None:
         raise refused
-    changed = await uow.one_or_none(
+    changed = await uow.row(
         repo.TRANSITION,
         {
             "id": order_id,
@@ -214,7 +232,7 @@ async def transition_order(
             "approved_by": principal.user_id if transition is APPROVE else None,
             "rejected_by": principal.user_id if transition is REJECT else None,
             "event_type": transition.to_status,
-            "payload": orjson.dumps({k: v for k, v in payload.items() if v is not None}).decode(),
+            "payload": orjson.dumps(decision.history()).decode(),
             "action": f"order.{transition.to_status.lower()}",
         },
     )
@@ -240,5 +258,5 @@ async def order_history(
 ) -> list[OrderEventOut]:
     """Every step of the order, oldest first: CREATED, REVIEWED (with the note), …"""
     await get_order(uow, principal, order_id)
-    rows = await uow.execute(repo.ORDER_EVENTS, {"id": order_id})
-    return [OrderEventOut.model_validate(r._mapping) for r in rows]
+    rows = await uow.rows(repo.ORDER_EVENTS, {"id": order_id})
+    return [OrderEventOut.model_validate(r, from_attributes=True) for r in rows]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Select, select, text, tuple_
 
+from tradeops.audit.repository import append_audit
 from tradeops.auth.principal import Principal
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
-from tradeops.db.prepared import prepare
+from tradeops.db.prepared import query
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
 from tradeops.positions.models import Position
@@ -19,39 +23,72 @@ clients = table_of(Client)
 desks = table_of(Desk)
 instruments = table_of(Instrument)
 
+
 # The position's row, locked, whether it existed or not: a first fill inserts it flat, a
 # later one finds it (ON CONFLICT takes the row lock and sees the latest committed state, so
 # concurrent fills of one client and instrument queue here and none is lost).
-LOCK_POSITION = prepare(
-    text(
-        "INSERT INTO positions (desk_id, client_id, instrument_id)"
-        " VALUES (:desk_id, :client_id, :instrument_id)"
-        " ON CONFLICT (client_id, instrument_id) DO UPDATE SET version = positions.version"
-        " RETURNING quantity, cost_basis, realized_pnl, version"
-    )
+@dataclass(frozen=True, slots=True)
+class LockedPosition:
+    quantity: Decimal
+    cost_basis: Decimal
+    realized_pnl: Decimal
+    version: int
+
+
+LOCK_POSITION = query(
+    "INSERT INTO positions (desk_id, client_id, instrument_id)"
+    " VALUES (:desk_id, :client_id, :instrument_id)"
+    " ON CONFLICT (client_id, instrument_id) DO UPDATE SET version = positions.version"
+    " RETURNING quantity, cost_basis, realized_pnl, version",
+    LockedPosition,
 )
 
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    version: int
+
+
 # The new state, computed from the locked row, with its audit event, in one round trip.
-STORE_POSITION = prepare(
-    text(
-        "WITH before AS ("
-        " SELECT * FROM positions WHERE client_id = :client_id AND instrument_id = :instrument_id),"
-        " changed AS ("
-        " UPDATE positions SET quantity = :quantity, avg_cost = :avg_cost,"
-        "  cost_basis = :cost_basis, realized_pnl = :realized_pnl, version = version + 1,"
-        "  updated_at = now()"
-        " WHERE client_id = :client_id AND instrument_id = :instrument_id AND version = :version"
-        " RETURNING *),"
-        " audit AS ("
-        " INSERT INTO audit_events (stream, actor, api_key_id, request_id, action, entity,"
-        "  entity_id, before, after)"
-        " SELECT 'position:' || :position_key, :actor, :api_key_id, :request_id,"
-        "  'position.changed', 'position', :position_key, to_jsonb(b),"
-        "  to_jsonb(c) || jsonb_build_object('execution_id', CAST(:execution_id AS bigint))"
-        " FROM changed c CROSS JOIN before b)"
-        " SELECT version FROM changed"
+STORE_POSITION = query(
+    "WITH before AS ("  # noqa: S608 - SQL from constants only
+    " SELECT * FROM positions WHERE client_id = :client_id AND instrument_id = :instrument_id),"
+    " changed AS ("
+    " UPDATE positions SET quantity = :quantity, avg_cost = :avg_cost,"
+    "  cost_basis = :cost_basis, realized_pnl = :realized_pnl, version = version + 1,"
+    "  updated_at = now()"
+    " WHERE client_id = :client_id AND instrument_id = :instrument_id AND version = :version"
+    " RETURNING *),"
+    " audit AS ("
+    + append_audit(
+        entity="'position'",
+        entity_id="CAST(:position_key AS text)",
+        before="to_jsonb(b)",
+        after="to_jsonb(c) || jsonb_build_object('execution_id', CAST(:execution_id AS bigint))",
+        action="'position.changed'",
+        source="changed c CROSS JOIN before b",
     )
+    + ") SELECT version FROM changed",
+    Stored,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ListedPosition:
+    """A position as the list shows it, with its key for the next page's cursor."""
+
+    client_id: str
+    desk: str
+    symbol: str
+    currency: str
+    quantity: Decimal
+    avg_cost: Decimal | None
+    cost_basis: Decimal
+    realized_pnl: Decimal
+    version: int
+    updated_at: datetime
+    client_pk: int
+    instrument_pk: int
 
 
 def readable_positions(principal: Principal) -> Select[Any]:
@@ -141,6 +178,7 @@ _PORTFOLIO_TOTALS = (
     " FROM totals"
 )
 
+
 # GET /clients/{id}/portfolio: one statement that answers the whole JSON document, so the
 # hot read costs one round trip and no per-position work in Python (500 positions: bench/).
 # Each position is valued at the latest price of its instrument (the first entry of the
@@ -149,7 +187,12 @@ _PORTFOLIO_TOTALS = (
 # currency has no price, rather than a partial sum. No row: no such client for this caller.
 # Rows become JSON objects whole (row_to_json), measured faster than building each object
 # key by key, and compact like every other response (json_build_object writes " : ").
-PORTFOLIO = prepare(
+@dataclass(frozen=True, slots=True)
+class Portfolio:
+    document: str  # the JSON of schemas.Portfolio
+
+
+PORTFOLIO = query(
     text(
         "WITH client AS ("  # noqa: S608 - SQL from constants only
         " SELECT c.id, c.external_id, d.code AS desk FROM clients c"
@@ -183,6 +226,7 @@ PORTFOLIO = prepare(
         f"  || ',\"as_of\":' || to_json({_utc('now()')})::text"
         f"  || ',\"positions\":' || {_json_array(_PORTFOLIO_POSITIONS, 'symbol')}"
         f"  || ',\"totals\":' || {_json_array(_PORTFOLIO_TOTALS, 'currency')} || '}}'"
-        " FROM client"
-    )
+        " AS document FROM client"
+    ),
+    Portfolio,
 )

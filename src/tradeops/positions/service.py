@@ -35,11 +35,11 @@ async def book_fill(uow: UnitOfWork, principal: Principal, fill: PositionFill) -
     so concurrent fills of the same client and instrument apply one after the other."""
     authorize(principal, Action.RECORD_EXECUTION)
     key = {"client_id": fill.client_id, "instrument_id": fill.instrument_id}
-    row = await uow.fetchrow(repo.LOCK_POSITION, {**key, "desk_id": fill.desk_id})
+    row = await uow.row(repo.LOCK_POSITION, {**key, "desk_id": fill.desk_id})
     assert row is not None  # an upsert always returns its row
-    before = Holding(row["quantity"], row["cost_basis"], row["realized_pnl"])
+    before = Holding(row.quantity, row.cost_basis, row.realized_pnl)
     after = apply_fill(before, fill.quantity, fill.price)
-    stored = await uow.scalar(
+    stored = await uow.row(
         repo.STORE_POSITION,
         {
             **key,
@@ -47,12 +47,9 @@ async def book_fill(uow: UnitOfWork, principal: Principal, fill: PositionFill) -
             "avg_cost": after.avg_cost,
             "cost_basis": after.cost_basis,
             "realized_pnl": after.realized_pnl,
-            "version": row["version"],
+            "version": row.version,
             "position_key": fill.position_key,
             "execution_id": fill.execution_id,
-            "actor": principal.actor,
-            "api_key_id": principal.api_key_id,
-            "request_id": uow.request_id,
         },
     )
     if stored is None:  # pragma: no cover - the row is locked; kept as a guard
@@ -88,8 +85,8 @@ async def list_positions(
         after=_position_after(after),
         limit=limit + 1,
     )
-    rows = (await uow.execute(statement)).all()
-    items = [PositionOut.model_validate(r._mapping) for r in rows[:limit]]
+    rows = await uow.rows_of(statement, repo.ListedPosition)
+    items = [PositionOut.model_validate(r, from_attributes=True) for r in rows[:limit]]
     last = rows[limit - 1] if len(rows) > limit else None
     next_cursor = encode_cursor(last.client_pk, last.instrument_pk) if last else None
     return PositionPage(items=items, next_cursor=next_cursor)
@@ -100,7 +97,7 @@ async def portfolio_json(uow: UnitOfWork, principal: Principal, client_id: str) 
     in one statement (so a large portfolio costs one round trip and no work per position
     here). A client of a desk the principal does not cover is not found."""
     authorize(principal, Action.READ_POSITIONS)
-    document = await uow.scalar(
+    portfolio = await uow.row(
         repo.PORTFOLIO,
         {
             "client_id": client_id,
@@ -108,6 +105,6 @@ async def portfolio_json(uow: UnitOfWork, principal: Principal, client_id: str) 
             "desk_ids": list(principal.desk_ids),
         },
     )
-    if document is None:
+    if portfolio is None:
         raise ClientNotFound(f"No client {client_id}.")
-    return str(document)
+    return portfolio.document

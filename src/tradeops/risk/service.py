@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from decimal import Decimal
 from typing import Any
 
@@ -11,8 +12,10 @@ import structlog
 from tradeops.audit import service as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
-from tradeops.db.uow import Row, UnitOfWork
+from tradeops.db.uow import UnitOfWork
 from tradeops.errors import InvalidRequest
+from tradeops.orders.repository import lock_order
+from tradeops.orders.states import OrderStatus, RiskStatus
 from tradeops.risk import repository as repo
 from tradeops.risk.rules import RiskFacts, evaluate, stricter
 from tradeops.risk.schemas import RiskLimitIn, RiskLimitOut
@@ -21,24 +24,24 @@ log = structlog.get_logger(component="tradeops.risk")
 
 CHECKED = "RISK_CHECKED"
 CHECK_ERROR = "RISK_CHECK_ERROR"
+AWAITING = frozenset({OrderStatus.PENDING, OrderStatus.REVIEWED})  # nobody decided yet
 
 
 async def list_limits(
     uow: UnitOfWork, principal: Principal, *, desk: str | None = None, client_id: str | None = None
 ) -> list[RiskLimitOut]:
     authorize(principal, Action.READ_RISK_LIMITS)
-    rows = await uow.execute(repo.LIST_LIMITS, {"desk": desk, "client_id": client_id})
-    return [RiskLimitOut.model_validate(r._mapping) for r in rows]
+    return await uow.rows(repo.LIST_LIMITS, {"desk": desk, "client_id": client_id})
 
 
-async def _holder(uow: UnitOfWork, data: RiskLimitIn) -> Row:
+async def _holder(uow: UnitOfWork, data: RiskLimitIn) -> repo.Holder:
     """The desk's or the client's ids; an unknown one is a field error."""
     if data.client_id is not None:
-        found = await uow.one_or_none(repo.CLIENT_BY_EXTERNAL_ID, {"external_id": data.client_id})
+        found = await uow.row(repo.CLIENT_BY_EXTERNAL_ID, {"external_id": data.client_id})
         if found is None:
             raise InvalidRequest(f"No client {data.client_id}.", field="client_id")
         return found
-    found = await uow.one_or_none(repo.DESK_BY_CODE, {"code": data.desk})
+    found = await uow.row(repo.DESK_BY_CODE, {"code": data.desk})
     if found is None:
         raise InvalidRequest(f"No desk {data.desk}.", field="desk")
     return found
@@ -49,8 +52,8 @@ async def set_limit(uow: UnitOfWork, principal: Principal, data: RiskLimitIn) ->
     authorize(principal, Action.MANAGE_RISK_LIMITS)
     holder = await _holder(uow, data)
     ids = {"desk_id": holder.desk_id, "client_id": holder.client_id}
-    before = await uow.one_or_none(repo.CURRENT_LIMIT, ids)
-    after = await uow.one_or_none(
+    before = await uow.row(repo.CURRENT_LIMIT, ids)
+    after = await uow.row(
         repo.SET_LIMIT,
         {
             **ids,
@@ -67,15 +70,15 @@ async def set_limit(uow: UnitOfWork, principal: Principal, data: RiskLimitIn) ->
         "risk_limit.set",
         "risk_limit",
         after.id,
-        before=dict(before._mapping) if before else None,
-        after=dict(after._mapping),
+        before=asdict(before) if before else None,
+        after=asdict(after),
     )
-    shown = await uow.one_or_none(repo.LIMIT_BY_ID, {"id": after.id})
+    shown = await uow.row(repo.LIMIT_BY_ID, {"id": after.id})
     assert shown is not None  # the row this transaction just wrote
-    return RiskLimitOut.model_validate(shown._mapping)
+    return shown
 
 
-def facts_of(row: Row, default_fat_finger_pct: Decimal) -> RiskFacts:
+def facts_of(row: repo.RiskFactsRow, default_fat_finger_pct: Decimal) -> RiskFacts:
     bands = [b for b in (row.desk_fat_finger_pct, row.client_fat_finger_pct) if b is not None]
     return RiskFacts(
         symbol=row.symbol,
@@ -94,9 +97,13 @@ def facts_of(row: Row, default_fat_finger_pct: Decimal) -> RiskFacts:
 
 
 async def _record(
-    uow: UnitOfWork, order_id: int, risk_status: str, reasons: list[Any], event_type: str
+    uow: UnitOfWork,
+    order_id: int,
+    risk_status: RiskStatus,
+    reasons: list[dict[str, Any]],
+    event_type: str,
 ) -> bool:
-    changed = await uow.one_or_none(
+    changed = await uow.row(
         repo.RECORD_RESULT,
         {
             "id": order_id,
@@ -105,7 +112,6 @@ async def _record(
             "event_type": event_type,
             "actor": "system:risk-check",
             "payload": orjson.dumps({"risk_status": risk_status, "reasons": reasons}).decode(),
-            "request_id": uow.request_id,
             "action": "order.risk_checked" if event_type == CHECKED else "order.risk_check_error",
         },
     )
@@ -120,12 +126,12 @@ async def check_order(
     Idempotent: an order already checked (or gone) is left as it is; the result is None.
     Orders already rejected or cancelled are not checked: nobody can approve them any more.
     """
-    row = await uow.one_or_none(repo.RISK_FACTS, {"id": order_id})
-    if row is None or row.risk_status != "PENDING" or row.status not in ("PENDING", "REVIEWED"):
+    row = await lock_order(uow, repo.RISK_FACTS, order_id)
+    if row is None or row.risk_status is not RiskStatus.PENDING or row.status not in AWAITING:
         log.info("risk_check_skipped", order_id=order_id, reason="not awaiting a check")
         return None
     reasons = evaluate(facts_of(row, default_fat_finger_pct))
-    risk_status = "FAILED" if reasons else "PASSED"
+    risk_status = RiskStatus.FAILED if reasons else RiskStatus.PASSED
     await _record(uow, order_id, risk_status, reasons, CHECKED)
     log.info("risk_checked", order_id=order_id, risk_status=risk_status, reasons=len(reasons))
     return risk_status
@@ -137,4 +143,4 @@ async def record_check_error(uow: UnitOfWork, order_id: int, error: str) -> bool
         "code": "RISK_CHECK_ERROR",
         "message": f"The risk check could not run ({error}); reject and resubmit the order.",
     }
-    return await _record(uow, order_id, "FAILED", [reason], CHECK_ERROR)
+    return await _record(uow, order_id, RiskStatus.FAILED, [reason], CHECK_ERROR)

@@ -30,6 +30,7 @@ from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.auth.sign_in import LoginThrottled, ThrottlePolicy
 from tradeops.auth.sign_in import sign_in as sign_in_with_password
+from tradeops.db.http import reads_own_writes
 from tradeops.db.uow import UnitOfWork
 from tradeops.deps import LoginUoW, RowId
 from tradeops.errors import InvalidRequest
@@ -37,7 +38,6 @@ from tradeops.numeric_input import parse_count
 from tradeops.orders import workflow
 from tradeops.orders.models import ORDER_STATUSES, RISK_STATUSES
 from tradeops.orders.schemas import OrderStatus, RiskStatus
-from tradeops.orders.workflow import Transition
 from tradeops.ui import views
 from tradeops.ui.pages import (
     CsrfRefused,
@@ -91,6 +91,7 @@ async def signed_in(request: Request, uow: LoginUoW) -> SignedIn:
     # A deactivated user, one whose role changed or who signed out since, signs in again.
     if principal is None or principal.role.value != session.role:
         raise SignInRequired("Your session has ended; sign in again.")
+    reads_own_writes(request, principal.user_id)
     request.state.principal = principal
     return SignedIn(uow, principal, session)
 
@@ -299,19 +300,10 @@ def _version(form: FormData) -> int | None:
     return version
 
 
-async def _decide(
-    person: SignedIn, order_id: int, transition: Transition, version: int | None, **payload: Any
-) -> Response:
-    await workflow.transition_order(
-        person.uow,
-        person.principal,
-        order_id,
-        transition,
-        expected_version=version,
-        payload=payload,
-    )
-    done = transition.to_status.lower()
-    return RedirectResponse(f"/ui/orders/{order_id}?done={done}", status_code=303)
+async def _decide(person: SignedIn, decision: workflow.Decision) -> Response:
+    await workflow.transition_order(person.uow, person.principal, decision)
+    done = decision.transition.to_status.lower()
+    return RedirectResponse(f"/ui/orders/{decision.order_id}?done={done}", status_code=303)
 
 
 @router.post("/orders/{order_id}/review")
@@ -322,14 +314,14 @@ async def review_order(order_id: RowId, person: Person, form: CheckedForm) -> Re
         recommendation=_text(form, "recommendation"),
         expected_version=_version(form),
     )
-    return await _decide(
-        person,
+    decision = workflow.Decision(
         order_id,
         workflow.REVIEW,
         body.expected_version,
         note=body.note,
         recommendation=body.recommendation,
     )
+    return await _decide(person, decision)
 
 
 @router.post("/orders/{order_id}/approve")
@@ -346,7 +338,8 @@ async def approve_order(
         asking = await _confirmation_page(request, person, order_id, body)
         if asking is not None:
             return asking
-    return await _decide(person, order_id, workflow.APPROVE, body.expected_version, note=body.note)
+    decision = workflow.Decision(order_id, workflow.APPROVE, body.expected_version, note=body.note)
+    return await _decide(person, decision)
 
 
 async def _confirmation_page(
@@ -372,9 +365,10 @@ async def reject_order(order_id: RowId, person: Person, form: CheckedForm) -> Re
     body = _model(
         workflow.RejectRequest, reason=_text(form, "reason"), expected_version=_version(form)
     )
-    return await _decide(
-        person, order_id, workflow.REJECT, body.expected_version, reason=body.reason
+    decision = workflow.Decision(
+        order_id, workflow.REJECT, body.expected_version, reason=body.reason
     )
+    return await _decide(person, decision)
 
 
 @router.post("/orders/{order_id}/cancel")
@@ -382,9 +376,10 @@ async def cancel_order(order_id: RowId, person: Person, form: CheckedForm) -> Re
     body = _model(
         workflow.CancelRequest, reason=_text(form, "reason"), expected_version=_version(form)
     )
-    return await _decide(
-        person, order_id, workflow.CANCEL, body.expected_version, reason=body.reason
+    decision = workflow.Decision(
+        order_id, workflow.CANCEL, body.expected_version, reason=body.reason
     )
+    return await _decide(person, decision)
 
 
 # --- the audit trail ----------------------------------------------------------------------

@@ -24,7 +24,8 @@ from tradeops.marketdata import service as marketdata
 from tradeops.marketdata.schemas import SnapshotOut
 from tradeops.orders import service as orders
 from tradeops.orders import workflow
-from tradeops.orders.schemas import OrderOut, OrderPage
+from tradeops.orders.schemas import OrderFilters, OrderOut, OrderPage, OrderQuery
+from tradeops.orders.states import OrderStatus, RiskStatus
 from tradeops.orders.workflow import OrderEventOut
 from tradeops.positions import service as positions
 from tradeops.positions.accounting import signed_quantity
@@ -65,19 +66,17 @@ def only_own_orders(principal: Principal) -> bool:
 
 async def queue(uow: UnitOfWork, principal: Principal, filters: QueueFilters) -> OrderPage:
     status = filters.status or None
-    return await orders.list_orders(
-        uow,
-        principal,
-        limit=QUEUE_PAGE_SIZE,
-        after=filters.after or None,
-        status=None if status in (None, "awaiting") else status,
+    wanted = OrderFilters(
+        status=None if status in (None, "awaiting") else OrderStatus(status),
         statuses=AWAITING_DECISION if status == "awaiting" else None,
-        risk_status=filters.risk_status or None,
+        risk_status=RiskStatus(filters.risk_status) if filters.risk_status else None,
         made_by=principal.user_id if only_own_orders(principal) else None,
         desk=filters.desk or None,
         symbol=filters.symbol or None,
         client_id=filters.client_id or None,
     )
+    page = OrderQuery(QUEUE_PAGE_SIZE, filters.after or None, wanted)
+    return await orders.list_orders(uow, principal, page)
 
 
 async def tick_sizes(uow: UnitOfWork, principal: Principal, page: OrderPage) -> dict[str, Decimal]:
