@@ -7,7 +7,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 # Installing is chatter a newcomer need not read: it goes here, and is shown only on failure.
 SETUP_LOG := $(or $(TRADEOPS_HOME),.tradeops)/logs/setup.log
 
-.PHONY: help run test faults lint format bench deps clean reset chromium pgbouncer
+.PHONY: help run test faults lint format bench bench-data bench-orders deps clean reset chromium pgbouncer
 
 # Every target documents itself with a `## what it does` after its prerequisites; `make help`
 # lists them all, so a new target shows up without touching this one
@@ -88,6 +88,15 @@ format: deps ## ruff check --fix, ruff format
 
 bench: deps ## load benchmarks: ours vs bare asyncpg, same-work and seed 000 peers (bench/results)
 	$(UV) run --frozen --group bench python bench/run.py $(BENCH_ARGS)
+
+# Orders for the list benchmark, COPY'd into TRADEOPS_DATABASE_URL (else the embedded
+# server's tradeops_ten_million database); each run adds ROWS more. See bench/README.md.
+ROWS ?= 1000000
+bench-data: deps ## add ROWS generated orders (default 1000000) for make bench-orders
+	$(UV) run --frozen python bench/data.py --rows $(ROWS)
+
+bench-orders: deps ## GET /orders page 1, a deep page and every filter, p50/p99 (after bench-data)
+	$(UV) run --frozen python bench/ten_million.py $(BENCH_ARGS)
 
 # Where `make run` keeps the embedded PostgreSQL (TRADEOPS_HOME); reset removes only the
 # servers' data directories in it, whatever TRADEOPS_HOME points at.

@@ -6,12 +6,15 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request, Security
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from tradeops.auth.authentication import authenticate, unauthenticated
 from tradeops.auth.principal import Principal
 from tradeops.db.http import reads_own_writes
 from tradeops.db.uow import UnitOfWork, in_transaction
+from tradeops.errors import InvalidRequest
 
 API_PREFIX = "/api/v1"
 
@@ -104,6 +107,33 @@ async def principal_of_a_short_transaction(
 
 # The principal of a route that holds no request transaction.
 PrincipalOnly = Annotated[Principal, Depends(principal_of_a_short_transaction)]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters an endpoint and its dependencies declare (by their alias)."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
+async def _declared_query_only(request: Request, _: Session) -> None:
+    """A misspelt or unsupported filter (`symbl=`, `risk_status=` where there is none) is a
+    422 naming it, not silently ignored: ignored, it answers a page that only looks filtered.
+    After authentication, as every other check of the query."""
+    route = request.scope.get("route")
+    declared = _query_names(route.dependant) if isinstance(route, APIRoute) else set()
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown query parameter {', '.join(unknown)}; this list takes"
+            f" {', '.join(sorted(declared)) or 'none'}.",
+            field=f"query.{unknown[0]}",
+        )
+
+
+# On every list endpoint: `@router.get("", dependencies=[DeclaredQueryOnly])`.
+DeclaredQueryOnly = Depends(_declared_query_only)
 
 
 async def _login_uow(request: Request) -> UnitOfWork:

@@ -129,7 +129,15 @@ async def test_agent_submits_reads_and_reviews_an_order(
             )
         )
         listed = order_of(await agent.call_tool("list_orders", {"status": "REVIEWED"}))
+        # risk_status filters as on GET /orders; PENDING first: a check only moves it on
+        # (found once, or twice when it passes between the two lists).
+        by_risk = [
+            order_of(await agent.call_tool("list_orders", {"risk_status": risk}))
+            for risk in ("PENDING", "PASSED", "FAILED")
+        ]
     assert reviewed["status"] == "REVIEWED"
+    assert {o["id"] for page in by_risk[:2] for o in page["items"]} == {submitted["id"]}
+    assert by_risk[2]["items"] == []
     assert reviewed["reviewed_by"] == "agent@test.bank" and reviewed["approved_by"] is None
     assert [o["id"] for o in listed["items"]] == [submitted["id"]]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -67,7 +68,20 @@ BUILT_PER_CALL = [
                 symbol="S",
                 desk="D",
             ),
-            after=10,
+            orders_repo.ListFilterKeys(client=1, instrument=2, desk=3),
+            after=(10,),
+            limit=5,
+        ),
+        OrderOut,
+    ),
+    (
+        orders_repo.filtered_orders(
+            SYSTEM,
+            OrderFilters(
+                created_from=datetime(2026, 1, 1, tzinfo=UTC), created_to=datetime.now(UTC)
+            ),
+            orders_repo.ListFilterKeys(),
+            after=(datetime.now(UTC), 10),
             limit=5,
         ),
         OrderOut,

@@ -568,7 +568,7 @@ async def test_deleting_an_endpoint_cancels_what_it_was_owed(
         ({"url": "https://user:pw@hooks.example.com/x"}, "body.url"),
         ({"event_types": ["order.created"]}, "body.event_types.0"),
         ({"event_types": []}, "body.event_types"),
-        ({"desks": ["NO-SUCH"]}, "desk"),
+        ({"desks": ["NO-SUCH"]}, "body.desk"),
         ({"desks": []}, "body.desks"),
     ],
 )

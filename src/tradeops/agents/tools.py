@@ -39,6 +39,7 @@ from tradeops.orders.schemas import (
     OrderPage,
     OrderQuery,
     OrderStatus,
+    RiskStatus,
 )
 from tradeops.positions import service as positions
 from tradeops.positions.schemas import Portfolio
@@ -122,6 +123,9 @@ class GetOrder(Arguments):
 
 class ListOrders(Arguments):
     status: OrderStatus | None = Field(default=None, description="Only orders in this status")
+    risk_status: RiskStatus | None = Field(
+        default=None, description="Only orders whose risk check is in this state, e.g. FAILED"
+    )
     client_id: ExternalId | None = Field(default=None, description="Client id, e.g. CUST-1001")
     symbol: Symbol | None = Field(default=None, description="Instrument symbol, e.g. AAPL")
     desk: str | None = Field(default=None, description="Desk code, e.g. EQ-US")
@@ -227,6 +231,7 @@ async def _list_orders(
 ) -> OrderPage:
     filters = OrderFilters(
         status=args.status,
+        risk_status=args.risk_status,
         client_id=args.client_id,
         symbol=args.symbol,
         desk=args.desk,

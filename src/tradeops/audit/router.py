@@ -11,7 +11,7 @@ from tradeops.audit.repository import AuditFilters
 from tradeops.audit.service import AuditPage
 from tradeops.audit.verification import VerificationReport
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, PrincipalOnly, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, PrincipalOnly, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.pagination import decode_id_cursor
 from tradeops.problems import problem_responses
@@ -27,7 +27,10 @@ class CheckpointOut(BaseModel):
 
 
 @router.get(
-    "/events", response_model=AuditPage, responses=problem_responses(Forbidden, InvalidRequest)
+    "/events",
+    response_model=AuditPage,
+    responses=problem_responses(Forbidden, InvalidRequest),
+    dependencies=[DeclaredQueryOnly],
 )
 async def list_audit_events(
     request: Request,

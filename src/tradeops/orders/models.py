@@ -89,12 +89,17 @@ class Order(Base):
         Index("ix_orders_client_id_id", "client_id", "id"),
         Index("ix_orders_status_id", "status", "id"),
         Index("ix_orders_desk_id_id", "desk_id", "id"),
+        # The list's filters, each newest first (migration 0013).
+        Index("ix_orders_instrument_id_id", "instrument_id", "id"),
+        Index("ix_orders_desk_id_status_id", "desk_id", "status", "id"),
+        Index("ix_orders_desk_id_risk_status_id", "desk_id", "risk_status", "id"),
+        Index("ix_orders_created_at_id", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     desk_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("desks.id"))
     client_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("clients.id"))
-    instrument_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("instruments.id"), index=True)
+    instrument_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("instruments.id"))
     side: Mapped[str] = mapped_column(Text)
     order_type: Mapped[str] = mapped_column(Text)
     time_in_force: Mapped[str] = mapped_column(Text, server_default="DAY")

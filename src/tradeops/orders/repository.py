@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, Boolean, Select, any_, bindparam, or_, select
+from sqlalchemy import BigInteger, Boolean, Select, any_, bindparam, literal, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from tradeops.audit.repository import append_audit
@@ -297,10 +297,58 @@ def readable_orders(principal: Principal) -> Select[Any]:
     return statement
 
 
+# The list's filters by key, not by the names the API shows: an external client id, a symbol
+# or a desk code becomes its row's id first (one unique-index probe each, and clients under
+# row-level security, so another desk's client is not found), and orders are then filtered
+# by client_id, instrument_id or desk_id, whose (…, id) indexes give them newest first.
+# Filtering on clients.external_id through the join read orders newest first until a match.
+@dataclass(frozen=True, slots=True)
+class ListFilterKeys:
+    """The row ids behind a list's client, symbol and desk filters (None: not filtered, or
+    the name matches nothing)."""
+
+    client: int | None = None
+    instrument: int | None = None
+    desk: int | None = None
+
+
+LIST_FILTER_KEYS = query(
+    "SELECT (SELECT id FROM clients WHERE external_id = CAST(:client_id AS text)) AS client,"
+    " (SELECT id FROM instruments WHERE symbol = CAST(:symbol AS text)) AS instrument,"
+    " (SELECT id FROM desks WHERE code = CAST(:desk AS text)) AS desk",
+    ListFilterKeys,
+)
+
+# Where a page ends: the last order's id, or with a created range (created_at, id).
+ListKey = tuple[int] | tuple[datetime, int]
+
+
 def filtered_orders(
-    principal: Principal, wanted: OrderFilters, *, after: int | None, limit: int
+    principal: Principal,
+    wanted: OrderFilters,
+    keys: ListFilterKeys,
+    *,
+    after: ListKey | None,
+    limit: int,
 ) -> Select[Any]:
+    """A page of the orders a principal may read, newest first, after the keyset `after`.
+    Every condition is on orders' own columns, so an index of orders can serve it: the
+    client, symbol and desk of `wanted` by their `keys` (a name without a key matches no
+    order).
+
+    Newest first is by id, or with a created range by (created_at, id) (`after` is then that
+    pair): read back from the range's end on (created_at, id), a range costs the same
+    however far back it lies. By id, PostgreSQL walks the id index from the newest order
+    until it reaches the range: it prices that walk as if the range's orders were spread
+    over all ids, when they lie together, and took 8 s for one day 600 days back of ten
+    million. Ids cannot stand in for the range: they follow created_at only roughly."""
     statement = readable_orders(principal)
+    if wanted.client_id is not None:
+        statement = statement.where(orders.c.client_id == keys.client)
+    if wanted.symbol is not None:
+        statement = statement.where(orders.c.instrument_id == keys.instrument)
+    if wanted.desk is not None:
+        statement = statement.where(orders.c.desk_id == keys.desk)
     if wanted.status is not None:
         statement = statement.where(orders.c.status == wanted.status)
     if wanted.statuses is not None:
@@ -309,16 +357,12 @@ def filtered_orders(
         statement = statement.where(orders.c.risk_status == wanted.risk_status)
     if wanted.made_by is not None:
         statement = statement.where(orders.c.created_by == wanted.made_by)
-    if wanted.client_id is not None:
-        statement = statement.where(clients.c.external_id == wanted.client_id)
-    if wanted.symbol is not None:
-        statement = statement.where(instruments.c.symbol == wanted.symbol.upper())
-    if wanted.desk is not None:
-        statement = statement.where(desks.c.code == wanted.desk)
     if wanted.created_from is not None:
         statement = statement.where(orders.c.created_at >= wanted.created_from)
     if wanted.created_to is not None:
         statement = statement.where(orders.c.created_at < wanted.created_to)
+    key = (orders.c.created_at, orders.c.id) if wanted.by_created else (orders.c.id,)
     if after is not None:
-        statement = statement.where(orders.c.id < after)
-    return statement.order_by(orders.c.id.desc()).limit(limit)
+        bound = (literal(v, column.type) for column, v in zip(key, after, strict=True))
+        statement = statement.where(tuple_(*key) < tuple_(*bound))
+    return statement.order_by(*(column.desc() for column in key)).limit(limit)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel
 
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, RowId, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, RowId, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.idempotency.http import IdempotencyKeyHeader, respond_once
 from tradeops.idempotency.service import IdempotencyKeyReused
@@ -20,6 +20,7 @@ from tradeops.orders.schemas import (
     OrderPage,
     OrderQuery,
     OrderStatus,
+    RiskStatus,
 )
 from tradeops.orders.workflow import (
     ApproveRequest,
@@ -152,12 +153,18 @@ async def get_order(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -> R
     return Response(order.model_dump_json(), media_type="application/json", headers=_etag(order))
 
 
-@router.get("", response_model=OrderPage, responses=problem_responses(InvalidRequest))
+@router.get(
+    "",
+    response_model=OrderPage,
+    responses=problem_responses(InvalidRequest),
+    dependencies=[DeclaredQueryOnly],
+)
 async def list_orders(
     request: Request,
     principal: CurrentPrincipal,
     uow: UoW,
     status: OrderStatus | None = None,
+    risk_status: RiskStatus | None = None,
     client_id: str | None = Query(default=None, description="Client external id, e.g. CUST-1001"),
     symbol: str | None = None,
     desk: str | None = Query(default=None, description="Desk code, e.g. EQ-US"),
@@ -166,10 +173,14 @@ async def list_orders(
     after: str | None = Query(default=None, description="next_cursor of the previous page"),
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
 ) -> OrderPage:
-    """Orders of your desks, newest first, one page at a time (follow `next_cursor`)."""
+    """Orders of your desks, newest first, one page at a time (follow `next_cursor`, with the
+    same filters). Filters combine; one that names no client, symbol or desk of yours answers
+    an empty page. With `created_from` or `created_to` the newest are by creation time, and
+    the cursor holds it. A query parameter not listed here is a 422."""
     settings = request.app.state.settings
     filters = OrderFilters(
         status=status,
+        risk_status=risk_status,
         client_id=client_id,
         symbol=symbol,
         desk=desk,

@@ -130,6 +130,12 @@ class OrderFilters:
     created_from: datetime | None = None
     created_to: datetime | None = None
 
+    @property
+    def by_created(self) -> bool:
+        """A created range lists newest first by (created_at, id), and its cursor holds both
+        (orders.repository.filtered_orders says why); any other list by id."""
+        return self.created_from is not None or self.created_to is not None
+
 
 @dataclass(frozen=True, slots=True)
 class OrderQuery:

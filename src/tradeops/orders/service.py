@@ -13,9 +13,15 @@ from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
 from tradeops.orders import repository as repo
-from tradeops.orders.repository import Submitted
-from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage, OrderQuery
-from tradeops.pagination import decode_id_cursor
+from tradeops.orders.repository import ListFilterKeys, ListKey, Submitted
+from tradeops.orders.schemas import OrderCreate, OrderFilters, OrderOut, OrderPage, OrderQuery
+from tradeops.pagination import (
+    decode_cursor,
+    decode_id_cursor,
+    encode_cursor,
+    instant_key,
+    key_instant,
+)
 
 
 class OrderNotFound(NotFound):
@@ -176,12 +182,53 @@ async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> Ord
 
 
 async def list_orders(uow: UnitOfWork, principal: Principal, wanted: OrderQuery) -> OrderPage:
-    """Newest first; keyset pagination, so pages stay stable while orders keep arriving."""
+    """Newest first; keyset pagination, so pages stay stable while orders keep arriving.
+    With a created range newest first is by (created_at, id), and so is the cursor
+    (repository.filtered_orders says why)."""
     authorize(principal, Action.READ_ORDERS)
-    statement = repo.filtered_orders(
-        principal, wanted.filters, after=decode_id_cursor(wanted.after), limit=wanted.limit + 1
-    )
+    filters = wanted.filters
+    after = _created_cursor(wanted.after) if filters.by_created else _id_cursor(wanted.after)
+    keys = await list_filter_keys(uow, principal, filters)
+    if keys is None:
+        return OrderPage(items=[], next_cursor=None)
+    statement = repo.filtered_orders(principal, filters, keys, after=after, limit=wanted.limit + 1)
     rows = await uow.rows_of(statement, OrderOut)
     items = rows[: wanted.limit]
-    next_cursor = str(items[-1].id) if len(rows) > wanted.limit else None
-    return OrderPage(items=items, next_cursor=next_cursor)
+    if len(rows) <= wanted.limit:
+        return OrderPage(items=items, next_cursor=None)
+    last = items[-1]
+    last_key = (instant_key(last.created_at), last.id) if filters.by_created else (last.id,)
+    return OrderPage(items=items, next_cursor=encode_cursor(*last_key))
+
+
+def _id_cursor(cursor: str | None) -> ListKey | None:
+    key = decode_id_cursor(cursor)
+    return None if key is None else (key,)
+
+
+def _created_cursor(cursor: str | None) -> ListKey | None:
+    """With a created range the list is by (created_at, id), and so is its cursor."""
+    key = decode_cursor(cursor, keys=2, signed_first=True)
+    return None if key is None else (key_instant(key[0]), key[1])
+
+
+async def list_filter_keys(
+    uow: UnitOfWork, principal: Principal, wanted: OrderFilters
+) -> ListFilterKeys | None:
+    """The ids behind the client, symbol and desk filters, or None when one names nothing the
+    principal may see: then no order matches, and none is read to find that out."""
+    if wanted.client_id is None and wanted.symbol is None and wanted.desk is None:
+        return ListFilterKeys()
+    symbol = wanted.symbol and wanted.symbol.upper()
+    found = await uow.row(
+        repo.LIST_FILTER_KEYS,
+        {"client_id": wanted.client_id, "symbol": symbol, "desk": wanted.desk},
+    )
+    keys = found or ListFilterKeys()
+    unknown = (
+        (wanted.client_id is not None and keys.client is None)
+        or (wanted.symbol is not None and keys.instrument is None)
+        or (wanted.desk is not None and keys.desk is None)
+        or (keys.desk is not None and not principal.can_see_desk(keys.desk))
+    )
+    return None if unknown else keys

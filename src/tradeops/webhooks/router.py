@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, RowId, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, RowId, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.problems import problem_responses
 from tradeops.webhooks import service
@@ -73,6 +73,7 @@ async def delete_webhook(webhook_id: RowId, principal: CurrentPrincipal, uow: Uo
     "/{webhook_id}/deliveries",
     response_model=DeliveryPage,
     responses=problem_responses(InvalidRequest, Forbidden, service.WebhookNotFound),
+    dependencies=[DeclaredQueryOnly],
 )
 async def list_deliveries(
     webhook_id: RowId,

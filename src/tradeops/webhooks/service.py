@@ -63,11 +63,11 @@ def _checked_url(url: str, *, allow_http: bool) -> str:
     them inside the network); prod takes https only unless TRADEOPS_WEBHOOK_ALLOW_HTTP."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest("The URL must be http(s)://host/…", field="body.url")
+        raise InvalidRequest("The URL must be http(s)://host/…", field="url")
     if parts.scheme == "http" and not allow_http:
-        raise InvalidRequest("Webhook URLs must be https here.", field="body.url")
+        raise InvalidRequest("Webhook URLs must be https here.", field="url")
     if parts.username or parts.password:
-        raise InvalidRequest("Put no credentials in the URL; verify signatures.", field="body.url")
+        raise InvalidRequest("Put no credentials in the URL; verify signatures.", field="url")
     return url
 
 
