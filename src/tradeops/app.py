@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from tradeops.agents.http import mount_mcp, running_mcp
 from tradeops.audit.router import router as audit_router
+from tradeops.audit.router import verify_router as audit_verify_router
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.passwords import PasswordChecks
 from tradeops.auth.router import router as auth_router
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         sign_in_router,
         auth_router,
         audit_router,
+        audit_verify_router,
         events_router,
         orders_router,
         clients_router,

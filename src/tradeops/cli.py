@@ -601,15 +601,34 @@ def fill_approved_orders() -> None:
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Recompute every hash, chain and signed checkpoint; exit 1 at the first broken event."""
-    from tradeops.audit import service as audit
+def audit_verify(
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Hash every event, not only those after the newest checkpoint"),
+    ] = False,
+) -> None:
+    """Check the newest signed checkpoint and every event after it (--full: every event and
+    checkpoint from the first); exit 1 at the first broken event."""
+    from tradeops.audit import verification
+    from tradeops.db.pool import Database
 
     settings = get_settings()
-    key = settings.audit_key.get_secret_value().encode()
-    report = run_as_system(
-        settings, database_url(settings), lambda uow: audit.verify(uow, SYSTEM, key)
-    )
+    url = database_url(settings)
+
+    async def run() -> verification.VerificationReport:
+        db = Database(settings, url)
+        try:
+            return await verification.verify(
+                db,
+                SYSTEM,
+                settings.audit_key.get_secret_value().encode(),
+                full=full,
+                batch=settings.audit_verify_batch,
+            )
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(run())
     console().print_json(report.model_dump_json())
     if not report.ok:
         raise typer.Exit(1)

@@ -13,7 +13,7 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from tradeops.auth.authentication import authenticate, unauthenticated
 from tradeops.auth.principal import Principal
 from tradeops.db.http import reads_own_writes
-from tradeops.db.uow import UnitOfWork
+from tradeops.db.uow import UnitOfWork, in_transaction
 from tradeops.errors import InvalidRequest
 
 API_PREFIX = "/api/v1"
@@ -80,6 +80,33 @@ async def _uow(session: Session) -> UnitOfWork:
 
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 UoW = Annotated[UnitOfWork, Depends(_uow)]
+
+
+async def principal_of_a_short_transaction(
+    request: Request,
+    bearer: Annotated[str | None, Security(bearer_scheme)],
+    api_key: Annotated[str | None, Security(api_key_scheme)],
+) -> Principal:
+    """Authenticate in a transaction of its own, committed at once: for an operation that runs
+    long in transactions of its own (verifying the audit trail) on a route without
+    TransactionalRoute, so no connection is held for the request meanwhile."""
+    credential = bearer or api_key
+    if not credential:
+        raise unauthenticated("Send a bearer token or an API key.")
+    state = request.app.state
+
+    async def authenticated(uow: UnitOfWork) -> Principal:
+        return await authenticate(
+            uow, credential, state.tokens, request.state.request_id, state.key_usage
+        )
+
+    principal = await in_transaction(state.db, authenticated)
+    request.state.principal = principal
+    return principal
+
+
+# The principal of a route that holds no request transaction.
+PrincipalOnly = Annotated[Principal, Depends(principal_of_a_short_transaction)]
 
 
 def _query_names(dependant: Dependant) -> set[str]:

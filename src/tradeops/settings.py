@@ -94,6 +94,18 @@ class Settings(BaseSettings):
     audit_checkpoint_seconds: float = 60.0
     audit_settle_seconds: float = 300.0
     idempotency_keep_hours: int = 24
+    # Housekeeping deletes (expired idempotency keys, finished jobs) in transactions of at most
+    # purge_batch rows each, and at most purge_round_limit rows per round: no statement or
+    # transaction grows with a backlog; a backlog shrinks by purge_round_limit per round.
+    purge_batch: int = Field(default=1000, ge=1)
+    purge_round_limit: int = Field(default=100_000, ge=1)
+    # Finished jobs are kept this long after they finished (a succeeded job's args and events
+    # answer "was this order checked, when?"); failed, cancelled and aborted ones longer, as
+    # the evidence people read when something went wrong.
+    job_retention_hours: int = Field(default=72, ge=1)
+    job_failed_retention_hours: int = Field(default=720, ge=1)
+    # Audit verification reads this many events per short read transaction.
+    audit_verify_batch: int = Field(default=5000, ge=1, le=100_000)
     login_max_failures: int = Field(default=5, ge=1)
     login_lockout_seconds: int = Field(default=30, ge=1)
     # Failures are forgotten this long after the last one (so the throttle table stays

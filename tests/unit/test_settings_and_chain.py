@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
 
-from tradeops.audit.chain import GENESIS, event_hash, fold_root, sign_checkpoint
+from tradeops.audit.chain import GENESIS, event_hash, fold_root, sign_checkpoint, timestamp_text
 from tradeops.decimals import plain
 from tradeops.settings import Settings
 
@@ -83,3 +83,16 @@ def test_decimals_are_shown_plainly(raw: str, shown: str) -> None:
     from decimal import Decimal
 
     assert plain(Decimal(raw)) == shown
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),  # no microseconds: still six digits
+        datetime(2026, 1, 1, 1, 0, 0, 5, tzinfo=timezone(timedelta(hours=2))),  # day before, UTC
+    ],
+)
+def test_timestamps_are_rendered_as_the_trigger_renders_them(at: datetime) -> None:
+    """to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), as strftime wrote it."""
+    assert timestamp_text(at) == at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

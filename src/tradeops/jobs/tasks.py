@@ -8,7 +8,7 @@ event, never left silently unchecked, and when even that cannot be written the j
 
 Two periodic tasks keep that promise when a worker dies (recovery.py): jobs of a worker that
 stopped heartbeating are retried, and orders still awaiting their check with no job for it
-get it deferred again.
+get it deferred again. A third removes finished jobs once their retention has passed.
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ log = structlog.get_logger(component="tradeops.jobs")
 
 RETRY_STALLED_JOBS = "retry_stalled_jobs"
 RESUME_PENDING_RISK_CHECKS = "resume_pending_risk_checks"
+REMOVE_FINISHED_JOBS = "remove_finished_jobs"
 # Every 10 s (croniter's sixth field is the second): with the default 20 s stall timeout a
 # crashed worker's jobs are back in the queue within ~30 s.
 EVERY_TEN_SECONDS = "* * * * * */10"
 EVERY_FIFTEEN_SECONDS = "* * * * * */15"
+EVERY_TEN_MINUTES = "*/10 * * * *"
 # Webhook retries come due on their own schedule; a nudge from the outbox trigger brings
 # new deliveries at once, so this sweep bounds only the wait of retries and missed nudges.
 EVERY_TWO_SECONDS = "* * * * * */2"
@@ -180,6 +182,35 @@ async def resume_pending_risk_checks(context: JobContext, timestamp: int) -> int
     )
     await recovery.prune_succeeded_housekeeping(db)
     return len(resumed)
+
+
+@app.periodic(cron=EVERY_TEN_MINUTES, periodic_id=REMOVE_FINISHED_JOBS)
+@app.task(
+    name=REMOVE_FINISHED_JOBS,
+    queue=HOUSEKEEPING_QUEUE,
+    # Not ahead of the checks (as the recovery tasks are): nothing waits on it.
+    queueing_lock=REMOVE_FINISHED_JOBS,
+    pass_context=True,
+)
+async def remove_finished_jobs(context: JobContext, timestamp: int) -> int:
+    """Jobs finished longer ago than TRADEOPS_JOB_RETENTION_HOURS (failed ones:
+    TRADEOPS_JOB_FAILED_RETENTION_HOURS) are deleted with their events, in short batches."""
+    settings = _settings(context)
+    removal = await recovery.remove_finished_jobs(
+        _database(context),
+        succeeded_hours=settings.job_retention_hours,
+        failed_hours=settings.job_failed_retention_hours,
+        batch=settings.purge_batch,
+        round_limit=settings.purge_round_limit,
+    )
+    if removal.jobs:
+        log.info(
+            "finished_jobs_removed",
+            jobs=removal.jobs,
+            batches=removal.batches,
+            done=removal.done,
+        )
+    return removal.jobs
 
 
 @app.task(

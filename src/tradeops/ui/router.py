@@ -1,7 +1,8 @@
 """The approver pages under /ui: sign-in, the queue, an order, its decisions, the audit check.
 
 Thin like the API's routers: read the session and the form, call the same services
-(orders.workflow.transition_order, audit.verify, …) in the request's one transaction, render.
+(orders.workflow.transition_order, …) in the request's one transaction, render (the audit
+check reads in short transactions of its own).
 Every POST carries the session's CSRF token; a decision carries the order version it was
 made on, so deciding on an order that changed since the page was read is refused (409).
 """
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
 from tradeops.audit import service as audit
+from tradeops.audit import verification
 from tradeops.auth import users
 from tradeops.auth.authentication import authenticate_user
 from tradeops.auth.passwords import PasswordChecksBusy
@@ -424,7 +426,13 @@ async def audit_page(request: Request, person: Person) -> Response:
 
 @router.post("/audit/verify")
 async def verify_audit(request: Request, person: Person, form: CheckedForm) -> Response:
-    """Recompute the whole trail's hashes and checkpoints (risk and admin), as the API does."""
-    key = request.app.state.settings.audit_key.get_secret_value().encode()
-    report = await audit.verify(person.uow, person.principal, key)
+    """Check the newest signed checkpoint and the events after it (risk and admin), as the API
+    does by default; its reads run in short transactions of their own."""
+    settings = request.app.state.settings
+    report = await verification.verify(
+        request.app.state.db,
+        person.principal,
+        settings.audit_key.get_secret_value().encode(),
+        batch=settings.audit_verify_batch,
+    )
     return render(request, "audit.html", report=report)
