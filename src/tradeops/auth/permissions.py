@@ -36,6 +36,8 @@ class Action(StrEnum):
     READ_POSITIONS = "read positions"
     READ_RISK_LIMITS = "read risk limits"
     MANAGE_RISK_LIMITS = "manage risk limits"
+    READ_APPROVAL_POLICIES = "read approval policies"
+    MANAGE_APPROVAL_POLICIES = "manage approval policies"
 
 
 R = Role
@@ -68,6 +70,9 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     # Limits are the risk function's; admin may look (no key may do either).
     Action.READ_RISK_LIMITS: frozenset({R.RISK, R.ADMIN}),
     Action.MANAGE_RISK_LIMITS: frozenset({R.RISK}),
+    # How many people approve a desk's orders: risk and admin set and read it (no key does).
+    Action.READ_APPROVAL_POLICIES: frozenset({R.RISK, R.ADMIN}),
+    Action.MANAGE_APPROVAL_POLICIES: frozenset({R.RISK, R.ADMIN}),
 }
 
 # The scope an API key needs for each action; actions without a scope are never open to keys.

@@ -157,9 +157,7 @@ class OrderApproval(Base):
     order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     # The order's desk, so row-level security needs no lookup of the order.
     desk_id: Mapped[int] = mapped_column(BigInteger)
-    approved_by: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("users.id"), primary_key=True
-    )
+    approved_by: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"), primary_key=True)
     approved_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    ColumnElement,
     Select,
     any_,
     bindparam,
@@ -134,11 +135,13 @@ CREATED_FIELDS = (
 # the instrument's latest market price). Where the notional cannot be put in the policy's
 # currency (no price known yet, or an instrument in another currency: there are no FX
 # rates) the strictest band applies. No policy: one approval.
-_NOTIONAL = "CAST(:quantity AS numeric) * COALESCE(CAST(:price AS numeric), last.price)"
 APPROVALS_REQUIRED = (
-    "COALESCE(CASE WHEN p.currency = i.currency AND " + _NOTIONAL + " IS NOT NULL"
+    "COALESCE(CASE WHEN p.currency = i.currency"
+    "  AND COALESCE(CAST(:price AS numeric), last.price) IS NOT NULL"
     " THEN (SELECT b.approvals FROM approval_bands b WHERE b.desk_id = c.desk_id"
-    "  AND b.min_notional <= " + _NOTIONAL + " ORDER BY b.min_notional DESC LIMIT 1)"
+    "  AND b.min_notional"
+    "   <= CAST(:quantity AS numeric) * COALESCE(CAST(:price AS numeric), last.price)"
+    "  ORDER BY b.min_notional DESC LIMIT 1)"
     " ELSE (SELECT max(b.approvals) FROM approval_bands b WHERE b.desk_id = c.desk_id)"
     " END, 1)"
 )
@@ -163,7 +166,7 @@ SUBMIT_ORDER = query(
         "  AND (:price IS NULL OR mod(:price, tick_size) = 0)"
         " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *",
         before=False,
-        first="refs AS ("
+        first="refs AS ("  # noqa: S608 - SQL from this code only
         " SELECT c.id AS client_pk, c.desk_id, c.status AS client_status, d.code AS desk,"
         "  i.id AS instrument_pk, i.currency, i.lot_size, i.tick_size,"
         "  i.active AS instrument_active, " + APPROVALS_REQUIRED + " AS approvals_required"
@@ -286,7 +289,7 @@ ORDER_EVENTS = query(
 
 
 # An order's approvals, oldest first, as one JSON value of the order's row: no extra read.
-APPROVALS = literal_column(
+APPROVALS: ColumnElement[Any] = literal_column(
     "(SELECT COALESCE(jsonb_agg(jsonb_build_object('approved_by', u.email,"
     " 'approved_at', a.approved_at, 'note', a.note) ORDER BY a.approved_at, u.email), '[]')"
     " FROM order_approvals a JOIN users u ON u.id = a.approved_by WHERE a.order_id = orders.id)"

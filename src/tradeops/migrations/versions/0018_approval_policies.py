@@ -220,7 +220,10 @@ def upgrade() -> None:
         sa.Column("currency", sa.Text(), nullable=False),
         sa.Column("updated_by", sa.BigInteger(), nullable=False),
         sa.Column(
-            "updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.CheckConstraint(
             "currency ~ '^[A-Z]{3}$'", name=op.f("ck_desk_approval_policies_currency")
@@ -261,7 +264,10 @@ def upgrade() -> None:
         sa.Column("desk_id", sa.BigInteger(), nullable=False),
         sa.Column("approved_by", sa.BigInteger(), nullable=False),
         sa.Column(
-            "approved_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "approved_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column("note", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
@@ -299,4 +305,3 @@ def downgrade() -> None:
     op.drop_table("approval_bands")
     op.drop_table("desk_approval_policies")
     op.execute("DROP FUNCTION approval_bands_start_at_zero()")
-
