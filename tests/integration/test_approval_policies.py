@@ -98,7 +98,7 @@ async def test_risk_sets_a_policy_audited_before_and_after(
                 )
             )
         ).all()
-    assert [e.before for e in events][0] is None
+    assert events[0].before is None
     assert events[1].before["bands"] == [
         {"min_notional": "0", "approvals": 1},
         {"min_notional": "5000", "approvals": 2},
