@@ -18,6 +18,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast, bearer, make_user, pass_risk_check
+from tests.integration.test_row_level_security import as_principal, desk_id
+from tradeops.auth.principal import Principal, Role
 
 API = "/api/v1"
 ORDERS = f"{API}/orders"
@@ -374,4 +376,49 @@ async def test_the_database_refuses_approved_with_fewer_approvals(
         async with owner_engine.begin() as conn:
             await conn.execute(
                 text("UPDATE orders SET approvals_required = 1 WHERE id = :id"), params
+            )
+
+
+# --- row-level security by desk --------------------------------------------------------------
+
+
+async def test_approvals_and_policies_are_seen_by_desk(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    for desk in ("EQ-US", "FI-EU"):
+        put = await client.put(
+            f"{API}/desks/{desk}/approval-policy", json=TWO_ABOVE_5000, headers=cast["risk"]
+        )
+        assert put.status_code == 200, put.text
+    eq = await reviewed_order(client, cast, owner_engine, quantity="10")
+    assert (await approve(client, eq["id"], cast["approver"])).status_code == 200
+    fi = await client.post(
+        ORDERS,
+        json={**SEED_ORDER, "client_id": "CUST-2001", "quantity": "10"},
+        headers=cast["trader_fi"],
+    )
+    fi_id = fi.json()["id"]
+    await pass_risk_check(owner_engine, fi_id)
+    assert (await client.post(f"{ORDERS}/{fi_id}/review", headers=cast["trader_fi"])).is_success
+    assert (await approve(client, fi_id, cast["approver_fi"])).status_code == 200
+    eq_us = await desk_id(owner_engine, "EQ-US")
+    trader = Principal(cast.ids["trader"], "trader@test.bank", Role.TRADER, frozenset({eq_us}))
+    async with owner_engine.connect() as conn, conn.begin():
+        await as_principal(conn, trader)
+        seen = (await conn.scalars(text("SELECT order_id FROM order_approvals"))).all()
+        assert seen == [eq["id"]]
+        desks = set((await conn.scalars(text("SELECT desk_id FROM approval_bands"))).all())
+        assert desks == {eq_us}
+        policies = (await conn.scalars(text("SELECT desk_id FROM desk_approval_policies"))).all()
+        assert policies == [eq_us]
+    with pytest.raises(DBAPIError, match="row-level security"):
+        async with owner_engine.connect() as conn, conn.begin():
+            await as_principal(conn, trader)
+            await conn.execute(text("DELETE FROM approval_bands WHERE desk_id = :d"), {"d": eq_us})
+            await conn.execute(
+                text(
+                    "INSERT INTO approval_bands (desk_id, min_notional, approvals)"
+                    " VALUES (:d, 0, 1)"
+                ),
+                {"d": eq_us},
             )
