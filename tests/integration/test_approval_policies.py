@@ -2,7 +2,7 @@
 
 The policy in force at intake is fixed on the order (approvals_required); each approval is a
 row of order_approvals; the last one makes the order APPROVED, and the database refuses
-APPROVED with fewer (migration 0018).
+APPROVED with fewer (migration 0016).
 """
 
 from __future__ import annotations

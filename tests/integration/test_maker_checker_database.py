@@ -38,7 +38,7 @@ APPROVE = text(
     "UPDATE orders SET status = 'APPROVED', approved_by = :by, version = version + 1"
     " WHERE id = :id RETURNING id"
 )
-# An approval as the database wants it (migration 0018): the approver's order_approvals row,
+# An approval as the database wants it (migration 0016): the approver's order_approvals row,
 # then the order's move to APPROVED, whose trigger counts that row.
 GIVE_AND_APPROVE = text(
     "WITH given AS (INSERT INTO order_approvals (order_id, desk_id, approved_by)"

@@ -38,6 +38,7 @@ class Action(StrEnum):
     MANAGE_RISK_LIMITS = "manage risk limits"
     READ_APPROVAL_POLICIES = "read approval policies"
     MANAGE_APPROVAL_POLICIES = "manage approval policies"
+    MANAGE_WEBHOOKS = "manage webhooks"
 
 
 R = Role
@@ -73,6 +74,8 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     # How many people approve a desk's orders: risk and admin set and read it (no key does).
     Action.READ_APPROVAL_POLICIES: frozenset({R.RISK, R.ADMIN}),
     Action.MANAGE_APPROVAL_POLICIES: frozenset({R.RISK, R.ADMIN}),
+    # Where order events are sent, and what was sent: admins, signed in (no key has a scope).
+    Action.MANAGE_WEBHOOKS: frozenset({R.ADMIN}),
 }
 
 # The scope an API key needs for each action; actions without a scope are never open to keys.

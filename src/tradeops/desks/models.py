@@ -55,7 +55,7 @@ class DeskApprovalPolicy(Base):
 
 class ApprovalBand(Base):
     """Orders of at least `min_notional` (up to the next band) need `approvals`. The first
-    band starts at 0 (a deferred constraint trigger, migration 0018)."""
+    band starts at 0 (a deferred constraint trigger, migration 0016)."""
 
     __tablename__ = "approval_bands"
     __table_args__ = (

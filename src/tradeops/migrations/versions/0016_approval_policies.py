@@ -1,7 +1,7 @@
 """approval policies per desk
 
-Revision ID: 0018
-Revises: 0011
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-11-27
 
 A desk's approval policy: bands by order notional (in the policy's currency) saying how many
@@ -13,6 +13,9 @@ order reaches APPROVED only when it has at least approvals_required approvals, t
 being its approved_by. An approval row is refused (orders_maker_checker, so 409) unless the
 order is REVIEWED with its risk check PASSED and the approver is not its maker (the maker's
 key owner is the maker, 0011) and, with a request context, is the acting approver in person.
+0014 (replace_orders) left that function alone (the move to REPLACED is no decision and
+passes through; a REPLACED order is final by 0014's own trigger), so the downgrade restores
+0011's. An amendment's new order gets approvals_required from the band, as intake does.
 
 A policy's bands: the first starts at 0 (a deferred constraint trigger checks it at commit,
 so a policy can be replaced band by band in one transaction), approvals 1 to 5.
@@ -23,8 +26,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0018"
-down_revision: str | None = "0011"
+revision: str = "0016"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -88,7 +91,7 @@ CREATE CONSTRAINT TRIGGER desk_approval_policies_start_at_zero
     FOR EACH ROW EXECUTE FUNCTION approval_bands_start_at_zero();
 """
 
-# 0011's function, with two additions in 0018 (the sections below): an approval needs its
+# 0011's function, with two additions in 0016 (the sections below): an approval needs its
 # approvals (counted here, in the deciding transaction, after the order row is locked), and
 # approvals_required never changes. Without them it is 0011's function as it was.
 MAKER_CHECKER_FUNCTION = """
