@@ -204,6 +204,32 @@ async def test_intake_fixes_the_approvals_of_the_orders_band(
     assert read.json()["approvals_required"] == 1
 
 
+async def test_an_amendment_is_banded_again_under_the_policy_in_force(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, approvers: Cast
+) -> None:
+    """The amended order is a new decision: its approvals come from the band of its new terms,
+    under the policy when it is amended, and none of the old order's approvals carry over."""
+    await set_policy(client, cast, TWO_ABOVE_5000)
+    small = await submitted(client, cast, quantity="10")
+    grown = await client.patch(
+        f"{ORDERS}/{small['id']}", json={"quantity": "50"}, headers=cast["trader"]
+    )
+    assert grown.status_code == 201, grown.text
+    assert (grown.json()["approvals_required"], grown.json()["approvals"]) == (2, [])
+    read = await client.get(f"{ORDERS}/{grown.json()['id']}", headers=cast["trader"])
+    assert read.json()["approvals_required"] == 2
+    large = await reviewed_order(client, cast, owner_engine)
+    assert (await approve(client, large["id"], cast["approver"])).status_code == 200
+    shrunk = await client.patch(
+        f"{ORDERS}/{large['id']}", json={"quantity": "10"}, headers=cast["trader"]
+    )
+    assert shrunk.status_code == 201, shrunk.text
+    assert (shrunk.json()["approvals_required"], shrunk.json()["approvals"]) == (1, [])
+    old = (await client.get(f"{ORDERS}/{large['id']}", headers=cast["trader"])).json()
+    assert old["status"] == "REPLACED"
+    assert [a["approved_by"] for a in old["approvals"]] == ["approver@test.bank"]
+
+
 # --- approvals from distinct people ----------------------------------------------------------
 
 
@@ -377,6 +403,21 @@ async def test_the_database_refuses_approved_with_fewer_approvals(
             await conn.execute(
                 text("UPDATE orders SET approvals_required = 1 WHERE id = :id"), params
             )
+
+
+async def test_an_approval_before_the_last_is_no_webhook_event(owner_engine: AsyncEngine) -> None:
+    """Webhooks (migration 0012) map event types: APPROVAL_RECORDED is none of theirs, so
+    `order.approved` is sent once, with the last approval."""
+    async with owner_engine.connect() as conn:
+        kinds = (
+            await conn.execute(
+                text(
+                    "SELECT webhook_event_type('APPROVAL_RECORDED', '{}', 'REVIEWED', 'PASSED'),"
+                    " webhook_event_type('APPROVED', '{}', 'APPROVED', 'PASSED')"
+                )
+            )
+        ).one()
+    assert tuple(kinds) == (None, "order.approved")
 
 
 # --- row-level security by desk --------------------------------------------------------------

@@ -298,6 +298,8 @@ class ReplacedOrder:
     created_by: int
     risk_status: RiskStatus
     risk_reasons: list[dict[str, Any]]
+    approvals_required: int  # the old order's: the replacement's come from the band again
+    approvers: list[int]
     client_id: str
     desk: str
     symbol: str
