@@ -27,6 +27,7 @@ from tradeops.db.uow import run_in_transaction
 from tradeops.jobs import recovery
 from tradeops.jobs.defer import CHECK_ORDER_RISK, HOUSEKEEPING_QUEUE, RISK_QUEUE
 from tradeops.jobs.registry import app
+from tradeops.orders import expiry
 from tradeops.risk import service as risk
 from tradeops.settings import Settings
 
@@ -34,10 +35,12 @@ log = structlog.get_logger(component="tradeops.jobs")
 
 RETRY_STALLED_JOBS = "retry_stalled_jobs"
 RESUME_PENDING_RISK_CHECKS = "resume_pending_risk_checks"
+EXPIRE_ORDERS = "expire_orders"
 # Every 10 s (croniter's sixth field is the second): with the default 20 s stall timeout a
 # crashed worker's jobs are back in the queue within ~30 s.
 EVERY_TEN_SECONDS = "* * * * * */10"
 EVERY_FIFTEEN_SECONDS = "* * * * * */15"
+EVERY_THIRTY_SECONDS = "* * * * * */30"
 # Ahead of any backlog of checks: recovery must not wait behind the work it recovers.
 HOUSEKEEPING_PRIORITY = 10
 
@@ -169,3 +172,25 @@ async def resume_pending_risk_checks(context: JobContext, timestamp: int) -> int
     )
     await recovery.prune_succeeded_housekeeping(db)
     return len(resumed)
+
+
+@app.periodic(cron=EVERY_THIRTY_SECONDS, periodic_id=EXPIRE_ORDERS)
+@app.task(
+    name=EXPIRE_ORDERS,
+    queue=HOUSEKEEPING_QUEUE,
+    priority=HOUSEKEEPING_PRIORITY,
+    queueing_lock=EXPIRE_ORDERS,
+    retry=RETRY,
+    pass_context=True,
+)
+async def expire_orders(context: JobContext, timestamp: int) -> int:
+    """Open orders whose time has passed become EXPIRED (tradeops.orders.expiry); safe beside
+    another worker's sweep (each batch skips the orders another holds)."""
+    expired = await expiry.expire_due_orders(
+        _database(context),
+        _settings(context).expiry_batch,
+        request_id=_job_request_id(context),
+    )
+    if expired:
+        log.info("orders_expired", count=len(expired), first=expired[0], last=expired[-1])
+    return len(expired)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import orjson
@@ -78,6 +79,8 @@ async def submit_order(
         raise InvalidRequest(
             f"Price may have at most {price_max_decimals} decimal places.", field="price"
         )
+    if order.expire_at is not None and order.expire_at <= datetime.now(UTC):
+        raise InvalidRequest("expire_at must be in the future.", field="expire_at")
     row = await uow.row(
         repo.SUBMIT_ORDER,
         {
@@ -88,6 +91,7 @@ async def submit_order(
             "side": order.side,
             "order_type": order.order_type,
             "time_in_force": order.time_in_force,
+            "expire_at": order.expire_at,
             "quantity": order.quantity,
             "price": order.price,
             "client_order_id": order.client_order_id,
@@ -136,6 +140,7 @@ def _same_order(recorded: OrderOut, asked: OrderCreate) -> bool:
         and recorded.side == asked.side
         and recorded.order_type == asked.order_type
         and recorded.time_in_force == asked.time_in_force
+        and (asked.time_in_force != "GTD" or recorded.expire_at == asked.expire_at)
         and recorded.quantity == asked.quantity
         and recorded.price == asked.price
     )

@@ -18,6 +18,7 @@ class OrderStatus(StrEnum):
     FILLED = "FILLED"
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"  # its time passed before it was filled (the expiry job)
 
 
 class RiskStatus(StrEnum):
