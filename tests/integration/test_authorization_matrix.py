@@ -183,6 +183,15 @@ MATRIX = [
     # Risk limits: risk sets them, risk and admin read them; no key does either.
     row("GET",    "/risk/limits",                None,       401, 403, 403, 403, 200, 200, 403),
     row("PUT",    "/risk/limits",                DESK_LIMIT, 401, 403, 403, 403, 200, 403, 403),
+    # Expiry (issue 16.4): an expired order is never approved nor filled, whoever asks: 409
+    # where the caller may otherwise act, 404 across desks, 403 for roles that never may.
+    row("POST",   "/orders/{eq_expired}/approve", None,      401, 403, 403, 409, 403, 403, 403,
+        label="expired"),
+    row("POST",   "/orders/{fi_expired}/approve", None,      401, 403, 403, 404, 403, 403, 403,
+        label="expired, other desk"),
+    row("POST",   "/orders/{eq_approved_expired}/executions", FILL,
+                                                             401, 403, 403, 403, 403, 409, 403,
+        label="expired"),
     # Approval waits for the pre-trade risk check to pass ({eq_unchecked}: reviewed, unchecked).
     row("POST",   "/orders/{eq_unchecked}/approve", None,    401, 403, 403, 409, 403, 403, 403,
         label="risk check pending"),
@@ -248,6 +257,25 @@ async def approved(world: World) -> int:
     return await decide(world, order_id, "approver", "approve")
 
 
+async def expired(world: World, order_id: int) -> int:
+    """The order's time passed and it expired, as the expiry job leaves it."""
+    async with world.engine.begin() as conn:
+        for change in ("expire_at = now() - interval '1 second'", "status = 'EXPIRED'"):
+            await conn.execute(
+                text(f"UPDATE orders SET {change} WHERE id = :id"),
+                {"id": order_id},
+            )
+    return order_id
+
+
+async def reviewed_expired(world: World, maker: str, body: dict[str, Any], reviewer: str) -> int:
+    return await expired(world, await reviewed(world, maker, body, reviewer))
+
+
+async def approved_expired(world: World) -> int:
+    return await expired(world, await approved(world))
+
+
 ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
     "eq_order": lambda world: submit(world, "trader", SEED_ORDER),
     "fi_order": lambda world: submit(world, "trader_fi", FI_ORDER),
@@ -255,6 +283,9 @@ ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
     "eq_reviewed": lambda world: reviewed(world, "trader", SEED_ORDER, "trader2"),
     "fi_reviewed": lambda world: reviewed(world, "trader_fi", FI_ORDER, "trader_fi"),
     "eq_approved": approved,
+    "eq_expired": lambda world: reviewed_expired(world, "trader", SEED_ORDER, "trader2"),
+    "fi_expired": lambda world: reviewed_expired(world, "trader_fi", FI_ORDER, "trader_fi"),
+    "eq_approved_expired": approved_expired,
     "eq_unchecked": lambda world: reviewed(
         world, "trader", SEED_ORDER, "trader2", risk_checked=False
     ),
@@ -321,6 +352,9 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         "{eq_unchecked}": "{order_id}",
         "{fi_reviewed}": "{order_id}",
         "{eq_approved}": "{order_id}",
+        "{eq_expired}": "{order_id}",
+        "{fi_expired}": "{order_id}",
+        "{eq_approved_expired}": "{order_id}",
         "{trader2_order}": "{order_id}",
         "{agent_order}": "{order_id}",
         "{trader_key}": "{key_id}",

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.factories import SEED_ORDER, Cast, approved_order, pass_risk_check
 from tests.integration.test_mcp import mcp_over_http, order_of
 from tests.live import LiveServer
+from tests.pages import sign_in
 from tradeops.orders import expiry
 
 ORDERS = "/api/v1/orders"
@@ -287,3 +288,24 @@ async def test_sweep_of_ten_thousand_due_orders_is_measured(
     elapsed = time.perf_counter() - started
     assert len(expired) == 10_000
     print(f"\nexpiry sweep: 10,000 orders in {elapsed:.2f} s ({len(expired) / elapsed:.0f}/s)")
+
+
+async def test_the_approver_page_shows_an_expired_order_and_refuses_approving_it(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    order_id = (await submit(client, cast))["id"]
+    await pass_risk_check(owner_engine, order_id)
+    reviewed = await client.post(f"{ORDERS}/{order_id}/review", headers=cast["trader2"])
+    assert reviewed.status_code == 200, reviewed.text
+    await make_due(owner_engine, order_id)
+    await expiry.expire_due_orders(app.state.db, 10)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as approver:
+        assert (await sign_in(approver, "approver@test.bank")).status_code == 303
+        html = (await approver.get(f"/ui/orders/{order_id}")).text
+        queue = (await approver.get("/ui/orders?status=EXPIRED")).text
+    assert 'data-field="status">EXPIRED<' in html
+    assert "nobody may approve or fill it now" in html
+    assert "status-expired" in html  # the history's EXPIRED event
+    assert "Nothing to decide: the order is EXPIRED." in html
+    assert f"/ui/orders/{order_id}" in queue

@@ -141,7 +141,7 @@ async def position_impact(
     )
     current = page.items[0].quantity if page.items else Decimal(0)
     open_quantity = order.quantity - order.filled_quantity
-    if order.status in ("REJECTED", "CANCELLED", "FILLED"):
+    if order.status in ("REJECTED", "CANCELLED", "FILLED", "EXPIRED"):
         open_quantity = Decimal(0)
     after = current + signed_quantity(order.side, open_quantity)
     return PositionImpact(current=current, after=after)
