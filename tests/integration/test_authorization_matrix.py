@@ -176,6 +176,16 @@ MATRIX = [
         label="not approved"),
     row("GET",    "/orders/{eq_order}/executions", None,     401, 200, 404, 200, 200, 200, 200),
     row("GET",    "/orders/{fi_order}/executions", None,     401, 404, 200, 404, 200, 200, 404),
+    # Busts (issue 16.5): like fills, operations only, with a reason; {eq_fill}, {fi_fill}:
+    # "<order>/executions/<fill>" of an order filled by the admin.
+    row("POST",   "/orders/{eq_fill}/bust",      REASON,     401, 403, 403, 403, 403, 201, 403),
+    row("POST",   "/orders/{fi_fill}/bust",      REASON,     401, 403, 403, 403, 403, 201, 403,
+        label="FI-EU"),
+    row("POST",   "/orders/{eq_fill}/bust",      {},         401, 422, 422, 422, 422, 422, 422,
+        label="no reason"),
+    row("GET",    "/positions?as_of=2100-01-01T00:00:00Z", None,
+                                                             401, 200, 200, 200, 200, 200, 200,
+        label="as of"),
     # Positions and portfolios: the client's desk (risk and admin every desk; positions:read).
     row("GET",    "/positions",                  None,       401, 200, 200, 200, 200, 200, 200),
     row("GET",    "/clients/CUST-1001/portfolio", None,      401, 200, 404, 200, 200, 200, 200),
@@ -268,6 +278,18 @@ async def expired(world: World, order_id: int) -> int:
     return order_id
 
 
+async def filled(world: World, maker: str, body: dict[str, Any], reviewer: str) -> str:
+    """An order of `maker` approved and filled by the admin: "<order>/executions/<fill>"."""
+    order_id = await reviewed(world, maker, body, reviewer)
+    approver = "approver_fi" if maker.endswith("_fi") else "approver"
+    await decide(world, order_id, approver, "approve")
+    response = await world.client.post(
+        f"{API}/orders/{order_id}/executions", json=FILL, headers=world.cast["admin"]
+    )
+    assert response.status_code == 201, response.text
+    return f"{order_id}/executions/{response.json()['execution']['id']}"
+
+
 async def reviewed_expired(world: World, maker: str, body: dict[str, Any], reviewer: str) -> int:
     return await expired(world, await reviewed(world, maker, body, reviewer))
 
@@ -286,6 +308,8 @@ ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
     "eq_expired": lambda world: reviewed_expired(world, "trader", SEED_ORDER, "trader2"),
     "fi_expired": lambda world: reviewed_expired(world, "trader_fi", FI_ORDER, "trader_fi"),
     "eq_approved_expired": approved_expired,
+    "eq_fill": lambda world: filled(world, "trader", SEED_ORDER, "trader2"),
+    "fi_fill": lambda world: filled(world, "trader_fi", FI_ORDER, "trader_fi"),
     "eq_unchecked": lambda world: reviewed(
         world, "trader", SEED_ORDER, "trader2", risk_checked=False
     ),
@@ -355,6 +379,9 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         "{eq_expired}": "{order_id}",
         "{fi_expired}": "{order_id}",
         "{eq_approved_expired}": "{order_id}",
+        "{eq_fill}": "{order_id}/executions/{execution_id}",
+        "{fi_fill}": "{order_id}/executions/{execution_id}",
+        "?as_of=2100-01-01T00:00:00Z": "",
         "{trader2_order}": "{order_id}",
         "{agent_order}": "{order_id}",
         "{trader_key}": "{key_id}",

@@ -18,6 +18,8 @@ from tradeops.clients import service as clients
 from tradeops.clients.schemas import ClientOut
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks import service as desks
+from tradeops.executions import service as executions
+from tradeops.executions.schemas import ExecutionOut
 from tradeops.instruments import service as instruments
 from tradeops.instruments.schemas import InstrumentOut
 from tradeops.marketdata import service as marketdata
@@ -160,6 +162,8 @@ class OrderView:
     actions: list[ActionView]
     read_only: bool  # the role takes no step of the workflow (risk, admin)
     position: PositionImpact | None = field(default=None)
+    # Its fills and busts, each linking the other (whoever reads the order reads them).
+    executions: list[ExecutionOut] = field(default_factory=list)
 
     def action(self, name: str) -> ActionView | None:
         return next((a for a in self.actions if a.name == name), None)
@@ -244,6 +248,7 @@ async def order_view(uow: UnitOfWork, principal: Principal, order_id: int) -> Or
         ),
         read_only=not any(is_allowed(principal, t.action) for t in workflow.TRANSITIONS),
         position=await position_impact(uow, principal, order),
+        executions=await executions.list_executions(uow, principal, order_id),
     )
 
 
