@@ -5,6 +5,7 @@ once), and nothing approves or fills an expired order, in the API or in the data
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 from datetime import time as time_of
@@ -18,9 +19,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast, approved_order, pass_risk_check
+from tests.integration.test_job_recovery import wait_for
 from tests.integration.test_mcp import mcp_over_http, order_of
 from tests.live import LiveServer
 from tests.pages import sign_in
+from tradeops.jobs.app import run_worker
 from tradeops.orders import expiry
 
 ORDERS = "/api/v1/orders"
@@ -309,3 +312,24 @@ async def test_the_approver_page_shows_an_expired_order_and_refuses_approving_it
     assert "status-expired" in html  # the history's EXPIRED event
     assert "Nothing to decide: the order is EXPIRED." in html
     assert f"/ui/orders/{order_id}" in queue
+
+
+@pytest.mark.slow
+async def test_the_worker_expires_due_orders_on_its_schedule(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, database_url: str
+) -> None:
+    """What `tradeops worker` runs: the periodic expiry job (every 30 s) finds the due order."""
+    order_id = (await submit(client, cast))["id"]
+    await make_due(owner_engine, order_id)
+    worker = asyncio.create_task(run_worker(database_url, install_signal_handlers=False))
+    try:
+
+        async def expired() -> bool:
+            return (await status_of(client, cast, order_id))["status"] == "EXPIRED"
+
+        took = await wait_for(expired, 45, "the periodic job expires the due order")
+        print(f"\ndue order expired {took:.1f} s after the worker started")
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker

@@ -8,7 +8,7 @@ event, never left silently unchecked, and when even that cannot be written the j
 
 Two periodic tasks keep that promise when a worker dies (recovery.py): jobs of a worker that
 stopped heartbeating are retried, and orders still awaiting their check with no job for it
-get it deferred again.
+get it deferred again. A third expires open orders whose time has passed (orders/expiry.py).
 """
 
 from __future__ import annotations
