@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import Cast, approved_order, bearer, make_api_key
 from tests.pages import sign_in
+from tradeops.orders import expiry
 
 ORDERS = "/api/v1/orders"
 POSITION_FIELDS = ("quantity", "avg_cost", "cost_basis", "realized_pnl")
@@ -259,3 +260,25 @@ async def test_an_admin_key_busts_with_executions_write_and_never_across_desks(
     for who in ("trader", "approver", "risk", "agent"):
         response = await client.post(url.format(fi_order, fi_fill), json=reason, headers=cast[who])
         assert response.status_code == 403, who
+
+
+async def test_a_bust_of_an_expired_orders_fill_keeps_it_expired(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    order_id = await approved_order(client, cast, owner_engine)
+    execution_id = await fill(client, cast, order_id, "E-1", "10", "192.5")
+    async with owner_engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE orders SET expire_at = now() - interval '1 second' WHERE id = :id"),
+            {"id": order_id},
+        )
+    assert await expiry.expire_due_orders(app.state.db, 10) == [order_id]
+    busted = await bust(client, cast, order_id, execution_id)
+    assert busted.status_code == 201, busted.text
+    order = busted.json()["order"]
+    assert (order["status"], order["filled_quantity"], order["avg_fill_price"]) == (
+        "EXPIRED",
+        "0",
+        None,
+    )
+    assert (await position(client, cast, "CUST-1001"))["quantity"] == "0"
