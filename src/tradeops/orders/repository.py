@@ -19,7 +19,7 @@ from tradeops.db.prepared import Query, query
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
-from tradeops.orders.models import Order, OrderEvent
+from tradeops.orders.models import OPEN_STATUSES, Order, OrderEvent
 from tradeops.orders.schemas import OrderFilters, OrderOut
 from tradeops.orders.states import OrderStatus, RiskStatus
 
@@ -222,7 +222,7 @@ TRANSITION = query(
 )
 
 
-OPEN = "('PENDING', 'REVIEWED', 'APPROVED', 'PARTIALLY_FILLED')"  # not yet filled nor closed
+OPEN = str(OPEN_STATUSES)  # "('PENDING', …)": not yet filled nor closed, as SQL
 
 # The expiry sweep: up to :batch open orders whose time has passed, locked (skipping those
 # another sweep or a decider holds: they are taken next time), moved to EXPIRED with their
