@@ -7,7 +7,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 # Installing is chatter a newcomer need not read: it goes here, and is shown only on failure.
 SETUP_LOG := $(or $(TRADEOPS_HOME),.tradeops)/logs/setup.log
 
-.PHONY: help run test faults lint format bench deps clean reset chromium
+.PHONY: help run test faults lint format bench bench-data bench-orders deps clean reset chromium pgbouncer
 
 # Every target documents itself with a `## what it does` after its prerequisites; `make help`
 # lists them all, so a new target shows up without touching this one
@@ -46,8 +46,22 @@ test: deps chromium ## the whole suite on real PostgreSQL (TRADEOPS_TEST_DATABAS
 # The fault suite (tests/faults): its own PostgreSQL cluster (initdb and pg_ctl from
 # TRADEOPS_PG_BIN, default the newest /usr/lib/postgresql/N/bin) on a free port, killed and restarted
 # under load, then schemathesis over the whole OpenAPI. Figures: .tradeops/faults/latest.json.
-faults: deps ## crash PostgreSQL and the worker under load, fuzz the OpenAPI (own cluster)
+faults: deps pgbouncer ## crash PostgreSQL and the worker under load, fuzz the OpenAPI (own cluster)
 	$(UV) run --frozen pytest tests/faults -m faults -s -p no:cacheprovider $(PYTEST_ARGS)
+
+# The fault suite runs tradeops behind PgBouncer in transaction mode (test_behind_pgbouncer.py):
+# Debian's package, started as a process of the test's own with its own ini (never the
+# system service, which the package may also set up).
+pgbouncer: ## install Debian's pgbouncer for the fault suite, when missing
+	@if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing pgbouncer for the fault suite (apt-get install pgbouncer)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; \
+	  else \
+	    echo "pgbouncer is missing: tests/faults/test_behind_pgbouncer.py will be skipped."; \
+	    echo "Install it with: sudo apt-get install pgbouncer"; \
+	  fi; \
+	fi
 
 # The browser tests (tests/e2e) drive Debian's chromium; Playwright never downloads a browser.
 CHROMIUM := /usr/bin/chromium
@@ -72,8 +86,17 @@ format: deps ## ruff check --fix, ruff format
 	$(UV) run --frozen ruff check --fix src tests bench
 	$(UV) run --frozen ruff format src tests bench
 
-bench: deps ## load benchmarks against a bare asyncpg app (results in bench/results)
-	$(UV) run --frozen python bench/run.py $(BENCH_ARGS)
+bench: deps ## load benchmarks: ours vs bare asyncpg, same-work and seed 000 peers (bench/results)
+	$(UV) run --frozen --group bench python bench/run.py $(BENCH_ARGS)
+
+# Orders for the list benchmark, COPY'd into TRADEOPS_DATABASE_URL (else the embedded
+# server's tradeops_ten_million database); each run adds ROWS more. See bench/README.md.
+ROWS ?= 1000000
+bench-data: deps ## add ROWS generated orders (default 1000000) for make bench-orders
+	$(UV) run --frozen python bench/data.py --rows $(ROWS)
+
+bench-orders: deps ## GET /orders page 1, a deep page and every filter, p50/p99 (after bench-data)
+	$(UV) run --frozen python bench/ten_million.py $(BENCH_ARGS)
 
 # Where `make run` keeps the embedded PostgreSQL (TRADEOPS_HOME); reset removes only the
 # servers' data directories in it, whatever TRADEOPS_HOME points at.

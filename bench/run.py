@@ -1,10 +1,12 @@
-"""Load benchmark: our server against a bare Starlette + asyncpg peer, same SQL, same load.
+"""Load benchmark: our server against three peers, same load: a bare Starlette + asyncpg app
+(same SQL), the same app doing our database work (same-work), and seed 000's app.
 
     make bench BENCH_ARGS="--duration 20 --only post_order"
 
 Starts (or uses) PostgreSQL, a fresh migrated database with the demo reference data, our
-server and the peer (bench/bare_app.py), then runs every scenario with wrk against ours and
-then the peer, and writes bench/results/<date>.json. See bench/README.md.
+server and the peers (bench/bare_app.py, bench/peers/seed000), then runs every scenario with
+wrk against ours and then each peer, checks the issues' targets and writes
+bench/results/<date>.json and a chart of it next to it (.png). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import operator
 import os
 import shutil
 import signal
@@ -22,8 +25,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,11 +52,13 @@ BENCH = ROOT / "bench"
 LUA = BENCH / "lua"
 WORK = BENCH / ".work"  # git-ignored: server logs, request bodies, id lists
 RESULTS = BENCH / "results"
+SEED000 = BENCH / "peers" / "seed000"  # seed 000's app, as the seed wrote it
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 WRK_TIMEOUT_SECONDS = 2  # wrk's default; a slower response counts as errors.timeout
 READY_TIMEOUT_SECONDS = 60
-ORDERS = "/api/v1/orders"
+API = "/api/v1"  # where ours, bare and same-work answer; seed 000's app has no prefix
+ORDERS = "/orders"  # scenario paths are relative to a server's api_root
 SEED_ORDER = {
     "client_id": "CUST-1001",
     "symbol": "AAPL",
@@ -84,11 +89,12 @@ def our_headers() -> dict[str, str]:
 
 @dataclass
 class Server:
-    name: str  # "ours" or "bare"
+    name: str  # "ours", "bare", "same" or "seed000"
     port: int
     process: subprocess.Popen[bytes]
     log: Path
     headers: dict[str, str]
+    api_root: str = API
 
     def request(
         self,
@@ -121,9 +127,14 @@ def log_tail(path: Path, lines: int = 20) -> str:
 
 @contextmanager
 def running_server(
-    name: str, command: list[str], env: dict[str, str], headers: dict[str, str]
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    headers: dict[str, str],
+    api_root: str = API,
+    ready_path: str = "/health/ready",
 ) -> Iterator[Server]:
-    """Start `command --port <free port>`, wait for /health/ready = 200; SIGTERM it at the end."""
+    """Start `command --port <free port>`, wait for `ready_path` = 200; SIGTERM it at the end."""
     port = free_port()
     command = [*command, "--port", str(port)]
     log = WORK / f"{name}.log"
@@ -132,14 +143,14 @@ def running_server(
         process = subprocess.Popen(
             command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
         )
-    server = Server(name, port, process, log, headers)
+    server = Server(name, port, process, log, headers, api_root)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while True:
             if process.poll() is not None:
                 raise BenchError(f"{name} exited with {process.returncode}:\n{log_tail(log)}")
             try:
-                if server.request("GET", "/health/ready")[0] == 200:
+                if server.request("GET", ready_path)[0] == 200:
                     break
             except OSError:
                 pass
@@ -249,32 +260,74 @@ def postgres_version(url: str) -> str:
 # --- scenarios -----------------------------------------------------------------------------
 
 
+# The runs of a scenario, by name: "ours", "bare", "same_work", "seed000" at --connections,
+# and "ours_light": ours again at --light-connections.
+Runs = dict[str, "RunResult"]
+COMPARISONS = {"<": operator.lt, "<=": operator.le, ">=": operator.ge}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One figure the issues set a bound on. `what` may name {load} (--connections) and
+    {light} (--light-connections)."""
+
+    what: str
+    value: Callable[[Runs], float]
+    comparison: str  # a key of COMPARISONS
+    bound: float
+
+    def check(self, runs: Runs, load: int, light: int) -> dict[str, Any]:
+        value = self.value(runs)
+        met = COMPARISONS[self.comparison](value, self.bound)
+        return {
+            "target": self.what.format(load=load, light=light),
+            "value": round(value, 3),
+            "comparison": self.comparison,
+            "bound": self.bound,
+            "result": "PASS" if met else "FAIL",
+        }
+
+
+def rps_ratio(run: str, peer: str) -> Callable[[Runs], float]:
+    return lambda runs: runs[run].rps / runs[peer].rps if runs[peer].rps else 0.0
+
+
+def p99(run: str) -> Callable[[Runs], float]:
+    return lambda runs: runs[run].p99_ms
+
+
+def p99_over_p50(run: str) -> Callable[[Runs], float]:
+    return lambda runs: runs[run].p99_ms / runs[run].p50_ms if runs[run].p50_ms else 0.0
+
+
 @dataclass(frozen=True)
 class Scenario:
-    """One kind of request, run with identical wrk settings against ours and the peer."""
+    """One kind of request, run with identical wrk settings against ours and the peers."""
 
     name: str
     method: str
-    path: str  # what the script makes of it: static.lua sends it as is
+    path: str  # below the server's api_root; static.lua sends it as is
     body: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)  # to both servers
+    headers: dict[str, str] = field(default_factory=dict)  # to every server
     script: str = "static.lua"  # in bench/lua
     # Runs before the warm-up, once per server; returns extra environment for the script.
     setup: Callable[[Server], dict[str, str]] | None = None
-    target_ratio: float | None = None  # ours/bare req/s the issue asks for
-    target_p99_ms: float | None = None  # our p99 latency the issue asks for
+    targets: tuple[Target, ...] = ()
+    seed000: bool = False  # seed 000's app has the endpoint: run it as a peer
 
 
 def create_orders(count: int) -> Callable[[Server], dict[str, str]]:
-    """Setup: create `count` orders through the server's API; BENCH_IDS_FILE lists their ids."""
+    """Setup: create `count` orders through the server's API; BENCH_IDS_FILE lists their ids.
+    (Seed 000's app answers a new order with 200, ours and the peers with 201.)"""
 
     def setup(server: Server) -> dict[str, str]:
         body = json.dumps(SEED_ORDER).encode()
+        path = server.api_root + ORDERS
         ids = []
         for _ in range(count):
-            status, answer = server.request("POST", ORDERS, body)
-            if status != 201:
-                raise BenchError(f"{server.name}: POST {ORDERS} answered {status}: {answer!r}")
+            status, answer = server.request("POST", path, body)
+            if status not in (200, 201):
+                raise BenchError(f"{server.name}: POST {path} answered {status}: {answer!r}")
             ids.append(str(json.loads(answer)["id"]))
         ids_file = WORK / f"ids-{server.name}.txt"
         ids_file.write_text("\n".join(ids) + "\n")
@@ -284,9 +337,21 @@ def create_orders(count: int) -> Callable[[Server], dict[str, str]]:
 
 
 JSON = {"Content-Type": "application/json"}
+# The targets of issue 15 (and of the issues before it, for the portfolio and the upload).
 SCENARIOS = [
     Scenario(
-        "post_order", "POST", ORDERS, json.dumps(SEED_ORDER).encode(), JSON, target_ratio=0.60
+        "post_order",
+        "POST",
+        ORDERS,
+        json.dumps(SEED_ORDER).encode(),
+        JSON,
+        targets=(
+            Target("ours/bare req/s", rps_ratio("ours", "bare"), ">=", 0.40),
+            Target("ours/seed000 req/s", rps_ratio("ours", "seed000"), ">=", 2.5),
+            Target("p99/p50 at {load} conn", p99_over_p50("ours"), "<=", 2.0),
+            Target("p99 ms at {light} conn", p99("ours_light"), "<", 25.0),
+        ),
+        seed000=True,
     ),
     Scenario(
         "get_order",
@@ -294,20 +359,30 @@ SCENARIOS = [
         ORDERS + "/{id}",
         script="random_id.lua",
         setup=create_orders(1000),
-        target_ratio=0.70,
+        targets=(
+            Target("ours/bare req/s", rps_ratio("ours", "bare"), ">=", 0.40),
+            Target("ours/seed000 req/s", rps_ratio("ours", "seed000"), ">=", 4.0),
+            Target("p99 ms at {load} conn", p99("ours"), "<", 60.0),
+            Target("p99 ms at {light} conn", p99("ours_light"), "<", 25.0),
+        ),
+        seed000=True,
     ),
     Scenario(
         "portfolio_500",
         "GET",
-        f"/api/v1/clients/{PORTFOLIO_CLIENT}/portfolio",
-        target_p99_ms=20.0,
+        f"/clients/{PORTFOLIO_CLIENT}/portfolio",
+        targets=(
+            Target("p99 ms at {light} conn", p99("ours_light"), "<", 20.0),
+            Target("ours/same-work req/s", rps_ratio("ours", "same_work"), ">=", 0.9),
+        ),
     ),
 ]
+RSS_TARGET_MB = 150.0  # per worker of ours, after the bench
 
 
 # --- timed steps (ours only) ----------------------------------------------------------------
 
-SNAPSHOTS = "/api/v1/market-data/snapshots"
+SNAPSHOTS = API + "/market-data/snapshots"
 DEMO_SYMBOLS = ["AAPL", "MSFT", "NVDA", "JPM", "SPY", "ACME", "DBR-2034"]
 BULK_STEP = "bulk_snapshots_1000"
 BULK_SIZE = 1000
@@ -395,6 +470,11 @@ class RunResult:
     requests: int
     errors: int  # all kinds; non-2xx responses are in errors_by_kind["status"]
     errors_by_kind: dict[str, int]
+    connections: int = 0
+    # User + system CPU during the measured run, per request: the server's processes, and the
+    # bench database's PostgreSQL backends (None when PostgreSQL runs on another machine).
+    cpu_ms_per_request: float | None = None
+    db_cpu_ms_per_request: float | None = None
 
 
 def ensure_wrk() -> str:
@@ -431,7 +511,7 @@ def run_wrk(
         **extra_env,
         "BENCH_LUA_DIR": str(LUA),
         "BENCH_METHOD": scenario.method,
-        "BENCH_PATH": scenario.path,
+        "BENCH_PATH": server.api_root + scenario.path,
         "BENCH_HEADERS": "\n".join(
             f"{k}: {v}" for k, v in {**scenario.headers, **server.headers}.items()
         ),
@@ -463,20 +543,110 @@ def run_wrk(
         requests=raw["requests"],
         errors=sum(errors.values()),
         errors_by_kind=errors,
+        connections=settings.connections,
     )
 
 
-def measure(wrk: str, server: Server, scenario: Scenario, settings: WrkSettings) -> RunResult:
-    extra_env = scenario.setup(server) if scenario.setup else {}
+def measure(
+    wrk: str,
+    target: tuple[Server, DatabaseCpu],
+    scenario: Scenario,
+    extra_env: dict[str, str],
+    settings: WrkSettings,
+    label: str,
+) -> RunResult:
+    server, database = target
     if settings.warmup_s > 0:
         run_wrk(wrk, server, scenario, extra_env, settings, settings.warmup_s)
+    cpu_before, db_before = cpu_seconds(server.process.pid), database.snapshot()
     result = run_wrk(wrk, server, scenario, extra_env, settings, settings.duration_s)
+    requests = max(result.requests, 1)
+    cpu_ms = (cpu_seconds(server.process.pid) - cpu_before) * 1000 / requests
+    db_seconds = database.used_since(db_before)
+    db_ms = None if db_seconds is None else round(db_seconds * 1000 / requests, 3)
+    result = replace(result, cpu_ms_per_request=round(cpu_ms, 3), db_cpu_ms_per_request=db_ms)
     note = f"  [red]{result.errors} errors {result.errors_by_kind}[/red]" if result.errors else ""
     console.print(
-        f"{scenario.name:<12} {server.name:<5} {result.rps:>9.1f} req/s"
-        f"  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms{note}"
+        f"{scenario.name:<13} {label:<10} {settings.connections:>3} conn {result.rps:>9.1f} req/s"
+        f"  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
+        f"  cpu {cpu_ms:.2f} ms/req (PostgreSQL {db_ms if db_ms is not None else '?'}){note}"
     )
     return result
+
+
+# --- server processes (from /proc) -----------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (uvicorn's workers, when it runs several)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with suppress(OSError):
+                todo += [int(child) for child in children.read_text().split()]
+    return pids
+
+
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds one process (all its threads) has used; None if not here."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the server's processes have used so far."""
+    return sum(process_cpu(process) or 0.0 for process in process_tree(pid))
+
+
+class DatabaseCpu:
+    """CPU of the PostgreSQL server, read from /proc when it runs on this machine: what a
+    request costs the database, the figure that sizes a database node. All its processes
+    count (backends, WAL writer, checkpointer), and those that exited (a pool that closes and
+    opens connections) through the postmaster's children's times, so the figure means
+    something only on a server of the bench's own (the embedded one), where only the server
+    under load uses it."""
+
+    def __init__(self, url: str) -> None:
+        self.postmaster: int | None = None
+        with psycopg.connect(url) as connection:  # the backend lives as long as this
+            row = connection.execute("SELECT pg_backend_pid()").fetchone()
+            stat = Path(f"/proc/{row[0] if row else 0}/stat")
+            with suppress(OSError):  # no such process here: PostgreSQL is on another machine
+                name, _, fields = stat.read_text().partition(") ")
+                if name.endswith("(postgres"):  # not a process of ours that has the same pid
+                    self.postmaster = int(fields.split()[1])  # the backend's parent
+
+    def snapshot(self) -> float | None:
+        if self.postmaster is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.postmaster}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS  # cutime, cstime
+        return reaped + cpu_seconds(self.postmaster)
+
+    def used_since(self, before: float | None) -> float | None:
+        after = self.snapshot()
+        return None if before is None or after is None else after - before
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of each of the server's processes, MB (VmRSS), by pid."""
+    sizes = {}
+    for process in process_tree(pid):
+        with suppress(OSError):
+            for line in Path(f"/proc/{process}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes[str(process)] = round(int(line.split()[1]) / 1024, 1)
+    return sizes
 
 
 # --- report --------------------------------------------------------------------------------
@@ -504,75 +674,136 @@ def results_path(day: str) -> Path:
     return path
 
 
-def ratio(ours: RunResult, bare: RunResult) -> float:
-    return ours.rps / bare.rps if bare.rps else 0.0
+RUN_LABELS = {  # in the order of the table and the chart
+    "ours": "ours",
+    "ours_light": "ours (light load)",
+    "same_work": "same-work",
+    "bare": "bare",
+    "seed000": "seed 000",
+}
 
 
-def verdict(scenario: Scenario, ours: RunResult, bare: RunResult, same: RunResult) -> str:
-    """The issue's targets, against the bare peer; any error in any of the three: ERRORS."""
-    if ours.errors or bare.errors or same.errors:
-        return "ERRORS"
-    met = []
-    if scenario.target_ratio is not None:
-        met.append(ratio(ours, bare) >= scenario.target_ratio)
-    if scenario.target_p99_ms is not None:
-        met.append(ours.p99_ms < scenario.target_p99_ms)
-    if not met:
-        return "-"
-    return "PASS" if all(met) else "FAIL"
+def scenario_row(scenario: Scenario, runs: Runs, load: int, light: int) -> dict[str, Any]:
+    """A scenario's runs, ratios, the check of each target, and the verdict: ERRORS when any
+    run had an error of any kind, else PASS when every target is met."""
+    checks = [target.check(runs, load, light) for target in scenario.targets]
+    if any(run.errors for run in runs.values()):
+        result = "ERRORS"
+    elif not checks:
+        result = "-"
+    else:
+        result = "PASS" if all(c["result"] == "PASS" for c in checks) else "FAIL"
+    row: dict[str, Any] = {"name": scenario.name}
+    row.update({key: asdict(run) for key, run in runs.items()})
+    for key, peer in (("ratio_rps", "bare"), ("ratio_same_work", "same_work")):
+        row[key] = round(rps_ratio("ours", peer)(runs), 3)
+    if "seed000" in runs:
+        row["ratio_seed000"] = round(rps_ratio("ours", "seed000")(runs), 3)
+    row["checks"] = checks
+    row["result"] = result
+    return row
 
 
-def target_text(row: dict[str, Any]) -> str:
-    targets = []
-    if row["target_ratio"] is not None:
-        targets.append(f">= {row['target_ratio']:.2f}")
-    if row.get("target_p99_ms") is not None:
-        targets.append(f"p99 < {row['target_p99_ms']:g} ms")
-    return ", ".join(targets) or "-"
+COLORS = {"PASS": "green", "FAIL": "yellow", "ERRORS": "red", "-": "dim"}
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    table = Table(title="ours vs bare (Starlette + asyncpg) and vs same-work (bare + our SQL)")
-    columns = ["scenario", "ours req/s", "p50 ms", "p99 ms", "bare req/s", "p50 ms", "p99 ms"]
-    columns += ["ratio", "target", "result", "same-work req/s", "p99 ms", "ratio"]
+def print_runs(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="req/s, p50 / p99 ms, CPU ms per request of the server and of PostgreSQL")
+    columns = ("scenario", "run", "conn", "req/s", "p50 ms", "p99 ms", "cpu ms/req", "PG cpu ms")
+    columns += ("both",)  # what a request costs the machine, whatever share of it a run got
     for column in columns:
-        table.add_column(column, justify="left" if column == "scenario" else "right")
-    colors = {"PASS": "green", "FAIL": "yellow", "ERRORS": "red", "-": "dim"}
+        table.add_column(column, justify="left" if column in ("scenario", "run") else "right")
     for row in rows:
-        ours, bare, same = row["ours"], row["bare"], row["same_work"]
+        for key, label in RUN_LABELS.items():
+            if key in row:
+                run = row[key]
+                app_ms, db_ms = run["cpu_ms_per_request"], run["db_cpu_ms_per_request"]
+                table.add_row(
+                    row["name"],
+                    label,
+                    str(run["connections"]),
+                    f"{run['rps']:.1f}",
+                    f"{run['p50_ms']:.2f}",
+                    f"{run['p99_ms']:.2f}",
+                    f"{app_ms:.2f}",
+                    "?" if db_ms is None else f"{db_ms:.2f}",
+                    "?" if db_ms is None else f"{app_ms + db_ms:.2f}",
+                )
+    console.print(table)
+
+
+def print_checks(rows: list[dict[str, Any]], other_checks: dict[str, dict[str, Any]]) -> None:
+    table = Table(title="targets (issue 15): each ratio and figure against its bound")
+    for column in ("scenario", "target", "value", "bound", "result"):
+        table.add_column(column, justify="left" if column in ("scenario", "target") else "right")
+    named = [(row["name"], check) for row in rows for check in row["checks"]]
+    named += list(other_checks.items())
+    for name, check in named:
         table.add_row(
-            row["name"],
-            f"{ours['rps']:.1f}",
-            f"{ours['p50_ms']:.2f}",
-            f"{ours['p99_ms']:.2f}",
-            f"{bare['rps']:.1f}",
-            f"{bare['p50_ms']:.2f}",
-            f"{bare['p99_ms']:.2f}",
-            f"{row['ratio_rps']:.2f}",
-            target_text(row),
-            f"[{colors[row['result']]}]{row['result']}[/]",
-            f"{same['rps']:.1f}",
-            f"{same['p99_ms']:.2f}",
-            f"{row['ratio_same_work']:.2f}",
+            name,
+            check["target"],
+            f"{check['value']:.2f}",
+            f"{check['comparison']} {check['bound']:g}",
+            f"[{COLORS[check['result']]}]{check['result']}[/]",
         )
     console.print(table)
     for row in rows:
-        for side in ("ours", "bare", "same_work"):
-            if row[side]["errors"]:
+        for key in RUN_LABELS:
+            if key in row and row[key]["errors"]:
                 console.print(
-                    f"[red]{row['name']} {side}: {row[side]['errors']} errors "
-                    f"{row[side]['errors_by_kind']} (status = non-2xx responses; server log: "
-                    f"bench/.work/{side.removesuffix('_work')}.log)[/red]"
+                    f"[red]{row['name']} {key}: {row[key]['errors']} errors "
+                    f"{row[key]['errors_by_kind']} (status = non-2xx responses; server logs: "
+                    f"bench/.work/)[/red]"
                 )
+
+
+def write_chart(path: Path, report: dict[str, Any]) -> None:
+    """req/s and p99 of each scenario for ours and the peers, side by side, as a PNG."""
+    import matplotlib  # the bench dependency group: make bench runs with it
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    scenarios = report["scenarios"]
+    figure, (rps_axes, p99_axes) = pyplot.subplots(2, 1, figsize=(11, 8), layout="constrained")
+    width = 0.8 / len(RUN_LABELS)
+    for n, (key, label) in enumerate(RUN_LABELS.items()):
+        present = [(i, row[key]) for i, row in enumerate(scenarios.values()) if key in row]
+        if not present:
+            continue
+        xs = [i + (n - (len(RUN_LABELS) - 1) / 2) * width for i, _ in present]
+        for axes, field_name in ((rps_axes, "rps"), (p99_axes, "p99_ms")):
+            values = [run[field_name] for _, run in present]
+            name = f"{label}, {present[0][1]['connections']} conn"
+            bars = axes.bar(xs, values, width, label=name)
+            axes.bar_label(bars, fmt="%.0f" if field_name == "rps" else "%.1f", fontsize=7)
+    for axes, title in ((rps_axes, "req/s (higher is better)"), (p99_axes, "p99 ms (lower)")):
+        axes.set_xticks(range(len(scenarios)), list(scenarios))
+        axes.set_title(title)
+        axes.legend(fontsize=8)
+    machine = report["machine"]
+    figure.suptitle(
+        f"tradeops bench {report['started']} ({report['git_commit']}), {machine['nproc']} cores"
+        f" shared with wrk and PostgreSQL {machine['postgresql'].split()[0]},"
+        f" load average {machine['loadavg_at_end']:.1f} at the end"
+    )
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
 
 
 # --- main ----------------------------------------------------------------------------------
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Load benchmark: ours vs a bare asyncpg app.")
+    parser = argparse.ArgumentParser(description="Load benchmark: ours vs three peers.")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument(
+        "--light-connections",
+        type=int,
+        default=4,
+        help="wrk connections of the second, light-load run against ours",
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded warm-up")
     parser.add_argument(
@@ -584,78 +815,116 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def start_servers(stack: ExitStack, url: str, pool_min: int, pool_max: int) -> dict[str, Server]:
+    """Ours and the three peers, by the key of their runs, each on a port of its own."""
+    bare_env = {
+        "BARE_DATABASE_URL": libpq_url(url),
+        "BARE_POOL_MIN_SIZE": str(pool_min),
+        "BARE_POOL_MAX_SIZE": str(pool_max),
+    }
+    ours_env = {
+        "TRADEOPS_DATABASE_URL": url,
+        "TRADEOPS_ENV": "test",
+        "TRADEOPS_LOG_FORMAT": "json",
+        "TRADEOPS_ACCESS_LOG": "true",  # part of our real cost
+    }
+    # As the seed ran it: `uvicorn main:app` (its access log on, as ours is), its own pool.
+    seed_env = {"SEED_DATABASE_URL": "postgresql+psycopg2://" + libpq_url(url).split("://", 1)[1]}
+    seed_command = [str(BIN / "uvicorn"), "--app-dir", str(SEED000), "main:app", "--host", HOST]
+    bare_command = [str(BIN / "python"), str(BENCH / "bare_app.py"), "--host", HOST]
+    starts = {
+        "ours": running_server(
+            "ours",
+            [str(BIN / "tradeops"), "serve", "--workers", "1", "--host", HOST],
+            ours_env,
+            our_headers(),
+        ),
+        "bare": running_server("bare", bare_command, bare_env, {}),
+        "same_work": running_server(
+            "same", [*bare_command, "--same-work"], bare_env, our_headers()
+        ),
+        # No /health/ready: an unknown order answers 200 once the database is reachable.
+        "seed000": running_server(
+            "seed000", seed_command, seed_env, {}, api_root="", ready_path="/orders/0"
+        ),
+    }
+    return {key: stack.enter_context(start) for key, start in starts.items()}
+
+
+def run_scenario(
+    wrk: str,
+    servers: dict[str, Server],
+    database: DatabaseCpu,
+    scenario: Scenario,
+    settings: tuple[WrkSettings, WrkSettings],
+) -> dict[str, Any]:
+    """Ours at the load's and at the light load's connections, then each peer at the load's."""
+    load, light = settings
+    runs: Runs = {}
+    for key, server in servers.items():
+        if key == "seed000" and not scenario.seed000:
+            continue
+        extra_env = scenario.setup(server) if scenario.setup else {}
+        runs[key] = measure(wrk, (server, database), scenario, extra_env, load, key)
+        if key == "ours":
+            runs["ours_light"] = measure(
+                wrk, (server, database), scenario, extra_env, light, "ours_light"
+            )
+    return scenario_row(scenario, runs, load.connections, light.connections)
+
+
+def rss_check(sizes: dict[str, float]) -> dict[str, Any]:
+    largest = max(sizes.values(), default=0.0)
+    return {
+        "target": "ours RSS MB per worker after the bench",
+        "value": largest,
+        "comparison": "<",
+        "bound": RSS_TARGET_MB,
+        "result": "PASS" if largest < RSS_TARGET_MB else "FAIL",
+    }
+
+
+def bulk_check(step: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "target": f"p99 ms of {BULK_UPLOADS} uploads",
+        "value": step["p99_ms"],
+        "comparison": "<",
+        "bound": step["target_p99_ms"],
+        "result": step["result"],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
-    settings = WrkSettings(args.duration, args.warmup, args.connections, args.threads)
+    load = WrkSettings(args.duration, args.warmup, args.connections, args.threads)
+    # Right after the run at `load`: ours is warm, no second warm-up.
+    light = WrkSettings(
+        args.duration, 0, args.light_connections, min(args.threads, args.light_connections)
+    )
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
     WORK.mkdir(exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     wrk = ensure_wrk()
-    # The peer's pool holds as many connections as our engine can: pool_size + max_overflow.
+    # The peers' pools hold as many connections as ours can: pool_size + max_overflow.
     app_settings = Settings()
     pool_min = app_settings.pool_size
     pool_max = app_settings.pool_size + app_settings.pool_max_overflow
     started = datetime.now()
     rows: list[dict[str, Any]] = []
     steps: dict[str, dict[str, Any]] = {}
+    checks: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
         server_url, url = stack.enter_context(bench_database())
         pg_version = postgres_version(server_url)
-        ours = stack.enter_context(
-            running_server(
-                "ours",
-                [str(BIN / "tradeops"), "serve", "--workers", "1", "--host", HOST],
-                {
-                    "TRADEOPS_DATABASE_URL": url,
-                    "TRADEOPS_ENV": "test",
-                    "TRADEOPS_LOG_FORMAT": "json",
-                    "TRADEOPS_ACCESS_LOG": "true",  # part of our real cost
-                },
-                our_headers(),
-            )
-        )
-        bare = stack.enter_context(
-            running_server(
-                "bare",
-                [str(BIN / "python"), str(BENCH / "bare_app.py"), "--host", HOST],
-                {
-                    "BARE_DATABASE_URL": libpq_url(url),
-                    "BARE_POOL_MIN_SIZE": str(pool_min),
-                    "BARE_POOL_MAX_SIZE": str(pool_max),
-                },
-                {},
-            )
-        )
-        same = stack.enter_context(
-            running_server(
-                "same",
-                [str(BIN / "python"), str(BENCH / "bare_app.py"), "--same-work", "--host", HOST],
-                {
-                    "BARE_DATABASE_URL": libpq_url(url),
-                    "BARE_POOL_MIN_SIZE": str(pool_min),
-                    "BARE_POOL_MAX_SIZE": str(pool_max),
-                },
-                our_headers(),
-            )
-        )
-        for scenario in scenarios:
-            ours_result = measure(wrk, ours, scenario, settings)
-            bare_result = measure(wrk, bare, scenario, settings)
-            same_result = measure(wrk, same, scenario, settings)
-            rows.append(
-                {
-                    "name": scenario.name,
-                    "ours": asdict(ours_result),
-                    "bare": asdict(bare_result),
-                    "same_work": asdict(same_result),
-                    "ratio_rps": round(ratio(ours_result, bare_result), 3),
-                    "ratio_same_work": round(ratio(ours_result, same_result), 3),
-                    "target_ratio": scenario.target_ratio,
-                    "target_p99_ms": scenario.target_p99_ms,
-                    "result": verdict(scenario, ours_result, bare_result, same_result),
-                }
-            )
+        servers = start_servers(stack, url, pool_min, pool_max)
+        database = DatabaseCpu(libpq_url(url))
+        rows = [
+            run_scenario(wrk, servers, database, scenario, (load, light)) for scenario in scenarios
+        ]
         if not args.only or BULK_STEP in args.only:
-            steps[BULK_STEP] = time_bulk_snapshots(ours)
+            steps[BULK_STEP] = time_bulk_snapshots(servers["ours"])
+            checks[BULK_STEP] = bulk_check(steps[BULK_STEP])
+        rss = {key: rss_mb(server.process.pid) for key, server in servers.items()}
+        checks["rss_per_worker"] = rss_check(rss["ours"])
 
     report: dict[str, Any] = {
         "date": started.date().isoformat(),
@@ -668,16 +937,22 @@ def run(args: argparse.Namespace) -> int:
             "cpu_model": cpu_model(),
             "postgresql": pg_version,
             "python": sys.version.split()[0],
+            "loadavg_at_end": os.getloadavg()[0],  # other work on the machine makes noise
         },
-        "wrk": {**asdict(settings), "version": wrk_version(wrk)},
+        "wrk": {**asdict(load), "light_connections": light.connections},
         "pool": {"min_size": pool_min, "max_size": pool_max},
         "scenarios": {row["name"]: {k: v for k, v in row.items() if k != "name"} for row in rows},
         "steps": steps,  # timed against ours only, sequentially
+        "rss_mb_after": rss,  # each server's processes, by pid, once the bench is done
+        "checks": checks,  # the targets outside the scenarios
     }
+    report["wrk"]["version"] = wrk_version(wrk)
     path = results_path(report["date"])
     path.write_text(json.dumps(report, indent=2) + "\n")
-    print_table(rows)
-    console.print(f"results: {path.relative_to(ROOT)}")
+    write_chart(path.with_suffix(".png"), report)
+    print_runs(rows)
+    print_checks(rows, checks)
+    console.print(f"results: {path.relative_to(ROOT)}, chart: {path.with_suffix('.png').name}")
     return 1 if any(row["result"] == "ERRORS" for row in rows) else 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from tradeops.agents.http import mount_mcp, running_mcp
 from tradeops.audit.router import router as audit_router
+from tradeops.audit.router import verify_router as audit_verify_router
+from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.passwords import PasswordChecks
 from tradeops.auth.router import router as auth_router
 from tradeops.auth.router import sign_in_router
@@ -18,6 +21,7 @@ from tradeops.auth.tokens import TokenService
 from tradeops.clients.router import router as clients_router
 from tradeops.db.migrate import head_revision
 from tradeops.db.pool import Database
+from tradeops.db.replicas import ReadReplica
 from tradeops.desks.router import router as desks_router
 from tradeops.executions.router import router as executions_router
 from tradeops.header_limits import HeaderSizeLimitMiddleware
@@ -32,12 +36,14 @@ from tradeops.observability import (
     RequestContextMiddleware,
     configure_logging,
 )
+from tradeops.orders.http import close_event_streams, events_router, install_event_streams
 from tradeops.orders.router import router as orders_router
 from tradeops.positions.router import router as positions_router
 from tradeops.problems import document_problems, install_problem_handlers
 from tradeops.risk.router import router as risk_router
 from tradeops.settings import Settings, get_settings
 from tradeops.ui.install import install_ui
+from tradeops.webhooks.router import router as webhooks_router
 
 DESCRIPTION = """
 The system of record for trade operations: agents and people submit trade orders, orders pass
@@ -61,6 +67,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings, url)
         app.state.db = db
+        replica = _read_replica(settings, db)
+        app.state.read_replica = replica
         password_checks = PasswordChecks(
             settings.password_verify_threads, settings.password_verify_max_waiting
         )
@@ -74,10 +82,15 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             async with (
                 metrics.watching_pool(db),
                 running_maintenance(db, settings),
+                app.state.key_usage.flushing(db),
+                replica.checking() if replica else contextlib.nullcontext(),
                 running_mcp(app),
             ):
                 yield
         finally:
+            await close_event_streams(app)
+            if replica is not None:
+                await replica.replica.dispose()
             await db.dispose()
             password_checks.close()
 
@@ -93,6 +106,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.read_replica = None  # the lifespan sets one up when configured
+    app.state.key_usage = KeyUsage()
     app.state.tokens = TokenService(settings)
     app.state.migration_head = head_revision()
     install_problem_handlers(app)
@@ -102,6 +117,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         sign_in_router,
         auth_router,
         audit_router,
+        audit_verify_router,
+        events_router,
         orders_router,
         clients_router,
         instruments_router,
@@ -110,10 +127,12 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         positions_router,
         risk_router,
         desks_router,
+        webhooks_router,
         health_router,
     )
     for router in routers:
         app.include_router(router)
+    install_event_streams(app, settings, url)
     install_ui(app)
     mount_mcp(app, settings)
     if settings.cors_origins:
@@ -144,6 +163,16 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         RequestContextMiddleware, metrics=metrics, access_log_enabled=settings.access_log
     )
     return app
+
+
+def _read_replica(settings: Settings, primary: Database) -> ReadReplica | None:
+    """The replica for GET requests (TRADEOPS_READ_DATABASE_URL), if one is configured."""
+    if settings.read_database_url is None:
+        return None
+    reads = Database(
+        settings, settings.read_database_url, application_name="tradeops-reads", read_only=True
+    )
+    return ReadReplica(settings, primary, reads)
 
 
 def create_app_from_env() -> FastAPI:

@@ -180,7 +180,7 @@ def dev(
     logs = logs_dir(settings.home)
     log_to_file(logs / "database.log", "alembic")
     url = database_url(settings)
-    migrate.upgrade(url)
+    migrate.upgrade(url, prepared_statements=settings.db_prepared_statements)
     password = _load_demo(settings, url)
     # One job worker beside the server, on the same database; stopped when the server stops.
     # Its lines go to a log file, so the banner stays the last thing on the terminal.
@@ -217,7 +217,9 @@ def worker(
     settings = get_settings()
     configure_logging(settings)
     url = database_url(settings)
-    console().print(f"[bold]tradeops worker[/bold] (concurrency {concurrency})")
+    polling = f"polling every {settings.worker_poll_seconds} s"
+    hears = "LISTEN" if settings.worker_listen else polling
+    console().print(f"[bold]tradeops worker[/bold] (concurrency {concurrency}, {hears})")
     asyncio.run(run_worker(url, concurrency=concurrency, settings=settings))
 
 
@@ -272,7 +274,10 @@ def upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Migrate the schema up to REVISION (default: head)."""
     from tradeops.db import migrate
 
-    migrate.upgrade(database_url(get_settings()), revision)
+    settings = get_settings()
+    migrate.upgrade(
+        database_url(settings), revision, prepared_statements=settings.db_prepared_statements
+    )
     console().print(f"database at {revision}")
 
 
@@ -281,7 +286,10 @@ def downgrade(revision: Annotated[str, typer.Argument(help="Target, e.g. base or
     """Migrate the schema down to REVISION."""
     from tradeops.db import migrate
 
-    migrate.downgrade(database_url(get_settings()), revision)
+    settings = get_settings()
+    migrate.downgrade(
+        database_url(settings), revision, prepared_statements=settings.db_prepared_statements
+    )
     console().print(f"database at {revision}")
 
 
@@ -593,15 +601,34 @@ def fill_approved_orders() -> None:
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Recompute every hash, chain and signed checkpoint; exit 1 at the first broken event."""
-    from tradeops.audit import service as audit
+def audit_verify(
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Hash every event, not only those after the newest checkpoint"),
+    ] = False,
+) -> None:
+    """Check the newest signed checkpoint and every event after it (--full: every event and
+    checkpoint from the first); exit 1 at the first broken event."""
+    from tradeops.audit import verification
+    from tradeops.db.pool import Database
 
     settings = get_settings()
-    key = settings.audit_key.get_secret_value().encode()
-    report = run_as_system(
-        settings, database_url(settings), lambda uow: audit.verify(uow, SYSTEM, key)
-    )
+    url = database_url(settings)
+
+    async def run() -> verification.VerificationReport:
+        db = Database(settings, url)
+        try:
+            return await verification.verify(
+                db,
+                SYSTEM,
+                settings.audit_key.get_secret_value().encode(),
+                full=full,
+                batch=settings.audit_verify_batch,
+            )
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(run())
     console().print_json(report.model_dump_json())
     if not report.ok:
         raise typer.Exit(1)

@@ -6,11 +6,15 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request, Security
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from tradeops.auth.authentication import authenticate, unauthenticated
 from tradeops.auth.principal import Principal
-from tradeops.db.uow import UnitOfWork
+from tradeops.db.http import reads_own_writes
+from tradeops.db.uow import UnitOfWork, in_transaction
+from tradeops.errors import InvalidRequest
 
 API_PREFIX = "/api/v1"
 
@@ -54,9 +58,11 @@ async def authenticated_session(
     if not credential:
         raise unauthenticated("Send a bearer token or an API key.")
     uow = _connection_of(request)
+    state = request.app.state
     principal = await authenticate(
-        uow, credential, request.app.state.tokens, request.state.request_id
+        uow, credential, state.tokens, request.state.request_id, state.key_usage
     )
+    reads_own_writes(request, principal.user_id)
     request.state.principal = principal
     return AuthenticatedSession(uow, principal)
 
@@ -74,6 +80,60 @@ async def _uow(session: Session) -> UnitOfWork:
 
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 UoW = Annotated[UnitOfWork, Depends(_uow)]
+
+
+async def principal_of_a_short_transaction(
+    request: Request,
+    bearer: Annotated[str | None, Security(bearer_scheme)],
+    api_key: Annotated[str | None, Security(api_key_scheme)],
+) -> Principal:
+    """Authenticate in a transaction of its own, committed at once: for an operation that runs
+    long in transactions of its own (verifying the audit trail) on a route without
+    TransactionalRoute, so no connection is held for the request meanwhile."""
+    credential = bearer or api_key
+    if not credential:
+        raise unauthenticated("Send a bearer token or an API key.")
+    state = request.app.state
+
+    async def authenticated(uow: UnitOfWork) -> Principal:
+        return await authenticate(
+            uow, credential, state.tokens, request.state.request_id, state.key_usage
+        )
+
+    principal = await in_transaction(state.db, authenticated)
+    request.state.principal = principal
+    return principal
+
+
+# The principal of a route that holds no request transaction.
+PrincipalOnly = Annotated[Principal, Depends(principal_of_a_short_transaction)]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters an endpoint and its dependencies declare (by their alias)."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
+async def _declared_query_only(request: Request, _: Session) -> None:
+    """A misspelt or unsupported filter (`symbl=`, `risk_status=` where there is none) is a
+    422 naming it, not silently ignored: ignored, it answers a page that only looks filtered.
+    After authentication, as every other check of the query."""
+    route = request.scope.get("route")
+    declared = _query_names(route.dependant) if isinstance(route, APIRoute) else set()
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown query parameter {', '.join(unknown)}; this list takes"
+            f" {', '.join(sorted(declared)) or 'none'}.",
+            field=f"query.{unknown[0]}",
+        )
+
+
+# On every list endpoint: `@router.get("", dependencies=[DeclaredQueryOnly])`.
+DeclaredQueryOnly = Depends(_declared_query_only)
 
 
 async def _login_uow(request: Request) -> UnitOfWork:

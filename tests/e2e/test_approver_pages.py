@@ -163,8 +163,22 @@ async def test_the_queue_shows_new_orders_without_a_reload(
 ) -> None:
     await sign_in(page, "approver@test.bank")
     await expect(page.locator("#queue")).to_contain_text("No orders await a decision")
+    await expect(page.locator("#queue")).to_have_attribute("data-live", "stream")
     order_id = await agent_order(client, cast, owner_engine)
-    # htmx polls the rows every 5 seconds: the new order appears in the same page.
+    # The order's events arrive over the event stream and the rows are fetched again: well
+    # within the 5 s the page would otherwise poll at.
+    await expect(page.locator(f'#queue tr[data-order-id="{order_id}"]')).to_be_visible(
+        timeout=3_000
+    )
+
+
+async def test_the_queue_polls_when_the_event_stream_is_refused(
+    page: Page, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    await page.route("**/ui/orders/events", lambda route: route.fulfill(status=503))
+    await sign_in(page, "approver@test.bank")
+    await expect(page.locator("#queue")).to_have_attribute("data-live", "polling")
+    order_id = await agent_order(client, cast, owner_engine)
     await expect(page.locator(f'#queue tr[data-order-id="{order_id}"]')).to_be_visible(
         timeout=15_000
     )

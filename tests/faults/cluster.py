@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -34,10 +35,22 @@ PG_BIN = _postgres_bin()
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free local port: in TRADEOPS_FAULTS_PORTS (`low-high`) when set, so that suites
+    sharing a machine keep to their own ranges; else any the system gives."""
+    ports = os.environ.get("TRADEOPS_FAULTS_PORTS")
+    candidates = [0]
+    if ports:
+        low, high = (int(end) for end in ports.split("-"))
+        candidates = random.sample(range(low, high + 1), high - low + 1)
+    for candidate in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            port: int = sock.getsockname()[1]
+            return port
+    raise RuntimeError(f"no free port in TRADEOPS_FAULTS_PORTS={ports}")
 
 
 def _run_as() -> str | None:
@@ -60,6 +73,8 @@ class LocalPostgres:
     root: Path
     port: int = field(default_factory=free_port)
     user: str | None = field(default_factory=_run_as)
+    # More `-c name=value` server settings, e.g. ("shared_preload_libraries=pg_stat_statements",)
+    settings: tuple[str, ...] = ()
 
     @property
     def data(self) -> Path:
@@ -84,7 +99,7 @@ class LocalPostgres:
             raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr}{done.stdout}")
         return done
 
-    def init(self) -> None:
+    def _make_root(self) -> None:
         if not (PG_BIN / "initdb").exists():
             raise RuntimeError(f"no PostgreSQL binaries in {PG_BIN} (set TRADEOPS_PG_BIN)")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -92,9 +107,22 @@ class LocalPostgres:
             shutil.chown(self.root, self.user)
             # The temp dir above is root's and private: let the server's user through.
             self.root.parent.chmod(0o755)
+
+    def init(self) -> None:
+        self._make_root()
         self._pg(
             "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
             "--no-sync", "--locale=C",
+        )  # fmt: skip
+
+    def standby_of(self, primary: LocalPostgres) -> None:
+        """Make this cluster a streaming replica of `primary` (running): `pg_basebackup -R`
+        copies it and writes standby.signal and primary_conninfo (initdb's trust rules
+        allow replication connections from 127.0.0.1)."""
+        self._make_root()
+        self._pg(
+            "pg_basebackup", "-D", str(self.data), "-R", "-X", "stream", "-c", "fast",
+            "--no-sync", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
         )  # fmt: skip
 
     def start(self) -> None:
@@ -102,7 +130,7 @@ class LocalPostgres:
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
             " -c max_connections=200 -c shared_buffers=64MB"
-        )
+        ) + "".join(f" -c {setting}" for setting in self.settings)
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "start", "-W")
 
     def accepts_connections(self) -> bool:
@@ -154,6 +182,18 @@ class LocalPostgres:
             self._pg("pg_ctl", "-D", str(self.data), "stop", "-m", "immediate", check=False)
 
 
+def end(popen: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a child we started, SIGKILL it if it is still there after 15 s."""
+    if popen is None or popen.poll() is not None:
+        return
+    popen.terminate()
+    try:
+        popen.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait(timeout=10)
+
+
 @dataclass
 class Process:
     """A `tradeops` command run as a child process, its output in a log file."""
@@ -190,17 +230,97 @@ class Process:
         self.popen.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.terminate()
-        try:
-            self.popen.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
+        end(self.popen)
 
     def tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def pgbouncer_binary() -> Path | None:
+    """Debian's pgbouncer (`make pgbouncer` installs it), if installed."""
+    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    return Path(found) if Path(found).exists() else None
+
+
+def pgbouncer_version(binary: Path) -> tuple[int, int]:
+    """(1, 18) from `PgBouncer 1.18.0`."""
+    first = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
+    major, minor = first.split()[1].split(".")[:2]
+    return int(major), int(minor)
+
+
+@dataclass
+class PgBouncer:
+    """PgBouncer in transaction mode in front of one PostgreSQL port, a process of our own
+    with its ini under `root` (never the system service), ended by the pid it started.
+
+    `max_prepared_statements` = 0 is PgBouncer before 1.21 (no prepared statements across
+    transactions); it is written to the ini only when set, as older versions refuse it."""
+
+    root: Path
+    binary: Path
+    upstream_port: int
+    max_prepared_statements: int = 0
+    port: int = field(default_factory=free_port)
+    user: str | None = field(default_factory=_run_as)  # it, too, refuses to run as root
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.root / "pgbouncer.log"
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _ini(self) -> str:
+        prepared = self.max_prepared_statements
+        return "\n".join(
+            [
+                "[databases]",
+                f"* = host=127.0.0.1 port={self.upstream_port}",
+                "[pgbouncer]",
+                "listen_addr = 127.0.0.1",
+                f"listen_port = {self.port}",
+                "unix_socket_dir =",
+                "auth_type = trust",
+                f"auth_file = {self.root / 'users.txt'}",
+                "pool_mode = transaction",
+                "max_client_conn = 1000",
+                "default_pool_size = 20",
+                "admin_users = postgres",
+                *([f"max_prepared_statements = {prepared}"] if prepared else []),
+                "",
+            ]
+        )
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "users.txt").write_text('"postgres" ""\n')
+        ini = self.root / "pgbouncer.ini"
+        ini.write_text(self._ini())
+        if self.user is not None:
+            for path in (self.root, ini, self.root / "users.txt"):
+                shutil.chown(path, self.user)
+            self.root.parent.chmod(0o755)
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                [str(self.binary), str(ini)], user=self.user, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while not self._accepts():
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pgbouncer did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def _accepts(self) -> bool:
+        try:
+            with psycopg.connect(self.url("pgbouncer"), connect_timeout=1, autocommit=True):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def stop(self) -> None:
+        end(self.popen)

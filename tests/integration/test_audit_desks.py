@@ -17,6 +17,7 @@ from tests.conftest import create_database, drop_database
 from tests.factories import Cast, approved_order, bearer, make_api_key
 from tests.integration.test_audit_trail import as_superuser, verify
 from tradeops.audit import service as audit
+from tradeops.audit import verification
 from tradeops.auth.principal import SYSTEM, Principal, Role
 from tradeops.db import migrate
 from tradeops.db.uow import UnitOfWork, driver_of, run_in_transaction, sqlstate_of
@@ -251,9 +252,7 @@ async def test_verify_covers_every_desk_and_refuses_a_partial_view(
     desks = await desk_ids(owner_engine)
     partial = Principal(cast.ids["risk"], "risk@test.bank", Role.RISK, frozenset({desks["EQ-US"]}))
     with pytest.raises(Forbidden):
-        await run_in_transaction(
-            owner_engine, partial, lambda uow: audit.verify(uow, partial, b"k")
-        )
+        await verification.verify(owner_engine, partial, b"k")
     with pytest.raises(Forbidden):
         await run_in_transaction(
             owner_engine, partial, lambda uow: audit.create_checkpoint(uow, partial, b"k")
@@ -371,9 +370,7 @@ async def test_existing_events_get_their_desk_and_still_verify(postgres_server_u
         assert rows[0][3] == 50  # the old payload stays as it was hashed
         engine = create_async_engine(asyncpg_url(url))
         try:
-            report = await run_in_transaction(
-                engine, SYSTEM, lambda uow: audit.verify(uow, SYSTEM, b"k")
-            )
+            report = await verification.verify(engine, SYSTEM, b"k")
         finally:
             await engine.dispose()
         assert report.ok and report.events_checked == 3, report

@@ -33,6 +33,7 @@ PROBLEM = "application/problem+json"
 PRINCIPALS = ("nobody", "trader", "trader_fi", "approver", "risk", "admin", "agent")
 
 FI_ORDER = {**SEED_ORDER, "client_id": "CUST-2001"}
+AMEND = {"quantity": "60", "price": "192.50"}
 NEW_USER = {"email": "new.trader@test.bank", "name": "New", "role": "trader", "desks": ["EQ-US"]}
 NEW_KEY = {"name": "my key", "scopes": ["orders:read"]}
 NEW_CLIENT = {"client_id": "CUST-1003", "name": "Acme Pension Fund", "desk": "EQ-US"}
@@ -44,6 +45,11 @@ NEW_SYMBOL = {
     "tick_size": "0.01",
 }
 NEW_DESK = {"code": "FX-GLOBAL", "name": "Global FX"}
+NEW_HOOK = {
+    "url": "https://hooks.example.com/t",
+    "event_types": ["order.approved"],
+    "desks": ["EQ-US"],
+}
 EQ_DESK = {"desks": ["EQ-US"]}
 RENAME = {"name": "Renamed"}
 RESTRICT = {"restricted": True}
@@ -155,6 +161,26 @@ MATRIX = [
     row("POST",   "/orders/{agent_order}/cancel", None,      401, 403, 404, 200, 403, 403, 200,
         label="the agent's order"),
     row("POST",   "/orders/{fi_order}/cancel",   None,       401, 404, 200, 404, 403, 403, 404),
+    # Amend (PATCH: the order becomes REPLACED, a new one PENDING): only the order's maker
+    # (or their key with orders:write), from an open status; submitters' roles only.
+    row("PATCH",  "/orders/{eq_order}",          AMEND,      401, 201, 404, 403, 403, 403, 403),
+    row("PATCH",  "/orders/{eq_approved}",       AMEND,      401, 201, 404, 403, 403, 403, 403,
+        label="approved"),
+    row("PATCH",  "/orders/{agent_order}",       AMEND,      401, 403, 404, 403, 403, 403, 201,
+        label="the agent's order"),
+    row("PATCH",  "/orders/{fi_order}",          AMEND,      401, 404, 201, 403, 403, 403, 404),
+    row("PATCH",  "/orders/{eq_cancelled}",      AMEND,      401, 409, 404, 403, 403, 403, 409,
+        label="cancelled"),
+    row("PATCH",  "/orders/{eq_expired}",        AMEND,      401, 409, 404, 403, 403, 403, 409,
+        label="expired"),
+    row("PATCH",  "/orders/{eq_order}",          {},         401, 422, 422, 422, 422, 422, 422,
+        label="nothing to change"),
+    # Cancel many: whoever may cancel; each order then answers as its single cancel would
+    # (tests/integration/test_order_lifecycle.py), never another desk's.
+    row("DELETE", "/orders?symbol={eq_symbol}",  None,       401, 207, 207, 207, 403, 403, 207),
+    # By client_order_id: the caller's own order, or for an approver the desk's.
+    row("GET",    "/orders:by_client_order_id?client_order_id={eq_client_order_id}", None,
+        401, 200, 404, 200, 404, 404, 404),
     # An order's history is readable by whoever may read the order.
     row("GET",    "/orders/{eq_order}/events",   None,       401, 200, 404, 200, 200, 200, 200),
     row("GET",    "/orders/{fi_order}/events",   None,       401, 404, 200, 404, 200, 200, 404),
@@ -202,6 +228,12 @@ MATRIX = [
     row("POST",   "/orders/{eq_approved_expired}/executions", FILL,
                                                              401, 403, 403, 403, 403, 409, 403,
         label="expired"),
+    # Webhooks: admins, signed in (no key scope reaches them). {webhook}: an admin's endpoint.
+    row("GET",    "/webhooks",                   None,       401, 403, 403, 403, 403, 200, 403),
+    row("POST",   "/webhooks",                   NEW_HOOK,   401, 403, 403, 403, 403, 201, 403),
+    row("GET",    "/webhooks/{webhook}",         None,       401, 403, 403, 403, 403, 200, 403),
+    row("DELETE", "/webhooks/{webhook}",         None,       401, 403, 403, 403, 403, 200, 403),
+    row("GET",    "/webhooks/{webhook}/deliveries", None,    401, 403, 403, 403, 403, 200, 403),
     # Approval waits for the pre-trade risk check to pass ({eq_unchecked}: reviewed, unchecked).
     row("POST",   "/orders/{eq_unchecked}/approve", None,    401, 403, 403, 409, 403, 403, 403,
         label="risk check pending"),
@@ -245,6 +277,14 @@ async def priced(world: World) -> str:
     )
     assert response.status_code == 201, response.text
     return PRICE["symbol"]
+
+
+async def webhook(world: World) -> int:
+    response = await world.client.post(
+        f"{API}/webhooks", json=NEW_HOOK, headers=world.cast["admin"]
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
 
 
 async def decide(world: World, order_id: int, who: str, action: str) -> int:
@@ -298,6 +338,23 @@ async def approved_expired(world: World) -> int:
     return await expired(world, await approved(world))
 
 
+async def cancelled(world: World) -> int:
+    order_id = await submit(world, "trader", SEED_ORDER)
+    return await decide(world, order_id, "trader", "cancel")
+
+
+async def submitted_symbol(world: World) -> str:
+    """An open order of each desk, so a bulk cancel has something to answer for (or not)."""
+    await submit(world, "trader", SEED_ORDER)
+    await submit(world, "trader_fi", FI_ORDER)
+    return str(SEED_ORDER["symbol"])
+
+
+async def submitted_client_order_id(world: World) -> str:
+    await submit(world, "trader", {**SEED_ORDER, "client_order_id": "matrix-1"})
+    return "matrix-1"
+
+
 ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
     "eq_order": lambda world: submit(world, "trader", SEED_ORDER),
     "fi_order": lambda world: submit(world, "trader_fi", FI_ORDER),
@@ -314,10 +371,14 @@ ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
         world, "trader", SEED_ORDER, "trader2", risk_checked=False
     ),
     "trader2_order": lambda world: submit(world, "trader2", SEED_ORDER),
+    "eq_cancelled": lambda world: cancelled(world),
+    "eq_symbol": lambda world: submitted_symbol(world),
+    "eq_client_order_id": lambda world: submitted_client_order_id(world),
     "agent_order": lambda world: submit(world, "agent", SEED_ORDER),
     "trader_key": trader_key,
     "trader2": trader2,
     "priced": priced,
+    "webhook": webhook,
 }
 
 
@@ -384,9 +445,11 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         "?as_of=2100-01-01T00:00:00Z": "",
         "{trader2_order}": "{order_id}",
         "{agent_order}": "{order_id}",
+        "{eq_cancelled}": "{order_id}",
         "{trader_key}": "{key_id}",
         "{trader2}": "{user_id}",
         "{priced}": "{symbol}",
+        "{webhook}": "{webhook_id}",
         "CUST-1001": "{client_id}",
         "CUST-2001": "{client_id}",
         "AAPL": "{symbol}",
@@ -396,10 +459,13 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         path = entry.path
         for concrete, template in placeholders.items():
             path = path.replace(concrete, template)
-        covered.add((entry.method, f"{API}{path}"))
+        covered.add((entry.method, f"{API}{path.split('?')[0]}"))
     public = {("POST", f"{API}/auth/token"), ("GET", f"{API}/health-check/db")}
+    # A stream never ends, and the in-process client waits for a whole response: its
+    # principals are checked over a socket in test_order_event_stream.py.
+    streamed = {("GET", f"{API}/orders/events/stream")}
     assert covered <= routes, f"rows for endpoints that do not exist: {covered - routes}"
-    without_row = sorted(routes - public - covered)
+    without_row = sorted(routes - public - streamed - covered)
     assert not without_row, f"endpoints missing from the authorization matrix: {without_row}"
 
 

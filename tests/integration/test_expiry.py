@@ -287,7 +287,7 @@ async def test_sweep_of_ten_thousand_due_orders_is_measured(
         )
         await conn.execute(text("UPDATE orders SET expire_at = now() - interval '1 second'"))
     started = time.perf_counter()
-    expired = await expiry.expire_due_orders(app.state.db, 1000)
+    expired = await expiry.expire_due_orders(app.state.db, app.state.settings.expiry_batch)
     elapsed = time.perf_counter() - started
     assert len(expired) == 10_000
     print(f"\nexpiry sweep: 10,000 orders in {elapsed:.2f} s ({len(expired) / elapsed:.0f}/s)")
@@ -333,3 +333,58 @@ async def test_the_worker_expires_due_orders_on_its_schedule(
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await worker
+
+
+async def amend(
+    client: httpx.AsyncClient, cast: Cast, order_id: int, **body: Any
+) -> httpx.Response:
+    return await client.patch(f"{ORDERS}/{order_id}", json=body, headers=cast["trader"])
+
+
+async def test_an_amended_order_expires_as_the_new_order_it_is(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """DAY: the desk's next cut-off after the amendment; GTD: the same expire_at unless a new
+    one is sent; the REPLACED order is closed, so the sweep leaves it be, due or not."""
+    day = (await submit(client, cast))["id"]
+    await make_due(owner_engine, day)
+    replaced_day = await amend(client, cast, day, quantity="50")
+    assert replaced_day.status_code == 201, replaced_day.text
+    async with owner_engine.connect() as conn:
+        cut_off = await conn.scalar(text("SELECT tradeops_day_end('UTC', '23:59', now())"))
+    assert datetime.fromisoformat(replaced_day.json()["expire_at"]) == cut_off
+    assert await expiry.expire_due_orders(app.state.db, 10) == []
+    assert (await status_of(client, cast, day))["status"] == "REPLACED"
+
+    later = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    gtd = (await submit(client, cast, time_in_force="GTD", expire_at=later.isoformat()))["id"]
+    same = await amend(client, cast, gtd, quantity="50")
+    assert same.status_code == 201, same.text
+    assert same.json()["time_in_force"] == "GTD"
+    assert datetime.fromisoformat(same.json()["expire_at"]) == later
+    stored = await status_of(client, cast, same.json()["id"])
+    assert datetime.fromisoformat(stored["expire_at"]) == later
+    sooner = later - timedelta(hours=1)
+    moved = await amend(client, cast, same.json()["id"], expire_at=sooner.isoformat())
+    assert moved.status_code == 201, moved.text
+    assert datetime.fromisoformat(moved.json()["expire_at"]) == sooner
+
+    # Only a GTD order takes expire_at, and only in the future.
+    for order_id, expire_at in [
+        (replaced_day.json()["id"], later.isoformat()),
+        (moved.json()["id"], "2020-01-01T00:00:00Z"),
+    ]:
+        response = await amend(client, cast, order_id, expire_at=expire_at)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == "body.expire_at", response.text
+
+
+async def test_an_expired_order_is_not_amended(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    order = (await submit(client, cast))["id"]
+    await make_due(owner_engine, order)
+    assert await expiry.expire_due_orders(app.state.db, 10) == [order]
+    response = await amend(client, cast, order, quantity="50")
+    assert response.status_code == 409, response.text
+    assert response.json()["current_status"] == "EXPIRED"

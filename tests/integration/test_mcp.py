@@ -41,6 +41,9 @@ TOOLS = {
     "list_orders",
     "review_order",
     "cancel_order",
+    "replace_order",
+    "cancel_orders",
+    "wait_for_order_update",
 }
 INITIALIZE = {
     "jsonrpc": "2.0",
@@ -129,7 +132,15 @@ async def test_agent_submits_reads_and_reviews_an_order(
             )
         )
         listed = order_of(await agent.call_tool("list_orders", {"status": "REVIEWED"}))
+        # risk_status filters as on GET /orders; PENDING first: a check only moves it on
+        # (found once, or twice when it passes between the two lists).
+        by_risk = [
+            order_of(await agent.call_tool("list_orders", {"risk_status": risk}))
+            for risk in ("PENDING", "PASSED", "FAILED")
+        ]
     assert reviewed["status"] == "REVIEWED"
+    assert {o["id"] for page in by_risk[:2] for o in page["items"]} == {submitted["id"]}
+    assert by_risk[2]["items"] == []
     assert reviewed["reviewed_by"] == "agent@test.bank" and reviewed["approved_by"] is None
     assert [o["id"] for o in listed["items"]] == [submitted["id"]]
 
@@ -324,6 +335,49 @@ async def test_an_agent_cannot_cancel_a_traders_order(
     over_http = await client.post(f"{API}/orders/{order_id}/cancel", headers=cast["agent"])
     assert refused["status"] == over_http.status_code == 403
     assert refused["detail"] == over_http.json()["detail"]
+
+
+async def test_agent_amends_finds_by_client_order_id_and_cancels_its_own_orders(
+    live_server: LiveServer, client: httpx.AsyncClient, cast: Cast
+) -> None:
+    """Issue 16 over MCP: replace_order, get_order by client_order_id, cancel_orders (the
+    key owner's own orders only: a trader's order on the same desk is never in the results)."""
+    traders = await client.post(f"{API}/orders", json=SEED_ORDER, headers=cast["trader"])
+    async with mcp_over_http(live_server, cast["agent"]) as agent:
+        old = order_of(await agent.call_tool("submit_order", ORDER))
+        new = order_of(
+            await agent.call_tool(
+                "replace_order",
+                {
+                    "order_id": old["id"],
+                    "quantity": "70",
+                    "client_order_id": "agent-0001-a",
+                    "expected_version": old["version"],
+                },
+            )
+        )
+        found = order_of(await agent.call_tool("get_order", {"client_order_id": "agent-0001-a"}))
+        replaced = order_of(await agent.call_tool("get_order", {"order_id": old["id"]}))
+        both = problem_of(
+            await agent.call_tool("get_order", {"order_id": 1, "client_order_id": "x"})
+        )
+        not_mine = problem_of(
+            await agent.call_tool(
+                "replace_order", {"order_id": traders.json()["id"], "quantity": "10"}
+            )
+        )
+        swept = order_of(await agent.call_tool("cancel_orders", {"symbol": "AAPL"}))
+    assert (new["status"], new["replaces"], new["quantity"]) == ("PENDING", old["id"], "70")
+    assert found == new
+    assert (replaced["status"], replaced["replaced_by"]) == ("REPLACED", new["id"])
+    assert both["status"] == 422
+    assert not_mine["status"] == 403
+    assert swept["results"] == [
+        {"id": new["id"], "status": 200, "order": swept["results"][0]["order"], "problem": None}
+    ]
+    assert swept["results"][0]["order"]["status"] == "CANCELLED"
+    still = await client.get(f"{API}/orders/{traders.json()['id']}", headers=cast["trader"])
+    assert still.json()["status"] == "PENDING"
 
 
 # --- authentication and scopes ----------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -20,7 +21,7 @@ from tradeops.auth.principal import SYSTEM
 from tradeops.db.prepared import QUERIES, prepare
 from tradeops.orders import repository as orders_repo
 from tradeops.orders.schemas import OrderFilters, OrderOut
-from tradeops.orders.states import OrderStatus, RiskStatus
+from tradeops.orders.states import OrderStatus, RiskStatus, Side
 
 
 def _import_every_module() -> None:
@@ -33,7 +34,15 @@ def _import_every_module() -> None:
 _import_every_module()
 
 
+def is_named_tuple(row_type: type[Any]) -> bool:
+    """A NamedTuple row (immutable, typed): audit verification's per-event row, built a
+    million times in a full run, where a frozen dataclass costs ten times as much."""
+    return issubclass(row_type, tuple) and hasattr(row_type, "_fields")
+
+
 def field_names(row_type: type[Any]) -> set[str]:
+    if is_named_tuple(row_type):
+        return set(row_type._fields)
     if dataclasses.is_dataclass(row_type):
         return {f.name for f in dataclasses.fields(row_type)}
     assert issubclass(row_type, BaseModel), row_type
@@ -57,9 +66,24 @@ BUILT_PER_CALL = [
                 made_by=1,
                 client_id="C",
                 symbol="S",
+                side=Side.BUY,
+                client_order_id="K",
                 desk="D",
             ),
-            after=10,
+            orders_repo.ListFilterKeys(client=1, instrument=2, desk=3),
+            after=(10,),
+            limit=5,
+        ),
+        OrderOut,
+    ),
+    (
+        orders_repo.filtered_orders(
+            SYSTEM,
+            OrderFilters(
+                created_from=datetime(2026, 1, 1, tzinfo=UTC), created_to=datetime.now(UTC)
+            ),
+            orders_repo.ListFilterKeys(),
+            after=(datetime.now(UTC), 10),
             limit=5,
         ),
         OrderOut,
@@ -90,6 +114,8 @@ async def test_every_typed_query_returns_its_types_fields(database_url: str) -> 
 
 @pytest.mark.parametrize("row_type", sorted({q.into for q in QUERIES}, key=str))
 def test_row_types_are_frozen_slotted_dataclasses_or_models(row_type: type[Any]) -> None:
+    if is_named_tuple(row_type):
+        return  # immutable as a tuple, fields typed
     if dataclasses.is_dataclass(row_type):
         assert row_type.__dataclass_params__.frozen, row_type  # type: ignore[attr-defined]
         assert "__slots__" in vars(row_type), row_type

@@ -308,7 +308,8 @@ async def test_queue_polls_its_rows_with_the_same_filters(person: OpenPerson, ca
     approver = await person("approver@test.bank")
     page = await approver.get("/ui/orders", params={"risk_status": "PASSED"})
     assert 'hx-get="/ui/orders/rows?status=awaiting&amp;risk_status=PASSED"' in page.text
-    assert 'hx-trigger="every 5s"' in page.text
+    assert 'hx-trigger="orders-changed"' in page.text
+    assert 'data-events="/ui/orders/events"' in page.text and "queue-events.js" in page.text
     rows = await approver.get(
         "/ui/orders/rows", params={"status": "awaiting", "risk_status": "PASSED"}
     )
@@ -683,3 +684,24 @@ async def test_a_small_approval_or_a_refused_one_is_not_asked_to_confirm(
         approver, f"/ui/orders/{small}", f"/ui/orders/{small}/approve", version="2"
     )
     assert approved.status_code == 303
+
+
+async def test_replaced_orders_link_both_ways_and_leave_the_queue(
+    client: httpx.AsyncClient, cast: Cast, person: OpenPerson
+) -> None:
+    old = await submit(client, cast["trader"])
+    amended = await client.patch(
+        f"{API}/orders/{old}", json={"quantity": "60"}, headers=cast["trader"]
+    )
+    assert amended.status_code == 201, amended.text
+    new = amended.json()["id"]
+    approver = await person("approver@test.bank")
+    old_page = (await approver.get(f"/ui/orders/{old}")).text
+    assert 'class="badge status-replaced" data-field="status">REPLACED' in old_page
+    assert f'<a href="/ui/orders/{new}">replaced by #{new}</a>' in old_page
+    new_page = (await approver.get(f"/ui/orders/{new}")).text
+    assert f'<a href="/ui/orders/{old}">replaces #{old}</a>' in new_page
+    for status in ("awaiting", ""):
+        queue = await approver.get("/ui/orders", params={"status": status})
+        assert set(map(int, _row_ids(queue.text))) == {new}, status
+    assert '<option value="REPLACED"' not in queue.text

@@ -30,6 +30,7 @@ from tradeops.agents.server import Caller, build_server
 from tradeops.auth.authentication import authenticate, unauthenticated
 from tradeops.auth.keys import parse_key
 from tradeops.auth.principal import Principal
+from tradeops.db.replicas import ReadReplica
 from tradeops.db.uow import UnitOfWork, in_transaction
 from tradeops.settings import Settings
 
@@ -68,11 +69,19 @@ class McpEndpoint:
         credential = _credential(request)
         tokens, request_id = request.app.state.tokens, request.state.request_id
 
-        async def check(uow: UnitOfWork) -> Principal:
-            return await authenticate(uow, credential, tokens, request_id)
+        key_usage = request.app.state.key_usage
 
-        request.state.principal = await in_transaction(request.app.state.db, check)
+        async def check(uow: UnitOfWork) -> Principal:
+            return await authenticate(uow, credential, tokens, request_id, key_usage)
+
+        principal = await in_transaction(request.app.state.db, check)
+        request.state.principal = principal
         await self.sessions.handle_request(scope, receive, send)
+        # Tools run on the primary; any call may have written, so the caller's reads over
+        # HTTP stay on the primary for a while, as after an HTTP write (db/replicas.py).
+        replica: ReadReplica | None = request.app.state.read_replica
+        if replica is not None:
+            replica.note_write(principal.user_id)
 
 
 def http_caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
@@ -86,7 +95,8 @@ def http_caller(ctx: ServerRequestContext[Any, Any]) -> Caller:
         await uow.set_context(principal, request_id)
         return principal
 
-    return Caller(request.app.state.db, identify, "http", request_id)
+    state = request.app.state
+    return Caller(state.db, identify, "http", request_id, state.order_events)
 
 
 def mount_mcp(app: FastAPI, settings: Settings) -> None:

@@ -12,6 +12,7 @@ event. A failed call is rolled back and audited afterwards in a transaction of i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -23,9 +24,10 @@ import structlog
 from mcp.server import Server, ServerRequestContext
 from pydantic import BaseModel
 
-from tradeops.agents.tools import TOOLS, TOOLS_BY_NAME, AgentTool
+from tradeops.agents.tools import TOOLS, TOOLS_BY_NAME, AgentTool, Waiting
 from tradeops.audit import service as audit
 from tradeops.auth.principal import Principal
+from tradeops.db.notifications import Listener
 from tradeops.db.pool import Database
 from tradeops.db.uow import UnitOfWork, in_transaction, record_despite_failure
 from tradeops.errors import NotFound
@@ -57,6 +59,8 @@ class Caller:
     identify: Callable[[UnitOfWork], Awaitable[Principal]]
     transport: Literal["http", "stdio"]
     request_id: str | None
+    # The process's order-event notifications, for tools that wait (wait_for_order_update).
+    order_events: Listener
 
 
 CallerOf = Callable[[ServerRequestContext[Any, Any]], Caller]
@@ -72,7 +76,7 @@ def _listed(tool: AgentTool) -> types.Tool:
         annotations=types.ToolAnnotations(
             title=tool.title,
             read_only_hint=tool.read_only,
-            destructive_hint=tool.name == "cancel_order",
+            destructive_hint=tool.destructive,
             idempotent_hint=tool.idempotent,
             open_world_hint=False,
         ),
@@ -107,10 +111,56 @@ def build_server(settings: Settings, caller_of: CallerOf) -> Server[Any]:
     )
 
 
+# A waiting call looks again at least this often, should a notification have been lost.
+LOOK_AGAIN_SECONDS = 5.0
+
+
 async def call(
     settings: Settings, caller: Caller, name: str, arguments: dict[str, Any]
 ) -> types.CallToolResult:
-    """Run one tool call in one transaction and audit it; every failure is a tool error."""
+    """Run one tool call; a waiting tool runs again until its order changes or time is up."""
+    waiting = _waiting(name, arguments)
+    if waiting is None:
+        return await call_once(settings, caller, name, arguments)
+    # Subscribed before the first look: a change committed after it always wakes the wait.
+    # No connection is held while waiting: each look is a transaction of its own, on the
+    # primary (caller.db), where the notifying commit happened: a replica could lag behind it.
+    with caller.order_events.subscribe(
+        lambda notice: notice.get("order_id") == waiting.order_id
+    ) as changes:
+        deadline = time.monotonic() + waiting.seconds
+        result = await call_once(settings, caller, name, arguments)
+        while not result.is_error and not waiting.done(result.structured_content or {}):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await changes.wait(min(left, LOOK_AGAIN_SECONDS))
+            result = await call_once(settings, caller, name, arguments, audited=False)
+        return result
+
+
+def _waiting(name: str, arguments: dict[str, Any]) -> Waiting | None:
+    """How a waiting tool waits; None for other tools, or arguments that are not valid (the
+    call then fails on them as any call does)."""
+    tool = TOOLS_BY_NAME.get(name)
+    if tool is None or tool.waiting is None:
+        return None
+    try:
+        return tool.waiting(tool.arguments.model_validate(arguments))
+    except ValueError:
+        return None
+
+
+async def call_once(
+    settings: Settings,
+    caller: Caller,
+    name: str,
+    arguments: dict[str, Any],
+    *,
+    audited: bool = True,
+) -> types.CallToolResult:
+    """Run one tool call in one transaction and audit it; every failure is a tool error.
+    A waiting tool's later looks are not audited again (`audited`): it is one call."""
     tool = TOOLS_BY_NAME.get(name)
     acting: Principal | None = None
 
@@ -123,7 +173,8 @@ async def call(
                 "approves or rejects an order: a human approver decides."
             )
         result = await tool.run(uow, acting, tool.arguments.model_validate(arguments), settings)
-        await _record(uow, acting, name, arguments, caller, None)
+        if audited:
+            await _record(uow, acting, name, arguments, caller, None)
         return result
 
     try:

@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tradeops.auth.principal import Principal
 from tradeops.clients import service as clients
@@ -32,6 +32,8 @@ from tradeops.marketdata.schemas import SnapshotOut
 from tradeops.orders import service as orders
 from tradeops.orders import workflow
 from tradeops.orders.schemas import (
+    CancelResult,
+    CancelResults,
     ClientOrderId,
     OrderCreate,
     OrderFilters,
@@ -39,9 +41,12 @@ from tradeops.orders.schemas import (
     OrderPage,
     OrderQuery,
     OrderStatus,
+    RiskStatus,
+    Side,
 )
 from tradeops.positions import service as positions
 from tradeops.positions.schemas import Portfolio
+from tradeops.problems import problem_parts
 from tradeops.settings import Settings
 
 OrderId = Annotated[
@@ -117,11 +122,25 @@ class SubmitOrder(OrderCreate):
 
 
 class GetOrder(Arguments):
-    order_id: OrderId
+    order_id: OrderId | None = Field(
+        default=None, description="The order's id; or send client_order_id instead"
+    )
+    client_order_id: ClientOrderId | None = Field(
+        default=None, description="The client_order_id you gave the order, instead of its id"
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_name_it(self) -> Self:
+        if (self.order_id is None) == (self.client_order_id is None):
+            raise ValueError("send exactly one of order_id and client_order_id")
+        return self
 
 
 class ListOrders(Arguments):
     status: OrderStatus | None = Field(default=None, description="Only orders in this status")
+    risk_status: RiskStatus | None = Field(
+        default=None, description="Only orders whose risk check is in this state, e.g. FAILED"
+    )
     client_id: ExternalId | None = Field(default=None, description="Client id, e.g. CUST-1001")
     symbol: Symbol | None = Field(default=None, description="Instrument symbol, e.g. AAPL")
     desk: str | None = Field(default=None, description="Desk code, e.g. EQ-US")
@@ -146,12 +165,82 @@ class ReviewOrder(Arguments):
     expected_version: ExpectedVersion
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A call that returns once an order's version passes `after_version`, or at `seconds`."""
+
+    order_id: int
+    after_version: int
+    seconds: float
+
+    def done(self, order: dict[str, Any]) -> bool:
+        return int(order["version"]) > self.after_version
+
+
+class WaitForOrderUpdate(Arguments):
+    order_id: OrderId
+    after_version: int = Field(
+        ge=0,
+        le=2**31 - 1,
+        description="The order's `version` as you last read it: the call returns as soon as "
+        "the order's version is greater (0: return at once)",
+    )
+    timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=60,
+        description="Wait at most this long (seconds, up to 60); the order comes back "
+        "unchanged if nothing happened. Call again to keep waiting.",
+    )
+
+    def waiting(self) -> Waiting:
+        return Waiting(self.order_id, self.after_version, self.timeout_seconds)
+
+
 class CancelOrder(Arguments):
     order_id: OrderId
     reason: str | None = Field(
         default=None, max_length=4000, description="Why, for the order's history"
     )
     expected_version: ExpectedVersion
+
+
+class ReplaceOrder(Arguments):
+    order_id: OrderId
+    quantity: PositiveAmount | None = Field(
+        default=None,
+        description='The new order\'s quantity as a decimal string ("80"), a multiple of the '
+        "lot_size; omit it to keep the unfilled rest of the old order",
+    )
+    price: PositiveAmount | None = Field(
+        default=None,
+        description='The new limit price as a decimal string ("191.50"), a multiple of the '
+        "tick_size; omit it to keep the old price (a MARKET order takes none)",
+    )
+    client_order_id: ClientOrderId | None = Field(
+        default=None,
+        description="Your id for the new order (unique per submitter); recommended, so you can "
+        "find it with get_order if you lose the answer",
+    )
+    expected_version: ExpectedVersion
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Self:
+        if self.quantity is None and self.price is None and self.client_order_id is None:
+            raise ValueError("send at least one of quantity, price, client_order_id")
+        return self
+
+
+class CancelOrders(Arguments):
+    client_id: ExternalId | None = Field(default=None, description="Client id, e.g. CUST-1001")
+    symbol: Symbol | None = Field(default=None, description="Instrument symbol, e.g. AAPL")
+    side: Side | None = Field(default=None, description="BUY or SELL")
+    status: OrderStatus | None = Field(
+        default=None, description="Only orders in this open status (PENDING, REVIEWED, APPROVED)"
+    )
+    reason: str | None = Field(
+        default=None, max_length=4000, description="Why, for each order's history"
+    )
 
 
 Run = Callable[[UnitOfWork, Principal, Any, Settings], Awaitable[BaseModel]]
@@ -168,6 +257,11 @@ class AgentTool:
     read_only: bool = True
     # Calling again with the same arguments changes nothing more (MCP's idempotentHint).
     idempotent: bool = True
+    # Its effect cannot be undone (MCP's destructiveHint): an order cancelled stays so.
+    destructive: bool = False
+    # How the call waits for an order to change (wait_for_order_update): agents.server runs
+    # it again, each time in a new transaction, until then.
+    waiting: Callable[[Any], Waiting] | None = None
 
     @cached_property
     def input_schema(self) -> dict[str, Any]:
@@ -219,6 +313,16 @@ async def _submit_order(
 async def _get_order(
     uow: UnitOfWork, principal: Principal, args: GetOrder, _: Settings
 ) -> OrderOut:
+    if args.client_order_id is not None:
+        return await orders.get_order_by_client_order_id(uow, principal, args.client_order_id)
+    assert args.order_id is not None  # one of the two, by GetOrder's validation
+    return await orders.get_order(uow, principal, args.order_id)
+
+
+async def _wait_for_order_update(
+    uow: UnitOfWork, principal: Principal, args: WaitForOrderUpdate, _: Settings
+) -> OrderOut:
+    # One look; agents.server looks again when the order's events are announced.
     return await orders.get_order(uow, principal, args.order_id)
 
 
@@ -227,6 +331,7 @@ async def _list_orders(
 ) -> OrderPage:
     filters = OrderFilters(
         status=args.status,
+        risk_status=args.risk_status,
         client_id=args.client_id,
         symbol=args.symbol,
         desk=args.desk,
@@ -259,11 +364,56 @@ async def _cancel_order(
     return await workflow.transition_order(uow, principal, decision)
 
 
+async def _replace_order(
+    uow: UnitOfWork, principal: Principal, args: ReplaceOrder, settings: Settings
+) -> OrderOut:
+    amendment = workflow.Amendment(
+        args.order_id,
+        quantity=args.quantity,
+        price=args.price,
+        client_order_id=args.client_order_id,
+        expected_version=args.expected_version,
+    )
+    return await workflow.replace_order(
+        uow, principal, amendment, price_max_decimals=settings.price_max_decimals
+    )
+
+
+async def _cancel_orders(
+    uow: UnitOfWork, principal: Principal, args: CancelOrders, _: Settings
+) -> CancelResults:
+    """The key owner's own orders only: an agent never sweeps its colleagues' orders."""
+    wanted = OrderFilters(
+        status=args.status,
+        client_id=args.client_id,
+        symbol=args.symbol,
+        side=args.side,
+        made_by=principal.user_id,
+    )
+    done = await workflow.cancel_orders(uow, principal, wanted, reason=args.reason)
+    return CancelResults(
+        results=[
+            CancelResult(id=c.order_id, status=200, order=c.order)
+            if c.refused is None
+            else CancelResult(
+                id=c.order_id,
+                status=c.refused.status,
+                problem=problem_parts(c.refused).document(
+                    instance="/mcp/tools/cancel_orders", request_id=uow.request_id
+                ),
+            )
+            for c in done.each
+        ],
+        more=done.more,
+    )
+
+
 # --- the catalogue ---------------------------------------------------------------------------
 
 _ORDER_FIELDS = (
     "An order has: id; status (PENDING, REVIEWED, APPROVED, PARTIALLY_FILLED, FILLED, REJECTED, "
-    "CANCELLED); risk_status (PENDING, PASSED, FAILED) and risk_reasons from the pre-trade risk "
+    "CANCELLED, REPLACED); replaces and replaced_by (the order it amended, the order that "
+    "amended it); risk_status (PENDING, PASSED, FAILED) and risk_reasons from the pre-trade risk "
     "check; quantity, price, filled_quantity and avg_fill_price as decimal strings (price in "
     "the instrument's currency, null for MARKET orders); created_by, reviewed_by, approved_by; "
     "and version, which changes on every step (send it back as expected_version)."
@@ -339,8 +489,9 @@ TOOLS: tuple[AgentTool, ...] = (
     AgentTool(
         name="get_order",
         title="Get an order",
-        description="One order by id, as it is now. Orders of desks your key does not cover "
-        "are not found. Needs the scope orders:read. " + _ORDER_FIELDS,
+        description="One order as it is now, by order_id, or by the client_order_id you gave "
+        "it (your own orders). Orders of desks your key does not cover are not found. Needs "
+        "the scope orders:read. " + _ORDER_FIELDS,
         arguments=GetOrder,
         result=OrderOut,
         run=_get_order,
@@ -370,7 +521,9 @@ TOOLS: tuple[AgentTool, ...] = (
         result=OrderOut,
         run=_review_order,
         read_only=False,
-        idempotent=False,
+        # Again with the same arguments: refused (the order is no longer PENDING), nothing
+        # more changes; a review adds to the history and undoes nothing, so not destructive.
+        idempotent=True,
     ),
     AgentTool(
         name="cancel_order",
@@ -385,7 +538,61 @@ TOOLS: tuple[AgentTool, ...] = (
         result=OrderOut,
         run=_cancel_order,
         read_only=False,
-        idempotent=False,
+        # Again with the same arguments: refused (illegal-transition), nothing more changes.
+        idempotent=True,
+        destructive=True,
+    ),
+    AgentTool(
+        name="wait_for_order_update",
+        title="Wait for an order to change",
+        description="Wait until an order changes, then return it: as soon as its version is "
+        "greater than after_version (its risk check finished, a person approved or rejected "
+        "it, it was filled or cancelled), or after timeout_seconds (at most 60) with the "
+        "order as it is. Use it after submit_order or review_order instead of calling "
+        "get_order in a loop: pass the version you last saw; when it returns with the same "
+        "version, nothing happened yet: call it again. Needs the scope orders:read. "
+        + _ORDER_FIELDS,
+        arguments=WaitForOrderUpdate,
+        result=OrderOut,
+        run=_wait_for_order_update,
+        waiting=WaitForOrderUpdate.waiting,
+    ),
+    AgentTool(
+        name="replace_order",
+        title="Amend an order",
+        description="Amend an open order of yours (PENDING, REVIEWED, APPROVED or "
+        "PARTIALLY_FILLED): change its quantity, price or client_order_id. The old order "
+        "becomes REPLACED (replaced_by names the new one; a partly filled order keeps its "
+        "fills) and a new order (replaces names the old one; same client, symbol and side) "
+        "starts again at PENDING with a new risk check: it needs a review and a human "
+        "approver's decision again. Omitting quantity keeps the unfilled rest. Only the "
+        "order's maker (you, through your key) may amend it. Send expected_version from "
+        "get_order. Needs the scope orders:write. Returns the NEW order. " + _ORDER_FIELDS,
+        arguments=ReplaceOrder,
+        result=OrderOut,
+        run=_replace_order,
+        read_only=False,
+        # Again with the same expected_version: refused (stale-version), nothing more
+        # changes; the old order is REPLACED for good.
+        idempotent=True,
+        destructive=True,
+    ),
+    AgentTool(
+        name="cancel_orders",
+        title="Cancel many orders",
+        description="Cancel every open order of yours (submitted with your key's owner) that "
+        "matches the optional filters client_id, symbol, side and status. Returns one result "
+        "per order: status 200 with the cancelled order, or 409 with a problem (e.g. a "
+        "PARTIALLY_FILLED order cannot be cancelled; amend it with replace_order instead). One "
+        "refusal never stops the others. At most 500 a call: call again while more is true. "
+        "Needs the scope orders:write.",
+        arguments=CancelOrders,
+        result=CancelResults,
+        run=_cancel_orders,
+        read_only=False,
+        # Again: nothing open is left to cancel; cancelled orders stay cancelled.
+        idempotent=True,
+        destructive=True,
     ),
 )
 TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}

@@ -1,4 +1,4 @@
-"""Writing, reading, checkpointing and verifying the audit trail."""
+"""Writing, reading and checkpointing the audit trail (verification.py verifies it)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,8 @@ import orjson
 from pydantic import BaseModel, Field
 
 from tradeops.audit import repository as repo
-from tradeops.audit.chain import GENESIS, event_hash, fold_root, sign_checkpoint, signature_matches
-from tradeops.audit.repository import (
-    AuditFilters,
-    Checkpoint,
-    StoredCheckpoint,
-    StoredEvent,
-    StreamHead,
-)
+from tradeops.audit.chain import GENESIS, fold_root, sign_checkpoint
+from tradeops.audit.repository import AuditFilters, Checkpoint
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork
@@ -134,10 +128,10 @@ async def list_events(
     return AuditPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)
 
 
-# --- checkpoints and verification ---------------------------------------------------------
+# --- checkpoints -------------------------------------------------------------------------------
 
 
-def _authorize_whole_trail(principal: Principal) -> None:
+def authorize_whole_trail(principal: Principal) -> None:
     """Verifying and signing read every desk's events. Row-level security would hand a
     desk-limited caller a filtered trail, whose checkpoint root is wrong and whose verification
     proves nothing about the rest, so such a caller is refused rather than misled (the
@@ -155,7 +149,7 @@ async def create_checkpoint(
     uow: UnitOfWork, principal: Principal, audit_key: bytes, *, settle_seconds: float = 300
 ) -> Checkpoint | None:
     """Sign the trail up to its newest settled event; None when nothing new has settled."""
-    _authorize_whole_trail(principal)
+    authorize_whole_trail(principal)
     await uow.execute(repo.CHECKPOINT_LOCK)
     last = await uow.row(repo.LAST_CHECKPOINT)
     upto, events, root, previous = (
@@ -173,133 +167,3 @@ async def create_checkpoint(
     checkpoint = Checkpoint(upto_id=upto, events=events, root_hash=root, signature=signature)
     await uow.execute(repo.INSERT_CHECKPOINT, asdict(checkpoint))
     return checkpoint
-
-
-class BrokenEvent(BaseModel):
-    id: int | None
-    stream: str | None
-    seq: int | None
-    reason: str
-
-
-class VerificationReport(BaseModel):
-    ok: bool
-    events_checked: int
-    streams_checked: int
-    checkpoints_checked: int
-    first_broken: BrokenEvent | None = None
-
-
-async def verify(uow: UnitOfWork, principal: Principal, audit_key: bytes) -> VerificationReport:
-    """Recompute every hash, every stream's chain and every checkpoint's root and signature."""
-    _authorize_whole_trail(principal)
-    checkpoints = await uow.rows(repo.CHECKPOINTS)
-    verifier = _Verifier(audit_key, checkpoints)
-    async for row in uow.stream_rows(repo.ALL_EVENTS):
-        if not verifier.check_event(row):
-            break
-    else:
-        verifier.finish(await uow.rows(repo.HEADS))
-    return verifier.report()
-
-
-class _Verifier:
-    def __init__(self, key: bytes, checkpoints: list[StoredCheckpoint]) -> None:
-        self.key = key
-        self.checkpoints = checkpoints
-        self.next_checkpoint = 0
-        self.previous_signature = ""
-        self.streams: dict[str, tuple[int, str]] = {}
-        self.root = GENESIS
-        self.count = 0
-        self.broken: BrokenEvent | None = None
-
-    def fail(self, row: StoredEvent | None, reason: str) -> bool:
-        self.broken = BrokenEvent(
-            id=None if row is None else row.id,
-            stream=None if row is None else row.stream,
-            seq=None if row is None else row.seq,
-            reason=reason,
-        )
-        return False
-
-    def check_event(self, row: StoredEvent) -> bool:
-        last_seq, last_hash = self.streams.get(row.stream, (0, GENESIS))
-        if row.seq != last_seq + 1:
-            return self.fail(row, f"sequence gap in stream: expected seq {last_seq + 1}")
-        if row.prev_hash != last_hash:
-            return self.fail(row, "prev_hash does not match the previous event of the stream")
-        recomputed = event_hash(
-            prev_hash=row.prev_hash,
-            stream=row.stream,
-            seq=row.seq,
-            at=row.at,
-            actor=row.actor,
-            api_key_id=row.api_key_id,
-            request_id=row.request_id,
-            action=row.action,
-            entity=row.entity,
-            entity_id=row.entity_id,
-            before_text=row.before_text,
-            after_text=row.after_text,
-        )
-        if recomputed != row.hash:
-            return self.fail(row, "content does not match its hash (changed after it was written)")
-        if row.desk_id != row.derived_desk_id:
-            return self.fail(
-                row, "desk label does not match the event (changed after it was written)"
-            )
-        self.streams[row.stream] = (row.seq, row.hash)
-        self.root = fold_root(self.root, row.hash)
-        self.count += 1
-        return self.check_checkpoints(row)
-
-    def check_checkpoints(self, row: StoredEvent) -> bool:
-        while self.next_checkpoint < len(self.checkpoints):
-            checkpoint = self.checkpoints[self.next_checkpoint]
-            if row.id < checkpoint.upto_id:
-                return True
-            if row.id > checkpoint.upto_id:
-                return self.fail(row, f"checkpoint {checkpoint.id} covers a missing event")
-            if not self.checkpoint_holds(checkpoint):
-                return self.fail(row, f"checkpoint {checkpoint.id} does not match the trail")
-            self.next_checkpoint += 1
-        return True
-
-    def checkpoint_holds(self, checkpoint: StoredCheckpoint) -> bool:
-        expected = sign_checkpoint(
-            self.key,
-            upto_id=checkpoint.upto_id,
-            events=checkpoint.events,
-            root_hash=checkpoint.root_hash,
-            previous=self.previous_signature,
-        )
-        self.previous_signature = checkpoint.signature
-        return (
-            checkpoint.events == self.count
-            and checkpoint.root_hash == self.root
-            and signature_matches(expected, checkpoint.signature)
-        )
-
-    def finish(self, heads: list[StreamHead]) -> None:
-        if self.next_checkpoint < len(self.checkpoints):
-            missing = self.checkpoints[self.next_checkpoint]
-            self.fail(
-                None, f"checkpoint {missing.id} covers events that are missing (tail removed)"
-            )
-            return
-        for head in heads:
-            if self.streams.get(head.stream) != (head.seq, head.hash):
-                self.fail(
-                    None, f"stream {head.stream} ends before its recorded head (seq {head.seq})"
-                )
-                return
-
-    def report(self) -> VerificationReport:
-        return VerificationReport(
-            ok=self.broken is None,
-            events_checked=self.count,
-            streams_checked=len(self.streams),
-            checkpoints_checked=self.next_checkpoint,
-            first_broken=self.broken,
-        )

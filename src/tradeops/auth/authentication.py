@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.principal import Principal, Role, sees_every_desk
 from tradeops.auth.tokens import InvalidToken, TokenExpired, TokenService
@@ -46,8 +47,8 @@ WHERE u.active AND u.role <> 'system' AND (u.id = :user_id OR u.email = :email)
 )
 
 # Risk and admin keys see every desk unless the key names some; others see the owner's
-# desks, narrowed to the key's. last_used_at is written at most once a minute per key, by
-# a separate statement, so most requests read without writing.
+# desks, narrowed to the key's. `touch`: last_used_at is over a minute old, so the key is
+# noted in KeyUsage, which writes it later on the primary: authenticating never writes.
 AUTHENTICATE_API_KEY = prepare(
     f"""
 SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, k.id AS key_id,
@@ -70,9 +71,6 @@ WHERE k.prefix = :prefix AND k.hash = :hash AND k.revoked_at IS NULL
 )
 
 
-_TOUCH_KEY = prepare("UPDATE api_keys SET last_used_at = now() WHERE id = :id")
-
-
 def _principal(row: Any) -> Principal:
     return Principal(
         user_id=row.user_id,
@@ -86,9 +84,14 @@ def _principal(row: Any) -> Principal:
 
 
 async def authenticate(
-    uow: UnitOfWork, credential: str, tokens: TokenService, request_id: str | None
+    uow: UnitOfWork,
+    credential: str,
+    tokens: TokenService,
+    request_id: str | None,
+    key_usage: KeyUsage,
 ) -> Principal:
-    """The principal a bearer credential (JWT or API key) stands for; 401 if none."""
+    """The principal a bearer credential (JWT or API key) stands for; 401 if none. Reads
+    only (it may run on a read replica); a key's use is noted in `key_usage`."""
     prefix = parse_key(credential)
     if prefix is not None:
         params: dict[str, Any] = {"prefix": prefix, "hash": hash_key(credential)}
@@ -114,8 +117,8 @@ async def authenticate(
         raise unauthenticated("The credentials are not valid, expired, revoked or inactive.")
     principal = _principal(row)
     uow.principal, uow.request_id = principal, request_id
-    if row.touch:
-        await uow.execute(_TOUCH_KEY, {"id": principal.api_key_id})
+    if row.touch and principal.api_key_id is not None:
+        key_usage.note(principal.api_key_id)
     return principal
 
 

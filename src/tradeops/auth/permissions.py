@@ -36,6 +36,7 @@ class Action(StrEnum):
     READ_POSITIONS = "read positions"
     READ_RISK_LIMITS = "read risk limits"
     MANAGE_RISK_LIMITS = "manage risk limits"
+    MANAGE_WEBHOOKS = "manage webhooks"
 
 
 R = Role
@@ -68,6 +69,8 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     # Limits are the risk function's; admin may look (no key may do either).
     Action.READ_RISK_LIMITS: frozenset({R.RISK, R.ADMIN}),
     Action.MANAGE_RISK_LIMITS: frozenset({R.RISK}),
+    # Where order events are sent, and what was sent: admins, signed in (no key has a scope).
+    Action.MANAGE_WEBHOOKS: frozenset({R.ADMIN}),
 }
 
 # The scope an API key needs for each action; actions without a scope are never open to keys.

@@ -177,3 +177,90 @@ OWNER_DESKS = query(
     " FROM users u WHERE u.id = :id",
     OwnerDesks,
 )
+
+
+# --- sign-in throttle ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The account an attempt names (all None: none) and how long its email is locked."""
+
+    id: int | None
+    role: str | None
+    password_hash: str | None
+    active: bool
+    page_session_generation: int | None
+    locked_for: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failures:
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockedFor:
+    locked_for: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    forgotten: int
+
+
+# Always one row: the account's columns are NULL for an unknown email (or the system user).
+ADMIT = query(
+    "SELECT u.id, u.role, u.password_hash, COALESCE(u.active, false) AS active,"
+    " u.page_session_generation,"
+    " COALESCE(GREATEST(0, ceil(extract(epoch FROM t.locked_until - now())))::int, 0)"
+    " AS locked_for"
+    " FROM (SELECT) AS attempt"
+    " LEFT JOIN users u ON u.email = :email AND u.role <> 'system'"
+    " LEFT JOIN sign_in_throttle t ON t.email_key = :key",
+    Admitted,
+)
+# ON CONFLICT takes the row's lock and its WHERE sees the latest committed row: a failure
+# arriving while the email is locked (by a concurrent attempt) updates nothing and returns
+# no row, so it is refused, not counted. Concurrent failures each count exactly once.
+# The new count is 1 when the last failure is older than the window (failures forgotten);
+# from max_failures the email is locked for lockout seconds, doubling, at most max_lockout.
+COUNT_FAILURE = query(
+    "INSERT INTO sign_in_throttle AS t (email_key, failures, locked_until, last_failed_at)"
+    " VALUES (:key, 1, CASE WHEN 1 >= :max_failures THEN now() + make_interval(secs => least("
+    "  :max_lockout, :lockout * 2 ^ (1 - :max_failures))) END, now())"
+    " ON CONFLICT (email_key) DO UPDATE SET"
+    " failures = CASE WHEN t.last_failed_at < now() - make_interval(secs => :window) THEN 1"
+    "  ELSE t.failures + 1 END,"
+    " locked_until = CASE"
+    "  WHEN t.last_failed_at < now() - make_interval(secs => :window)"
+    "   THEN CASE WHEN 1 >= :max_failures THEN now() + make_interval(secs => least("
+    "    :max_lockout, :lockout * 2 ^ (1 - :max_failures))) END"
+    "  WHEN t.failures + 1 >= :max_failures THEN now() + make_interval(secs => least("
+    "   :max_lockout, :lockout * 2 ^ (t.failures + 1 - :max_failures)))"
+    "  END,"
+    " last_failed_at = now()"
+    " WHERE t.locked_until IS NULL OR t.locked_until <= now()"
+    " RETURNING t.failures",
+    Failures,
+)
+# A success forgets the failures. DELETE waits for a concurrent failure's row lock and then
+# sees that row: if it locked the email, the transaction rolls back and the answer is 429.
+FORGET_FAILURES = query(
+    "DELETE FROM sign_in_throttle WHERE email_key = :key"
+    " RETURNING GREATEST(0, ceil(extract(epoch FROM locked_until - now())))::int AS locked_for",
+    LockedFor,
+)
+LOCKED_FOR = query(
+    "SELECT GREATEST(0, ceil(extract(epoch FROM locked_until - now())))::int AS locked_for"
+    " FROM sign_in_throttle WHERE email_key = :key",
+    LockedFor,
+)
+LIFT_LOCKOUT = prepare("DELETE FROM sign_in_throttle WHERE email_key = :key")
+PURGE_THROTTLE = query(
+    "WITH forgotten AS (DELETE FROM sign_in_throttle"
+    " WHERE last_failed_at < now() - make_interval(secs => :window)"
+    " AND (locked_until IS NULL OR locked_until < now()) RETURNING 1)"
+    " SELECT count(*) AS forgotten FROM forgotten",
+    Forgotten,
+)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import structlog
-from sqlalchemy import text
 
 from tradeops.audit import service as audit
+from tradeops.auth import repository as repo
 from tradeops.auth.passwords import PasswordChecks
 from tradeops.db.uow import Connections, UnitOfWork, in_transaction, record_despite_failure
 from tradeops.errors import TooManyRequests
@@ -49,16 +49,6 @@ class SignedIn(NamedTuple):
     page_session_generation: int  # for a page session begun now
 
 
-class LoginAccount(NamedTuple):
-    """The account an email names, as read before the password check (user_id None if none)."""
-
-    user_id: int | None
-    role: str
-    password_hash: str | None
-    active: bool
-    page_session_generation: int
-
-
 @dataclass(frozen=True, slots=True)
 class ThrottlePolicy:
     max_failures: int
@@ -77,58 +67,6 @@ class ThrottlePolicy:
 def email_key(email: str) -> bytes:
     """The throttle's key for an email as typed: case does not make another email."""
     return hashlib.sha256(email.lower().encode()).digest()
-
-
-# Always one row: the account's columns are NULL for an unknown email (or the system user).
-_ADMIT = text(
-    "SELECT u.id, u.role, u.password_hash, COALESCE(u.active, false) AS active,"
-    " u.page_session_generation,"
-    " COALESCE(GREATEST(0, ceil(extract(epoch FROM t.locked_until - now())))::int, 0)"
-    " AS locked_for"
-    " FROM (SELECT) AS attempt"
-    " LEFT JOIN users u ON u.email = :email AND u.role <> 'system'"
-    " LEFT JOIN sign_in_throttle t ON t.email_key = :key"
-)
-# ON CONFLICT takes the row's lock and its WHERE sees the latest committed row: a failure
-# arriving while the email is locked (by a concurrent attempt) updates nothing and returns
-# no row, so it is refused, not counted. Concurrent failures each count exactly once.
-# The new count is 1 when the last failure is older than the window (failures forgotten);
-# from max_failures the email is locked for lockout seconds, doubling, at most max_lockout.
-_COUNT_FAILURE = text(
-    "INSERT INTO sign_in_throttle AS t (email_key, failures, locked_until, last_failed_at)"
-    " VALUES (:key, 1, CASE WHEN 1 >= :max_failures THEN now() + make_interval(secs => least("
-    "  :max_lockout, :lockout * 2 ^ (1 - :max_failures))) END, now())"
-    " ON CONFLICT (email_key) DO UPDATE SET"
-    " failures = CASE WHEN t.last_failed_at < now() - make_interval(secs => :window) THEN 1"
-    "  ELSE t.failures + 1 END,"
-    " locked_until = CASE"
-    "  WHEN t.last_failed_at < now() - make_interval(secs => :window)"
-    "   THEN CASE WHEN 1 >= :max_failures THEN now() + make_interval(secs => least("
-    "    :max_lockout, :lockout * 2 ^ (1 - :max_failures))) END"
-    "  WHEN t.failures + 1 >= :max_failures THEN now() + make_interval(secs => least("
-    "   :max_lockout, :lockout * 2 ^ (t.failures + 1 - :max_failures)))"
-    "  END,"
-    " last_failed_at = now()"
-    " WHERE t.locked_until IS NULL OR t.locked_until <= now()"
-    " RETURNING t.failures"
-)
-# A success forgets the failures. DELETE waits for a concurrent failure's row lock and then
-# sees that row: if it locked the email, the transaction rolls back and the answer is 429.
-_FORGET_FAILURES = text(
-    "DELETE FROM sign_in_throttle WHERE email_key = :key"
-    " RETURNING GREATEST(0, ceil(extract(epoch FROM locked_until - now())))::int"
-)
-_LOCKED_FOR = text(
-    "SELECT GREATEST(0, ceil(extract(epoch FROM locked_until - now())))::int"
-    " FROM sign_in_throttle WHERE email_key = :key"
-)
-_LIFT_LOCKOUT = text("DELETE FROM sign_in_throttle WHERE email_key = :key")
-_PURGE = text(
-    "WITH forgotten AS (DELETE FROM sign_in_throttle"
-    " WHERE last_failed_at < now() - make_interval(secs => :window)"
-    " AND (locked_until IS NULL OR locked_until < now()) RETURNING 1)"
-    " SELECT count(*) FROM forgotten"
-)
 
 
 def _throttled(email: str, seconds: int) -> LoginThrottled:
@@ -153,18 +91,18 @@ async def sign_in(
     further failure (at most 15 minutes). PasswordChecksBusy (503) when too many wait."""
     key = email_key(email)
 
-    async def admit(uow: UnitOfWork) -> LoginAccount:
-        row = (await uow.execute(_ADMIT, {"email": email.lower(), "key": key})).one()
-        if row.locked_for > 0:
-            raise _throttled(email, row.locked_for)
-        return LoginAccount(
-            row.id, row.role, row.password_hash, row.active, row.page_session_generation
-        )
+    async def admit(uow: UnitOfWork) -> repo.Admitted:
+        account = await uow.row(repo.ADMIT, {"email": email.lower(), "key": key})
+        assert account is not None  # always one row
+        if account.locked_for > 0:
+            raise _throttled(email, account.locked_for)
+        return account
 
     account = await in_transaction(db, admit)
     valid = await checks.verify(account.password_hash, password)
-    if valid and account.active and account.user_id is not None:
-        signed_in = SignedIn(account.user_id, account.role, account.page_session_generation)
+    if valid and account.active and account.id is not None:
+        assert account.role is not None and account.page_session_generation is not None
+        signed_in = SignedIn(account.id, account.role, account.page_session_generation)
 
         async def succeeded(uow: UnitOfWork) -> SignedIn:
             uow.request_id = request_id
@@ -175,16 +113,16 @@ async def sign_in(
     # A wrong password is the command failing; its count must commit all the same.
     await record_despite_failure(
         db,
-        lambda uow: _record_failure(uow, email, key, account.user_id, policy),
+        lambda uow: _record_failure(uow, email, key, account.id, policy),
         request_id=request_id,
     )
     return None
 
 
 async def _record_success(uow: UnitOfWork, email: str, key: bytes, signed_in: SignedIn) -> SignedIn:
-    locked_for = await uow.scalar(_FORGET_FAILURES, {"key": key})
-    if locked_for:
-        raise _throttled(email, locked_for)  # rolls the DELETE back
+    forgotten = await uow.row(repo.FORGET_FAILURES, {"key": key})
+    if forgotten is not None and forgotten.locked_for:
+        raise _throttled(email, forgotten.locked_for)  # rolls the DELETE back
     log.info("sign-in succeeded", user_id=signed_in.user_id)
     actor = f"user:{signed_in.user_id}"
     await audit.record(uow, None, "login.succeeded", "login", email.lower(), actor=actor)
@@ -194,8 +132,8 @@ async def _record_success(uow: UnitOfWork, email: str, key: bytes, signed_in: Si
 async def _record_failure(
     uow: UnitOfWork, email: str, key: bytes, user_id: int | None, policy: ThrottlePolicy
 ) -> None:
-    failures = await uow.scalar(
-        _COUNT_FAILURE,
+    counted = await uow.row(
+        repo.COUNT_FAILURE,
         {
             "key": key,
             "window": policy.failure_window_seconds,
@@ -204,8 +142,10 @@ async def _record_failure(
             "max_lockout": MAX_LOCKOUT_SECONDS,
         },
     )
-    if failures is None:  # a concurrent attempt locked the email after this one was admitted
-        raise _throttled(email, await uow.scalar(_LOCKED_FOR, {"key": key}) or 1)
+    if counted is None:  # a concurrent attempt locked the email after this one was admitted
+        locked = await uow.row(repo.LOCKED_FOR, {"key": key})
+        raise _throttled(email, locked.locked_for if locked and locked.locked_for else 1)
+    failures = counted.failures
     log.warning("sign-in failed", email=email, failures=failures)
     await audit.record(
         uow,
@@ -221,10 +161,12 @@ async def _record_failure(
 async def forget_old_failures(uow: UnitOfWork, *, window_seconds: int) -> int:
     """Housekeeping: drop throttle rows whose last failure is older than the window (they
     count as no failures already), so the table holds only recently tried emails."""
-    return int(await uow.scalar(_PURGE, {"window": window_seconds}))
+    purged = await uow.row(repo.PURGE_THROTTLE, {"window": window_seconds})
+    assert purged is not None  # an aggregate answers one row
+    return purged.forgotten
 
 
 async def lift_lockout(uow: UnitOfWork, email: str) -> None:
     """A password reset starts the email's count afresh. Only the system may (the table's
     policy): resets run from the command line, never from a request."""
-    await uow.execute(_LIFT_LOCKOUT, {"key": email_key(email)})
+    await uow.execute(repo.LIFT_LOCKOUT, {"key": email_key(email)})

@@ -3,6 +3,11 @@
 A route class rather than a dependency with `yield`, because the commit must finish (and may
 fail) before the client is told anything, and serialization failures and deadlocks are
 retried by running the whole request again on a fresh transaction.
+
+With a read replica (db/replicas.py), a GET runs on it, READ ONLY, and runs again on the
+primary when the replica is unfit, loses its connection, or the caller turns out (once
+authenticated) to have written lately; a request of any other method runs on the primary
+and marks its caller as a recent writer.
 """
 
 from __future__ import annotations
@@ -10,17 +15,51 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import structlog
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from tradeops.db.uow import UnitOfWork, in_transaction
+from tradeops.db.errors import is_connection_failure, means_unavailable
+from tradeops.db.pool import Database
+from tradeops.db.replicas import ReadReplica
+from tradeops.db.uow import RETRYABLE_SQLSTATES, UnitOfWork, in_transaction, sqlstate_of
+
+log = structlog.get_logger(component="tradeops.read_replica")
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+class ReadOwnWrites(Exception):
+    """Raised on the replica for a caller that wrote lately: the request runs on the primary."""
+
+
+def reads_own_writes(request: Request, user_id: int) -> None:
+    """Called as soon as a request's caller is known: on the replica, a caller that wrote
+    within read_your_writes_seconds is sent to the primary, before anything is read."""
+    replica: ReadReplica | None = getattr(request.state, "on_replica", None)
+    if replica is not None and replica.wrote_recently(user_id):
+        raise ReadOwnWrites
+
+
+def _replica_unavailable(error: BaseException) -> bool:
+    code = sqlstate_of(error)
+    return is_connection_failure(error) or (code is not None and means_unavailable(code))
+
+
+def _recovery_conflict(error: BaseException) -> bool:
+    """A replica cancels a read that conflicts with replaying the primary's changes as a
+    serialization failure or deadlock; retried there in vain, it runs on the primary."""
+    return sqlstate_of(error) in RETRYABLE_SQLSTATES
 
 
 class TransactionalRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
+        reads_only = (
+            self.methods is not None and bool(self.methods) and self.methods <= READ_METHODS
+        )
 
-        async def handle_in_transaction(request: Request) -> Response:
+        async def run_on(db: Database, request: Request) -> Response:
             async def respond(uow: UnitOfWork) -> Response:
                 # Anything raised rolls back; a returned response is committed before it is
                 # sent. A write that must outlive a failure is not made here but with
@@ -32,8 +71,39 @@ class TransactionalRoute(APIRoute):
                     request.state.driver = None
 
             settings = request.app.state.settings
-            return await in_transaction(
-                request.app.state.db, respond, attempts=settings.db_retry_attempts
-            )
+            return await in_transaction(db, respond, attempts=settings.db_retry_attempts)
+
+        async def on_replica(replica: ReadReplica, request: Request) -> Response | None:
+            """The read's response from the replica, or None to read on the primary."""
+            db = replica.for_reads()
+            if db is None:
+                return None
+            request.state.on_replica = replica
+            try:
+                return await run_on(db, request)
+            except ReadOwnWrites:
+                return None
+            except Exception as error:
+                if _recovery_conflict(error):
+                    return None
+                if not _replica_unavailable(error):
+                    raise
+                replica.lost()
+                log.warning("read replica lost; reading on the primary", error=repr(error))
+                return None
+            finally:
+                request.state.on_replica = None
+
+        async def handle_in_transaction(request: Request) -> Response:
+            replica: ReadReplica | None = request.app.state.read_replica
+            if replica is not None and reads_only:
+                response = await on_replica(replica, request)
+                if response is not None:
+                    return response
+            response = await run_on(request.app.state.db, request)
+            principal = getattr(request.state, "principal", None)
+            if replica is not None and not reads_only and principal is not None:
+                replica.note_write(principal.user_id)
+            return response
 
         return handle_in_transaction

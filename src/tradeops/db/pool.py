@@ -43,9 +43,25 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
 
 
 class Database:
-    def __init__(self, settings: Settings, database_url: str) -> None:
+    """A pool on one server (or a multi-host URL's chosen one).
+
+    `read_only`: a read replica's pool (TRADEOPS_READ_DATABASE_URL). Its transactions begin
+    READ ONLY (db/uow.py), so a read path that tried to write fails on any server, a primary
+    behind a `prefer-standby` URL included; its sessions carry their own application_name,
+    telling the two pools apart in pg_stat_activity."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database_url: str,
+        *,
+        application_name: str = "tradeops",
+        read_only: bool = False,
+    ) -> None:
         self._url = libpq_url(database_url)
         self._settings = settings
+        self.application_name = application_name
+        self.read_only = read_only
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
@@ -62,12 +78,14 @@ class Database:
                     max_inactive_connection_lifetime=300,
                     init=_set_codecs,
                     reset=_keep_session,
-                    server_settings={
-                        "application_name": "tradeops",
-                        "statement_timeout": str(settings.statement_timeout_ms),
-                        # A transaction left open by a crashed request must not hold locks.
-                        "idle_in_transaction_session_timeout": "60000",
-                    },
+                    # A named statement lives on one server connection, which a pooler in
+                    # transaction mode hands to another client after each transaction.
+                    # Without the cache asyncpg describes each statement unnamed, then sends
+                    # it again with its values: a second round trip per statement.
+                    statement_cache_size=100 if settings.db_prepared_statements else 0,
+                    # The one startup parameter: PgBouncer keeps it per client. The
+                    # timeouts are set per transaction (db.uow.begin_statement).
+                    server_settings={"application_name": self.application_name},
                 )
             return self._pool
 
@@ -90,6 +108,10 @@ class Database:
             return 0, 0
         idle = self._pool.get_idle_size()
         return self._pool.get_size() - idle, idle
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
 
     async def dispose(self) -> None:
         if self._pool is not None:

@@ -149,6 +149,21 @@ class UnitOfWork:
         sql, arguments = _render(statement, params)
         return await self.driver.fetchrow(sql, *arguments)
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A nested transaction (a savepoint): leaving it by an error undoes only its work, so
+        one command of many (a bulk cancel's) may fail and the others still commit. Written
+        out, as the transaction itself is (asyncpg's transaction() refuses to nest in a
+        transaction it did not begin)."""
+        await self.driver.execute("SAVEPOINT tradeops_step")
+        try:
+            yield
+        except BaseException:
+            if not self.driver.is_closed():
+                await self.driver.execute("ROLLBACK TO SAVEPOINT tradeops_step")
+            raise
+        await self.driver.execute("RELEASE SAVEPOINT tradeops_step")
+
     async def execute(
         self,
         statement: Statement,
@@ -247,22 +262,57 @@ def backoff_seconds(attempt: int) -> float:
 # data through the migration owner's).
 Connections = Database | AsyncEngine
 
+# A transaction left open by a crashed or stuck caller must not hold its locks for long.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+
+
+def begin_statement(statement_timeout_ms: int, *, read_only: bool = False) -> str:
+    """BEGIN and the transaction's time limits, in one round trip (one simple query).
+
+    The limits are transaction-local (set_config(..., true)), so every transaction carries
+    its own: a pooler in transaction mode (PgBouncer) refuses them as startup parameters
+    (`unsupported startup parameter`) or, told to ignore them, drops them silently; and
+    nothing set here outlives the transaction on a server connection others share."""
+    begin = "BEGIN READ ONLY" if read_only else "BEGIN"
+    return (
+        f"{begin}; SELECT"
+        f" set_config('statement_timeout', '{int(statement_timeout_ms)}', true),"
+        " set_config('idle_in_transaction_session_timeout',"
+        f" '{IDLE_IN_TRANSACTION_TIMEOUT_MS}', true)"
+    )
+
 
 @asynccontextmanager
-async def _connection(source: Connections) -> AsyncIterator[asyncpg.Connection]:
+async def _connection(source: Connections) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
+    """A connection, and the statement that begins a transaction on it."""
     if isinstance(source, Database):
         async with source.acquire() as driver:
-            yield driver
-    else:
+            yield (
+                driver,
+                begin_statement(source.settings.statement_timeout_ms, read_only=source.read_only),
+            )
+    else:  # the migration owner's engine, in tests: no limits, as for migrations
         async with source.connect() as connection:
-            yield await driver_of(connection)
+            yield await driver_of(connection), "BEGIN"
 
 
 @asynccontextmanager
 async def transaction(source: Connections) -> AsyncIterator[UnitOfWork]:
-    """A pooled connection in a transaction: committed on success, rolled back on any error."""
-    async with _connection(source) as driver, driver.transaction():
-        yield UnitOfWork(driver)
+    """A pooled connection in a transaction: committed on success, rolled back on any error.
+
+    Begun, committed and rolled back by hand rather than with asyncpg's `transaction()`,
+    whose BEGIN cannot carry the time limits in the same round trip."""
+    async with _connection(source) as (driver, begin):
+        await driver.execute(begin)
+        try:
+            yield UnitOfWork(driver)
+        except BaseException:
+            # A connection already lost has nothing to roll back (the server ended the
+            # transaction): the error that lost it is the one to report.
+            if not driver.is_closed():
+                await driver.execute("ROLLBACK")
+            raise
+        await driver.execute("COMMIT")
 
 
 @asynccontextmanager

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
+import time
+from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.security.utils import get_authorization_scheme_param
@@ -10,6 +13,7 @@ from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException
 
 from tradeops.db.pool import Database
+from tradeops.db.replicas import ReadReplica
 from tradeops.problems import Problem, problem_response
 from tradeops.settings import Settings
 
@@ -31,16 +35,50 @@ class Liveness(BaseModel):
     status: str
 
 
+class ReplicaReadiness(BaseModel):
+    """The read replica as its last check (every TRADEOPS_READ_CHECK_SECONDS) found it."""
+
+    status: Literal["ok", "lagging", "unreachable"]
+    reads_on: Literal["replica", "primary"]
+    role: Literal["replica", "primary"] | None = None
+    lag_seconds: float | None = None
+    lag_bytes: int | None = None
+    checked_seconds_ago: float | None = None
+
+
 class Readiness(BaseModel):
     status: str
     db: str
     migration: str | None = None
+    role: Literal["primary", "replica"] | None = None
+    read_replica: ReplicaReadiness | None = None
 
 
-async def _schema_revision(db: Database) -> str | None:
+async def _schema_revision(db: Database) -> tuple[str | None, bool]:
+    """The schema's revision, and whether the server is a standby (in recovery)."""
     async with db.acquire() as connection:
-        revision = await connection.fetchval("SELECT version_num FROM alembic_version")
-        return str(revision) if revision is not None else None
+        row = await connection.fetchrow(
+            "SELECT (SELECT version_num FROM alembic_version), pg_is_in_recovery()"
+        )
+        assert row is not None
+        return (str(row[0]) if row[0] is not None else None), bool(row[1])
+
+
+def _replica_readiness(replica: ReadReplica) -> ReplicaReadiness:
+    state = replica.state
+    ago = round(time.monotonic() - state.checked_at, 3) if state.checked_at else None
+    reads_on: Literal["replica", "primary"] = "replica" if replica.for_reads() else "primary"
+    if not state.reachable:
+        return ReplicaReadiness(status="unreachable", reads_on=reads_on, checked_seconds_ago=ago)
+    lag = state.lag_seconds
+    return ReplicaReadiness(
+        status="ok" if reads_on == "replica" else "lagging",
+        reads_on=reads_on,
+        role="replica" if state.role == "replica" else "primary",
+        lag_seconds=None if lag is None or math.isinf(lag) else round(lag, 3),
+        lag_bytes=state.lag_bytes,
+        checked_seconds_ago=ago,
+    )
 
 
 @router.get("/health/live", response_model=Liveness)
@@ -49,11 +87,19 @@ async def live() -> Liveness:
     return Liveness(status="ok")
 
 
-@router.get("/health/ready", response_model=Readiness, responses={503: {"model": Problem}})
+@router.get(
+    "/health/ready",
+    response_model=Readiness,
+    response_model_exclude_none=True,
+    responses={503: {"model": Problem}},
+)
 async def ready(request: Request) -> Readiness | Response:
-    """Ready for traffic: the database answers and its schema is at the migrations' head."""
+    """Ready for traffic: the database answers, takes writes (it is not a standby) and its
+    schema is at the migrations' head. With a read replica, `read_replica` says how far
+    behind it is and where reads go now; a replica that is down or lagging sends reads to the
+    primary and does not make the process unready."""
     try:
-        revision = await asyncio.wait_for(
+        revision, standby = await asyncio.wait_for(
             _schema_revision(request.app.state.db), DB_CHECK_TIMEOUT_SECONDS
         )
     except Exception:
@@ -63,6 +109,16 @@ async def ready(request: Request) -> Readiness | Response:
             slug="not-ready",
             title="Not ready",
             detail="The database is not reachable.",
+            headers={"Retry-After": "5"},
+        )
+    if standby:
+        return problem_response(
+            request,
+            status=503,
+            slug="not-ready",
+            title="Not ready",
+            detail="The database is a standby and takes no writes: point TRADEOPS_DATABASE_URL"
+            " at the primary (several hosts with target_session_attrs=read-write fail over).",
             headers={"Retry-After": "5"},
         )
     head = request.app.state.migration_head
@@ -75,7 +131,14 @@ async def ready(request: Request) -> Readiness | Response:
             detail=f"Schema at {revision}, code at {head}: run `tradeops db upgrade`.",
             headers={"Retry-After": "5"},
         )
-    return Readiness(status="ok", db="reachable", migration=revision)
+    replica: ReadReplica | None = request.app.state.read_replica
+    return Readiness(
+        status="ok",
+        db="reachable",
+        migration=revision,
+        role="primary",
+        read_replica=_replica_readiness(replica) if replica is not None else None,
+    )
 
 
 @router.get(

@@ -38,7 +38,10 @@ async def respond_once(
         response = await stored()
     else:
         body = await request.body()
-        request_fingerprint = fingerprint(request.method, request.url.path, body)
+        # The query string is part of what is asked (a bulk cancel's filters).
+        query = request.url.query
+        target = f"{request.url.path}?{query}" if query else request.url.path
+        request_fingerprint = fingerprint(request.method, target, body)
         response = await run_once(uow, principal, key, request_fingerprint, stored)
     headers = dict(response.headers)
     if response.replayed:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import orjson
 from sqlalchemy import text
 
 from tradeops.auth.principal import Principal
-from tradeops.db.uow import UnitOfWork
+from tradeops.db.uow import Connections, UnitOfWork, run_in_transaction
 from tradeops.errors import InvalidRequest
+from tradeops.idempotency import repository
 
 MAX_KEY_LENGTH = 255
 
@@ -46,9 +48,6 @@ _STORED = text(
 _COMPLETE = text(
     "UPDATE idempotency_keys SET response_status = :status, response_body = :body,"
     " response_headers = CAST(:headers AS jsonb) WHERE principal = :principal AND key = :key"
-)
-_PURGE = text(
-    "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => :h) RETURNING 1"
 )
 
 
@@ -102,7 +101,38 @@ async def run_once(
     return response
 
 
-async def purge_expired(uow: UnitOfWork, *, keep_hours: int = 24) -> int:
-    """Forget keys older than `keep_hours` (at least 24 h, as clients are promised)."""
-    result = await uow.execute(_PURGE, {"h": max(24, keep_hours)})
-    return int(result.rowcount)
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """What one round of purging did: `keys` deleted in `batches` transactions; `done` when the
+    last batch came back short (nothing expired is left), else the round hit its limit."""
+
+    keys: int
+    batches: int
+    done: bool
+
+
+async def purge_expired(
+    db: Connections,
+    principal: Principal,
+    *,
+    keep_hours: int = 24,
+    batch: int = 1000,
+    round_limit: int = 100_000,
+) -> Purge:
+    """Forget keys older than `keep_hours` (at least 24 h, as clients are promised), `batch` at a
+    time, each batch a short transaction of its own, until none is left or `round_limit` keys
+    are gone: a backlog of millions never becomes one statement that times out (and takes the
+    rest of housekeeping down with it), and what was deleted stays deleted if a later batch
+    fails."""
+    keep_hours, keys, batches = max(24, keep_hours), 0, 0
+    while keys < round_limit:
+        size = min(batch, round_limit - keys)
+        deleted = await run_in_transaction(
+            db,
+            principal,
+            partial(repository.delete_expired_batch, keep_hours=keep_hours, batch=size),
+        )
+        keys, batches = keys + deleted, batches + 1
+        if deleted < size:
+            return Purge(keys=keys, batches=batches, done=True)
+    return Purge(keys=keys, batches=batches, done=False)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext, suppress
 from typing import Any
 
+import psycopg
 import structlog
 from procrastinate import PsycopgConnector
 from procrastinate.periodic import PeriodicRegistry
@@ -21,9 +22,36 @@ from tradeops.settings import Settings, get_settings
 log = structlog.get_logger("tradeops.jobs")
 
 
-def connector_for(database_url: str) -> PsycopgConnector:
-    """A connector to `database_url` (any driver spelling), as the database owner."""
-    return PsycopgConnector(conninfo=libpq_url(database_url))
+class JobsConnector(PsycopgConnector):
+    """procrastinate's psycopg connector, with LISTEN on a connection of its own URL.
+
+    The jobs' queries may go through a pooler in transaction mode (PgBouncer); LISTEN may
+    not: the pooler hands the listening server connection to other clients and the worker
+    never hears of a new job. procrastinate opens that connection apart from its pool (for
+    LISTEN alone), so it is opened here to `listen_url`, which reaches PostgreSQL directly."""
+
+    def __init__(self, *, listen_url: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._listen_url = listen_url
+
+    @asynccontextmanager
+    async def _get_standalone_connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        connection = await psycopg.AsyncConnection.connect(self._listen_url, autocommit=True)
+        async with connection:
+            yield connection
+
+
+def connector_for(database_url: str, settings: Settings | None = None) -> PsycopgConnector:
+    """A connector to `database_url` (any driver spelling), as the database owner, listening
+    on TRADEOPS_WORKER_LISTEN_DATABASE_URL when set."""
+    settings = settings or get_settings()
+    # psycopg prepares a statement run five times on a connection; behind a pooler without
+    # prepared-statement support that name would be missing on the next server connection.
+    connect = {} if settings.db_prepared_statements else {"prepare_threshold": None}
+    listen_url = settings.worker_listen_database_url or database_url
+    return JobsConnector(
+        conninfo=libpq_url(database_url), kwargs=connect, listen_url=libpq_url(listen_url)
+    )
 
 
 @contextmanager
@@ -52,7 +80,9 @@ async def run_worker(
     settings) handed to them in the job context. The worker heartbeats every
     worker_heartbeat_seconds; with `periodic` (default: a worker that waits for jobs) it also
     defers the periodic tasks: stalled jobs retried, orders awaiting a check re-deferred. A
-    worker that drains the queues and returns (wait=False) has no schedule to keep.
+    worker that drains the queues and returns (wait=False) has no schedule to keep. It hears
+    of new jobs by LISTEN (on worker_listen_database_url when set) and looks for jobs every
+    worker_poll_seconds besides; with worker_listen off only the latter.
 
     A waiting worker outlives the database: procrastinate stops a worker whose heartbeat or
     job fetch fails (a restarted PostgreSQL), so the worker is started again, after 1 s and
@@ -64,7 +94,7 @@ async def run_worker(
     stop_requested = asyncio.Event()
     try:
         with (
-            app.replace_connector(connector_for(database_url)),
+            app.replace_connector(connector_for(database_url, settings)),
             nullcontext() if (wait if periodic is None else periodic) else _without_schedule(),
             _stop_on_signals(stop_requested) if install_signal_handlers else nullcontext(),
         ):
@@ -78,6 +108,8 @@ async def run_worker(
                         name="tradeops-worker",
                         update_heartbeat_interval=settings.worker_heartbeat_seconds,
                         stalled_worker_timeout=settings.worker_stalled_seconds,
+                        listen_notify=settings.worker_listen,
+                        fetch_job_polling_interval=settings.worker_poll_seconds,
                         additional_context={"db": db, "settings": settings},
                     )
                 except Exception as error:
@@ -101,12 +133,14 @@ async def _work_until_stopped(stop_requested: asyncio.Event, **options: Any) -> 
         stopping = asyncio.create_task(stop_requested.wait())
         try:
             await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when this task is cancelled: the worker stops (its running jobs finish and
+            # record their status) before the app and its connections close under it.
+            stopping.cancel()
             if not run.done():
                 run.cancel()
             with suppress(asyncio.CancelledError):
                 await run
-        finally:
-            stopping.cancel()
 
 
 @contextmanager

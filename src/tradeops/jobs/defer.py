@@ -15,6 +15,11 @@ from tradeops.db.uow import UnitOfWork
 CHECK_ORDER_RISK = "check_order_risk"
 RISK_QUEUE = "risk"
 HOUSEKEEPING_QUEUE = "housekeeping"  # the periodic recovery tasks (tasks.py)
+# Webhook deliveries: the outbox trigger of migration 0012 defers DELIVER_WEBHOOKS on this
+# queue (the names are written there too), with DELIVER_WEBHOOKS as its queueing lock.
+WEBHOOKS_QUEUE = "webhooks"
+DELIVER_WEBHOOKS = "deliver_webhooks"
+SWEEP_WEBHOOKS = "sweep_webhooks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,37 @@ PRUNE_SUCCEEDED_HOUSEKEEPING = query(
     "DELETE FROM procrastinate_jobs WHERE queue_name = :queue AND status = 'succeeded'"
     " RETURNING id",
     Id,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedJobsBatch:
+    """One batch of remove_finished_jobs: jobs looked at, the last one's id, jobs deleted."""
+
+    scanned: int
+    last_id: int | None
+    removed: int
+
+
+# One batch of finished jobs, in id order after :after (a keyset over the primary key), of which
+# those finished longer ago than their retention go, their events with them (ON DELETE
+# CASCADE). A job's finish is its latest event; a failed, cancelled or aborted one is kept
+# longer than a succeeded one. SKIP LOCKED: two workers running this never wait for each other.
+# procrastinate's builtin remove_old_jobs is not used: it is one DELETE over every job joined
+# with every event (DISTINCT ON), the unbounded statement this replaces for idempotency keys.
+REMOVE_FINISHED_JOBS_BATCH = query(
+    "WITH scanned AS MATERIALIZED ("
+    " SELECT id, status FROM procrastinate_jobs"
+    " WHERE id > :after AND status IN ('succeeded', 'failed', 'cancelled', 'aborted')"
+    " ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED),"
+    " removed AS (DELETE FROM procrastinate_jobs j USING scanned s WHERE j.id = s.id"
+    "  AND NOT EXISTS (SELECT 1 FROM procrastinate_events e WHERE e.job_id = s.id"
+    "   AND e.at >= now() - make_interval(hours => CASE s.status WHEN 'succeeded'"
+    "    THEN CAST(:succeeded_hours AS integer) ELSE CAST(:failed_hours AS integer) END))"
+    "  RETURNING j.id)"
+    " SELECT (SELECT count(*) FROM scanned) AS scanned, (SELECT max(id) FROM scanned) AS last_id,"
+    " (SELECT count(*) FROM removed) AS removed",
+    FinishedJobsBatch,
 )
 
 

@@ -9,9 +9,14 @@ Two periodic tasks (tasks.py) call these, from every worker; each is safe to run
   ran), gets its check deferred again, under an advisory lock so two sweepers never defer
   the same check twice. A check `doing` for far longer than any check takes (its worker
   lost the database while finishing it, and heartbeats on) is put back in the queue.
+
+And one that keeps the queue's tables from growing forever: `remove_finished_jobs` deletes
+jobs finished longer ago than their retention, in short batches.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import structlog
 from procrastinate import exceptions
@@ -25,6 +30,7 @@ from tradeops.jobs.defer import (
     DEFER_MISSING_RISK_CHECKS,
     HOUSEKEEPING_QUEUE,
     PRUNE_SUCCEEDED_HOUSEKEEPING,
+    REMOVE_FINISHED_JOBS_BATCH,
     RETRY_OVERDUE_RISK_CHECKS,
     RISK_QUEUE,
     RISK_SWEEP_LOCK,
@@ -108,8 +114,48 @@ async def resume_pending_risk_checks(
     return sorted(row.order_id for row in [*overdue, *deferred])
 
 
-async def prune_succeeded_housekeeping(db: Database) -> int:
-    """Delete the succeeded runs of the periodic tasks; how many."""
+async def prune_succeeded_housekeeping(db: Database, queue: str = HOUSEKEEPING_QUEUE) -> int:
+    """Delete the succeeded runs of the periodic tasks (of `queue`); how many."""
     async with transaction(db) as uow:
-        pruned = await uow.rows(PRUNE_SUCCEEDED_HOUSEKEEPING, {"queue": HOUSEKEEPING_QUEUE})
+        pruned = await uow.rows(PRUNE_SUCCEEDED_HOUSEKEEPING, {"queue": queue})
     return len(pruned)
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """What one run of remove_finished_jobs did: `jobs` deleted in `batches` transactions;
+    `done` when it reached jobs still within their retention (or the end of the table), else it
+    stopped at its limit and the next run goes on."""
+
+    jobs: int
+    batches: int
+    done: bool
+
+
+async def remove_finished_jobs(
+    db: Database,
+    *,
+    succeeded_hours: int,
+    failed_hours: int,
+    batch: int = 1000,
+    round_limit: int = 100_000,
+) -> Removal:
+    """Delete finished jobs (and their events) older than their retention: succeeded ones after
+    `succeeded_hours`, failed, cancelled and aborted ones after `failed_hours`. Oldest first,
+    `batch` jobs looked at per short transaction; it stops at the first batch with nothing old
+    enough (jobs finish in about the order they were deferred, so the rest are newer) or after
+    `round_limit` jobs, so no run grows with the table."""
+    retention = {"succeeded_hours": succeeded_hours, "failed_hours": failed_hours}
+    after, removed, batches = 0, 0, 0
+    while removed < round_limit:
+        size = min(batch, round_limit - removed)
+        async with transaction(db) as uow:
+            outcome = await uow.row(
+                REMOVE_FINISHED_JOBS_BATCH, retention | {"after": after, "batch": size}
+            )
+        assert outcome is not None  # aggregates without GROUP BY answer one row
+        batches, removed = batches + 1, removed + outcome.removed
+        if outcome.scanned < size or outcome.removed == 0 or outcome.last_id is None:
+            return Removal(jobs=removed, batches=batches, done=True)
+        after = outcome.last_id
+    return Removal(jobs=removed, batches=batches, done=False)

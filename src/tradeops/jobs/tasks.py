@@ -8,7 +8,8 @@ event, never left silently unchecked, and when even that cannot be written the j
 
 Two periodic tasks keep that promise when a worker dies (recovery.py): jobs of a worker that
 stopped heartbeating are retried, and orders still awaiting their check with no job for it
-get it deferred again. A third expires open orders whose time has passed (orders/expiry.py).
+get it deferred again. A third removes finished jobs once their retention has passed, and a
+fourth expires open orders whose time has passed (orders/expiry.py).
 """
 
 from __future__ import annotations
@@ -25,22 +26,35 @@ from tradeops.db.pool import Database
 from tradeops.db.transient import is_transient
 from tradeops.db.uow import run_in_transaction
 from tradeops.jobs import recovery
-from tradeops.jobs.defer import CHECK_ORDER_RISK, HOUSEKEEPING_QUEUE, RISK_QUEUE
+from tradeops.jobs.defer import (
+    CHECK_ORDER_RISK,
+    DELIVER_WEBHOOKS,
+    HOUSEKEEPING_QUEUE,
+    RISK_QUEUE,
+    SWEEP_WEBHOOKS,
+    WEBHOOKS_QUEUE,
+)
 from tradeops.jobs.registry import app
 from tradeops.orders import expiry
 from tradeops.risk import service as risk
 from tradeops.settings import Settings
+from tradeops.webhooks import service as webhooks
 
 log = structlog.get_logger(component="tradeops.jobs")
 
 RETRY_STALLED_JOBS = "retry_stalled_jobs"
 RESUME_PENDING_RISK_CHECKS = "resume_pending_risk_checks"
+REMOVE_FINISHED_JOBS = "remove_finished_jobs"
 EXPIRE_ORDERS = "expire_orders"
 # Every 10 s (croniter's sixth field is the second): with the default 20 s stall timeout a
 # crashed worker's jobs are back in the queue within ~30 s.
 EVERY_TEN_SECONDS = "* * * * * */10"
 EVERY_FIFTEEN_SECONDS = "* * * * * */15"
 EVERY_THIRTY_SECONDS = "* * * * * */30"
+EVERY_TEN_MINUTES = "*/10 * * * *"
+# Webhook retries come due on their own schedule; a nudge from the outbox trigger brings
+# new deliveries at once, so this sweep bounds only the wait of retries and missed nudges.
+EVERY_TWO_SECONDS = "* * * * * */2"
 # Ahead of any backlog of checks: recovery must not wait behind the work it recovers.
 HOUSEKEEPING_PRIORITY = 10
 
@@ -194,3 +208,54 @@ async def expire_orders(context: JobContext, timestamp: int) -> int:
     if expired:
         log.info("orders_expired", count=len(expired), first=expired[0], last=expired[-1])
     return len(expired)
+
+
+@app.periodic(cron=EVERY_TEN_MINUTES, periodic_id=REMOVE_FINISHED_JOBS)
+@app.task(
+    name=REMOVE_FINISHED_JOBS,
+    queue=HOUSEKEEPING_QUEUE,
+    # Not ahead of the checks (as the recovery tasks are): nothing waits on it.
+    queueing_lock=REMOVE_FINISHED_JOBS,
+    pass_context=True,
+)
+async def remove_finished_jobs(context: JobContext, timestamp: int) -> int:
+    """Jobs finished longer ago than TRADEOPS_JOB_RETENTION_HOURS (failed ones:
+    TRADEOPS_JOB_FAILED_RETENTION_HOURS) are deleted with their events, in short batches."""
+    settings = _settings(context)
+    removal = await recovery.remove_finished_jobs(
+        _database(context),
+        succeeded_hours=settings.job_retention_hours,
+        failed_hours=settings.job_failed_retention_hours,
+        batch=settings.purge_batch,
+        round_limit=settings.purge_round_limit,
+    )
+    if removal.jobs:
+        log.info(
+            "finished_jobs_removed",
+            jobs=removal.jobs,
+            batches=removal.batches,
+            done=removal.done,
+        )
+    return removal.jobs
+
+
+@app.task(
+    name=DELIVER_WEBHOOKS, queue=WEBHOOKS_QUEUE, queueing_lock=DELIVER_WEBHOOKS, pass_context=True
+)
+async def deliver_webhooks(context: JobContext) -> int:
+    """Deliveries written by the outbox trigger, sent as soon as their transaction commits
+    (the trigger defers this job, at most one queued)."""
+    return await webhooks.deliver_due(_database(context), _settings(context))
+
+
+@app.periodic(cron=EVERY_TWO_SECONDS, periodic_id=SWEEP_WEBHOOKS)
+@app.task(
+    name=SWEEP_WEBHOOKS, queue=WEBHOOKS_QUEUE, queueing_lock=SWEEP_WEBHOOKS, pass_context=True
+)
+async def sweep_webhooks(context: JobContext, timestamp: int) -> int:
+    """Retries that came due, and anything a nudge missed; the succeeded runs of both tasks
+    are deleted (nothing to keep: every attempt is in webhook_attempts)."""
+    db = _database(context)
+    sent = await webhooks.deliver_due(db, _settings(context))
+    await recovery.prune_succeeded_housekeeping(db, WEBHOOKS_QUEUE)
+    return sent

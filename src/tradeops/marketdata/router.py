@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request, status
 from pydantic import AwareDatetime
 
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.marketdata import service
 from tradeops.marketdata.schemas import PublishResult, SnapshotBatch, SnapshotOut, SnapshotPage
@@ -61,6 +61,7 @@ async def latest_snapshot(symbol: str, principal: CurrentPrincipal, uow: UoW) ->
     "/{symbol}/history",
     response_model=SnapshotPage,
     responses=problem_responses(InvalidRequest, service.MarketDataNotFound),
+    dependencies=[DeclaredQueryOnly],
 )
 async def snapshot_history(
     symbol: str,

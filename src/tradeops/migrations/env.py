@@ -17,7 +17,11 @@ def run_migrations_online() -> None:
     if connectable is not None:
         _run(connectable)
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool)
+    engine = create_engine(
+        config.get_main_option("sqlalchemy.url") or "",
+        poolclass=pool.NullPool,
+        connect_args=config.attributes.get("connect_args", {}),
+    )
     with engine.connect() as connection:
         _run(connection)
     engine.dispose()

@@ -15,6 +15,7 @@ from tradeops.marketdata.models import MarketSnapshot
 from tradeops.orders.models import Order, OrderEvent
 from tradeops.positions.models import Position
 from tradeops.risk.models import RiskLimit
+from tradeops.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "ApiKey",
@@ -34,4 +35,7 @@ __all__ = [
     "Position",
     "RiskLimit",
     "User",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

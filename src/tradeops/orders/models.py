@@ -23,13 +23,15 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tradeops.db.base import Amount, Base, CreatedAt
+from tradeops.orders import states
 from tradeops.orders.states import OrderStatus, RiskStatus, Side
 
 # Plain strings: the CHECK constraints below render them as SQL literals.
 SIDES = tuple(s.value for s in Side)
 ORDER_TYPES = ("LIMIT", "MARKET")
 TIMES_IN_FORCE = ("DAY", "GTC", "IOC", "FOK", "GTD")
-OPEN_STATUSES = ("PENDING", "REVIEWED", "APPROVED", "PARTIALLY_FILLED")
+# states.OPEN_STATUSES as SQL literals, in the statuses' order (the partial index's text).
+OPEN_STATUSES = tuple(s.value for s in OrderStatus if s in states.OPEN_STATUSES)
 ORDER_STATUSES = tuple(s.value for s in OrderStatus)
 RISK_STATUSES = tuple(s.value for s in RiskStatus)
 
@@ -94,12 +96,33 @@ class Order(Base):
             ["created_by_key_id", "created_by"], ["api_keys.id", "api_keys.owner_user_id"]
         ),
         UniqueConstraint("created_by", "client_order_id"),
+        # An amendment (migration 0014): the replacement and the order it replaces name each
+        # other, on the same desk, at most once each; a REPLACED order names its replacement.
+        ForeignKeyConstraint(["replaces", "desk_id"], ["orders.id", "orders.desk_id"]),
+        ForeignKeyConstraint(["replaced_by", "desk_id"], ["orders.id", "orders.desk_id"]),
+        UniqueConstraint("replaces"),
+        UniqueConstraint("replaced_by"),
+        CheckConstraint(
+            "(status = 'REPLACED') = (replaced_by IS NOT NULL)", name="replaced_names_replacement"
+        ),
         # Lets order_events carry the order's desk, checked by a composite foreign key.
         UniqueConstraint("id", "desk_id"),
         Index("ix_orders_client_id_id", "client_id", "id"),
         Index("ix_orders_status_id", "status", "id"),
         Index("ix_orders_desk_id_id", "desk_id", "id"),
-        # The expiry sweep's one query: due orders of the open statuses.
+        # The list's filters, each newest first (migration 0013).
+        Index("ix_orders_instrument_id_id", "instrument_id", "id"),
+        Index("ix_orders_desk_id_status_id", "desk_id", "status", "id"),
+        Index("ix_orders_desk_id_risk_status_id", "desk_id", "risk_status", "id"),
+        Index("ix_orders_created_at_id", "created_at", "id"),
+        # The client_order_id filter and look-up of an approver (migration 0014).
+        Index(
+            "ix_orders_client_order_id_id",
+            "client_order_id",
+            "id",
+            postgresql_where=text("client_order_id IS NOT NULL"),
+        ),
+        # The expiry sweep's one query: due orders of the open statuses (migration 0017).
         Index(
             "ix_orders_expire_at_open",
             "expire_at",
@@ -110,7 +133,7 @@ class Order(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     desk_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("desks.id"))
     client_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("clients.id"))
-    instrument_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("instruments.id"), index=True)
+    instrument_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("instruments.id"))
     side: Mapped[str] = mapped_column(Text)
     order_type: Mapped[str] = mapped_column(Text)
     time_in_force: Mapped[str] = mapped_column(Text, server_default="DAY")
@@ -128,6 +151,8 @@ class Order(Base):
     reviewed_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
     approved_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
     rejected_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
+    replaces: Mapped[int | None] = mapped_column(BigInteger)
+    replaced_by: Mapped[int | None] = mapped_column(BigInteger)
     # When an open order expires (DAY: the desk's next cut-off; GTD: as asked; else none).
     expire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, server_default="1")
@@ -143,9 +168,18 @@ class OrderEvent(Base):
         ForeignKeyConstraint(
             ["order_id", "desk_id"], ["orders.id", "orders.desk_id"], ondelete="CASCADE"
         ),
+        # The event stream's read order (orders/stream.py).
+        Index("ix_order_events_transaction_id_id", "transaction_id", "id"),
     )
 
     order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # The event's id in the stream (Last-Event-ID); not in commit order, see transaction_id.
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
+    # The writing transaction (pg_current_xact_id()): the stream reads events in
+    # (transaction_id, id) order, up to the oldest transaction in flight (migration 0015).
+    transaction_id: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("(pg_current_xact_id()::text)::bigint")
+    )
     # The order's desk, so row-level security needs no lookup of the order.
     desk_id: Mapped[int] = mapped_column(BigInteger)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)

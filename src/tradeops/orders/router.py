@@ -8,28 +8,36 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel
 
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, RowId, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, RowId, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.idempotency.http import IdempotencyKeyHeader, respond_once
 from tradeops.idempotency.service import IdempotencyKeyReused
 from tradeops.orders import service, workflow
 from tradeops.orders.schemas import (
+    CancelResult,
+    CancelResults,
+    ClientOrderId,
+    OrderAmendment,
     OrderCreate,
     OrderFilters,
     OrderOut,
     OrderPage,
     OrderQuery,
     OrderStatus,
+    RiskStatus,
+    Side,
 )
 from tradeops.orders.workflow import (
+    Amendment,
     ApproveRequest,
+    Cancellations,
     CancelRequest,
     Decision,
     OrderEventList,
     RejectRequest,
     ReviewRequest,
 )
-from tradeops.problems import problem_responses
+from tradeops.problems import problem_parts, problem_responses
 
 router = APIRouter(prefix=f"{API_PREFIX}/orders", tags=["orders"], route_class=TransactionalRoute)
 
@@ -141,6 +149,26 @@ async def submit_order(
 
 
 @router.get(
+    ":by_client_order_id",
+    response_model=OrderOut,
+    responses={
+        **problem_responses(service.OrderNotFound, service.AmbiguousClientOrderId),
+        **ORDER_LINKS_200,
+    },
+)
+async def get_order_by_client_order_id(
+    principal: CurrentPrincipal,
+    uow: UoW,
+    client_order_id: Annotated[ClientOrderId, Query(description="The id its maker gave it")],
+) -> Response:
+    """Your own order by the `client_order_id` you gave it; an approver also finds the one order
+    of their desks under it (409 ambiguous-client-order-id, with `order_ids`, if several makers
+    used it: list them with the `client_order_id` filter)."""
+    order = await service.get_order_by_client_order_id(uow, principal, client_order_id)
+    return Response(order.model_dump_json(), media_type="application/json", headers=_etag(order))
+
+
+@router.get(
     "/{order_id}",
     response_model=OrderOut,
     responses={**problem_responses(service.OrderNotFound), **ORDER_LINKS_200},
@@ -152,26 +180,40 @@ async def get_order(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -> R
     return Response(order.model_dump_json(), media_type="application/json", headers=_etag(order))
 
 
-@router.get("", response_model=OrderPage, responses=problem_responses(InvalidRequest))
+@router.get(
+    "",
+    response_model=OrderPage,
+    responses=problem_responses(InvalidRequest),
+    dependencies=[DeclaredQueryOnly],
+)
 async def list_orders(
     request: Request,
     principal: CurrentPrincipal,
     uow: UoW,
     status: OrderStatus | None = None,
+    risk_status: RiskStatus | None = None,
     client_id: str | None = Query(default=None, description="Client external id, e.g. CUST-1001"),
     symbol: str | None = None,
+    side: Side | None = None,
+    client_order_id: str | None = Query(default=None, description="The id its maker gave it"),
     desk: str | None = Query(default=None, description="Desk code, e.g. EQ-US"),
     created_from: datetime | None = Query(default=None, description="Inclusive, ISO 8601"),
     created_to: datetime | None = Query(default=None, description="Exclusive, ISO 8601"),
     after: str | None = Query(default=None, description="next_cursor of the previous page"),
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
 ) -> OrderPage:
-    """Orders of your desks, newest first, one page at a time (follow `next_cursor`)."""
+    """Orders of your desks, newest first, one page at a time (follow `next_cursor`, with the
+    same filters). Filters combine; one that names no client, symbol or desk of yours answers
+    an empty page. With `created_from` or `created_to` the newest are by creation time, and
+    the cursor holds it. A query parameter not listed here is a 422."""
     settings = request.app.state.settings
     filters = OrderFilters(
         status=status,
+        risk_status=risk_status,
         client_id=client_id,
         symbol=symbol,
+        side=side,
+        client_order_id=client_order_id,
         desk=desk,
         created_from=created_from,
         created_to=created_to,
@@ -298,3 +340,99 @@ async def order_events(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -
     """The order's history in `items`, oldest first: who did what, when, with notes and
     reasons. The whole history, in one page (an order has a handful of steps)."""
     return OrderEventList(items=await workflow.order_history(uow, principal, order_id))
+
+
+@router.patch(
+    "/{order_id}",
+    status_code=status.HTTP_201_CREATED,
+    response_model=OrderOut,
+    responses={
+        **TRANSITION_ERRORS,
+        **problem_responses(InvalidRequest, Forbidden, service.DuplicateClientOrderId),
+        **ORDER_LINKS_201,
+    },
+)
+async def replace_order(
+    order_id: RowId,
+    body: OrderAmendment,
+    request: Request,
+    principal: CurrentPrincipal,
+    uow: UoW,
+    if_match: IfMatch = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Amend an open order (PENDING, REVIEWED, APPROVED or PARTIALLY_FILLED): it becomes
+    **REPLACED** (`replaced_by`; a partly filled one keeps its fills) and a new order with the
+    changed `quantity`, `price` or `client_order_id` (`replaces` the old one; same client,
+    instrument and side) starts again at PENDING with a new risk check: an amended order is a
+    new decision. Answers 201 with the new order (Location: its address). Only the order's
+    maker (or their key with orders:write) may amend it. Send If-Match: the version you saw."""
+    settings = request.app.state.settings
+    amendment = Amendment(
+        order_id,
+        quantity=body.quantity,
+        price=body.price,
+        client_order_id=body.client_order_id,
+        expected_version=expected_version(if_match, body.expected_version),
+        expire_at=body.expire_at,
+    )
+
+    async def amend() -> tuple[int, BaseModel, dict[str, str]]:
+        new = await workflow.replace_order(
+            uow, principal, amendment, price_max_decimals=settings.price_max_decimals
+        )
+        return 201, new, {**_etag(new), "Location": f"{API_PREFIX}/orders/{new.id}"}
+
+    return await respond_once(request, uow, principal, idempotency_key, amend)
+
+
+def cancel_results(done: Cancellations, request_id: str | None) -> CancelResults:
+    """The 207 body: each order's outcome, a refusal as the problem the single cancel sends."""
+    return CancelResults(
+        results=[
+            CancelResult(id=c.order_id, status=200, order=c.order)
+            if c.refused is None
+            else CancelResult(
+                id=c.order_id,
+                status=c.refused.status,
+                problem=problem_parts(c.refused).document(
+                    instance=f"{API_PREFIX}/orders/{c.order_id}/cancel", request_id=request_id
+                ),
+            )
+            for c in done.each
+        ],
+        more=done.more,
+    )
+
+
+@router.delete(
+    "",
+    status_code=status.HTTP_207_MULTI_STATUS,
+    response_model=CancelResults,
+    responses=problem_responses(InvalidRequest, Forbidden, IdempotencyKeyReused),
+)
+async def cancel_orders(
+    request: Request,
+    principal: CurrentPrincipal,
+    uow: UoW,
+    client_id: str | None = Query(default=None, description="Client external id, e.g. CUST-1001"),
+    symbol: str | None = None,
+    side: Side | None = None,
+    status: OrderStatus | None = Query(default=None, description="One of the open statuses"),
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Cancel every open order of your desks that matches the filters, each as its single
+    cancel would: **207** with one result per order (`id`, `status` 200 with the `order`, or
+    403/409 with the `problem`), newest first, at most 500 a call (`more`: call again). Never
+    all-or-nothing; orders of desks you do not cover are never touched nor listed. A
+    PARTIALLY_FILLED order is listed with 409 (it cannot be cancelled; amend it instead).
+    Retry safely with an Idempotency-Key: the same key replays the same 207."""
+    wanted = OrderFilters(
+        status=status, client_id=client_id, symbol=symbol.upper() if symbol else None, side=side
+    )
+
+    async def cancel() -> tuple[int, BaseModel, dict[str, str]]:
+        done = await workflow.cancel_orders(uow, principal, wanted)
+        return 207, cancel_results(done, uow.request_id), {}
+
+    return await respond_once(request, uow, principal, idempotency_key, cancel)

@@ -121,9 +121,50 @@ class OrderOut(BaseModel):
     created_by: str
     reviewed_by: str | None
     approved_by: str | None
+    replaces: int | None = Field(
+        default=None, description="The order this one amended (it is REPLACED), if any"
+    )
+    replaced_by: int | None = Field(
+        default=None, description="The order that amended this one (status REPLACED), if any"
+    )
     version: int = Field(description="Send it back as If-Match to change the order")
     created_at: datetime
     updated_at: datetime
+
+
+class OrderAmendment(BaseModel):
+    """What changes when an open order is replaced; whatever is left out stays as it was."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"quantity": "80", "price": "191.50"}]},
+    )
+
+    quantity: PositiveAmount | None = Field(
+        default=None,
+        description="The new order's quantity, a multiple of the lot size; omitted: the old "
+        "order's unfilled rest (its quantity less what is filled)",
+    )
+    price: PositiveAmount | None = Field(
+        default=None, description="The new limit price (LIMIT orders only); omitted: unchanged"
+    )
+    client_order_id: ClientOrderId | None = Field(
+        default=None,
+        description="Your id for the new order, unique per submitter; omitted: none (the old "
+        "order keeps its own)",
+    )
+    expire_at: AwareDatetime | None = Field(
+        default=None,
+        description="A GTD order's new expiry, in the future; omitted: unchanged. A DAY "
+        "replacement expires at its desk's next end of day after the amendment",
+    )
+    expected_version: int | None = Field(default=None, ge=1, description="Instead of If-Match")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Self:
+        if (self.quantity, self.price, self.client_order_id, self.expire_at) == (None,) * 4:
+            raise ValueError("send at least one of quantity, price, client_order_id, expire_at")
+        return self
 
 
 class OrderPage(BaseModel):
@@ -143,9 +184,17 @@ class OrderFilters:
     made_by: int | None = None
     client_id: str | None = None
     symbol: str | None = None
+    side: states.Side | None = None
+    client_order_id: str | None = None
     desk: str | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
+
+    @property
+    def by_created(self) -> bool:
+        """A created range lists newest first by (created_at, id), and its cursor holds both
+        (orders.repository.filtered_orders says why); any other list by id."""
+        return self.created_from is not None or self.created_to is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +204,21 @@ class OrderQuery:
     limit: int
     after: str | None = None
     filters: OrderFilters = field(default_factory=OrderFilters)
+
+
+class CancelResult(BaseModel):
+    """One order of a bulk cancel: 200 with the cancelled order, or 403/409 with why not."""
+
+    id: int
+    status: int = Field(description="200 cancelled, 403 not yours to cancel, 409 not cancellable")
+    order: OrderOut | None = None
+    problem: dict[str, Any] | None = Field(
+        default=None, description="An RFC 9457 problem, as the single cancel would answer"
+    )
+
+
+class CancelResults(BaseModel):
+    results: list[CancelResult] = Field(description="One per open order matched, newest first")
+    more: bool = Field(
+        description="true: more open orders matched than one call handles; call again"
+    )

@@ -9,14 +9,20 @@ from decimal import Decimal
 import orjson
 
 from tradeops.auth.permissions import Action, authorize
-from tradeops.auth.principal import Principal
+from tradeops.auth.principal import Principal, Role
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
 from tradeops.orders import repository as repo
-from tradeops.orders.repository import Submitted
-from tradeops.orders.schemas import OrderCreate, OrderOut, OrderPage, OrderQuery
-from tradeops.pagination import decode_id_cursor
+from tradeops.orders.repository import ListFilterKeys, ListKey, Submitted
+from tradeops.orders.schemas import OrderCreate, OrderFilters, OrderOut, OrderPage, OrderQuery
+from tradeops.pagination import (
+    decode_cursor,
+    decode_id_cursor,
+    encode_cursor,
+    instant_key,
+    key_instant,
+)
 
 
 class OrderNotFound(NotFound):
@@ -27,6 +33,11 @@ class OrderNotFound(NotFound):
 class DuplicateClientOrderId(Conflict):
     slug = "duplicate-client-order-id"
     title = "Duplicate client_order_id"
+
+
+class AmbiguousClientOrderId(Conflict):
+    slug = "ambiguous-client-order-id"
+    title = "Several makers on your desks used this client_order_id"
 
 
 def _decimal_places(value: Decimal) -> int:
@@ -49,15 +60,33 @@ def check_order_rules(order: OrderCreate, refs: Submitted) -> None:
     if not refs.instrument_active:
         raise InvalidRequest(f"Instrument {order.symbol} is not active.", field="symbol")
     assert refs.lot_size is not None and refs.tick_size is not None
-    if not _is_multiple(order.quantity, refs.lot_size):
+    check_steps(order.quantity, order.price, lot_size=refs.lot_size, tick_size=refs.tick_size)
+
+
+def check_steps(
+    quantity: Decimal, price: Decimal | None, *, lot_size: Decimal, tick_size: Decimal
+) -> None:
+    """An order's quantity is in lots and its price in ticks of its instrument."""
+    if not _is_multiple(quantity, lot_size):
         raise InvalidRequest(
-            f"Quantity must be a multiple of the lot size {refs.lot_size.normalize():f}.",
+            f"Quantity must be a multiple of the lot size {lot_size.normalize():f}.",
             field="quantity",
         )
-    if order.price is not None and not _is_multiple(order.price, refs.tick_size):
+    if price is not None and not _is_multiple(price, tick_size):
         raise InvalidRequest(
-            f"Price must be a multiple of the tick size {refs.tick_size.normalize():f}.",
-            field="price",
+            f"Price must be a multiple of the tick size {tick_size.normalize():f}.", field="price"
+        )
+
+
+def check_expire_at(expire_at: datetime | None) -> None:
+    if expire_at is not None and expire_at <= datetime.now(UTC):
+        raise InvalidRequest("expire_at must be in the future.", field="expire_at")
+
+
+def check_price_places(price: Decimal | None, price_max_decimals: int) -> None:
+    if price is not None and _decimal_places(price) > price_max_decimals:
+        raise InvalidRequest(
+            f"Price may have at most {price_max_decimals} decimal places.", field="price"
         )
 
 
@@ -75,12 +104,8 @@ async def submit_order(
     A repeated client_order_id is a retry when the order is the same (every transport answers
     the order recorded then) and a conflict when it is not."""
     authorize(principal, Action.SUBMIT_ORDER)
-    if order.price is not None and _decimal_places(order.price) > price_max_decimals:
-        raise InvalidRequest(
-            f"Price may have at most {price_max_decimals} decimal places.", field="price"
-        )
-    if order.expire_at is not None and order.expire_at <= datetime.now(UTC):
-        raise InvalidRequest("expire_at must be in the future.", field="expire_at")
+    check_price_places(order.price, price_max_decimals)
+    check_expire_at(order.expire_at)
     row = await uow.row(
         repo.SUBMIT_ORDER,
         {
@@ -180,13 +205,83 @@ async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> Ord
     return order
 
 
-async def list_orders(uow: UnitOfWork, principal: Principal, wanted: OrderQuery) -> OrderPage:
-    """Newest first; keyset pagination, so pages stay stable while orders keep arriving."""
+async def get_order_by_client_order_id(
+    uow: UnitOfWork, principal: Principal, client_order_id: str
+) -> OrderOut:
+    """The caller's own order under their client_order_id; for an approver, failing that, the
+    one order of their desks under it (client_order_ids are unique per maker, not per desk)."""
     authorize(principal, Action.READ_ORDERS)
-    statement = repo.filtered_orders(
-        principal, wanted.filters, after=decode_id_cursor(wanted.after), limit=wanted.limit + 1
+    own = await uow.row(
+        repo.ORDER_BY_CLIENT_ORDER_ID,
+        {"created_by": principal.user_id, "client_order_id": client_order_id},
     )
+    if own is not None:
+        return own
+    if principal.role is not Role.APPROVER:
+        raise OrderNotFound(f"You have no order with client_order_id {client_order_id}.")
+    wanted = OrderFilters(client_order_id=client_order_id)
+    found = await uow.rows_of(
+        repo.filtered_orders(principal, wanted, ListFilterKeys(), after=None, limit=10), OrderOut
+    )
+    if not found:
+        raise OrderNotFound(f"No order of your desks has client_order_id {client_order_id}.")
+    if len(found) > 1:
+        raise AmbiguousClientOrderId(
+            f"Orders {', '.join(str(o.id) for o in found)} of different makers use "
+            f"client_order_id {client_order_id}; list them with the client_order_id filter.",
+            order_ids=[o.id for o in found],
+        )
+    return found[0]
+
+
+async def list_orders(uow: UnitOfWork, principal: Principal, wanted: OrderQuery) -> OrderPage:
+    """Newest first; keyset pagination, so pages stay stable while orders keep arriving.
+    With a created range newest first is by (created_at, id), and so is the cursor
+    (repository.filtered_orders says why)."""
+    authorize(principal, Action.READ_ORDERS)
+    filters = wanted.filters
+    after = _created_cursor(wanted.after) if filters.by_created else _id_cursor(wanted.after)
+    keys = await list_filter_keys(uow, principal, filters)
+    if keys is None:
+        return OrderPage(items=[], next_cursor=None)
+    statement = repo.filtered_orders(principal, filters, keys, after=after, limit=wanted.limit + 1)
     rows = await uow.rows_of(statement, OrderOut)
     items = rows[: wanted.limit]
-    next_cursor = str(items[-1].id) if len(rows) > wanted.limit else None
-    return OrderPage(items=items, next_cursor=next_cursor)
+    if len(rows) <= wanted.limit:
+        return OrderPage(items=items, next_cursor=None)
+    last = items[-1]
+    last_key = (instant_key(last.created_at), last.id) if filters.by_created else (last.id,)
+    return OrderPage(items=items, next_cursor=encode_cursor(*last_key))
+
+
+def _id_cursor(cursor: str | None) -> ListKey | None:
+    key = decode_id_cursor(cursor)
+    return None if key is None else (key,)
+
+
+def _created_cursor(cursor: str | None) -> ListKey | None:
+    """With a created range the list is by (created_at, id), and so is its cursor."""
+    key = decode_cursor(cursor, keys=2, signed_first=True)
+    return None if key is None else (key_instant(key[0]), key[1])
+
+
+async def list_filter_keys(
+    uow: UnitOfWork, principal: Principal, wanted: OrderFilters
+) -> ListFilterKeys | None:
+    """The ids behind the client, symbol and desk filters, or None when one names nothing the
+    principal may see: then no order matches, and none is read to find that out."""
+    if wanted.client_id is None and wanted.symbol is None and wanted.desk is None:
+        return ListFilterKeys()
+    symbol = wanted.symbol and wanted.symbol.upper()
+    found = await uow.row(
+        repo.LIST_FILTER_KEYS,
+        {"client_id": wanted.client_id, "symbol": symbol, "desk": wanted.desk},
+    )
+    keys = found or ListFilterKeys()
+    unknown = (
+        (wanted.client_id is not None and keys.client is None)
+        or (wanted.symbol is not None and keys.instrument is None)
+        or (wanted.desk is not None and keys.desk is None)
+        or (keys.desk is not None and not principal.can_see_desk(keys.desk))
+    )
+    return None if unknown else keys

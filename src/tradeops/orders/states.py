@@ -18,7 +18,15 @@ class OrderStatus(StrEnum):
     FILLED = "FILLED"
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
+    REPLACED = "REPLACED"  # amended: its replacement (replaced_by) carries on
     EXPIRED = "EXPIRED"  # its time passed before it was filled (the expiry job)
+
+
+# What may still change: cancelled, replaced or filled further. Replacing is allowed from all
+# of them (a PARTIALLY_FILLED order keeps its fills); cancelling from all but PARTIALLY_FILLED.
+OPEN_STATUSES = frozenset(
+    {OrderStatus.PENDING, OrderStatus.REVIEWED, OrderStatus.APPROVED, OrderStatus.PARTIALLY_FILLED}
+)
 
 
 class RiskStatus(StrEnum):

@@ -2,6 +2,8 @@
 
 PENDING ──review──▶ REVIEWED ──approve──▶ APPROVED ──(fills)──▶ …
    └──reject/cancel──┴──reject/cancel──▶ REJECTED / CANCELLED   (cancel also from APPROVED)
+An open order (PENDING, REVIEWED, APPROVED, PARTIALLY_FILLED) may be amended by its maker:
+it becomes REPLACED and a new order (`replaces` it) starts again at PENDING.
 
 The order row is locked first, so the rules below see its current state and concurrent
 deciders queue behind each other: of many approvals exactly one wins, the rest get 409.
@@ -9,8 +11,9 @@ deciders queue behind each other: of many approvals exactly one wins, the rest g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
@@ -19,11 +22,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.uow import UnitOfWork
-from tradeops.errors import Conflict, DomainError, Forbidden
+from tradeops.errors import Conflict, DomainError, Forbidden, InvalidRequest
+from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
 from tradeops.orders import repository as repo
-from tradeops.orders.schemas import OrderOut
-from tradeops.orders.service import OrderNotFound, get_order
-from tradeops.orders.states import OrderStatus, RiskStatus
+from tradeops.orders.schemas import OrderFilters, OrderOut
+from tradeops.orders.service import (
+    DuplicateClientOrderId,
+    OrderNotFound,
+    check_expire_at,
+    check_price_places,
+    check_steps,
+    get_order,
+    list_filter_keys,
+)
+from tradeops.orders.states import OPEN_STATUSES, OrderStatus, RiskStatus
 
 
 class IllegalTransition(Conflict):
@@ -210,14 +222,7 @@ async def transition_order(uow: UnitOfWork, principal: Principal, decision: Deci
     order = await repo.lock_order(uow, repo.LOCK_ORDER, order_id)
     if order is None or not principal.can_see_desk(order.desk_id):
         raise OrderNotFound(f"No order {order_id}.")
-    expected = decision.expected_version
-    if expected is not None and expected != order.version:
-        raise StaleVersion(
-            f"Order {order_id} is at version {order.version}, not {expected}; "
-            "read it again and decide on what it is now.",
-            current_version=order.version,
-            current_status=order.status,
-        )
+    _check_version(order, decision.expected_version)
     refused = refusal(transition, principal, order)
     if refused is not None:
         raise refused
@@ -239,6 +244,225 @@ async def transition_order(uow: UnitOfWork, principal: Principal, decision: Deci
     if changed is None:  # pragma: no cover - the row is locked; kept as a guard
         raise StaleVersion(f"Order {order_id} changed while being decided; read it again.")
     return await get_order(uow, principal, order_id)
+
+
+# --- amending: the order is REPLACED by a new one --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Amendment:
+    """A command to replace an open order by a new one with these terms (None: the old
+    order's price; its unfilled rest for the quantity; no client_order_id)."""
+
+    order_id: int
+    quantity: Decimal | None = None
+    price: Decimal | None = None
+    client_order_id: str | None = None
+    expected_version: int | None = None
+    expire_at: datetime | None = None  # a GTD order's new expiry
+
+
+def replace_refusal(
+    principal: Principal, order: repo.OrderFacts | repo.ReplacedOrder
+) -> DomainError | None:
+    """Why `principal` may not amend `order` now. Only its maker (or the maker's key with
+    orders:write) may: an amendment is a new order of theirs, so the maker-checker pairing
+    stays the same (an approver who amended an order could otherwise approve their own terms).
+    Others who may cancel an order still may."""
+    try:
+        authorize(principal, Action.SUBMIT_ORDER)
+    except Forbidden as error:
+        return error
+    if order.status not in OPEN_STATUSES:
+        return IllegalTransition(
+            f"Order {order.id} is {order.status}; only an open order (PENDING, REVIEWED, "
+            "APPROVED or PARTIALLY_FILLED) can be replaced.",
+            current_status=order.status,
+            current_version=order.version,
+        )
+    if order.created_by != principal.user_id:
+        return Forbidden(
+            f"Only the maker of order {order.id} may amend it; you may cancel it if you are an "
+            "approver of its desk."
+        )
+    return None
+
+
+def _amended_terms(
+    order: repo.ReplacedOrder, amendment: Amendment, price_max_decimals: int
+) -> tuple[Decimal, Decimal | None]:
+    """The replacement's quantity and price, checked as intake checks them (by field)."""
+    if amendment.price is not None and order.order_type == "MARKET":
+        raise InvalidRequest("A MARKET order takes no price.", field="price")
+    check_price_places(amendment.price, price_max_decimals)
+    quantity = amendment.quantity or order.quantity - order.filled_quantity
+    price = amendment.price if amendment.price is not None else order.price
+    check_steps(quantity, price, lot_size=order.lot_size, tick_size=order.tick_size)
+    if amendment.expire_at is not None and order.time_in_force != "GTD":
+        raise InvalidRequest(
+            f"Only a GTD order takes expire_at; this one is {order.time_in_force}.",
+            field="expire_at",
+        )
+    check_expire_at(amendment.expire_at)
+    return quantity, price
+
+
+async def replace_order(
+    uow: UnitOfWork, principal: Principal, amendment: Amendment, *, price_max_decimals: int = 6
+) -> OrderOut:
+    """Replace an open order: it becomes REPLACED (keeping any fills) and a new order with the
+    amended terms starts at PENDING with a new risk check, in this one transaction."""
+    authorize(principal, Action.SUBMIT_ORDER)
+    order = await repo.lock_order(uow, repo.LOCK_REPLACED_ORDER, amendment.order_id)
+    if order is None or not principal.can_see_desk(order.desk_id):
+        raise OrderNotFound(f"No order {amendment.order_id}.")
+    _check_version(order, amendment.expected_version)
+    refused = replace_refusal(principal, order)
+    if refused is not None:
+        raise refused
+    quantity, price = _amended_terms(order, amendment, price_max_decimals)
+    history = {"request_id": uow.request_id}
+    created = await uow.row(
+        repo.REPLACE_ORDER,
+        {
+            "id": order.id,
+            "version": order.version,
+            "from_status": order.status,
+            "quantity": quantity,
+            "price": price,
+            "client_order_id": amendment.client_order_id,
+            "expire_at": amendment.expire_at,
+            "created_by_key_id": principal.api_key_id,
+            "created_payload": orjson.dumps(history).decode(),
+            "payload": orjson.dumps(history).decode(),
+            "event_type": OrderStatus.REPLACED,
+            "action": "order.replaced",
+        },
+    )
+    if created is None:  # the maker's client_order_id is taken: nothing was written
+        taken = await uow.row(
+            repo.ORDER_BY_CLIENT_ORDER_ID,
+            {"created_by": principal.user_id, "client_order_id": amendment.client_order_id},
+        )
+        existing_id = None if taken is None else taken.id
+        raise DuplicateClientOrderId(
+            f"client_order_id {amendment.client_order_id} was already used for order "
+            f"{existing_id}.",
+            existing_order_id=existing_id,
+        )
+    # As at intake: the new order's risk check is queued in its own transaction.
+    await defer_job(
+        uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": created.id}, lock=f"order:{created.id}"
+    )
+    return _replacement(principal, order, created, quantity, price, amendment.client_order_id)
+
+
+def _check_version(order: repo.OrderFacts | repo.ReplacedOrder, expected: int | None) -> None:
+    if expected is not None and expected != order.version:
+        raise StaleVersion(
+            f"Order {order.id} is at version {order.version}, not {expected}; "
+            "read it again and decide on what it is now.",
+            current_version=order.version,
+            current_status=order.status,
+        )
+
+
+def _replacement(
+    principal: Principal,
+    order: repo.ReplacedOrder,
+    created: repo.Replacement,
+    quantity: Decimal,
+    price: Decimal | None,
+    client_order_id: str | None,
+) -> OrderOut:
+    """The new order as the API shows it, from the old one and what the change returned."""
+    return OrderOut(
+        id=created.id,
+        status=created.status,
+        risk_status=created.risk_status,
+        risk_reasons=created.risk_reasons,
+        client_id=order.client_id,
+        desk=order.desk,
+        symbol=order.symbol,
+        side=order.side,
+        order_type=order.order_type,
+        time_in_force=order.time_in_force,
+        expire_at=created.expire_at,
+        quantity=quantity,
+        price=price,
+        currency=order.currency,
+        filled_quantity=created.filled_quantity,
+        avg_fill_price=None,
+        client_order_id=client_order_id,
+        created_by=principal.email,
+        reviewed_by=None,
+        approved_by=None,
+        replaces=created.replaces,
+        version=created.version,
+        created_at=created.created_at,
+        updated_at=created.updated_at,
+    )
+
+
+# --- cancelling many -------------------------------------------------------------------------
+
+# At most this many orders a call; `more` says to call again.
+BULK_CANCEL_MAX = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """One order of a bulk cancel: `order` as cancelled, or `refused` with why not."""
+
+    order_id: int
+    order: OrderOut | None = None
+    refused: DomainError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellations:
+    each: list[Cancellation]
+    more: bool
+
+
+async def cancel_orders(
+    uow: UnitOfWork, principal: Principal, wanted: OrderFilters, *, reason: str | None = None
+) -> Cancellations:
+    """Cancel every open order of `wanted` the principal can see, each as the single cancel
+    would (locked, checked, with its history and audit events), each in a savepoint: one
+    refusal never undoes the others. Orders of desks they cannot see are never listed."""
+    authorize(principal, Action.CANCEL_ORDER)
+    statuses = tuple(s for s in OPEN_STATUSES if wanted.status in (None, s))
+    keys = await list_filter_keys(uow, principal, wanted)
+    if keys is None:  # a client or symbol the principal cannot see: nothing to cancel
+        return Cancellations(each=[], more=False)
+    listed = await uow.rows_of(
+        repo.filtered_orders(
+            principal,
+            replace(wanted, status=None, statuses=tuple(sorted(statuses))),
+            keys,
+            after=None,
+            limit=BULK_CANCEL_MAX + 1,
+        ),
+        OrderOut,
+    )
+    each = [
+        await _cancel_one(uow, principal, order.id, reason) for order in listed[:BULK_CANCEL_MAX]
+    ]
+    return Cancellations(each, more=len(listed) > BULK_CANCEL_MAX)
+
+
+async def _cancel_one(
+    uow: UnitOfWork, principal: Principal, order_id: int, reason: str | None
+) -> Cancellation:
+    try:
+        async with uow.savepoint():
+            cancelled = await transition_order(
+                uow, principal, Decision(order_id, CANCEL, reason=reason)
+            )
+    except DomainError as refused:  # forbidden, or no longer cancellable: only this one
+        return Cancellation(order_id, refused=refused)
+    return Cancellation(order_id, order=cancelled)
 
 
 class OrderEventOut(BaseModel):

@@ -7,7 +7,7 @@ from pydantic import AwareDatetime
 
 from tradeops.clients.service import ClientNotFound
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.positions import service
 from tradeops.positions.schemas import Portfolio, PositionPage
@@ -20,6 +20,7 @@ router = APIRouter(prefix=API_PREFIX, tags=["positions"], route_class=Transactio
     "/positions",
     response_model=PositionPage,
     responses=problem_responses(InvalidRequest, Forbidden),
+    dependencies=[DeclaredQueryOnly],
 )
 async def list_positions(
     request: Request,

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, UoW
+from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.problems import problem_responses
 from tradeops.risk import service
@@ -12,7 +12,12 @@ from tradeops.risk.schemas import RiskLimitIn, RiskLimitList, RiskLimitOut
 router = APIRouter(prefix=f"{API_PREFIX}/risk", tags=["risk"], route_class=TransactionalRoute)
 
 
-@router.get("/limits", response_model=RiskLimitList, responses=problem_responses(Forbidden))
+@router.get(
+    "/limits",
+    response_model=RiskLimitList,
+    responses=problem_responses(Forbidden, InvalidRequest),
+    dependencies=[DeclaredQueryOnly],
+)
 async def list_limits(
     request: Request,
     principal: CurrentPrincipal,

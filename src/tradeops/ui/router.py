@@ -1,7 +1,8 @@
 """The approver pages under /ui: sign-in, the queue, an order, its decisions, the audit check.
 
 Thin like the API's routers: read the session and the form, call the same services
-(orders.workflow.transition_order, audit.verify, …) in the request's one transaction, render.
+(orders.workflow.transition_order, …) in the request's one transaction, render (the audit
+check reads in short transactions of its own).
 Every POST carries the session's CSRF token; a decision carries the order version it was
 made on, so deciding on an order that changed since the page was read is refused (409).
 """
@@ -15,12 +16,13 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
 from tradeops.audit import service as audit
+from tradeops.audit import verification
 from tradeops.auth import users
 from tradeops.auth.authentication import authenticate_user
 from tradeops.auth.passwords import PasswordChecksBusy
@@ -28,12 +30,14 @@ from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.auth.sign_in import LoginThrottled, ThrottlePolicy
 from tradeops.auth.sign_in import sign_in as sign_in_with_password
+from tradeops.db.http import reads_own_writes
 from tradeops.db.uow import UnitOfWork
 from tradeops.deps import LoginUoW, RowId
 from tradeops.errors import InvalidRequest
 from tradeops.numeric_input import parse_count
 from tradeops.orders import workflow
-from tradeops.orders.models import ORDER_STATUSES, RISK_STATUSES
+from tradeops.orders.http import last_event_id, open_event_stream
+from tradeops.orders.models import RISK_STATUSES
 from tradeops.orders.schemas import OrderStatus, RiskStatus
 from tradeops.ui import views
 from tradeops.ui.pages import (
@@ -48,7 +52,10 @@ from tradeops.ui.session import COOKIE, PageSession, Sessions, csrf_matches
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 
 QUEUE_PATH = "/ui/orders"
+# The queue refreshes on each order event of its desks; every 5 s only if the browser cannot
+# keep the event stream open (static/queue-events.js).
 REFRESH_SECONDS = 5
+QUEUE_EVENTS_PATH = "/ui/orders/events"
 # Only our own pages are places to return to after signing in: never another site.
 _NEXT = re.compile(r"^/ui(/[A-Za-z0-9/_-]*)?$")
 M = TypeVar("M", bound=BaseModel)
@@ -88,6 +95,7 @@ async def signed_in(request: Request, uow: LoginUoW) -> SignedIn:
     # A deactivated user, one whose role changed or who signed out since, signs in again.
     if principal is None or principal.role.value != session.role:
         raise SignInRequired("Your session has ended; sign in again.")
+    reads_own_writes(request, principal.user_id)
     request.state.principal = principal
     return SignedIn(uow, principal, session)
 
@@ -214,6 +222,7 @@ async def _queue_context(person: SignedIn, filters: views.QueueFilters) -> dict[
         "poll_query": urlencode(poll),
         "next_query": urlencode({**poll, "after": page.next_cursor or ""}),
         "refresh_seconds": REFRESH_SECONDS,
+        "events_path": QUEUE_EVENTS_PATH,
         "refreshed_at": datetime.now(UTC),
         "own_only": views.only_own_orders(person.principal),
     }
@@ -227,9 +236,37 @@ async def queue_page(request: Request, person: Person, filters: Filters) -> Resp
         "queue.html",
         **await _queue_context(person, filters),
         desks=await views.desk_codes(person.uow, person.principal),
-        statuses=ORDER_STATUSES,
+        statuses=views.QUEUED_STATUSES,
         risk_statuses=RISK_STATUSES,
     )
+
+
+# The queue's live updates: its own transactions, none held while the stream is open.
+stream_router = APIRouter(prefix="/ui", route_class=UntransactedPageRoute, include_in_schema=False)
+
+
+@stream_router.get("/orders/events")
+async def queue_events(
+    request: Request,
+    last_seen: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+) -> StreamingResponse:
+    """The order events of the person's desks (the API's event stream, by the session
+    cookie, which is sent to /ui only); the queue refreshes its rows on each."""
+    session = _read_session(request)
+    if session is None or session.user_id is None or session.generation is None:
+        raise SignInRequired("Sign in to continue.")
+    user_id, generation, role = session.user_id, session.generation, session.role
+    request_id = request.state.request_id
+
+    async def identify(uow: UnitOfWork) -> Principal:
+        principal = await authenticate_user(uow, user_id, generation, request_id)
+        if principal is None or principal.role.value != role:
+            raise SignInRequired("Your session has ended; sign in again.")
+        return principal
+
+    response = await open_event_stream(request, identify, last_event_id(last_seen, None))
+    response.headers["Cache-Control"] = "no-store"  # as every page
+    return response
 
 
 @router.get("/orders/rows")
@@ -389,7 +426,13 @@ async def audit_page(request: Request, person: Person) -> Response:
 
 @router.post("/audit/verify")
 async def verify_audit(request: Request, person: Person, form: CheckedForm) -> Response:
-    """Recompute the whole trail's hashes and checkpoints (risk and admin), as the API does."""
-    key = request.app.state.settings.audit_key.get_secret_value().encode()
-    report = await audit.verify(person.uow, person.principal, key)
+    """Check the newest signed checkpoint and the events after it (risk and admin), as the API
+    does by default; its reads run in short transactions of their own."""
+    settings = request.app.state.settings
+    report = await verification.verify(
+        request.app.state.db,
+        person.principal,
+        settings.audit_key.get_secret_value().encode(),
+        batch=settings.audit_verify_batch,
+    )
     return render(request, "audit.html", report=report)

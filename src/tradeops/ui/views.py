@@ -33,6 +33,8 @@ from tradeops.positions import service as positions
 from tradeops.positions.accounting import signed_quantity
 
 AWAITING_DECISION = ("PENDING", "REVIEWED")
+# The queue never lists a REPLACED order: its replacement stands for it (and links to it).
+QUEUED_STATUSES = tuple(s.value for s in OrderStatus if s is not OrderStatus.REPLACED)
 QUEUE_PAGE_SIZE = 50
 _ACTOR = re.compile(r"^user:(\d+)(?:/key:(\d+))?$", re.ASCII)
 
@@ -70,7 +72,7 @@ async def queue(uow: UnitOfWork, principal: Principal, filters: QueueFilters) ->
     status = filters.status or None
     wanted = OrderFilters(
         status=None if status in (None, "awaiting") else OrderStatus(status),
-        statuses=AWAITING_DECISION if status == "awaiting" else None,
+        statuses=AWAITING_DECISION if status == "awaiting" else QUEUED_STATUSES,
         risk_status=RiskStatus(filters.risk_status) if filters.risk_status else None,
         made_by=principal.user_id if only_own_orders(principal) else None,
         desk=filters.desk or None,
@@ -143,7 +145,7 @@ async def position_impact(
     )
     current = page.items[0].quantity if page.items else Decimal(0)
     open_quantity = order.quantity - order.filled_quantity
-    if order.status in ("REJECTED", "CANCELLED", "FILLED", "EXPIRED"):
+    if order.status in ("REJECTED", "CANCELLED", "FILLED", "REPLACED", "EXPIRED"):
         open_quantity = Decimal(0)
     after = current + signed_quantity(order.side, open_quantity)
     return PositionImpact(current=current, after=after)

@@ -1,7 +1,7 @@
 """expiry and busts
 
 Revision ID: 0017
-Revises: 0011
+Revises: 0015
 Create Date: 2026-11-27
 
 Expiry (issue 16, item 4). Desks get their end of day: `time_zone` (an IANA name, checked by
@@ -30,13 +30,15 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0017"
-down_revision: str | None = "0011"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 OPEN = "('PENDING', 'REVIEWED', 'APPROVED', 'PARTIALLY_FILLED')"
+# ck_orders_status as 0014 left it (with REPLACED); EXPIRED is added after it.
 OLD_STATUSES = (
-    "'PENDING', 'REVIEWED', 'APPROVED', 'PARTIALLY_FILLED', 'FILLED', 'REJECTED', 'CANCELLED'"
+    "'PENDING', 'REVIEWED', 'APPROVED', 'PARTIALLY_FILLED', 'FILLED', 'REJECTED', 'CANCELLED',"
+    " 'REPLACED'"
 )
 OLD_TIMES_IN_FORCE = "'DAY', 'GTC', 'IOC', 'FOK'"
 
@@ -110,15 +112,65 @@ DROP FUNCTION orders_enforce_expiry(), orders_enforce_time_in_force(),
     tradeops_day_end(text, time, timestamptz);
 """
 
-# 0011's rule, with one change: a move back to APPROVED from a filled status (a bust took
-# every fill back) is not an approval; approved_by cannot change on it all the same.
-APPROVING_0011 = (
+# The maker-checker function as it stands before this migration (0011's), written out whole,
+# with one change: a move back to APPROVED from a filled status (a bust took every fill back)
+# is not an approval; approved_by cannot change on it all the same. The downgrade writes it
+# back with the line as it was.
+APPROVING_BEFORE = (
     "approving boolean := NEW.status = 'APPROVED' AND OLD.status IS DISTINCT FROM 'APPROVED';"
 )
-APPROVING_0017 = (
+APPROVING = (
     "approving boolean := NEW.status = 'APPROVED'"
     " AND OLD.status NOT IN ('APPROVED', 'PARTIALLY_FILLED', 'FILLED');"
 )
+MAKER_CHECKER_FUNCTION = """
+CREATE OR REPLACE FUNCTION orders_enforce_maker_checker() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    {approving}
+    rejecting boolean := NEW.status = 'REJECTED' AND OLD.status IS DISTINCT FROM 'REJECTED';
+    decider bigint := CASE WHEN approving THEN NEW.approved_by ELSE NEW.rejected_by END;
+BEGIN
+    IF NEW.created_by IS DISTINCT FROM OLD.created_by
+       OR NEW.created_by_key_id IS DISTINCT FROM OLD.created_by_key_id THEN
+        PERFORM orders_maker_checker_refuse(NEW.id, 'the maker of an order never changes');
+    END IF;
+    IF NEW.approved_by IS DISTINCT FROM OLD.approved_by AND NOT approving THEN
+        PERFORM orders_maker_checker_refuse(NEW.id, 'approved_by is set by the approval only');
+    END IF;
+    IF NEW.rejected_by IS DISTINCT FROM OLD.rejected_by AND NOT rejecting THEN
+        PERFORM orders_maker_checker_refuse(NEW.id, 'rejected_by is set by the rejection only');
+    END IF;
+    IF NEW.risk_status IS DISTINCT FROM OLD.risk_status
+       AND tradeops_user_id() IS NOT NULL AND tradeops_role() IS DISTINCT FROM 'system' THEN
+        PERFORM orders_maker_checker_refuse(NEW.id, 'only the risk check sets the risk status');
+    END IF;
+    IF NOT (approving OR rejecting) THEN
+        RETURN NEW;  -- reviews, fills, cancellations
+    END IF;
+    IF approving AND OLD.status IS DISTINCT FROM 'REVIEWED' THEN
+        PERFORM orders_maker_checker_refuse(NEW.id,
+            format('it is %s; only a REVIEWED order can be approved', OLD.status));
+    END IF;
+    IF approving AND NEW.risk_status IS DISTINCT FROM 'PASSED' THEN
+        PERFORM orders_maker_checker_refuse(NEW.id,
+            format('its risk check is %s, not PASSED', NEW.risk_status));
+    END IF;
+    -- The maker's key owner is the maker (fk_orders_created_by_key_id_api_keys).
+    IF decider IS NULL OR decider = NEW.created_by THEN
+        PERFORM orders_maker_checker_refuse(NEW.id,
+            'a decision names its decider, who is not the order''s maker');
+    END IF;
+    -- With a request context (every application write) the decider is the acting person:
+    -- an approver, not through an API key. Without one (the owner) the row rules suffice.
+    IF tradeops_user_id() IS NOT NULL
+       AND (decider <> tradeops_user_id() OR tradeops_role() IS DISTINCT FROM 'approver'
+            OR tradeops_api_key_id() IS NOT NULL) THEN
+        PERFORM orders_maker_checker_refuse(NEW.id,
+            'a decision is the acting approver''s own, never through an API key');
+    END IF;
+    RETURN NEW;
+END $$;
+"""
 
 EXECUTION_RULES = r"""
 CREATE OR REPLACE FUNCTION executions_enforce_order_rules() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -199,21 +251,6 @@ EXECUTION_CHECKS = {
 }
 
 
-def _maker_checker_function(old: str, new: str) -> None:
-    """Rewrite 0011's maker-checker function with one line changed, read from the catalog so
-    the rest of it stays exactly as 0011 wrote it."""
-    op.execute(
-        "DO $$ DECLARE body text; BEGIN"
-        " SELECT pg_get_functiondef('orders_enforce_maker_checker()'::regprocedure) INTO body;"
-        f" body := replace(body, {_literal(old)}, {_literal(new)});"
-        " EXECUTE body; END $$"
-    )
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def upgrade() -> None:
     op.add_column("desks", sa.Column("time_zone", sa.Text(), server_default="UTC", nullable=False))
     op.add_column(
@@ -244,7 +281,7 @@ def upgrade() -> None:
         postgresql_where=sa.text(f"status IN {OPEN} AND expire_at IS NOT NULL"),
     )
     op.execute(EXPIRY)
-    _maker_checker_function(APPROVING_0011, APPROVING_0017)
+    op.execute(MAKER_CHECKER_FUNCTION.format(approving=APPROVING))
 
     op.add_column("executions", sa.Column("kind", sa.Text(), server_default="FILL", nullable=False))
     op.add_column("executions", sa.Column("reverses_execution_id", sa.BigInteger()))
@@ -272,8 +309,11 @@ def downgrade() -> None:
     op.drop_constraint(op.f("fk_executions_reverses_execution_id_executions"), "executions")
     for column in ("reason", "reverses_execution_id", "kind"):
         op.drop_column("executions", column)
-    _maker_checker_function(APPROVING_0017, APPROVING_0011)
+    op.execute(MAKER_CHECKER_FUNCTION.format(approving=APPROVING_BEFORE))
     op.execute(DROP_EXPIRY)
+    # What expired was open until then; the status list before this migration has no word
+    # for it but final ones, so expired orders are cancelled (as 0014's downgrade does).
+    op.execute("UPDATE orders SET status = 'CANCELLED' WHERE status = 'EXPIRED'")
     op.drop_index("ix_orders_expire_at_open", table_name="orders")
     for name in ORDER_CHECKS:
         op.drop_constraint(op.f(f"ck_orders_{name}"), "orders")
