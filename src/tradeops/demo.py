@@ -18,7 +18,7 @@ from tradeops.clients import service as clients
 from tradeops.clients.schemas import ClientCreate
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks import service as desks
-from tradeops.desks.service import DeskIn
+from tradeops.desks.service import ApprovalBand, ApprovalPolicyIn, DeskIn
 from tradeops.errors import Conflict
 from tradeops.instruments import service as instruments
 from tradeops.instruments.schemas import InstrumentCreate
@@ -107,9 +107,38 @@ async def _missing_limit(uow: UnitOfWork, principal: Principal, limit: RiskLimit
     return 1
 
 
+# Approval policies, set only where a desk has none: EQ-US orders above 1,000,000 USD need
+# two approvers (approver@ and approver2@demo.test).
+APPROVAL_POLICIES = {
+    "EQ-US": ApprovalPolicyIn(
+        currency="USD",
+        bands=[
+            ApprovalBand(min_notional=Decimal(0), approvals=1),
+            ApprovalBand(min_notional=Decimal(1_000_000), approvals=2),
+        ],
+    )
+}
+
+
+async def _missing_policy(
+    uow: UnitOfWork, principal: Principal, desk: str, policy: ApprovalPolicyIn
+) -> int:
+    if (await desks.get_approval_policy(uow, principal, desk)).updated_at is not None:
+        return 0
+    await desks.set_approval_policy(uow, principal, desk, policy)
+    return 1
+
+
 async def load_demo_data(uow: UnitOfWork, principal: Principal) -> dict[str, int]:
     """Create whatever of the demo data is missing; return how many of each kind were added."""
-    added = {"desks": 0, "clients": 0, "instruments": 0, "prices": 0, "risk_limits": 0}
+    added = {
+        "desks": 0,
+        "clients": 0,
+        "instruments": 0,
+        "prices": 0,
+        "risk_limits": 0,
+        "approval_policies": 0,
+    }
     for desk in DESKS:
         added["desks"] += await _created(desks.create_desk(uow, principal, desk))
     for client in CLIENTS:
@@ -121,6 +150,8 @@ async def load_demo_data(uow: UnitOfWork, principal: Principal) -> dict[str, int
     added["prices"] = (await marketdata.publish(uow, principal, PRICES)).stored
     for limit in LIMITS:
         added["risk_limits"] += await _missing_limit(uow, principal, limit)
+    for desk_code, policy in APPROVAL_POLICIES.items():
+        added["approval_policies"] += await _missing_policy(uow, principal, desk_code, policy)
     return added
 
 
@@ -136,6 +167,7 @@ DEMO_USERS = [
     ("trader@demo.test", "Tess Trader", "trader", ["EQ-US"]),
     ("trader.fi@demo.test", "Felix Fixed-Income", "trader", ["FI-EU"]),
     ("approver@demo.test", "Ada Approver", "approver", ["EQ-US"]),
+    ("approver2@demo.test", "Bo Second-Approver", "approver", ["EQ-US"]),
     ("risk@demo.test", "Rita Risk", "risk", []),
     ("admin@demo.test", "Otto Operations", "admin", []),
 ]

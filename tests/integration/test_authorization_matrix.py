@@ -54,6 +54,7 @@ EQ_DESK = {"desks": ["EQ-US"]}
 RENAME = {"name": "Renamed"}
 RESTRICT = {"restricted": True}
 DESK_LIMIT = {"desk": "EQ-US", "max_order_notional": "1000000", "fat_finger_pct": "5"}
+POLICY = {"bands": [{"min_notional": "0", "approvals": 1}, {"min_notional": "1e6", "approvals": 2}]}
 REASON = {"reason": "Outside the client's mandate"}
 PRICE = {"symbol": "AAPL", "price": "192.55", "as_of": "2026-11-23T10:00:00Z", "source": "test"}
 PRICES = {"snapshots": [PRICE]}
@@ -228,6 +229,11 @@ MATRIX = [
     row("POST",   "/orders/{eq_approved_expired}/executions", FILL,
                                                              401, 403, 403, 403, 403, 409, 403,
         label="expired"),
+    # Approval policies: risk and admin read and set them, for every desk; no key does.
+    row("GET",    "/desks/EQ-US/approval-policy", None,      401, 403, 403, 403, 200, 200, 403),
+    row("GET",    "/desks/FI-EU/approval-policy", None,      401, 403, 403, 403, 200, 200, 403),
+    row("PUT",    "/desks/EQ-US/approval-policy", POLICY,    401, 403, 403, 403, 200, 200, 403),
+    row("PUT",    "/desks/FI-EU/approval-policy", POLICY,    401, 403, 403, 403, 200, 200, 403),
     # Webhooks: admins, signed in (no key scope reaches them). {webhook}: an admin's endpoint.
     row("GET",    "/webhooks",                   None,       401, 403, 403, 403, 403, 200, 403),
     row("POST",   "/webhooks",                   NEW_HOOK,   401, 403, 403, 403, 403, 201, 403),
@@ -453,6 +459,8 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         "CUST-1001": "{client_id}",
         "CUST-2001": "{client_id}",
         "AAPL": "{symbol}",
+        "/desks/EQ-US/": "/desks/{code}/",
+        "/desks/FI-EU/": "/desks/{code}/",
     }
     covered = set()
     for entry in MATRIX:

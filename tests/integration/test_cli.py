@@ -28,6 +28,7 @@ DEMO_EMAILS = [
     "trader@demo.test",
     "trader.fi@demo.test",
     "approver@demo.test",
+    "approver2@demo.test",
     "risk@demo.test",
     "admin@demo.test",
 ]

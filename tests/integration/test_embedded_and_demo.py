@@ -62,9 +62,23 @@ def test_embedded_server_boots_in_empty_directory_and_stops_on_exit(tmp_path: Pa
 
 async def test_demo_data_is_idempotent(owner_engine: AsyncEngine) -> None:
     first = await run_in_transaction(owner_engine, SYSTEM, lambda uow: load_demo_data(uow, SYSTEM))
-    assert first == {"desks": 2, "clients": 3, "instruments": 7, "prices": 7, "risk_limits": 2}
+    assert first == {
+        "desks": 2,
+        "clients": 3,
+        "instruments": 7,
+        "prices": 7,
+        "risk_limits": 2,
+        "approval_policies": 1,
+    }
     second = await run_in_transaction(owner_engine, SYSTEM, lambda uow: load_demo_data(uow, SYSTEM))
-    assert second == {"desks": 0, "clients": 0, "instruments": 0, "prices": 0, "risk_limits": 0}
+    assert second == {
+        "desks": 0,
+        "clients": 0,
+        "instruments": 0,
+        "prices": 0,
+        "risk_limits": 0,
+        "approval_policies": 0,
+    }
     async with owner_engine.connect() as conn:
         restricted = await conn.scalar(text("SELECT count(*) FROM instruments WHERE restricted"))
         symbols = set((await conn.execute(text("SELECT symbol FROM instruments"))).scalars())

@@ -38,6 +38,14 @@ APPROVE = text(
     "UPDATE orders SET status = 'APPROVED', approved_by = :by, version = version + 1"
     " WHERE id = :id RETURNING id"
 )
+# An approval as the database wants it (migration 0016): the approver's order_approvals row,
+# then the order's move to APPROVED, whose trigger counts that row.
+GIVE_AND_APPROVE = text(
+    "WITH given AS (INSERT INTO order_approvals (order_id, desk_id, approved_by)"
+    " SELECT id, desk_id, :by FROM orders WHERE id = :id RETURNING order_id)"
+    " UPDATE orders SET status = 'APPROVED', approved_by = :by, version = version + 1"
+    " FROM given WHERE orders.id = given.order_id RETURNING id"
+)
 REJECT = text(
     "UPDATE orders SET status = 'REJECTED', rejected_by = :by, version = version + 1"
     " WHERE id = :id RETURNING id"
@@ -211,7 +219,9 @@ async def test_a_legitimate_approval_and_rejection_pass(
     rejected = await make_order(owner_engine, cast.ids["trader"])
     approver = person(cast, "approver", Role.APPROVER)
     async with acting(owner_engine, approver) as uow:
-        assert (await uow.execute(APPROVE, {"by": approver.user_id, "id": approved})).rowcount
+        assert (
+            await uow.execute(GIVE_AND_APPROVE, {"by": approver.user_id, "id": approved})
+        ).rowcount
         assert (await uow.execute(REJECT, {"by": approver.user_id, "id": rejected})).rowcount
     me = approver.user_id
     assert await status_of(owner_engine, approved) == ("APPROVED", me, None)
@@ -245,7 +255,7 @@ async def test_the_owner_is_bound_too(
 async def test_the_owner_may_approve_by_the_rules(cast: Cast, owner_engine: AsyncEngine) -> None:
     order_id = await make_order(owner_engine, cast.ids["trader"])
     async with owner_engine.begin() as conn:
-        await conn.execute(APPROVE, {"by": cast.ids["approver"], "id": order_id})
+        await conn.execute(GIVE_AND_APPROVE, {"by": cast.ids["approver"], "id": order_id})
     assert await status_of(owner_engine, order_id) == ("APPROVED", cast.ids["approver"], None)
     # And may not set an approver afterwards, or make the maker approver by other means.
     again = text("UPDATE orders SET approved_by = :by WHERE id = :id")

@@ -25,6 +25,7 @@ from tests.factories import (
     bearer,
     make_instrument,
     make_maker,
+    make_user,
     pass_risk_check,
 )
 from tests.pages import AGENT_ADVICE, API, csrf_of, review, sign_in, submit
@@ -684,6 +685,49 @@ async def test_a_small_approval_or_a_refused_one_is_not_asked_to_confirm(
         approver, f"/ui/orders/{small}", f"/ui/orders/{small}/approve", version="2"
     )
     assert approved.status_code == 303
+
+
+async def test_an_order_needing_two_approvals_shows_who_gave_them(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """The queue and the order page say "1 of 2 approvals" and who gave them; the second
+    approver's button approves, the first's is disabled and a direct post is a 409 page."""
+    policy = {"bands": [{"min_notional": "0", "approvals": 2}]}
+    put = await client.put(f"{API}/desks/EQ-US/approval-policy", json=policy, headers=cast["risk"])
+    assert put.status_code == 200, put.text
+    await make_user(owner_engine, "approver2@test.bank", "approver", ["EQ-US"])
+    order_id = await agent_order(client, cast, owner_engine)
+    page = f"/ui/orders/{order_id}"
+    async with AsyncExitStack() as stack:
+
+        async def open_as(email: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://testserver")
+            )
+            assert (await sign_in(http, email)).status_code == 303
+            return http
+
+        first, second = await open_as("approver@test.bank"), await open_as("approver2@test.bank")
+        assert "0 of 2 approvals" in (await first.get(page)).text
+        recorded = await post_form(first, page, f"{page}/approve", version="2", note="fine")
+        assert recorded.status_code == 303, recorded.text
+        assert recorded.headers["location"] == f"{page}?done=approval-recorded"
+        shown = unescape((await first.get(recorded.headers["location"])).text)
+        assert "is recorded: 1 of 2 approvals" in shown
+        assert "approver@test.bank <em>(you)</em>" in shown
+        assert "disabled" in _form(shown, "approve")
+        assert "You have already approved" in _form(shown, "approve")
+        again = await post_form(first, page, f"{page}/approve", version="3")
+        assert again.status_code == 409
+        assert 'data-problem="approval-already-given"' in again.text
+        queue = unescape((await second.get("/ui/orders")).text)
+        assert "1 of 2 approvals: approver@test.bank" in queue
+        assert "Yours is approval 2 of 2" in (await second.get(page)).text
+        approved = await post_form(second, page, f"{page}/approve", version="3")
+        assert approved.status_code == 303, approved.text
+        assert approved.headers["location"] == f"{page}?done=approved"
+    assert await status_of(client, cast, order_id) == "APPROVED"
 
 
 async def test_replaced_orders_link_both_ways_and_leave_the_queue(

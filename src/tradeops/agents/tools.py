@@ -416,6 +416,8 @@ _ORDER_FIELDS = (
     "amended it); risk_status (PENDING, PASSED, FAILED) and risk_reasons from the pre-trade risk "
     "check; quantity, price, filled_quantity and avg_fill_price as decimal strings (price in "
     "the instrument's currency, null for MARKET orders); created_by, reviewed_by, approved_by; "
+    "approvals_required (approvals from distinct people it needs, by its desk's policy) and "
+    "approvals (who approved, when, with what note; people approve, agents never do); "
     "and version, which changes on every step (send it back as expected_version)."
 )
 

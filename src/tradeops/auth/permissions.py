@@ -36,6 +36,8 @@ class Action(StrEnum):
     READ_POSITIONS = "read positions"
     READ_RISK_LIMITS = "read risk limits"
     MANAGE_RISK_LIMITS = "manage risk limits"
+    READ_APPROVAL_POLICIES = "read approval policies"
+    MANAGE_APPROVAL_POLICIES = "manage approval policies"
     MANAGE_WEBHOOKS = "manage webhooks"
 
 
@@ -69,6 +71,9 @@ PERMISSIONS: dict[Action, frozenset[Role]] = {
     # Limits are the risk function's; admin may look (no key may do either).
     Action.READ_RISK_LIMITS: frozenset({R.RISK, R.ADMIN}),
     Action.MANAGE_RISK_LIMITS: frozenset({R.RISK}),
+    # How many people approve a desk's orders: risk and admin set and read it (no key does).
+    Action.READ_APPROVAL_POLICIES: frozenset({R.RISK, R.ADMIN}),
+    Action.MANAGE_APPROVAL_POLICIES: frozenset({R.RISK, R.ADMIN}),
     # Where order events are sent, and what was sent: admins, signed in (no key has a scope).
     Action.MANAGE_WEBHOOKS: frozenset({R.ADMIN}),
 }

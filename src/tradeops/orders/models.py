@@ -90,6 +90,8 @@ class Order(Base):
         CheckConstraint(
             "(status = 'REJECTED') = (rejected_by IS NOT NULL)", name="rejected_has_rejecter"
         ),
+        # Set at intake from the desk's approval policy (migration 0016); never changes.
+        CheckConstraint("approvals_required BETWEEN 1 AND 5", name="approvals_required"),
         # The key an order came through is its maker's: a key acts as its owner, so the
         # maker's key owner is the maker, for every row and every writer.
         ForeignKeyConstraint(
@@ -151,6 +153,7 @@ class Order(Base):
     reviewed_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
     approved_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
     rejected_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"))
+    approvals_required: Mapped[int] = mapped_column(Integer, server_default="1")
     replaces: Mapped[int | None] = mapped_column(BigInteger)
     replaced_by: Mapped[int | None] = mapped_column(BigInteger)
     # When an open order expires (DAY: the desk's next cut-off; GTD: as asked; else none).
@@ -190,3 +193,24 @@ class OrderEvent(Base):
     at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
+
+
+class OrderApproval(Base):
+    """One person's approval of an order; the primary key makes approvers distinct. The
+    order reaches APPROVED with its approvals_required-th (trigger of migration 0016)."""
+
+    __tablename__ = "order_approvals"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["order_id", "desk_id"], ["orders.id", "orders.desk_id"], ondelete="CASCADE"
+        ),
+    )
+
+    order_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # The order's desk, so row-level security needs no lookup of the order.
+    desk_id: Mapped[int] = mapped_column(BigInteger)
+    approved_by: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"), primary_key=True)
+    approved_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    note: Mapped[str | None] = mapped_column(Text)

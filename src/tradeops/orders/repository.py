@@ -7,7 +7,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, Boolean, Select, any_, bindparam, literal, or_, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Select,
+    any_,
+    bindparam,
+    literal,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from tradeops.audit.repository import append_audit
@@ -103,6 +115,7 @@ class Submitted:
     lot_size: Decimal | None
     tick_size: Decimal | None
     instrument_active: bool | None
+    approvals_required: int | None
     id: int | None
     status: str | None
     risk_status: str | None
@@ -116,6 +129,7 @@ class Submitted:
 
 # The columns of the new order that SUBMIT_ORDER returns beside the references.
 CREATED_FIELDS = (
+    "approvals_required",
     "id",
     "status",
     "risk_status",
@@ -127,6 +141,33 @@ CREATED_FIELDS = (
     "updated_at",
 )
 
+
+# The approvals an order needs under its desk's policy (migration 0016), fixed at intake:
+# the band its notional falls in, notional = quantity x (limit price, or for a MARKET order
+# the instrument's latest market price). Where the notional cannot be put in the policy's
+# currency (no price known yet, or an instrument in another currency: there are no FX
+# rates) the strictest band applies. No policy: one approval.
+def approvals_required(desk_id: str) -> str:
+    """The SQL expression of the approvals needed by an order of the desk `desk_id` names,
+    reading the instrument `i`, the desk's policy `p` and the latest price `last`."""
+    return (
+        "COALESCE(CASE WHEN p.currency = i.currency"  # noqa: S608 - SQL from this code only
+        "  AND COALESCE(CAST(:price AS numeric), last.price) IS NOT NULL"
+        f" THEN (SELECT b.approvals FROM approval_bands b WHERE b.desk_id = {desk_id}"
+        "  AND b.min_notional"
+        "   <= CAST(:quantity AS numeric) * COALESCE(CAST(:price AS numeric), last.price)"
+        "  ORDER BY b.min_notional DESC LIMIT 1)"
+        f" ELSE (SELECT max(b.approvals) FROM approval_bands b WHERE b.desk_id = {desk_id})"
+        " END, 1)"
+    )
+
+
+# The instrument's latest market price, `last`, for approvals_required (a MARKET order).
+_LAST_PRICE = (
+    " LEFT JOIN LATERAL (SELECT m.price FROM market_snapshots m WHERE m.instrument_id = i.id"
+    "  ORDER BY m.as_of DESC LIMIT 1) last ON true"
+)
+
 # Intake in one statement: find the client and instrument, insert the order only if every
 # rule that needs their rows holds, append its first history event and its audit event, and
 # return the references either way, so a refusal can be explained field by field. A repeated
@@ -134,12 +175,13 @@ CREATED_FIELDS = (
 SUBMIT_ORDER = query(
     order_change(
         "INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
-        " expire_at, quantity, price, currency, client_order_id, created_by, created_by_key_id)"
+        " expire_at, quantity, price, currency, client_order_id, created_by, created_by_key_id,"
+        " approvals_required)"
         " SELECT desk_id, client_pk, instrument_pk, CAST(:side AS text),"
         "  CAST(:order_type AS text), CAST(:time_in_force AS text),"
         "  CAST(:expire_at AS timestamptz), CAST(:quantity AS numeric),"
         "  CAST(:price AS numeric), currency, CAST(:client_order_id AS text),"
-        "  CAST(:created_by AS bigint), CAST(:created_by_key_id AS bigint)"
+        "  CAST(:created_by AS bigint), CAST(:created_by_key_id AS bigint), approvals_required"
         " FROM refs"
         " WHERE client_status = 'ACTIVE' AND instrument_active"
         "  AND (CAST(:all_desks AS boolean) OR desk_id = ANY(CAST(:desk_ids AS bigint[])))"
@@ -147,14 +189,17 @@ SUBMIT_ORDER = query(
         "  AND (:price IS NULL OR mod(:price, tick_size) = 0)"
         " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *",
         before=False,
-        first="refs AS ("
+        first="refs AS ("  # noqa: S608 - SQL from this code only
         " SELECT c.id AS client_pk, c.desk_id, c.status AS client_status, d.code AS desk,"
         "  i.id AS instrument_pk, i.currency, i.lot_size, i.tick_size,"
-        "  i.active AS instrument_active"
+        "  i.active AS instrument_active, "
+        + approvals_required("c.desk_id")
+        + " AS approvals_required"
         " FROM (SELECT 1) AS one"
         " LEFT JOIN clients c ON c.external_id = :client_id"
         " LEFT JOIN desks d ON d.id = c.desk_id"
-        " LEFT JOIN instruments i ON i.symbol = :symbol)",
+        " LEFT JOIN instruments i ON i.symbol = :symbol"
+        " LEFT JOIN desk_approval_policies p ON p.desk_id = c.desk_id" + _LAST_PRICE + ")",
         returning="SELECT refs.*, n.id, n.status, n.risk_status, n.risk_reasons,"
         " n.filled_quantity, n.expire_at, n.version, n.created_at, n.updated_at"
         " FROM refs LEFT JOIN changed n ON true",
@@ -174,6 +219,8 @@ class OrderFacts:
     created_by: int
     risk_status: RiskStatus
     risk_reasons: list[dict[str, Any]]
+    approvals_required: int
+    approvers: list[int]  # who approved it so far (user ids)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", OrderStatus(self.status))
@@ -181,7 +228,9 @@ class OrderFacts:
 
 
 _ORDER_FACTS = (
-    "SELECT o.id, o.desk_id, o.status, o.version, o.created_by, o.risk_status, o.risk_reasons"
+    "SELECT o.id, o.desk_id, o.status, o.version, o.created_by, o.risk_status, o.risk_reasons,"
+    " o.approvals_required,"
+    " ARRAY(SELECT a.approved_by FROM order_approvals a WHERE a.order_id = o.id) AS approvers"
 )
 ORDER_FACTS = query(_ORDER_FACTS + " FROM orders o WHERE o.id = :id", OrderFacts)
 
@@ -245,6 +294,31 @@ EXPIRE_DUE = query(
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRecorded:
+    """`added`: this approval was recorded (False: its giver had approved already);
+    `given`: the order's approvals now, counting it."""
+
+    given: int
+    added: bool
+
+
+# One approval, read and written after the order is locked (a statement of its own, so its
+# snapshot sees every approval committed before the lock was granted): the giver's approval
+# unless they gave one already, and how many the order has now. The order's row is changed
+# next, by TRANSITION: to APPROVED with the last approval, else only its version.
+RECORD_APPROVAL = query(
+    "WITH given AS (SELECT approved_by FROM order_approvals WHERE order_id = :id),"
+    " added AS (INSERT INTO order_approvals (order_id, desk_id, approved_by, note)"
+    "  SELECT :id, :desk_id, :approved_by, CAST(:note AS text)"
+    "  WHERE NOT EXISTS (SELECT 1 FROM given WHERE approved_by = :approved_by)"
+    "  ON CONFLICT DO NOTHING RETURNING approved_by)"
+    " SELECT CAST((SELECT count(*) FROM given) + (SELECT count(*) FROM added) AS integer)"
+    "  AS given, EXISTS (SELECT 1 FROM added) AS added",
+    ApprovalRecorded,
+)
+
+
+@dataclass(frozen=True, slots=True)
 class ReplacedOrder:
     """What an amendment reads of the order it replaces (locked): the maker-checker facts, what
     the replacement copies, and the instrument's steps its new quantity and price must keep."""
@@ -256,6 +330,8 @@ class ReplacedOrder:
     created_by: int
     risk_status: RiskStatus
     risk_reasons: list[dict[str, Any]]
+    approvals_required: int  # the old order's: the replacement's come from the band again
+    approvers: list[int]
     client_id: str
     desk: str
     symbol: str
@@ -298,6 +374,7 @@ class Replacement:
     filled_quantity: Decimal
     expire_at: datetime | None
     replaces: int
+    approvals_required: int
     version: int
     created_at: datetime
     updated_at: datetime
@@ -311,13 +388,17 @@ class Replacement:
 _REPLACEMENT = (
     "created AS (INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type,"  # noqa: S608 - SQL from this code only
     " time_in_force, expire_at, quantity, price, currency, client_order_id, created_by,"
-    " created_by_key_id, replaces)"
-    " SELECT desk_id, client_id, instrument_id, side, order_type, time_in_force,"
-    "  CASE WHEN time_in_force = 'GTD'"
-    "   THEN COALESCE(CAST(:expire_at AS timestamptz), expire_at) END,"
-    "  CAST(:quantity AS numeric), CAST(:price AS numeric), currency,"
-    "  CAST(:client_order_id AS text), created_by, CAST(:created_by_key_id AS bigint), id"
-    " FROM orders WHERE id = :id AND version = :version AND status = :from_status"
+    " created_by_key_id, replaces, approvals_required)"
+    " SELECT o.desk_id, o.client_id, o.instrument_id, o.side, o.order_type, o.time_in_force,"
+    "  CASE WHEN o.time_in_force = 'GTD'"
+    "   THEN COALESCE(CAST(:expire_at AS timestamptz), o.expire_at) END,"
+    "  CAST(:quantity AS numeric), CAST(:price AS numeric), o.currency,"
+    "  CAST(:client_order_id AS text), o.created_by, CAST(:created_by_key_id AS bigint), o.id, "
+    + approvals_required("o.desk_id")
+    + " FROM orders o JOIN instruments i ON i.id = o.instrument_id"
+    " LEFT JOIN desk_approval_policies p ON p.desk_id = o.desk_id"
+    + _LAST_PRICE
+    + " WHERE o.id = :id AND o.version = :version AND o.status = :from_status"
     " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *),"
     " created_event AS (INSERT INTO order_events (order_id, desk_id, seq, type, payload)"
     " SELECT n.id, n.desk_id, n.version, 'CREATED',"
@@ -342,7 +423,7 @@ REPLACE_ORDER = query(
         first=_REPLACEMENT,
         event_payload="CAST(:payload AS jsonb) || jsonb_build_object('replaced_by', c.replaced_by)",
         returning="SELECT n.id, n.status, n.risk_status, n.risk_reasons, n.filled_quantity,"
-        " n.expire_at, n.replaces, n.version, n.created_at, n.updated_at"
+        " n.expire_at, n.replaces, n.approvals_required, n.version, n.created_at, n.updated_at"
         " FROM created n JOIN changed c ON c.replaced_by = n.id",
     ),
     Replacement,
@@ -361,6 +442,14 @@ class OrderEventRow:
 ORDER_EVENTS = query(
     "SELECT seq, type, actor, payload, at FROM order_events WHERE order_id = :id ORDER BY seq",
     OrderEventRow,
+)
+
+
+# An order's approvals, oldest first, as one JSON value of the order's row: no extra read.
+APPROVALS: ColumnElement[Any] = literal_column(
+    "(SELECT COALESCE(jsonb_agg(jsonb_build_object('approved_by', u.email,"
+    " 'approved_at', a.approved_at, 'note', a.note) ORDER BY a.approved_at, u.email), '[]')"
+    " FROM order_approvals a JOIN users u ON u.id = a.approved_by WHERE a.order_id = orders.id)"
 )
 
 
@@ -442,6 +531,8 @@ def order_view() -> Select[Any]:
             creator.c.email.label("created_by"),
             reviewer.c.email.label("reviewed_by"),
             approver.c.email.label("approved_by"),
+            orders.c.approvals_required,
+            APPROVALS.label("approvals"),
             orders.c.replaces,
             orders.c.replaced_by,
             orders.c.version,

@@ -55,6 +55,7 @@ TRANSITION_ERRORS = problem_responses(
     workflow.IllegalTransition,
     workflow.StaleVersion,
     workflow.MakerCannotApprove,
+    workflow.ApprovalAlreadyGiven,
     workflow.RiskCheckFailed,
     workflow.RiskCheckPending,
     IdempotencyKeyReused,
@@ -274,10 +275,13 @@ async def approve_order(
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    """Approve a REVIEWED order → APPROVED (ready for execution). Only a signed-in approver of
-    the order's desk who did not submit it; never with an API key; not if its risk check
-    FAILED or is still PENDING (only PASSED). Send the version you saw as If-Match: of
-    concurrent deciders exactly one wins."""
+    """Approve a REVIEWED order. Only a signed-in approver of the order's desk who did not
+    submit it; never with an API key; not if its risk check FAILED or is still PENDING (only
+    PASSED). An order needs `approvals_required` approvals from distinct people (its desk's
+    approval policy when it was submitted): each is recorded in `approvals`, the last one
+    makes it APPROVED (ready for execution); one before the last leaves it REVIEWED with a new
+    version. Approving twice is 409 approval-already-given. Send the version you saw as
+    If-Match: of concurrent final approvals exactly one wins."""
     body = body or ApproveRequest()
     decision = Decision(
         order_id,

@@ -97,6 +97,12 @@ class OrderCreate(BaseModel):
         return self
 
 
+class ApprovalOut(BaseModel):
+    approved_by: str = Field(description="The approver's email")
+    approved_at: datetime
+    note: str | None
+
+
 class OrderOut(BaseModel):
     id: int
     status: OrderStatus
@@ -120,7 +126,12 @@ class OrderOut(BaseModel):
     client_order_id: str | None
     created_by: str
     reviewed_by: str | None
-    approved_by: str | None
+    approved_by: str | None = Field(description="Who gave the last approval, once APPROVED")
+    approvals_required: int = Field(
+        description="Approvals from distinct people the order needs: its desk's approval "
+        "policy when it was submitted"
+    )
+    approvals: list[ApprovalOut] = Field(description="The approvals given so far, oldest first")
     replaces: int | None = Field(
         default=None, description="The order this one amended (it is REPLACED), if any"
     )

@@ -154,6 +154,7 @@ def _created(principal: Principal, order: OrderCreate, row: Submitted) -> OrderO
             "created_by": principal.email,
             "reviewed_by": None,
             "approved_by": None,
+            "approvals": [],
         }
     )
 

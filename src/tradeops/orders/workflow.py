@@ -5,8 +5,13 @@ PENDING ──review──▶ REVIEWED ──approve──▶ APPROVED ──(fi
 An open order (PENDING, REVIEWED, APPROVED, PARTIALLY_FILLED) may be amended by its maker:
 it becomes REPLACED and a new order (`replaces` it) starts again at PENDING.
 
+An order needs `approvals_required` approvals from distinct people (its desk's approval
+policy when it was submitted); each is recorded, and the last one makes it APPROVED. One
+that is not the last leaves the order REVIEWED with a new version (an APPROVAL_RECORDED
+event), so an If-Match read before it is stale.
+
 The order row is locked first, so the rules below see its current state and concurrent
-deciders queue behind each other: of many approvals exactly one wins, the rest get 409.
+deciders queue behind each other: of many final approvals exactly one wins, the rest get 409.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ class StaleVersion(Conflict):
 class MakerCannotApprove(Forbidden):
     slug = "maker-checker"
     title = "The maker of an order cannot decide on it"
+
+
+class ApprovalAlreadyGiven(Conflict):
+    slug = "approval-already-given"
+    title = "You have already approved this order"
 
 
 class RiskCheckFailed(Conflict):
@@ -114,6 +124,8 @@ CANCEL = Transition(
 
 
 TRANSITIONS = (REVIEW, APPROVE, REJECT, CANCEL)
+# The history's step for an approval that is not yet the last one the order needs.
+APPROVAL_RECORDED = "APPROVAL_RECORDED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +172,8 @@ def refusal(
             "approver must decide on it.",
             order_id=order.id,
         )
+    if transition is APPROVE and principal.user_id in order.approvers:
+        return already_approved(order)
     if (
         transition is CANCEL
         and order.created_by != principal.user_id
@@ -167,6 +181,15 @@ def refusal(
     ):
         return Forbidden(f"Only the order's maker or an approver may cancel order {order.id}.")
     return None
+
+
+def already_approved(order: repo.OrderFacts) -> ApprovalAlreadyGiven:
+    return ApprovalAlreadyGiven(
+        f"You have already approved order {order.id}; it needs approvals from "
+        f"{order.approvals_required} different people.",
+        order_id=order.id,
+        approvals_required=order.approvals_required,
+    )
 
 
 def _status_refusal(transition: Transition, order: repo.OrderFacts) -> DomainError | None:
@@ -226,24 +249,70 @@ async def transition_order(uow: UnitOfWork, principal: Principal, decision: Deci
     refused = refusal(transition, principal, order)
     if refused is not None:
         raise refused
-    changed = await uow.row(
-        repo.TRANSITION,
-        {
-            "id": order_id,
-            "version": order.version,
-            "from_status": order.status,
-            "to_status": transition.to_status,
-            "reviewed_by": principal.user_id if transition is REVIEW else None,
-            "approved_by": principal.user_id if transition is APPROVE else None,
-            "rejected_by": principal.user_id if transition is REJECT else None,
-            "event_type": transition.to_status,
-            "payload": orjson.dumps(decision.history()).decode(),
-            "action": f"order.{transition.to_status.lower()}",
-        },
-    )
+    change = _change(transition, principal, order, decision)
+    if transition is APPROVE:
+        change = await _record_approval(uow, principal, order, decision, change)
+    changed = await uow.row(repo.TRANSITION, change)
     if changed is None:  # pragma: no cover - the row is locked; kept as a guard
         raise StaleVersion(f"Order {order_id} changed while being decided; read it again.")
     return await get_order(uow, principal, order_id)
+
+
+def _change(
+    transition: Transition, principal: Principal, order: repo.OrderFacts, decision: Decision
+) -> dict[str, Any]:
+    """TRANSITION's parameters for `transition` of `order` by `principal`."""
+    return {
+        "id": order.id,
+        "version": order.version,
+        "from_status": order.status,
+        "to_status": transition.to_status,
+        "reviewed_by": principal.user_id if transition is REVIEW else None,
+        "approved_by": principal.user_id if transition is APPROVE else None,
+        "rejected_by": principal.user_id if transition is REJECT else None,
+        "event_type": transition.to_status,
+        "payload": orjson.dumps(decision.history()).decode(),
+        "action": f"order.{transition.to_status.lower()}",
+    }
+
+
+async def _record_approval(
+    uow: UnitOfWork,
+    principal: Principal,
+    order: repo.OrderFacts,
+    decision: Decision,
+    change: dict[str, Any],
+) -> dict[str, Any]:
+    """Record the principal's approval; the change is the approval itself when it is the
+    order's last one needed, else an APPROVAL_RECORDED step that only moves its version."""
+    recorded = await uow.row(
+        repo.RECORD_APPROVAL,
+        {
+            "id": order.id,
+            "desk_id": order.desk_id,
+            "approved_by": principal.user_id,
+            "note": decision.note,
+        },
+    )
+    assert recorded is not None  # the statement always answers one row
+    if not recorded.added:  # the same person's approval, committed while they waited on the lock
+        raise already_approved(order)
+    # The count is history worth keeping only where more than one approval is needed.
+    counted = (
+        {"approvals": recorded.given, "approvals_required": order.approvals_required}
+        if order.approvals_required > 1
+        else {}
+    )
+    payload = orjson.dumps({**decision.history(), **counted}).decode()
+    if recorded.given >= order.approvals_required:
+        return change | {"payload": payload}
+    return change | {
+        "to_status": REVIEWED,
+        "approved_by": None,
+        "event_type": APPROVAL_RECORDED,
+        "payload": payload,
+        "action": "order.approval_recorded",
+    }
 
 
 # --- amending: the order is REPLACED by a new one --------------------------------------------
@@ -397,6 +466,8 @@ def _replacement(
         created_by=principal.email,
         reviewed_by=None,
         approved_by=None,
+        approvals_required=created.approvals_required,
+        approvals=[],
         replaces=created.replaces,
         version=created.version,
         created_at=created.created_at,

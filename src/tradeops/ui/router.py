@@ -63,7 +63,7 @@ M = TypeVar("M", bound=BaseModel)
 StatusFilter = OrderStatus | Literal["", "awaiting"]
 RiskFilter = RiskStatus | Literal[""]
 Text = Annotated[str, Query(max_length=64)]
-Done = Literal["reviewed", "approved", "rejected", "cancelled"]
+Done = Literal["reviewed", "approved", "approval-recorded", "rejected", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,8 +334,10 @@ def _version(form: FormData) -> int | None:
 
 
 async def _decide(person: SignedIn, decision: workflow.Decision) -> Response:
-    await workflow.transition_order(person.uow, person.principal, decision)
+    order = await workflow.transition_order(person.uow, person.principal, decision)
     done = decision.transition.to_status.lower()
+    if decision.transition is workflow.APPROVE and order.status != workflow.APPROVED:
+        done = "approval-recorded"  # not the last approval the order needs
     return RedirectResponse(f"/ui/orders/{decision.order_id}?done={done}", status_code=303)
 
 

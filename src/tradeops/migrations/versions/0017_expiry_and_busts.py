@@ -1,7 +1,7 @@
 """expiry and busts
 
 Revision ID: 0017
-Revises: 0015
+Revises: 0016
 Create Date: 2026-11-27
 
 Expiry (issue 16, item 4). Desks get their end of day: `time_zone` (an IANA name, checked by
@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0017"
-down_revision: str | None = "0015"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -112,10 +112,11 @@ DROP FUNCTION orders_enforce_expiry(), orders_enforce_time_in_force(),
     tradeops_day_end(text, time, timestamptz);
 """
 
-# The maker-checker function as it stands before this migration (0011's), written out whole,
-# with one change: a move back to APPROVED from a filled status (a bust took every fill back)
-# is not an approval; approved_by cannot change on it all the same. The downgrade writes it
-# back with the line as it was.
+# The maker-checker function as it stands before this migration (0016's: 0011's with the
+# approvals an order needs fixed at intake and counted at approval), written out whole, with
+# one change: a move back to APPROVED from a filled status (a bust took every fill back) is
+# not an approval (no approvals counted again); approved_by cannot change on it all the same.
+# The downgrade writes it back with the line as it was, i.e. 0016's function.
 APPROVING_BEFORE = (
     "approving boolean := NEW.status = 'APPROVED' AND OLD.status IS DISTINCT FROM 'APPROVED';"
 )
@@ -129,10 +130,16 @@ DECLARE
     {approving}
     rejecting boolean := NEW.status = 'REJECTED' AND OLD.status IS DISTINCT FROM 'REJECTED';
     decider bigint := CASE WHEN approving THEN NEW.approved_by ELSE NEW.rejected_by END;
+    given integer;
 BEGIN
     IF NEW.created_by IS DISTINCT FROM OLD.created_by
        OR NEW.created_by_key_id IS DISTINCT FROM OLD.created_by_key_id THEN
         PERFORM orders_maker_checker_refuse(NEW.id, 'the maker of an order never changes');
+    END IF;
+
+    IF NEW.approvals_required IS DISTINCT FROM OLD.approvals_required THEN
+        PERFORM orders_maker_checker_refuse(NEW.id,
+            'the approvals an order needs are fixed when it is submitted');
     END IF;
     IF NEW.approved_by IS DISTINCT FROM OLD.approved_by AND NOT approving THEN
         PERFORM orders_maker_checker_refuse(NEW.id, 'approved_by is set by the approval only');
@@ -159,6 +166,17 @@ BEGIN
     IF decider IS NULL OR decider = NEW.created_by THEN
         PERFORM orders_maker_checker_refuse(NEW.id,
             'a decision names its decider, who is not the order''s maker');
+    END IF;
+
+    IF approving THEN
+        -- Distinct people by order_approvals' primary key; the last of them is approved_by.
+        SELECT count(*) INTO given FROM order_approvals WHERE order_id = NEW.id;
+        IF given < NEW.approvals_required
+           OR NOT EXISTS (SELECT 1 FROM order_approvals
+                          WHERE order_id = NEW.id AND approved_by = decider) THEN
+            PERFORM orders_maker_checker_refuse(NEW.id, format(
+                'it has %s of the %s approvals it needs', given, NEW.approvals_required));
+        END IF;
     END IF;
     -- With a request context (every application write) the decider is the acting person:
     -- an approver, not through an API key. Without one (the owner) the row rules suffice.
