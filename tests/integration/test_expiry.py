@@ -263,11 +263,19 @@ async def test_mcp_submit_order_takes_time_in_force_and_expire_at(
         "time_in_force": "GTD",
         "expire_at": later.isoformat(),
     }
+    sooner = later - timedelta(days=1)
     async with mcp_over_http(live_server, cast["agent"]) as agent:
         submitted = order_of(await agent.call_tool("submit_order", order))
         read = order_of(await agent.call_tool("get_order", {"order_id": submitted["id"]}))
+        amended = order_of(
+            await agent.call_tool(
+                "replace_order", {"order_id": submitted["id"], "expire_at": sooner.isoformat()}
+            )
+        )
     assert read["time_in_force"] == "GTD"
     assert datetime.fromisoformat(read["expire_at"]) == later
+    assert (amended["replaces"], amended["time_in_force"]) == (submitted["id"], "GTD")
+    assert datetime.fromisoformat(amended["expire_at"]) == sooner
 
 
 async def test_sweep_of_ten_thousand_due_orders_is_measured(
