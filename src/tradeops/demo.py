@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,8 +28,14 @@ from tradeops.risk import service as risk
 from tradeops.risk.schemas import RiskLimitIn
 
 DESKS = [
-    DeskIn(code="EQ-US", name="US Equities"),
-    DeskIn(code="FI-EU", name="European Fixed Income"),
+    # Their end of day: DAY orders still open then expire (tradeops.orders.expiry).
+    DeskIn(code="EQ-US", name="US Equities", time_zone="America/New_York", day_cutoff=time(16)),
+    DeskIn(
+        code="FI-EU",
+        name="European Fixed Income",
+        time_zone="Europe/Berlin",
+        day_cutoff=time(17, 30),
+    ),
 ]
 CLIENTS = [
     ClientCreate(client_id="CUST-1001", name="Hudson Pension Fund", desk="EQ-US"),

@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     # gets its check deferred again (at most risk_sweep_batch orders per sweep).
     risk_sweep_after_seconds: float = Field(default=60.0, gt=0)
     risk_sweep_batch: int = Field(default=100, ge=1)
+    # The expiry sweep (every 30 s) expires due orders this many per transaction.
+    expiry_batch: int = Field(default=500, ge=1)
     # A check still `doing` this long after it started is taken for lost (a worker that lost
     # the database while finishing it keeps heartbeating) and is put back in the queue. Far
     # above what a check takes (its statements time out after statement_timeout_ms).

@@ -172,6 +172,8 @@ MATRIX = [
     row("PATCH",  "/orders/{fi_order}",          AMEND,      401, 404, 201, 403, 403, 403, 404),
     row("PATCH",  "/orders/{eq_cancelled}",      AMEND,      401, 409, 404, 403, 403, 403, 409,
         label="cancelled"),
+    row("PATCH",  "/orders/{eq_expired}",        AMEND,      401, 409, 404, 403, 403, 403, 409,
+        label="expired"),
     row("PATCH",  "/orders/{eq_order}",          {},         401, 422, 422, 422, 422, 422, 422,
         label="nothing to change"),
     # Cancel many: whoever may cancel; each order then answers as its single cancel would
@@ -201,6 +203,16 @@ MATRIX = [
         label="not approved"),
     row("GET",    "/orders/{eq_order}/executions", None,     401, 200, 404, 200, 200, 200, 200),
     row("GET",    "/orders/{fi_order}/executions", None,     401, 404, 200, 404, 200, 200, 404),
+    # Busts (issue 16.5): like fills, operations only, with a reason; {eq_fill}, {fi_fill}:
+    # "<order>/executions/<fill>" of an order filled by the admin.
+    row("POST",   "/orders/{eq_fill}/bust",      REASON,     401, 403, 403, 403, 403, 201, 403),
+    row("POST",   "/orders/{fi_fill}/bust",      REASON,     401, 403, 403, 403, 403, 201, 403,
+        label="FI-EU"),
+    row("POST",   "/orders/{eq_fill}/bust",      {},         401, 422, 422, 422, 422, 422, 422,
+        label="no reason"),
+    row("GET",    "/positions?as_of=2100-01-01T00:00:00Z", None,
+                                                             401, 200, 200, 200, 200, 200, 200,
+        label="as of"),
     # Positions and portfolios: the client's desk (risk and admin every desk; positions:read).
     row("GET",    "/positions",                  None,       401, 200, 200, 200, 200, 200, 200),
     row("GET",    "/clients/CUST-1001/portfolio", None,      401, 200, 404, 200, 200, 200, 200),
@@ -208,6 +220,15 @@ MATRIX = [
     # Risk limits: risk sets them, risk and admin read them; no key does either.
     row("GET",    "/risk/limits",                None,       401, 403, 403, 403, 200, 200, 403),
     row("PUT",    "/risk/limits",                DESK_LIMIT, 401, 403, 403, 403, 200, 403, 403),
+    # Expiry (issue 16.4): an expired order is never approved nor filled, whoever asks: 409
+    # where the caller may otherwise act, 404 across desks, 403 for roles that never may.
+    row("POST",   "/orders/{eq_expired}/approve", None,      401, 403, 403, 409, 403, 403, 403,
+        label="expired"),
+    row("POST",   "/orders/{fi_expired}/approve", None,      401, 403, 403, 404, 403, 403, 403,
+        label="expired, other desk"),
+    row("POST",   "/orders/{eq_approved_expired}/executions", FILL,
+                                                             401, 403, 403, 403, 403, 409, 403,
+        label="expired"),
     # Approval policies: risk and admin read and set them, for every desk; no key does.
     row("GET",    "/desks/EQ-US/approval-policy", None,      401, 403, 403, 403, 200, 200, 403),
     row("GET",    "/desks/FI-EU/approval-policy", None,      401, 403, 403, 403, 200, 200, 403),
@@ -292,6 +313,37 @@ async def approved(world: World) -> int:
     return await decide(world, order_id, "approver", "approve")
 
 
+async def expired(world: World, order_id: int) -> int:
+    """The order's time passed and it expired, as the expiry job leaves it."""
+    async with world.engine.begin() as conn:
+        for change in ("expire_at = now() - interval '1 second'", "status = 'EXPIRED'"):
+            await conn.execute(
+                text(f"UPDATE orders SET {change} WHERE id = :id"),
+                {"id": order_id},
+            )
+    return order_id
+
+
+async def filled(world: World, maker: str, body: dict[str, Any], reviewer: str) -> str:
+    """An order of `maker` approved and filled by the admin: "<order>/executions/<fill>"."""
+    order_id = await reviewed(world, maker, body, reviewer)
+    approver = "approver_fi" if maker.endswith("_fi") else "approver"
+    await decide(world, order_id, approver, "approve")
+    response = await world.client.post(
+        f"{API}/orders/{order_id}/executions", json=FILL, headers=world.cast["admin"]
+    )
+    assert response.status_code == 201, response.text
+    return f"{order_id}/executions/{response.json()['execution']['id']}"
+
+
+async def reviewed_expired(world: World, maker: str, body: dict[str, Any], reviewer: str) -> int:
+    return await expired(world, await reviewed(world, maker, body, reviewer))
+
+
+async def approved_expired(world: World) -> int:
+    return await expired(world, await approved(world))
+
+
 async def cancelled(world: World) -> int:
     order_id = await submit(world, "trader", SEED_ORDER)
     return await decide(world, order_id, "trader", "cancel")
@@ -316,6 +368,11 @@ ARRANGE: dict[str, Callable[[World], Awaitable[int | str]]] = {
     "eq_reviewed": lambda world: reviewed(world, "trader", SEED_ORDER, "trader2"),
     "fi_reviewed": lambda world: reviewed(world, "trader_fi", FI_ORDER, "trader_fi"),
     "eq_approved": approved,
+    "eq_expired": lambda world: reviewed_expired(world, "trader", SEED_ORDER, "trader2"),
+    "fi_expired": lambda world: reviewed_expired(world, "trader_fi", FI_ORDER, "trader_fi"),
+    "eq_approved_expired": approved_expired,
+    "eq_fill": lambda world: filled(world, "trader", SEED_ORDER, "trader2"),
+    "fi_fill": lambda world: filled(world, "trader_fi", FI_ORDER, "trader_fi"),
     "eq_unchecked": lambda world: reviewed(
         world, "trader", SEED_ORDER, "trader2", risk_checked=False
     ),
@@ -386,6 +443,12 @@ def test_matrix_rows_are_real_endpoints_and_every_endpoint_has_a_row(app: FastAP
         "{eq_unchecked}": "{order_id}",
         "{fi_reviewed}": "{order_id}",
         "{eq_approved}": "{order_id}",
+        "{eq_expired}": "{order_id}",
+        "{fi_expired}": "{order_id}",
+        "{eq_approved_expired}": "{order_id}",
+        "{eq_fill}": "{order_id}/executions/{execution_id}",
+        "{fi_fill}": "{order_id}/executions/{execution_id}",
+        "?as_of=2100-01-01T00:00:00Z": "",
         "{trader2_order}": "{order_id}",
         "{agent_order}": "{order_id}",
         "{eq_cancelled}": "{order_id}",

@@ -34,6 +34,7 @@ from tradeops.db.pool import Database
 from tradeops.errors import InvalidRequest
 from tradeops.jobs.app import run_worker
 from tradeops.jobs.defer import DELIVER_WEBHOOKS, WEBHOOKS_QUEUE
+from tradeops.orders import expiry
 from tradeops.settings import Settings
 from tradeops.webhooks import service
 from tradeops.webhooks.signing import sign, verify
@@ -254,18 +255,25 @@ async def test_every_event_arrives_signed_and_exactly_once_by_id_after_refused_a
         )
         # 3: a price far from the market fails its check.
         third = await submit(client, cast, "trader", {**SEED_ORDER, "price": 300})
-        # 4: expired (no expiry job on this branch yet: its event, as that job would append it;
-        # seq 100 stays clear of the risk check's).
+        # 4: expired by the expiry sweep, its time having passed.
         fourth = await submit(client, cast, "trader", SEED_ORDER)
         async with owner_engine.begin() as conn:
             await conn.execute(
-                text(
-                    "INSERT INTO order_events (order_id, desk_id, seq, type, actor)"
-                    " SELECT id, desk_id, 100, 'EXPIRED', 'system:expiry'"
-                    " FROM orders WHERE id = :id"
-                ),
+                text("UPDATE orders SET expire_at = now() - interval '1 second' WHERE id = :id"),
                 {"id": fourth},
             )
+        assert await expiry.expire_due_orders(db, 10) == [fourth]
+        # A bust of the first order's second fill: a correction, no webhook event of its own.
+        second_fill = await owner_scalar(
+            owner_engine, "SELECT max(id) FROM executions WHERE order_id = :id", id=first
+        )
+        await call(
+            client,
+            cast["admin"],
+            "POST",
+            f"/orders/{first}/executions/{second_fill}/bust",
+            json={"reason": "venue busted the trade"},
+        )
         # 5: FI-EU, to the FI-EU endpoint only.
         fifth = await submit(client, cast, "trader_fi", FI_ORDER)
         await run_jobs()

@@ -18,7 +18,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from tradeops.auth.principal import Principal
 from tradeops.clients import service as clients
@@ -222,12 +222,17 @@ class ReplaceOrder(Arguments):
         description="Your id for the new order (unique per submitter); recommended, so you can "
         "find it with get_order if you lose the answer",
     )
+    expire_at: AwareDatetime | None = Field(
+        default=None,
+        description="A GTD order's new expiry (ISO 8601 with a time zone, in the future); omit "
+        "it to keep the old one. A DAY order's replacement expires at its desk's next end of day",
+    )
     expected_version: ExpectedVersion
 
     @model_validator(mode="after")
     def _changes_something(self) -> Self:
-        if self.quantity is None and self.price is None and self.client_order_id is None:
-            raise ValueError("send at least one of quantity, price, client_order_id")
+        if (self.quantity, self.price, self.client_order_id, self.expire_at) == (None,) * 4:
+            raise ValueError("send at least one of quantity, price, client_order_id, expire_at")
         return self
 
 
@@ -373,6 +378,7 @@ async def _replace_order(
         price=args.price,
         client_order_id=args.client_order_id,
         expected_version=args.expected_version,
+        expire_at=args.expire_at,
     )
     return await workflow.replace_order(
         uow, principal, amendment, price_max_decimals=settings.price_max_decimals

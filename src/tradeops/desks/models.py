@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time
 from decimal import Decimal
 
 from sqlalchemy import (
@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     Numeric,
     Text,
+    Time,
     func,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -21,10 +22,21 @@ from tradeops.db.base import Base
 
 class Desk(Base):
     __tablename__ = "desks"
+    __table_args__ = (
+        # An IANA name PostgreSQL knows: converting a time into it fails otherwise.
+        CheckConstraint(
+            "time_zone ~ '^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$'"
+            " AND (timestamptz '2000-01-01 00:00Z' AT TIME ZONE time_zone) IS NOT NULL",
+            name="time_zone",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     code: Mapped[str] = mapped_column(Text, unique=True)
     name: Mapped[str] = mapped_column(Text)
+    # The desk's end of day, when its DAY orders expire (migration 0017).
+    time_zone: Mapped[str] = mapped_column(Text, server_default="UTC")
+    day_cutoff: Mapped[time] = mapped_column(Time, server_default="23:59")
 
 
 class DeskMember(Base):

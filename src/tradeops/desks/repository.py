@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time
 from typing import Any
 
 from sqlalchemy import Insert, Select, select
@@ -20,6 +20,8 @@ desks = table_of(Desk)
 class DeskRow:
     code: str
     name: str
+    time_zone: str
+    day_cutoff: time
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +31,19 @@ class DeskKey:
 
 
 def all_desks() -> Select[Any]:
-    return select(desks.c.code, desks.c.name).order_by(desks.c.code)
+    return select(*_SHOWN).order_by(desks.c.code)
 
 
-def insert_desk(code: str, name: str) -> Insert:
+_SHOWN = (desks.c.code, desks.c.name, desks.c.time_zone, desks.c.day_cutoff)
+
+
+def insert_desk(code: str, name: str, time_zone: str, day_cutoff: time) -> Insert:
     """A new desk, or nothing when its code is taken."""
     return (
         insert(desks)
-        .values(code=code, name=name)
+        .values(code=code, name=name, time_zone=time_zone, day_cutoff=day_cutoff)
         .on_conflict_do_nothing(index_elements=["code"])
-        .returning(desks.c.code, desks.c.name)
+        .returning(*_SHOWN)
     )
 
 

@@ -34,6 +34,14 @@ class Execution(Base):
         Index("ix_executions_order_id_executed_at", "order_id", "executed_at"),
         # A venue's fill ids are unique within that venue; two venues may reuse an id.
         UniqueConstraint("venue", "external_id"),
+        # A bust reverses one fill (migration 0017): at most once, and never a bust.
+        CheckConstraint("kind IN ('FILL', 'BUST')", name="kind"),
+        CheckConstraint(
+            "(kind = 'BUST') = (reverses_execution_id IS NOT NULL)", name="bust_reverses_a_fill"
+        ),
+        CheckConstraint("(kind = 'BUST') = (reason IS NOT NULL)", name="bust_has_reason"),
+        CheckConstraint("reason IS NULL OR length(reason) BETWEEN 1 AND 4000", name="reason"),
+        UniqueConstraint("reverses_execution_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -47,4 +55,10 @@ class Execution(Base):
     external_id: Mapped[str] = mapped_column(Text)
     recorded_by: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
     recorded_by_key_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Booking time; executed_at is the trade time.
     recorded_at: Mapped[CreatedAt]
+    kind: Mapped[str] = mapped_column(Text, server_default="FILL")
+    reverses_execution_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("executions.id")
+    )
+    reason: Mapped[str | None] = mapped_column(Text)

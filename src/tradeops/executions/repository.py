@@ -54,6 +54,11 @@ _EXECUTION_COLUMNS = (
     "e.id, e.order_id, e.external_id, e.quantity, e.price, e.venue, e.executed_at,"
     " u.email AS recorded_by, e.recorded_at"
 )
+# As the API lists them: a bust names the fill it reverses, a busted fill its bust.
+_LISTED_COLUMNS = (
+    _EXECUTION_COLUMNS + ", e.kind, e.reverses_execution_id, e.reason,"  # noqa: S608
+    " (SELECT b.id FROM executions b WHERE b.reverses_execution_id = e.id) AS busted_by"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +149,105 @@ RECORD_FILL = query(
 )
 
 EXECUTIONS_OF_ORDER = query(
-    f"SELECT {_EXECUTION_COLUMNS} FROM executions e"  # noqa: S608 - constants only
+    f"SELECT {_LISTED_COLUMNS} FROM executions e"  # noqa: S608 - constants only
     " JOIN users u ON u.id = e.recorded_by"
     " WHERE e.order_id = :order_id ORDER BY e.executed_at, e.id",
     ExecutionOut,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BustTarget:
+    """The execution a bust names, read under the order's lock; what the order's remaining
+    fills (all but it, and those already busted) come to."""
+
+    id: int
+    kind: str
+    quantity: Decimal
+    price: Decimal
+    venue: str
+    executed_at: datetime
+    external_id: str
+    busted_by: int | None
+    remaining_quantity: Decimal
+    remaining_notional: Decimal
+
+
+BUST_TARGET = query(
+    "SELECT e.id, e.kind, e.quantity, e.price, e.venue, e.executed_at, e.external_id,"
+    " (SELECT b.id FROM executions b WHERE b.reverses_execution_id = e.id) AS busted_by,"
+    " COALESCE(r.quantity, 0) AS remaining_quantity, COALESCE(r.notional, 0)"
+    "  AS remaining_notional"
+    " FROM executions e"
+    " LEFT JOIN LATERAL (SELECT sum(f.quantity) AS quantity, sum(f.quantity * f.price)"
+    "  AS notional FROM executions f WHERE f.order_id = e.order_id AND f.kind = 'FILL'"
+    "  AND f.id <> e.id"
+    "  AND NOT EXISTS (SELECT FROM executions b WHERE b.reverses_execution_id = f.id)) r"
+    "  ON true"
+    " WHERE e.id = :execution_id AND e.order_id = :order_id",
+    BustTarget,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedBust:
+    """A bust just recorded (the reversing execution), and its order's new fill state."""
+
+    id: int
+    order_id: int
+    external_id: str
+    quantity: Decimal
+    price: Decimal
+    venue: str
+    executed_at: datetime
+    recorded_by: str
+    recorded_at: datetime
+    kind: str
+    reverses_execution_id: int
+    reason: str
+    busted_by: None
+    order_status: OrderStatus
+    order_filled_quantity: Decimal
+    order_avg_fill_price: Decimal | None
+    order_version: int
+
+
+# The reversing execution and its audit event, then the order's change (its fill state as
+# without the busted fill, history event FILL_BUSTED naming both executions, audit event),
+# one round trip. Never an UPDATE or DELETE of the busted fill. A bust recorded meanwhile
+# (the unique reverses_execution_id) fails the statement instead.
+RECORD_BUST = query(
+    order_change(
+        updating(
+            "filled_quantity = :filled_quantity, avg_fill_price = :avg_fill_price,"
+            " status = :status",
+            "version = :version AND EXISTS (SELECT FROM new_execution)",
+        ),
+        first="new_execution AS ("  # noqa: S608 - SQL from constants only
+        " INSERT INTO executions (order_id, desk_id, quantity, price, venue, executed_at,"
+        "  external_id, recorded_by, recorded_by_key_id, kind, reverses_execution_id, reason)"
+        " VALUES (:id, :desk_id, :quantity, :price, :venue, :executed_at, :external_id,"
+        "  :recorded_by, :recorded_by_key_id, 'BUST', :reverses_execution_id, :reason)"
+        " RETURNING *),"
+        " audit_execution AS ("
+        + append_audit(
+            entity="'execution'",
+            entity_id="e.id::text",
+            after="to_jsonb(e)",
+            action="'execution.busted'",
+            source="new_execution e",
+        )
+        + ")",
+        event_payload="CAST(:payload AS jsonb) || jsonb_build_object('bust_execution_id', e.id)",
+        event_source="changed c CROSS JOIN new_execution e",
+        returning=f"SELECT {_EXECUTION_COLUMNS}, e.kind, e.reverses_execution_id, e.reason,"  # noqa: S608
+        " NULL AS busted_by, c.status AS order_status,"
+        " c.filled_quantity AS order_filled_quantity, c.avg_fill_price AS order_avg_fill_price,"
+        " c.version AS order_version"
+        " FROM new_execution e JOIN changed c ON c.id = e.order_id"
+        " JOIN users u ON u.id = e.recorded_by",
+    ),
+    RecordedBust,
 )
 
 

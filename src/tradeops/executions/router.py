@@ -6,7 +6,13 @@ from tradeops.db.http import TransactionalRoute
 from tradeops.deps import API_PREFIX, CurrentPrincipal, RowId, UoW
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.executions import service
-from tradeops.executions.schemas import ExecutionIn, ExecutionOut, RecordedFill
+from tradeops.executions.schemas import (
+    BustIn,
+    ExecutionIn,
+    ExecutionOut,
+    RecordedBust,
+    RecordedFill,
+)
 from tradeops.orders.service import OrderNotFound
 from tradeops.problems import problem_responses
 
@@ -71,3 +77,29 @@ async def list_executions(
     """The order's fills, oldest execution first: quantity, price, venue, when, the venue's
     `external_id` and who recorded it. Whoever may read the order may read its fills."""
     return await service.list_executions(uow, principal, order_id)
+
+
+@router.post(
+    "/{order_id}/executions/{execution_id}/bust",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RecordedBust,
+    responses=problem_responses(
+        InvalidRequest, Forbidden, OrderNotFound, service.ExecutionNotFound, service.NotBustable
+    ),
+)
+async def bust_execution(
+    order_id: RowId, execution_id: RowId, bust: BustIn, principal: CurrentPrincipal, uow: UoW
+) -> RecordedBust:
+    """Take a fill back (a venue busted the trade, or it was booked wrong), with a `reason`:
+    a reversing execution (`kind` BUST, `reverses_execution_id` the fill, same quantity,
+    price and trade time `executed_at`, its own booking time `recorded_at`) is recorded; the
+    fill itself is never changed or deleted, and lists as `busted_by` the bust. The order's
+    `filled_quantity`, `avg_fill_price` and status become what its other fills make them
+    (FILLED or PARTIALLY_FILLED back to PARTIALLY_FILLED or APPROVED; EXPIRED stays EXPIRED),
+    and the client's position and realized P&L are rebuilt exactly as if the fill had never
+    been booked. To correct a fill: bust it, then record the corrected fill.
+
+    A fill is busted once: again, or busting a bust, is **409** `not-bustable`; an execution
+    of another order is **404**. For admins and an admin's key with `executions:write`.
+    """
+    return await service.bust_execution(uow, principal, order_id, execution_id, bust)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -55,9 +55,34 @@ class ExecutionOut(BaseModel):
     quantity: DecimalOut
     price: DecimalOut
     venue: str
-    executed_at: datetime
+    executed_at: datetime = Field(description="Trade time: when the venue executed it")
     recorded_by: str = Field(description="Email of who recorded it (or whose key did)")
-    recorded_at: datetime
+    recorded_at: datetime = Field(description="Booking time: when it was recorded here")
+    kind: Literal["FILL", "BUST"] = Field(
+        default="FILL", description="FILL, or BUST: the reversal of the fill it names"
+    )
+    reverses_execution_id: int | None = Field(
+        default=None, description="A BUST's fill (the execution it reverses)"
+    )
+    reason: str | None = Field(default=None, description="Why a BUST was recorded")
+    busted_by: int | None = Field(
+        default=None, description="A busted fill's BUST (the execution that reverses it)"
+    )
+
+
+class BustIn(BaseModel):
+    """Why a fill is taken back: recorded with the reversing execution."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=4000, examples=["Venue busted the trade"])
+
+
+class RecordedBust(BaseModel):
+    """A bust (the reversing execution), and how far its order is filled now."""
+
+    execution: ExecutionOut
+    order: OrderFillState
 
 
 class OrderFillState(BaseModel):

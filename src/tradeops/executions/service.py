@@ -20,15 +20,28 @@ from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork
 from tradeops.decimals import EXACT, divide_half_even, plain
-from tradeops.errors import Conflict, InvalidRequest
+from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.executions import repository as repo
 from tradeops.executions.repository import FillContext, FillOrder
-from tradeops.executions.schemas import ExecutionIn, ExecutionOut, OrderFillState, RecordedFill
+from tradeops.executions.schemas import (
+    BustIn,
+    ExecutionIn,
+    ExecutionOut,
+    OrderFillState,
+    RecordedBust,
+    RecordedFill,
+)
 from tradeops.orders.repository import lock_order
 from tradeops.orders.service import OrderNotFound, get_order
 from tradeops.orders.states import OrderStatus, Side
 from tradeops.positions.accounting import signed_quantity
-from tradeops.positions.service import PositionFill, book_fill
+from tradeops.positions.service import (
+    PositionFill,
+    PositionKey,
+    book_fill,
+    lock_position,
+    rebuild_position,
+)
 
 FILLABLE = frozenset({OrderStatus.APPROVED, OrderStatus.PARTIALLY_FILLED})
 AVG_FILL_PRICE_PLACES = 6  # orders.avg_fill_price numeric(20,6)
@@ -52,6 +65,16 @@ class Overfill(InvalidRequest):
 class FillOutsideLimit(InvalidRequest):
     slug = "fill-outside-limit"
     title = "The fill price is through the order's limit price"
+
+
+class ExecutionNotFound(NotFound):
+    slug = "execution-not-found"
+    title = "Execution not found"
+
+
+class NotBustable(Conflict):
+    slug = "not-bustable"
+    title = "This execution cannot be busted"
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,7 @@ async def record_execution(
     if context.id is not None:
         return _resent(order, fill, context)
     _check_fill(order, fill)
+    locked = await lock_position(uow, principal, _position_of(order))
     parameters = _fill_parameters(uow, principal, order, fill, context.filled_notional)
     recorded = await uow.row(repo.RECORD_FILL, parameters)
     if recorded is None:  # taken meanwhile, or by a fill of a desk the caller does not see
@@ -86,7 +110,7 @@ async def record_execution(
             external_id=fill.external_id,
         )
     execution = ExecutionOut.model_validate(recorded, from_attributes=True)
-    await book_fill(uow, principal, _position_fill(order, fill, execution.id))
+    await book_fill(uow, principal, _position_fill(order, fill, execution.id), locked)
     order_now = _fill_state(
         order,
         status=recorded.order_status,
@@ -97,13 +121,19 @@ async def record_execution(
     return FillOutcome(RecordedFill(execution=execution, order=order_now), created=True)
 
 
-def _position_fill(order: FillOrder, fill: ExecutionIn, execution_id: int) -> PositionFill:
-    """The fill as the client's position sees it: bought (+) or sold (-)."""
-    return PositionFill(
+def _position_of(order: FillOrder) -> PositionKey:
+    return PositionKey(
         desk_id=order.desk_id,
         client_id=order.client_id,
         instrument_id=order.instrument_id,
         position_key=f"{order.client_external_id}:{order.symbol}",
+    )
+
+
+def _position_fill(order: FillOrder, fill: ExecutionIn, execution_id: int) -> PositionFill:
+    """The fill as the client's position sees it: bought (+) or sold (-)."""
+    return PositionFill(
+        position=_position_of(order),
         quantity=signed_quantity(order.side, fill.quantity),
         price=fill.price,
         execution_id=execution_id,
@@ -234,3 +264,103 @@ async def list_executions(
     """The order's fills, in the order they were executed."""
     await get_order(uow, principal, order_id)  # authorizes reading orders; 404 across desks
     return await uow.rows(repo.EXECUTIONS_OF_ORDER, {"order_id": order_id})
+
+
+async def bust_execution(
+    uow: UnitOfWork, principal: Principal, order_id: int, execution_id: int, bust: BustIn
+) -> RecordedBust:
+    """Take a fill back: record a reversing execution (BUST) linked to it, never changing
+    or deleting it; the order's filled quantity, average price and status become what its
+    other fills make them (FILLED or PARTIALLY_FILLED back to PARTIALLY_FILLED or APPROVED;
+    an EXPIRED order stays EXPIRED, with less filled), and the client's position is rebuilt
+    from the fills that stand. A correction is a bust and then the corrected fill."""
+    authorize(principal, Action.RECORD_EXECUTION)
+    order = await lock_order(uow, repo.LOCK_ORDER, order_id)
+    if order is None or not principal.can_see_desk(order.desk_id):
+        raise OrderNotFound(f"No order {order_id}.")
+    target = await uow.row(repo.BUST_TARGET, {"execution_id": execution_id, "order_id": order_id})
+    if target is None:
+        raise ExecutionNotFound(f"Order {order_id} has no execution {execution_id}.")
+    _check_bustable(target)
+    key = _position_of(order)
+    locked = await lock_position(uow, principal, key)
+    recorded = await uow.row(
+        repo.RECORD_BUST, _bust_parameters(uow, principal, order, target, bust)
+    )
+    if recorded is None:  # pragma: no cover - the order is locked; kept as a guard
+        raise NotBustable(f"Order {order_id} changed while execution {execution_id} was busted.")
+    await rebuild_position(uow, principal, key, locked, recorded.id)
+    order_now = OrderFillState(
+        id=order.id,
+        status=recorded.order_status,
+        quantity=order.quantity,
+        filled_quantity=recorded.order_filled_quantity,
+        remaining_quantity=order.quantity - recorded.order_filled_quantity,
+        avg_fill_price=recorded.order_avg_fill_price,
+        version=recorded.order_version,
+    )
+    execution = ExecutionOut.model_validate(recorded, from_attributes=True)
+    return RecordedBust(execution=execution, order=order_now)
+
+
+def _check_bustable(target: repo.BustTarget) -> None:
+    if target.kind != "FILL":
+        raise NotBustable(
+            f"Execution {target.id} is a bust; a bust is not busted. Record the fill again.",
+            execution_id=target.id,
+        )
+    if target.busted_by is not None:
+        raise NotBustable(
+            f"Execution {target.id} was already busted by execution {target.busted_by}.",
+            execution_id=target.id,
+            busted_by=target.busted_by,
+        )
+
+
+def _status_after_bust(order: FillOrder, remaining: Decimal) -> OrderStatus:
+    if order.status not in (OrderStatus.FILLED, OrderStatus.PARTIALLY_FILLED):
+        return order.status  # EXPIRED keeps its status; its fills shrink
+    return OrderStatus.PARTIALLY_FILLED if remaining > 0 else OrderStatus.APPROVED
+
+
+def _bust_parameters(
+    uow: UnitOfWork,
+    principal: Principal,
+    order: FillOrder,
+    target: repo.BustTarget,
+    bust: BustIn,
+) -> dict[str, object]:
+    remaining = target.remaining_quantity
+    average = (
+        divide_half_even(target.remaining_notional, remaining, AVG_FILL_PRICE_PLACES)
+        if remaining > 0
+        else None
+    )
+    payload = {
+        "execution_id": target.id,
+        "quantity": plain(target.quantity),
+        "price": plain(target.price),
+        "reason": bust.reason,
+        "filled_quantity": plain(remaining),
+        "request_id": uow.request_id,
+    }
+    return {
+        "id": order.id,
+        "desk_id": order.desk_id,
+        "quantity": target.quantity,
+        "price": target.price,
+        "venue": target.venue,
+        "executed_at": target.executed_at,
+        "external_id": f"bust:{target.id}",
+        "recorded_by": principal.user_id,
+        "recorded_by_key_id": principal.api_key_id,
+        "reverses_execution_id": target.id,
+        "reason": bust.reason,
+        "filled_quantity": remaining,
+        "avg_fill_price": average,
+        "status": _status_after_bust(order, remaining),
+        "version": order.version,
+        "event_type": "FILL_BUSTED",
+        "payload": orjson.dumps(payload).decode(),
+        "action": "order.fill_busted",
+    }

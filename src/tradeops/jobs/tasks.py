@@ -8,7 +8,8 @@ event, never left silently unchecked, and when even that cannot be written the j
 
 Two periodic tasks keep that promise when a worker dies (recovery.py): jobs of a worker that
 stopped heartbeating are retried, and orders still awaiting their check with no job for it
-get it deferred again. A third removes finished jobs once their retention has passed.
+get it deferred again. A third removes finished jobs once their retention has passed, and a
+fourth expires open orders whose time has passed (orders/expiry.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tradeops.jobs.defer import (
     WEBHOOKS_QUEUE,
 )
 from tradeops.jobs.registry import app
+from tradeops.orders import expiry
 from tradeops.risk import service as risk
 from tradeops.settings import Settings
 from tradeops.webhooks import service as webhooks
@@ -43,10 +45,12 @@ log = structlog.get_logger(component="tradeops.jobs")
 RETRY_STALLED_JOBS = "retry_stalled_jobs"
 RESUME_PENDING_RISK_CHECKS = "resume_pending_risk_checks"
 REMOVE_FINISHED_JOBS = "remove_finished_jobs"
+EXPIRE_ORDERS = "expire_orders"
 # Every 10 s (croniter's sixth field is the second): with the default 20 s stall timeout a
 # crashed worker's jobs are back in the queue within ~30 s.
 EVERY_TEN_SECONDS = "* * * * * */10"
 EVERY_FIFTEEN_SECONDS = "* * * * * */15"
+EVERY_THIRTY_SECONDS = "* * * * * */30"
 EVERY_TEN_MINUTES = "*/10 * * * *"
 # Webhook retries come due on their own schedule; a nudge from the outbox trigger brings
 # new deliveries at once, so this sweep bounds only the wait of retries and missed nudges.
@@ -182,6 +186,28 @@ async def resume_pending_risk_checks(context: JobContext, timestamp: int) -> int
     )
     await recovery.prune_succeeded_housekeeping(db)
     return len(resumed)
+
+
+@app.periodic(cron=EVERY_THIRTY_SECONDS, periodic_id=EXPIRE_ORDERS)
+@app.task(
+    name=EXPIRE_ORDERS,
+    queue=HOUSEKEEPING_QUEUE,
+    priority=HOUSEKEEPING_PRIORITY,
+    queueing_lock=EXPIRE_ORDERS,
+    retry=RETRY,
+    pass_context=True,
+)
+async def expire_orders(context: JobContext, timestamp: int) -> int:
+    """Open orders whose time has passed become EXPIRED (tradeops.orders.expiry); safe beside
+    another worker's sweep (each batch skips the orders another holds)."""
+    expired = await expiry.expire_due_orders(
+        _database(context),
+        _settings(context).expiry_batch,
+        request_id=_job_request_id(context),
+    )
+    if expired:
+        log.info("orders_expired", count=len(expired), first=expired[0], last=expired[-1])
+    return len(expired)
 
 
 @app.periodic(cron=EVERY_TEN_MINUTES, periodic_id=REMOVE_FINISHED_JOBS)

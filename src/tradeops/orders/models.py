@@ -23,12 +23,15 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tradeops.db.base import Amount, Base, CreatedAt
+from tradeops.orders import states
 from tradeops.orders.states import OrderStatus, RiskStatus, Side
 
 # Plain strings: the CHECK constraints below render them as SQL literals.
 SIDES = tuple(s.value for s in Side)
 ORDER_TYPES = ("LIMIT", "MARKET")
-TIMES_IN_FORCE = ("DAY", "GTC", "IOC", "FOK")
+TIMES_IN_FORCE = ("DAY", "GTC", "IOC", "FOK", "GTD")
+# states.OPEN_STATUSES as SQL literals, in the statuses' order (the partial index's text).
+OPEN_STATUSES = tuple(s.value for s in OrderStatus if s in states.OPEN_STATUSES)
 ORDER_STATUSES = tuple(s.value for s in OrderStatus)
 RISK_STATUSES = tuple(s.value for s in RiskStatus)
 
@@ -60,6 +63,15 @@ class Order(Base):
             "(filled_quantity = 0) = (avg_fill_price IS NULL)", name="avg_fill_price_when_filled"
         ),
         CheckConstraint("version >= 1", name="version_positive"),
+        # Expiry (migration 0017): GTD names its time, DAY gets its desk's cut-off (a trigger).
+        CheckConstraint(
+            "time_in_force <> 'GTD' OR expire_at IS NOT NULL", name="gtd_has_expire_at"
+        ),
+        CheckConstraint(
+            "time_in_force IN ('DAY', 'GTD') OR expire_at IS NULL", name="expire_at_only_day_or_gtd"
+        ),
+        # A bust that takes every fill back leaves the order APPROVED, unfilled.
+        CheckConstraint("status <> 'APPROVED' OR filled_quantity = 0", name="approved_unfilled"),
         CheckConstraint(
             "client_order_id IS NULL OR client_order_id ~ '^[\\x21-\\x7E]{1,64}$'",
             name="client_order_id",
@@ -112,6 +124,12 @@ class Order(Base):
             "id",
             postgresql_where=text("client_order_id IS NOT NULL"),
         ),
+        # The expiry sweep's one query: due orders of the open statuses (migration 0017).
+        Index(
+            "ix_orders_expire_at_open",
+            "expire_at",
+            postgresql_where=text(f"status IN {OPEN_STATUSES} AND expire_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -138,6 +156,8 @@ class Order(Base):
     approvals_required: Mapped[int] = mapped_column(Integer, server_default="1")
     replaces: Mapped[int | None] = mapped_column(BigInteger)
     replaced_by: Mapped[int | None] = mapped_column(BigInteger)
+    # When an open order expires (DAY: the desk's next cut-off; GTD: as asked; else none).
+    expire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     version: Mapped[int] = mapped_column(Integer, server_default="1")
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

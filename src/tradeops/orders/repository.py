@@ -31,7 +31,7 @@ from tradeops.db.prepared import Query, query
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
-from tradeops.orders.models import Order, OrderEvent
+from tradeops.orders.models import OPEN_STATUSES, Order, OrderEvent
 from tradeops.orders.schemas import OrderFilters, OrderOut
 from tradeops.orders.states import OrderStatus, RiskStatus
 
@@ -51,7 +51,7 @@ approver = users.alias("approver")
 def order_change(
     change: str,
     *,
-    before: bool = True,
+    before: bool | str = True,
     first: str = "",
     event_payload: str = "CAST(:payload AS jsonb)",
     event_source: str = "changed c",
@@ -62,10 +62,13 @@ def order_change(
     `RETURNING *`) with its history event (seq = the order's new version, type
     :event_type) and its audit event (:action, the order before and after), in one
     statement, so one round trip. `first` are CTEs the change reads (a fill's execution);
-    `actor` names who acted where the transaction's context does not (the risk job)."""
+    `actor` names who acted where the transaction's context does not (the risk job).
+    `before` as a string is the statement of the orders a batch changes (the expiry sweep),
+    each audit event joined to its own order's state before."""
     ctes = [first] if first else []
+    many = isinstance(before, str)
     if before:
-        ctes.append("before AS (SELECT * FROM orders WHERE id = :id)")
+        ctes.append(f"before AS ({before if many else 'SELECT * FROM orders WHERE id = :id'})")  # noqa: S608
     ctes.append(f"changed AS ({change})")
     event_actor = (", actor", f", {actor}") if actor else ("", "")
     ctes.append(
@@ -78,7 +81,11 @@ def order_change(
         entity_id="c.id::text",
         before="to_jsonb(b)" if before else "NULL",
         after="to_jsonb(c)",
-        source="changed c CROSS JOIN before b" if before else "changed c",
+        source=(
+            "changed c JOIN before b ON b.id = c.id" if many else "changed c CROSS JOIN before b"
+        )
+        if before
+        else "changed c",
         named=f"{actor}, tradeops_api_key_id(), tradeops_request_id()" if actor else "",
     )
     ctes.append(f"audit AS ({audit})")
@@ -114,6 +121,7 @@ class Submitted:
     risk_status: str | None
     risk_reasons: list[Any] | None
     filled_quantity: Decimal | None
+    expire_at: datetime | None
     version: int | None
     created_at: datetime | None
     updated_at: datetime | None
@@ -127,6 +135,7 @@ CREATED_FIELDS = (
     "risk_status",
     "risk_reasons",
     "filled_quantity",
+    "expire_at",
     "version",
     "created_at",
     "updated_at",
@@ -166,10 +175,11 @@ _LAST_PRICE = (
 SUBMIT_ORDER = query(
     order_change(
         "INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
-        " quantity, price, currency, client_order_id, created_by, created_by_key_id,"
+        " expire_at, quantity, price, currency, client_order_id, created_by, created_by_key_id,"
         " approvals_required)"
         " SELECT desk_id, client_pk, instrument_pk, CAST(:side AS text),"
-        "  CAST(:order_type AS text), CAST(:time_in_force AS text), CAST(:quantity AS numeric),"
+        "  CAST(:order_type AS text), CAST(:time_in_force AS text),"
+        "  CAST(:expire_at AS timestamptz), CAST(:quantity AS numeric),"
         "  CAST(:price AS numeric), currency, CAST(:client_order_id AS text),"
         "  CAST(:created_by AS bigint), CAST(:created_by_key_id AS bigint), approvals_required"
         " FROM refs"
@@ -191,7 +201,7 @@ SUBMIT_ORDER = query(
         " LEFT JOIN instruments i ON i.symbol = :symbol"
         " LEFT JOIN desk_approval_policies p ON p.desk_id = c.desk_id" + _LAST_PRICE + ")",
         returning="SELECT refs.*, n.id, n.status, n.risk_status, n.risk_reasons,"
-        " n.filled_quantity, n.version, n.created_at, n.updated_at"
+        " n.filled_quantity, n.expire_at, n.version, n.created_at, n.updated_at"
         " FROM refs LEFT JOIN changed n ON true",
     ),
     Submitted,
@@ -256,6 +266,28 @@ TRANSITION = query(
             " rejected_by = COALESCE(:rejected_by, rejected_by)",
             "version = :version AND status = :from_status",
         )
+    ),
+    Changed,
+)
+
+
+OPEN = str(OPEN_STATUSES)  # "('PENDING', …)": not yet filled nor closed, as SQL
+
+# The expiry sweep: up to :batch open orders whose time has passed, locked (skipping those
+# another sweep or a decider holds: they are taken next time), moved to EXPIRED with their
+# history event (type EXPIRED) and audit event each, in one statement named for :actor.
+# ix_orders_expire_at_open serves the search; the triggers of 0017 check it again.
+EXPIRE_DUE = query(
+    order_change(
+        f"UPDATE orders o SET status = 'EXPIRED', version = o.version + 1,"  # noqa: S608
+        f" updated_at = now() FROM before b WHERE o.id = b.id AND o.status IN {OPEN}"
+        " RETURNING o.*",
+        before=f"SELECT * FROM orders WHERE status IN {OPEN} AND expire_at IS NOT NULL"  # noqa: S608
+        " AND expire_at <= now() ORDER BY expire_at LIMIT :batch FOR UPDATE SKIP LOCKED",
+        event_payload="jsonb_build_object('time_in_force', c.time_in_force, 'expire_at',"
+        " c.expire_at, 'status_before', b.status)",
+        event_source="changed c JOIN before b ON b.id = c.id",
+        actor="CAST(:actor AS text)",
     ),
     Changed,
 )
@@ -340,6 +372,7 @@ class Replacement:
     risk_status: RiskStatus
     risk_reasons: list[Any]
     filled_quantity: Decimal
+    expire_at: datetime | None
     replaces: int
     approvals_required: int
     version: int
@@ -350,11 +383,15 @@ class Replacement:
 # The replacement, born as intake makes an order (PENDING, risk PENDING) with its CREATED
 # history and audit events; then the amended order's move to REPLACED naming it, with its own.
 # A client_order_id the maker already used inserts nothing, so nothing is replaced.
+# Its expiry is a new order's: DAY gets the desk's next cut-off (the intake trigger of 0017,
+# from a null expire_at), GTD the :expire_at asked for or else the old order's, GTC none.
 _REPLACEMENT = (
     "created AS (INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type,"  # noqa: S608 - SQL from this code only
-    " time_in_force, quantity, price, currency, client_order_id, created_by, created_by_key_id,"
-    " replaces, approvals_required)"
+    " time_in_force, expire_at, quantity, price, currency, client_order_id, created_by,"
+    " created_by_key_id, replaces, approvals_required)"
     " SELECT o.desk_id, o.client_id, o.instrument_id, o.side, o.order_type, o.time_in_force,"
+    "  CASE WHEN o.time_in_force = 'GTD'"
+    "   THEN COALESCE(CAST(:expire_at AS timestamptz), o.expire_at) END,"
     "  CAST(:quantity AS numeric), CAST(:price AS numeric), o.currency,"
     "  CAST(:client_order_id AS text), o.created_by, CAST(:created_by_key_id AS bigint), o.id, "
     + approvals_required("o.desk_id")
@@ -386,7 +423,7 @@ REPLACE_ORDER = query(
         first=_REPLACEMENT,
         event_payload="CAST(:payload AS jsonb) || jsonb_build_object('replaced_by', c.replaced_by)",
         returning="SELECT n.id, n.status, n.risk_status, n.risk_reasons, n.filled_quantity,"
-        " n.replaces, n.approvals_required, n.version, n.created_at, n.updated_at"
+        " n.expire_at, n.replaces, n.approvals_required, n.version, n.created_at, n.updated_at"
         " FROM created n JOIN changed c ON c.replaced_by = n.id",
     ),
     Replacement,
@@ -484,6 +521,7 @@ def order_view() -> Select[Any]:
             orders.c.side,
             orders.c.order_type,
             orders.c.time_in_force,
+            orders.c.expire_at,
             orders.c.quantity,
             orders.c.price,
             orders.c.currency,

@@ -378,6 +378,7 @@ async def replace_order(
         price=body.price,
         client_order_id=body.client_order_id,
         expected_version=expected_version(if_match, body.expected_version),
+        expire_at=body.expire_at,
     )
 
     async def amend() -> tuple[int, BaseModel, dict[str, str]]:

@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,10 +26,11 @@ def _upper(value: Any) -> Any:
 
 Side = Annotated[states.Side, BeforeValidator(_upper)]
 OrderType = Annotated[Literal["LIMIT", "MARKET"], BeforeValidator(_upper)]
-TimeInForce = Annotated[Literal["DAY", "GTC", "IOC", "FOK"], BeforeValidator(_upper)]
+TimeInForce = Annotated[Literal["DAY", "GTC", "GTD", "IOC", "FOK"], BeforeValidator(_upper)]
 OrderStatus = states.OrderStatus
 RiskStatus = states.RiskStatus
 ClientOrderId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7E]{1,64}$")]
+GTD_NEEDS_EXPIRE_AT = "a GTD order needs expire_at, and only a GTD order takes one"
 LIMIT_NEEDS_PRICE = "a LIMIT order needs a price; send order_type MARKET to trade at market"
 
 
@@ -68,7 +70,16 @@ class OrderCreate(BaseModel):
         description="LIMIT (the default, needs a price) or MARKET (send it explicitly, without "
         "a price, to trade at market)",
     )
-    time_in_force: TimeInForce = Field(default="DAY", description="DAY (default), GTC, IOC or FOK")
+    time_in_force: TimeInForce = Field(
+        default="DAY",
+        description="DAY (the default: expires at the desk's next end of day), GTC (until "
+        "filled or cancelled), GTD (until `expire_at`), IOC or FOK",
+    )
+    expire_at: AwareDatetime | None = Field(
+        default=None,
+        description="GTD only, and required with it: when the order expires if not filled, "
+        "ISO 8601 with a time zone, in the future",
+    )
     client_order_id: ClientOrderId | None = Field(
         default=None,
         description="Your own id for this order, unique per submitter; a repeat answers 409 "
@@ -81,6 +92,8 @@ class OrderCreate(BaseModel):
             raise ValueError(LIMIT_NEEDS_PRICE)
         if self.order_type == "MARKET" and self.price is not None:
             raise ValueError("a MARKET order takes no price")
+        if (self.time_in_force == "GTD") != (self.expire_at is not None):
+            raise ValueError(GTD_NEEDS_EXPIRE_AT)
         return self
 
 
@@ -101,6 +114,10 @@ class OrderOut(BaseModel):
     side: str
     order_type: str
     time_in_force: str
+    expire_at: datetime | None = Field(
+        description="When it expires unless filled first (DAY: the desk's end of day; GTD: as "
+        "asked; null: GTC, IOC, FOK, and DAY orders from before expiry existed)"
+    )
     quantity: DecimalOut
     price: DecimalOut | None
     currency: str
@@ -147,12 +164,17 @@ class OrderAmendment(BaseModel):
         description="Your id for the new order, unique per submitter; omitted: none (the old "
         "order keeps its own)",
     )
+    expire_at: AwareDatetime | None = Field(
+        default=None,
+        description="A GTD order's new expiry, in the future; omitted: unchanged. A DAY "
+        "replacement expires at its desk's next end of day after the amendment",
+    )
     expected_version: int | None = Field(default=None, ge=1, description="Instead of If-Match")
 
     @model_validator(mode="after")
     def _changes_something(self) -> Self:
-        if self.quantity is None and self.price is None and self.client_order_id is None:
-            raise ValueError("send at least one of quantity, price, client_order_id")
+        if (self.quantity, self.price, self.client_order_id, self.expire_at) == (None,) * 4:
+            raise ValueError("send at least one of quantity, price, client_order_id, expire_at")
         return self
 
 

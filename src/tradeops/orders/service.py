@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import orjson
@@ -77,6 +78,11 @@ def check_steps(
         )
 
 
+def check_expire_at(expire_at: datetime | None) -> None:
+    if expire_at is not None and expire_at <= datetime.now(UTC):
+        raise InvalidRequest("expire_at must be in the future.", field="expire_at")
+
+
 def check_price_places(price: Decimal | None, price_max_decimals: int) -> None:
     if price is not None and _decimal_places(price) > price_max_decimals:
         raise InvalidRequest(
@@ -99,6 +105,7 @@ async def submit_order(
     the order recorded then) and a conflict when it is not."""
     authorize(principal, Action.SUBMIT_ORDER)
     check_price_places(order.price, price_max_decimals)
+    check_expire_at(order.expire_at)
     row = await uow.row(
         repo.SUBMIT_ORDER,
         {
@@ -109,6 +116,7 @@ async def submit_order(
             "side": order.side,
             "order_type": order.order_type,
             "time_in_force": order.time_in_force,
+            "expire_at": order.expire_at,
             "quantity": order.quantity,
             "price": order.price,
             "client_order_id": order.client_order_id,
@@ -158,6 +166,7 @@ def _same_order(recorded: OrderOut, asked: OrderCreate) -> bool:
         and recorded.side == asked.side
         and recorded.order_type == asked.order_type
         and recorded.time_in_force == asked.time_in_force
+        and (asked.time_in_force != "GTD" or recorded.expire_at == asked.expire_at)
         and recorded.quantity == asked.quantity
         and recorded.price == asked.price
     )

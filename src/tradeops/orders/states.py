@@ -19,6 +19,7 @@ class OrderStatus(StrEnum):
     REJECTED = "REJECTED"
     CANCELLED = "CANCELLED"
     REPLACED = "REPLACED"  # amended: its replacement (replaced_by) carries on
+    EXPIRED = "EXPIRED"  # its time passed before it was filled (the expiry job)
 
 
 # What may still change: cancelled, replaced or filled further. Replacing is allowed from all

@@ -34,6 +34,7 @@ from tradeops.orders.schemas import OrderFilters, OrderOut
 from tradeops.orders.service import (
     DuplicateClientOrderId,
     OrderNotFound,
+    check_expire_at,
     check_price_places,
     check_steps,
     get_order,
@@ -327,6 +328,7 @@ class Amendment:
     price: Decimal | None = None
     client_order_id: str | None = None
     expected_version: int | None = None
+    expire_at: datetime | None = None  # a GTD order's new expiry
 
 
 def replace_refusal(
@@ -365,6 +367,12 @@ def _amended_terms(
     quantity = amendment.quantity or order.quantity - order.filled_quantity
     price = amendment.price if amendment.price is not None else order.price
     check_steps(quantity, price, lot_size=order.lot_size, tick_size=order.tick_size)
+    if amendment.expire_at is not None and order.time_in_force != "GTD":
+        raise InvalidRequest(
+            f"Only a GTD order takes expire_at; this one is {order.time_in_force}.",
+            field="expire_at",
+        )
+    check_expire_at(amendment.expire_at)
     return quantity, price
 
 
@@ -392,6 +400,7 @@ async def replace_order(
             "quantity": quantity,
             "price": price,
             "client_order_id": amendment.client_order_id,
+            "expire_at": amendment.expire_at,
             "created_by_key_id": principal.api_key_id,
             "created_payload": orjson.dumps(history).decode(),
             "payload": orjson.dumps(history).decode(),
@@ -447,6 +456,7 @@ def _replacement(
         side=order.side,
         order_type=order.order_type,
         time_in_force=order.time_in_force,
+        expire_at=created.expire_at,
         quantity=quantity,
         price=price,
         currency=order.currency,

@@ -74,6 +74,68 @@ STORE_POSITION = query(
 
 
 @dataclass(frozen=True, slots=True)
+class BookedFill:
+    """A fill as a position replays it: bought (+) or sold (-) at price, in booking order."""
+
+    id: int
+    side: str
+    quantity: Decimal
+    price: Decimal
+
+
+# The client's fills of the instrument that stand (not busted), in booking order: execution
+# ids are taken under the position's lock (executions/service locks it before recording),
+# so id order is the order the fills were booked in. ix_orders_client_id_id and
+# ix_executions_order_id_executed_at serve it.
+STANDING_FILLS = query(
+    "SELECT e.id, o.side, e.quantity, e.price FROM orders o"
+    " JOIN executions e ON e.order_id = o.id"
+    " WHERE o.client_id = :client_id AND o.instrument_id = :instrument_id AND e.kind = 'FILL'"
+    " AND NOT EXISTS (SELECT FROM executions b WHERE b.reverses_execution_id = e.id)"
+    " ORDER BY e.id",
+    BookedFill,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FillAsOf:
+    """A fill booked by a time and not busted by then, with its position's names."""
+
+    client_pk: int
+    instrument_pk: int
+    client_id: str
+    desk: str
+    symbol: str
+    currency: str
+    side: str
+    quantity: Decimal
+    price: Decimal
+    recorded_at: datetime
+
+
+# Every fill booked (recorded_at) by :as_of and not busted by then, of the principal's desks
+# (row-level security enforces the same), by position and in booking order; each filter
+# left NULL means any.
+FILLS_AS_OF = query(
+    "SELECT o.client_id AS client_pk, o.instrument_id AS instrument_pk,"
+    " c.external_id AS client_id, d.code AS desk, i.symbol, i.currency, o.side,"
+    " e.quantity, e.price, e.recorded_at"
+    " FROM executions e JOIN orders o ON o.id = e.order_id"
+    " JOIN clients c ON c.id = o.client_id JOIN desks d ON d.id = c.desk_id"
+    " JOIN instruments i ON i.id = o.instrument_id"
+    " WHERE e.kind = 'FILL' AND e.recorded_at <= :as_of"
+    " AND NOT EXISTS (SELECT FROM executions b WHERE b.reverses_execution_id = e.id"
+    "  AND b.recorded_at <= :as_of)"
+    " AND (CAST(:all_desks AS boolean) OR o.desk_id = ANY(CAST(:desk_ids AS bigint[])))"
+    " AND (CAST(:client_id AS text) IS NULL OR c.external_id = :client_id)"
+    " AND (CAST(:symbol AS text) IS NULL OR i.symbol = :symbol)"
+    " AND (CAST(:desk AS text) IS NULL OR d.code = :desk)"
+    " ORDER BY o.client_id, o.instrument_id, e.id",
+    FillAsOf,
+)
+
+
+@dataclass(frozen=True, slots=True)
 class ListedPosition:
     """A position as the list shows it, with its key for the next page's cursor."""
 

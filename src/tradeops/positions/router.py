@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import AwareDatetime
 
 from tradeops.clients.service import ClientNotFound
 from tradeops.db.http import TransactionalRoute
@@ -31,6 +32,11 @@ async def list_positions(
     open_only: bool = Query(default=False, description="Leave out flat (closed) positions"),
     after: str | None = Query(default=None, description="next_cursor of the previous page"),
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    as_of: AwareDatetime | None = Query(
+        default=None,
+        description="Positions as booked at this time (ISO 8601 with a time zone): rebuilt "
+        "from the fills recorded by then, less the busts recorded by then; one page, slower",
+    ),
 ) -> PositionPage:
     """Positions of your desks (every desk for risk and admin), by client and instrument,
     one page at a time (follow `next_cursor`).
@@ -40,7 +46,23 @@ async def list_positions(
     per unit (average-cost method); `realized_pnl` is what reducing trades realized. Decimal
     strings in the instrument's `currency`. For market values and unrealized P&L, see
     `GET /clients/{client_id}/portfolio`. API keys need the scope `positions:read`.
+
+    With `as_of`, positions as they stood at that booking time (executions' `recorded_at`,
+    not their trade time `executed_at`): replayed from the fills booked by then that no bust
+    booked by then took back. Every matching position in one page (`after` and `limit` do
+    not apply); `version` is then the number of fills replayed, `updated_at` the last one's
+    booking time.
     """
+    if as_of is not None:
+        return await service.positions_as_of(
+            uow,
+            principal,
+            as_of,
+            client_id=client_id,
+            symbol=symbol,
+            desk=desk,
+            open_only=open_only,
+        )
     settings = request.app.state.settings
     return await service.list_positions(
         uow,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from itertools import groupby
 
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
@@ -11,50 +13,152 @@ from tradeops.clients.service import ClientNotFound
 from tradeops.db.uow import UnitOfWork
 from tradeops.pagination import decode_cursor, encode_cursor
 from tradeops.positions import repository as repo
-from tradeops.positions.accounting import Holding, apply_fill
+from tradeops.positions.accounting import FLAT, Holding, apply_fill, signed_quantity
 from tradeops.positions.schemas import PositionOut, PositionPage
+
+
+@dataclass(frozen=True)
+class PositionKey:
+    """Which position: a client's holding of an instrument, on the client's desk."""
+
+    desk_id: int
+    client_id: int
+    instrument_id: int
+    position_key: str  # how the audit trail names it: "<client>:<symbol>"
 
 
 @dataclass(frozen=True)
 class PositionFill:
     """A fill as it changes a position: bought (quantity > 0) or sold (< 0) at price."""
 
-    desk_id: int
-    client_id: int
-    instrument_id: int
-    position_key: str  # how the audit trail names it: "<client>:<symbol>"
+    position: PositionKey
     quantity: Decimal
     price: Decimal
     execution_id: int
 
 
-async def book_fill(uow: UnitOfWork, principal: Principal, fill: PositionFill) -> Holding:
-    """Apply a fill to its position in the caller's transaction, with its audit event.
-
-    The caller holds the order's lock; the position's row is locked here before it is read,
-    so concurrent fills of the same client and instrument apply one after the other."""
+async def lock_position(
+    uow: UnitOfWork, principal: Principal, key: PositionKey
+) -> repo.LockedPosition:
+    """Lock the position (opening it flat if new) before its fill or bust is recorded, so
+    executions of one client and instrument are numbered in the order they are booked, and
+    concurrent ones apply one after the other. The caller holds the order's lock."""
     authorize(principal, Action.RECORD_EXECUTION)
-    key = {"client_id": fill.client_id, "instrument_id": fill.instrument_id}
-    row = await uow.row(repo.LOCK_POSITION, {**key, "desk_id": fill.desk_id})
+    row = await uow.row(
+        repo.LOCK_POSITION,
+        {"client_id": key.client_id, "instrument_id": key.instrument_id, "desk_id": key.desk_id},
+    )
     assert row is not None  # an upsert always returns its row
-    before = Holding(row.quantity, row.cost_basis, row.realized_pnl)
+    return row
+
+
+async def book_fill(
+    uow: UnitOfWork, principal: Principal, fill: PositionFill, locked: repo.LockedPosition
+) -> Holding:
+    """Apply a fill to its position (locked by `lock_position`), with its audit event."""
+    authorize(principal, Action.RECORD_EXECUTION)
+    before = Holding(locked.quantity, locked.cost_basis, locked.realized_pnl)
     after = apply_fill(before, fill.quantity, fill.price)
+    await _store(uow, fill.position, after, locked, fill.execution_id)
+    return after
+
+
+async def rebuild_position(
+    uow: UnitOfWork,
+    principal: Principal,
+    key: PositionKey,
+    locked: repo.LockedPosition,
+    bust_execution_id: int,
+) -> Holding:
+    """After a bust: the position as if the busted fill had never happened, by replaying
+    the fills that stand, from flat, in booking order. Exact by construction (the same
+    `apply_fill` steps, the same rounding), where an inverse formula could not be: a fill
+    that closed part of the position realized P&L at the average cost of its time."""
+    authorize(principal, Action.RECORD_EXECUTION)
+    fills = await uow.rows(
+        repo.STANDING_FILLS, {"client_id": key.client_id, "instrument_id": key.instrument_id}
+    )
+    holding = FLAT
+    for fill in fills:
+        holding = apply_fill(holding, signed_quantity(fill.side, fill.quantity), fill.price)
+    await _store(uow, key, holding, locked, bust_execution_id)
+    return holding
+
+
+async def _store(
+    uow: UnitOfWork,
+    key: PositionKey,
+    holding: Holding,
+    locked: repo.LockedPosition,
+    execution_id: int,
+) -> None:
     stored = await uow.row(
         repo.STORE_POSITION,
         {
-            **key,
-            "quantity": after.quantity,
-            "avg_cost": after.avg_cost,
-            "cost_basis": after.cost_basis,
-            "realized_pnl": after.realized_pnl,
-            "version": row.version,
-            "position_key": fill.position_key,
-            "execution_id": fill.execution_id,
+            "client_id": key.client_id,
+            "instrument_id": key.instrument_id,
+            "quantity": holding.quantity,
+            "avg_cost": holding.avg_cost,
+            "cost_basis": holding.cost_basis,
+            "realized_pnl": holding.realized_pnl,
+            "version": locked.version,
+            "position_key": key.position_key,
+            "execution_id": execution_id,
         },
     )
     if stored is None:  # pragma: no cover - the row is locked; kept as a guard
-        raise RuntimeError(f"position {fill.position_key} changed while locked")
-    return after
+        raise RuntimeError(f"position {key.position_key} changed while locked")
+
+
+async def positions_as_of(
+    uow: UnitOfWork,
+    principal: Principal,
+    as_of: datetime,
+    *,
+    client_id: str | None = None,
+    symbol: str | None = None,
+    desk: str | None = None,
+    open_only: bool = False,
+) -> PositionPage:
+    """Positions as they stood at booking time `as_of`: replayed from the fills booked by
+    then that no bust booked by then took back (correct for any time, and slower than the
+    stored positions: every fill of the principal's desks is read). One page, all of them."""
+    authorize(principal, Action.READ_POSITIONS)
+    fills = await uow.rows(
+        repo.FILLS_AS_OF,
+        {
+            "as_of": as_of,
+            "all_desks": principal.all_desks,
+            "desk_ids": list(principal.desk_ids),
+            "client_id": client_id,
+            "symbol": None if symbol is None else symbol.upper(),
+            "desk": desk,
+        },
+    )
+    items: list[PositionOut] = []
+    for _, group in groupby(fills, key=lambda f: (f.client_pk, f.instrument_pk)):
+        booked = list(group)
+        holding = FLAT
+        for fill in booked:
+            holding = apply_fill(holding, signed_quantity(fill.side, fill.quantity), fill.price)
+        if open_only and holding.quantity == 0:
+            continue
+        first = booked[0]
+        items.append(
+            PositionOut(
+                client_id=first.client_id,
+                desk=first.desk,
+                symbol=first.symbol,
+                currency=first.currency,
+                quantity=holding.quantity,
+                avg_cost=holding.avg_cost,
+                cost_basis=holding.cost_basis,
+                realized_pnl=holding.realized_pnl,
+                version=len(booked),
+                updated_at=booked[-1].recorded_at,
+            )
+        )
+    return PositionPage(items=items, next_cursor=None)
 
 
 def _position_after(cursor: str | None) -> tuple[int, int] | None:

@@ -18,6 +18,8 @@ from tradeops.clients import service as clients
 from tradeops.clients.schemas import ClientOut
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks import service as desks
+from tradeops.executions import service as executions
+from tradeops.executions.schemas import ExecutionOut
 from tradeops.instruments import service as instruments
 from tradeops.instruments.schemas import InstrumentOut
 from tradeops.marketdata import service as marketdata
@@ -143,7 +145,7 @@ async def position_impact(
     )
     current = page.items[0].quantity if page.items else Decimal(0)
     open_quantity = order.quantity - order.filled_quantity
-    if order.status in ("REJECTED", "CANCELLED", "FILLED", "REPLACED"):
+    if order.status in ("REJECTED", "CANCELLED", "FILLED", "REPLACED", "EXPIRED"):
         open_quantity = Decimal(0)
     after = current + signed_quantity(order.side, open_quantity)
     return PositionImpact(current=current, after=after)
@@ -162,6 +164,8 @@ class OrderView:
     actions: list[ActionView]
     read_only: bool  # the role takes no step of the workflow (risk, admin)
     position: PositionImpact | None = field(default=None)
+    # Its fills and busts, each linking the other (whoever reads the order reads them).
+    executions: list[ExecutionOut] = field(default_factory=list)
 
     def action(self, name: str) -> ActionView | None:
         return next((a for a in self.actions if a.name == name), None)
@@ -246,6 +250,7 @@ async def order_view(uow: UnitOfWork, principal: Principal, order_id: int) -> Or
         ),
         read_only=not any(is_allowed(principal, t.action) for t in workflow.TRANSITIONS),
         position=await position_impact(uow, principal, order),
+        executions=await executions.list_executions(uow, principal, order_id),
     )
 
 
