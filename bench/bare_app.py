@@ -190,7 +190,7 @@ async def principal_of(
         "request_id": request_id,
     }
     return await connection.fetchrow(
-        AUTHENTICATE_API_KEY.sql, *AUTHENTICATE_API_KEY.arguments(parameters)
+        AUTHENTICATE_API_KEY.prepared.sql, *AUTHENTICATE_API_KEY.prepared.arguments(parameters)
     )
 
 
