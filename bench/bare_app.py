@@ -48,6 +48,9 @@ SERVER_SETTINGS = {
     "application_name": "tradeops-bare",
     "statement_timeout": "5000",
     "idle_in_transaction_session_timeout": "60000",
+    # The actor its audit events default to (tradeops_actor()): ours publishes it per
+    # transaction with the context; the bare peer, which sets none, once per session.
+    "tradeops.user_id": "0",
 }
 SYSTEM_USER_ID = 0  # no authentication here: orders are our built-in system user's
 SYSTEM_EMAIL = "system@tradeops"
@@ -61,17 +64,17 @@ def our_sql() -> tuple[str, list[str], str]:
     """
     from tradeops.orders import repository as repo
 
-    select = repo.ORDER_BY_ID
+    select, insert = repo.ORDER_BY_ID.prepared, repo.SUBMIT_ORDER.prepared
     if select.names != ("id", "all_desks", "desk_ids"):
         raise RuntimeError(f"unexpected parameters {select.names} in:\n{select.sql}")
-    return repo.SUBMIT_ORDER.sql, list(repo.SUBMIT_ORDER.names), select.sql
+    return insert.sql, list(insert.names), select.sql
 
 
 def our_portfolio_sql() -> str:
     """Our GET /clients/{id}/portfolio statement, which answers the whole JSON document."""
     from tradeops.positions import repository as positions
 
-    statement = positions.PORTFOLIO
+    statement = positions.PORTFOLIO.prepared
     if statement.names != ("client_id", "all_desks", "desk_ids"):
         raise RuntimeError(f"unexpected parameters {statement.names} in:\n{statement.sql}")
     return statement.sql
@@ -95,6 +98,9 @@ KNOWN_PARAMETERS = {  # the ones create_order() fills
     "actor",
     "event_payload",
     "request_id",
+    "event_type",
+    "payload",
+    "action",
 }
 if unknown := set(INSERT_PARAMETERS) - KNOWN_PARAMETERS:
     raise RuntimeError(f"SUBMIT_ORDER has new parameters {unknown}: teach create_order() them")
@@ -190,7 +196,7 @@ async def principal_of(
         "request_id": request_id,
     }
     return await connection.fetchrow(
-        AUTHENTICATE_API_KEY.sql, *AUTHENTICATE_API_KEY.arguments(parameters)
+        AUTHENTICATE_API_KEY.prepared.sql, *AUTHENTICATE_API_KEY.prepared.arguments(parameters)
     )
 
 
@@ -225,7 +231,7 @@ async def defer_risk_check(connection: asyncpg.Connection, order_id: int) -> Non
         "queueing_lock": None,
         "args": orjson.dumps({"order_id": order_id}).decode(),
     }
-    await connection.fetchval(DEFER_JOB.sql, *DEFER_JOB.arguments(parameters))
+    await connection.fetchval(DEFER_JOB.prepared.sql, *DEFER_JOB.prepared.arguments(parameters))
 
 
 async def create_order(request: Request) -> Response:
@@ -261,6 +267,9 @@ async def create_order(request: Request) -> Response:
         "actor": ACTOR,
         "event_payload": orjson.dumps({"request_id": request_id}).decode(),
         "request_id": request_id,
+        "event_type": "CREATED",
+        "payload": orjson.dumps({"request_id": request_id}).decode(),
+        "action": "order.created",
     }
     created_by = SYSTEM_EMAIL
     if not request.app.state.same_work:

@@ -21,13 +21,14 @@ import httpx
 import psycopg
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import Cast, make_cast, make_reference_data
+from tests.owner import owner_engine_on
 from tradeops.app import create_app
 from tradeops.db import migrate
 from tradeops.db.embedded import ensure_database, start_embedded
-from tradeops.db.urls import asyncpg_url, with_database
+from tradeops.db.urls import with_database
 from tradeops.settings import Settings
 
 pytest_plugins = ["tests.live"]
@@ -169,7 +170,7 @@ async def app(settings: Settings, database_url: str) -> AsyncIterator[FastAPI]:
 @pytest.fixture(scope="session")
 async def owner_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """The migration owner's connection: for arranging data and inspecting it as-is."""
-    engine = create_async_engine(asyncpg_url(database_url), pool_size=5)
+    engine = owner_engine_on(database_url, pool_size=5)
     yield engine
     await engine.dispose()
 

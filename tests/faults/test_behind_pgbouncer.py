@@ -48,6 +48,7 @@ from tests.faults.cluster import (
     pgbouncer_version,
 )
 from tests.faults.conftest import AGENT_SCOPES, FIGURES_DIR, PASSWORD, _token, _wait_ready
+from tests.integration.test_transaction_limits import Limits
 from tradeops.db.embedded import ensure_database
 from tradeops.db.pool import Database
 from tradeops.db.uow import transaction
@@ -404,11 +405,12 @@ async def test_the_time_limits_hold_in_every_transaction_through_pgbouncer(
     try:
         for _ in range(5):  # whichever server connection the pooler hands out
             async with transaction(db) as uow:
-                row = await uow.one_or_none(
-                    "SELECT current_setting('statement_timeout'),"
-                    " current_setting('idle_in_transaction_session_timeout')"
+                row = await uow.row_of(
+                    "SELECT current_setting('statement_timeout') AS statement_timeout,"
+                    " current_setting('idle_in_transaction_session_timeout') AS idle_timeout",
+                    Limits,
                 )
-                assert row is not None and (row[0], row[1]) == ("2s", "1min")
+                assert row == Limits("2s", "1min")
     finally:
         await db.dispose()
 

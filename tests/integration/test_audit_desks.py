@@ -11,17 +11,17 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tests.conftest import create_database, drop_database
 from tests.factories import Cast, approved_order, bearer, make_api_key
 from tests.integration.test_audit_trail import as_superuser, verify
+from tests.owner import driver_of, owner_engine_on
 from tradeops.audit import service as audit
 from tradeops.audit import verification
 from tradeops.auth.principal import SYSTEM, Principal, Role
 from tradeops.db import migrate
-from tradeops.db.uow import UnitOfWork, driver_of, run_in_transaction, sqlstate_of
-from tradeops.db.urls import asyncpg_url
+from tradeops.db.uow import UnitOfWork, run_in_transaction, sqlstate_of
 from tradeops.errors import Forbidden
 
 API = "/api/v1"
@@ -368,7 +368,7 @@ async def test_existing_events_get_their_desk_and_still_verify(postgres_server_u
         assert [(r[0], r[1]) for r in rows] == hashes  # history is not rewritten
         assert [r[2] for r in rows] == [desk[0], desk[0], None]
         assert rows[0][3] == 50  # the old payload stays as it was hashed
-        engine = create_async_engine(asyncpg_url(url))
+        engine = owner_engine_on(url)
         try:
             report = await verification.verify(engine, SYSTEM, b"k")
         finally:

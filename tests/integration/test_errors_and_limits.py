@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -34,6 +35,11 @@ from tradeops.settings import Settings
 BEARER = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2VjcmV0LXNpZ25hdHVyZS1kby1ub3QtbG9n"
 PASSWORD = "correct-horse-battery-staple-42"
 API_KEY = "tro_abcdefghijkl_c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXk"
+
+
+@dataclass(frozen=True, slots=True)
+class One:
+    one: int
 
 
 @pytest.fixture
@@ -198,7 +204,9 @@ def raising_routes(errors: dict[str, BaseException]) -> APIRouter:
 
     @router.get("/test-only/select")
     async def select(uow: LoginUoW, sleep: float = 0) -> dict[str, int]:
-        return {"one": await uow.scalar("SELECT 1 FROM pg_sleep(:s)", {"s": sleep})}
+        answer = await uow.row_of("SELECT 1 AS one FROM pg_sleep(:s)", One, {"s": sleep})
+        assert answer is not None
+        return {"one": answer.one}
 
     return router
 

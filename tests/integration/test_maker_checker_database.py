@@ -20,6 +20,7 @@ from tests.factories import Cast, make_api_key
 from tradeops.audit import service as audit
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.errors import constraint_of, problem_for
+from tradeops.db.prepared import Id
 from tradeops.db.uow import UnitOfWork, sqlstate_of, unit_of_work
 from tradeops.orders import workflow
 
@@ -219,10 +220,8 @@ async def test_a_legitimate_approval_and_rejection_pass(
     rejected = await make_order(owner_engine, cast.ids["trader"])
     approver = person(cast, "approver", Role.APPROVER)
     async with acting(owner_engine, approver) as uow:
-        assert (
-            await uow.execute(GIVE_AND_APPROVE, {"by": approver.user_id, "id": approved})
-        ).rowcount
-        assert (await uow.execute(REJECT, {"by": approver.user_id, "id": rejected})).rowcount
+        assert await uow.row_of(GIVE_AND_APPROVE, Id, {"by": approver.user_id, "id": approved})
+        assert await uow.row_of(REJECT, Id, {"by": approver.user_id, "id": rejected})
     me = approver.user_id
     assert await status_of(owner_engine, approved) == ("APPROVED", me, None)
     assert await status_of(owner_engine, rejected) == ("REJECTED", None, me)

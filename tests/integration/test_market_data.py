@@ -15,8 +15,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import Cast, bearer, make_api_key, make_instrument, stored_api_key
+from tests.owner import driver_of
 from tradeops.auth.principal import Principal, Role
-from tradeops.db.uow import UnitOfWork, driver_of
+from tradeops.db.uow import UnitOfWork
 
 MARKET_DATA = "/api/v1/market-data"
 SNAPSHOTS = f"{MARKET_DATA}/snapshots"

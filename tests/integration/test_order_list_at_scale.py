@@ -19,15 +19,15 @@ import psycopg
 import pytest
 from bench.data import BIG_DESK, SMALL_DESKS, UNTRADED_SYMBOL, load_orders
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tests.conftest import TEMPLATE_ENV, copy_database, create_database, drop_database
 from tests.factories import SEED_ORDER, Cast, pass_risk_check
+from tests.owner import driver_of, owner_engine_on
 from tradeops.auth.principal import Principal, Role
 from tradeops.db import migrate
 from tradeops.db.prepared import prepare
-from tradeops.db.uow import UnitOfWork, driver_of
-from tradeops.db.urls import asyncpg_url
+from tradeops.db.uow import UnitOfWork
 from tradeops.orders import repository, service
 from tradeops.orders.schemas import OrderFilters
 
@@ -79,7 +79,7 @@ def scale_database(postgres_server_url: str) -> Iterator[str]:
 
 @pytest.fixture
 async def scale_engine(scale_database: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(asyncpg_url(scale_database), pool_size=1)
+    engine = owner_engine_on(scale_database, pool_size=1)
     yield engine
     await engine.dispose()
 

@@ -14,8 +14,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import Cast, approved_order, bearer, make_api_key, make_instrument
+from tests.owner import driver_of
 from tradeops.auth.principal import Principal, Role
-from tradeops.db.uow import UnitOfWork, driver_of, sqlstate_of
+from tradeops.db.uow import UnitOfWork, sqlstate_of
 from tradeops.positions.schemas import Portfolio
 
 API = "/api/v1"

@@ -28,17 +28,18 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import create_engine
 from sqlalchemy import text as sql
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast, make_cast, make_reference_data
 from tests.faults.cluster import PG_BIN, LocalPostgres
+from tests.owner import owner_engine_on
 from tests.pages import sign_in
 from tradeops.app import create_app
 from tradeops.db import migrate
 from tradeops.db.embedded import ensure_database
 from tradeops.db.pool import Database
 from tradeops.db.replicas import ReadReplica
-from tradeops.db.urls import asyncpg_url, libpq_url, psycopg_url
+from tradeops.db.urls import libpq_url, psycopg_url
 from tradeops.settings import Settings
 
 pytestmark = [
@@ -161,7 +162,7 @@ async def serving(settings: Settings, url: str) -> AsyncIterator[tuple[FastAPI, 
 @pytest.fixture(scope="module")
 async def stack(pair: Pair) -> AsyncIterator[Stack]:
     settings = _settings(read_database_url=pair.standby_url, **REPLICA_SETTINGS)
-    engine = create_async_engine(asyncpg_url(pair.primary_url), pool_size=2)
+    engine = owner_engine_on(pair.primary_url, pool_size=2)
     try:
         async with serving(settings, pair.primary_url) as (app, client):
             await make_reference_data(engine)

@@ -12,8 +12,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast
+from tests.owner import driver_of
 from tradeops.auth.principal import Principal, Role
-from tradeops.db.uow import UnitOfWork, context_parameters, driver_of, sqlstate_of
+from tradeops.db.uow import UnitOfWork, context_parameters, sqlstate_of
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import asyncpg
 import psycopg
@@ -30,8 +31,8 @@ from tradeops.db.uow import (
 from tradeops.jobs.app import connector_for, run_worker
 from tradeops.settings import Settings
 
-LIMITS = "SELECT current_setting('statement_timeout'),"
-LIMITS += " current_setting('idle_in_transaction_session_timeout')"
+LIMITS = "SELECT current_setting('statement_timeout') AS statement_timeout,"
+LIMITS += " current_setting('idle_in_transaction_session_timeout') AS idle_timeout"
 NAMED_STATEMENTS = "SELECT count(*) FROM pg_prepared_statements"
 
 
@@ -46,10 +47,21 @@ async def db(settings: Settings, database_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    statement_timeout: str
+    idle_timeout: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    value: int
+
+
 async def limits(uow: UnitOfWork) -> tuple[str, str]:
-    row = await uow.one_or_none(LIMITS)
+    row = await uow.row_of(LIMITS, Limits)
     assert row is not None
-    return row[0], row[1]
+    return row.statement_timeout, row.idle_timeout
 
 
 async def test_every_transaction_sets_its_time_limits_and_the_connection_none(
@@ -76,13 +88,15 @@ async def test_a_statement_past_the_timeout_is_cancelled(db: Database) -> None:
             await uow.execute("SELECT pg_sleep(5)")
     assert 1.2 <= time.monotonic() - started < 4
     async with transaction(db) as uow:  # the connection is fine for the next transaction
-        assert await uow.scalar("SELECT 1") == 1
+        assert await uow.row_of("SELECT 1 AS value", Answer) == Answer(1)
 
 
 async def named_statements_after_repeats(db: Database) -> int:
     for _ in range(3):
         async with transaction(db) as uow:
-            await uow.scalar("SELECT count(*) FROM orders WHERE id = :id", {"id": 1})
+            await uow.row_of(
+                "SELECT count(*) AS value FROM orders WHERE id = :id", Answer, {"id": 1}
+            )
     async with db.acquire() as connection:
         return int(await connection.fetchval(NAMED_STATEMENTS))
 

@@ -39,7 +39,7 @@ from tradeops.audit.repository import (
 )
 from tradeops.audit.service import authorize_whole_trail
 from tradeops.auth.principal import Principal
-from tradeops.db.uow import Connections, UnitOfWork, run_in_transaction
+from tradeops.db.uow import ConnectionSource, UnitOfWork, run_in_transaction
 
 T = TypeVar("T")
 
@@ -50,7 +50,7 @@ class Read(Protocol):
     def __call__(self, command: Callable[[UnitOfWork], Awaitable[T]], /) -> Awaitable[T]: ...
 
 
-def _reader(db: Connections, principal: Principal) -> Read:
+def _reader(db: ConnectionSource, principal: Principal) -> Read:
     async def read(command: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         return await run_in_transaction(db, principal, command)
 
@@ -80,7 +80,7 @@ class VerificationReport(BaseModel):
 
 
 async def verify(
-    db: Connections,
+    db: ConnectionSource,
     principal: Principal,
     audit_key: bytes,
     *,

@@ -10,32 +10,53 @@ password or key hashes, which the application role cannot select.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.principal import Principal, Role, sees_every_desk
 from tradeops.auth.tokens import InvalidToken, TokenExpired, TokenService
-from tradeops.db.prepared import prepare
-from tradeops.db.uow import APP_ROLE, UnitOfWork
+from tradeops.db.prepared import query
+from tradeops.db.uow import APP_ROLE, UnitOfWork, context_column
 from tradeops.errors import Unauthenticated
 
 EVERY_DESK = sees_every_desk("u.role")
-_SET_CONTEXT_COLUMNS = """
-    set_config('role', :app_role, true) AS _role,
-    set_config('tradeops.user_id', u.id::text, true) AS _user,
-    set_config('tradeops.role', u.role, true) AS _principal_role,
-    set_config('tradeops.desk_ids', ctx.desk_ids::text, true) AS _desks,
-    set_config('tradeops.all_desks', ctx.all_desks::text, true) AS _all,
-    set_config('tradeops.api_key_id', COALESCE(ctx.key_id::text, ''), true) AS _key,
-    set_config('tradeops.request_id', :request_id, true) AS _request
-"""
+# The context, set for the row found: who it is, computed by the statement itself.
+_SET_CONTEXT = context_column(
+    {
+        "role": ":app_role",
+        "user_id": "u.id::text",
+        "principal_role": "u.role",
+        "desk_ids": "ctx.desk_ids::text",
+        "all_desks": "ctx.all_desks::text",
+        "api_key_id": "COALESCE(ctx.key_id::text, '')",
+        "request_id": ":request_id",
+    }
+)
 
-_PERSON = prepare(
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """Who the credentials stand for, as the statement that checked them found it."""
+
+    user_id: int
+    email: str
+    role: str
+    desk_ids: list[int]
+    all_desks: bool
+    key_id: int | None
+    scopes: list[str] | None
+    touch: bool  # an API key last noted as used over a minute ago
+    page_session_generation: int
+    context: str  # the context settings, set (see db/uow.py)
+
+
+_PERSON = query(
     f"""
 SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, NULL::bigint AS key_id,
        NULL::text[] AS scopes, false AS touch, u.page_session_generation,
-       {_SET_CONTEXT_COLUMNS}
+       {_SET_CONTEXT}
 FROM users u
 CROSS JOIN LATERAL (
     SELECT COALESCE(array_agg(m.desk_id ORDER BY m.desk_id), '{{}}') AS desk_ids,
@@ -43,17 +64,18 @@ CROSS JOIN LATERAL (
     FROM desk_members m WHERE m.user_id = u.id
 ) ctx
 WHERE u.active AND u.role <> 'system' AND (u.id = :user_id OR u.email = :email)
-"""
+""",
+    Authenticated,
 )
 
 # Risk and admin keys see every desk unless the key names some; others see the owner's
 # desks, narrowed to the key's. `touch`: last_used_at is over a minute old, so the key is
 # noted in KeyUsage, which writes it later on the primary: authenticating never writes.
-AUTHENTICATE_API_KEY = prepare(
+AUTHENTICATE_API_KEY = query(
     f"""
 SELECT u.id AS user_id, u.email, u.role, ctx.desk_ids, ctx.all_desks, k.id AS key_id,
        k.scopes, k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds'
-       AS touch, {_SET_CONTEXT_COLUMNS}
+       AS touch, u.page_session_generation, {_SET_CONTEXT}
 FROM api_keys k
 JOIN users u ON u.id = k.owner_user_id
 CROSS JOIN LATERAL (
@@ -67,11 +89,12 @@ CROSS JOIN LATERAL (
 ) ctx
 WHERE k.prefix = :prefix AND k.hash = :hash AND k.revoked_at IS NULL
   AND (k.expires_at IS NULL OR k.expires_at > now()) AND u.active AND u.role <> 'system'
-"""
+""",
+    Authenticated,
 )
 
 
-def _principal(row: Any) -> Principal:
+def _principal(row: Authenticated) -> Principal:
     return Principal(
         user_id=row.user_id,
         email=row.email,
@@ -112,7 +135,7 @@ async def authenticate(
         params = {"user_id": subject.user_id, "email": subject.email}
         statement = _PERSON
     params |= {"app_role": APP_ROLE, "request_id": request_id or ""}
-    row = await uow.one_or_none(statement, params)
+    row = await uow.row(statement, params)
     if row is None:
         raise unauthenticated("The credentials are not valid, expired, revoked or inactive.")
     principal = _principal(row)
@@ -129,7 +152,7 @@ async def authenticate_user(
     `page_session_generation`; None when the user is gone or deactivated, or has signed out
     since. Desks and role are read now, so changes apply at once."""
     params = {"user_id": user_id, "email": None, "app_role": APP_ROLE}
-    row = await uow.one_or_none(_PERSON, {**params, "request_id": request_id or ""})
+    row = await uow.row(_PERSON, {**params, "request_id": request_id or ""})
     if row is None or row.page_session_generation != page_session_generation:
         # The context this statement set dies with the transaction: the request fails.
         return None

@@ -115,7 +115,16 @@ def add_desks(user_id: int, desk_ids: list[int]) -> Insert:
     return insert(members).values([{"user_id": user_id, "desk_id": d} for d in desk_ids])
 
 
-END_PAGE_SESSIONS = prepare("SELECT end_page_sessions()")
+@dataclass(frozen=True, slots=True)
+class PageSessionsEnded:
+    """The acting user's new page-session generation; None when nobody is acting."""
+
+    page_session_generation: int | None
+
+
+END_PAGE_SESSIONS = query(
+    "SELECT end_page_sessions() AS page_session_generation", PageSessionsEnded
+)
 
 
 # --- API keys ------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import structlog
 from tradeops.audit import service as audit
 from tradeops.auth import repository as repo
 from tradeops.auth.passwords import PasswordChecks
-from tradeops.db.uow import Connections, UnitOfWork, in_transaction, record_despite_failure
+from tradeops.db.uow import ConnectionSource, UnitOfWork, in_transaction, record_despite_failure
 from tradeops.errors import TooManyRequests
 from tradeops.settings import Settings
 
@@ -78,7 +78,7 @@ def _throttled(email: str, seconds: int) -> LoginThrottled:
 
 
 async def sign_in(
-    db: Connections,
+    db: ConnectionSource,
     checks: PasswordChecks,
     email: str,
     password: str,

@@ -142,5 +142,6 @@ async def _replace_desks(uow: UnitOfWork, user_id: int, desk_codes: list[str]) -
 async def end_page_sessions(uow: UnitOfWork) -> None:
     """Sign the acting user out of every page session (the cookies carry the generation that
     this moves on); the database function touches no other user."""
-    if await uow.scalar(repo.END_PAGE_SESSIONS) is None:
+    ended = await uow.row(repo.END_PAGE_SESSIONS)
+    if ended is None or ended.page_session_generation is None:
         raise LookupError("no acting user to sign out")

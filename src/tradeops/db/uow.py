@@ -13,34 +13,58 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Set
-from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Set
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import ClauseElement
 
-from tradeops.db.pool import Database
-from tradeops.db.prepared import Prepared, Query, prepare
+from tradeops.db.prepared import Prepared, Query, prepare, query
+from tradeops.settings import Settings
 
 T = TypeVar("T")
 
 APP_ROLE = "tradeops_app"
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 
-# One round trip: switch to the unprivileged role (so row-level security applies even when
-# we log in as a superuser) and publish who is acting. All transaction-local (is_local=true),
-# so nothing leaks to the next user of a pooled connection, PgBouncer included.
-SET_CONTEXT = prepare(
-    "SELECT set_config('role', :role, true),"
-    " set_config('tradeops.user_id', :user_id, true),"
-    " set_config('tradeops.role', :principal_role, true),"
-    " set_config('tradeops.desk_ids', :desk_ids, true),"
-    " set_config('tradeops.all_desks', :all_desks, true),"
-    " set_config('tradeops.api_key_id', :api_key_id, true),"
-    " set_config('tradeops.request_id', :request_id, true)"
+# The request context, each key with the setting it is published as. Set in one column of
+# one statement (`context_column`): switching to the unprivileged role (so row-level security
+# applies even when we log in as a superuser) and publishing who is acting. All
+# transaction-local (is_local=true), so nothing leaks to the next user of a pooled
+# connection, PgBouncer included.
+CONTEXT_SETTINGS = (
+    ("role", "role"),
+    ("user_id", "tradeops.user_id"),
+    ("principal_role", "tradeops.role"),
+    ("desk_ids", "tradeops.desk_ids"),
+    ("all_desks", "tradeops.all_desks"),
+    ("api_key_id", "tradeops.api_key_id"),
+    ("request_id", "tradeops.request_id"),
+)
+
+
+def context_column(values: Mapping[str, str]) -> str:
+    """A select-list column, `context`, that sets every context setting to the SQL expression
+    `values` gives for its key: SET_CONTEXT's parameters, or what authentication computes
+    in the same statement that finds the principal."""
+    calls = ", ".join(
+        f"set_config('{setting}', {values[key]}, true)" for key, setting in CONTEXT_SETTINGS
+    )
+    return f"concat({calls}) AS context"
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSet:
+    """The settings a context column set, concatenated: read by nobody, selected to run."""
+
+    context: str
+
+
+SET_CONTEXT = query(
+    "SELECT " + context_column({key: f":{key}" for key, _ in CONTEXT_SETTINGS}), ContextSet
 )
 
 Statement = Prepared | ClauseElement | str
@@ -76,60 +100,6 @@ def context_parameters(principal: Identity, request_id: str | None) -> dict[str,
     }
 
 
-class Row:
-    """A result row: attributes by column name, `_mapping` for a dict, iteration by position."""
-
-    __slots__ = ("_record",)
-
-    def __init__(self, record: asyncpg.Record) -> None:
-        self._record = record
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._record[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __getitem__(self, index: int) -> Any:
-        return self._record[index]
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._record.values())
-
-    @property
-    def _mapping(self) -> dict[str, Any]:
-        return dict(self._record.items())
-
-
-class Result:
-    def __init__(self, records: list[asyncpg.Record]) -> None:
-        self._rows = [Row(r) for r in records]
-
-    def __iter__(self) -> Iterator[Row]:
-        return iter(self._rows)
-
-    @property
-    def rowcount(self) -> int:
-        """Rows returned: write `RETURNING` to count changed rows."""
-        return len(self._rows)
-
-    def all(self) -> list[Row]:
-        return self._rows
-
-    def one(self) -> Row:
-        if len(self._rows) != 1:
-            raise LookupError(f"expected one row, got {len(self._rows)}")
-        return self._rows[0]
-
-    def one_or_none(self) -> Row | None:
-        if len(self._rows) > 1:
-            raise LookupError(f"expected at most one row, got {len(self._rows)}")
-        return self._rows[0] if self._rows else None
-
-    def scalars(self) -> list[Any]:
-        return [row[0] for row in self._rows]
-
-
 class UnitOfWork:
     """A transaction in progress, with the principal it acts for."""
 
@@ -139,11 +109,11 @@ class UnitOfWork:
         self.request_id: str | None = None
 
     async def set_context(self, principal: Identity, request_id: str | None = None) -> None:
-        await self.fetchrow(SET_CONTEXT, context_parameters(principal, request_id))
+        await self.row(SET_CONTEXT, context_parameters(principal, request_id))
         self.principal = principal
         self.request_id = request_id
 
-    async def fetchrow(
+    async def _fetchrow(
         self, statement: Statement, params: Mapping[str, Any] | None = None
     ) -> asyncpg.Record | None:
         sql, arguments = _render(statement, params)
@@ -168,17 +138,19 @@ class UnitOfWork:
         self,
         statement: Statement,
         params: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
-    ) -> Result:
+    ) -> None:
+        """Run a statement for its effect; rows it returns are not read. A caller that needs
+        an answer (a count, an id) runs a typed query with RETURNING instead."""
         if isinstance(params, list):  # executemany: one statement per parameter set
             for each in params:
                 await self.execute(statement, each)
-            return Result([])
+            return
         sql, arguments = _render(statement, params)
-        return Result(await self.driver.fetch(sql, *arguments))
+        await self.driver.execute(sql, *arguments)
 
     async def row(self, query: Query[T], params: Mapping[str, Any] | None = None) -> T | None:
         """The one row of a typed query, as its type, or None."""
-        record = await self.fetchrow(query.prepared, params)
+        record = await self._fetchrow(query.prepared, params)
         return None if record is None else query.into(**record)
 
     async def rows(self, query: Query[T], params: Mapping[str, Any] | None = None) -> list[T]:
@@ -189,7 +161,7 @@ class UnitOfWork:
         self, statement: Statement, into: type[T], params: Mapping[str, Any] | None = None
     ) -> T | None:
         """The one row of a statement built per call, as `into`, or None."""
-        record = await self.fetchrow(statement, params)
+        record = await self._fetchrow(statement, params)
         return None if record is None else into(**record)
 
     async def rows_of(
@@ -199,16 +171,6 @@ class UnitOfWork:
         sql, arguments = _render(statement, params)
         return [into(**record) for record in await self.driver.fetch(sql, *arguments)]
 
-    async def one_or_none(
-        self, statement: Statement, params: Mapping[str, Any] | None = None
-    ) -> Row | None:
-        record = await self.fetchrow(statement, params)
-        return None if record is None else Row(record)
-
-    async def scalar(self, statement: Statement, params: Mapping[str, Any] | None = None) -> Any:
-        record = await self.fetchrow(statement, params)
-        return None if record is None else record[0]
-
     async def stream_rows(
         self, query: Query[T], params: Mapping[str, Any] | None = None
     ) -> AsyncIterator[T]:
@@ -217,24 +179,10 @@ class UnitOfWork:
         async for record in self.driver.cursor(sql, *arguments, prefetch=500):
             yield query.into(**record)
 
-    async def stream(
-        self, statement: Statement, params: Mapping[str, Any] | None = None
-    ) -> AsyncIterator[Row]:
-        """Rows as they arrive (a server-side cursor), for reading a whole table."""
-        sql, arguments = _render(statement, params)
-        async for record in self.driver.cursor(sql, *arguments, prefetch=500):
-            yield Row(record)
-
 
 def _render(statement: Statement, params: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
     prepared = statement if isinstance(statement, Prepared) else prepare(statement)
     return prepared.sql, prepared.arguments(params or {})
-
-
-async def driver_of(connection: AsyncConnection) -> asyncpg.Connection:
-    """The asyncpg connection under a pooled SQLAlchemy connection."""
-    fairy = await connection.get_raw_connection()
-    return cast(asyncpg.Connection, fairy.driver_connection)
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -258,9 +206,17 @@ def backoff_seconds(attempt: int) -> float:
     return float(min(0.5, 0.01 * 2**attempt) * (0.5 + random.random()))  # noqa: S311
 
 
-# Where connections come from: the application's pool, or a SQLAlchemy engine (tests arrange
-# data through the migration owner's).
-Connections = Database | AsyncEngine
+class ConnectionSource(Protocol):
+    """Where transactions get their connection: the application's pool (`Database`) is the
+    one in the application; the tests adapt the migration owner's engine to it."""
+
+    read_only: bool  # its transactions begin READ ONLY (a read replica's pool)
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]: ...
+
 
 # A transaction left open by a crashed or stuck caller must not hold its locks for long.
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
@@ -283,27 +239,16 @@ def begin_statement(statement_timeout_ms: int, *, read_only: bool = False) -> st
 
 
 @asynccontextmanager
-async def _connection(source: Connections) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
-    """A connection, and the statement that begins a transaction on it."""
-    if isinstance(source, Database):
-        async with source.acquire() as driver:
-            yield (
-                driver,
-                begin_statement(source.settings.statement_timeout_ms, read_only=source.read_only),
-            )
-    else:  # the migration owner's engine, in tests: no limits, as for migrations
-        async with source.connect() as connection:
-            yield await driver_of(connection), "BEGIN"
-
-
-@asynccontextmanager
-async def transaction(source: Connections) -> AsyncIterator[UnitOfWork]:
+async def transaction(source: ConnectionSource) -> AsyncIterator[UnitOfWork]:
     """A pooled connection in a transaction: committed on success, rolled back on any error.
 
     Begun, committed and rolled back by hand rather than with asyncpg's `transaction()`,
     whose BEGIN cannot carry the time limits in the same round trip."""
-    async with _connection(source) as (driver, begin):
-        await driver.execute(begin)
+    async with source.acquire() as driver:
+        settings = source.settings
+        await driver.execute(
+            begin_statement(settings.statement_timeout_ms, read_only=source.read_only)
+        )
         try:
             yield UnitOfWork(driver)
         except BaseException:
@@ -317,7 +262,7 @@ async def transaction(source: Connections) -> AsyncIterator[UnitOfWork]:
 
 @asynccontextmanager
 async def unit_of_work(
-    db: Connections, principal: Identity, request_id: str | None = None
+    db: ConnectionSource, principal: Identity, request_id: str | None = None
 ) -> AsyncIterator[UnitOfWork]:
     """A transaction with the principal's context set as its first statement."""
     async with transaction(db) as uow:
@@ -326,7 +271,7 @@ async def unit_of_work(
 
 
 async def in_transaction(
-    db: Connections, command: Callable[[UnitOfWork], Awaitable[T]], *, attempts: int = 3
+    db: ConnectionSource, command: Callable[[UnitOfWork], Awaitable[T]], *, attempts: int = 3
 ) -> T:
     """Run `command` in a fresh transaction, again on a new one after a serialization failure
     or deadlock (at most `attempts` times), committing only when it returns."""
@@ -342,7 +287,7 @@ async def in_transaction(
 
 
 async def run_in_transaction(
-    db: Connections,
+    db: ConnectionSource,
     principal: Identity,
     command: Callable[[UnitOfWork], Awaitable[T]],
     *,
@@ -359,7 +304,7 @@ async def run_in_transaction(
 
 
 async def record_despite_failure(
-    db: Connections,
+    db: ConnectionSource,
     record: Callable[[UnitOfWork], Awaitable[T]],
     *,
     principal: Identity | None = None,

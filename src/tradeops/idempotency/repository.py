@@ -1,4 +1,5 @@
-"""Statements on idempotency_keys that housekeeping runs (the request path's are in service.py)."""
+"""Statements on idempotency_keys: the request path's (reserve, replay, complete) and
+housekeeping's (purge)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,41 @@ from dataclasses import dataclass
 
 from tradeops.db.prepared import prepare, query
 from tradeops.db.uow import UnitOfWork
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """The key was new: this request is the first, and runs."""
+
+    reserved: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the first request with a key stored. Its response is never missing: the key and
+    the response commit in one transaction, and a duplicate reads the row only after that."""
+
+    fingerprint: str
+    response_status: int
+    response_body: bytes
+    response_headers: dict[str, str]
+
+
+# No row when the key is taken: ON CONFLICT waits for the request holding it to finish.
+RESERVE = query(
+    "INSERT INTO idempotency_keys (principal, key, fingerprint) VALUES (:principal, :key, :fp)"
+    " ON CONFLICT (principal, key) DO NOTHING RETURNING true AS reserved",
+    Reserved,
+)
+STORED = query(
+    "SELECT fingerprint, response_status, response_body, response_headers FROM idempotency_keys"
+    " WHERE principal = :principal AND key = :key",
+    Stored,
+)
+COMPLETE = prepare(
+    "UPDATE idempotency_keys SET response_status = :status, response_body = :body,"
+    " response_headers = CAST(:headers AS jsonb) WHERE principal = :principal AND key = :key"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from functools import partial
 
 import orjson
-from sqlalchemy import text
 
 from tradeops.auth.principal import Principal
-from tradeops.db.uow import Connections, UnitOfWork, run_in_transaction
+from tradeops.db.uow import ConnectionSource, UnitOfWork, run_in_transaction
 from tradeops.errors import InvalidRequest
 from tradeops.idempotency import repository
 
@@ -35,20 +34,6 @@ class StoredResponse:
     body: bytes
     headers: dict[str, str]
     replayed: bool = False
-
-
-_RESERVE = text(
-    "INSERT INTO idempotency_keys (principal, key, fingerprint) VALUES (:principal, :key, :fp)"
-    " ON CONFLICT (principal, key) DO NOTHING RETURNING true"
-)
-_STORED = text(
-    "SELECT fingerprint, response_status, response_body, response_headers FROM idempotency_keys"
-    " WHERE principal = :principal AND key = :key"
-)
-_COMPLETE = text(
-    "UPDATE idempotency_keys SET response_status = :status, response_body = :body,"
-    " response_headers = CAST(:headers AS jsonb) WHERE principal = :principal AND key = :key"
-)
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:
@@ -78,8 +63,9 @@ async def run_once(
 ) -> StoredResponse:
     """Produce the response once per (principal, key); later calls get the stored one."""
     params = {"principal": principal.actor, "key": check_key(key)}
-    if await uow.scalar(_RESERVE, {**params, "fp": request_fingerprint}) is None:
-        stored = (await uow.execute(_STORED, params)).one()
+    if await uow.row(repository.RESERVE, {**params, "fp": request_fingerprint}) is None:
+        stored = await uow.row(repository.STORED, params)
+        assert stored is not None  # the key that conflicted, held (locked) until we commit
         if stored.fingerprint != request_fingerprint:
             raise IdempotencyKeyReused(
                 "This Idempotency-Key was used for a different request; use a new key.",
@@ -90,7 +76,7 @@ async def run_once(
         )
     response = await produce()
     await uow.execute(
-        _COMPLETE,
+        repository.COMPLETE,
         {
             **params,
             "status": response.status,
@@ -112,7 +98,7 @@ class Purge:
 
 
 async def purge_expired(
-    db: Connections,
+    db: ConnectionSource,
     principal: Principal,
     *,
     keep_hours: int = 24,

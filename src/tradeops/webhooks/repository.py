@@ -13,8 +13,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from tradeops.db.prepared import prepare
-from tradeops.db.uow import Row
+from tradeops.db.prepared import prepare, query
 
 _ENDPOINT_COLUMNS = (
     "e.id, e.url, e.event_types, e.created_at, e.disabled_at, u.email AS created_by,"
@@ -31,18 +30,6 @@ class Endpoint:
     created_by: str
     created_at: datetime
     disabled_at: datetime | None
-
-    @classmethod
-    def of(cls, row: Row) -> Endpoint:
-        return cls(
-            id=row.id,
-            url=row.url,
-            event_types=list(row.event_types),
-            desks=list(row.desks),
-            created_by=row.created_by,
-            created_at=row.created_at,
-            disabled_at=row.disabled_at,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +59,25 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """A delivery as LIST_DELIVERIES reads it: its attempts still JSON objects."""
+
+    id: int
+    webhook_id: str
+    event_type: str
+    order_id: int
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    payload: dict[str, Any]
+    attempt_log: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
     """A delivery the worker has taken for one attempt: what to send, where, signed how."""
 
@@ -83,33 +89,36 @@ class Claimed:
     body: str
 
 
-CREATE_ENDPOINT = prepare(
+CREATE_ENDPOINT = query(
     text(
         "WITH e AS (INSERT INTO webhook_endpoints (url, secret, event_types, desk_ids, created_by)"
         " VALUES (:url, :secret, CAST(:event_types AS text[]), CAST(:desk_ids AS bigint[]),"
         "  :created_by)"
         " RETURNING id, url, event_types, desk_ids, created_by, created_at, disabled_at)"
         f" SELECT {_ENDPOINT_COLUMNS} FROM e JOIN users u ON u.id = e.created_by"
-    )
+    ),
+    Endpoint,
 )
 
-LIST_ENDPOINTS = prepare(
+LIST_ENDPOINTS = query(
     text(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints e JOIN users u ON u.id = e.created_by"
         " WHERE e.disabled_at IS NULL ORDER BY e.id"
-    )
+    ),
+    Endpoint,
 )
 
-GET_ENDPOINT = prepare(
+GET_ENDPOINT = query(
     text(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints e JOIN users u ON u.id = e.created_by"
         " WHERE e.id = :id"
-    )
+    ),
+    Endpoint,
 )
 
 # Deleting disables: the endpoint gets nothing more, and what it was still owed is cancelled
 # (the worker also cancels what a concurrent event wrote meanwhile: see CANCEL_ORPHANS).
-DISABLE_ENDPOINT = prepare(
+DISABLE_ENDPOINT = query(
     text(
         "WITH e AS (UPDATE webhook_endpoints SET disabled_at = now()"
         " WHERE id = :id AND disabled_at IS NULL"
@@ -117,10 +126,11 @@ DISABLE_ENDPOINT = prepare(
         " cancelled AS (UPDATE webhook_deliveries SET status = 'cancelled'"
         " WHERE endpoint_id = :id AND status = 'pending')"
         f" SELECT {_ENDPOINT_COLUMNS} FROM e JOIN users u ON u.id = e.created_by"
-    )
+    ),
+    Endpoint,
 )
 
-LIST_DELIVERIES = prepare(
+LIST_DELIVERIES = query(
     text(
         "SELECT d.id, d.webhook_id, d.event_type, d.order_id, d.status, d.attempts,"
         " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END AS next_attempt_at,"
@@ -132,7 +142,8 @@ LIST_DELIVERIES = prepare(
         " FROM webhook_deliveries d"
         " WHERE d.endpoint_id = :endpoint_id AND (CAST(:after AS bigint) IS NULL OR d.id < :after)"
         " ORDER BY d.id DESC LIMIT :limit"
-    )
+    ),
+    DeliveryRow,
 )
 
 # Deliveries whose endpoint was disabled after the event read it as active: never sent.
@@ -145,7 +156,7 @@ CANCEL_ORPHANS = prepare(
 # The due deliveries, each taken for one attempt: its attempt number counted now and its next
 # attempt put a lease away, so a worker that dies mid-attempt leaves it due again after the
 # lease (same webhook-id), and two workers never take the same one (SKIP LOCKED).
-CLAIM_DUE = prepare(
+CLAIM_DUE = query(
     "WITH due AS ("
     " SELECT d.id FROM webhook_deliveries d"
     " WHERE d.status = 'pending' AND d.next_attempt_at <= now()"
@@ -155,7 +166,8 @@ CLAIM_DUE = prepare(
     " FROM due, webhook_endpoints e"
     " WHERE d.id = due.id AND e.id = d.endpoint_id AND e.disabled_at IS NULL"
     " RETURNING d.id, d.webhook_id, d.attempts AS attempt, e.url, e.secret,"
-    "  d.payload::text AS body"
+    "  d.payload::text AS body",
+    Claimed,
 )
 
 # One attempt's outcome. The attempt is always kept; the delivery changes only if it is still
@@ -173,7 +185,7 @@ RECORD_ATTEMPT = prepare(
 )
 
 
-def delivery_of(row: Row) -> Delivery:
+def delivery_of(row: DeliveryRow) -> Delivery:
     return Delivery(
         id=row.id,
         webhook_id=row.webhook_id,
@@ -197,15 +209,4 @@ def delivery_of(row: Row) -> Delivery:
             )
             for a in row.attempt_log
         ],
-    )
-
-
-def claimed_of(row: Row) -> Claimed:
-    return Claimed(
-        id=row.id,
-        webhook_id=row.webhook_id,
-        attempt=row.attempt,
-        url=row.url,
-        secret=row.secret,
-        body=row.body,
     )

@@ -79,7 +79,7 @@ async def create_webhook(
     url = _checked_url(data.url, allow_http=allow_http)
     desk_ids = await desk_ids_by_code(uow, sorted(set(data.desks)))
     secret = new_secret()
-    row = await uow.one_or_none(
+    row = await uow.row(
         repo.CREATE_ENDPOINT,
         {
             "url": url,
@@ -90,22 +90,21 @@ async def create_webhook(
         },
     )
     assert row is not None  # an INSERT … RETURNING
-    created = _out(repo.Endpoint.of(row))
+    created = _out(row)
     await audit.record(uow, principal, "webhook.created", "webhook", created.id, after=created)
     return WebhookCreated(**created.model_dump(), secret=secret)
 
 
 async def list_webhooks(uow: UnitOfWork, principal: Principal) -> list[WebhookOut]:
     authorize(principal, Action.MANAGE_WEBHOOKS)
-    rows = await uow.execute(repo.LIST_ENDPOINTS)
-    return [_out(repo.Endpoint.of(row)) for row in rows]
+    return [_out(endpoint) for endpoint in await uow.rows(repo.LIST_ENDPOINTS)]
 
 
 async def _endpoint(uow: UnitOfWork, webhook_id: int) -> repo.Endpoint:
-    row = await uow.one_or_none(repo.GET_ENDPOINT, {"id": webhook_id})
-    if row is None:
+    endpoint = await uow.row(repo.GET_ENDPOINT, {"id": webhook_id})
+    if endpoint is None:
         raise WebhookNotFound(f"No webhook {webhook_id}.")
-    return repo.Endpoint.of(row)
+    return endpoint
 
 
 async def get_webhook(uow: UnitOfWork, principal: Principal, webhook_id: int) -> WebhookOut:
@@ -118,10 +117,10 @@ async def delete_webhook(uow: UnitOfWork, principal: Principal, webhook_id: int)
     deliveries stay readable. Audited."""
     authorize(principal, Action.MANAGE_WEBHOOKS)
     before = _out(await _endpoint(uow, webhook_id))
-    row = await uow.one_or_none(repo.DISABLE_ENDPOINT, {"id": webhook_id})
-    if row is None:
+    disabled = await uow.row(repo.DISABLE_ENDPOINT, {"id": webhook_id})
+    if disabled is None:
         raise WebhookNotFound(f"Webhook {webhook_id} is already deleted.")
-    after = _out(repo.Endpoint.of(row))
+    after = _out(disabled)
     await audit.record(
         uow, principal, "webhook.deleted", "webhook", webhook_id, before=before, after=after
     )
@@ -134,7 +133,7 @@ async def list_deliveries(
     """An endpoint's deliveries, newest first, each with every attempt."""
     authorize(principal, Action.MANAGE_WEBHOOKS)
     await _endpoint(uow, webhook_id)
-    rows = await uow.execute(
+    rows = await uow.rows(
         repo.LIST_DELIVERIES,
         {"endpoint_id": webhook_id, "after": decode_id_cursor(after), "limit": limit + 1},
     )
@@ -180,7 +179,7 @@ async def http_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 async def _claim(uow: UnitOfWork, settings: Settings) -> list[repo.Claimed]:
     await uow.execute(repo.CANCEL_ORPHANS)
-    rows = await uow.execute(
+    return await uow.rows(
         repo.CLAIM_DUE,
         {
             "batch": settings.webhook_batch,
@@ -188,7 +187,6 @@ async def _claim(uow: UnitOfWork, settings: Settings) -> list[repo.Claimed]:
             "lease_seconds": 2 * settings.webhook_timeout_seconds + 30,
         },
     )
-    return [repo.claimed_of(row) for row in rows]
 
 
 async def _post(
