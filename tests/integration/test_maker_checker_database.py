@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import Cast, make_api_key
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.errors import constraint_of, problem_for
 from tradeops.db.prepared import Id

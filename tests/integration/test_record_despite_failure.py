@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tradeops.agents import server
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.auth import sign_in
 from tradeops.auth.principal import SYSTEM
 from tradeops.db.uow import UnitOfWork, in_transaction, record_despite_failure

@@ -25,7 +25,7 @@ from mcp.server import Server, ServerRequestContext
 from pydantic import BaseModel
 
 from tradeops.agents.tools import TOOLS, TOOLS_BY_NAME, AgentTool, Waiting
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.auth.principal import Principal
 from tradeops.db.notifications import Listener
 from tradeops.db.pool import Database

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import Select, func
 
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.auth import repository as repo
 from tradeops.auth.keys import generate_key
 from tradeops.auth.permissions import (

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import structlog
 
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.auth import repository as repo
 from tradeops.auth.passwords import PasswordChecks
 from tradeops.db.uow import ConnectionSource, UnitOfWork, in_transaction, record_despite_failure

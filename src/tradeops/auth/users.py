@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.auth import repository as repo
 from tradeops.auth.passwords import hash_password
 from tradeops.auth.permissions import Action, authorize

@@ -6,7 +6,7 @@ from collections.abc import Collection
 from decimal import Decimal
 from typing import Any
 
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork

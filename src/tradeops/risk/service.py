@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import structlog
 
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork

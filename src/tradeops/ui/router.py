@@ -21,7 +21,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.audit import verification
 from tradeops.auth import users
 from tradeops.auth.authentication import authenticate_user

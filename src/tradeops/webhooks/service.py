@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
-from tradeops.audit import service as audit
+from tradeops.audit import recording as audit
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.db.pool import Database
