@@ -1,0 +1,155 @@
+"""Issue 15 item 1: the round trips to PostgreSQL of each hot endpoint, counted at the driver.
+
+Every statement the request (and the tasks it starts) sends on an asyncpg connection is
+counted: BEGIN (with the transaction's limits, one simple query), each statement, COMMIT.
+Statements of background tasks (the API key usage flush) are not the request's: left out. Each
+endpoint is called once before it is counted, so its statements are prepared on the pooled
+connection, as they are under load (a first use adds a Parse/Describe round trip per statement).
+The counts are the table in docs/benchmarks.md; a change that adds a round trip to a hot
+path has to change both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import httpx
+import pytest
+from asyncpg.connection import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.factories import SEED_ORDER, Cast, pass_risk_check
+
+ORDERS = "/api/v1/orders"
+SNAPSHOT = {"symbol": "AAPL", "price": "192.55", "as_of": "2026-11-23T14:30:00Z"}
+
+
+# The request's statements: set in the test's context, which the request and the tasks it
+# starts (asyncio.wait_for's) inherit, and background tasks started earlier do not.
+_sent: ContextVar[list[str] | None] = ContextVar("sent", default=None)
+
+
+class Statements:
+    """The SQL a request sends through asyncpg."""
+
+    def note(self, sql: str) -> None:
+        sent = _sent.get()
+        if sent is not None:
+            sent.append(" ".join(sql.split())[:120])
+
+    async def during(self, request: Awaitable[httpx.Response]) -> tuple[httpx.Response, list[str]]:
+        sent: list[str] = []
+        token = _sent.set(sent)
+        try:
+            response = await request
+        finally:
+            _sent.reset(token)
+        return response, sent
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[Statements]:
+    counted = Statements()
+    execute, run, run_many = Connection.execute, Connection._execute, Connection._executemany
+
+    async def simple_query(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        if not args:  # with arguments, execute() goes through _execute, counted there
+            counted.note(query)
+        return await execute(self, query, *args, **kwargs)
+
+    async def extended_query(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        counted.note(query)
+        return await run(self, query, *args, **kwargs)
+
+    async def many(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        counted.note(query)
+        return await run_many(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "execute", simple_query)
+    monkeypatch.setattr(Connection, "_execute", extended_query)
+    monkeypatch.setattr(Connection, "_executemany", many)
+    yield counted
+
+
+async def submitted(client: httpx.AsyncClient, cast: Cast) -> int:
+    response = await client.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+async def reviewed(client: httpx.AsyncClient, cast: Cast, engine: AsyncEngine) -> int:
+    order_id = await submitted(client, cast)
+    response = await client.post(f"{ORDERS}/{order_id}/review", headers=cast["trader2"])
+    assert response.status_code == 200, response.text
+    await pass_risk_check(engine, order_id)
+    return order_id
+
+
+Call = Callable[[], Awaitable[httpx.Response]]
+
+
+async def count(statements: Statements, make_call: Callable[[], Awaitable[Call]]) -> list[str]:
+    """The statements of the endpoint's second call (the first prepares them)."""
+    for _ in range(2):
+        call = await make_call()
+        response, sent = await statements.during(call())
+        assert response.status_code < 300, response.text
+    return sent
+
+
+# Per endpoint: the statements of one call, in order. "authenticate" is one statement: it
+# checks the credential and sets the request context (role, desks, request id).
+EXPECTED = {
+    "GET /orders/{id}": 4,  # BEGIN; authenticate; the order; COMMIT
+    "GET /orders": 4,  # BEGIN; authenticate; the page; COMMIT
+    "POST /orders": 5,  # BEGIN; authenticate; insert with its event; risk job; COMMIT
+    "POST /orders/{id}/review": 6,  # BEGIN; authenticate; lock; transition; re-read; COMMIT
+    "POST /orders/{id}/approve": 6,  # BEGIN; authenticate; lock; transition; re-read; COMMIT
+    "GET /clients/{id}/portfolio": 4,  # BEGIN; authenticate; document; COMMIT
+    "POST /market-data/snapshots": 5,  # BEGIN; authenticate; upsert; audit event; COMMIT
+    "GET /health/ready": 1,  # one statement: writable, schema head
+}
+
+
+async def test_each_hot_endpoint_makes_the_documented_round_trips(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, statements: Statements
+) -> None:
+    trader, approver, admin = cast["trader"], cast["approver"], cast["admin"]
+    order_id = await submitted(client, cast)
+    prices = iter(range(1, 10))
+
+    async def fixed(call: Call) -> Call:
+        return call
+
+    async def to_review() -> Call:
+        order = await submitted(client, cast)
+        return lambda: client.post(f"{ORDERS}/{order}/review", headers=cast["trader2"])
+
+    async def to_approve() -> Call:
+        order = await reviewed(client, cast, owner_engine)
+        return lambda: client.post(f"{ORDERS}/{order}/approve", headers=approver)
+
+    async def to_publish() -> Call:
+        snapshot = {**SNAPSHOT, "source": f"feed-{next(prices)}"}
+        return lambda: client.post(
+            "/api/v1/market-data/snapshots", json={"snapshots": [snapshot]}, headers=admin
+        )
+
+    calls: dict[str, Callable[[], Awaitable[Call]]] = {
+        "GET /orders/{id}": lambda: fixed(
+            lambda: client.get(f"{ORDERS}/{order_id}", headers=trader)
+        ),
+        "GET /orders": lambda: fixed(lambda: client.get(ORDERS, headers=trader)),
+        "POST /orders": lambda: fixed(lambda: client.post(ORDERS, json=SEED_ORDER, headers=trader)),
+        "POST /orders/{id}/review": to_review,
+        "POST /orders/{id}/approve": to_approve,
+        "GET /clients/{id}/portfolio": lambda: fixed(
+            lambda: client.get("/api/v1/clients/CUST-1001/portfolio", headers=trader)
+        ),
+        "POST /market-data/snapshots": to_publish,
+        "GET /health/ready": lambda: fixed(lambda: client.get("/health/ready")),
+    }
+    measured = {name: await count(statements, make_call) for name, make_call in calls.items()}
+    assert {name: len(sent) for name, sent in measured.items()} == EXPECTED, measured
