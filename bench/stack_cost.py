@@ -6,8 +6,9 @@ TRADEOPS_TEST_DATABASE_URL, with the access log on (written to /dev/null) and me
 production. For each endpoint: N requests one after another, `time.process_time()` over them
 divided by N, in µs per request, best of --runs (the machine is shared; the least disturbed
 run is the closest to what the code costs). PostgreSQL's CPU is not counted (another process);
-the driver's is, as the same-work peer of `make bench` pays it too. --profile prints the
-functions that took the most time under cProfile for one more run of each endpoint.
+the driver's is, as the same-work peer of `make bench` pays it too. --profile N runs each
+endpoint once more under cProfile and prints the Python function calls per request (a
+measure other processes on a busy machine do not disturb) and the top N functions.
 
     TRADEOPS_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \\
         uv run --frozen python bench/stack_cost.py --requests 2000 --runs 3
@@ -148,6 +149,9 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                     if arguments.dump:
                         profiler.dump_stats(f"{arguments.dump}.{name.split()[0]}.prof")
                     stats = pstats.Stats(profiler).sort_stats(arguments.sort)
+                    # Not disturbed by other processes, unlike the CPU time: a steady measure.
+                    calls = stats.total_calls / arguments.requests  # type: ignore[attr-defined]
+                    print(f"{name}: {calls:.0f} Python function calls per request")
                     stats.print_stats(arguments.profile)
 
 
