@@ -76,9 +76,12 @@ async def authenticated_session(
 Session = Annotated[AuthenticatedSession, Depends(authenticated_session)]
 
 
-# CurrentPrincipal and UoW each take the credentials themselves rather than a Session: FastAPI
-# solves a shared dependency's whole sub-tree again for every dependency that names it, even
-# when its value is cached, so `Session` under both cost two chains of three (bench/README.md).
+# CurrentPrincipal takes the credentials itself rather than a Session, and UoW reads them
+# with the same schemes, not as dependencies: FastAPI solves a shared dependency's whole
+# sub-tree again for every dependency that names it, even when its value is cached, so
+# `Session` under both cost two chains of three solves (docs/benchmarks.md, "Our stack's CPU
+# per request"). Every route that takes a UoW takes a CurrentPrincipal too, which puts the
+# schemes in its OpenAPI security.
 async def _principal(
     request: Request,
     bearer: Annotated[str | None, Security(bearer_scheme)],
@@ -87,12 +90,12 @@ async def _principal(
     return (await authenticated_session(request, bearer, api_key)).principal
 
 
-async def _uow(
-    request: Request,
-    bearer: Annotated[str | None, Security(bearer_scheme)],
-    api_key: Annotated[str | None, Security(api_key_scheme)],
-) -> UnitOfWork:
-    return (await authenticated_session(request, bearer, api_key)).uow
+async def _uow(request: Request) -> UnitOfWork:
+    session: AuthenticatedSession | None = getattr(request.state, "session", None)
+    if session is None:  # asked for before the principal: authenticate here
+        bearer, api_key = await bearer_scheme(request), await api_key_scheme(request)
+        session = await authenticated_session(request, bearer, api_key)
+    return session.uow
 
 
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
