@@ -53,7 +53,12 @@ async def authenticated_session(
     bearer: Annotated[str | None, Security(bearer_scheme)],
     api_key: Annotated[str | None, Security(api_key_scheme)],
 ) -> AuthenticatedSession:
-    """Authenticate and set the request context in the transaction's first statement."""
+    """Authenticate and set the request context in the transaction's first statement: once
+    per transaction (TransactionalRoute clears `request.state.session` for each attempt),
+    whichever of CurrentPrincipal and UoW asks first."""
+    session: AuthenticatedSession | None = getattr(request.state, "session", None)
+    if session is not None:
+        return session
     credential = bearer or api_key
     if not credential:
         raise unauthenticated("Send a bearer token or an API key.")
@@ -64,17 +69,32 @@ async def authenticated_session(
     )
     reads_own_writes(request, principal.user_id)
     request.state.principal = principal
-    return AuthenticatedSession(uow, principal)
+    session = request.state.session = AuthenticatedSession(uow, principal)
+    return session
 
 
 Session = Annotated[AuthenticatedSession, Depends(authenticated_session)]
 
 
-async def _principal(session: Session) -> Principal:
-    return session.principal
+# CurrentPrincipal takes the credentials itself rather than a Session, and UoW reads them
+# with the same schemes, not as dependencies: FastAPI solves a shared dependency's whole
+# sub-tree again for every dependency that names it, even when its value is cached, so
+# `Session` under both cost two chains of three solves (docs/benchmarks.md, "Our stack's CPU
+# per request"). Every route that takes a UoW takes a CurrentPrincipal too, which puts the
+# schemes in its OpenAPI security.
+async def _principal(
+    request: Request,
+    bearer: Annotated[str | None, Security(bearer_scheme)],
+    api_key: Annotated[str | None, Security(api_key_scheme)],
+) -> Principal:
+    return (await authenticated_session(request, bearer, api_key)).principal
 
 
-async def _uow(session: Session) -> UnitOfWork:
+async def _uow(request: Request) -> UnitOfWork:
+    session: AuthenticatedSession | None = getattr(request.state, "session", None)
+    if session is None:  # asked for before the principal: authenticate here
+        bearer, api_key = await bearer_scheme(request), await api_key_scheme(request)
+        session = await authenticated_session(request, bearer, api_key)
     return session.uow
 
 
@@ -117,12 +137,26 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
+# A route's declared names never change once the app is built: gathered once per route (by
+# its id, with the route kept to tell a reused id apart; FastAPI's routes are not hashable).
+_DECLARED_QUERY_NAMES: dict[int, tuple[APIRoute, frozenset[str]]] = {}
+
+
+def _declared_query_names(route: APIRoute) -> frozenset[str]:
+    known = _DECLARED_QUERY_NAMES.get(id(route))
+    if known is not None and known[0] is route:
+        return known[1]
+    names = frozenset(_query_names(route.dependant))
+    _DECLARED_QUERY_NAMES[id(route)] = (route, names)
+    return names
+
+
 async def _declared_query_only(request: Request, _: Session) -> None:
     """A misspelt or unsupported filter (`symbl=`, `risk_status=` where there is none) is a
     422 naming it, not silently ignored: ignored, it answers a page that only looks filtered.
     After authentication, as every other check of the query."""
     route = request.scope.get("route")
-    declared = _query_names(route.dependant) if isinstance(route, APIRoute) else set()
+    declared = _declared_query_names(route) if isinstance(route, APIRoute) else frozenset()
     unknown = sorted(set(request.query_params) - declared)
     if unknown:
         raise InvalidRequest(

@@ -1,59 +1,162 @@
-"""Statements per request, counted where they leave for the server (asyncpg's connection):
-a read is its transaction's BEGIN (with the time limits), the statement that authenticates
-and sets the context, the read itself and COMMIT; an idempotent replay reads the key it
-could not reserve instead. A data-layer change that adds a round trip fails here."""
+"""Issue 15 item 1: the round trips to PostgreSQL of each hot endpoint, counted at the driver.
+
+Every statement the request (and the tasks it starts) sends on an asyncpg connection is
+counted: BEGIN (with the transaction's limits, one simple query), each statement, COMMIT.
+Statements of background tasks (the API key usage flush) are not the request's: left out. Each
+endpoint is called once before it is counted, so its statements are prepared on the pooled
+connection, as they are under load (a first use adds a Parse/Describe round trip per statement).
+The counts are the table in docs/benchmarks.md; a change that adds a round trip to a hot
+path has to change both.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
+from asyncpg.connection import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast
+from tests.factories import SEED_ORDER, Cast, pass_risk_check
 
-API = "/api/v1"
+ORDERS = "/api/v1/orders"
+SNAPSHOT = {"symbol": "AAPL", "price": "192.55", "as_of": "2026-11-23T14:30:00Z"}
+
+
+# The request's statements: set in the test's context, which the request and the tasks it
+# starts (asyncio.wait_for's) inherit, and background tasks started earlier do not.
+_sent: ContextVar[list[str] | None] = ContextVar("sent", default=None)
+
+
+class Statements:
+    """The SQL a request sends through asyncpg."""
+
+    def note(self, sql: str) -> None:
+        sent = _sent.get()
+        if sent is not None:
+            sent.append(" ".join(sql.split())[:120])
+
+    async def during(self, request: Awaitable[httpx.Response]) -> tuple[httpx.Response, list[str]]:
+        sent: list[str] = []
+        token = _sent.set(sent)
+        try:
+            response = await request
+        finally:
+            _sent.reset(token)
+        return response, sent
 
 
 @pytest.fixture
-def statements(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    sent: Counter[str] = Counter()
+def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[Statements]:
+    counted = Statements()
+    execute, run, run_many = Connection.execute, Connection._execute, Connection._executemany
 
-    def counting(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-        def counted(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> Any:
-            sent[name] += 1
-            return original(self, *args, **kwargs)
+    async def simple_query(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        if not args:  # with arguments, execute() goes through _execute, counted there
+            counted.note(query)
+        return await execute(self, query, *args, **kwargs)
 
-        return counted
+    async def extended_query(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        counted.note(query)
+        return await run(self, query, *args, **kwargs)
 
-    for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
-        monkeypatch.setattr(
-            asyncpg.Connection, name, counting(name, getattr(asyncpg.Connection, name))
-        )
+    async def many(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        counted.note(query)
+        return await run_many(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "execute", simple_query)
+    monkeypatch.setattr(Connection, "_execute", extended_query)
+    monkeypatch.setattr(Connection, "_executemany", many)
+    yield counted
+
+
+async def submitted(client: httpx.AsyncClient, cast: Cast) -> int:
+    response = await client.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+async def reviewed(client: httpx.AsyncClient, cast: Cast, engine: AsyncEngine) -> int:
+    order_id = await submitted(client, cast)
+    response = await client.post(f"{ORDERS}/{order_id}/review", headers=cast["trader2"])
+    assert response.status_code == 200, response.text
+    await pass_risk_check(engine, order_id)
+    return order_id
+
+
+Call = Callable[[], Awaitable[httpx.Response]]
+
+
+async def count(statements: Statements, make_call: Callable[[], Awaitable[Call]]) -> list[str]:
+    """The statements of the endpoint's second call (the first prepares them)."""
+    for _ in range(2):
+        call = await make_call()
+        response, sent = await statements.during(call())
+        assert response.status_code < 300, response.text
     return sent
 
 
-async def test_a_read_is_four_statements_and_a_replay_five(
-    client: httpx.AsyncClient, cast: Cast, statements: Counter[str]
+# Per endpoint: the statements of one call, in order. "authenticate" is one statement: it
+# checks the credential and sets the request context (role, desks, request id).
+EXPECTED = {
+    "GET /orders/{id}": 4,  # BEGIN; authenticate; the order; COMMIT
+    "GET /orders": 4,  # BEGIN; authenticate; the page; COMMIT
+    "POST /orders": 5,  # BEGIN; authenticate; insert with its event; risk job; COMMIT
+    "POST /orders/{id}/review": 6,  # BEGIN; authenticate; lock; transition; re-read; COMMIT
+    # BEGIN; authenticate; lock; the approval (distinct approvers); transition; re-read; COMMIT
+    "POST /orders/{id}/approve": 7,
+    "GET /clients/{id}/portfolio": 4,  # BEGIN; authenticate; document; COMMIT
+    "POST /market-data/snapshots": 5,  # BEGIN; authenticate; upsert; audit event; COMMIT
+    "GET /health/ready": 1,  # one statement: writable, schema head
+    # A retried submission: the key it could not reserve is read instead of the order made.
+    "POST /orders, replayed (Idempotency-Key)": 5,  # BEGIN; authenticate; reserve; stored; COMMIT
+}
+
+
+async def test_each_hot_endpoint_makes_the_documented_round_trips(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, statements: Statements
 ) -> None:
-    headers = cast["trader"]
-    again = headers | {"Idempotency-Key": "round-trips"}
-    created = await client.post(f"{API}/orders", json=SEED_ORDER, headers=again)
-    assert created.status_code == 201, created.text
-    order = f"{API}/orders/{created.json()['id']}"
+    trader, approver, admin = cast["trader"], cast["approver"], cast["admin"]
+    replayed = trader | {"Idempotency-Key": "round-trips"}
+    order_id = await submitted(client, cast)
+    prices = iter(range(1, 10))
 
-    statements.clear()
-    assert (await client.get(order, headers=headers)).status_code == 200
-    assert statements.total() == 4, statements
+    async def fixed(call: Call) -> Call:
+        return call
 
-    statements.clear()
-    assert (await client.get(f"{API}/orders", headers=headers)).status_code == 200
-    assert statements.total() == 4, statements
+    async def to_review() -> Call:
+        order = await submitted(client, cast)
+        return lambda: client.post(f"{ORDERS}/{order}/review", headers=cast["trader2"])
 
-    statements.clear()
-    replayed = await client.post(f"{API}/orders", json=SEED_ORDER, headers=again)
-    assert replayed.json()["id"] == created.json()["id"]
-    assert statements.total() == 5, statements
+    async def to_approve() -> Call:
+        order = await reviewed(client, cast, owner_engine)
+        return lambda: client.post(f"{ORDERS}/{order}/approve", headers=approver)
+
+    async def to_publish() -> Call:
+        snapshot = {**SNAPSHOT, "source": f"feed-{next(prices)}"}
+        return lambda: client.post(
+            "/api/v1/market-data/snapshots", json={"snapshots": [snapshot]}, headers=admin
+        )
+
+    calls: dict[str, Callable[[], Awaitable[Call]]] = {
+        "GET /orders/{id}": lambda: fixed(
+            lambda: client.get(f"{ORDERS}/{order_id}", headers=trader)
+        ),
+        "GET /orders": lambda: fixed(lambda: client.get(ORDERS, headers=trader)),
+        "POST /orders": lambda: fixed(lambda: client.post(ORDERS, json=SEED_ORDER, headers=trader)),
+        "POST /orders/{id}/review": to_review,
+        "POST /orders/{id}/approve": to_approve,
+        "GET /clients/{id}/portfolio": lambda: fixed(
+            lambda: client.get("/api/v1/clients/CUST-1001/portfolio", headers=trader)
+        ),
+        "POST /market-data/snapshots": to_publish,
+        "GET /health/ready": lambda: fixed(lambda: client.get("/health/ready")),
+        "POST /orders, replayed (Idempotency-Key)": lambda: fixed(
+            lambda: client.post(ORDERS, json=SEED_ORDER, headers=replayed)
+        ),
+    }
+    measured = {name: await count(statements, make_call) for name, make_call in calls.items()}
+    assert {name: len(sent) for name, sent in measured.items()} == EXPECTED, measured

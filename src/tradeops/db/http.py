@@ -64,11 +64,12 @@ class TransactionalRoute(APIRoute):
                 # Anything raised rolls back; a returned response is committed before it is
                 # sent. A write that must outlive a failure is not made here but with
                 # uow.record_despite_failure, after this transaction rolled back.
-                request.state.driver = uow.driver
+                # Each attempt authenticates again, in its own transaction (deps.py).
+                request.state.driver, request.state.session = uow.driver, None
                 try:
                     return await handle(request)
                 finally:
-                    request.state.driver = None
+                    request.state.driver, request.state.session = None, None
 
             settings = request.app.state.settings
             return await in_transaction(db, respond, attempts=settings.db_retry_attempts)

@@ -1,0 +1,165 @@
+"""What our stack costs per request, in this process's CPU, without a network or a load tool.
+
+The app runs in-process, called as ASGI with no client library in between (httpx's ASGI
+transport costs as much CPU as a third of our stack), against a database of its own on the server of
+TRADEOPS_TEST_DATABASE_URL, with the access log on (written to /dev/null) and metrics as in
+production. For each endpoint: N requests one after another, `time.process_time()` over them
+divided by N, in µs per request, best of --runs (the machine is shared; the least disturbed
+run is the closest to what the code costs). PostgreSQL's CPU is not counted (another process);
+the driver's is, as the same-work peer of `make bench` pays it too. --profile N runs each
+endpoint once more under cProfile and prints the Python function calls per request (a
+measure other processes on a busy machine do not disturb) and the top N functions.
+
+    TRADEOPS_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \\
+        uv run --frozen python bench/stack_cost.py --requests 2000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.types import ASGIApp, Message
+from tests.conftest import drop_database
+from tests.factories import SEED_ORDER, make_cast, make_reference_data
+
+from tradeops.app import create_app
+from tradeops.db import migrate
+from tradeops.db.embedded import ensure_database
+from tradeops.db.urls import asyncpg_url
+from tradeops.observability import configure_logging
+from tradeops.settings import Settings
+
+ORDERS = "/api/v1/orders"
+
+
+class Call:
+    """One request, sent straight to the ASGI app: (status, body)."""
+
+    def __init__(self, app: ASGIApp, method: str, path: str, headers: dict[str, str]) -> None:
+        self.app = app
+        self.method = method
+        self.path = path
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, body: bytes = b"") -> tuple[int, bytes]:
+        headers = [*self.headers, (b"host", b"bench")]
+        if body:
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": self.method,
+            "scheme": "http",
+            "path": self.path,
+            "raw_path": self.path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 1234),
+            "server": ("bench", 80),
+        }
+        sent = False
+        status, chunks = 0, []
+
+        async def receive() -> Message:
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()  # a client that stays connected
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, send)
+        return status, b"".join(chunks)
+
+
+async def measure(call: Call, body: bytes, count: int, expected: int) -> float:
+    """µs of this process's CPU per request."""
+    started = time.process_time()
+    for _ in range(count):
+        status, answer = await call(body)
+        if status != expected:
+            raise RuntimeError(f"{status}: {answer!r}")
+    return (time.process_time() - started) / count * 1e6
+
+
+async def main(arguments: argparse.Namespace) -> None:
+    server = os.environ["TRADEOPS_TEST_DATABASE_URL"]
+    url = ensure_database(server, f"tradeops_stack_cost_{uuid.uuid4().hex[:8]}")
+    try:
+        migrate.upgrade(url)
+        await run(url, arguments)
+    finally:
+        drop_database(server, url)
+
+
+async def run(url: str, arguments: argparse.Namespace) -> None:
+    settings = Settings(env="test", log_format="json", maintenance=False, _env_file=None)  # type: ignore[call-arg]
+    with open(os.devnull, "w") as devnull:  # noqa: ASYNC230 - once, before measuring
+        configure_logging(settings, stream=devnull)
+        app = create_app(settings, url)
+        engine = create_async_engine(asyncpg_url(url))
+        async with app.router.lifespan_context(app):
+            await make_reference_data(engine)
+            cast = await make_cast(engine, app.state.tokens)
+            await engine.dispose()
+            agent = cast["agent"]
+            created = await Call(app, "POST", ORDERS, agent)(orjson.dumps(SEED_ORDER))
+            order_id = orjson.loads(created[1])["id"]
+            endpoints = [
+                ("GET /orders/{id}", Call(app, "GET", f"{ORDERS}/{order_id}", agent), b"", 200),
+                ("POST /orders", Call(app, "POST", ORDERS, agent), orjson.dumps(SEED_ORDER), 201),
+            ]
+            for name, call, body, expected in endpoints:
+                await measure(call, body, 50, expected)  # warm up: caches, statements
+                runs = [
+                    await measure(call, body, arguments.requests, expected)
+                    for _ in range(arguments.runs)
+                ]
+                shown = ", ".join(f"{r:.0f}" for r in runs)
+                print(f"{name}: best {min(runs):.0f} µs CPU per request (runs: {shown})")
+                if arguments.profile:
+                    profiler = cProfile.Profile()
+                    profiler.enable()
+                    await measure(call, body, arguments.requests, expected)
+                    profiler.disable()
+                    if arguments.dump:
+                        profiler.dump_stats(f"{arguments.dump}.{name.split()[0]}.prof")
+                    stats = pstats.Stats(profiler).sort_stats(arguments.sort)
+                    # Not disturbed by other processes, unlike the CPU time: a steady measure.
+                    calls = stats.total_calls / arguments.requests  # type: ignore[attr-defined]
+                    print(f"{name}: {calls:.0f} Python function calls per request")
+                    stats.print_stats(arguments.profile)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", type=int, default=0, help="print the top N functions")
+    parser.add_argument("--dump", help="also write each profile to DUMP.<method>.prof")
+    parser.add_argument("--sort", default="tottime", help="cProfile sort key")
+    asyncio.run(main(parser.parse_args()))
