@@ -104,7 +104,7 @@ async def count(statements: Statements, make_call: Callable[[], Awaitable[Call]]
 EXPECTED = {
     "GET /orders/{id}": 4,  # BEGIN; authenticate; the order; COMMIT
     "GET /orders": 4,  # BEGIN; authenticate; the page; COMMIT
-    "POST /orders": 5,  # BEGIN; authenticate; insert with its event; risk job; COMMIT
+    "POST /orders": 4,  # BEGIN; authenticate; insert with its events and risk job; COMMIT
     "POST /orders/{id}/review": 6,  # BEGIN; authenticate; lock; transition; re-read; COMMIT
     # BEGIN; authenticate; lock; the approval (distinct approvers); transition; re-read; COMMIT
     "POST /orders/{id}/approve": 7,

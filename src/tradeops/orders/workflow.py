@@ -28,7 +28,7 @@ from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, DomainError, Forbidden, InvalidRequest
-from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
+from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
 from tradeops.orders import repository as repo
 from tradeops.orders.schemas import OrderFilters, OrderOut
 from tradeops.orders.service import (
@@ -406,6 +406,9 @@ async def replace_order(
             "payload": orjson.dumps(history).decode(),
             "event_type": OrderStatus.REPLACED,
             "action": "order.replaced",
+            # As at intake: the new order's risk check is queued in its own statement.
+            "risk_queue": RISK_QUEUE,
+            "risk_task": CHECK_ORDER_RISK,
         },
     )
     if created is None:  # the maker's client_order_id is taken: nothing was written
@@ -419,10 +422,6 @@ async def replace_order(
             f"{existing_id}.",
             existing_order_id=existing_id,
         )
-    # As at intake: the new order's risk check is queued in its own transaction.
-    await defer_job(
-        uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": created.id}, lock=f"order:{created.id}"
-    )
     return _replacement(principal, order, created, quantity, price, amendment.client_order_id)
 
 
