@@ -27,7 +27,7 @@ from tradeops.auth.models import User
 from tradeops.auth.principal import Principal
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
-from tradeops.db.prepared import Query, query
+from tradeops.db.prepared import Query, prepare, query
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
@@ -275,21 +275,6 @@ LOCK_ORDER = query(locking(_ORDER_FACTS.removeprefix("SELECT ")), OrderFacts)
 class Changed:
     id: int
     version: int
-
-
-# A maker-checker transition: one conditional UPDATE (the row is already locked, the version
-# re-checked); the triggers of maker-checker check the decision again.
-TRANSITION = query(
-    order_change(
-        updating(
-            "status = :to_status, reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
-            " approved_by = COALESCE(:approved_by, approved_by),"
-            " rejected_by = COALESCE(:rejected_by, rejected_by)",
-            "version = :version AND status = :from_status",
-        )
-    ),
-    Changed,
-)
 
 
 OPEN = str(OPEN_STATUSES)  # "('PENDING', …)": not yet filled nor closed, as SQL
@@ -582,6 +567,26 @@ ORDER_BY_ID = query(
             bindparam("all_desks", type_=Boolean),
             orders.c.desk_id == any_(bindparam("desk_ids", type_=ARRAY(BigInteger))),
         ),
+    ),
+    OrderOut,
+)
+
+
+# A maker-checker transition: one conditional UPDATE (the row is already locked, the version
+# re-checked); the triggers of maker-checker check the decision again. It answers the order
+# as the API shows it after the change (ORDER_BY_ID's columns), so nothing reads it again:
+# the last CTE, `orders`, is the changed row, and hides the table from order_view()'s
+# SELECT only (a CTE is seen by the statement and the CTEs after it, none of which writes).
+TRANSITION = query(
+    order_change(
+        updating(
+            "status = :to_status, reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
+            " approved_by = COALESCE(:approved_by, approved_by),"
+            " rejected_by = COALESCE(:rejected_by, rejected_by)",
+            "version = :version AND status = :from_status",
+        ),
+        then="orders AS (SELECT * FROM changed)",
+        returning=prepare(order_view()).sql,
     ),
     OrderOut,
 )

@@ -252,10 +252,12 @@ async def transition_order(uow: UnitOfWork, principal: Principal, decision: Deci
     change = _change(transition, principal, order, decision)
     if transition is APPROVE:
         change = await _record_approval(uow, principal, order, decision, change)
+    # Answered as GET shows it, so to whoever may read it (an API key may lack orders:read).
+    authorize(principal, Action.READ_ORDERS)
     changed = await uow.row(repo.TRANSITION, change)
     if changed is None:  # pragma: no cover - the row is locked; kept as a guard
         raise StaleVersion(f"Order {order_id} changed while being decided; read it again.")
-    return await get_order(uow, principal, order_id)
+    return changed
 
 
 def _change(
