@@ -24,21 +24,21 @@ import pstats
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.types import ASGIApp, Message
 from tests.conftest import drop_database
 from tests.factories import SEED_ORDER, make_cast, make_reference_data
+from tests.owner import owner_engine_on
 
 from tradeops.app import create_app
 from tradeops.db import migrate
 from tradeops.db.embedded import ensure_database
-from tradeops.db.urls import asyncpg_url
 from tradeops.observability import configure_logging
 from tradeops.settings import Settings
 
@@ -96,13 +96,32 @@ class Call:
         return status, b"".join(chunks)
 
 
-async def measure(call: Call, body: bytes, count: int, expected: int) -> float:
-    """µs of this process's CPU per request."""
+# The calls of one measured run, one a request: the same call again, or (a review) a fresh
+# order's each, made before the clock starts.
+Calls = Callable[[int], Awaitable[list[Call]]]
+
+
+def again(call: Call) -> Calls:
+    async def calls(count: int) -> list[Call]:
+        return [call] * count
+
+    return calls
+
+
+async def measure(
+    calls: Calls, body: bytes, count: int, expected: int, profiler: cProfile.Profile | None = None
+) -> float:
+    """µs of this process's CPU per request (profiled, with a profiler)."""
+    each = await calls(count)
     started = time.process_time()
-    for _ in range(count):
+    if profiler is not None:
+        profiler.enable()
+    for call in each:
         status, answer = await call(body)
         if status != expected:
             raise RuntimeError(f"{status}: {answer!r}")
+    if profiler is not None:
+        profiler.disable()
     return (time.process_time() - started) / count * 1e6
 
 
@@ -121,7 +140,7 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
     with open(os.devnull, "w") as devnull:  # noqa: ASYNC230 - once, before measuring
         configure_logging(settings, stream=devnull)
         app = create_app(settings, url)
-        engine = create_async_engine(asyncpg_url(url))
+        engine = owner_engine_on(url)
         async with app.router.lifespan_context(app):
             await make_reference_data(engine)
             cast = await make_cast(engine, app.state.tokens)
@@ -129,9 +148,27 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
             agent = cast["agent"]
             created = await Call(app, "POST", ORDERS, agent)(orjson.dumps(SEED_ORDER))
             order_id = orjson.loads(created[1])["id"]
-            endpoints = [
-                ("GET /orders/{id}", Call(app, "GET", f"{ORDERS}/{order_id}", agent), b"", 200),
-                ("POST /orders", Call(app, "POST", ORDERS, agent), orjson.dumps(SEED_ORDER), 201),
+            submit = Call(app, "POST", ORDERS, cast["trader"])
+
+            async def reviews(count: int) -> list[Call]:
+                """Fresh orders of one trader, each to be reviewed by another."""
+                made = [await submit(orjson.dumps(SEED_ORDER)) for _ in range(count)]
+                return [
+                    Call(app, "POST", f"{ORDERS}/{orjson.loads(body)['id']}/review", reviewer)
+                    for _, body in made
+                ]
+
+            reviewer = cast["trader2"]
+            order = Call(app, "GET", f"{ORDERS}/{order_id}", agent)
+            endpoints: list[tuple[str, Calls, bytes, int]] = [
+                ("GET /orders/{id}", again(order), b"", 200),
+                (
+                    "POST /orders",
+                    again(Call(app, "POST", ORDERS, agent)),
+                    orjson.dumps(SEED_ORDER),
+                    201,
+                ),
+                ("POST /orders/{id}/review", reviews, b"", 200),
             ]
             for name, call, body, expected in endpoints:
                 await measure(call, body, 50, expected)  # warm up: caches, statements
@@ -143,9 +180,7 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                 print(f"{name}: best {min(runs):.0f} µs CPU per request (runs: {shown})")
                 if arguments.profile:
                     profiler = cProfile.Profile()
-                    profiler.enable()
-                    await measure(call, body, arguments.requests, expected)
-                    profiler.disable()
+                    await measure(call, body, arguments.requests, expected, profiler)
                     if arguments.dump:
                         profiler.dump_stats(f"{arguments.dump}.{name.split()[0]}.prof")
                     stats = pstats.Stats(profiler).sort_stats(arguments.sort)

@@ -69,7 +69,34 @@ async def test_a_refused_or_retried_order_defers_nothing(
     assert retried.status_code == 200, retried.text
     again = await client.post(ORDERS, json={**body, "quantity": 7}, headers=cast["trader"])
     assert again.status_code == 409, again.text
+    # Refused by a rule the order's statement checks (its INSERT inserts nothing): no job either.
+    unknown = await client.post(
+        ORDERS, json={**SEED_ORDER, "symbol": "NOPE"}, headers=cast["trader"]
+    )
+    assert unknown.status_code == 422, unknown.text
     assert len(await jobs(owner_engine)) == 1
+
+
+async def test_a_replacement_gets_the_risk_check_an_intake_does_and_a_refused_one_none(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """The job is deferred in the replacement's own statement, as in the order's at intake."""
+    body = {**SEED_ORDER, "client_order_id": "R-1"}
+    old = (await client.post(ORDERS, json=body, headers=cast["trader"])).json()
+    other = (await client.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])).json()
+    taken = await client.patch(
+        f"{ORDERS}/{other['id']}", json={"client_order_id": "R-1"}, headers=cast["trader"]
+    )
+    assert taken.status_code == 409, taken.text
+    assert len(await jobs(owner_engine)) == 2
+    amended = await client.patch(
+        f"{ORDERS}/{old['id']}", json={"quantity": "60"}, headers=cast["trader"]
+    )
+    assert amended.status_code == 201, amended.text
+    new_id = amended.json()["id"]
+    *_, job = await jobs(owner_engine)
+    assert (job.task_name, job.queue_name, job.status) == (CHECK_ORDER_RISK, RISK_QUEUE, "todo")
+    assert (job.args, job.lock) == ({"order_id": new_id}, f"order:{new_id}")
 
 
 async def test_a_rolled_back_order_leaves_no_job(

@@ -104,10 +104,10 @@ async def count(statements: Statements, make_call: Callable[[], Awaitable[Call]]
 EXPECTED = {
     "GET /orders/{id}": 4,  # BEGIN; authenticate; the order; COMMIT
     "GET /orders": 4,  # BEGIN; authenticate; the page; COMMIT
-    "POST /orders": 5,  # BEGIN; authenticate; insert with its event; risk job; COMMIT
-    "POST /orders/{id}/review": 6,  # BEGIN; authenticate; lock; transition; re-read; COMMIT
-    # BEGIN; authenticate; lock; the approval (distinct approvers); transition; re-read; COMMIT
-    "POST /orders/{id}/approve": 7,
+    "POST /orders": 4,  # BEGIN; authenticate; insert with its events and risk job; COMMIT
+    "POST /orders/{id}/review": 5,  # BEGIN; authenticate; lock; transition, answering; COMMIT
+    # BEGIN; authenticate; lock; the approval (distinct approvers); transition; COMMIT
+    "POST /orders/{id}/approve": 6,
     "GET /clients/{id}/portfolio": 4,  # BEGIN; authenticate; document; COMMIT
     "POST /market-data/snapshots": 5,  # BEGIN; authenticate; upsert; audit event; COMMIT
     "GET /health/ready": 1,  # one statement: writable, schema head

@@ -68,6 +68,10 @@ async def test_seed_flow_review_then_approve_by_another_user(
         "approver@test.bank",
         4,
     )
+    # The transition's own statement answers the order: exactly what GET shows after it.
+    shown = await client.get(f"{ORDERS}/{created['id']}", headers=cast["approver"])
+    assert body == shown.json()
+    assert [a["approved_by"] for a in body["approvals"]] == ["approver@test.bank"]
 
     events = (await client.get(f"{ORDERS}/{created['id']}/events", headers=cast["trader"])).json()[
         "items"

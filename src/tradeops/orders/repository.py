@@ -27,7 +27,7 @@ from tradeops.auth.models import User
 from tradeops.auth.principal import Principal
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
-from tradeops.db.prepared import Query, query
+from tradeops.db.prepared import Query, prepare, query
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
@@ -56,6 +56,7 @@ def order_change(
     event_payload: str = "CAST(:payload AS jsonb)",
     event_source: str = "changed c",
     actor: str = "",
+    then: str = "",
     returning: str = "SELECT id, version FROM changed",
 ) -> str:
     """The one way an order changes: `change` (an INSERT or a conditional UPDATE of orders,
@@ -64,7 +65,8 @@ def order_change(
     statement, so one round trip. `first` are CTEs the change reads (a fill's execution);
     `actor` names who acted where the transaction's context does not (the risk job).
     `before` as a string is the statement of the orders a batch changes (the expiry sweep),
-    each audit event joined to its own order's state before."""
+    each audit event joined to its own order's state before. `then` are CTEs that read the
+    change (a new order's risk job); `returning` must read them, or PostgreSQL skips them."""
     ctes = [first] if first else []
     many = isinstance(before, str)
     if before:
@@ -89,6 +91,8 @@ def order_change(
         named=f"{actor}, tradeops_api_key_id(), tradeops_request_id()" if actor else "",
     )
     ctes.append(f"audit AS ({audit})")
+    if then:
+        ctes.append(then)
     return "WITH " + ", ".join(ctes) + " " + returning
 
 
@@ -98,6 +102,21 @@ def updating(set_: str, where: str) -> str:
     return (
         f"UPDATE orders SET {set_}, version = version + 1, updated_at = now()"  # noqa: S608
         f" WHERE id = :id AND {where} RETURNING *"
+    )
+
+
+def risk_check_of(created: str) -> str:
+    """The CTE `risk_job` that queues the risk check of each order `created` (a CTE) inserted,
+    in the order's own statement, since its id is known only there: procrastinate_defer_jobs_v1
+    as jobs/defer.py's defer_job calls it, with its queue :risk_queue (RISK_QUEUE), task
+    :risk_task (CHECK_ORDER_RISK), lock order:<id> and args {"order_id": id}. No order
+    inserted (a refusal, a repeated client_order_id): no job."""
+    return (
+        "risk_job AS (SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW("  # noqa: S608 - SQL from this code only
+        " CAST(:risk_queue AS varchar), CAST(:risk_task AS varchar), 0, 'order:' || n.id,"
+        " CAST(NULL AS text), jsonb_build_object('order_id', n.id),"
+        " CAST(NULL AS timestamptz))::procrastinate_job_to_defer_v1]))[1] AS risk_job_id"
+        f" FROM {created} n)"
     )
 
 
@@ -125,6 +144,7 @@ class Submitted:
     version: int | None
     created_at: datetime | None
     updated_at: datetime | None
+    risk_job_id: int | None  # the risk check queued with the order (None: no order)
 
 
 # The columns of the new order that SUBMIT_ORDER returns beside the references.
@@ -200,9 +220,10 @@ SUBMIT_ORDER = query(
         " LEFT JOIN desks d ON d.id = c.desk_id"
         " LEFT JOIN instruments i ON i.symbol = :symbol"
         " LEFT JOIN desk_approval_policies p ON p.desk_id = c.desk_id" + _LAST_PRICE + ")",
+        then=risk_check_of("changed"),
         returning="SELECT refs.*, n.id, n.status, n.risk_status, n.risk_reasons,"
-        " n.filled_quantity, n.expire_at, n.version, n.created_at, n.updated_at"
-        " FROM refs LEFT JOIN changed n ON true",
+        " n.filled_quantity, n.expire_at, n.version, n.created_at, n.updated_at,"
+        " job.risk_job_id FROM refs LEFT JOIN changed n ON true LEFT JOIN risk_job job ON true",
     ),
     Submitted,
 )
@@ -254,21 +275,6 @@ LOCK_ORDER = query(locking(_ORDER_FACTS.removeprefix("SELECT ")), OrderFacts)
 class Changed:
     id: int
     version: int
-
-
-# A maker-checker transition: one conditional UPDATE (the row is already locked, the version
-# re-checked); the triggers of maker-checker check the decision again.
-TRANSITION = query(
-    order_change(
-        updating(
-            "status = :to_status, reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
-            " approved_by = COALESCE(:approved_by, approved_by),"
-            " rejected_by = COALESCE(:rejected_by, rejected_by)",
-            "version = :version AND status = :from_status",
-        )
-    ),
-    Changed,
-)
 
 
 OPEN = str(OPEN_STATUSES)  # "('PENDING', …)": not yet filled nor closed, as SQL
@@ -378,6 +384,7 @@ class Replacement:
     version: int
     created_at: datetime
     updated_at: datetime
+    risk_job_id: int  # the new order's risk check, queued in the same statement
 
 
 # The replacement, born as intake makes an order (PENDING, risk PENDING) with its CREATED
@@ -422,9 +429,11 @@ REPLACE_ORDER = query(
         ),
         first=_REPLACEMENT,
         event_payload="CAST(:payload AS jsonb) || jsonb_build_object('replaced_by', c.replaced_by)",
+        then=risk_check_of("created"),
         returning="SELECT n.id, n.status, n.risk_status, n.risk_reasons, n.filled_quantity,"
-        " n.expire_at, n.replaces, n.approvals_required, n.version, n.created_at, n.updated_at"
-        " FROM created n JOIN changed c ON c.replaced_by = n.id",
+        " n.expire_at, n.replaces, n.approvals_required, n.version, n.created_at, n.updated_at,"
+        " job.risk_job_id FROM created n JOIN changed c ON c.replaced_by = n.id"
+        " CROSS JOIN risk_job job",
     ),
     Replacement,
 )
@@ -558,6 +567,26 @@ ORDER_BY_ID = query(
             bindparam("all_desks", type_=Boolean),
             orders.c.desk_id == any_(bindparam("desk_ids", type_=ARRAY(BigInteger))),
         ),
+    ),
+    OrderOut,
+)
+
+
+# A maker-checker transition: one conditional UPDATE (the row is already locked, the version
+# re-checked); the triggers of maker-checker check the decision again. It answers the order
+# as the API shows it after the change (ORDER_BY_ID's columns), so nothing reads it again:
+# the last CTE, `orders`, is the changed row, and hides the table from order_view()'s
+# SELECT only (a CTE is seen by the statement and the CTEs after it, none of which writes).
+TRANSITION = query(
+    order_change(
+        updating(
+            "status = :to_status, reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
+            " approved_by = COALESCE(:approved_by, approved_by),"
+            " rejected_by = COALESCE(:rejected_by, rejected_by)",
+            "version = :version AND status = :from_status",
+        ),
+        then="orders AS (SELECT * FROM changed)",
+        returning=prepare(order_view()).sql,
     ),
     OrderOut,
 )

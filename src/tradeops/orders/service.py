@@ -12,7 +12,7 @@ from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, InvalidRequest, NotFound
-from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
+from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
 from tradeops.orders import repository as repo
 from tradeops.orders.repository import ListFilterKeys, ListKey, Submitted
 from tradeops.orders.schemas import OrderCreate, OrderFilters, OrderOut, OrderPage, OrderQuery
@@ -125,13 +125,15 @@ async def submit_order(
             "event_type": "CREATED",
             "payload": orjson.dumps({"request_id": uow.request_id}).decode(),
             "action": "order.created",
+            # The risk check is queued in the order's own statement: no order without it,
+            # nor a check without its order.
+            "risk_queue": RISK_QUEUE,
+            "risk_task": CHECK_ORDER_RISK,
         },
     )
     assert row is not None  # the references row always comes back
     if row.id is None:
         return Submission(await _recorded_before(uow, principal, order, row), created=False)
-    # The risk check is queued in the order's transaction: no order without it, nor vice versa.
-    await defer_job(uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": row.id}, lock=f"order:{row.id}")
     return Submission(_created(principal, order, row), created=True)
 
 

@@ -28,7 +28,7 @@ from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, DomainError, Forbidden, InvalidRequest
-from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, defer_job
+from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
 from tradeops.orders import repository as repo
 from tradeops.orders.schemas import OrderFilters, OrderOut
 from tradeops.orders.service import (
@@ -252,10 +252,12 @@ async def transition_order(uow: UnitOfWork, principal: Principal, decision: Deci
     change = _change(transition, principal, order, decision)
     if transition is APPROVE:
         change = await _record_approval(uow, principal, order, decision, change)
+    # Answered as GET shows it, so to whoever may read it (an API key may lack orders:read).
+    authorize(principal, Action.READ_ORDERS)
     changed = await uow.row(repo.TRANSITION, change)
     if changed is None:  # pragma: no cover - the row is locked; kept as a guard
         raise StaleVersion(f"Order {order_id} changed while being decided; read it again.")
-    return await get_order(uow, principal, order_id)
+    return changed
 
 
 def _change(
@@ -406,6 +408,9 @@ async def replace_order(
             "payload": orjson.dumps(history).decode(),
             "event_type": OrderStatus.REPLACED,
             "action": "order.replaced",
+            # As at intake: the new order's risk check is queued in its own statement.
+            "risk_queue": RISK_QUEUE,
+            "risk_task": CHECK_ORDER_RISK,
         },
     )
     if created is None:  # the maker's client_order_id is taken: nothing was written
@@ -419,10 +424,6 @@ async def replace_order(
             f"{existing_id}.",
             existing_order_id=existing_id,
         )
-    # As at intake: the new order's risk check is queued in its own transaction.
-    await defer_job(
-        uow, CHECK_ORDER_RISK, RISK_QUEUE, {"order_id": created.id}, lock=f"order:{created.id}"
-    )
     return _replacement(principal, order, created, quantity, price, amendment.client_order_id)
 
 
