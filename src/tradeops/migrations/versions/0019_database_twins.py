@@ -1,0 +1,66 @@
+"""database twins
+
+Revision ID: 0019
+Revises: 0017
+Create Date: 2026-11-27
+
+Rules the services enforce that a direct writer as the application role (in a request
+context, row-level security on) could otherwise bypass:
+
+- An order's approvals_required is the desk's band for its notional, whatever the writer
+  sends: a BEFORE INSERT trigger computes it with the same expression as intake (orders/
+  repository.py approvals_required), reading the same rows under the same row-level security.
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0019"
+down_revision: str | None = "0017"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# The same SQL as orders.repository.approvals_required, for the order's own columns
+# (arguments named apart from every column: a column would win over a same-named one).
+APPROVALS_REQUIRED = """
+CREATE FUNCTION tradeops_approvals_required(
+    order_desk bigint, order_instrument bigint, order_quantity numeric, order_price numeric
+) RETURNS integer LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(CASE WHEN p.currency = i.currency
+                          AND COALESCE(order_price, last.price) IS NOT NULL
+        THEN (SELECT b.approvals FROM approval_bands b WHERE b.desk_id = order_desk
+              AND b.min_notional <= order_quantity * COALESCE(order_price, last.price)
+              ORDER BY b.min_notional DESC LIMIT 1)
+        ELSE (SELECT max(b.approvals) FROM approval_bands b WHERE b.desk_id = order_desk)
+        END, 1)
+    FROM instruments i
+    LEFT JOIN desk_approval_policies p ON p.desk_id = order_desk
+    LEFT JOIN LATERAL (SELECT m.price FROM market_snapshots m WHERE m.instrument_id = i.id
+                       ORDER BY m.as_of DESC LIMIT 1) last ON true
+    WHERE i.id = order_instrument
+$$;
+
+CREATE FUNCTION orders_set_approvals_required() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.approvals_required := COALESCE(tradeops_approvals_required(
+        NEW.desk_id, NEW.instrument_id, NEW.quantity, NEW.price), 1);
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER orders_approvals_required BEFORE INSERT ON orders FOR EACH ROW
+    EXECUTE FUNCTION orders_set_approvals_required();
+"""
+
+DROP_APPROVALS_REQUIRED = """
+DROP TRIGGER orders_approvals_required ON orders;
+DROP FUNCTION orders_set_approvals_required(), tradeops_approvals_required(bigint, bigint, numeric, numeric);
+"""
+
+
+def upgrade() -> None:
+    op.execute(APPROVALS_REQUIRED)
+
+
+def downgrade() -> None:
+    op.execute(DROP_APPROVALS_REQUIRED)

@@ -1,0 +1,50 @@
+"""Database twins of rules the services enforce: a direct writer as the application role, in
+a trader's request context (row-level security on), is held to them too (migration 0019)."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.factories import Cast
+from tests.integration.test_maker_checker_database import (
+    acting,
+    person,
+)
+from tradeops.auth.principal import Role
+
+ONE_APPROVAL_ASKED = text(
+    "INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, quantity, price,"
+    " currency, created_by, approvals_required)"
+    " SELECT c.desk_id, c.id, i.id, 'BUY', 'LIMIT', 1000000, 150, 'USD', :maker, 1"
+    " FROM clients c, instruments i WHERE c.external_id = 'CUST-1001' AND i.symbol = 'AAPL'"
+    " RETURNING id"
+)
+
+
+async def test_an_order_needs_its_bands_approvals_whatever_the_writer_sends(
+    cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    async with owner_engine.begin() as conn:
+        desk = (
+            await conn.execute(text("SELECT desk_id FROM clients WHERE external_id='CUST-1001'"))
+        ).scalar()
+        await conn.execute(
+            text(
+                "INSERT INTO desk_approval_policies (desk_id, currency, updated_by)"
+                " VALUES (:d, 'USD', :u) ON CONFLICT DO NOTHING"
+            ),
+            {"d": desk, "u": cast.ids["approver"]},
+        )
+        await conn.execute(text("DELETE FROM approval_bands WHERE desk_id = :d"), {"d": desk})
+        await conn.execute(
+            text("INSERT INTO approval_bands VALUES (:d, 0, 1), (:d, 1000, 3)"), {"d": desk}
+        )
+    trader = person(cast, "trader", Role.TRADER)
+    async with acting(owner_engine, trader) as uow:
+        await uow.execute(ONE_APPROVAL_ASKED, {"maker": trader.user_id})
+    async with owner_engine.connect() as conn:
+        required = await conn.scalar(
+            text("SELECT approvals_required FROM orders ORDER BY id DESC LIMIT 1")
+        )
+    assert required == 3
