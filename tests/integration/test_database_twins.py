@@ -9,7 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.factories import Cast
 from tests.integration.test_maker_checker_database import (
     acting,
+    assert_maker_checker,
+    make_order,
     person,
+    refusal_of,
 )
 from tradeops.auth.principal import Role
 
@@ -48,3 +51,22 @@ async def test_an_order_needs_its_bands_approvals_whatever_the_writer_sends(
             text("SELECT approvals_required FROM orders ORDER BY id DESC LIMIT 1")
         )
     assert required == 3
+
+
+async def test_no_request_changes_an_orders_expiry(cast: Cast, owner_engine: AsyncEngine) -> None:
+    own = await make_order(owner_engine, cast.ids["trader"], status="PENDING", risk="PENDING")
+    trader = person(cast, "trader", Role.TRADER)
+    for change in (
+        "expire_at = NULL",
+        "expire_at = now() - interval '1 second'",
+        "time_in_force = 'GTC'",
+    ):
+        forged = text(f"UPDATE orders SET {change} WHERE id = :id")
+        assert_maker_checker(await refusal_of(owner_engine, trader, (forged, {"id": own})))
+    async with owner_engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT time_in_force, expire_at FROM orders WHERE id = :id"), {"id": own}
+            )
+        ).one()
+    assert row.time_in_force == "DAY" and row.expire_at is not None

@@ -10,6 +10,9 @@ context, row-level security on) could otherwise bypass:
 - An order's approvals_required is the desk's band for its notional, whatever the writer
   sends: a BEFORE INSERT trigger computes it with the same expression as intake (orders/
   repository.py approvals_required), reading the same rows under the same row-level security.
+- An order's expiry (expire_at, time_in_force) is fixed at intake: no request changes it
+  (a maker could otherwise make a DAY order never expire, or make another's due now). An
+  amendment is a new order with its own. Only the owner, outside any request, may.
 """
 
 from collections.abc import Sequence
@@ -57,10 +60,32 @@ DROP TRIGGER orders_approvals_required ON orders;
 DROP FUNCTION orders_set_approvals_required(), tradeops_approvals_required(bigint, bigint, numeric, numeric);
 """
 
+EXPIRY_FIXED = """
+CREATE FUNCTION orders_keep_expiry() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF tradeops_user_id() IS NOT NULL THEN
+        PERFORM orders_maker_checker_refuse(NEW.id, 'an order''s expiry is fixed at intake');
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER orders_expiry_fixed BEFORE UPDATE ON orders FOR EACH ROW
+    WHEN (OLD.expire_at IS DISTINCT FROM NEW.expire_at
+          OR OLD.time_in_force IS DISTINCT FROM NEW.time_in_force)
+    EXECUTE FUNCTION orders_keep_expiry();
+"""
+
+DROP_EXPIRY_FIXED = """
+DROP TRIGGER orders_expiry_fixed ON orders;
+DROP FUNCTION orders_keep_expiry();
+"""
+
 
 def upgrade() -> None:
     op.execute(APPROVALS_REQUIRED)
+    op.execute(EXPIRY_FIXED)
 
 
 def downgrade() -> None:
+    op.execute(DROP_EXPIRY_FIXED)
     op.execute(DROP_APPROVALS_REQUIRED)
