@@ -3,6 +3,8 @@ a trader's request context (row-level security on), is held to them too (migrati
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,6 +17,7 @@ from tests.integration.test_maker_checker_database import (
     refusal_of,
 )
 from tradeops.auth.principal import Role
+from tradeops.db.uow import sqlstate_of
 
 ONE_APPROVAL_ASKED = text(
     "INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, quantity, price,"
@@ -70,3 +73,32 @@ async def test_no_request_changes_an_orders_expiry(cast: Cast, owner_engine: Asy
             )
         ).one()
     assert row.time_in_force == "DAY" and row.expire_at is not None
+
+
+POLICY_OF = text(
+    "INSERT INTO desk_approval_policies (desk_id, currency, updated_by)"
+    " SELECT id, 'USD', :by FROM desks WHERE code = :desk"
+)
+
+
+async def test_a_desks_approval_policy_is_set_by_a_person_who_sees_the_desk(
+    cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """A risk officer of EQ-US only, or through a key, may not set a policy."""
+    risk_of_eq_us = person(cast, "risk", Role.RISK)
+    for principal, desk in (
+        (risk_of_eq_us, "FI-EU"),
+        (replace(risk_of_eq_us, api_key_id=1), "EQ-US"),
+    ):
+        forged = (POLICY_OF, {"by": principal.user_id, "desk": desk})
+        assert sqlstate_of(await refusal_of(owner_engine, principal, forged)) == "42501"
+    bands = text("INSERT INTO approval_bands SELECT id, 0, 5 FROM desks WHERE code = 'FI-EU'")
+    error = await refusal_of(owner_engine, risk_of_eq_us, (bands, {}))
+    assert sqlstate_of(error) == "42501"
+    async with acting(owner_engine, risk_of_eq_us) as uow:
+        await uow.execute(POLICY_OF, {"by": risk_of_eq_us.user_id, "desk": "EQ-US"})
+        await uow.execute(
+            text("INSERT INTO approval_bands SELECT id, 0, 1 FROM desks WHERE code = 'EQ-US'")
+        )
+    async with owner_engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM desk_approval_policies")) == 1

@@ -13,6 +13,8 @@ context, row-level security on) could otherwise bypass:
 - An order's expiry (expire_at, time_in_force) is fixed at intake: no request changes it
   (a maker could otherwise make a DAY order never expire, or make another's due now). An
   amendment is a new order with its own. Only the owner, outside any request, may.
+- A desk's approval policy and bands are written only by a person (no key) of a role that
+  may, for a desk they see (0016's policies checked the role only).
 """
 
 from collections.abc import Sequence
@@ -80,12 +82,32 @@ DROP TRIGGER orders_expiry_fixed ON orders;
 DROP FUNCTION orders_keep_expiry();
 """
 
+# 0016's write policies, and the same with desk visibility and no key acting.
+POLICY_WRITERS = "tradeops_role() IN ('risk', 'admin', 'system')"
+POLICY_WRITERS_OF_DESK = (
+    POLICY_WRITERS + " AND tradeops_can_see_desk(desk_id) AND tradeops_api_key_id() IS NULL"
+)
+WRITE_POLICIES = {
+    "desk_approval_policies_set": ("desk_approval_policies", "INSERT", "WITH CHECK"),
+    "desk_approval_policies_change": ("desk_approval_policies", "UPDATE", "USING"),
+    "approval_bands_set": ("approval_bands", "INSERT", "WITH CHECK"),
+    "approval_bands_remove": ("approval_bands", "DELETE", "USING"),
+}
+
+
+def _write_policies(condition: str) -> None:
+    for name, (table, command, clause) in WRITE_POLICIES.items():
+        op.execute(f"DROP POLICY {name} ON {table}")
+        op.execute(f"CREATE POLICY {name} ON {table} FOR {command} {clause} ({condition})")
+
 
 def upgrade() -> None:
     op.execute(APPROVALS_REQUIRED)
     op.execute(EXPIRY_FIXED)
+    _write_policies(POLICY_WRITERS_OF_DESK)
 
 
 def downgrade() -> None:
+    _write_policies(POLICY_WRITERS)
     op.execute(DROP_EXPIRY_FIXED)
     op.execute(DROP_APPROVALS_REQUIRED)
