@@ -102,3 +102,23 @@ async def test_a_desks_approval_policy_is_set_by_a_person_who_sees_the_desk(
         )
     async with owner_engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM desk_approval_policies")) == 1
+
+
+async def test_an_order_is_replaced_only_by_its_own_replacement_by_its_maker(
+    cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    victim = await make_order(owner_engine, cast.ids["trader"])
+    unrelated = await make_order(
+        owner_engine, cast.ids["trader2"], status="PENDING", risk="PENDING"
+    )
+    own_unrelated = await make_order(
+        owner_engine, cast.ids["trader"], status="PENDING", risk="PENDING"
+    )
+    marked = text("UPDATE orders SET status = 'REPLACED', replaced_by = :by WHERE id = :id")
+    for who, by in (("trader2", unrelated), ("trader", own_unrelated)):
+        writer = person(cast, who, Role.TRADER)
+        error = await refusal_of(owner_engine, writer, (marked, {"by": by, "id": victim}))
+        assert_maker_checker(error)
+    async with owner_engine.connect() as conn:
+        status = await conn.scalar(text("SELECT status FROM orders WHERE id = :id"), {"id": victim})
+    assert status == "REVIEWED"

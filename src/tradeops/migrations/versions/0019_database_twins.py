@@ -13,6 +13,10 @@ context, row-level security on) could otherwise bypass:
 - An order's expiry (expire_at, time_in_force) is fixed at intake: no request changes it
   (a maker could otherwise make a DAY order never expire, or make another's due now). An
   amendment is a new order with its own. Only the owner, outside any request, may.
+- An order is REPLACED only by its own replacement (an order whose `replaces` names it, of the
+  same maker), and only by its maker or the system: 0014 checked only the desk. Checked at the
+  end of the statement, which inserts the replacement in a sibling CTE that a BEFORE
+  trigger would not see.
 - A desk's approval policy and bands are written only by a person (no key) of a role that
   may, for a desk they see (0016's policies checked the role only).
 """
@@ -82,6 +86,35 @@ DROP TRIGGER orders_expiry_fixed ON orders;
 DROP FUNCTION orders_keep_expiry();
 """
 
+REPLACED_BY_OWN = """
+CREATE FUNCTION orders_enforce_own_replacement() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    replacement orders%ROWTYPE;
+BEGIN
+    SELECT * INTO replacement FROM orders WHERE id = NEW.replaced_by;
+    IF NOT FOUND OR replacement.replaces IS DISTINCT FROM NEW.id
+       OR replacement.created_by IS DISTINCT FROM OLD.created_by THEN
+        PERFORM orders_maker_checker_refuse(NEW.id,
+            'an order is replaced only by its own replacement');
+    END IF;
+    IF tradeops_user_id() IS NOT NULL AND tradeops_role() IS DISTINCT FROM 'system'
+       AND tradeops_user_id() IS DISTINCT FROM OLD.created_by THEN
+        PERFORM orders_maker_checker_refuse(NEW.id, 'only its maker replaces an order');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE CONSTRAINT TRIGGER orders_replaced_by_own AFTER UPDATE ON orders
+    DEFERRABLE INITIALLY IMMEDIATE FOR EACH ROW
+    WHEN (NEW.status = 'REPLACED' AND OLD.status IS DISTINCT FROM 'REPLACED')
+    EXECUTE FUNCTION orders_enforce_own_replacement();
+"""
+
+DROP_REPLACED_BY_OWN = """
+DROP TRIGGER orders_replaced_by_own ON orders;
+DROP FUNCTION orders_enforce_own_replacement();
+"""
+
 # 0016's write policies, and the same with desk visibility and no key acting.
 POLICY_WRITERS = "tradeops_role() IN ('risk', 'admin', 'system')"
 POLICY_WRITERS_OF_DESK = (
@@ -105,9 +138,11 @@ def upgrade() -> None:
     op.execute(APPROVALS_REQUIRED)
     op.execute(EXPIRY_FIXED)
     _write_policies(POLICY_WRITERS_OF_DESK)
+    op.execute(REPLACED_BY_OWN)
 
 
 def downgrade() -> None:
+    op.execute(DROP_REPLACED_BY_OWN)
     _write_policies(POLICY_WRITERS)
     op.execute(DROP_EXPIRY_FIXED)
     op.execute(DROP_APPROVALS_REQUIRED)
