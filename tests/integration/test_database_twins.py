@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import Cast
 from tests.integration.test_maker_checker_database import (
+    GIVE_AND_APPROVE,
     acting,
     assert_maker_checker,
     make_order,
@@ -122,3 +123,37 @@ async def test_an_order_is_replaced_only_by_its_own_replacement_by_its_maker(
     async with owner_engine.connect() as conn:
         status = await conn.scalar(text("SELECT status FROM orders WHERE id = :id"), {"id": victim})
     assert status == "REVIEWED"
+
+
+async def test_a_filled_order_is_reopened_only_by_a_bust(
+    cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    order_id = await make_order(owner_engine, cast.ids["trader"])
+    async with owner_engine.begin() as conn:
+        await conn.execute(GIVE_AND_APPROVE, {"by": cast.ids["approver"], "id": order_id})
+        await conn.execute(
+            text(
+                "INSERT INTO executions (order_id, desk_id, quantity, price, venue, executed_at,"
+                " external_id, recorded_by) SELECT id, desk_id, quantity, 1.5, 'XNAS', now(),"
+                " 'fill-1', :by FROM orders WHERE id = :id"
+            ),
+            {"by": cast.ids["admin"], "id": order_id},
+        )
+        await conn.execute(
+            text(
+                "UPDATE orders SET status = 'FILLED', filled_quantity = quantity,"
+                " avg_fill_price = 1.5 WHERE id = :id"
+            ),
+            {"id": order_id},
+        )
+    trader = person(cast, "trader", Role.TRADER)
+    reopened = text(
+        "UPDATE orders SET status = 'APPROVED', filled_quantity = 0, avg_fill_price = NULL"
+        " WHERE id = :id"
+    )
+    assert_maker_checker(await refusal_of(owner_engine, trader, (reopened, {"id": order_id})))
+    async with owner_engine.connect() as conn:
+        status = await conn.scalar(
+            text("SELECT status FROM orders WHERE id = :id"), {"id": order_id}
+        )
+    assert status == "FILLED"

@@ -17,6 +17,10 @@ context, row-level security on) could otherwise bypass:
   same maker), and only by its maker or the system: 0014 checked only the desk. Checked at the
   end of the statement, which inserts the replacement in a sibling CTE that a BEFORE
   trigger would not see.
+- An order's filled_quantity is what its fills not busted add up to, whenever a request
+  changes it or moves the order back from a filled status (since 0017 FILLED -> APPROVED is
+  a bust, not an approval: without this a maker could reopen a filled order). Checked at the
+  end of the statement, which records the fill or bust in a sibling CTE.
 - A desk's approval policy and bands are written only by a person (no key) of a role that
   may, for a desk they see (0016's policies checked the role only).
 """
@@ -115,6 +119,37 @@ DROP TRIGGER orders_replaced_by_own ON orders;
 DROP FUNCTION orders_enforce_own_replacement();
 """
 
+FILLED_BY_FILLS = """
+CREATE FUNCTION orders_enforce_filled_by_fills() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    filled numeric;
+BEGIN
+    IF tradeops_user_id() IS NULL THEN
+        RETURN NULL;  -- the owner outside a request: migrations, repairs
+    END IF;
+    SELECT COALESCE(sum(CASE WHEN e.kind = 'BUST' THEN -e.quantity ELSE e.quantity END), 0)
+      INTO filled FROM executions e WHERE e.order_id = NEW.id;
+    IF NEW.filled_quantity <> filled THEN
+        PERFORM orders_maker_checker_refuse(NEW.id, format(
+            'filled_quantity %s is not its fills not busted, %s', NEW.filled_quantity, filled));
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE CONSTRAINT TRIGGER orders_filled_by_fills AFTER UPDATE ON orders
+    DEFERRABLE INITIALLY IMMEDIATE FOR EACH ROW
+    WHEN (OLD.filled_quantity IS DISTINCT FROM NEW.filled_quantity
+          OR OLD.status IN ('FILLED', 'PARTIALLY_FILLED')
+             AND NEW.status IN ('APPROVED', 'PARTIALLY_FILLED')
+             AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION orders_enforce_filled_by_fills();
+"""
+
+DROP_FILLED_BY_FILLS = """
+DROP TRIGGER orders_filled_by_fills ON orders;
+DROP FUNCTION orders_enforce_filled_by_fills();
+"""
+
 # 0016's write policies, and the same with desk visibility and no key acting.
 POLICY_WRITERS = "tradeops_role() IN ('risk', 'admin', 'system')"
 POLICY_WRITERS_OF_DESK = (
@@ -139,9 +174,11 @@ def upgrade() -> None:
     op.execute(EXPIRY_FIXED)
     _write_policies(POLICY_WRITERS_OF_DESK)
     op.execute(REPLACED_BY_OWN)
+    op.execute(FILLED_BY_FILLS)
 
 
 def downgrade() -> None:
+    op.execute(DROP_FILLED_BY_FILLS)
     op.execute(DROP_REPLACED_BY_OWN)
     _write_policies(POLICY_WRITERS)
     op.execute(DROP_EXPIRY_FIXED)
