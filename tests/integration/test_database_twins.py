@@ -157,3 +157,21 @@ async def test_a_filled_order_is_reopened_only_by_a_bust(
             text("SELECT status FROM orders WHERE id = :id"), {"id": order_id}
         )
     assert status == "FILLED"
+
+
+async def test_no_request_appends_an_event_without_the_orders_change(
+    cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    order_id = await make_order(owner_engine, cast.ids["trader"], status="PENDING", risk="PENDING")
+    trader = person(cast, "trader", Role.TRADER)
+    forged = text(
+        "INSERT INTO order_events (order_id, desk_id, seq, type, payload)"
+        " SELECT id, desk_id, version + 1, 'APPROVED', '{}' FROM orders WHERE id = :id"
+    )
+    assert_maker_checker(await refusal_of(owner_engine, trader, (forged, {"id": order_id})))
+    async with owner_engine.connect() as conn:
+        events = await conn.scalar(
+            text("SELECT count(*) FROM order_events WHERE type = 'APPROVED'")
+        )
+        outbox = await conn.scalar(text("SELECT count(*) FROM webhook_deliveries"))
+    assert (events, outbox) == (0, 0)

@@ -21,6 +21,11 @@ context, row-level security on) could otherwise bypass:
   changes it or moves the order back from a filled status (since 0017 FILLED -> APPROVED is
   a bust, not an approval: without this a maker could reopen a filled order). Checked at the
   end of the statement, which records the fill or bust in a sibling CTE.
+- An order's history event is written by a request only with the order's change: its seq
+  is the order's version at the end of the statement (every writer's event is seq = the new
+  version, orders.repository.order_change and the replacement's CREATED), so a desk user can
+  no longer append an APPROVED event (and its signed webhook, its stream announcement) to a
+  PENDING order. The order's history keeps one event per version (the key order_id, seq).
 - A desk's approval policy and bands are written only by a person (no key) of a role that
   may, for a desk they see (0016's policies checked the role only).
 """
@@ -150,6 +155,27 @@ DROP TRIGGER orders_filled_by_fills ON orders;
 DROP FUNCTION orders_enforce_filled_by_fills();
 """
 
+EVENT_WITH_CHANGE = """
+CREATE FUNCTION order_events_enforce_with_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF tradeops_user_id() IS NOT NULL
+       AND NEW.seq IS DISTINCT FROM (SELECT version FROM orders WHERE id = NEW.order_id) THEN
+        PERFORM orders_maker_checker_refuse(NEW.order_id,
+            'an order''s event is written only with its change');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE CONSTRAINT TRIGGER order_events_with_change AFTER INSERT ON order_events
+    DEFERRABLE INITIALLY IMMEDIATE FOR EACH ROW
+    EXECUTE FUNCTION order_events_enforce_with_change();
+"""
+
+DROP_EVENT_WITH_CHANGE = """
+DROP TRIGGER order_events_with_change ON order_events;
+DROP FUNCTION order_events_enforce_with_change();
+"""
+
 # 0016's write policies, and the same with desk visibility and no key acting.
 POLICY_WRITERS = "tradeops_role() IN ('risk', 'admin', 'system')"
 POLICY_WRITERS_OF_DESK = (
@@ -175,9 +201,11 @@ def upgrade() -> None:
     _write_policies(POLICY_WRITERS_OF_DESK)
     op.execute(REPLACED_BY_OWN)
     op.execute(FILLED_BY_FILLS)
+    op.execute(EVENT_WITH_CHANGE)
 
 
 def downgrade() -> None:
+    op.execute(DROP_EVENT_WITH_CHANGE)
     op.execute(DROP_FILLED_BY_FILLS)
     op.execute(DROP_REPLACED_BY_OWN)
     _write_policies(POLICY_WRITERS)
