@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -30,6 +31,7 @@ from tests.live import LiveServer, serving
 from tests.pages import sign_in
 from tradeops.app import create_app
 from tradeops.settings import Settings
+from tradeops.ui import router as ui_router
 
 pytestmark = pytest.mark.slow
 
@@ -354,6 +356,22 @@ async def test_the_queue_page_follows_events_by_its_session_cookie(
             await submit(client, cast, "trader_fi", **FI_ORDER)
             eq_order = await submit(client, cast)
             assert (await events.next_event())["order_id"] == eq_order
+
+
+async def test_the_queue_pages_stream_ends_when_its_session_expires(
+    stream_url: str, client: httpx.AsyncClient, cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session is read once when the stream opens; each read checks its expiry again."""
+    async with httpx.AsyncClient(base_url=stream_url, timeout=httpx.Timeout(5, read=30)) as ui:
+        assert (await sign_in(ui, "approver@test.bank")).status_code == 303
+        async with stream(stream_url, {}, http=ui, path=UI_EVENTS) as events:
+            first = await submit(client, cast)
+            assert (await events.next_event())["order_id"] == first
+            later = time.time() + 10 * 24 * 3600  # past any session's expiry
+            monkeypatch.setattr(ui_router, "time", SimpleNamespace(time=lambda: later))
+            await submit(client, cast)
+            with pytest.raises(AssertionError, match="the stream ended"):
+                await events.next_event()
 
 
 async def test_time_from_commit_to_event(

@@ -10,6 +10,7 @@ made on, so deciding on an order that changed since the page was read is refused
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -256,9 +257,13 @@ async def queue_events(
     if session is None or session.user_id is None or session.generation is None:
         raise SignInRequired("Sign in to continue.")
     user_id, generation, role = session.user_id, session.generation, session.role
-    request_id = request.state.request_id
+    request_id, expires_at = request.state.request_id, session.expires_at
 
     async def identify(uow: UnitOfWork) -> Principal:
+        # Each read checks the session again: an open stream outlives neither a sign-out nor
+        # the cookie's expiry.
+        if time.time() >= expires_at:
+            raise SignInRequired("Your session has ended; sign in again.")
         principal = await authenticate_user(uow, user_id, generation, request_id)
         if principal is None or principal.role.value != role:
             raise SignInRequired("Your session has ended; sign in again.")
