@@ -17,6 +17,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import Cast, approved_order, bearer, make_api_key
+from tests.integration.test_mcp import mcp_over_http, problem_of
+from tests.live import LiveServer
 from tests.pages import sign_in
 from tradeops.orders import expiry
 
@@ -282,3 +284,25 @@ async def test_a_bust_of_an_expired_orders_fill_keeps_it_expired(
         None,
     )
     assert (await position(client, cast, "CUST-1001"))["quantity"] == "0"
+
+
+async def test_an_admins_executions_key_busts_a_fill_over_mcp_and_an_agent_cannot(
+    live_server: LiveServer, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """The bust over MCP is the same service as over HTTP: an admin's key with
+    executions:write takes a fill back; the agent's key (orders, no executions) is refused."""
+    order_id = await approved_order(client, cast, owner_engine)
+    execution_id = await fill(client, cast, order_id, "MCP-1", "10", "192.5")
+    _, admin_key = await make_api_key(owner_engine, "admin@test.bank", ["executions:write"])
+    arguments = {"order_id": order_id, "execution_id": execution_id, "reason": "booked twice"}
+    async with mcp_over_http(live_server, cast["agent"]) as agent:
+        refused = problem_of(await agent.call_tool("bust_execution", arguments))
+    async with mcp_over_http(live_server, bearer(admin_key)) as connector:
+        busted = (await connector.call_tool("bust_execution", arguments)).structured_content
+        again = problem_of(await connector.call_tool("bust_execution", arguments))
+    assert refused["status"] == 403, refused
+    assert busted is not None
+    assert busted["execution"]["kind"] == "BUST"
+    assert busted["execution"]["reverses_execution_id"] == execution_id
+    assert (busted["order"]["status"], busted["order"]["filled_quantity"]) == ("APPROVED", "0")
+    assert again["status"] == 409, again

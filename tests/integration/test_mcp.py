@@ -43,6 +43,7 @@ TOOLS = {
     "cancel_order",
     "replace_order",
     "cancel_orders",
+    "bust_execution",
     "wait_for_order_update",
 }
 INITIALIZE = {

@@ -41,6 +41,7 @@ ANNOTATIONS = {
     "cancel_order": (False, True, True),
     "replace_order": (False, True, True),
     "cancel_orders": (False, True, True),
+    "bust_execution": (False, True, True),
 }
 
 

@@ -25,6 +25,8 @@ from tradeops.clients import service as clients
 from tradeops.clients.schemas import ClientList, ExternalId
 from tradeops.db.uow import UnitOfWork
 from tradeops.decimals import PositiveAmount
+from tradeops.executions import service as executions
+from tradeops.executions.schemas import BustIn, RecordedBust
 from tradeops.instruments import service as instruments
 from tradeops.instruments.schemas import InstrumentList, Symbol
 from tradeops.marketdata import service as market_data
@@ -205,6 +207,18 @@ class CancelOrder(Arguments):
     expected_version: ExpectedVersion
 
 
+class BustExecution(Arguments):
+    order_id: OrderId
+    execution_id: int = Field(
+        gt=0, description="The fill to take back, as the order's fills list it"
+    )
+    reason: str = Field(
+        min_length=1,
+        max_length=4000,
+        description="Why: the venue busted it, or it was booked wrong",
+    )
+
+
 class ReplaceOrder(Arguments):
     order_id: OrderId
     quantity: PositiveAmount | None = Field(
@@ -367,6 +381,13 @@ async def _cancel_order(
         args.order_id, workflow.CANCEL, args.expected_version, reason=args.reason
     )
     return await workflow.transition_order(uow, principal, decision)
+
+
+async def _bust_execution(
+    uow: UnitOfWork, principal: Principal, args: BustExecution, _: Settings
+) -> RecordedBust:
+    bust = BustIn(reason=args.reason)
+    return await executions.bust_execution(uow, principal, args.order_id, args.execution_id, bust)
 
 
 async def _replace_order(
@@ -599,6 +620,24 @@ TOOLS: tuple[AgentTool, ...] = (
         run=_cancel_orders,
         read_only=False,
         # Again: nothing open is left to cancel; cancelled orders stay cancelled.
+        idempotent=True,
+        destructive=True,
+    ),
+    AgentTool(
+        name="bust_execution",
+        title="Take a fill back (bust)",
+        description="Take back a fill of an order (the venue busted the trade, or it was "
+        "booked wrong), with a reason: a reversing execution is recorded and linked to the "
+        "fill, which is never changed or deleted; the order's filled quantity, average price "
+        "and status, and the client's position and realized P&L, go back to what the other "
+        "fills make them. A fill is busted once. To correct a fill: bust it, then the venue "
+        "connector records the corrected one. Only for an admin's key with the scope "
+        "executions:write. Returns the bust and the order's fill state.",
+        arguments=BustExecution,
+        result=RecordedBust,
+        run=_bust_execution,
+        read_only=False,
+        # Again: refused (not-bustable), nothing more changes; a bust cannot be undone.
         idempotent=True,
         destructive=True,
     ),
