@@ -631,8 +631,8 @@ TOOLS: tuple[AgentTool, ...] = (
         "fill, which is never changed or deleted; the order's filled quantity, average price "
         "and status, and the client's position and realized P&L, go back to what the other "
         "fills make them. A fill is busted once. To correct a fill: bust it, then the venue "
-        "connector records the corrected one. Only for an admin's key with the scope "
-        "executions:write. Returns the bust and the order's fill state.",
+        "connector records the corrected one. Needs the scope executions:write "
+        "(an admin's key). Returns the bust and the order's fill state.",
         arguments=BustExecution,
         result=RecordedBust,
         run=_bust_execution,
