@@ -5,11 +5,13 @@ No FastAPI, no SQLAlchemy, no pydantic on the request path: JSON in and out with
 one SQL statement per request in autocommit. The SQL is our app's own, compiled by SQLAlchemy
 once at startup (see our_sql()). Clients and instruments are looked up once, at startup.
 
-With --same-work it does the database work our server does for the request, and nothing
-else: a transaction, our API key statement (which authenticates, switches to the application
-role and sets the request context), the same order statements with the key's desks, for an
-order the risk job deferred in the same transaction, commit. That isolates what our stack
-(FastAPI, pydantic, middleware, logging, metrics) costs beyond its SQL.
+With --same-work it does the database work our server does for the request, in the same
+round trips, and nothing else. For an order or a portfolio: a transaction, our API key
+statement (which authenticates, switches to the application role and sets the request
+context), the same statements with the key's desks, for an order the risk job deferred in the
+same transaction, commit. For GET /orders/{id}: our one statement that authenticates, sets
+the context and reads (migration 0019). That isolates what our stack (FastAPI, pydantic,
+middleware, logging, metrics) costs beyond its SQL.
 
     BARE_DATABASE_URL=postgresql://... python bench/bare_app.py --host 127.0.0.1 --port 8001
 """
@@ -37,7 +39,9 @@ from tradeops.auth.authentication import AUTHENTICATE_API_KEY
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.db.uow import APP_ROLE
 from tradeops.jobs.defer import CHECK_ORDER_RISK, DEFER_JOB, RISK_QUEUE
+from tradeops.orders import repository as orders_repository
 from tradeops.orders.repository import CREATED_FIELDS
+from tradeops.orders.schemas import OrderOut
 
 # Our engine: pool_size=10 + max_overflow=10, i.e. 10 kept and up to 20 under load
 # (run.py passes our Settings' values).
@@ -81,6 +85,8 @@ def our_portfolio_sql() -> str:
 
 
 INSERT_ORDER, INSERT_PARAMETERS, SELECT_ORDER = our_sql()
+READ_ORDER = orders_repository.READ_ORDER.prepared
+ORDER_FIELDS = tuple(OrderOut.model_fields)
 SELECT_PORTFOLIO = our_portfolio_sql()
 KNOWN_PARAMETERS = {  # the ones create_order() fills
     "client_id",
@@ -146,8 +152,14 @@ def _decimal(value: Any) -> Decimal | None:
 
 
 async def init_connection(connection: asyncpg.Connection) -> None:
+    """As our pool: jsonb in binary (a version byte, then the text), which asyncpg can
+    also decode inside a record (our one-statement read answers the order as one)."""
     await connection.set_type_codec(
-        "jsonb", schema="pg_catalog", encoder=str, decoder=orjson.loads, format="text"
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda document: b"\x01" + document.encode(),
+        decoder=lambda data: orjson.loads(data[1:]),
+        format="binary",
     )
 
 
@@ -317,12 +329,39 @@ async def create_order(request: Request) -> Response:
     return json_response(order, 201, headers)
 
 
+async def read_order_as_we_do(request: Request, order_id: int) -> asyncpg.Record | None:
+    """--same-work: our GET /orders/{id} statement, which authenticates the bearer key, sets
+    the context and reads the order, in one round trip (autocommit)."""
+    credential = request.headers.get("authorization", "").removeprefix("Bearer ")
+    prefix = parse_key(credential)
+    if prefix is None:
+        raise NotAuthenticated
+    parameters = {
+        "prefix": prefix,
+        "hash": hash_key(credential),
+        "user_id": None,
+        "email": None,
+        "app_role": APP_ROLE,
+        "request_id": uuid.uuid4().hex,
+        "order_id": order_id,
+    }
+    read = await request.app.state.pool.fetchrow(READ_ORDER.sql, *READ_ORDER.arguments(parameters))
+    if read is None:
+        raise NotAuthenticated
+    found: asyncpg.Record | None = read["found"]
+    return found
+
+
 async def get_order(request: Request) -> Response:
     order_id: int = request.path_params["order_id"]
-    row = await read(request, "fetchrow", SELECT_ORDER, order_id)
+    if request.app.state.same_work:
+        row = await read_order_as_we_do(request, order_id)
+    else:
+        row = await read(request, "fetchrow", SELECT_ORDER, order_id)
     if row is None:
         return problem(404, f"No order {order_id}.")
-    return json_response(dict(row), headers={"ETag": f'"{row["version"]}"'})
+    order = {name: row[name] for name in ORDER_FIELDS}
+    return json_response(order, headers={"ETag": f'"{row["version"]}"'})
 
 
 async def get_portfolio(request: Request) -> Response:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
-from tradeops.auth.authentication import authenticate, unauthenticated
+from tradeops.auth.authentication import authenticate, credential_parameters, unauthenticated
 from tradeops.auth.principal import Principal
 from tradeops.db.http import reads_own_writes
 from tradeops.db.uow import UnitOfWork, in_transaction
@@ -19,7 +19,18 @@ from tradeops.errors import InvalidRequest
 API_PREFIX = "/api/v1"
 
 # Ids in paths are PostgreSQL bigints: anything outside their range is a 422, not a 500.
-RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A positive integer id")]
+MAX_ROW_ID = 2**63 - 1
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="A positive integer id")]
+
+
+def row_id(text: str) -> int | None:
+    """A path's id as RowId takes it (ASCII digits, 1 to MAX_ROW_ID), or None: a
+    one-statement read leaves anything else to the route's own validation and its 422."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ROW_ID else None
+
 
 bearer_scheme = OAuth2PasswordBearer(
     tokenUrl=f"{API_PREFIX}/auth/token",
@@ -67,10 +78,27 @@ async def authenticated_session(
     principal = await authenticate(
         uow, credential, state.tokens, request.state.request_id, state.key_usage
     )
-    reads_own_writes(request, principal.user_id)
-    request.state.principal = principal
+    caller_known(request, principal)
     session = request.state.session = AuthenticatedSession(uow, principal)
     return session
+
+
+def caller_known(request: Request, principal: Principal) -> None:
+    """Once a request's caller is known: a read replica sends a caller who wrote lately to
+    the primary, and the access log names them."""
+    reads_own_writes(request, principal.user_id)
+    request.state.principal = principal
+
+
+async def one_statement_credential(request: Request) -> dict[str, Any] | None:
+    """The authenticating parameters of a one-statement read (auth.authentication.
+    credential_parameters), from the same headers as CurrentPrincipal; None without any,
+    for the route to answer its documented 401."""
+    credential = await bearer_scheme(request) or await api_key_scheme(request)
+    if not credential:
+        return None
+    state = request.app.state
+    return credential_parameters(credential, state.tokens, request.state.request_id)
 
 
 Session = Annotated[AuthenticatedSession, Depends(authenticated_session)]

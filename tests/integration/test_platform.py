@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
 from tradeops.app import create_app
+from tradeops.auth.keys import generate_key
 from tradeops.db.http import TransactionalRoute
 from tradeops.deps import LoginUoW
 from tradeops.observability import configure_logging
@@ -68,7 +69,9 @@ async def test_exhausted_pool_is_503_and_shows_in_the_pool_gauge(
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             async with app.state.db.acquire():
-                busy = await http.get("/api/v1/orders/1", headers={"X-API-Key": "tro_x_y"})
+                # A key of the right shape (none stored): only the database can refuse it.
+                key = generate_key()[0]
+                busy = await http.get("/api/v1/orders/1", headers={"X-API-Key": key})
                 gauge = (await http.get("/metrics")).text
             assert busy.status_code == 503
             assert busy.headers["Retry-After"] == "2"

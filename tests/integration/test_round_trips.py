@@ -102,7 +102,7 @@ async def count(statements: Statements, make_call: Callable[[], Awaitable[Call]]
 # Per endpoint: the statements of one call, in order. "authenticate" is one statement: it
 # checks the credential and sets the request context (role, desks, request id).
 EXPECTED = {
-    "GET /orders/{id}": 4,  # BEGIN; authenticate; the order; COMMIT
+    "GET /orders/{id}": 1,  # one statement: authenticate, set the context, read (0019)
     "GET /orders": 4,  # BEGIN; authenticate; the page; COMMIT
     "POST /orders": 4,  # BEGIN; authenticate; insert with its events and risk job; COMMIT
     "POST /orders/{id}/review": 5,  # BEGIN; authenticate; lock; transition, answering; COMMIT

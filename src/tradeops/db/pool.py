@@ -13,7 +13,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import Any, cast
 
 import asyncpg
 
@@ -26,12 +26,28 @@ class PoolTimeout(TimeoutError):
     retry a TimeoutError on their own)."""
 
 
+# jsonb's binary form is a version byte (1) before the JSON text.
+_JSONB_VERSION = b"\x01"
+
+
+def _jsonb_in(document: str) -> bytes:
+    return _JSONB_VERSION + document.encode()
+
+
+def _jsonb_out(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
 async def _set_codecs(connection: asyncpg.Connection) -> None:
-    # json/jsonb travel as text: parameters are JSON documents we rendered, results parsed.
-    for name in ("json", "jsonb"):
-        await connection.set_type_codec(
-            name, schema="pg_catalog", encoder=str, decoder=json.loads, format="text"
-        )
+    """json/jsonb as JSON text: parameters are JSON documents we rendered, results parsed.
+    In the binary protocol, which asyncpg needs to decode a composite value holding one (a
+    row of orders_as_shown, migration 0019): a text codec cannot be used inside a record."""
+    await connection.set_type_codec(
+        "json", schema="pg_catalog", encoder=str.encode, decoder=json.loads, format="binary"
+    )
+    await connection.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_jsonb_in, decoder=_jsonb_out, format="binary"
+    )
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

@@ -260,6 +260,34 @@ async def transaction(source: ConnectionSource) -> AsyncIterator[UnitOfWork]:
         await driver.execute("COMMIT")
 
 
+async def one_statement(
+    source: ConnectionSource, query: Query[T], params: Mapping[str, Any]
+) -> T | None:
+    """The one row of a typed query sent alone, as a transaction of its own (autocommit): one
+    round trip. For a statement that sets its own context (migration 0019's reads), which
+    then dies with it, on a pooled or PgBouncer'd connection alike. With no BEGIN to carry
+    the statement timeout, the driver enforces it: past it, asyncpg cancels the query on the
+    server, answered as the server's own timeout would be (a 504).
+
+    Without prepared statements (TRADEOPS_DB_PREPARED_STATEMENTS=false, a pooler that
+    cannot keep them), asyncpg prepares each statement in a round trip of its own, which a
+    pooler in transaction mode may send to another server connection than the execution:
+    there the statement runs in a transaction, as every other request does."""
+    if not source.settings.db_prepared_statements:
+        async with transaction(source) as uow:
+            return await uow.row(query, params)
+    sql, arguments = _render(query.prepared, params)
+    limit_ms = source.settings.statement_timeout_ms
+    timeout = limit_ms / 1000 if limit_ms else None  # 0: no limit, as for the server
+    async with source.acquire() as driver:
+        try:
+            record = await driver.fetchrow(sql, *arguments, timeout=timeout)
+        except TimeoutError as error:
+            canceled = "canceling statement due to statement timeout"
+            raise asyncpg.QueryCanceledError(canceled) from error
+    return None if record is None else query.into(**record)
+
+
 @asynccontextmanager
 async def unit_of_work(
     db: ConnectionSource, principal: Identity, request_id: str | None = None

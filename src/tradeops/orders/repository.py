@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -9,18 +10,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
-    Boolean,
     ColumnElement,
     Select,
-    any_,
     bindparam,
     literal,
     literal_column,
-    or_,
     select,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from tradeops.audit.repository import append_audit
 from tradeops.auth.models import User
@@ -558,17 +555,35 @@ def order_view() -> Select[Any]:
     )
 
 
-# GET /orders/{id}: the hot read, rendered once. The desk condition repeats what row-level
-# security enforces, so a principal's filter never depends on the database alone.
+# An order as the API shows it, read: the view orders_as_shown (migration 0019), the columns
+# of order_view() above, with which a write's RETURNING answers (test_one_statement_reads.py
+# holds the two equal). The desk condition repeats what row-level security enforces, so a
+# principal's filter never depends on the database alone.
+_SHOWN = ", ".join(OrderOut.model_fields)
 ORDER_BY_ID = query(
-    order_view().where(
-        orders.c.id == bindparam("id", type_=BigInteger),
-        or_(
-            bindparam("all_desks", type_=Boolean),
-            orders.c.desk_id == any_(bindparam("desk_ids", type_=ARRAY(BigInteger))),
-        ),
-    ),
+    f"SELECT {_SHOWN} FROM orders_as_shown WHERE id = :id"  # noqa: S608 - constants only
+    " AND (CAST(:all_desks AS boolean) OR desk_id = ANY(CAST(:desk_ids AS bigint[])))",
     OrderOut,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRead:
+    """GET /orders/{id} in one statement: who asked (the authenticating statement's row,
+    auth.authentication.Authenticated's fields) and the order they may see, if any (an
+    orders_as_shown row). No row at all when the credentials name nobody."""
+
+    caller: Mapping[str, Any]
+    found: Mapping[str, Any] | None
+
+
+# The hot read in one round trip: the function authenticates (an API key by prefix and hash,
+# else a person by a verified token's subject), switches to the application role with the
+# caller's context, and only then reads the order under row-level security.
+READ_ORDER = query(
+    "SELECT caller, found FROM tradeops_read_order("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :order_id)",
+    OrderRead,
 )
 
 

@@ -7,8 +7,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel
 
-from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, RowId, UoW
+from tradeops.db.http import TransactionalRoute, answered_in_one_statement
+from tradeops.db.uow import ConnectionSource
+from tradeops.deps import (
+    API_PREFIX,
+    CurrentPrincipal,
+    DeclaredQueryOnly,
+    RowId,
+    UoW,
+    caller_known,
+    one_statement_credential,
+    row_id,
+)
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.idempotency.http import IdempotencyKeyHeader, respond_once
 from tradeops.idempotency.service import IdempotencyKeyReused
@@ -166,7 +176,26 @@ async def get_order_by_client_order_id(
     of their desks under it (409 ambiguous-client-order-id, with `order_ids`, if several makers
     used it: list them with the `client_order_id` filter)."""
     order = await service.get_order_by_client_order_id(uow, principal, client_order_id)
+    return _order_document(order)
+
+
+def _order_document(order: OrderOut) -> Response:
+    # Serialized once, here: the model was validated when it was built.
     return Response(order.model_dump_json(), media_type="application/json", headers=_etag(order))
+
+
+async def _get_order_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """GET /orders/{id} in one round trip (issue 15): authentication, the context and the
+    read in one statement; None (the endpoint below answers) for a malformed id or no
+    credentials, whose 422 or 401 FastAPI writes as documented."""
+    order_id = row_id(request.path_params["order_id"])
+    credential = await one_statement_credential(request)
+    if order_id is None or credential is None:
+        return None
+    key_usage = request.app.state.key_usage
+    principal, found = await service.read_order(db, credential, order_id, key_usage)
+    caller_known(request, principal)
+    return _order_document(service.shown_order(principal, found, order_id))
 
 
 @router.get(
@@ -174,11 +203,10 @@ async def get_order_by_client_order_id(
     response_model=OrderOut,
     responses={**problem_responses(service.OrderNotFound), **ORDER_LINKS_200},
 )
+@answered_in_one_statement(_get_order_in_one_statement)
 async def get_order(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -> Response:
     """One order, with its status, risk status, fills and `version` (also sent as the ETag)."""
-    order = await service.get_order(uow, principal, order_id)
-    # Serialized once, here: the model was validated when it was built.
-    return Response(order.model_dump_json(), media_type="application/json", headers=_etag(order))
+    return _order_document(await service.get_order(uow, principal, order_id))
 
 
 @router.get(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import orjson
 
+from tradeops.auth.authentication import Authenticated, principal_found
+from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal, Role
-from tradeops.db.uow import UnitOfWork
+from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
 from tradeops.orders import repository as repo
@@ -203,6 +207,25 @@ async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> Ord
         repo.ORDER_BY_ID,
         {"id": order_id, "all_desks": principal.all_desks, "desk_ids": list(principal.desk_ids)},
     )
+    return shown_order(principal, order, order_id)
+
+
+async def read_order(
+    source: ConnectionSource, credential: Mapping[str, Any], order_id: int, key_usage: KeyUsage
+) -> tuple[Principal, OrderOut | None]:
+    """GET /orders/{id} in one round trip: the caller the credential (auth.authentication.
+    credential_parameters) names, 401 if none, and the order if they can see it. The
+    caller decides with shown_order, once it has routed the request (a read replica sends a
+    caller who wrote lately to the primary before any answer)."""
+    read = await one_statement(source, repo.READ_ORDER, {**credential, "order_id": order_id})
+    principal = principal_found(None if read is None else Authenticated(**read.caller), key_usage)
+    found = None if read is None or read.found is None else OrderOut(**read.found)
+    return principal, found
+
+
+def shown_order(principal: Principal, order: OrderOut | None, order_id: int) -> OrderOut:
+    """The order read for `principal`, if they may read orders and it was found."""
+    authorize(principal, Action.READ_ORDERS)
     if order is None:
         raise OrderNotFound(f"No order {order_id}.")
     return order

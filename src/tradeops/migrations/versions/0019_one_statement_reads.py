@@ -1,0 +1,175 @@
+"""one-statement reads
+
+Revision ID: 0019
+Revises: 0018
+Create Date: 2026-11-27
+
+Issue 15 item 1: a hot read costs one round trip. Until now every request was BEGIN (with its
+limits), the authenticating statement, the read, COMMIT: four round trips, three of them
+only there to carry the context. The read now travels with its authentication:
+
+- `tradeops_authenticate_key` and `tradeops_authenticate_person` are the authenticating
+  statements themselves (they were SQL in auth/authentication.py): each finds the principal
+  and, for the row it returns, switches to the application role and publishes the request
+  context, all transaction-local. Every request authenticates through them, so the rule of
+  who is who lives in one place.
+- `orders_as_shown` is an order as the API shows it (external ids, symbols, e-mails, the
+  approvals), a view with security_invoker: read as the application role, row-level security
+  applies to every table under it.
+- `tradeops_read_order` is GET /orders/{id} in one statement: it authenticates, and only for
+  a principal found (so only after the role switch and the context) reads the order, under
+  row-level security and the same desk condition as the service. No principal: no rows, and
+  nothing protected was read. Called on its own (autocommit), the statement is its
+  transaction: the context dies with it, on a pooled or PgBouncer'd connection alike.
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0019"
+down_revision: str | None = "0018"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# The context as db/uow.py CONTEXT_SETTINGS names it, for the principal found in `u`/`ctx`.
+_CONTEXT = """concat(
+        set_config('role', $3, true),
+        set_config('tradeops.user_id', u.id::text, true),
+        set_config('tradeops.role', u.role, true),
+        set_config('tradeops.desk_ids', ctx.desk_ids::text, true),
+        set_config('tradeops.all_desks', ctx.all_desks::text, true),
+        set_config('tradeops.api_key_id', COALESCE(ctx.key_id::text, ''), true),
+        set_config('tradeops.request_id', $4, true)) AS context"""
+
+# Risk and admin see every desk (auth/principal.py EVERY_DESK_ROLES).
+_EVERY_DESK = "u.role IN ('risk', 'admin')"
+
+AUTHENTICATE = f"""
+CREATE TYPE tradeops_principal AS (
+    user_id bigint, email text, role text, desk_ids bigint[], all_desks boolean,
+    key_id bigint, scopes text[], touch boolean, page_session_generation integer, context text
+);
+
+-- A person, by the id and e-mail of a verified token or a page session: desks from membership.
+-- ($1 id, $2 e-mail, $3 the application role, $4 the request id)
+CREATE FUNCTION tradeops_authenticate_person(bigint, text, text, text)
+RETURNS SETOF tradeops_principal LANGUAGE sql VOLATILE AS $$
+SELECT u.id, u.email, u.role, ctx.desk_ids, ctx.all_desks, NULL::bigint, NULL::text[], false,
+       u.page_session_generation, {_CONTEXT}
+FROM users u
+CROSS JOIN LATERAL (
+    SELECT COALESCE(array_agg(m.desk_id ORDER BY m.desk_id), '{{}}') AS desk_ids,
+           {_EVERY_DESK} AS all_desks, NULL::bigint AS key_id
+    FROM desk_members m WHERE m.user_id = u.id
+) ctx
+WHERE u.active AND u.role <> 'system' AND (u.id = $1 OR u.email = $2)
+$$;
+
+-- An API key, by prefix and hash, unrevoked and unexpired, of an active owner. Risk and
+-- admin keys see every desk unless the key names some; others see the owner's desks,
+-- narrowed to the key's. `touch`: last_used_at is over a minute old (auth/key_usage.py
+-- writes it later, on the primary: authenticating never writes).
+-- ($1 prefix, $2 hash, $3 the application role, $4 the request id)
+CREATE FUNCTION tradeops_authenticate_key(text, text, text, text)
+RETURNS SETOF tradeops_principal LANGUAGE sql VOLATILE AS $$
+SELECT u.id, u.email, u.role, ctx.desk_ids, ctx.all_desks, k.id, k.scopes,
+       k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds',
+       u.page_session_generation, {_CONTEXT}
+FROM api_keys k
+JOIN users u ON u.id = k.owner_user_id
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN {_EVERY_DESK} THEN COALESCE(k.desk_ids, '{{}}')
+                ELSE COALESCE((SELECT array_agg(m.desk_id ORDER BY m.desk_id) FROM desk_members m
+                               WHERE m.user_id = u.id
+                                 AND (k.desk_ids IS NULL OR m.desk_id = ANY(k.desk_ids))), '{{}}')
+           END AS desk_ids,
+           {_EVERY_DESK} AND k.desk_ids IS NULL AS all_desks,
+           k.id AS key_id
+) ctx
+WHERE k.prefix = $1 AND k.hash = $2 AND k.revoked_at IS NULL
+  AND (k.expires_at IS NULL OR k.expires_at > now()) AND u.active AND u.role <> 'system'
+$$;
+
+-- The login role authenticates; the application role may not (it cannot read the hashes).
+REVOKE ALL ON FUNCTION tradeops_authenticate_person(bigint, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tradeops_authenticate_key(text, text, text, text) FROM PUBLIC;
+"""  # noqa: S608 - SQL from constants only
+
+DROP_AUTHENTICATE = """
+DROP FUNCTION tradeops_authenticate_key(text, text, text, text);
+DROP FUNCTION tradeops_authenticate_person(bigint, text, text, text);
+DROP TYPE tradeops_principal;
+"""
+
+# The columns of orders.repository.order_view(), and the desk for the desk condition.
+ORDERS_AS_SHOWN = """
+CREATE VIEW orders_as_shown WITH (security_invoker = true) AS
+SELECT orders.id, orders.status, orders.risk_status, orders.risk_reasons,
+       clients.external_id AS client_id, desks.code AS desk, instruments.symbol, orders.side,
+       orders.order_type, orders.time_in_force, orders.expire_at, orders.quantity,
+       orders.price, orders.currency, orders.filled_quantity, orders.avg_fill_price,
+       orders.client_order_id, creator.email AS created_by, reviewer.email AS reviewed_by,
+       approver.email AS approved_by, orders.approvals_required,
+       (SELECT COALESCE(jsonb_agg(jsonb_build_object('approved_by', u.email,
+                'approved_at', a.approved_at, 'note', a.note) ORDER BY a.approved_at, u.email),
+                '[]')
+        FROM order_approvals a JOIN users u ON u.id = a.approved_by
+        WHERE a.order_id = orders.id) AS approvals,
+       orders.replaces, orders.replaced_by, orders.version, orders.created_at,
+       orders.updated_at, orders.desk_id
+FROM orders
+JOIN clients ON clients.id = orders.client_id
+JOIN desks ON desks.id = orders.desk_id
+JOIN instruments ON instruments.id = orders.instrument_id
+JOIN users AS creator ON creator.id = orders.created_by
+LEFT JOIN users AS reviewer ON reviewer.id = orders.reviewed_by
+LEFT JOIN users AS approver ON approver.id = orders.approved_by;
+
+GRANT SELECT ON orders_as_shown TO tradeops_app;
+"""
+
+# $1/$2 an API key's prefix and hash, or NULL and $3/$4 a person's id and e-mail; $5 the
+# application role, $6 the request id, $7 the order. One row when the credentials name a
+# principal: `caller`, and `found` (NULL when no such order is visible to it).
+READ_ORDER = """
+CREATE FUNCTION tradeops_read_order(text, text, bigint, text, text, text, bigint)
+RETURNS TABLE (caller tradeops_principal, found orders_as_shown)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    who tradeops_principal;
+BEGIN
+    IF $1 IS NOT NULL THEN
+        SELECT * INTO who FROM tradeops_authenticate_key($1, $2, $5, $6);
+    ELSE
+        SELECT * INTO who FROM tradeops_authenticate_person($3, $4, $5, $6);
+    END IF;
+    IF NOT FOUND THEN
+        RETURN;  -- no principal: nothing is read
+    END IF;
+    -- A statement of its own, after the switch: it runs as the application role, with the
+    -- principal's context, so row-level security applies to every row it reads.
+    RETURN QUERY SELECT who, (SELECT shown FROM orders_as_shown shown
+                              WHERE shown.id = $7
+                                AND (who.all_desks OR shown.desk_id = ANY(who.desk_ids)));
+END $$;
+
+REVOKE ALL ON FUNCTION tradeops_read_order(text, text, bigint, text, text, text, bigint)
+    FROM PUBLIC;
+"""
+
+DROP_READ_ORDER = """
+DROP FUNCTION tradeops_read_order(text, text, bigint, text, text, text, bigint);
+DROP VIEW orders_as_shown;
+"""
+
+
+def upgrade() -> None:
+    op.execute(AUTHENTICATE)
+    op.execute(ORDERS_AS_SHOWN)
+    op.execute(READ_ORDER)
+
+
+def downgrade() -> None:
+    op.execute(DROP_READ_ORDER)
+    op.execute(DROP_AUTHENTICATE)

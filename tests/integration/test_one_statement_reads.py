@@ -1,0 +1,133 @@
+"""Issue 15 item 1: GET /orders/{id} in one statement (migration 0019), with every security
+property of the transaction it replaced.
+
+- It shows an order exactly as a write's answer and the list do (the view orders_as_shown
+  and orders.repository.order_view() agree, approvals and all).
+- The read runs as the application role with the caller's context, and only for a caller the
+  credentials name: a bad credential reads nothing.
+- Nothing of the caller stays on the pooled connection once the statement is done.
+- The statement timeout still holds without a BEGIN to carry it: the driver cancels the
+  query on the server and the caller gets the documented 504.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.factories import SEED_ORDER, Cast, approved_order, stored_api_key
+from tradeops.app import create_app
+from tradeops.auth.keys import hash_key, parse_key
+from tradeops.db.uow import APP_ROLE
+from tradeops.settings import Settings
+
+ORDERS = "/api/v1/orders"
+READ_ORDER = "SELECT caller, found FROM tradeops_read_order($1, $2, NULL, NULL, $3, 'req', $4)"
+
+
+async def test_an_order_reads_as_its_last_change_answered_it(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """Submitted, reviewed, approved (an approval recorded): each step's answer, written by
+    order_view() in the write's RETURNING, is what the one-statement read shows next."""
+    order_id = await approved_order(client, cast, owner_engine)
+    shown = await client.get(f"{ORDERS}/{order_id}", headers=cast["trader"])
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["approvals"], "an approved order shows its approval"
+    listed = await client.get(ORDERS, headers=cast["trader"])
+    assert listed.json()["items"][0] == shown.json()
+    created = await client.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    reviewed = await client.post(f"{ORDERS}/{created.json()['id']}/review", headers=cast["trader2"])
+    assert reviewed.status_code == 200, reviewed.text
+    again = await client.get(f"{ORDERS}/{created.json()['id']}", headers=cast["trader"])
+    assert again.json() == reviewed.json()
+    assert again.headers["etag"] == reviewed.headers["etag"]
+
+
+async def test_the_read_runs_as_the_application_role_for_a_caller_found_only(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    key = await stored_api_key(owner_engine, "agent@test.bank", ["orders:read"])
+    created = await client.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    order_id = created.json()["id"]
+    prefix = parse_key(key)
+    async with owner_engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        login_role = await raw.fetchval("SELECT current_user")
+        async with raw.transaction():
+            row = await raw.fetchrow(READ_ORDER, prefix, hash_key(key), APP_ROLE, order_id)
+            assert row is not None and row["found"]["id"] == order_id
+            # The statement switched the transaction to the application role, with the
+            # key's context: what row-level security read the order under.
+            role, user_id = await raw.fetchrow(
+                "SELECT current_user, current_setting('tradeops.user_id')"
+            )
+            assert (role, int(user_id)) == (APP_ROLE, cast.ids["agent"])
+        async with raw.transaction():
+            nobody = await raw.fetch(READ_ORDER, prefix, hash_key(key + "x"), APP_ROLE, order_id)
+            assert nobody == [], "a bad credential names nobody and reads nothing"
+            assert await raw.fetchval("SELECT current_user") == login_role
+
+
+@pytest.fixture
+async def one_connection_app(
+    settings: Settings, database_url: str
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """An app whose pool holds one connection, with a short statement timeout."""
+    narrow = settings.model_copy(
+        update={"pool_size": 1, "pool_max_overflow": 0, "statement_timeout_ms": 300}
+    )
+    app = create_app(narrow, database_url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield app, http
+
+
+async def test_nothing_of_the_caller_stays_on_the_pooled_connection(
+    one_connection_app: tuple[FastAPI, httpx.AsyncClient], cast: Cast
+) -> None:
+    app, http = one_connection_app
+    created = await http.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    assert (await http.get(f"{ORDERS}/{created.json()['id']}", headers=cast["agent"])).is_success
+    async with app.state.db.acquire() as driver:  # the one connection the read used
+        left = await driver.fetchrow(
+            "SELECT current_user = $1 AS app_role, current_setting('tradeops.user_id', true)"
+            " AS user_id, current_setting('tradeops.desk_ids', true) AS desk_ids",
+            APP_ROLE,
+        )
+    assert left["app_role"] is False
+    assert not left["user_id"] and not left["desk_ids"], dict(left)
+
+
+async def test_a_read_past_the_statement_timeout_is_cancelled_and_answered_504(
+    one_connection_app: tuple[FastAPI, httpx.AsyncClient],
+    cast: Cast,
+    owner_engine: AsyncEngine,
+) -> None:
+    _, http = one_connection_app
+    created = await http.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    async with owner_engine.connect() as blocker:
+        await blocker.execute(text("BEGIN"))
+        await blocker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+        answer = await http.get(f"{ORDERS}/{created.json()['id']}", headers=cast["trader"])
+        # Cancelled on the server, not left waiting behind the lock.
+        waiting = await blocker.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%tradeops_read_order%'"
+            )
+        )
+        still_waiting = waiting.scalar_one()
+        await blocker.execute(text("ROLLBACK"))
+    assert answer.status_code == 504, answer.text
+    assert answer.json()["type"].endswith("/database-timeout")
+    assert still_waiting == 0
+    # The connection is fit for the next request.
+    again = await http.get(f"{ORDERS}/{created.json()['id']}", headers=cast["trader"])
+    assert again.status_code == 200, again.text
