@@ -118,12 +118,30 @@ async def _principal(
     return (await authenticated_session(request, bearer, api_key)).principal
 
 
-async def _uow(request: Request) -> UnitOfWork:
+async def session_of(request: Request) -> AuthenticatedSession:
+    """The request's authenticated session, authenticating now with the same schemes if no
+    dependency has yet (for `UoW`, and for an endpoint called directly)."""
     session: AuthenticatedSession | None = getattr(request.state, "session", None)
-    if session is None:  # asked for before the principal: authenticate here
+    if session is None:
         bearer, api_key = await bearer_scheme(request), await api_key_scheme(request)
         session = await authenticated_session(request, bearer, api_key)
-    return session.uow
+    return session
+
+
+async def _uow(request: Request) -> UnitOfWork:
+    return (await session_of(request)).uow
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body as FastAPI reads it for a body parameter, when it is plainly
+    JSON (`application/json`, parsed); None otherwise, for FastAPI to read and refuse."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        return None
+    try:
+        return await request.json()
+    except ValueError:  # json.JSONDecodeError, UnicodeDecodeError
+        return None
 
 
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]

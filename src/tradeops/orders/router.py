@@ -5,9 +5,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from tradeops.db.http import TransactionalRoute, answered_in_one_statement
+from tradeops.db.http import TransactionalRoute, answered_in_one_statement, called_directly
 from tradeops.db.uow import ConnectionSource
 from tradeops.deps import (
     API_PREFIX,
@@ -16,8 +16,10 @@ from tradeops.deps import (
     RowId,
     UoW,
     caller_known,
+    json_body,
     one_statement_credential,
     row_id,
+    session_of,
 )
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.idempotency.http import IdempotencyKeyHeader, respond_once
@@ -111,6 +113,25 @@ def expected_version(if_match: str | None, in_body: int | None) -> int | None:
     return int(match.group(1))
 
 
+async def _submit_order_arguments(request: Request) -> dict[str, Any] | None:
+    """POST /orders' arguments as FastAPI would give them, for a JSON body that validates."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        return None
+    try:
+        order = OrderCreate.model_validate(body)
+    except ValidationError:
+        return None
+    session = await session_of(request)
+    return {
+        "order": order,
+        "request": request,
+        "principal": session.principal,
+        "uow": session.uow,
+        "idempotency_key": request.headers.get("idempotency-key"),
+    }
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -127,6 +148,7 @@ def expected_version(if_match: str | None, in_body: int | None) -> int | None:
         },
     },
 )
+@called_directly(_submit_order_arguments)
 async def submit_order(
     order: OrderCreate,
     request: Request,
