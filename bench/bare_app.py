@@ -6,12 +6,12 @@ one SQL statement per request in autocommit. The SQL is our app's own, compiled 
 once at startup (see our_sql()). Clients and instruments are looked up once, at startup.
 
 With --same-work it does the database work our server does for the request, in the same
-round trips, and nothing else. For an order or a portfolio: a transaction, our API key
-statement (which authenticates, switches to the application role and sets the request
-context), the same statements with the key's desks, for an order the risk job deferred in the
-same transaction, commit. For GET /orders/{id}: our one statement that authenticates, sets
-the context and reads (migration 0019). That isolates what our stack (FastAPI, pydantic,
-middleware, logging, metrics) costs beyond its SQL.
+round trips, and nothing else. For a new order: a transaction, our API key statement (which
+authenticates, switches to the application role and sets the request context), the order's
+statement with the key's desks and the risk job it defers, commit. For GET /orders/{id} and
+the portfolio: our one statement that authenticates, sets the context and reads (migration
+0019). That isolates what our stack (FastAPI, pydantic, middleware, logging, metrics) costs
+beyond its SQL.
 
     BARE_DATABASE_URL=postgresql://... python bench/bare_app.py --host 127.0.0.1 --port 8001
 """
@@ -37,11 +37,13 @@ from starlette.routing import Route
 
 from tradeops.auth.authentication import AUTHENTICATE_API_KEY
 from tradeops.auth.keys import hash_key, parse_key
+from tradeops.db.prepared import Prepared
 from tradeops.db.uow import APP_ROLE
-from tradeops.jobs.defer import CHECK_ORDER_RISK, DEFER_JOB, RISK_QUEUE
+from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
 from tradeops.orders import repository as orders_repository
 from tradeops.orders.repository import CREATED_FIELDS
 from tradeops.orders.schemas import OrderOut
+from tradeops.positions import repository as positions_repository
 
 # Our engine: pool_size=10 + max_overflow=10, i.e. 10 kept and up to 20 under load
 # (run.py passes our Settings' values).
@@ -86,6 +88,7 @@ def our_portfolio_sql() -> str:
 
 INSERT_ORDER, INSERT_PARAMETERS, SELECT_ORDER = our_sql()
 READ_ORDER = orders_repository.READ_ORDER.prepared
+READ_PORTFOLIO = positions_repository.READ_PORTFOLIO.prepared
 ORDER_FIELDS = tuple(OrderOut.model_fields)
 SELECT_PORTFOLIO = our_portfolio_sql()
 KNOWN_PARAMETERS = {  # the ones create_order() fills
@@ -107,6 +110,9 @@ KNOWN_PARAMETERS = {  # the ones create_order() fills
     "event_type",
     "payload",
     "action",
+    "expire_at",
+    "risk_queue",
+    "risk_task",
 }
 if unknown := set(INSERT_PARAMETERS) - KNOWN_PARAMETERS:
     raise RuntimeError(f"SUBMIT_ORDER has new parameters {unknown}: teach create_order() them")
@@ -217,33 +223,13 @@ class NotAuthenticated(Exception):
 
 
 async def read(request: Request, method: str, sql: str, key: Any) -> Any:
-    """`sql` for one order or client, by `method` (fetchrow, fetchval): for all desks in
-    autocommit, or with --same-work in a transaction, for the bearer key's desks."""
-    if not request.app.state.same_work:
-        return await getattr(request.app.state.pool, method)(sql, key, True, [])
-    async with request.app.state.pool.acquire() as connection, connection.transaction():
-        principal = await principal_of(request, connection, uuid.uuid4().hex)
-        if principal is None:
-            raise NotAuthenticated
-        run = getattr(connection, method)
-        return await run(sql, key, principal["all_desks"], principal["desk_ids"])
+    """`sql` for one order or client, by `method` (fetchrow, fetchval), for all desks, in
+    autocommit (the bare peer)."""
+    return await getattr(request.app.state.pool, method)(sql, key, True, [])
 
 
 async def not_authenticated(request: Request, error: Exception) -> Response:
     return problem(401, "Not authenticated.")
-
-
-async def defer_risk_check(connection: asyncpg.Connection, order_id: int) -> None:
-    """--same-work: our risk check job for the new order, in the order's transaction."""
-    parameters = {
-        "queue": RISK_QUEUE,
-        "task_name": CHECK_ORDER_RISK,
-        "priority": 0,
-        "lock": f"order:{order_id}",
-        "queueing_lock": None,
-        "args": orjson.dumps({"order_id": order_id}).decode(),
-    }
-    await connection.fetchval(DEFER_JOB.prepared.sql, *DEFER_JOB.prepared.arguments(parameters))
 
 
 async def create_order(request: Request) -> Response:
@@ -282,6 +268,10 @@ async def create_order(request: Request) -> Response:
         "event_type": "CREATED",
         "payload": orjson.dumps({"request_id": request_id}).decode(),
         "action": "order.created",
+        "expire_at": None,
+        # As ours, the order's statement defers its risk check job (orders/service.py).
+        "risk_queue": RISK_QUEUE,
+        "risk_task": CHECK_ORDER_RISK,
     }
     created_by = SYSTEM_EMAIL
     if not request.app.state.same_work:
@@ -304,8 +294,6 @@ async def create_order(request: Request) -> Response:
             row = await connection.fetchrow(
                 INSERT_ORDER, *[parameters[name] for name in INSERT_PARAMETERS]
             )
-            if row is not None and row["id"] is not None:
-                await defer_risk_check(connection, row["id"])
     if row is None or row["id"] is None:
         return problem(409, f"client_order_id {client_order_id} was already used.")
     order = {
@@ -329,9 +317,9 @@ async def create_order(request: Request) -> Response:
     return json_response(order, 201, headers)
 
 
-async def read_order_as_we_do(request: Request, order_id: int) -> asyncpg.Record | None:
-    """--same-work: our GET /orders/{id} statement, which authenticates the bearer key, sets
-    the context and reads the order, in one round trip (autocommit)."""
+async def read_as_we_do(request: Request, statement: Prepared, **wanted: Any) -> asyncpg.Record:
+    """--same-work: one of our one-statement reads (migration 0019), which authenticates the
+    bearer key, sets the context and reads, in one round trip (autocommit)."""
     credential = request.headers.get("authorization", "").removeprefix("Bearer ")
     prefix = parse_key(credential)
     if prefix is None:
@@ -343,19 +331,18 @@ async def read_order_as_we_do(request: Request, order_id: int) -> asyncpg.Record
         "email": None,
         "app_role": APP_ROLE,
         "request_id": uuid.uuid4().hex,
-        "order_id": order_id,
+        **wanted,
     }
-    read = await request.app.state.pool.fetchrow(READ_ORDER.sql, *READ_ORDER.arguments(parameters))
+    read = await request.app.state.pool.fetchrow(statement.sql, *statement.arguments(parameters))
     if read is None:
         raise NotAuthenticated
-    found: asyncpg.Record | None = read["found"]
-    return found
+    return read
 
 
 async def get_order(request: Request) -> Response:
     order_id: int = request.path_params["order_id"]
     if request.app.state.same_work:
-        row = await read_order_as_we_do(request, order_id)
+        row = (await read_as_we_do(request, READ_ORDER, order_id=order_id))["found"]
     else:
         row = await read(request, "fetchrow", SELECT_ORDER, order_id)
     if row is None:
@@ -366,7 +353,11 @@ async def get_order(request: Request) -> Response:
 
 async def get_portfolio(request: Request) -> Response:
     client_id: str = request.path_params["client_id"]
-    document = await read(request, "fetchval", SELECT_PORTFOLIO, client_id)
+    if request.app.state.same_work:
+        ours = await read_as_we_do(request, READ_PORTFOLIO, client_id=client_id)
+        document = ours["document"]
+    else:
+        document = await read(request, "fetchval", SELECT_PORTFOLIO, client_id)
     if document is None:
         return problem(404, f"No client {client_id}.")
     return Response(document, media_type="application/json")

@@ -108,7 +108,7 @@ EXPECTED = {
     "POST /orders/{id}/review": 5,  # BEGIN; authenticate; lock; transition, answering; COMMIT
     # BEGIN; authenticate; lock; the approval (distinct approvers); transition; COMMIT
     "POST /orders/{id}/approve": 6,
-    "GET /clients/{id}/portfolio": 4,  # BEGIN; authenticate; document; COMMIT
+    "GET /clients/{id}/portfolio": 1,  # one statement: authenticate, the document (0019)
     "POST /market-data/snapshots": 5,  # BEGIN; authenticate; upsert; audit event; COMMIT
     "GET /health/ready": 1,  # one statement: writable, schema head
     # A retried submission: the key it could not reserve is read instead of the order made.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, select, text, tuple_
+from sqlalchemy import Select, select, tuple_
 
 from tradeops.audit.repository import append_audit
 from tradeops.auth.principal import Principal
@@ -207,88 +208,36 @@ def filtered_positions(
     return statement.order_by(positions.c.client_id, positions.c.instrument_id).limit(limit)
 
 
-def _amounts(*columns: str) -> str:
-    """Decimals as the API writes them, strings without trailing zeros ("50", never
-    "50.000000"), each under its own name."""
-    return ", ".join(f"trim_scale({column})::text AS {column}" for column in columns)
-
-
-def _json_array(rows: str, order_by: str) -> str:
-    """The text of the rows of the query `rows` as one compact JSON array ordered by
-    `order_by`, `[]` when there are none. row_to_json writes each row without spaces, as
-    orjson writes every other response; json_agg would put ", " and a newline between rows."""
-    return (
-        "COALESCE((SELECT '[' || string_agg(row_to_json(shown)::text, ','"  # noqa: S608 - constants
-        f" ORDER BY shown.{order_by}) || ']' FROM ({rows}) AS shown), '[]')"
-    )
-
-
-def _utc(expression: str) -> str:
-    return f"""to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-
-
-_PORTFOLIO_POSITIONS = (
-    "SELECT symbol, currency,"  # noqa: S608 - SQL from constants only
-    f" {_amounts('quantity', 'avg_cost', 'cost_basis')}, last_price IS NOT NULL AS priced,"
-    f" {_amounts('last_price')}, {_utc('price_as_of')} AS price_as_of,"
-    f" {_amounts('market_value', 'unrealized_pnl', 'realized_pnl')}"
-    " FROM valued"
-)
-_PORTFOLIO_TOTALS = (
-    "SELECT currency, positions, unpriced_positions,"  # noqa: S608 - SQL from constants only
-    f" {_amounts('market_value', 'cost_basis', 'unrealized_pnl', 'realized_pnl')}"
-    " FROM totals"
-)
-
-
 # GET /clients/{id}/portfolio: one statement that answers the whole JSON document, so the
-# hot read costs one round trip and no per-position work in Python (500 positions: bench/).
-# Each position is valued at the latest price of its instrument (the first entry of the
-# (instrument_id, as_of DESC) index); exact numeric arithmetic throughout. Totals are per
-# currency; their market value and unrealized P&L are null when an open position of that
-# currency has no price, rather than a partial sum. No row: no such client for this caller.
-# Rows become JSON objects whole (row_to_json), measured faster than building each object
-# key by key, and compact like every other response (json_build_object writes " : ").
+# hot read costs no per-position work in Python (500 positions: bench/). The document is the
+# SQL function tradeops_portfolio_document (migration 0019), which the one-statement read
+# (tradeops_read_portfolio) calls too: each position valued at the latest price of its
+# instrument, exact numeric arithmetic throughout, totals per currency (their market value
+# and unrealized P&L null when an open position of that currency has no price, rather than
+# a partial sum). NULL: no such client for this caller.
 @dataclass(frozen=True, slots=True)
 class Portfolio:
-    document: str  # the JSON of schemas.Portfolio
+    document: str | None  # the JSON of schemas.Portfolio
 
 
 PORTFOLIO = query(
-    text(
-        "WITH client AS ("  # noqa: S608 - SQL from constants only
-        " SELECT c.id, c.external_id, d.code AS desk FROM clients c"
-        " JOIN desks d ON d.id = c.desk_id"
-        " WHERE c.external_id = :client_id"
-        "  AND (CAST(:all_desks AS boolean) OR c.desk_id = ANY(CAST(:desk_ids AS bigint[])))),"
-        " held AS ("
-        " SELECT i.symbol, i.currency, p.quantity, p.avg_cost, p.cost_basis, p.realized_pnl,"
-        "  s.price AS last_price, s.as_of AS price_as_of,"
-        # A flat position is worth nothing, priced or not.
-        "  CASE WHEN p.quantity = 0 THEN 0 ELSE p.quantity * s.price END AS market_value"
-        " FROM client JOIN positions p ON p.client_id = client.id"
-        " JOIN instruments i ON i.id = p.instrument_id"
-        " LEFT JOIN LATERAL (SELECT m.price, m.as_of FROM market_snapshots m"
-        "  WHERE m.instrument_id = p.instrument_id ORDER BY m.as_of DESC, m.id DESC LIMIT 1) s"
-        "  ON true),"
-        " valued AS (SELECT held.*, market_value - cost_basis AS unrealized_pnl FROM held),"
-        " totals AS ("
-        " SELECT currency, count(*) AS positions,"
-        "  count(*) FILTER (WHERE market_value IS NULL) AS unpriced_positions,"
-        "  CASE WHEN bool_and(market_value IS NOT NULL) THEN sum(market_value) END AS market_value,"
-        "  sum(cost_basis) AS cost_basis,"
-        "  CASE WHEN bool_and(unrealized_pnl IS NOT NULL) THEN sum(unrealized_pnl) END"
-        "   AS unrealized_pnl,"
-        "  sum(realized_pnl) AS realized_pnl"
-        " FROM valued GROUP BY currency)"
-        # The document's own keys are joined as text: a cast of the arrays to json would
-        # parse them again (measured on 500 positions: about a third slower).
-        " SELECT '{\"client_id\":' || to_json(client.external_id)::text"
-        "  || ',\"desk\":' || to_json(client.desk)::text"
-        f"  || ',\"as_of\":' || to_json({_utc('now()')})::text"
-        f"  || ',\"positions\":' || {_json_array(_PORTFOLIO_POSITIONS, 'symbol')}"
-        f"  || ',\"totals\":' || {_json_array(_PORTFOLIO_TOTALS, 'currency')} || '}}'"
-        " AS document FROM client"
-    ),
+    "SELECT tradeops_portfolio_document(:client_id, :all_desks, :desk_ids) AS document",
     Portfolio,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioRead:
+    """GET /clients/{id}/portfolio in one statement: who asked (auth.authentication.
+    Authenticated's fields) and the document, if they may see the client. No row at all when
+    the credentials name nobody."""
+
+    caller: Mapping[str, Any]
+    document: str | None
+
+
+READ_PORTFOLIO = query(
+    "SELECT caller, document FROM tradeops_read_portfolio("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :client_id)",
+    PortfolioRead,
 )

@@ -6,8 +6,16 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import AwareDatetime
 
 from tradeops.clients.service import ClientNotFound
-from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, UoW
+from tradeops.db.http import TransactionalRoute, answered_in_one_statement
+from tradeops.db.uow import ConnectionSource
+from tradeops.deps import (
+    API_PREFIX,
+    CurrentPrincipal,
+    DeclaredQueryOnly,
+    UoW,
+    caller_known,
+    one_statement_credential,
+)
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.positions import service
 from tradeops.positions.schemas import Portfolio, PositionPage
@@ -76,11 +84,29 @@ async def list_positions(
     )
 
 
+async def _portfolio_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """GET /clients/{id}/portfolio in one round trip (issue 15); None without credentials,
+    for the endpoint below to answer its documented 401."""
+    credential = await one_statement_credential(request)
+    if credential is None:
+        return None
+    client_id = request.path_params["client_id"]
+    key_usage = request.app.state.key_usage
+    principal, document = await service.read_portfolio(db, credential, client_id, key_usage)
+    caller_known(request, principal)
+    return _portfolio_document(service.shown_portfolio(principal, document, client_id))
+
+
+def _portfolio_document(document: str) -> Response:
+    return Response(document, media_type="application/json")
+
+
 @router.get(
     "/clients/{client_id}/portfolio",
     response_model=Portfolio,
     responses=problem_responses(ClientNotFound, Forbidden),
 )
+@answered_in_one_statement(_portfolio_in_one_statement)
 async def client_portfolio(client_id: str, principal: CurrentPrincipal, uow: UoW) -> Response:
     """A client's portfolio valued now: every position (flat ones too, for their realized
     P&L) with quantity, average cost, cost basis, the instrument's latest market price,
@@ -93,5 +119,4 @@ async def client_portfolio(client_id: str, principal: CurrentPrincipal, uow: UoW
     (never a partial sum) and `unpriced_positions` counts it. Clients of desks you do not
     cover are not found (404). API keys need the scope `positions:read`.
     """
-    document = await service.portfolio_json(uow, principal, client_id)
-    return Response(document, media_type="application/json")
+    return _portfolio_document(await service.portfolio_json(uow, principal, client_id))

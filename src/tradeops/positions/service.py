@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from itertools import groupby
+from typing import Any
 
+from tradeops.auth.authentication import Authenticated, principal_found
+from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
 from tradeops.clients.service import ClientNotFound
-from tradeops.db.uow import UnitOfWork
+from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
 from tradeops.pagination import decode_cursor, encode_cursor
 from tradeops.positions import repository as repo
 from tradeops.positions.accounting import FLAT, Holding, apply_fill, signed_quantity
@@ -209,6 +213,22 @@ async def portfolio_json(uow: UnitOfWork, principal: Principal, client_id: str) 
             "desk_ids": list(principal.desk_ids),
         },
     )
-    if portfolio is None:
+    return shown_portfolio(principal, None if portfolio is None else portfolio.document, client_id)
+
+
+async def read_portfolio(
+    source: ConnectionSource, credential: Mapping[str, Any], client_id: str, key_usage: KeyUsage
+) -> tuple[Principal, str | None]:
+    """GET /clients/{id}/portfolio in one round trip: the caller the credential names (401 if
+    none) and the document if they can see the client; decided with shown_portfolio."""
+    read = await one_statement(source, repo.READ_PORTFOLIO, {**credential, "client_id": client_id})
+    principal = principal_found(None if read is None else Authenticated(**read.caller), key_usage)
+    return principal, None if read is None else read.document
+
+
+def shown_portfolio(principal: Principal, document: str | None, client_id: str) -> str:
+    """The portfolio read for `principal`, if they may read positions and it was found."""
+    authorize(principal, Action.READ_POSITIONS)
+    if document is None:
         raise ClientNotFound(f"No client {client_id}.")
-    return portfolio.document
+    return document

@@ -163,13 +163,121 @@ DROP FUNCTION tradeops_read_order(text, text, bigint, text, text, text, bigint);
 DROP VIEW orders_as_shown;
 """
 
+# GET /clients/{id}/portfolio's document, as positions.repository.PORTFOLIO built it until
+# now (its SQL moved here whole, so both the transaction's read and the one statement use
+# this one): the whole JSON document in one statement, NULL for a client the desks given do
+# not cover. PL/pgSQL, so its plan is kept per connection (a SQL function's is made anew on
+# every call). Arguments named apart from every column.
+PORTFOLIO_DOCUMENT = """
+CREATE FUNCTION tradeops_portfolio_document(
+    client_external_id text, every_desk boolean, desk_list bigint[]
+) RETURNS text LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        WITH client AS (
+            SELECT c.id, c.external_id, d.code AS desk
+            FROM clients c JOIN desks d ON d.id = c.desk_id
+            WHERE c.external_id = client_external_id
+              AND (every_desk OR c.desk_id = ANY(desk_list))),
+        held AS (
+            SELECT i.symbol, i.currency, p.quantity, p.avg_cost, p.cost_basis, p.realized_pnl,
+                   s.price AS last_price, s.as_of AS price_as_of,
+                   -- A flat position is worth nothing, priced or not.
+                   CASE WHEN p.quantity = 0 THEN 0 ELSE p.quantity * s.price END AS market_value
+            FROM client JOIN positions p ON p.client_id = client.id
+            JOIN instruments i ON i.id = p.instrument_id
+            LEFT JOIN LATERAL (
+                SELECT m.price, m.as_of FROM market_snapshots m
+                WHERE m.instrument_id = p.instrument_id ORDER BY m.as_of DESC, m.id DESC LIMIT 1
+            ) s ON true),
+        valued AS (SELECT held.*, market_value - cost_basis AS unrealized_pnl FROM held),
+        totals AS (
+            SELECT currency, count(*) AS positions,
+                   count(*) FILTER (WHERE market_value IS NULL) AS unpriced_positions,
+                   CASE WHEN bool_and(market_value IS NOT NULL) THEN sum(market_value) END
+                       AS market_value,
+                   sum(cost_basis) AS cost_basis,
+                   CASE WHEN bool_and(unrealized_pnl IS NOT NULL) THEN sum(unrealized_pnl) END
+                       AS unrealized_pnl,
+                   sum(realized_pnl) AS realized_pnl
+            FROM valued GROUP BY currency)
+        -- Rows become JSON objects whole (row_to_json), compact like every other response;
+        -- the document's own keys are joined as text (a cast of the arrays to json would
+        -- parse them again). Amounts are decimal strings without trailing zeros, times UTC.
+        SELECT '{"client_id":' || to_json(client.external_id)::text
+            || ',"desk":' || to_json(client.desk)::text
+            || ',"as_of":'
+            || to_json(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text
+            || ',"positions":' || COALESCE((
+                SELECT '[' || string_agg(row_to_json(shown)::text, ',' ORDER BY shown.symbol)
+                    || ']'
+                FROM (SELECT symbol, currency, trim_scale(quantity)::text AS quantity,
+                             trim_scale(avg_cost)::text AS avg_cost,
+                             trim_scale(cost_basis)::text AS cost_basis,
+                             last_price IS NOT NULL AS priced,
+                             trim_scale(last_price)::text AS last_price,
+                             to_char(price_as_of AT TIME ZONE 'UTC',
+                                     'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS price_as_of,
+                             trim_scale(market_value)::text AS market_value,
+                             trim_scale(unrealized_pnl)::text AS unrealized_pnl,
+                             trim_scale(realized_pnl)::text AS realized_pnl
+                      FROM valued) AS shown), '[]')
+            || ',"totals":' || COALESCE((
+                SELECT '[' || string_agg(row_to_json(shown)::text, ',' ORDER BY shown.currency)
+                    || ']'
+                FROM (SELECT currency, positions, unpriced_positions,
+                             trim_scale(market_value)::text AS market_value,
+                             trim_scale(cost_basis)::text AS cost_basis,
+                             trim_scale(unrealized_pnl)::text AS unrealized_pnl,
+                             trim_scale(realized_pnl)::text AS realized_pnl
+                      FROM totals) AS shown), '[]')
+            || '}'
+        FROM client
+    );
+END $$;
+"""
+
+# $1..$6 as tradeops_read_order's; $7 the client's external id. One row when the credentials
+# name a principal: `caller`, and the portfolio's `document` (NULL when no such client is
+# visible to it).
+READ_PORTFOLIO = """
+CREATE FUNCTION tradeops_read_portfolio(text, text, bigint, text, text, text, text)
+RETURNS TABLE (caller tradeops_principal, document text)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    who tradeops_principal;
+BEGIN
+    IF $1 IS NOT NULL THEN
+        SELECT * INTO who FROM tradeops_authenticate_key($1, $2, $5, $6);
+    ELSE
+        SELECT * INTO who FROM tradeops_authenticate_person($3, $4, $5, $6);
+    END IF;
+    IF NOT FOUND THEN
+        RETURN;  -- no principal: nothing is read
+    END IF;
+    -- After the switch, as tradeops_read_order: row-level security applies.
+    RETURN QUERY SELECT who, tradeops_portfolio_document($7, who.all_desks, who.desk_ids);
+END $$;
+
+REVOKE ALL ON FUNCTION tradeops_read_portfolio(text, text, bigint, text, text, text, text)
+    FROM PUBLIC;
+"""
+
+DROP_READ_PORTFOLIO = """
+DROP FUNCTION tradeops_read_portfolio(text, text, bigint, text, text, text, text);
+DROP FUNCTION tradeops_portfolio_document(text, boolean, bigint[]);
+"""
+
 
 def upgrade() -> None:
     op.execute(AUTHENTICATE)
     op.execute(ORDERS_AS_SHOWN)
     op.execute(READ_ORDER)
+    op.execute(PORTFOLIO_DOCUMENT)
+    op.execute(READ_PORTFOLIO)
 
 
 def downgrade() -> None:
+    op.execute(DROP_READ_PORTFOLIO)
     op.execute(DROP_READ_ORDER)
     op.execute(DROP_AUTHENTICATE)
