@@ -19,9 +19,9 @@ from tradeops.auth.router import router as auth_router
 from tradeops.auth.router import sign_in_router
 from tradeops.auth.tokens import TokenService
 from tradeops.clients.router import router as clients_router
-from tradeops.db.migrate import head_revision
 from tradeops.db.pool import Database
 from tradeops.db.replicas import ReadReplica
+from tradeops.db.revisions import head_revision
 from tradeops.desks.router import router as desks_router
 from tradeops.executions.router import router as executions_router
 from tradeops.header_limits import HeaderSizeLimitMiddleware
