@@ -510,10 +510,16 @@ def run_scaling(
     load: WrkSettings,
     workers: int,
     one_worker: dict[str, RunResult],
+    stop_servers: Callable[[], None],
 ) -> dict[str, Any]:
     """GET /orders/{id} and POST /orders against ours started again with `workers` workers,
     at the load's connections, against the 1-worker figures of the main run (measured here
-    first, against the running 1-worker server, for a scenario --only left out)."""
+    first, against the running 1-worker server, for a scenario --only left out).
+
+    The other servers are stopped first (`stop_servers`): their idle pools hold connections
+    (20 each, seed 000's up to 30) that N workers' pools (20 each) need under PostgreSQL's
+    max_connections (100 by default; with them, POST /orders got 503s), and their idle CPU
+    would be noise."""
     ours, database = target
     scenarios = [s for s in SCENARIOS if s.name in SCALING_SCENARIOS]
     one = dict(one_worker)
@@ -521,6 +527,7 @@ def run_scaling(
         if scenario.name not in one:
             extra_env = scenario.setup(ours) if scenario.setup else {}
             one[scenario.name] = measure(wrk, target, scenario, extra_env, load, "ours")
+    stop_servers()
     many: dict[str, RunResult] = {}
     with our_server(url, workers) as server:
         for scenario in scenarios:
@@ -1117,7 +1124,8 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         server_url, url = stack.enter_context(bench_database())
         pg_version = postgres_version(server_url)
-        servers = start_servers(stack, url, pool_min, pool_max)
+        servers_stack = stack.enter_context(ExitStack())  # closed before the scaling step
+        servers = start_servers(servers_stack, url, pool_min, pool_max)
         database = DatabaseCpu(libpq_url(url))
         rows = [
             run_scenario(wrk, servers, database, scenario, (load, light)) for scenario in scenarios
@@ -1125,13 +1133,15 @@ def run(args: argparse.Namespace) -> int:
         if not args.only or BULK_STEP in args.only:
             steps[BULK_STEP] = time_bulk_snapshots(servers["ours"])
             checks[BULK_STEP] = bulk_check(steps[BULK_STEP])
+        rss = {key: rss_mb(server.process.pid) for key, server in servers.items()}
+        checks["rss_per_worker"] = rss_check(rss["ours"])
         if args.workers > 1 and (not args.only or SCALING_STEP in args.only):
             one_worker = {row["name"]: RunResult(**row["ours"]) for row in rows}
             target = (servers["ours"], database)
-            scaling = run_scaling(wrk, target, url, load, args.workers, one_worker)
+            scaling = run_scaling(
+                wrk, target, url, load, args.workers, one_worker, servers_stack.close
+            )
             checks["workers_scaling"] = scaling_check(scaling)
-        rss = {key: rss_mb(server.process.pid) for key, server in servers.items()}
-        checks["rss_per_worker"] = rss_check(rss["ours"])
 
     report: dict[str, Any] = {
         "date": started.date().isoformat(),
@@ -1151,7 +1161,7 @@ def run(args: argparse.Namespace) -> int:
         "scenarios": {row["name"]: {k: v for k, v in row.items() if k != "name"} for row in rows},
         "steps": steps,  # timed against ours only, sequentially
         "scaling": scaling,  # ours with --workers N against 1 worker (empty when skipped)
-        "rss_mb_after": rss,  # each server's processes, by pid, once the bench is done
+        "rss_mb_after": rss,  # each server's processes, by pid, before the scaling step
         "checks": checks,  # the targets outside the scenarios
     }
     report["wrk"]["version"] = wrk_version(wrk)
