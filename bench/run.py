@@ -5,8 +5,9 @@
 
 Starts (or uses) PostgreSQL, a fresh migrated database with the demo reference data, our
 server and the peers (bench/bare_app.py, bench/peers/seed000), then runs every scenario with
-wrk against ours and then each peer, checks the issues' targets and writes
-bench/results/<date>.json and a chart of it next to it (.png). See bench/README.md.
+wrk against ours and then each peer, starts ours again with --workers N for the scaling step,
+checks the issues' targets and writes bench/results/<date>.json and a chart of it next to it
+(.png). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import http.client
 import json
 import operator
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -450,6 +452,123 @@ def time_bulk_snapshots(server: Server) -> dict[str, Any]:
     return result
 
 
+# --- scaling: ours with several workers (issue 15) ------------------------------------------
+
+SCALING_STEP = "scaling"
+SCALING_SCENARIOS = ("get_order", "post_order")  # by name, from SCENARIOS
+SCALING_NOISE = 0.15  # the noise band: N workers pass at >= 85% of the expected req/s
+
+
+def expected_rps(one: RunResult, many: RunResult, workers: int) -> dict[str, Any]:
+    """The req/s N workers should reach on this machine, from what one worker did.
+
+    One worker is one Python process: at most one core's worth of requests. N workers could
+    do N times that if each had a core, but every request also costs PostgreSQL's CPU and
+    wrk's, on the same cores (2 here). Once the cores are full, req/s = free cores / CPU per
+    request, however many workers there are. So
+
+        expected = min(N * r1, (cores - others) * 1000 / (app + PG + wrk ms per request))
+
+    r1 and the CPU ms per request are the 1-worker run's (what a request costs; if N workers
+    make it cost more, that is a scaling loss the check should show, not excuse). `others`
+    is the cores' worth the rest of the machine took during the N-worker run (other
+    processes, the idle peers, steal), so a busy machine lowers the bound instead of failing
+    the check. PostgreSQL counts when it runs here (otherwise it takes none of these cores).
+    """
+    cores = len(os.sched_getaffinity(0))
+    cost_ms = (
+        (one.cpu_ms_per_request or 0.0)
+        + (one.db_cpu_ms_per_request or 0.0)
+        + (one.wrk_cpu_ms_per_request or 0.0)
+    )
+    free_cores = max(cores - (many.other_cores or 0.0), 0.0)
+    if_workers = workers * one.rps
+    if_cores = free_cores * 1000 / cost_ms if cost_ms else if_workers
+    expected = min(if_workers, if_cores)
+    share = many.rps / expected if expected else 0.0
+    return {
+        "cores": cores,
+        "free_cores": round(free_cores, 2),
+        "cpu_ms_per_request_1_worker": round(cost_ms, 3),
+        "expected_if_workers_rps": round(if_workers, 1),
+        "expected_if_cores_rps": round(if_cores, 1),
+        "expected_rps": round(expected, 1),
+        "bound_by": "workers" if if_workers <= if_cores else "cores",
+        "measured_over_expected": round(share, 3),
+        "result": "PASS" if share >= 1 - SCALING_NOISE else "FAIL",
+    }
+
+
+def worker_run(run: RunResult, workers: int) -> dict[str, Any]:
+    return {"workers": workers, **asdict(run), "rps_per_worker": round(run.rps / workers, 1)}
+
+
+def run_scaling(
+    wrk: str,
+    target: tuple[Server, DatabaseCpu],
+    url: str,
+    load: WrkSettings,
+    workers: int,
+    one_worker: dict[str, RunResult],
+    stop_servers: Callable[[], None],
+) -> dict[str, Any]:
+    """GET /orders/{id} and POST /orders against ours started again with `workers` workers,
+    at the load's connections, against the 1-worker figures of the main run (measured here
+    first, against the running 1-worker server, for a scenario --only left out).
+
+    The other servers are stopped first (`stop_servers`): their idle pools hold connections
+    (20 each, seed 000's up to 30) that N workers' pools (20 each) need under PostgreSQL's
+    max_connections (100 by default; with them, POST /orders got 503s), and their idle CPU
+    would be noise."""
+    ours, database = target
+    scenarios = [s for s in SCENARIOS if s.name in SCALING_SCENARIOS]
+    one = dict(one_worker)
+    for scenario in scenarios:
+        if scenario.name not in one:
+            extra_env = scenario.setup(ours) if scenario.setup else {}
+            one[scenario.name] = measure(wrk, target, scenario, extra_env, load, "ours")
+    stop_servers()
+    many: dict[str, RunResult] = {}
+    with our_server(url, workers) as server:
+        for scenario in scenarios:
+            extra_env = scenario.setup(server) if scenario.setup else {}
+            label = f"ours {workers}w"
+            many[scenario.name] = measure(wrk, (server, database), scenario, extra_env, load, label)
+        rss = rss_mb(server.process.pid)
+    rows = {}
+    for scenario in scenarios:
+        before, after = one[scenario.name], many[scenario.name]
+        rows[scenario.name] = {
+            "one_worker": worker_run(before, 1),
+            "n_workers": worker_run(after, workers),
+            "ratio_rps": round(after.rps / before.rps, 3) if before.rps else 0.0,
+            **expected_rps(before, after, workers),
+        }
+        if before.errors or after.errors:
+            rows[scenario.name]["result"] = "ERRORS"
+    return {
+        "workers": workers,
+        "connections": load.connections,
+        "noise_band": SCALING_NOISE,
+        "scenarios": rows,
+        "rss_mb_n_workers": rss,  # each process of the N-worker server, by pid, at its end
+    }
+
+
+def scaling_check(scaling: dict[str, Any]) -> dict[str, Any]:
+    """The worst scenario's measured / expected req/s; ERRORS when any of its runs had one."""
+    name, worst = min(scaling["scenarios"].items(), key=lambda i: i[1]["measured_over_expected"])
+    results = {row["result"] for row in scaling["scenarios"].values()}
+    result = "ERRORS" if "ERRORS" in results else "FAIL" if "FAIL" in results else "PASS"
+    return {
+        "target": f"{scaling['workers']} workers req/s / expected (worst: {name})",
+        "value": worst["measured_over_expected"],
+        "comparison": ">=",
+        "bound": 1 - SCALING_NOISE,
+        "result": result,
+    }
+
+
 # --- wrk -----------------------------------------------------------------------------------
 
 
@@ -475,6 +594,11 @@ class RunResult:
     # bench database's PostgreSQL backends (None when PostgreSQL runs on another machine).
     cpu_ms_per_request: float | None = None
     db_cpu_ms_per_request: float | None = None
+    # wrk's own CPU per request (its threads, from the rusage of the child reaped), and the
+    # cores' worth of CPU the rest of the machine took meanwhile (other processes, the idle
+    # servers, a hypervisor's steal): what the scaling step's expectation is built from.
+    wrk_cpu_ms_per_request: float | None = None
+    other_cores: float | None = None
 
 
 def ensure_wrk() -> str:
@@ -559,17 +683,30 @@ def measure(
     if settings.warmup_s > 0:
         run_wrk(wrk, server, scenario, extra_env, settings, settings.warmup_s)
     cpu_before, db_before = cpu_seconds(server.process.pid), database.snapshot()
+    wrk_before, machine_before, started = wrk_cpu_seconds(), machine_cpu_seconds(), time.monotonic()
     result = run_wrk(wrk, server, scenario, extra_env, settings, settings.duration_s)
+    elapsed = time.monotonic() - started
+    machine_used = machine_cpu_seconds() - machine_before
+    wrk_used = wrk_cpu_seconds() - wrk_before
     requests = max(result.requests, 1)
-    cpu_ms = (cpu_seconds(server.process.pid) - cpu_before) * 1000 / requests
+    app_used = cpu_seconds(server.process.pid) - cpu_before
+    cpu_ms = app_used * 1000 / requests
     db_seconds = database.used_since(db_before)
     db_ms = None if db_seconds is None else round(db_seconds * 1000 / requests, 3)
-    result = replace(result, cpu_ms_per_request=round(cpu_ms, 3), db_cpu_ms_per_request=db_ms)
+    others = machine_used - app_used - (db_seconds or 0.0) - wrk_used
+    result = replace(
+        result,
+        cpu_ms_per_request=round(cpu_ms, 3),
+        db_cpu_ms_per_request=db_ms,
+        wrk_cpu_ms_per_request=round(wrk_used * 1000 / requests, 3),
+        other_cores=round(max(others, 0.0) / elapsed, 2),
+    )
     note = f"  [red]{result.errors} errors {result.errors_by_kind}[/red]" if result.errors else ""
     console.print(
         f"{scenario.name:<13} {label:<10} {settings.connections:>3} conn {result.rps:>9.1f} req/s"
         f"  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
-        f"  cpu {cpu_ms:.2f} ms/req (PostgreSQL {db_ms if db_ms is not None else '?'}){note}"
+        f"  cpu {cpu_ms:.2f} ms/req (PostgreSQL {db_ms if db_ms is not None else '?'},"
+        f" wrk {result.wrk_cpu_ms_per_request:.2f}; others {result.other_cores:.2f} cores){note}"
     )
     return result
 
@@ -603,6 +740,28 @@ def process_cpu(pid: int) -> float | None:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU the server's processes have used so far."""
     return sum(process_cpu(process) or 0.0 for process in process_tree(pid))
+
+
+def wrk_cpu_seconds() -> float:
+    """User + system CPU of this process's children reaped so far. Only wrk is reaped while a
+    run is measured (the servers live on), so the difference across a run is wrk's."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# A core's line in /proc/stat: cpuN user nice system idle iowait irq softirq steal ...
+# Busy is everything but idle and iowait; steal counts too: a hypervisor's other guests had
+# the core. (Guest time is already inside user.)
+BUSY_FIELDS = (1, 2, 3, 6, 7, 8)
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds the cores the bench may run on (its affinity: wrk, the servers and the
+    embedded PostgreSQL inherit it) have been busy or stolen since boot."""
+    cores = {f"cpu{n}" for n in os.sched_getaffinity(0)}
+    lines = [line.split() for line in Path("/proc/stat").read_text().splitlines()]
+    busy = sum(int(f[i]) for f in lines if f and f[0] in cores for i in BUSY_FIELDS)
+    return busy / CLOCK_TICKS
 
 
 class DatabaseCpu:
@@ -732,6 +891,46 @@ def print_runs(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def print_scaling(scaling: dict[str, Any]) -> None:
+    """1 worker and N, per scenario: req/s, req/s per worker, the CPU ms per request of ours
+    (every worker), PostgreSQL and wrk, and the N-worker run against its expectation."""
+    workers = scaling["workers"]
+    load = scaling["connections"]
+    table = Table(title=f"scaling: ours with 1 and {workers} workers, {load} conn")
+    columns = ("scenario", "workers", "req/s", "req/s/worker", "cpu ms/req", "PG cpu ms")
+    columns += ("wrk cpu ms", "others cores", "/ 1 worker", "expected", "/ expected", "result")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for name, row in scaling["scenarios"].items():
+        for run in (row["one_worker"], row["n_workers"]):
+            db_ms = run["db_cpu_ms_per_request"]
+            figures = [
+                name,
+                str(run["workers"]),
+                f"{run['rps']:.1f}",
+                f"{run['rps_per_worker']:.1f}",
+                f"{run['cpu_ms_per_request']:.2f}",
+                "?" if db_ms is None else f"{db_ms:.2f}",
+                f"{run['wrk_cpu_ms_per_request']:.2f}",
+                f"{run['other_cores']:.2f}",
+            ]
+            if run["workers"] == 1:
+                figures += ["", "", "", ""]
+            else:
+                figures += [
+                    f"{row['ratio_rps']:.2f}",
+                    f"{row['expected_rps']:.0f} ({row['bound_by']})",
+                    f"{row['measured_over_expected']:.2f}",
+                    f"[{COLORS[row['result']]}]{row['result']}[/]",
+                ]
+            table.add_row(*figures)
+    console.print(table)
+    console.print(
+        f"expected = min({workers} * 1-worker req/s, (cores - others) * 1000 / (cpu + PG + wrk"
+        f" ms/req of 1 worker)); PASS at >= {1 - scaling['noise_band']:g} * expected"
+    )
+
+
 def print_checks(rows: list[dict[str, Any]], other_checks: dict[str, dict[str, Any]]) -> None:
     table = Table(title="targets (issue 15): each ratio and figure against its bound")
     for column in ("scenario", "target", "value", "bound", "result"):
@@ -810,9 +1009,29 @@ def parse_args() -> argparse.Namespace:
         "--only",
         nargs="+",
         metavar="SCENARIO",
-        choices=[*(s.name for s in SCENARIOS), BULK_STEP],
+        choices=[*(s.name for s in SCENARIOS), BULK_STEP, SCALING_STEP],
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help=f"workers of ours in the {SCALING_STEP} step (0 or 1 skips it)",
     )
     return parser.parse_args()
+
+
+def our_server(url: str, workers: int = 1) -> AbstractContextManager[Server]:
+    """Ours as production runs it (`tradeops serve`), with its access log on: part of our real
+    cost. With several workers it is named `ours-<N>w` (its log, its ids file)."""
+    env = {
+        "TRADEOPS_DATABASE_URL": url,
+        "TRADEOPS_ENV": "test",
+        "TRADEOPS_LOG_FORMAT": "json",
+        "TRADEOPS_ACCESS_LOG": "true",
+    }
+    name = "ours" if workers == 1 else f"ours-{workers}w"
+    command = [str(BIN / "tradeops"), "serve", "--workers", str(workers), "--host", HOST]
+    return running_server(name, command, env, our_headers())
 
 
 def start_servers(stack: ExitStack, url: str, pool_min: int, pool_max: int) -> dict[str, Server]:
@@ -822,23 +1041,12 @@ def start_servers(stack: ExitStack, url: str, pool_min: int, pool_max: int) -> d
         "BARE_POOL_MIN_SIZE": str(pool_min),
         "BARE_POOL_MAX_SIZE": str(pool_max),
     }
-    ours_env = {
-        "TRADEOPS_DATABASE_URL": url,
-        "TRADEOPS_ENV": "test",
-        "TRADEOPS_LOG_FORMAT": "json",
-        "TRADEOPS_ACCESS_LOG": "true",  # part of our real cost
-    }
     # As the seed ran it: `uvicorn main:app` (its access log on, as ours is), its own pool.
     seed_env = {"SEED_DATABASE_URL": "postgresql+psycopg2://" + libpq_url(url).split("://", 1)[1]}
     seed_command = [str(BIN / "uvicorn"), "--app-dir", str(SEED000), "main:app", "--host", HOST]
     bare_command = [str(BIN / "python"), str(BENCH / "bare_app.py"), "--host", HOST]
     starts = {
-        "ours": running_server(
-            "ours",
-            [str(BIN / "tradeops"), "serve", "--workers", "1", "--host", HOST],
-            ours_env,
-            our_headers(),
-        ),
+        "ours": our_server(url),
         "bare": running_server("bare", bare_command, bare_env, {}),
         "same_work": running_server(
             "same", [*bare_command, "--same-work"], bare_env, our_headers()
@@ -911,11 +1119,13 @@ def run(args: argparse.Namespace) -> int:
     started = datetime.now()
     rows: list[dict[str, Any]] = []
     steps: dict[str, dict[str, Any]] = {}
+    scaling: dict[str, Any] = {}
     checks: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
         server_url, url = stack.enter_context(bench_database())
         pg_version = postgres_version(server_url)
-        servers = start_servers(stack, url, pool_min, pool_max)
+        servers_stack = stack.enter_context(ExitStack())  # closed before the scaling step
+        servers = start_servers(servers_stack, url, pool_min, pool_max)
         database = DatabaseCpu(libpq_url(url))
         rows = [
             run_scenario(wrk, servers, database, scenario, (load, light)) for scenario in scenarios
@@ -925,6 +1135,13 @@ def run(args: argparse.Namespace) -> int:
             checks[BULK_STEP] = bulk_check(steps[BULK_STEP])
         rss = {key: rss_mb(server.process.pid) for key, server in servers.items()}
         checks["rss_per_worker"] = rss_check(rss["ours"])
+        if args.workers > 1 and (not args.only or SCALING_STEP in args.only):
+            one_worker = {row["name"]: RunResult(**row["ours"]) for row in rows}
+            target = (servers["ours"], database)
+            scaling = run_scaling(
+                wrk, target, url, load, args.workers, one_worker, servers_stack.close
+            )
+            checks["workers_scaling"] = scaling_check(scaling)
 
     report: dict[str, Any] = {
         "date": started.date().isoformat(),
@@ -943,17 +1160,24 @@ def run(args: argparse.Namespace) -> int:
         "pool": {"min_size": pool_min, "max_size": pool_max},
         "scenarios": {row["name"]: {k: v for k, v in row.items() if k != "name"} for row in rows},
         "steps": steps,  # timed against ours only, sequentially
-        "rss_mb_after": rss,  # each server's processes, by pid, once the bench is done
+        "scaling": scaling,  # ours with --workers N against 1 worker (empty when skipped)
+        "rss_mb_after": rss,  # each server's processes, by pid, before the scaling step
         "checks": checks,  # the targets outside the scenarios
     }
     report["wrk"]["version"] = wrk_version(wrk)
     path = results_path(report["date"])
     path.write_text(json.dumps(report, indent=2) + "\n")
-    write_chart(path.with_suffix(".png"), report)
-    print_runs(rows)
+    chart = ""
+    if rows:  # only steps (--only scaling): no scenario to chart or tabulate
+        write_chart(path.with_suffix(".png"), report)
+        chart = f", chart: {path.with_suffix('.png').name}"
+        print_runs(rows)
+    if scaling:
+        print_scaling(scaling)
     print_checks(rows, checks)
-    console.print(f"results: {path.relative_to(ROOT)}, chart: {path.with_suffix('.png').name}")
-    return 1 if any(row["result"] == "ERRORS" for row in rows) else 0
+    console.print(f"results: {path.relative_to(ROOT)}{chart}")
+    errors = any(row["result"] == "ERRORS" for row in rows)
+    return 1 if errors or checks.get("workers_scaling", {}).get("result") == "ERRORS" else 0
 
 
 def main() -> None:
