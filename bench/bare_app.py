@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tradeops.auth.authentication import AUTHENTICATE_API_KEY
+from tradeops.auth.authentication import AUTHENTICATE
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.db.prepared import Prepared
 from tradeops.db.uow import APP_ROLE
@@ -198,23 +198,30 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pool.close()
 
 
-async def principal_of(
-    request: Request, connection: asyncpg.Connection, request_id: str
-) -> asyncpg.Record | None:
-    """--same-work: our API key statement for the bearer key (the key's user and desks); it
-    also switches the transaction to the application role and sets the request context."""
+def key_parameters(request: Request, request_id: str) -> dict[str, Any]:
+    """--same-work: our authenticating statement's parameters for the bearer key."""
     credential = request.headers.get("authorization", "").removeprefix("Bearer ")
     prefix = parse_key(credential)
     if prefix is None:
-        return None
-    parameters = {
+        raise NotAuthenticated
+    return {
         "prefix": prefix,
         "hash": hash_key(credential),
+        "user_id": None,
+        "email": None,
         "app_role": APP_ROLE,
         "request_id": request_id,
     }
+
+
+async def principal_of(
+    request: Request, connection: asyncpg.Connection, request_id: str
+) -> asyncpg.Record | None:
+    """--same-work: our authenticating statement for the bearer key (the key's user and
+    desks); it also switches the transaction to the application role and sets the context."""
+    parameters = key_parameters(request, request_id)
     return await connection.fetchrow(
-        AUTHENTICATE_API_KEY.prepared.sql, *AUTHENTICATE_API_KEY.prepared.arguments(parameters)
+        AUTHENTICATE.prepared.sql, *AUTHENTICATE.prepared.arguments(parameters)
     )
 
 
@@ -320,19 +327,7 @@ async def create_order(request: Request) -> Response:
 async def read_as_we_do(request: Request, statement: Prepared, **wanted: Any) -> asyncpg.Record:
     """--same-work: one of our one-statement reads (migration 0019), which authenticates the
     bearer key, sets the context and reads, in one round trip (autocommit)."""
-    credential = request.headers.get("authorization", "").removeprefix("Bearer ")
-    prefix = parse_key(credential)
-    if prefix is None:
-        raise NotAuthenticated
-    parameters = {
-        "prefix": prefix,
-        "hash": hash_key(credential),
-        "user_id": None,
-        "email": None,
-        "app_role": APP_ROLE,
-        "request_id": uuid.uuid4().hex,
-        **wanted,
-    }
+    parameters = key_parameters(request, uuid.uuid4().hex) | wanted
     read = await request.app.state.pool.fetchrow(statement.sql, *statement.arguments(parameters))
     if read is None:
         raise NotAuthenticated

@@ -40,19 +40,16 @@ class Authenticated:
     context: str  # the context settings, set (see db/uow.py)
 
 
-# The authenticating statements are SQL functions (migration 0019), so a one-statement read
-# (GET /orders/{id}) authenticates exactly as every other request does. For the row found,
-# each switches to the application role and publishes the context (db/uow.py
-# CONTEXT_SETTINGS); a risk or admin principal sees every desk (auth/principal.py).
-_PERSON = query(
-    "SELECT * FROM tradeops_authenticate_person(:user_id, :email, :app_role, :request_id)",
-    Authenticated,
-)
-# A key: risk and admin keys see every desk unless the key names some; others the owner's
-# desks, narrowed to the key's. `touch`: last_used_at is over a minute old, so the key is
-# noted in KeyUsage, which writes it later on the primary: authenticating never writes.
-AUTHENTICATE_API_KEY = query(
-    "SELECT * FROM tradeops_authenticate_key(:prefix, :hash, :app_role, :request_id)",
+# The authenticating statement is a SQL function (migration 0019), so a one-statement read
+# (GET /orders/{id}) authenticates exactly as every other request does: an API key by prefix
+# and hash, else a person by id (a verified token's subject, a page session). For the row
+# found it switches to the application role and publishes the context (db/uow.py
+# CONTEXT_SETTINGS). Risk and admin keys see every desk unless the key names some; others
+# the owner's desks, narrowed to the key's. `touch`: a key's last_used_at is over a minute
+# old, so it is noted in KeyUsage, which writes it later on the primary: authenticating never
+# writes.
+AUTHENTICATE = query(
+    "SELECT * FROM tradeops_authenticate(:prefix, :hash, :user_id, :email, :app_role, :request_id)",
     Authenticated,
 )
 
@@ -126,8 +123,7 @@ async def authenticate(
     """The principal a bearer credential (JWT or API key) stands for; 401 if none. Reads
     only (it may run on a read replica); a key's use is noted in `key_usage`."""
     params = credential_parameters(credential, tokens, request_id)
-    statement = _PERSON if params["prefix"] is None else AUTHENTICATE_API_KEY
-    found = await uow.row(statement, params)
+    found = await uow.row(AUTHENTICATE, params)
     principal = principal_found(found, key_usage)
     uow.principal, uow.request_id = principal, request_id
     return principal
@@ -139,8 +135,10 @@ async def authenticate_user(
     """The principal of an active person by id, for a page session begun in
     `page_session_generation`; None when the user is gone or deactivated, or has signed out
     since. Desks and role are read now, so changes apply at once."""
-    params = {"user_id": user_id, "email": None, "app_role": APP_ROLE}
-    row = await uow.row(_PERSON, {**params, "request_id": request_id or ""})
+    params = {"prefix": None, "hash": None, "user_id": user_id, "email": None}
+    row = await uow.row(
+        AUTHENTICATE, {**params, "app_role": APP_ROLE, "request_id": request_id or ""}
+    )
     if row is None or row.page_session_generation != page_session_generation:
         # The context this statement set dies with the transaction: the request fails.
         return None

@@ -8,8 +8,8 @@ Issue 15 item 1: a hot read costs one round trip. Until now every request was BE
 limits), the authenticating statement, the read, COMMIT: four round trips, three of them
 only there to carry the context. The read now travels with its authentication:
 
-- `tradeops_authenticate_key` and `tradeops_authenticate_person` are the authenticating
-  statements themselves (they were SQL in auth/authentication.py): each finds the principal
+- `tradeops_authenticate` (by `tradeops_authenticate_key` or `_person`) is the
+  authenticating statement itself (they were SQL in auth/authentication.py): each finds the principal
   and, for the row it returns, switches to the application role and publishes the request
   context, all transaction-local. Every request authenticates through them, so the rule of
   who is who lives in one place.
@@ -51,7 +51,8 @@ CREATE TYPE tradeops_principal AS (
     key_id bigint, scopes text[], touch boolean, page_session_generation integer, context text
 );
 
--- A person, by the id and e-mail of a verified token or a page session: desks from membership.
+-- A person, by the id of a verified token or a page session (else by e-mail, one row at
+-- most: the context set is the row's answered), with the desks of their membership.
 -- ($1 id, $2 e-mail, $3 the application role, $4 the request id)
 CREATE FUNCTION tradeops_authenticate_person(bigint, text, text, text)
 RETURNS SETOF tradeops_principal LANGUAGE sql VOLATILE AS $$
@@ -63,7 +64,8 @@ CROSS JOIN LATERAL (
            {_EVERY_DESK} AS all_desks, NULL::bigint AS key_id
     FROM desk_members m WHERE m.user_id = u.id
 ) ctx
-WHERE u.active AND u.role <> 'system' AND (u.id = $1 OR u.email = $2)
+WHERE u.active AND u.role <> 'system'
+  AND CASE WHEN $1 IS NOT NULL THEN u.id = $1 ELSE u.email = $2 END
 $$;
 
 -- An API key, by prefix and hash, unrevoked and unexpired, of an active owner. Risk and
@@ -91,12 +93,27 @@ WHERE k.prefix = $1 AND k.hash = $2 AND k.revoked_at IS NULL
   AND (k.expires_at IS NULL OR k.expires_at > now()) AND u.active AND u.role <> 'system'
 $$;
 
+-- Either credential: an API key's prefix and hash ($1, $2), else a person's id or e-mail
+-- ($3, $4); $5 the application role, $6 the request id. What every request's first
+-- statement and every one-statement read call.
+CREATE FUNCTION tradeops_authenticate(text, text, bigint, text, text, text)
+RETURNS SETOF tradeops_principal LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF $1 IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM tradeops_authenticate_key($1, $2, $5, $6);
+    ELSE
+        RETURN QUERY SELECT * FROM tradeops_authenticate_person($3, $4, $5, $6);
+    END IF;
+END $$;
+
 -- The login role authenticates; the application role may not (it cannot read the hashes).
 REVOKE ALL ON FUNCTION tradeops_authenticate_person(bigint, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tradeops_authenticate_key(text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tradeops_authenticate(text, text, bigint, text, text, text) FROM PUBLIC;
 """  # noqa: S608 - SQL from constants only
 
 DROP_AUTHENTICATE = """
+DROP FUNCTION tradeops_authenticate(text, text, bigint, text, text, text);
 DROP FUNCTION tradeops_authenticate_key(text, text, text, text);
 DROP FUNCTION tradeops_authenticate_person(bigint, text, text, text);
 DROP TYPE tradeops_principal;
@@ -139,11 +156,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     who tradeops_principal;
 BEGIN
-    IF $1 IS NOT NULL THEN
-        SELECT * INTO who FROM tradeops_authenticate_key($1, $2, $5, $6);
-    ELSE
-        SELECT * INTO who FROM tradeops_authenticate_person($3, $4, $5, $6);
-    END IF;
+    SELECT * INTO who FROM tradeops_authenticate($1, $2, $3, $4, $5, $6);
     IF NOT FOUND THEN
         RETURN;  -- no principal: nothing is read
     END IF;
@@ -247,11 +260,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     who tradeops_principal;
 BEGIN
-    IF $1 IS NOT NULL THEN
-        SELECT * INTO who FROM tradeops_authenticate_key($1, $2, $5, $6);
-    ELSE
-        SELECT * INTO who FROM tradeops_authenticate_person($3, $4, $5, $6);
-    END IF;
+    SELECT * INTO who FROM tradeops_authenticate($1, $2, $3, $4, $5, $6);
     IF NOT FOUND THEN
         RETURN;  -- no principal: nothing is read
     END IF;
