@@ -990,6 +990,107 @@ def write_chart(path: Path, report: dict[str, Any]) -> None:
     pyplot.close(figure)
 
 
+# --- profile: where ours spends its CPU (issue 15) ------------------------------------------
+
+PY_SPY = BIN / "py-spy"
+PROFILE_RATE = 250  # samples per second
+PROFILE_TOP = 12
+
+
+def profile_ours(
+    wrk: str,
+    server: Server,
+    scenario: Scenario,
+    extra_env: dict[str, str],
+    settings: WrkSettings,
+    path: Path,
+) -> dict[str, Any]:
+    """Ours under the scenario's load once more, sampled by py-spy: a run of its own after
+    the measured ones, so the sampling's CPU is in none of the figures. Writes the collapsed
+    stacks to `path` (speedscope.app and flamegraph tools read them) and answers where the
+    samples were: the share of each package's code among the innermost frames (py-spy leaves
+    out idle threads, so a share of the server's CPU) and the costliest functions."""
+    spy = subprocess.Popen(
+        [
+            str(PY_SPY),
+            "record",
+            "--pid",
+            str(server.process.pid),
+            "--rate",
+            str(PROFILE_RATE),
+            "--duration",
+            str(max(1, round(settings.duration_s))),
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    run_wrk(wrk, server, scenario, extra_env, settings, settings.duration_s)
+    _, error = spy.communicate(timeout=settings.duration_s + 60)
+    if spy.returncode != 0:
+        raise BenchError(f"py-spy failed: {error.decode(errors='replace')[-500:]}")
+    return summarize_stacks(path)
+
+
+def summarize_stacks(path: Path) -> dict[str, Any]:
+    """Shares of the samples in py-spy's collapsed stacks ("frame;...;frame count" lines,
+    each frame "function (file:line)"), by the package of the innermost frame and by it."""
+    by_package: dict[str, int] = {}
+    by_function: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        innermost = stack.rpartition(";")[2]
+        samples = int(count)
+        total += samples
+        package = package_of(innermost)
+        by_package[package] = by_package.get(package, 0) + samples
+        function = innermost.rsplit(":", 1)[0] + ")" if ":" in innermost else innermost
+        by_function[function] = by_function.get(function, 0) + samples
+
+    def shares(counts: dict[str, int], most: int) -> dict[str, float]:
+        ranked = sorted(counts.items(), key=operator.itemgetter(1), reverse=True)[:most]
+        return {name: round(100 * n / max(total, 1), 1) for name, n in ranked}
+
+    return {
+        "samples": total,
+        "stacks": str(path.relative_to(ROOT)),
+        "percent_by_package": shares(by_package, len(by_package)),
+        "percent_by_function": shares(by_function, PROFILE_TOP),
+    }
+
+
+def package_of(frame: str) -> str:
+    """The package a frame's file belongs to: py-spy names a file relative to the folder on
+    sys.path it came from ("asyncpg/connection.py", "asyncio/base_events.py", "ssl.py"), so
+    its first part; tradeops by domain ("tradeops.orders")."""
+    parts = Path(frame.rpartition("(")[2].rsplit(":", 1)[0]).parts
+    if parts and parts[0] == "tradeops" and len(parts) > 1:
+        return "tradeops." + parts[1].removesuffix(".py")
+    return parts[0].removesuffix(".py") if parts else frame
+
+
+def print_profiles(profiles: dict[str, dict[str, Any]]) -> None:
+    for name, profile in profiles.items():
+        table = Table(title=f"{name}: where ours spent its CPU ({profile['samples']} samples)")
+        table.add_column("package")
+        table.add_column("%", justify="right")
+        table.add_column("function")
+        table.add_column("%", justify="right")
+        packages = list(profile["percent_by_package"].items())[:PROFILE_TOP]
+        functions = list(profile["percent_by_function"].items())
+        for n in range(max(len(packages), len(functions))):
+            package, share = packages[n] if n < len(packages) else ("", "")
+            function, function_share = functions[n] if n < len(functions) else ("", "")
+            table.add_row(package, str(share), function[:70], str(function_share))
+        console.print(table)
+        console.print(f"collapsed stacks: {profile['stacks']}")
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -1016,6 +1117,11 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=2,
         help=f"workers of ours in the {SCALING_STEP} step (0 or 1 skips it)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after each scenario's runs, sample ours under its load with py-spy",
     )
     return parser.parse_args()
 
@@ -1065,10 +1171,13 @@ def run_scenario(
     database: DatabaseCpu,
     scenario: Scenario,
     settings: tuple[WrkSettings, WrkSettings],
+    profile_to: Path | None = None,
 ) -> dict[str, Any]:
-    """Ours at the load's and at the light load's connections, then each peer at the load's."""
+    """Ours at the load's and at the light load's connections (and sampled by py-spy at the
+    load's, with `profile_to`), then each peer at the load's."""
     load, light = settings
     runs: Runs = {}
+    profile: dict[str, Any] = {}
     for key, server in servers.items():
         if key == "seed000" and not scenario.seed000:
             continue
@@ -1078,7 +1187,10 @@ def run_scenario(
             runs["ours_light"] = measure(
                 wrk, (server, database), scenario, extra_env, light, "ours_light"
             )
-    return scenario_row(scenario, runs, load.connections, light.connections)
+            if profile_to is not None:
+                profile = profile_ours(wrk, server, scenario, extra_env, load, profile_to)
+    row = scenario_row(scenario, runs, load.connections, light.connections)
+    return {**row, "profile": profile} if profile else row
 
 
 def rss_check(sizes: dict[str, float]) -> dict[str, Any]:
@@ -1127,8 +1239,17 @@ def run(args: argparse.Namespace) -> int:
         servers_stack = stack.enter_context(ExitStack())  # closed before the scaling step
         servers = start_servers(servers_stack, url, pool_min, pool_max)
         database = DatabaseCpu(libpq_url(url))
+        stem = results_path(started.date().isoformat()).stem
         rows = [
-            run_scenario(wrk, servers, database, scenario, (load, light)) for scenario in scenarios
+            run_scenario(
+                wrk,
+                servers,
+                database,
+                scenario,
+                (load, light),
+                RESULTS / f"{stem}-{scenario.name}.pyspy.txt" if args.profile else None,
+            )
+            for scenario in scenarios
         ]
         if not args.only or BULK_STEP in args.only:
             steps[BULK_STEP] = time_bulk_snapshots(servers["ours"])
@@ -1174,6 +1295,7 @@ def run(args: argparse.Namespace) -> int:
         print_runs(rows)
     if scaling:
         print_scaling(scaling)
+    print_profiles({row["name"]: row["profile"] for row in rows if row.get("profile")})
     print_checks(rows, checks)
     console.print(f"results: {path.relative_to(ROOT)}{chart}")
     errors = any(row["result"] == "ERRORS" for row in rows)
