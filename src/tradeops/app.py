@@ -24,18 +24,12 @@ from tradeops.db.pool import Database
 from tradeops.db.replicas import ReadReplica
 from tradeops.desks.router import router as desks_router
 from tradeops.executions.router import router as executions_router
-from tradeops.header_limits import HeaderSizeLimitMiddleware
 from tradeops.health.router import router as health_router
 from tradeops.instruments.router import router as instruments_router
 from tradeops.maintenance import running_maintenance
 from tradeops.marketdata.router import SNAPSHOTS_PATH
 from tradeops.marketdata.router import router as market_data_router
-from tradeops.observability import (
-    BodySizeLimitMiddleware,
-    Metrics,
-    RequestContextMiddleware,
-    configure_logging,
-)
+from tradeops.observability import Metrics, RequestContextMiddleware, configure_logging
 from tradeops.orders.http import close_event_streams, events_router, install_event_streams
 from tradeops.orders.router import router as orders_router
 from tradeops.positions.router import router as positions_router
@@ -151,16 +145,14 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             ],
             expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
         )
+    # Outermost of ours: a refusal (431, 413) has a request id and an access line too.
     app.add_middleware(
-        BodySizeLimitMiddleware,
-        max_bytes=settings.max_body_bytes,
-        larger={SNAPSHOTS_PATH: settings.max_bulk_body_bytes},
-    )
-    # Inside the request context (so a 431 has a request id and an access line), outside
-    # everything that reads a header.
-    app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.max_header_bytes)
-    app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, access_log_enabled=settings.access_log
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_header_bytes=settings.max_header_bytes,
+        max_body_bytes=settings.max_body_bytes,
+        larger_bodies={SNAPSHOTS_PATH: settings.max_bulk_body_bytes},
+        access_log_enabled=settings.access_log,
     )
     return app
 
