@@ -35,6 +35,7 @@ from tradeops.orders.router import router as orders_router
 from tradeops.positions.router import router as positions_router
 from tradeops.problems import document_problems, install_problem_handlers
 from tradeops.risk.router import router as risk_router
+from tradeops.route_prefixes import pass_over_routers_by_prefix
 from tradeops.settings import Settings, get_settings
 from tradeops.ui.install import install_ui
 from tradeops.webhooks.router import router as webhooks_router
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     install_event_streams(app, settings, url)
     install_ui(app)
     mount_mcp(app, settings)
+    pass_over_routers_by_prefix(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
