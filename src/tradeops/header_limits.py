@@ -31,11 +31,6 @@ STATUS = 431
 TITLE = "Request header fields too large"
 
 
-def header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
-    """Bytes of the header fields as sent: `name: value\\r\\n` each."""
-    return sum(len(name) + len(value) + 4 for name, value in headers)
-
-
 def refusal(limit: int, instance: str, request_id: str | None) -> bytes:
     return problem_bytes(
         status=STATUS,

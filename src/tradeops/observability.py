@@ -294,13 +294,6 @@ SECURITY_HEADERS = [
 ]
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
 def route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
@@ -350,7 +343,7 @@ class RequestContextMiddleware:
         response_started = False
 
         extra_headers = [(REQUEST_ID_HEADER.encode(), request_id.encode()), *SECURITY_HEADERS]
-        if scope["path"].startswith("/api/") or head.authorized:
+        if scope["path"].startswith("/api/") or head.authorization:
             # API answers are a caller's data or tokens (RFC 6749 5.1): never cache them.
             extra_headers.append((b"cache-control", b"no-store"))
 
@@ -389,17 +382,18 @@ class RequestContextMiddleware:
 
 
 class _RequestHead:
-    """What the request context reads from the header fields, in one pass over them."""
+    """What the request context reads from the header fields (the first of each name), in
+    one pass over them."""
 
-    __slots__ = ("authorized", "content_length", "header_bytes", "request_id")
+    __slots__ = ("authorization", "content_length", "header_bytes", "request_id")
 
     def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
         self.request_id: str | None = None
         self.content_length: str | None = None
-        self.authorized = False
+        self.authorization: bytes | None = None
         size = 0
         for name, value in headers:
-            # As sent: `name: value\r\n` each (header_limits.header_bytes).
+            # The header fields' bytes as sent: `name: value\r\n` each.
             size += len(name) + len(value) + 4
             if name == b"x-request-id":
                 if self.request_id is None:
@@ -407,8 +401,8 @@ class _RequestHead:
             elif name == b"content-length":
                 if self.content_length is None:
                     self.content_length = value.decode("latin-1")
-            elif name == b"authorization":
-                self.authorized = self.authorized or bool(value)
+            elif name == b"authorization" and self.authorization is None:
+                self.authorization = value
         self.header_bytes = size
 
 
