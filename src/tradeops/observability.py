@@ -46,8 +46,9 @@ def _access_line_by_structlog(
 
 class JsonAccessLines:
     """The access line as configure_logging's JSON lines render it (the same fields, order,
-    cleaning and writer), rendered here: structlog's processor chain, general for any line,
-    cost about 30 µs per request for this one (bench/stack_cost.py)."""
+    cleaning and writer; tests/unit/test_log_records.py compares them), rendered here:
+    structlog's processor chain, general for any line, took 12.9 µs a line, this 7.4 µs
+    (timeit, the settings of bench/stack_cost.py)."""
 
     def __init__(self, stream: TextIO | None) -> None:
         self.stream = stream  # None: stdout as it is when a line is written
