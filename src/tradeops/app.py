@@ -24,23 +24,18 @@ from tradeops.db.replicas import ReadReplica
 from tradeops.db.revisions import head_revision
 from tradeops.desks.router import router as desks_router
 from tradeops.executions.router import router as executions_router
-from tradeops.header_limits import HeaderSizeLimitMiddleware
 from tradeops.health.router import router as health_router
 from tradeops.instruments.router import router as instruments_router
 from tradeops.maintenance import running_maintenance
 from tradeops.marketdata.router import SNAPSHOTS_PATH
 from tradeops.marketdata.router import router as market_data_router
-from tradeops.observability import (
-    BodySizeLimitMiddleware,
-    Metrics,
-    RequestContextMiddleware,
-    configure_logging,
-)
+from tradeops.observability import Metrics, RequestContextMiddleware, configure_logging
 from tradeops.orders.http import close_event_streams, events_router, install_event_streams
 from tradeops.orders.router import router as orders_router
 from tradeops.positions.router import router as positions_router
 from tradeops.problems import document_problems, install_problem_handlers
 from tradeops.risk.router import router as risk_router
+from tradeops.route_prefixes import pass_over_routers_by_prefix
 from tradeops.settings import Settings, get_settings
 from tradeops.ui.install import install_ui
 from tradeops.webhooks.router import router as webhooks_router
@@ -135,6 +130,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     install_event_streams(app, settings, url)
     install_ui(app)
     mount_mcp(app, settings)
+    pass_over_routers_by_prefix(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -151,16 +147,14 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             ],
             expose_headers=["ETag", "Location", "X-Request-ID", "Idempotent-Replayed"],
         )
+    # Outermost of ours: a refusal (431, 413) has a request id and an access line too.
     app.add_middleware(
-        BodySizeLimitMiddleware,
-        max_bytes=settings.max_body_bytes,
-        larger={SNAPSHOTS_PATH: settings.max_bulk_body_bytes},
-    )
-    # Inside the request context (so a 431 has a request id and an access line), outside
-    # everything that reads a header.
-    app.add_middleware(HeaderSizeLimitMiddleware, max_bytes=settings.max_header_bytes)
-    app.add_middleware(
-        RequestContextMiddleware, metrics=metrics, access_log_enabled=settings.access_log
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_header_bytes=settings.max_header_bytes,
+        max_body_bytes=settings.max_body_bytes,
+        larger_bodies={SNAPSHOTS_PATH: settings.max_bulk_body_bytes},
+        access_log_enabled=settings.access_log,
     )
     return app
 

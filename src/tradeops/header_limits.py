@@ -7,8 +7,9 @@ handed it on; only its h11 parser has one (`h11_max_incomplete_event_size`). So:
 - `HeaderLimitedHttpToolsProtocol`, the protocol `tradeops serve` runs, counts the bytes of a
   request's head as they arrive and answers 431 once they pass the cap plus HEAD_SLACK_BYTES
   (room for the request line), without buffering the rest;
-- `HeaderSizeLimitMiddleware` checks the header fields (names and values) of every request
-  against the cap in the app itself, whichever server runs it (tests, another ASGI server).
+- the app's request context (observability.RequestContextMiddleware) checks the header
+  fields (names and values) of every request against the cap in the app itself, whichever
+  server runs it (tests, another ASGI server), and answers with `refuse_headers`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope, Send
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -30,11 +31,6 @@ STATUS = 431
 TITLE = "Request header fields too large"
 
 
-def header_bytes(headers: list[tuple[bytes, bytes]]) -> int:
-    """Bytes of the header fields as sent: `name: value\\r\\n` each."""
-    return sum(len(name) + len(value) + 4 for name, value in headers)
-
-
 def refusal(limit: int, instance: str, request_id: str | None) -> bytes:
     return problem_bytes(
         status=STATUS,
@@ -46,23 +42,17 @@ def refusal(limit: int, instance: str, request_id: str | None) -> bytes:
     )
 
 
-class HeaderSizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or header_bytes(scope["headers"]) <= self.max_bytes:
-            await self.app(scope, receive, send)
-            return
-        body = refusal(self.max_bytes, scope["path"], scope.get("state", {}).get("request_id"))
-        headers = [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": STATUS, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+async def refuse_headers(scope: Scope, send: Send, limit: int) -> None:
+    """431 for header fields past `limit`, in the app, whichever server runs it (tests,
+    another ASGI server); observability.RequestContextMiddleware checks every request."""
+    body = refusal(limit, scope["path"], scope.get("state", {}).get("request_id"))
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": STATUS, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):

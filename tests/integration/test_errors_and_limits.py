@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -343,6 +343,43 @@ async def test_headers_past_the_cap_are_a_431_problem(
     assert str(settings.max_header_bytes) in refused.json()["detail"]
     just_under = {"X-Note": "n" * (settings.max_header_bytes - 1024)}
     assert (await client.get("/health/live", headers=just_under)).status_code == 200
+
+
+async def test_a_refusal_at_the_door_has_the_request_id_and_the_response_headers(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The caps are checked in the request context's layer: a 431 or 413 carries the
+    request's id (header and problem) and the headers every answer has."""
+    headers = {**HUGE_AUTHORIZATION, "X-Request-ID": "req-431"}
+    too_many = await client.get("/api/v1/orders", headers=headers)
+    too_large = await client.post(
+        "/api/v1/orders",
+        content=b"{}",
+        headers={"Content-Length": str(settings.max_body_bytes + 1), "X-Request-ID": "req-413"},
+    )
+    for refused, status, request_id in ((too_many, 431, "req-431"), (too_large, 413, "req-413")):
+        assert refused.status_code == status, refused.text[:200]
+        assert refused.headers["x-request-id"] == request_id
+        assert refused.json()["request_id"] == request_id
+        assert refused.headers["x-content-type-options"] == "nosniff"
+        assert refused.headers["cache-control"] == "no-store"
+    assert too_many.headers["connection"] == "close"
+
+
+async def test_a_chunked_body_past_the_cap_is_a_413_problem(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """No length up front: the body is counted as it arrives."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(settings.max_body_bytes // 1024 + 2):
+            yield b"x" * 1024
+
+    refused = await client.post("/api/v1/orders", content=chunks())
+    assert "content-length" not in refused.request.headers
+    assert refused.status_code == 413, refused.text[:200]
+    assert refused.json()["type"].endswith("/payload-too-large")
+    assert refused.json()["request_id"] == refused.headers["x-request-id"]
 
 
 def test_the_live_server_refuses_an_8_mb_header_without_reading_it(live_server: LiveServer) -> None:
