@@ -35,8 +35,10 @@ class MarketSnapshot(Base):
         CheckConstraint("length(source) BETWEEN 1 AND 64", name="source"),
         # A resent snapshot is the same row: publishing is idempotent.
         UniqueConstraint("instrument_id", "as_of", "source"),
-        # The latest price of an instrument is the first entry of this index.
-        Index("ix_market_snapshots_instrument_id_as_of", "instrument_id", text("as_of DESC")),
+        # The latest price of an instrument is the first entry of this index, ties (two
+        # sources at the same time) broken by the later row, as the readers that break ties do
+        # (migration 0019: no sort per instrument for a portfolio's 500 positions).
+        Index("ix_market_snapshots_latest", "instrument_id", text("as_of DESC"), text("id DESC")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -63,7 +63,7 @@ _SNAPSHOT = (
     " JOIN instruments i ON i.id = s.instrument_id"
 )
 
-# The first entry of the (instrument_id, as_of DESC) index, read through a lateral join so
+# The first entry of the (instrument_id, as_of DESC, id DESC) index, read through a lateral join so
 # the planner stops there; of two prices quoted at the same moment (by different sources),
 # the one received last.
 LATEST = query(

@@ -29,6 +29,8 @@ only there to carry the context. The read now travels with its authentication:
   value is the same; reading the settings and parsing the desk list for each row cost a
   500-position portfolio about a fifth of its PostgreSQL time. A policy written later
   should use the same form.
+- The latest-price index takes the tie-break column (`id DESC`) too, so a portfolio reads
+  each position's price straight off it.
 """
 
 import re
@@ -288,6 +290,19 @@ DROP FUNCTION tradeops_portfolio_document(text, boolean, bigint[]);
 """
 
 
+# The latest price of an instrument, ties broken by the later row as every reader orders
+# them (ORDER BY as_of DESC, id DESC LIMIT 1): read straight off the index, with no sort per
+# instrument (a 500-position portfolio's document: about 6% of its time).
+LATEST_PRICE_INDEX = """
+CREATE INDEX ix_market_snapshots_latest ON market_snapshots (instrument_id, as_of DESC, id DESC);
+DROP INDEX ix_market_snapshots_instrument_id_as_of;
+"""
+
+DROP_LATEST_PRICE_INDEX = """
+CREATE INDEX ix_market_snapshots_instrument_id_as_of ON market_snapshots (instrument_id, as_of DESC);
+DROP INDEX ix_market_snapshots_latest;
+"""
+
 # Policy expressions, rewritten in place (qual and with_check as pg_policies deparses them).
 _PER_ROW_TO_ONCE: list[tuple[re.Pattern[str], str]] = [
     (
@@ -335,9 +350,11 @@ def upgrade() -> None:
     op.execute(PORTFOLIO_DOCUMENT)
     op.execute(READ_PORTFOLIO)
     _rewrite_policies(_PER_ROW_TO_ONCE)
+    op.execute(LATEST_PRICE_INDEX)
 
 
 def downgrade() -> None:
+    op.execute(DROP_LATEST_PRICE_INDEX)
     _rewrite_policies(_ONCE_TO_PER_ROW)
     op.execute(DROP_READ_PORTFOLIO)
     op.execute(DROP_READ_ORDER)
