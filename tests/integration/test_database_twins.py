@@ -175,3 +175,28 @@ async def test_no_request_appends_an_event_without_the_orders_change(
         )
         outbox = await conn.scalar(text("SELECT count(*) FROM webhook_deliveries"))
     assert (events, outbox) == (0, 0)
+
+
+async def test_no_request_appends_an_event_the_order_did_not_become(
+    cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """Migration 0020: bumping the version alone (no rule watches it) no longer lets a desk
+    user append a step that never happened, nor its signed webhook."""
+    order_id = await make_order(owner_engine, cast.ids["trader"], status="PENDING", risk="PENDING")
+    trader = person(cast, "trader", Role.TRADER)
+    for event, payload in (("APPROVED", "{}"), ("RISK_CHECKED", '{"risk_status": "FAILED"}')):
+        forged = text(
+            "WITH bumped AS (UPDATE orders SET version = version + 1 WHERE id = :id"
+            "  RETURNING id, desk_id, version)"
+            " INSERT INTO order_events (order_id, desk_id, seq, type, payload)"
+            " SELECT id, desk_id, version, :event, CAST(:payload AS jsonb) FROM bumped"
+        )
+        params = {"id": order_id, "event": event, "payload": payload}
+        assert_maker_checker(await refusal_of(owner_engine, trader, (forged, params)))
+    async with owner_engine.connect() as conn:
+        events = await conn.scalar(
+            text("SELECT count(*) FROM order_events WHERE order_id = :id AND type <> 'CREATED'"),
+            {"id": order_id},
+        )
+        outbox = await conn.scalar(text("SELECT count(*) FROM webhook_deliveries"))
+    assert (events, outbox) == (0, 0)
