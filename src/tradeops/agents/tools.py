@@ -33,8 +33,8 @@ from tradeops.marketdata import service as market_data
 from tradeops.marketdata.schemas import SnapshotOut
 from tradeops.orders import service as orders
 from tradeops.orders import workflow
+from tradeops.orders.router import cancel_results
 from tradeops.orders.schemas import (
-    CancelResult,
     CancelResults,
     ClientOrderId,
     OrderCreate,
@@ -48,7 +48,6 @@ from tradeops.orders.schemas import (
 )
 from tradeops.positions import service as positions
 from tradeops.positions.schemas import Portfolio
-from tradeops.problems import problem_parts
 from tradeops.settings import Settings
 
 OrderId = Annotated[
@@ -418,21 +417,7 @@ async def _cancel_orders(
         made_by=principal.user_id,
     )
     done = await workflow.cancel_orders(uow, principal, wanted, reason=args.reason)
-    return CancelResults(
-        results=[
-            CancelResult(id=c.order_id, status=200, order=c.order)
-            if c.refused is None
-            else CancelResult(
-                id=c.order_id,
-                status=c.refused.status,
-                problem=problem_parts(c.refused).document(
-                    instance="/mcp/tools/cancel_orders", request_id=uow.request_id
-                ),
-            )
-            for c in done.each
-        ],
-        more=done.more,
-    )
+    return cancel_results(done, uow.request_id, lambda _: "/mcp/tools/cancel_orders")
 
 
 # --- the catalogue ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -440,8 +441,13 @@ async def replace_order(
     return await respond_once(request, uow, principal, idempotency_key, amend)
 
 
-def cancel_results(done: Cancellations, request_id: str | None) -> CancelResults:
-    """The 207 body: each order's outcome, a refusal as the problem the single cancel sends."""
+def cancel_results(
+    done: Cancellations, request_id: str | None, instance: Callable[[int], str] | None = None
+) -> CancelResults:
+    """The 207 body: each order's outcome, a refusal as the problem the single cancel sends
+    (its `instance` the order's cancel, or what `instance` gives for the order's id: the MCP
+    tool names itself)."""
+    instance = instance or (lambda order_id: f"{API_PREFIX}/orders/{order_id}/cancel")
     return CancelResults(
         results=[
             CancelResult(id=c.order_id, status=200, order=c.order)
@@ -450,7 +456,7 @@ def cancel_results(done: Cancellations, request_id: str | None) -> CancelResults
                 id=c.order_id,
                 status=c.refused.status,
                 problem=problem_parts(c.refused).document(
-                    instance=f"{API_PREFIX}/orders/{c.order_id}/cancel", request_id=request_id
+                    instance=instance(c.order_id), request_id=request_id
                 ),
             )
             for c in done.each
