@@ -33,34 +33,9 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
-    attempt: int
-    at: datetime
-    status_code: int | None
-    error: str | None
-    duration_ms: int
-
-
-@dataclass(frozen=True, slots=True)
 class Delivery:
-    id: int
-    webhook_id: str
-    event_type: str
-    order_id: int
-    status: str
-    attempts: int
-    next_attempt_at: datetime | None
-    last_status_code: int | None
-    last_error: str | None
-    created_at: datetime
-    delivered_at: datetime | None
-    payload: dict[str, Any]
-    attempt_log: list[Attempt]
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    """A delivery as LIST_DELIVERIES reads it: its attempts still JSON objects."""
+    """A delivery as LIST_DELIVERIES reads it, its attempts as JSON objects (the API's
+    DeliveryOut validates them into attempts)."""
 
     id: int
     webhook_id: str
@@ -143,7 +118,7 @@ LIST_DELIVERIES = query(
         " WHERE d.endpoint_id = :endpoint_id AND (CAST(:after AS bigint) IS NULL OR d.id < :after)"
         " ORDER BY d.id DESC LIMIT :limit"
     ),
-    DeliveryRow,
+    Delivery,
 )
 
 # Deliveries whose endpoint was disabled after the event read it as active: never sent.
@@ -183,30 +158,3 @@ RECORD_ATTEMPT = prepare(
     " WHERE id = :id AND attempts = :attempt AND status = 'pending'"
     " RETURNING id"
 )
-
-
-def delivery_of(row: DeliveryRow) -> Delivery:
-    return Delivery(
-        id=row.id,
-        webhook_id=row.webhook_id,
-        event_type=row.event_type,
-        order_id=row.order_id,
-        status=row.status,
-        attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at,
-        last_status_code=row.last_status_code,
-        last_error=row.last_error,
-        created_at=row.created_at,
-        delivered_at=row.delivered_at,
-        payload=row.payload,
-        attempt_log=[
-            Attempt(
-                attempt=a["attempt"],
-                at=datetime.fromisoformat(a["at"]),
-                status_code=a["status_code"],
-                error=a["error"],
-                duration_ms=a["duration_ms"],
-            )
-            for a in row.attempt_log
-        ],
-    )

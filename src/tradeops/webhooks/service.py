@@ -137,11 +137,10 @@ async def list_deliveries(
         repo.LIST_DELIVERIES,
         {"endpoint_id": webhook_id, "after": decode_id_cursor(after), "limit": limit + 1},
     )
-    deliveries = [repo.delivery_of(row) for row in rows]
-    items = [DeliveryOut.model_validate(d, from_attributes=True) for d in deliveries[:limit]]
-    more = len(deliveries) > limit
+    items = [DeliveryOut.model_validate(row, from_attributes=True) for row in rows[:limit]]
+    more = len(rows) > limit
     return DeliveryPage(
-        items=items, next_cursor=encode_cursor(deliveries[limit - 1].id) if more else None
+        items=items, next_cursor=encode_cursor(rows[limit - 1].id) if more else None
     )
 
 
