@@ -322,19 +322,11 @@ RECORD_APPROVAL = query(
 
 
 @dataclass(frozen=True, slots=True)
-class ReplacedOrder:
-    """What an amendment reads of the order it replaces (locked): the maker-checker facts, what
+class ReplacedOrder(OrderFacts):
+    """What an amendment reads of the order it replaces (locked): the maker-checker facts (its
+    approvals_required the old order's: the replacement's come from the band again), what
     the replacement copies, and the instrument's steps its new quantity and price must keep."""
 
-    id: int
-    desk_id: int
-    status: OrderStatus
-    version: int
-    created_by: int
-    risk_status: RiskStatus
-    risk_reasons: list[dict[str, Any]]
-    approvals_required: int  # the old order's: the replacement's come from the band again
-    approvers: list[int]
     client_id: str
     desk: str
     symbol: str
@@ -348,10 +340,6 @@ class ReplacedOrder:
     client_order_id: str | None
     lot_size: Decimal
     tick_size: Decimal
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "status", OrderStatus(self.status))
-        object.__setattr__(self, "risk_status", RiskStatus(self.risk_status))
 
 
 LOCK_REPLACED_ORDER = query(

@@ -333,9 +333,7 @@ class Amendment:
     expire_at: datetime | None = None  # a GTD order's new expiry
 
 
-def replace_refusal(
-    principal: Principal, order: repo.OrderFacts | repo.ReplacedOrder
-) -> DomainError | None:
+def replace_refusal(principal: Principal, order: repo.OrderFacts) -> DomainError | None:
     """Why `principal` may not amend `order` now. Only its maker (or the maker's key with
     orders:write) may: an amendment is a new order of theirs, so the maker-checker pairing
     stays the same (an approver who amended an order could otherwise approve their own terms).
@@ -427,7 +425,7 @@ async def replace_order(
     return _replacement(principal, order, created, quantity, price, amendment.client_order_id)
 
 
-def _check_version(order: repo.OrderFacts | repo.ReplacedOrder, expected: int | None) -> None:
+def _check_version(order: repo.OrderFacts, expected: int | None) -> None:
     if expected is not None and expected != order.version:
         raise StaleVersion(
             f"Order {order.id} is at version {order.version}, not {expected}; "
