@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -238,6 +240,40 @@ async def make_maker(engine: AsyncEngine, order_id: int, user_id: int) -> None:
             text("UPDATE orders SET created_by = :me, created_by_key_id = NULL WHERE id = :id"),
             {"me": user_id, "id": order_id},
         )
+
+
+@asynccontextmanager
+async def database_refusing_cancel(
+    engine: AsyncEngine, refusals: Mapping[int, str]
+) -> AsyncIterator[None]:
+    """While open, the database refuses to cancel each order of `refusals` by its PL/pgSQL
+    statement (a RAISE): a rule of the database's that the service does not know (drift), as
+    a trigger of an operator's would. Installed by the migration owner, dropped on leaving:
+    the tables are emptied between tests, the schema is not."""
+    checks = " ".join(
+        f"IF NEW.id = {int(order_id)} THEN {statement}; END IF;"
+        for order_id, statement in refusals.items()
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE FUNCTION test_refuse_cancel() RETURNS trigger LANGUAGE plpgsql AS"
+                f" $$ BEGIN {checks} RETURN NEW; END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER test_refuse_cancel BEFORE UPDATE ON orders FOR EACH ROW"
+                " WHEN (NEW.status = 'CANCELLED' AND OLD.status <> 'CANCELLED')"
+                " EXECUTE FUNCTION test_refuse_cancel()"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER test_refuse_cancel ON orders"))
+            await conn.execute(text("DROP FUNCTION test_refuse_cancel()"))
 
 
 async def approved_order(

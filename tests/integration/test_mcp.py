@@ -24,7 +24,14 @@ from mcp_types import CallToolResult
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, approved_order, bearer, make_api_key
+from tests.factories import (
+    SEED_ORDER,
+    Cast,
+    approved_order,
+    bearer,
+    database_refusing_cancel,
+    make_api_key,
+)
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.slow
@@ -378,6 +385,31 @@ async def test_agent_amends_finds_by_client_order_id_and_cancels_its_own_orders(
     ]
     assert swept["results"][0]["order"]["status"] == "CANCELLED"
     still = await client.get(f"{API}/orders/{traders.json()['id']}", headers=cast["trader"])
+    assert still.json()["status"] == "PENDING"
+
+
+async def test_agent_cancel_orders_answers_a_cancel_the_database_refuses_as_that_orders_409(
+    live_server: LiveServer, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """As over HTTP (test_order_lifecycle): an order whose cancel the database refuses is that
+    order's 409 with the problem the single cancel answers; the agent's other one is cancelled."""
+    made = [await client.post(f"{API}/orders", json=SEED_ORDER, headers=cast["agent"])]
+    made.append(await client.post(f"{API}/orders", json=SEED_ORDER, headers=cast["agent"]))
+    kept, held = (response.json()["id"] for response in made)
+    refusal = "PERFORM orders_maker_checker_refuse(NEW.id, 'held by compliance')"
+    async with (
+        database_refusing_cancel(owner_engine, {held: refusal}),
+        mcp_over_http(live_server, cast["agent"]) as agent,
+    ):
+        swept = order_of(await agent.call_tool("cancel_orders", {"symbol": "AAPL"}))
+    results = {r["id"]: r for r in swept["results"]}
+    assert (results[kept]["status"], results[kept]["order"]["status"]) == (200, "CANCELLED")
+    refused = results[held]
+    assert (refused["status"], refused["order"]) == (409, None)
+    assert refused["problem"]["type"].endswith("/maker-checker-refused")
+    assert refused["problem"]["instance"] == "/mcp/tools/cancel_orders"
+    assert "compliance" not in str(refused["problem"])
+    still = await client.get(f"{API}/orders/{held}", headers=cast["agent"])
     assert still.json()["status"] == "PENDING"
 
 

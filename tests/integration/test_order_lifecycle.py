@@ -11,7 +11,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, approved_order, pass_risk_check
+from tests.factories import (
+    SEED_ORDER,
+    Cast,
+    approved_order,
+    database_refusing_cancel,
+    pass_risk_check,
+)
 from tradeops.jobs.app import run_worker
 
 ORDERS = "/api/v1/orders"
@@ -298,6 +304,72 @@ async def test_cancel_many_answers_per_order_and_never_touches_other_desks(
     history = await events(client, colleagues["id"], cast["trader"])
     assert history[-1]["type"] == "CANCELLED"
     assert history[-1]["actor"] == f"user:{cast.ids['approver']}"
+
+
+# The database's own refusal of an order change (orders_maker_checker_refuse, as migrations
+# 0011 and 0018 refuse one), and a trigger's bare RAISE, as an operator might add one: rules
+# the service does not know, so it finds nothing to refuse and the database does.
+REFUSED_BY_OUR_RULES = "PERFORM orders_maker_checker_refuse(NEW.id, 'held by compliance')"
+REFUSED_BY_A_RAISE = "RAISE EXCEPTION 'order % held by compliance', NEW.id"
+
+
+async def test_cancel_many_answers_a_cancel_the_database_refuses_as_that_orders_409(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """Never all-or-nothing, whoever refuses: an order whose cancel the database refuses is
+    that order's 409 with the problem the single cancel answers, and the others are cancelled."""
+    cancelled, held, raised = [await submit(client, cast["trader"]) for _ in range(3)]
+    refusals = {held["id"]: REFUSED_BY_OUR_RULES, raised["id"]: REFUSED_BY_A_RAISE}
+    async with database_refusing_cancel(owner_engine, refusals):
+        single = await client.post(f"{ORDERS}/{held['id']}/cancel", headers=cast["trader"])
+        response = await client.delete(f"{ORDERS}?symbol=AAPL", headers=cast["trader"])
+    assert single.status_code == 409, single.text  # the single cancel, as before
+    assert single.json()["type"].endswith("/maker-checker-refused")
+    assert response.status_code == 207, response.text
+    results = {r["id"]: r for r in response.json()["results"]}
+    assert results[cancelled["id"]]["status"] == 200
+    assert results[cancelled["id"]]["order"]["status"] == "CANCELLED"
+    for order in (held, raised):
+        refused = results[order["id"]]
+        assert (refused["status"], refused["order"]) == (409, None)
+        problem = refused["problem"]
+        said = {k: problem[k] for k in ("type", "title", "status", "detail")}
+        assert said == {k: single.json()[k] for k in said}
+        assert problem["instance"] == f"{ORDERS}/{order['id']}/cancel"
+        # Nothing of the database's own words: its message, the constraint, the statement.
+        shown = str(problem)
+        assert "compliance" not in shown and "orders_maker_checker" not in shown, shown
+    statuses = {
+        o["id"]: (await read(client, o["id"], cast["trader"]))["status"]
+        for o in (cancelled, held, raised)
+    }
+    assert statuses == {
+        cancelled["id"]: "CANCELLED",
+        held["id"]: "PENDING",
+        raised["id"]: "PENDING",
+    }
+    for order in (held, raised):
+        assert [e["type"] for e in await events(client, order["id"], cast["trader"])] == ["CREATED"]
+    assert [e["type"] for e in await events(client, cancelled["id"], cast["trader"])] == [
+        "CREATED",
+        "CANCELLED",
+    ]
+
+
+async def test_cancel_many_fails_whole_on_a_transient_database_error(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """A lost race (serialization failure) is no refusal of the order: the command is retried
+    and, failing each time, answered 503 with Retry-After, nothing cancelled."""
+    first, busy = [await submit(client, cast["trader"]) for _ in range(2)]
+    lost_race = "RAISE EXCEPTION 'lost a race' USING ERRCODE = 'serialization_failure'"
+    async with database_refusing_cancel(owner_engine, {busy["id"]: lost_race}):
+        response = await client.delete(f"{ORDERS}?symbol=AAPL", headers=cast["trader"])
+    assert response.status_code == 503, response.text
+    assert response.json()["type"].endswith("/database-busy")
+    assert "retry-after" in response.headers
+    for order in (first, busy):
+        assert (await read(client, order["id"], cast["trader"]))["status"] == "PENDING"
 
 
 async def test_cancel_many_with_an_idempotency_key_replays_the_same_207(

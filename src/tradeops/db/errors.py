@@ -38,6 +38,8 @@ UNAVAILABLE_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 # The triggers of maker-checker (migration 0011) raise check_violation naming this: the order's
 # state, not the request's data, refuses the change, and reading the order again shows why.
 MAKER_CHECKER_CONSTRAINT = "orders_maker_checker"
+# A trigger's RAISE without an ERRCODE of its own (ours always name one: an operator's may not).
+RAISE_EXCEPTION_SQLSTATE = "P0001"
 READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction: a standby, or a primary set read-only
 UNAVAILABLE_RETRY_AFTER = 2
 
@@ -90,6 +92,15 @@ def is_connection_failure(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and (
         error.connection_invalidated or isinstance(error.orig, CONNECTION_FAILURES)
     )
+
+
+def refuses_the_change(error: BaseException) -> bool:
+    """The database refused the change itself: a constraint or a rule's trigger (class 23,
+    integrity constraint violation) or a trigger's bare RAISE. The same change is refused
+    again; nothing about the connection or a race (those are transient, db.transient), nor a
+    bug, so a command of many steps may answer it for that step alone."""
+    code = sqlstate_of(error) or ""
+    return code.startswith("23") or code == RAISE_EXCEPTION_SQLSTATE
 
 
 def constraint_of(error: BaseException) -> str | None:

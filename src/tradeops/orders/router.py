@@ -484,9 +484,10 @@ async def cancel_orders(
     """Cancel every open order of your desks that matches the filters, each as its single
     cancel would: **207** with one result per order (`id`, `status` 200 with the `order`, or
     403/409 with the `problem`), newest first, at most 500 a call (`more`: call again). Never
-    all-or-nothing; orders of desks you do not cover are never touched nor listed. A
-    PARTIALLY_FILLED order is listed with 409 (it cannot be cancelled; amend it instead).
-    Retry safely with an Idempotency-Key: the same key replays the same 207."""
+    all-or-nothing (a cancel the database refuses is that order's 409 too); orders of desks
+    you do not cover are never touched nor listed. A PARTIALLY_FILLED order is listed with
+    409 (it cannot be cancelled; amend it instead). Retry safely with an Idempotency-Key: the
+    same key replays the same 207."""
     wanted = OrderFilters(
         status=status, client_id=client_id, symbol=symbol.upper() if symbol else None, side=side
     )

@@ -21,11 +21,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+import asyncpg
 import orjson
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal, Role
+from tradeops.db.errors import MAKER_CHECKER_REFUSED, refuses_the_change
 from tradeops.db.uow import UnitOfWork
 from tradeops.errors import Conflict, DomainError, Forbidden, InvalidRequest
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
@@ -41,6 +44,8 @@ from tradeops.orders.service import (
     list_filter_keys,
 )
 from tradeops.orders.states import OPEN_STATUSES, OrderStatus, RiskStatus
+
+log = structlog.get_logger(component="tradeops.orders.workflow")
 
 
 class IllegalTransition(Conflict):
@@ -71,6 +76,18 @@ class RiskCheckFailed(Conflict):
 class RiskCheckPending(Conflict):
     slug = "risk-check-pending"
     title = "The order's pre-trade risk check has not passed yet"
+
+
+class RefusedByDatabase(Conflict):
+    """The database refused one order's change that the rules above allowed (a race, drift,
+    a rule of the database's own): its refusal of an order change (tradeops.db.errors), the
+    problem the single command answers when the database's rules of orders refuse it."""
+
+    slug = MAKER_CHECKER_REFUSED.slug
+    title = MAKER_CHECKER_REFUSED.title
+
+    def __init__(self) -> None:
+        super().__init__(MAKER_CHECKER_REFUSED.detail)
 
 
 class ReviewRequest(BaseModel):
@@ -532,6 +549,20 @@ async def _cancel_one(
             )
     except DomainError as refused:  # forbidden, or no longer cancellable: only this one
         return Cancellation(order_id, refused=refused)
+    except asyncpg.PostgresError as error:
+        # The database refused this order's cancel (a trigger, a constraint): this one's 409,
+        # its savepoint undone. A transient error (a lost race, a lost connection) or a bug
+        # fails the whole command, to be retried or answered as the single cancel would.
+        if not refuses_the_change(error):
+            raise
+        log.warning(
+            "cancel refused by the database",
+            order_id=order_id,
+            error_type=type(error).__name__,
+            sqlstate=error.sqlstate,
+            error=str(error)[:500],
+        )
+        return Cancellation(order_id, refused=RefusedByDatabase())
     return Cancellation(order_id, order=cancelled)
 
 
