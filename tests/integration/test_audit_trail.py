@@ -86,6 +86,10 @@ async def test_every_change_is_audited_with_actor_and_request_id(
         "client.updated",
     ):
         assert expected in actions, (expected, actions)
+    # Sign-in records before any context: the database names the account tried.
+    signed_in = {e["action"]: e["actor"] for e in page["items"] if e["entity"] == "login"}
+    trader = f"user:{cast.ids['trader']}"
+    assert signed_in == {"login.failed": trader, "login.succeeded": trader}
     created = next(e for e in page["items"] if e["action"] == "order.created")
     assert created["entity_id"] == str(order.json()["id"])
     assert created["request_id"] == "req-audit-1"

@@ -251,6 +251,21 @@ async def test_the_owner_is_bound_too(
     assert await status_of(owner_engine, order_id) == (status, None, None)
 
 
+async def test_the_owner_cannot_have_the_maker_reject_nor_the_makers_key_owner_decide(
+    cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    order_id = await make_order(owner_engine, cast.ids["trader"])
+    maker = {"by": cast.ids["trader"], "id": order_id}
+    assert_maker_checker(await refusal_of(owner_engine, None, (REJECT, maker)))
+    key_id, _ = await make_api_key(owner_engine, "approver@test.bank", ["orders:read"])
+    through_key = await make_order(owner_engine, cast.ids["approver"], key=key_id)
+    key_owner = {"by": cast.ids["approver"], "id": through_key}
+    assert_maker_checker(await refusal_of(owner_engine, None, (GIVE_AND_APPROVE, key_owner)))
+    assert_maker_checker(await refusal_of(owner_engine, None, (REJECT, key_owner)))
+    assert await status_of(owner_engine, order_id) == ("REVIEWED", None, None)
+    assert await status_of(owner_engine, through_key) == ("REVIEWED", None, None)
+
+
 async def test_the_owner_may_approve_by_the_rules(cast: Cast, owner_engine: AsyncEngine) -> None:
     order_id = await make_order(owner_engine, cast.ids["trader"])
     async with owner_engine.begin() as conn:

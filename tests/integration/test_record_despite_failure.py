@@ -51,7 +51,7 @@ async def test_the_record_commits_and_the_failed_command_does_not(
 
     await record_despite_failure(app.state.db, failure, principal=SYSTEM, request_id="req-1")
 
-    assert await _events(owner_engine) == [("test.failed", SYSTEM.actor, "req-1")]
+    assert await _events(owner_engine) == [("test.failed", "user:0", "req-1")]
 
 
 async def test_without_a_principal_the_request_id_is_kept(

@@ -3,6 +3,7 @@ keyset cursors are written and read in one module."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -58,6 +59,17 @@ def test_every_module_of_a_split_package_is_in_a_layer() -> None:
         if path.stem != "__init__"
     }
     assert modules - layered == set()
+
+
+def test_the_actors_name_is_written_only_in_sql() -> None:
+    # "user:7/key:3" is tradeops_actor_of (migration 0021); code passes ids, never the text,
+    # so a key's idempotency and the trail's names cannot drift apart.
+    writing = sorted(
+        str(path.relative_to(SOURCE))
+        for path in SOURCE.rglob("*.py")
+        if "migrations" not in path.parts and re.search(r"f[\"']user:\{", path.read_text())
+    )
+    assert writing == []
 
 
 def test_cursors_are_written_in_one_place() -> None:

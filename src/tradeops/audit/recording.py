@@ -19,7 +19,7 @@ class Actor(Protocol):
     """Who acted, as far as the trail names them (`auth.principal.Principal` is one)."""
 
     @property
-    def actor(self) -> str: ...
+    def user_id(self) -> int: ...
     @property
     def api_key_id(self) -> int | None: ...
 
@@ -47,13 +47,14 @@ async def record(
     *,
     before: Any = None,
     after: Any = None,
-    actor: str | None = None,
+    acting_user: int | None = None,
 ) -> None:
     """Append one event in the caller's transaction: it commits or rolls back with the change.
     The database labels it with the desk it concerns (see migration 0009) and, in a request
     context, with the context's actor, key and request (migration 0011): the transaction's
-    principal, whom row-level security already knows. `actor` names who acted where no
-    context is set (sign-in)."""
+    principal, whom row-level security already knows. Where no context is set, the actor is
+    `acting_user` (sign-in: the account tried), else `principal`, else anonymous; the
+    database writes the name (migration 0021)."""
     event = {
         "action": action,
         "entity": entity,
@@ -61,12 +62,11 @@ async def record(
         "before": _json(before),
         "after": _json(after),
     }
-    if actor is None and uow.principal is not None:
+    if acting_user is None and uow.principal is not None:
         await uow.execute(repo.RECORD, event)
         return
-    explicit = {
-        "actor": actor or (principal.actor if principal else "anonymous"),
-        "api_key_id": principal.api_key_id if principal and not actor else None,
-        "request_id": uow.request_id,
-    }
-    await uow.execute(repo.RECORD_AS, event | explicit)
+    key_id = None
+    if acting_user is None and principal is not None:
+        acting_user, key_id = principal.user_id, principal.api_key_id
+    named = {"user_id": acting_user, "api_key_id": key_id, "request_id": uow.request_id}
+    await uow.execute(repo.RECORD_AS, event | named)

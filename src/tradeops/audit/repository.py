@@ -2,9 +2,10 @@
 reads: lists, checkpoints, and verification's bounded batches.
 
 In a request context the database fills actor, api_key_id and request_id from it
-(migration 0011), so the actor's format ("user:7", "user:7/key:3") is written once, in SQL;
-a writer without one (a sign-in, before anyone is known) or acting as someone else (the
-risk job's "system:risk-check") names them.
+(migration 0011). The actor's format ("user:7", "user:7/key:3") is written once, in SQL
+(tradeops_actor_of, migration 0021): a writer without a context (a sign-in, before anyone
+is known) passes the person's id, and one acting as someone else (the risk job's
+"system:risk-check") names them.
 """
 
 from __future__ import annotations
@@ -65,8 +66,13 @@ _EVENT = {
     "after": "CAST(:after AS jsonb)",
 }
 RECORD = prepare(append_audit(**_EVENT))
+# Without a context: the person acting (tradeops_actor_of, migration 0021), else anonymous.
 RECORD_AS = prepare(
-    append_audit(**_EVENT, named="CAST(:actor AS text), CAST(:api_key_id AS bigint), :request_id")
+    append_audit(
+        **_EVENT,
+        named="COALESCE(tradeops_actor_of(CAST(:user_id AS bigint), CAST(:api_key_id AS bigint)),"
+        " 'anonymous'), CAST(:api_key_id AS bigint), :request_id",
+    )
 )
 
 

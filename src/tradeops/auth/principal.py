@@ -45,13 +45,6 @@ class Principal:
     def can_see_desk(self, desk_id: int) -> bool:
         return self.all_desks or desk_id in self.desk_ids
 
-    @property
-    def actor(self) -> str:
-        """How this principal is written in histories and the audit trail."""
-        if self.api_key_id is not None:
-            return f"user:{self.user_id}/key:{self.api_key_id}"
-        return f"user:{self.user_id}"
-
 
 SYSTEM = Principal(
     user_id=SYSTEM_USER_ID, email="system@tradeops", role=Role.SYSTEM, all_desks=True

@@ -124,8 +124,9 @@ async def _record_success(uow: UnitOfWork, email: str, key: bytes, signed_in: Si
     if forgotten is not None and forgotten.locked_for:
         raise _throttled(email, forgotten.locked_for)  # rolls the DELETE back
     log.info("sign-in succeeded", user_id=signed_in.user_id)
-    actor = f"user:{signed_in.user_id}"
-    await audit.record(uow, None, "login.succeeded", "login", email.lower(), actor=actor)
+    await audit.record(
+        uow, None, "login.succeeded", "login", email.lower(), acting_user=signed_in.user_id
+    )
     return signed_in
 
 
@@ -154,7 +155,7 @@ async def _record_failure(
         "login",
         email.lower(),
         after={"failures": failures},
-        actor=f"user:{user_id}" if user_id is not None else "anonymous",
+        acting_user=user_id,  # None: no such account, written as anonymous
     )
 
 

@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import Header, Request, Response
 from pydantic import BaseModel
 
-from tradeops.auth.principal import Principal
 from tradeops.db.uow import UnitOfWork
 from tradeops.idempotency.service import StoredResponse, fingerprint, run_once
 
@@ -26,7 +25,6 @@ IdempotencyKeyHeader = Annotated[
 async def respond_once(
     request: Request,
     uow: UnitOfWork,
-    principal: Principal,
     key: str | None,
     produce: Callable[[], Awaitable[tuple[int, BaseModel, dict[str, str]]]],
 ) -> Response:
@@ -42,7 +40,7 @@ async def respond_once(
         query = request.url.query
         target = f"{request.url.path}?{query}" if query else request.url.path
         request_fingerprint = fingerprint(request.method, target, body)
-        response = await run_once(uow, principal, key, request_fingerprint, stored)
+        response = await run_once(uow, key, request_fingerprint, stored)
     headers = dict(response.headers)
     if response.replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -27,20 +27,22 @@ class Stored:
     response_headers: dict[str, str]
 
 
-# No row when the key is taken: ON CONFLICT waits for the request holding it to finish.
+# Keys are the context's principal's (tradeops_actor(), which row-level security compares
+# too). No row when the key is taken: ON CONFLICT waits for the request holding it to finish.
 RESERVE = query(
-    "INSERT INTO idempotency_keys (principal, key, fingerprint) VALUES (:principal, :key, :fp)"
+    "INSERT INTO idempotency_keys (principal, key, fingerprint)"
+    " VALUES (tradeops_actor(), :key, :fp)"
     " ON CONFLICT (principal, key) DO NOTHING RETURNING true AS reserved",
     Reserved,
 )
 STORED = query(
     "SELECT fingerprint, response_status, response_body, response_headers FROM idempotency_keys"
-    " WHERE principal = :principal AND key = :key",
+    " WHERE principal = tradeops_actor() AND key = :key",
     Stored,
 )
 COMPLETE = prepare(
     "UPDATE idempotency_keys SET response_status = :status, response_body = :body,"
-    " response_headers = CAST(:headers AS jsonb) WHERE principal = :principal AND key = :key"
+    " response_headers = CAST(:headers AS jsonb) WHERE principal = tradeops_actor() AND key = :key"
 )
 
 

@@ -56,13 +56,13 @@ def check_key(key: str) -> str:
 
 async def run_once(
     uow: UnitOfWork,
-    principal: Principal,
     key: str,
     request_fingerprint: str,
     produce: Callable[[], Awaitable[StoredResponse]],
 ) -> StoredResponse:
-    """Produce the response once per (principal, key); later calls get the stored one."""
-    params = {"principal": principal.actor, "key": check_key(key)}
+    """Produce the response once per (principal, key), the principal being the transaction's
+    (its context); later calls get the stored one."""
+    params = {"key": check_key(key)}
     if await uow.row(repository.RESERVE, {**params, "fp": request_fingerprint}) is None:
         stored = await uow.row(repository.STORED, params)
         assert stored is not None  # the key that conflicted, held (locked) until we commit

@@ -179,7 +179,7 @@ async def submit_order(
             return 200, created, _etag(created)
         return 201, created, {**_etag(created), "Location": f"{request.url.path}/{created.id}"}
 
-    return await respond_once(request, uow, principal, idempotency_key, create)
+    return await respond_once(request, uow, idempotency_key, create)
 
 
 @router.get(
@@ -285,7 +285,7 @@ async def _decide(
         changed = await workflow.transition_order(uow, principal, decision)
         return 200, changed, _etag(changed)
 
-    return await respond_once(request, uow, principal, idempotency_key, change)
+    return await respond_once(request, uow, idempotency_key, change)
 
 
 @router.post(
@@ -438,7 +438,7 @@ async def replace_order(
         )
         return 201, new, {**_etag(new), "Location": f"{API_PREFIX}/orders/{new.id}"}
 
-    return await respond_once(request, uow, principal, idempotency_key, amend)
+    return await respond_once(request, uow, idempotency_key, amend)
 
 
 def cancel_results(
@@ -496,4 +496,4 @@ async def cancel_orders(
         done = await workflow.cancel_orders(uow, principal, wanted)
         return 207, cancel_results(done, uow.request_id), {}
 
-    return await respond_once(request, uow, principal, idempotency_key, cancel)
+    return await respond_once(request, uow, idempotency_key, cancel)
