@@ -4,13 +4,15 @@ from it with `pg_basebackup -R`, in a temp dir, on ports 56201-56299.
 Where a statement ran is read from each server's pg_stat_statements (the extension is
 created on the primary and replicated; each server counts what it executed itself): GETs
 land on the replica and no write ever does, a caller reads its own write on the primary,
-an API key works on the replica, a lagging or lost replica sends reads to the primary,
-readiness reports role and lag, and multi-host URLs find the primary.
+an API key works on the replica, a lagging or lost replica sends reads to the primary, as
+does one cut off from the primary when the primary cannot be asked how far it is, readiness
+reports role and lag, and multi-host URLs find the primary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import socket
 import statistics
@@ -26,6 +28,7 @@ import httpx
 import psycopg
 import pytest
 from fastapi import FastAPI
+from psycopg import sql as pg_sql
 from sqlalchemy import create_engine
 from sqlalchemy import text as sql
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -359,6 +362,61 @@ async def test_a_lost_replica_sends_reads_to_the_primary(stack: Stack) -> None:
     finally:
         pair.standby.start()
         pair.standby.wait_accepting()
+    await reads_on_replica(stack)
+
+
+def _set_on(url: str, setting: str, value: str) -> None:
+    """ALTER SYSTEM on the server at `url`, and reload its configuration."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        statement = pg_sql.SQL("ALTER SYSTEM SET {} = {}")
+        conn.execute(statement.format(pg_sql.Identifier(setting), pg_sql.Literal(value)))
+        conn.execute("SELECT pg_reload_conf()")
+
+
+async def test_a_replica_cut_off_from_a_primary_it_cannot_measure_against_takes_no_reads(
+    stack: Stack,
+) -> None:
+    """The standby stops receiving WAL (its primary_conninfo emptied) while the primary takes
+    writes, and this process's check cannot read the primary's position: the standby has
+    received no more than it replayed, yet is behind. Within the lag allowed of the last
+    check that found it caught up, it takes no reads."""
+    pair = stack.pair
+    await reads_on_replica(stack)
+    conninfo = _query(pair.standby_url, "SHOW primary_conninfo")
+    measured_against = stack.replica.primary
+    nowhere = f"postgresql://postgres@127.0.0.1:{_ports(1)[0]}/tradeops"  # nothing listens
+    unreachable = Database(stack.app.state.settings, nowhere)
+
+    async def receiving() -> bool:
+        return bool(_query(pair.standby_url, "SELECT count(*) FROM pg_stat_wal_receiver"))
+
+    async def cut_off() -> bool:
+        return not await receiving()
+
+    async def lagging() -> bool:
+        return bool((await ready(stack))["read_replica"]["status"] == "lagging")
+
+    _set_on(pair.standby_url, "primary_conninfo", "")
+    try:
+        await eventually(cut_off)
+        stack.replica.primary = unreachable
+        await submit(stack, "trader2")  # the standby will not hear of it
+        await eventually(lagging)
+        behind = (await ready(stack))["read_replica"]
+        assert behind["reads_on"] == "primary" and "lag_bytes" not in behind, behind
+        # Left out (unknown) once no check it caught up with is kept and it has replayed no
+        # commit since it started.
+        assert behind.get("lag_seconds", math.inf) > REPLICA_SETTINGS["read_max_lag_seconds"]
+        reset_counts(pair.primary_url, pair.standby_url)
+        answer = await stack.client.get(f"{API}/orders", headers=stack.cast["approver"])
+        assert answer.status_code == 200
+        assert (calls(pair.primary_url, DATA_READS), calls(pair.standby_url, DATA_READS)) == (1, 0)
+    finally:
+        stack.replica.primary = measured_against
+        await unreachable.dispose()
+        _set_on(pair.standby_url, "primary_conninfo", conninfo)
+    await eventually(receiving)
+    await replayed(pair)
     await reads_on_replica(stack)
 
 

@@ -41,7 +41,6 @@ _PRIMARY_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
 _REPLICA_POSITION = """
 SELECT pg_is_in_recovery() AS in_recovery,
        pg_last_wal_replay_lsn()::text AS replayed,
-       pg_last_wal_receive_lsn()::text AS received,
        EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age
 """
 _FORGET_WRITES_AT = 4096  # remembered writers before the stale ones are swept out
@@ -54,7 +53,7 @@ class ReplicaState:
     reachable: bool
     role: str | None = None  # "replica" (in recovery) or "primary"
     lag_seconds: float | None = None
-    lag_bytes: int | None = None
+    lag_bytes: int | None = None  # None when the primary's position could not be read
     checked_at: float = 0.0  # time.monotonic()
 
 
@@ -71,14 +70,18 @@ def lag_of(
     replay_age: float | None,
     primary_positions: Sequence[tuple[float, int]],
     now: float,
+    *,
+    latest_is_now: bool = True,
 ) -> float:
     """Seconds behind the primary, at most: none when it has replayed all the primary had
-    written at the latest sample, else the time since the last sample it had caught up with
-    (`primary_positions`: (time.monotonic(), primary's WAL position), oldest first), or the age
-    of its last replayed commit, whichever is less. Neither alone will do: an idle primary's
-    last commit may be minutes old when a new write arrives, and the samples are one check
-    interval apart."""
-    if primary_positions and primary_positions[-1][1] <= replayed:
+    written at the latest sample, taken by this check (`latest_is_now`), else the time since
+    the last sample it had caught up with (`primary_positions`: (time.monotonic(), primary's
+    WAL position), oldest first), or the age of its last replayed commit, whichever is less.
+    Neither alone will do: an idle primary's last commit may be minutes old when a new write
+    arrives, and the samples are one check interval apart. When this check could not read the
+    primary's position, an earlier sample it has caught up with bounds the lag only by the
+    time since: the primary may have written since."""
+    if latest_is_now and primary_positions and primary_positions[-1][1] <= replayed:
         return 0.0
     caught_up = [at for at, position in primary_positions if position <= replayed]
     since_caught_up = now - caught_up[-1] if caught_up else math.inf
@@ -153,14 +156,20 @@ class ReadReplica:
             return ReplicaState(True, "replica", math.inf, None, now)
         if primary_position is not None:
             self._positions.append((asked_at, primary_position))
-            while self._positions and now - self._positions[0][0] > self._keep_positions:
-                self._positions.popleft()
-            behind = max(0, primary_position - replayed)
-            lag = lag_of(replayed, row["replay_age"], self._positions, now)
-        else:  # the primary is down: what the replica has received stands for it
-            received = wal_position(row["received"])
-            behind = max(0, (received or replayed) - replayed)
-            lag = 0.0 if behind == 0 else lag_of(replayed, row["replay_age"], (), now)
+        while self._positions and now - self._positions[0][0] > self._keep_positions:
+            self._positions.popleft()
+        # Without the primary's position, what the replica has received proves nothing: a WAL
+        # receiver cut off from a primary that still takes writes has received no more than
+        # it replayed, however far behind. The lag then runs from the last check that found
+        # it caught up (or its last replayed commit), and how many bytes is not known.
+        lag = lag_of(
+            replayed,
+            row["replay_age"],
+            self._positions,
+            now,
+            latest_is_now=primary_position is not None,
+        )
+        behind = None if primary_position is None else max(0, primary_position - replayed)
         return ReplicaState(True, "replica", lag, behind, now)
 
     async def _primary_position(self) -> int | None:
@@ -168,7 +177,7 @@ class ReadReplica:
             async with asyncio.timeout(self._check_every * 2 + 1):
                 async with self.primary.acquire() as connection:
                     return wal_position(await connection.fetchval(_PRIMARY_POSITION))
-        except Exception:  # down, or itself in recovery: the replica's own view must do
+        except Exception:  # down, unreachable or in recovery: earlier checks bound the lag
             return None
 
     async def _check_every_interval(self) -> None:
