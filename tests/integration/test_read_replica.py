@@ -12,6 +12,7 @@ reports role and lag, and multi-host URLs find the primary.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import math
 import shutil
 import socket
@@ -47,11 +48,15 @@ from tradeops.settings import Settings
 
 pytestmark = [
     pytest.mark.slow,
+    # One test process runs the module (--dist loadgroup, pyproject.toml): the pair is built
+    # once, and two processes never race for the same free ports.
+    pytest.mark.xdist_group("replica_pair"),
     pytest.mark.skipif(not (PG_BIN / "pg_basebackup").exists(), reason="no PostgreSQL binaries"),
 ]
 
 API = "/api/v1"
 PORTS = range(56201, 56300)
+PORTS_LOCK = Path(tempfile.gettempdir()) / "tradeops-replica-ports.lock"
 SERVER_SETTINGS = (
     "shared_preload_libraries=pg_stat_statements",
     "pg_stat_statements.track=top",
@@ -104,24 +109,34 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
     workdir = Path(tempfile.mkdtemp(prefix="tradeops-replica-"))
-    primary_port, standby_port = _ports(2)
-    primary = LocalPostgres(workdir / "primary", port=primary_port, settings=SERVER_SETTINGS)
-    standby = LocalPostgres(workdir / "standby", port=standby_port, settings=SERVER_SETTINGS)
+    servers: list[LocalPostgres] = []  # standby first: stopped before its primary
     try:
-        primary.init()
-        primary.start()
-        primary.wait_accepting()
+        # Ports are free when picked and taken only once a server listens: another test run
+        # on this machine waits here meanwhile, so it never picks ours and reaches our server.
+        with PORTS_LOCK.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            primary_port, standby_port = _ports(2)
+            primary = LocalPostgres(
+                workdir / "primary", port=primary_port, settings=SERVER_SETTINGS
+            )
+            standby = LocalPostgres(
+                workdir / "standby", port=standby_port, settings=SERVER_SETTINGS
+            )
+            servers += [standby, primary]
+            primary.init()
+            primary.start()
+            primary.wait_accepting()
+            standby.standby_of(primary)
+            standby.start()
+            standby.wait_accepting()
         url = ensure_database(primary.url(), "tradeops")
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION pg_stat_statements")
         migrate.upgrade(url)
-        standby.standby_of(primary)
-        standby.start()
-        standby.wait_accepting()
         yield Pair(primary, standby, url, standby.url("tradeops"))
     finally:
-        standby.stop()
-        primary.stop()
+        for server in servers:
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
