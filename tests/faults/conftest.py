@@ -1,5 +1,6 @@
 """The fault suite's stack: its own PostgreSQL cluster, migrated, with the demo data, a trader,
-an approver and an agent key, and `tradeops serve` and `tradeops worker` as child processes.
+an approver, an admin and an agent key, and `tradeops serve` and `tradeops worker` as child
+processes.
 
 Run with `make faults` (pytest -m faults); the default `make test` leaves it out, because it
 kills processes and takes minutes. Everything it starts lives under one temp dir and is ended
@@ -45,6 +46,7 @@ class Stack:
     base_url: str
     trader: str  # JWT of trader@demo.test (EQ-US)
     approver: str  # JWT of approver@demo.test (EQ-US)
+    admin: str  # JWT of admin@demo.test (webhooks, executions, market data)
     agent_key: str  # API key of agent@demo.test (EQ-US)
     workdir: Path
 
@@ -136,6 +138,7 @@ def stack() -> Iterator[Stack]:
             base_url=base_url,
             trader=_token(base_url, "trader@demo.test"),
             approver=_token(base_url, "approver@demo.test"),
+            admin=_token(base_url, "admin@demo.test"),
             agent_key=agent_key,
             workdir=workdir,
         )

@@ -149,9 +149,10 @@ async def list_deliveries(
 
 def retry_in_seconds(settings: Settings, attempt: int) -> float:
     """Exponential backoff after the `attempt`-th failure, ±25% jitter so that the deliveries
-    of a receiver that was down do not all come back in the same instant."""
-    base = settings.webhook_backoff_seconds * 2 ** min(attempt - 1, 30)
-    return float(min(MAX_BACKOFF_SECONDS, base) * random.uniform(0.75, 1.25))  # noqa: S311
+    of a receiver that was down do not all come back in the same instant; never more than
+    MAX_BACKOFF_SECONDS apart (at the cap the jitter only shortens the wait, half the time)."""
+    base = min(MAX_BACKOFF_SECONDS, settings.webhook_backoff_seconds * 2 ** min(attempt - 1, 30))
+    return float(min(MAX_BACKOFF_SECONDS, base * random.uniform(0.75, 1.25)))  # noqa: S311
 
 
 @cache
