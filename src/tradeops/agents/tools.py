@@ -35,6 +35,7 @@ from tradeops.orders import service as orders
 from tradeops.orders import workflow
 from tradeops.orders.router import cancel_results
 from tradeops.orders.schemas import (
+    AMEND_SOMETHING,
     CancelResults,
     ClientOrderId,
     OrderCreate,
@@ -45,6 +46,7 @@ from tradeops.orders.schemas import (
     OrderStatus,
     RiskStatus,
     Side,
+    TimeInForce,
 )
 from tradeops.positions import service as positions
 from tradeops.positions.schemas import Portfolio
@@ -235,6 +237,12 @@ class ReplaceOrder(Arguments):
         description="Your id for the new order (unique per submitter); recommended, so you can "
         "find it with get_order if you lose the answer",
     )
+    time_in_force: TimeInForce | None = Field(
+        default=None,
+        description="The new order's time in force: DAY (expires at its desk's next end of "
+        "day), GTC (until filled or cancelled), GTD (until expire_at, which you must then send "
+        "unless the order is GTD already), IOC or FOK; omit it to keep the old one",
+    )
     expire_at: AwareDatetime | None = Field(
         default=None,
         description="A GTD order's new expiry (ISO 8601 with a time zone, in the future); omit "
@@ -244,8 +252,15 @@ class ReplaceOrder(Arguments):
 
     @model_validator(mode="after")
     def _changes_something(self) -> Self:
-        if (self.quantity, self.price, self.client_order_id, self.expire_at) == (None,) * 4:
-            raise ValueError("send at least one of quantity, price, client_order_id, expire_at")
+        changes = (
+            self.quantity,
+            self.price,
+            self.client_order_id,
+            self.time_in_force,
+            self.expire_at,
+        )
+        if changes == (None,) * 5:
+            raise ValueError(AMEND_SOMETHING)
         return self
 
 
@@ -399,6 +414,7 @@ async def _replace_order(
         client_order_id=args.client_order_id,
         expected_version=args.expected_version,
         expire_at=args.expire_at,
+        time_in_force=args.time_in_force,
     )
     return await workflow.replace_order(
         uow, principal, amendment, price_max_decimals=settings.price_max_decimals
@@ -575,7 +591,9 @@ TOOLS: tuple[AgentTool, ...] = (
         name="replace_order",
         title="Amend an order",
         description="Amend an open order of yours (PENDING, REVIEWED, APPROVED or "
-        "PARTIALLY_FILLED): change its quantity, price or client_order_id. The old order "
+        "PARTIALLY_FILLED): change its quantity, price, client_order_id, time_in_force or a GTD "
+        "order's expire_at (time_in_force GTD needs expire_at; DAY, GTC, IOC and FOK take "
+        "none). The old order "
         "becomes REPLACED (replaced_by names the new one; a partly filled order keeps its "
         "fills) and a new order (replaces names the old one; same client, symbol and side) "
         "starts again at PENDING with a new risk check: it needs a review and a human "

@@ -31,6 +31,7 @@ OrderStatus = states.OrderStatus
 RiskStatus = states.RiskStatus
 ClientOrderId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7E]{1,64}$")]
 GTD_NEEDS_EXPIRE_AT = "a GTD order needs expire_at, and only a GTD order takes one"
+AMEND_SOMETHING = "send at least one of quantity, price, client_order_id, time_in_force, expire_at"
 LIMIT_NEEDS_PRICE = "a LIMIT order needs a price; send order_type MARKET to trade at market"
 
 
@@ -164,6 +165,12 @@ class OrderAmendment(BaseModel):
         description="Your id for the new order, unique per submitter; omitted: none (the old "
         "order keeps its own)",
     )
+    time_in_force: TimeInForce | None = Field(
+        default=None,
+        description="The new order's time in force (DAY, GTC, GTD, IOC or FOK), as at "
+        "submission: GTD needs `expire_at` (unless the old order is GTD too: then its expiry "
+        "stays), the others take none; omitted: unchanged",
+    )
     expire_at: AwareDatetime | None = Field(
         default=None,
         description="A GTD order's new expiry, in the future; omitted: unchanged. A DAY "
@@ -173,8 +180,15 @@ class OrderAmendment(BaseModel):
 
     @model_validator(mode="after")
     def _changes_something(self) -> Self:
-        if (self.quantity, self.price, self.client_order_id, self.expire_at) == (None,) * 4:
-            raise ValueError("send at least one of quantity, price, client_order_id, expire_at")
+        changes = (
+            self.quantity,
+            self.price,
+            self.client_order_id,
+            self.time_in_force,
+            self.expire_at,
+        )
+        if changes == (None,) * 5:
+            raise ValueError(AMEND_SOMETHING)
         return self
 
 
