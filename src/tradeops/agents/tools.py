@@ -439,11 +439,17 @@ async def _cancel_orders(
 # --- the catalogue ---------------------------------------------------------------------------
 
 _ORDER_FIELDS = (
-    "An order has: id; status (PENDING, REVIEWED, APPROVED, PARTIALLY_FILLED, FILLED, REJECTED, "
-    "CANCELLED, REPLACED); replaces and replaced_by (the order it amended, the order that "
-    "amended it); risk_status (PENDING, PASSED, FAILED) and risk_reasons from the pre-trade risk "
-    "check; quantity, price, filled_quantity and avg_fill_price as decimal strings (price in "
-    "the instrument's currency, null for MARKET orders); created_by, reviewed_by, approved_by; "
+    "An order has: id; status, one of PENDING (submitted, waiting for a review), REVIEWED "
+    "(waiting for a human approver's decision), APPROVED (approved, may now be filled), "
+    "PARTIALLY_FILLED (some filled, the rest may still fill), FILLED (fully filled), REJECTED "
+    "(an approver refused it; final), CANCELLED (final), REPLACED (amended with replace_order; "
+    "final: replaced_by names the new order, which carries on) and EXPIRED (its time in force "
+    "ran out before it was filled; final, it keeps any fills: submit a new order to go on); "
+    "time_in_force and expire_at (when it expires unless filled first; null: no expiry time); "
+    "replaces and replaced_by (the order it amended, the order that amended it); risk_status "
+    "(PENDING, PASSED, FAILED) and risk_reasons from the pre-trade risk check; quantity, "
+    "price, filled_quantity and avg_fill_price as decimal strings (price in the instrument's "
+    "currency, null for MARKET orders); created_by, reviewed_by, approved_by; "
     "approvals_required (approvals from distinct people it needs, by its desk's policy) and "
     "approvals (who approved, when, with what note; people approve, agents never do); "
     "and version, which changes on every step (send it back as expected_version)."
@@ -559,11 +565,10 @@ TOOLS: tuple[AgentTool, ...] = (
         name="cancel_order",
         title="Cancel an order",
         description="Cancel an order that is PENDING, REVIEWED or APPROVED; it becomes "
-        "CANCELLED for good. An order that is filled (even partly), rejected or already "
-        "cancelled cannot be cancelled. Only the order's maker (the user whose key submitted "
-        "it) or an approver of its desk may cancel it. Optional reason, kept in the order's "
-        "history. Needs the scope "
-        "orders:write. Returns the order.",
+        "CANCELLED for good. An order that is filled (even partly), rejected, replaced, expired "
+        "or already cancelled cannot be cancelled. Only the order's maker (the user whose key "
+        "submitted it) or an approver of its desk may cancel it. Optional reason, kept in the "
+        "order's history. Needs the scope orders:write. Returns the order.",
         arguments=CancelOrder,
         result=OrderOut,
         run=_cancel_order,
@@ -577,8 +582,8 @@ TOOLS: tuple[AgentTool, ...] = (
         title="Wait for an order to change",
         description="Wait until an order changes, then return it: as soon as its version is "
         "greater than after_version (its risk check finished, a person approved or rejected "
-        "it, it was filled or cancelled), or after timeout_seconds (at most 60) with the "
-        "order as it is. Use it after submit_order or review_order instead of calling "
+        "it, it was filled, cancelled, replaced or expired), or after timeout_seconds (at most "
+        "60) with the order as it is. Use it after submit_order or review_order instead of calling "
         "get_order in a loop: pass the version you last saw; when it returns with the same "
         "version, nothing happened yet: call it again. Needs the scope orders:read. "
         + _ORDER_FIELDS,
