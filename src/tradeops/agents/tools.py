@@ -35,7 +35,6 @@ from tradeops.orders import service as orders
 from tradeops.orders import workflow
 from tradeops.orders.router import cancel_results
 from tradeops.orders.schemas import (
-    AMEND_SOMETHING,
     CancelResults,
     ClientOrderId,
     OrderCreate,
@@ -47,6 +46,7 @@ from tradeops.orders.schemas import (
     RiskStatus,
     Side,
     TimeInForce,
+    check_amends_something,
 )
 from tradeops.positions import service as positions
 from tradeops.positions.schemas import Portfolio
@@ -252,15 +252,7 @@ class ReplaceOrder(Arguments):
 
     @model_validator(mode="after")
     def _changes_something(self) -> Self:
-        changes = (
-            self.quantity,
-            self.price,
-            self.client_order_id,
-            self.time_in_force,
-            self.expire_at,
-        )
-        if changes == (None,) * 5:
-            raise ValueError(AMEND_SOMETHING)
+        check_amends_something(self)
         return self
 
 

@@ -31,7 +31,6 @@ OrderStatus = states.OrderStatus
 RiskStatus = states.RiskStatus
 ClientOrderId = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7E]{1,64}$")]
 GTD_NEEDS_EXPIRE_AT = "a GTD order needs expire_at, and only a GTD order takes one"
-AMEND_SOMETHING = "send at least one of quantity, price, client_order_id, time_in_force, expire_at"
 LIMIT_NEEDS_PRICE = "a LIMIT order needs a price; send order_type MARKET to trade at market"
 
 
@@ -144,6 +143,15 @@ class OrderOut(BaseModel):
     updated_at: datetime
 
 
+AMENDABLE = ("quantity", "price", "client_order_id", "time_in_force", "expire_at")
+
+
+def check_amends_something(amendment: BaseModel) -> None:
+    """An amendment (over HTTP or MCP) changes at least one of the AMENDABLE terms."""
+    if all(getattr(amendment, name) is None for name in AMENDABLE):
+        raise ValueError(f"send at least one of {', '.join(AMENDABLE)}")
+
+
 class OrderAmendment(BaseModel):
     """What changes when an open order is replaced; whatever is left out stays as it was."""
 
@@ -180,15 +188,7 @@ class OrderAmendment(BaseModel):
 
     @model_validator(mode="after")
     def _changes_something(self) -> Self:
-        changes = (
-            self.quantity,
-            self.price,
-            self.client_order_id,
-            self.time_in_force,
-            self.expire_at,
-        )
-        if changes == (None,) * 5:
-            raise ValueError(AMEND_SOMETHING)
+        check_amends_something(self)
         return self
 
 
