@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast, approved_order, pass_risk_check
 from tests.integration.test_job_recovery import wait_for
-from tests.integration.test_mcp import mcp_over_http, order_of
+from tests.integration.test_mcp import mcp_over_http, order_of, problem_of
 from tests.live import LiveServer
 from tests.pages import sign_in
 from tradeops.jobs.app import run_worker
@@ -396,3 +396,92 @@ async def test_an_expired_order_is_not_amended(
     response = await amend(client, cast, order, quantity="50")
     assert response.status_code == 409, response.text
     assert response.json()["current_status"] == "EXPIRED"
+
+
+async def test_an_amendment_changes_time_in_force_by_the_rules_of_submission(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """Issue 16.1: time_in_force is amendable. GTC and DAY take no expire_at from the caller
+    (DAY's is its desk's next cut-off, computed again, never the old order's), GTD needs one
+    in the future; the REPLACED order keeps its own terms."""
+    async with owner_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE desks SET time_zone = 'America/New_York', day_cutoff = '16:00'"
+                " WHERE code = 'EQ-US'"
+            )
+        )
+    day = await submit(client, cast)
+    to_gtc = await amend(client, cast, day["id"], time_in_force="gtc")
+    assert to_gtc.status_code == 201, to_gtc.text
+    assert (to_gtc.json()["time_in_force"], to_gtc.json()["expire_at"]) == ("GTC", None)
+    stored = await status_of(client, cast, to_gtc.json()["id"])
+    assert (stored["time_in_force"], stored["expire_at"]) == ("GTC", None)
+    old = await status_of(client, cast, day["id"])
+    assert (old["status"], old["time_in_force"]) == ("REPLACED", "DAY")
+    assert old["expire_at"] == day["expire_at"]
+
+    later = (datetime.now(UTC) + timedelta(hours=30)).replace(microsecond=0)
+    gtc = to_gtc.json()["id"]
+    for body in [{"time_in_force": "GTD"}, {"time_in_force": "GTD", "quantity": "50"}]:
+        response = await amend(client, cast, gtc, **body)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == "body.expire_at", response.text
+    for body in [
+        {"time_in_force": "GTD", "expire_at": "2020-01-01T00:00:00Z"},
+        {"time_in_force": "GTC", "expire_at": later.isoformat()},
+        {"time_in_force": "DAY", "expire_at": later.isoformat()},
+        {"expire_at": later.isoformat()},  # still GTC: only a GTD order takes expire_at
+    ]:
+        response = await amend(client, cast, gtc, **body)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == "body.expire_at", response.text
+    assert (await status_of(client, cast, gtc))["status"] == "PENDING"  # refused: unchanged
+
+    to_gtd = await amend(client, cast, gtc, time_in_force="GTD", expire_at=later.isoformat())
+    assert to_gtd.status_code == 201, to_gtd.text
+    assert to_gtd.json()["time_in_force"] == "GTD"
+    assert datetime.fromisoformat(to_gtd.json()["expire_at"]) == later
+
+    to_day = await amend(client, cast, to_gtd.json()["id"], time_in_force="DAY")
+    assert to_day.status_code == 201, to_day.text
+    async with owner_engine.connect() as conn:
+        cut_off = await conn.scalar(
+            text("SELECT tradeops_day_end('America/New_York', '16:00', now())")
+        )
+    assert to_day.json()["time_in_force"] == "DAY"
+    assert datetime.fromisoformat(to_day.json()["expire_at"]) == cut_off != later
+    stored = await status_of(client, cast, to_day.json()["id"])
+    assert datetime.fromisoformat(stored["expire_at"]) == cut_off
+
+    gtd = await submit(client, cast, time_in_force="GTD", expire_at=later.isoformat())
+    dropped = await amend(client, cast, gtd["id"], time_in_force="GTC")
+    assert dropped.status_code == 201, dropped.text
+    assert (dropped.json()["time_in_force"], dropped.json()["expire_at"]) == ("GTC", None)
+
+
+async def test_mcp_replace_order_changes_time_in_force(live_server: LiveServer, cast: Cast) -> None:
+    later = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    order = {**SEED_ORDER, "client_order_id": "agent-day-1"}
+    async with mcp_over_http(live_server, cast["agent"]) as agent:
+        submitted = order_of(await agent.call_tool("submit_order", order))
+        no_expiry = problem_of(
+            await agent.call_tool(
+                "replace_order", {"order_id": submitted["id"], "time_in_force": "GTD"}
+            )
+        )
+        amended = order_of(
+            await agent.call_tool(
+                "replace_order",
+                {
+                    "order_id": submitted["id"],
+                    "time_in_force": "GTD",
+                    "expire_at": later.isoformat(),
+                },
+            )
+        )
+    assert submitted["time_in_force"] == "DAY"
+    assert no_expiry["status"] == 422
+    assert [e["field"] for e in no_expiry["errors"]] == ["expire_at"], no_expiry
+    assert (amended["replaces"], amended["time_in_force"]) == (submitted["id"], "GTD")
+    assert datetime.fromisoformat(amended["expire_at"]) == later

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tradeops.agents.tools import TOOLS, AgentTool
+from tradeops.orders.states import OrderStatus
 
 NAMES = [tool.name for tool in TOOLS]
 
@@ -28,3 +29,11 @@ def test_decimals_are_described_as_strings() -> None:
     for field in ("quantity", "price"):
         assert "decimal string" in properties[field]["description"]
     assert "human approver" in submit.description
+
+
+@pytest.mark.parametrize("name", ["get_order", "list_orders", "submit_order", "replace_order"])
+def test_order_tools_name_every_status_an_order_can_have(name: str) -> None:
+    """An agent reading an order meets every status; each is named (and said what it means)."""
+    tool = next(tool for tool in TOOLS if tool.name == name)
+    for status in OrderStatus:
+        assert f"{status} (" in tool.description, status

@@ -45,6 +45,8 @@ from tradeops.orders.schemas import (
     OrderStatus,
     RiskStatus,
     Side,
+    TimeInForce,
+    check_amends_something,
 )
 from tradeops.positions import service as positions
 from tradeops.positions.schemas import Portfolio
@@ -235,6 +237,12 @@ class ReplaceOrder(Arguments):
         description="Your id for the new order (unique per submitter); recommended, so you can "
         "find it with get_order if you lose the answer",
     )
+    time_in_force: TimeInForce | None = Field(
+        default=None,
+        description="The new order's time in force: DAY (expires at its desk's next end of "
+        "day), GTC (until filled or cancelled), GTD (until expire_at, which you must then send "
+        "unless the order is GTD already), IOC or FOK; omit it to keep the old one",
+    )
     expire_at: AwareDatetime | None = Field(
         default=None,
         description="A GTD order's new expiry (ISO 8601 with a time zone, in the future); omit "
@@ -244,8 +252,7 @@ class ReplaceOrder(Arguments):
 
     @model_validator(mode="after")
     def _changes_something(self) -> Self:
-        if (self.quantity, self.price, self.client_order_id, self.expire_at) == (None,) * 4:
-            raise ValueError("send at least one of quantity, price, client_order_id, expire_at")
+        check_amends_something(self)
         return self
 
 
@@ -399,6 +406,7 @@ async def _replace_order(
         client_order_id=args.client_order_id,
         expected_version=args.expected_version,
         expire_at=args.expire_at,
+        time_in_force=args.time_in_force,
     )
     return await workflow.replace_order(
         uow, principal, amendment, price_max_decimals=settings.price_max_decimals
@@ -423,11 +431,17 @@ async def _cancel_orders(
 # --- the catalogue ---------------------------------------------------------------------------
 
 _ORDER_FIELDS = (
-    "An order has: id; status (PENDING, REVIEWED, APPROVED, PARTIALLY_FILLED, FILLED, REJECTED, "
-    "CANCELLED, REPLACED); replaces and replaced_by (the order it amended, the order that "
-    "amended it); risk_status (PENDING, PASSED, FAILED) and risk_reasons from the pre-trade risk "
-    "check; quantity, price, filled_quantity and avg_fill_price as decimal strings (price in "
-    "the instrument's currency, null for MARKET orders); created_by, reviewed_by, approved_by; "
+    "An order has: id; status, one of PENDING (submitted, waiting for a review), REVIEWED "
+    "(waiting for a human approver's decision), APPROVED (approved, may now be filled), "
+    "PARTIALLY_FILLED (some filled, the rest may still fill), FILLED (fully filled), REJECTED "
+    "(an approver refused it; final), CANCELLED (final), REPLACED (amended with replace_order; "
+    "final: replaced_by names the new order, which carries on) and EXPIRED (its time in force "
+    "ran out before it was filled; final, it keeps any fills: submit a new order to go on); "
+    "time_in_force and expire_at (when it expires unless filled first; null: no expiry time); "
+    "replaces and replaced_by (the order it amended, the order that amended it); risk_status "
+    "(PENDING, PASSED, FAILED) and risk_reasons from the pre-trade risk check; quantity, "
+    "price, filled_quantity and avg_fill_price as decimal strings (price in the instrument's "
+    "currency, null for MARKET orders); created_by, reviewed_by, approved_by; "
     "approvals_required (approvals from distinct people it needs, by its desk's policy) and "
     "approvals (who approved, when, with what note; people approve, agents never do); "
     "and version, which changes on every step (send it back as expected_version)."
@@ -543,11 +557,10 @@ TOOLS: tuple[AgentTool, ...] = (
         name="cancel_order",
         title="Cancel an order",
         description="Cancel an order that is PENDING, REVIEWED or APPROVED; it becomes "
-        "CANCELLED for good. An order that is filled (even partly), rejected or already "
-        "cancelled cannot be cancelled. Only the order's maker (the user whose key submitted "
-        "it) or an approver of its desk may cancel it. Optional reason, kept in the order's "
-        "history. Needs the scope "
-        "orders:write. Returns the order.",
+        "CANCELLED for good. An order that is filled (even partly), rejected, replaced, expired "
+        "or already cancelled cannot be cancelled. Only the order's maker (the user whose key "
+        "submitted it) or an approver of its desk may cancel it. Optional reason, kept in the "
+        "order's history. Needs the scope orders:write. Returns the order.",
         arguments=CancelOrder,
         result=OrderOut,
         run=_cancel_order,
@@ -561,8 +574,8 @@ TOOLS: tuple[AgentTool, ...] = (
         title="Wait for an order to change",
         description="Wait until an order changes, then return it: as soon as its version is "
         "greater than after_version (its risk check finished, a person approved or rejected "
-        "it, it was filled or cancelled), or after timeout_seconds (at most 60) with the "
-        "order as it is. Use it after submit_order or review_order instead of calling "
+        "it, it was filled, cancelled, replaced or expired), or after timeout_seconds (at most "
+        "60) with the order as it is. Use it after submit_order or review_order instead of calling "
         "get_order in a loop: pass the version you last saw; when it returns with the same "
         "version, nothing happened yet: call it again. Needs the scope orders:read. "
         + _ORDER_FIELDS,
@@ -575,7 +588,9 @@ TOOLS: tuple[AgentTool, ...] = (
         name="replace_order",
         title="Amend an order",
         description="Amend an open order of yours (PENDING, REVIEWED, APPROVED or "
-        "PARTIALLY_FILLED): change its quantity, price or client_order_id. The old order "
+        "PARTIALLY_FILLED): change its quantity, price, client_order_id, time_in_force or a GTD "
+        "order's expire_at (time_in_force GTD needs expire_at; DAY, GTC, IOC and FOK take "
+        "none). The old order "
         "becomes REPLACED (replaced_by names the new one; a partly filled order keeps its "
         "fills) and a new order (replaces names the old one; same client, symbol and side) "
         "starts again at PENDING with a new risk check: it needs a review and a human "

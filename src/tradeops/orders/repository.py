@@ -375,15 +375,19 @@ class Replacement:
 # The replacement, born as intake makes an order (PENDING, risk PENDING) with its CREATED
 # history and audit events; then the amended order's move to REPLACED naming it, with its own.
 # A client_order_id the maker already used inserts nothing, so nothing is replaced.
-# Its expiry is a new order's: DAY gets the desk's next cut-off (the intake trigger of 0017,
-# from a null expire_at), GTD the :expire_at asked for or else the old order's, GTC none.
+# Its time in force is :time_in_force (the old order's unless amended) and its expiry a new
+# order's: DAY gets the desk's next cut-off (the intake trigger of 0017, from a null
+# expire_at: never the old order's), GTD the :expire_at asked for or else a GTD order's own
+# (none from a DAY order: CHECK gtd_has_expire_at refuses it), the others none.
 _REPLACEMENT = (
     "created AS (INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type,"  # noqa: S608 - SQL from this code only
     " time_in_force, expire_at, quantity, price, currency, client_order_id, created_by,"
     " created_by_key_id, replaces, approvals_required)"
-    " SELECT o.desk_id, o.client_id, o.instrument_id, o.side, o.order_type, o.time_in_force,"
-    "  CASE WHEN o.time_in_force = 'GTD'"
-    "   THEN COALESCE(CAST(:expire_at AS timestamptz), o.expire_at) END,"
+    " SELECT o.desk_id, o.client_id, o.instrument_id, o.side, o.order_type,"
+    "  CAST(:time_in_force AS text),"
+    "  CASE WHEN CAST(:time_in_force AS text) = 'GTD' THEN COALESCE("
+    "   CAST(:expire_at AS timestamptz), CASE WHEN o.time_in_force = 'GTD' THEN o.expire_at END)"
+    "  END,"
     "  CAST(:quantity AS numeric), CAST(:price AS numeric), o.currency,"
     "  CAST(:client_order_id AS text), o.created_by, CAST(:created_by_key_id AS bigint), o.id, "
     + approvals_required("o.desk_id")

@@ -418,9 +418,12 @@ async def replace_order(
 ) -> Response:
     """Amend an open order (PENDING, REVIEWED, APPROVED or PARTIALLY_FILLED): it becomes
     **REPLACED** (`replaced_by`; a partly filled one keeps its fills) and a new order with the
-    changed `quantity`, `price` or `client_order_id` (`replaces` the old one; same client,
-    instrument and side) starts again at PENDING with a new risk check: an amended order is a
-    new decision. Answers 201 with the new order (Location: its address). Only the order's
+    changed `quantity`, `price`, `client_order_id`, `time_in_force` or `expire_at` (`replaces`
+    the old one; same client, instrument and side) starts again at PENDING with a new risk
+    check: an amended order is a new decision. Its time in force follows the rules of
+    submission: GTD needs a future `expire_at` (a GTD order amended without one keeps its
+    own), DAY, GTC, IOC and FOK take none; a DAY order expires at its desk's next cut-off after
+    the amendment. Answers 201 with the new order (Location: its address). Only the order's
     maker (or their key with orders:write) may amend it. Send If-Match: the version you saw."""
     settings = request.app.state.settings
     amendment = Amendment(
@@ -430,6 +433,7 @@ async def replace_order(
         client_order_id=body.client_order_id,
         expected_version=expected_version(if_match, body.expected_version),
         expire_at=body.expire_at,
+        time_in_force=body.time_in_force,
     )
 
     async def amend() -> tuple[int, BaseModel, dict[str, str]]:

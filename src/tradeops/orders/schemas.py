@@ -143,6 +143,15 @@ class OrderOut(BaseModel):
     updated_at: datetime
 
 
+AMENDABLE = ("quantity", "price", "client_order_id", "time_in_force", "expire_at")
+
+
+def check_amends_something(amendment: BaseModel) -> None:
+    """An amendment (over HTTP or MCP) changes at least one of the AMENDABLE terms."""
+    if all(getattr(amendment, name) is None for name in AMENDABLE):
+        raise ValueError(f"send at least one of {', '.join(AMENDABLE)}")
+
+
 class OrderAmendment(BaseModel):
     """What changes when an open order is replaced; whatever is left out stays as it was."""
 
@@ -164,6 +173,12 @@ class OrderAmendment(BaseModel):
         description="Your id for the new order, unique per submitter; omitted: none (the old "
         "order keeps its own)",
     )
+    time_in_force: TimeInForce | None = Field(
+        default=None,
+        description="The new order's time in force (DAY, GTC, GTD, IOC or FOK), as at "
+        "submission: GTD needs `expire_at` (unless the old order is GTD too: then its expiry "
+        "stays), the others take none; omitted: unchanged",
+    )
     expire_at: AwareDatetime | None = Field(
         default=None,
         description="A GTD order's new expiry, in the future; omitted: unchanged. A DAY "
@@ -173,8 +188,7 @@ class OrderAmendment(BaseModel):
 
     @model_validator(mode="after")
     def _changes_something(self) -> Self:
-        if (self.quantity, self.price, self.client_order_id, self.expire_at) == (None,) * 4:
-            raise ValueError("send at least one of quantity, price, client_order_id, expire_at")
+        check_amends_something(self)
         return self
 
 

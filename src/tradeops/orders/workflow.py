@@ -340,7 +340,7 @@ async def _record_approval(
 @dataclass(frozen=True, slots=True)
 class Amendment:
     """A command to replace an open order by a new one with these terms (None: the old
-    order's price; its unfilled rest for the quantity; no client_order_id)."""
+    order's price and time in force; its unfilled rest for the quantity; no client_order_id)."""
 
     order_id: int
     quantity: Decimal | None = None
@@ -348,6 +348,7 @@ class Amendment:
     client_order_id: str | None = None
     expected_version: int | None = None
     expire_at: datetime | None = None  # a GTD order's new expiry
+    time_in_force: str | None = None
 
 
 def replace_refusal(principal: Principal, order: repo.OrderFacts) -> DomainError | None:
@@ -374,23 +375,45 @@ def replace_refusal(principal: Principal, order: repo.OrderFacts) -> DomainError
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    """The replacement's amended terms, checked."""
+
+    quantity: Decimal
+    price: Decimal | None
+    time_in_force: str
+
+
 def _amended_terms(
     order: repo.ReplacedOrder, amendment: Amendment, price_max_decimals: int
-) -> tuple[Decimal, Decimal | None]:
-    """The replacement's quantity and price, checked as intake checks them (by field)."""
+) -> _Terms:
+    """The replacement's quantity, price and time in force, checked as intake checks them
+    (by field)."""
     if amendment.price is not None and order.order_type == "MARKET":
         raise InvalidRequest("A MARKET order takes no price.", field="price")
     check_price_places(amendment.price, price_max_decimals)
     quantity = amendment.quantity or order.quantity - order.filled_quantity
     price = amendment.price if amendment.price is not None else order.price
     check_steps(quantity, price, lot_size=order.lot_size, tick_size=order.tick_size)
-    if amendment.expire_at is not None and order.time_in_force != "GTD":
+    time_in_force = amendment.time_in_force or order.time_in_force
+    _check_expiry(order.time_in_force, time_in_force, amendment.expire_at)
+    return _Terms(quantity, price, time_in_force)
+
+
+def _check_expiry(old: str, new: str, expire_at: datetime | None) -> None:
+    """As at intake: a GTD order needs a future expire_at and only a GTD order takes one. A
+    GTD order staying GTD keeps its expire_at unless a new one is sent; DAY's is computed
+    (the desk's next cut-off), never given."""
+    if expire_at is not None and new != "GTD":
         raise InvalidRequest(
-            f"Only a GTD order takes expire_at; this one is {order.time_in_force}.",
+            f"Only a GTD order takes expire_at; this one is {new}.", field="expire_at"
+        )
+    if expire_at is None and new == "GTD" and old != "GTD":
+        raise InvalidRequest(
+            f"A {old} order becoming GTD needs expire_at: when it expires if not filled.",
             field="expire_at",
         )
-    check_expire_at(amendment.expire_at)
-    return quantity, price
+    check_expire_at(expire_at)
 
 
 async def replace_order(
@@ -406,7 +429,7 @@ async def replace_order(
     refused = replace_refusal(principal, order)
     if refused is not None:
         raise refused
-    quantity, price = _amended_terms(order, amendment, price_max_decimals)
+    terms = _amended_terms(order, amendment, price_max_decimals)
     history = {"request_id": uow.request_id}
     created = await uow.row(
         repo.REPLACE_ORDER,
@@ -414,9 +437,10 @@ async def replace_order(
             "id": order.id,
             "version": order.version,
             "from_status": order.status,
-            "quantity": quantity,
-            "price": price,
+            "quantity": terms.quantity,
+            "price": terms.price,
             "client_order_id": amendment.client_order_id,
+            "time_in_force": terms.time_in_force,
             "expire_at": amendment.expire_at,
             "created_by_key_id": principal.api_key_id,
             "created_payload": orjson.dumps(history).decode(),
@@ -439,7 +463,7 @@ async def replace_order(
             f"{existing_id}.",
             existing_order_id=existing_id,
         )
-    return _replacement(principal, order, created, quantity, price, amendment.client_order_id)
+    return _replacement(principal, order, created, terms, amendment.client_order_id)
 
 
 def _check_version(order: repo.OrderFacts, expected: int | None) -> None:
@@ -456,8 +480,7 @@ def _replacement(
     principal: Principal,
     order: repo.ReplacedOrder,
     created: repo.Replacement,
-    quantity: Decimal,
-    price: Decimal | None,
+    terms: _Terms,
     client_order_id: str | None,
 ) -> OrderOut:
     """The new order as the API shows it, from the old one and what the change returned."""
@@ -471,10 +494,10 @@ def _replacement(
         symbol=order.symbol,
         side=order.side,
         order_type=order.order_type,
-        time_in_force=order.time_in_force,
+        time_in_force=terms.time_in_force,
         expire_at=created.expire_at,
-        quantity=quantity,
-        price=price,
+        quantity=terms.quantity,
+        price=terms.price,
         currency=order.currency,
         filled_quantity=created.filled_quantity,
         avg_fill_price=None,
