@@ -59,38 +59,63 @@ def order_change(
     """The one way an order changes: `change` (an INSERT or a conditional UPDATE of orders,
     `RETURNING *`) with its history event (seq = the order's new version, type
     :event_type) and its audit event (:action, the order before and after), in one
-    statement, so one round trip. `first` are CTEs the change reads (a fill's execution);
-    `actor` names who acted where the transaction's context does not (the risk job).
-    `before` as a string is the statement of the orders a batch changes (the expiry sweep),
-    each audit event joined to its own order's state before. `then` are CTEs that read the
-    change (a new order's risk job); `returning` must read them, or PostgreSQL skips them."""
+    statement, so one round trip. `first` are CTEs the change reads (a fill's execution,
+    an amendment's new order: `changing`); `actor` names who acted where the transaction's
+    context does not (the risk job). `before` as a string is the statement of the orders a
+    batch changes (the expiry sweep), each audit event joined to its own order's state
+    before. `then` are CTEs that read the change (a new order's risk job); `returning` must
+    read them, or PostgreSQL skips them."""
     ctes = [first] if first else []
+    ctes += changing(
+        change, before=before, event_payload=event_payload, event_source=event_source, actor=actor
+    )
+    if then:
+        ctes.append(then)
+    return "WITH " + ", ".join(ctes) + " " + returning
+
+
+def changing(
+    change: str,
+    *,
+    name: str = "changed",
+    before: bool | str = True,
+    event_type: str = ":event_type",
+    action: str = ":action",
+    event_payload: str = "CAST(:payload AS jsonb)",
+    event_source: str = "",
+    actor: str = "",
+) -> list[str]:
+    """The CTEs of one order change as order_change describes it: `change` as `name`, its
+    history event (`event_type`) as `name`_event and its audit event (`action`) as
+    `name`_audit, the changed rows read as `c` (`event_source` by default `name` c). Two
+    changes in one statement (an amendment: the new order, then the old one REPLACED) are
+    two of these under two names."""
+    ctes = []
     many = isinstance(before, str)
     if before:
         ctes.append(f"before AS ({before if many else 'SELECT * FROM orders WHERE id = :id'})")  # noqa: S608
-    ctes.append(f"changed AS ({change})")
+    ctes.append(f"{name} AS ({change})")
     event_actor = (", actor", f", {actor}") if actor else ("", "")
     ctes.append(
-        f"event AS (INSERT INTO order_events (order_id, desk_id, seq, type{event_actor[0]},"  # noqa: S608 - SQL from this code only
-        f" payload) SELECT c.id, c.desk_id, c.version, :event_type{event_actor[1]},"
-        f" {event_payload} FROM {event_source})"
+        f"{name}_event AS (INSERT INTO order_events (order_id, desk_id, seq, type{event_actor[0]},"  # noqa: S608 - SQL from this code only
+        f" payload) SELECT c.id, c.desk_id, c.version, {event_type}{event_actor[1]},"
+        f" {event_payload} FROM {event_source or f'{name} c'})"
     )
     audit = append_audit(
         entity="'order'",
         entity_id="c.id::text",
         before="to_jsonb(b)" if before else "NULL",
         after="to_jsonb(c)",
+        action=action,
         source=(
-            "changed c JOIN before b ON b.id = c.id" if many else "changed c CROSS JOIN before b"
+            f"{name} c JOIN before b ON b.id = c.id" if many else f"{name} c CROSS JOIN before b"
         )
         if before
-        else "changed c",
+        else f"{name} c",
         named=f"{actor}, tradeops_api_key_id(), tradeops_request_id()" if actor else "",
     )
-    ctes.append(f"audit AS ({audit})")
-    if then:
-        ctes.append(then)
-    return "WITH " + ", ".join(ctes) + " " + returning
+    ctes.append(f"{name}_audit AS ({audit})")
+    return ctes
 
 
 def updating(set_: str, where: str) -> str:
@@ -189,11 +214,15 @@ _LAST_PRICE = (
 # rule that needs their rows holds, append its first history event and its audit event, and
 # return the references either way, so a refusal can be explained field by field. A repeated
 # client_order_id inserts nothing. The trigger on orders checks the same rules again.
+# A new order's columns, as intake and an amendment's new order fill them.
+_NEW_ORDER = (
+    "INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
+    " expire_at, quantity, price, currency, client_order_id, created_by, created_by_key_id,"
+    " approvals_required"
+)
 SUBMIT_ORDER = query(
     order_change(
-        "INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
-        " expire_at, quantity, price, currency, client_order_id, created_by, created_by_key_id,"
-        " approvals_required)"
+        _NEW_ORDER + ")"  # noqa: S608 - SQL from this code only
         " SELECT desk_id, client_pk, instrument_pk, CAST(:side AS text),"
         "  CAST(:order_type AS text), CAST(:time_in_force AS text),"
         "  CAST(:expire_at AS timestamptz), CAST(:quantity AS numeric),"
@@ -379,36 +408,30 @@ class Replacement:
 # order's: DAY gets the desk's next cut-off (the intake trigger of 0017, from a null
 # expire_at: never the old order's), GTD the :expire_at asked for or else a GTD order's own
 # (none from a DAY order: CHECK gtd_has_expire_at refuses it), the others none.
-_REPLACEMENT = (
-    "created AS (INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type,"  # noqa: S608 - SQL from this code only
-    " time_in_force, expire_at, quantity, price, currency, client_order_id, created_by,"
-    " created_by_key_id, replaces, approvals_required)"
-    " SELECT o.desk_id, o.client_id, o.instrument_id, o.side, o.order_type,"
-    "  CAST(:time_in_force AS text),"
-    "  CASE WHEN CAST(:time_in_force AS text) = 'GTD' THEN COALESCE("
-    "   CAST(:expire_at AS timestamptz), CASE WHEN o.time_in_force = 'GTD' THEN o.expire_at END)"
-    "  END,"
-    "  CAST(:quantity AS numeric), CAST(:price AS numeric), o.currency,"
-    "  CAST(:client_order_id AS text), o.created_by, CAST(:created_by_key_id AS bigint), o.id, "
-    + approvals_required("o.desk_id")
-    + " FROM orders o JOIN instruments i ON i.id = o.instrument_id"
-    " LEFT JOIN desk_approval_policies p ON p.desk_id = o.desk_id"
-    + _LAST_PRICE
-    + " WHERE o.id = :id AND o.version = :version AND o.status = :from_status"
-    " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *),"
-    " created_event AS (INSERT INTO order_events (order_id, desk_id, seq, type, payload)"
-    " SELECT n.id, n.desk_id, n.version, 'CREATED',"
-    "  CAST(:created_payload AS jsonb) || jsonb_build_object('replaces', n.replaces)"
-    " FROM created n),"
-    " created_audit AS ("
-    + append_audit(
-        entity="'order'",
-        entity_id="n.id::text",
-        after="to_jsonb(n)",
+_REPLACEMENT = ", ".join(
+    changing(
+        _NEW_ORDER + ", replaces)"  # noqa: S608 - SQL from this code only
+        " SELECT o.desk_id, o.client_id, o.instrument_id, o.side, o.order_type,"
+        "  CAST(:time_in_force AS text),"
+        "  CASE WHEN CAST(:time_in_force AS text) = 'GTD' THEN COALESCE("
+        "   CAST(:expire_at AS timestamptz),"
+        "   CASE WHEN o.time_in_force = 'GTD' THEN o.expire_at END)"
+        "  END,"
+        "  CAST(:quantity AS numeric), CAST(:price AS numeric), o.currency,"
+        "  CAST(:client_order_id AS text), o.created_by, CAST(:created_by_key_id AS bigint), "
+        + approvals_required("o.desk_id")
+        + ", o.id FROM orders o JOIN instruments i ON i.id = o.instrument_id"
+        " LEFT JOIN desk_approval_policies p ON p.desk_id = o.desk_id"
+        + _LAST_PRICE
+        + " WHERE o.id = :id AND o.version = :version AND o.status = :from_status"
+        " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *",
+        name="created",
+        before=False,
+        event_type="'CREATED'",
         action="'order.created'",
-        source="created n",
+        event_payload="CAST(:created_payload AS jsonb)"
+        " || jsonb_build_object('replaces', c.replaces)",
     )
-    + ")"
 )
 REPLACE_ORDER = query(
     order_change(
