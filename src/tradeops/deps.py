@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Path, Request, Security
+from fastapi import Depends, Path, Request, Response, Security
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from tradeops.auth.authentication import authenticate, credential_parameters, unauthenticated
+from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.principal import Principal
 from tradeops.db.http import reads_own_writes
 from tradeops.db.uow import UnitOfWork, in_transaction
@@ -99,6 +101,29 @@ async def one_statement_credential(request: Request) -> dict[str, Any] | None:
         return None
     state = request.app.state
     return credential_parameters(credential, state.tokens, request.state.request_id)
+
+
+T = TypeVar("T")
+
+# A service's one-statement read (credential, key usage) -> (caller, what they asked for),
+# and what the caller is shown of it.
+OneRead = Callable[[dict[str, Any], KeyUsage], Awaitable[tuple[Principal, T]]]
+Shown = Callable[[Principal, T], Response]
+
+
+async def answered_in_one_read(
+    request: Request, read: OneRead[T], shown: Shown[T]
+) -> Response | None:
+    """A read answered in one round trip (db.http.answered_in_one_statement): authenticating
+    and reading in one statement, the caller known (a replica may send them to the primary
+    now), then the answer they may see; None without credentials, for the route to answer
+    its documented 401."""
+    credential = await one_statement_credential(request)
+    if credential is None:
+        return None
+    principal, found = await read(credential, request.app.state.key_usage)
+    caller_known(request, principal)
+    return shown(principal, found)
 
 
 Session = Annotated[AuthenticatedSession, Depends(authenticated_session)]

@@ -21,6 +21,7 @@ from tradeops.audit import service as audit
 from tradeops.audit.repository import Checkpoint
 from tradeops.auth.principal import SYSTEM
 from tradeops.auth.sign_in import forget_old_failures
+from tradeops.background import in_background
 from tradeops.db.pool import Database
 from tradeops.db.prepared import query
 from tradeops.db.uow import unit_of_work
@@ -118,11 +119,8 @@ async def maintenance_loop(db: Database, settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def running_maintenance(db: Database, settings: Settings) -> AsyncIterator[None]:
-    task = asyncio.create_task(maintenance_loop(db, settings)) if settings.maintenance else None
-    try:
+    if not settings.maintenance:
         yield
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return
+    async with in_background(maintenance_loop(db, settings)):
+        yield

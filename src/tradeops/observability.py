@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tradeops.background import in_background
 from tradeops.db.pool import Database
 from tradeops.header_limits import refuse_headers
 from tradeops.log_records import bounded, clean_event, exception_renderer, json_line
@@ -232,13 +233,10 @@ class Metrics:
             registry=None,
             multiprocess_mode="liveall",
         )
-        refresh = asyncio.create_task(_refresh_pool_gauge(gauge, db))
         try:
-            yield
+            async with in_background(_refresh_pool_gauge(gauge, db)):
+                yield
         finally:
-            refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresh
             # A stopped process's pool is gone: its series leave the scrape.
             multiprocess.mark_process_dead(os.getpid(), self.shared_dir)  # type: ignore[no-untyped-call]
 

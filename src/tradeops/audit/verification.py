@@ -207,14 +207,7 @@ class _Verifier:
         """Chain on from a checkpoint whose signature holds and whose last event exists."""
         self.from_checkpoint = checkpoint.id
         self.checkpoints_checked = 1
-        expected = sign_checkpoint(
-            self.key,
-            upto_id=checkpoint.upto_id,
-            events=checkpoint.events,
-            root_hash=checkpoint.root_hash,
-            previous=checkpoint.previous_signature,
-        )
-        if not signature_matches(expected, checkpoint.signature):
+        if not self.signed(checkpoint, previous=checkpoint.previous_signature):
             return self.fail(f"checkpoint {checkpoint.id} is not signed with the audit key")
         if not checkpoint.last_event_present:
             return self.fail(
@@ -272,20 +265,21 @@ class _Verifier:
             self.checkpoints_checked += 1
         return True
 
-    def checkpoint_holds(self, checkpoint: StoredCheckpoint) -> bool:
+    def signed(self, checkpoint: StoredCheckpoint, *, previous: str) -> bool:
+        """Whether `checkpoint` is signed with the audit key, chained to `previous`."""
         expected = sign_checkpoint(
             self.key,
             upto_id=checkpoint.upto_id,
             events=checkpoint.events,
             root_hash=checkpoint.root_hash,
-            previous=self.previous_signature,
+            previous=previous,
         )
+        return signature_matches(expected, checkpoint.signature)
+
+    def checkpoint_holds(self, checkpoint: StoredCheckpoint) -> bool:
+        signed = self.signed(checkpoint, previous=self.previous_signature)
         self.previous_signature = checkpoint.signature
-        return (
-            checkpoint.events == self.count
-            and checkpoint.root_hash == self.root
-            and signature_matches(expected, checkpoint.signature)
-        )
+        return signed and checkpoint.events == self.count and checkpoint.root_hash == self.root
 
     def finish_checkpoints(self) -> None:
         if self.pending:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from tradeops.auth.principal import SYSTEM
+from tradeops.background import in_background
 from tradeops.db.pool import Database
 from tradeops.db.prepared import prepare
 from tradeops.db.uow import run_in_transaction
@@ -71,13 +72,10 @@ class KeyUsage:
     @contextlib.asynccontextmanager
     async def flushing(self, db: Database, seconds: float = FLUSH_SECONDS) -> AsyncIterator[None]:
         """Flush every `seconds` while the app runs, and once more as it stops."""
-        task = asyncio.create_task(self._flush_every(db, seconds))
         try:
-            yield
+            async with in_background(self._flush_every(db, seconds)):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             try:
                 await self.flush(db)
             except Exception:

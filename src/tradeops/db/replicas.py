@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from tradeops.background import in_background
 from tradeops.db.pool import Database
 from tradeops.settings import Settings
 
@@ -189,10 +190,5 @@ class ReadReplica:
     @contextlib.asynccontextmanager
     async def checking(self) -> AsyncIterator[None]:
         """Check the replica every read_check_seconds while the app runs."""
-        task = asyncio.create_task(self._check_every_interval())
-        try:
+        async with in_background(self._check_every_interval()):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

@@ -59,6 +59,14 @@ _LISTED_COLUMNS = (
     _EXECUTION_COLUMNS + ", e.kind, e.reverses_execution_id, e.reason,"  # noqa: S608
     " (SELECT b.id FROM executions b WHERE b.reverses_execution_id = e.id) AS busted_by"
 )
+# The rest of what a statement that records an execution returns: its order's new fill state
+# (from the new execution and the changed order).
+_ORDER_NOW = (
+    "c.status AS order_status, c.filled_quantity AS order_filled_quantity,"
+    " c.avg_fill_price AS order_avg_fill_price, c.version AS order_version"
+    " FROM new_execution e JOIN changed c ON c.id = e.order_id"
+    " JOIN users u ON u.id = e.recorded_by"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +101,8 @@ FILL_CONTEXT = query(
 
 
 @dataclass(frozen=True, slots=True)
-class RecordedExecution:
-    """A fill just recorded, and its order's new fill state."""
+class ExecutionColumns:
+    """An execution as _EXECUTION_COLUMNS reads it."""
 
     id: int
     order_id: int
@@ -105,6 +113,12 @@ class RecordedExecution:
     executed_at: datetime
     recorded_by: str
     recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedExecution(ExecutionColumns):
+    """A fill just recorded, and its order's new fill state."""
+
     order_status: OrderStatus
     order_filled_quantity: Decimal
     order_avg_fill_price: Decimal
@@ -139,11 +153,7 @@ RECORD_FILL = query(
         + ")",
         event_payload="CAST(:payload AS jsonb) || jsonb_build_object('execution_id', e.id)",
         event_source="changed c CROSS JOIN new_execution e",
-        returning=f"SELECT {_EXECUTION_COLUMNS}, c.status AS order_status,"  # noqa: S608
-        " c.filled_quantity AS order_filled_quantity, c.avg_fill_price AS order_avg_fill_price,"
-        " c.version AS order_version"
-        " FROM new_execution e JOIN changed c ON c.id = e.order_id"
-        " JOIN users u ON u.id = e.recorded_by",
+        returning=f"SELECT {_EXECUTION_COLUMNS}, {_ORDER_NOW}",
     ),
     RecordedExecution,
 )
@@ -190,18 +200,9 @@ BUST_TARGET = query(
 
 
 @dataclass(frozen=True, slots=True)
-class RecordedBust:
+class RecordedBust(ExecutionColumns):
     """A bust just recorded (the reversing execution), and its order's new fill state."""
 
-    id: int
-    order_id: int
-    external_id: str
-    quantity: Decimal
-    price: Decimal
-    venue: str
-    executed_at: datetime
-    recorded_by: str
-    recorded_at: datetime
     kind: str
     reverses_execution_id: int
     reason: str
@@ -240,12 +241,8 @@ RECORD_BUST = query(
         + ")",
         event_payload="CAST(:payload AS jsonb) || jsonb_build_object('bust_execution_id', e.id)",
         event_source="changed c CROSS JOIN new_execution e",
-        returning=f"SELECT {_EXECUTION_COLUMNS}, e.kind, e.reverses_execution_id, e.reason,"  # noqa: S608
-        " NULL AS busted_by, c.status AS order_status,"
-        " c.filled_quantity AS order_filled_quantity, c.avg_fill_price AS order_avg_fill_price,"
-        " c.version AS order_version"
-        " FROM new_execution e JOIN changed c ON c.id = e.order_id"
-        " JOIN users u ON u.id = e.recorded_by",
+        returning=f"SELECT {_EXECUTION_COLUMNS}, e.kind, e.reverses_execution_id, e.reason,"
+        f" NULL AS busted_by, {_ORDER_NOW}",
     ),
     RecordedBust,
 )

@@ -81,6 +81,18 @@ def _replica_readiness(replica: ReadReplica) -> ReplicaReadiness:
     )
 
 
+def _not_ready(request: Request, detail: str) -> Response:
+    """503 not-ready, with why and Retry-After: 5."""
+    return problem_response(
+        request,
+        status=503,
+        slug="not-ready",
+        title="Not ready",
+        detail=detail,
+        headers={"Retry-After": "5"},
+    )
+
+
 @router.get("/health/live", response_model=Liveness)
 async def live() -> Liveness:
     """The process is up and serving (it does not touch the database)."""
@@ -103,33 +115,17 @@ async def ready(request: Request) -> Readiness | Response:
             _schema_revision(request.app.state.db), DB_CHECK_TIMEOUT_SECONDS
         )
     except Exception:
-        return problem_response(
-            request,
-            status=503,
-            slug="not-ready",
-            title="Not ready",
-            detail="The database is not reachable.",
-            headers={"Retry-After": "5"},
-        )
+        return _not_ready(request, "The database is not reachable.")
     if standby:
-        return problem_response(
+        return _not_ready(
             request,
-            status=503,
-            slug="not-ready",
-            title="Not ready",
-            detail="The database is a standby and takes no writes: point TRADEOPS_DATABASE_URL"
+            "The database is a standby and takes no writes: point TRADEOPS_DATABASE_URL"
             " at the primary (several hosts with target_session_attrs=read-write fail over).",
-            headers={"Retry-After": "5"},
         )
     head = request.app.state.migration_head
     if revision != head:
-        return problem_response(
-            request,
-            status=503,
-            slug="not-ready",
-            title="Not ready",
-            detail=f"Schema at {revision}, code at {head}: run `tradeops db upgrade`.",
-            headers={"Retry-After": "5"},
+        return _not_ready(
+            request, f"Schema at {revision}, code at {head}: run `tradeops db upgrade`."
         )
     replica: ReadReplica | None = request.app.state.read_replica
     return Readiness(

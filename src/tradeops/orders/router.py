@@ -16,9 +16,8 @@ from tradeops.deps import (
     DeclaredQueryOnly,
     RowId,
     UoW,
-    caller_known,
+    answered_in_one_read,
     json_body,
-    one_statement_credential,
     row_id,
     session_of,
 )
@@ -212,13 +211,13 @@ async def _get_order_in_one_statement(db: ConnectionSource, request: Request) ->
     read in one statement; None (the endpoint below answers) for a malformed id or no
     credentials, whose 422 or 401 FastAPI writes as documented."""
     order_id = row_id(request.path_params["order_id"])
-    credential = await one_statement_credential(request)
-    if order_id is None or credential is None:
+    if order_id is None:
         return None
-    key_usage = request.app.state.key_usage
-    principal, found = await service.read_order(db, credential, order_id, key_usage)
-    caller_known(request, principal)
-    return _order_document(service.shown_order(principal, found, order_id))
+    return await answered_in_one_read(
+        request,
+        lambda credential, key_usage: service.read_order(db, credential, order_id, key_usage),
+        lambda principal, found: _order_document(service.shown_order(principal, found, order_id)),
+    )
 
 
 @router.get(

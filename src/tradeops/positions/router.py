@@ -13,8 +13,7 @@ from tradeops.deps import (
     CurrentPrincipal,
     DeclaredQueryOnly,
     UoW,
-    caller_known,
-    one_statement_credential,
+    answered_in_one_read,
 )
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.positions import service
@@ -87,14 +86,14 @@ async def list_positions(
 async def _portfolio_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
     """GET /clients/{id}/portfolio in one round trip (issue 15); None without credentials,
     for the endpoint below to answer its documented 401."""
-    credential = await one_statement_credential(request)
-    if credential is None:
-        return None
     client_id = request.path_params["client_id"]
-    key_usage = request.app.state.key_usage
-    principal, document = await service.read_portfolio(db, credential, client_id, key_usage)
-    caller_known(request, principal)
-    return _portfolio_document(service.shown_portfolio(principal, document, client_id))
+    return await answered_in_one_read(
+        request,
+        lambda credential, key_usage: service.read_portfolio(db, credential, client_id, key_usage),
+        lambda principal, document: _portfolio_document(
+            service.shown_portfolio(principal, document, client_id)
+        ),
+    )
 
 
 def _portfolio_document(document: str) -> Response:

@@ -24,17 +24,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tradeops.db.base import Base, CreatedAt
+from tradeops.webhooks.states import DELIVERY_STATUSES, EVENT_TYPES
 
-# What an endpoint may subscribe to; the trigger of migration 0012 maps order events to them.
-EVENT_TYPES = (
-    "order.awaiting_approval",
-    "order.approved",
-    "order.rejected",
-    "order.expired",
-    "order.filled",
-    "order.risk_failed",
-)
-DELIVERY_STATUSES = ("pending", "delivered", "failed", "cancelled")
 _EVENT_TYPES_SQL = "ARRAY[" + ", ".join(f"'{t}'" for t in EVENT_TYPES) + "]::text[]"
 
 
@@ -70,7 +61,7 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         CheckConstraint("webhook_id ~ '^msg_[0-9a-f]{32}$'", name="webhook_id"),
-        CheckConstraint("status IN ('pending', 'delivered', 'failed', 'cancelled')", name="status"),
+        CheckConstraint(f"status IN {DELIVERY_STATUSES}", name="status"),
         CheckConstraint("attempts >= 0", name="attempts"),
         CheckConstraint("(status = 'delivered') = (delivered_at IS NOT NULL)", name="delivered"),
         # One message per endpoint and order event, whoever appends the event.

@@ -14,22 +14,13 @@ from typing import Any
 from sqlalchemy import text
 
 from tradeops.db.prepared import prepare, query
+from tradeops.webhooks.schemas import WebhookOut
 
+# An endpoint as the API shows it (WebhookOut).
 _ENDPOINT_COLUMNS = (
     "e.id, e.url, e.event_types, e.created_at, e.disabled_at, u.email AS created_by,"
     " ARRAY(SELECT d.code FROM desks d WHERE d.id = ANY(e.desk_ids) ORDER BY d.code) AS desks"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    id: int
-    url: str
-    event_types: list[str]
-    desks: list[str]
-    created_by: str
-    created_at: datetime
-    disabled_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +63,7 @@ CREATE_ENDPOINT = query(
         " RETURNING id, url, event_types, desk_ids, created_by, created_at, disabled_at)"
         f" SELECT {_ENDPOINT_COLUMNS} FROM e JOIN users u ON u.id = e.created_by"
     ),
-    Endpoint,
+    WebhookOut,
 )
 
 LIST_ENDPOINTS = query(
@@ -80,7 +71,7 @@ LIST_ENDPOINTS = query(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints e JOIN users u ON u.id = e.created_by"
         " WHERE e.disabled_at IS NULL ORDER BY e.id"
     ),
-    Endpoint,
+    WebhookOut,
 )
 
 GET_ENDPOINT = query(
@@ -88,7 +79,7 @@ GET_ENDPOINT = query(
         f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints e JOIN users u ON u.id = e.created_by"
         " WHERE e.id = :id"
     ),
-    Endpoint,
+    WebhookOut,
 )
 
 # Deleting disables: the endpoint gets nothing more, and what it was still owed is cancelled
@@ -102,7 +93,7 @@ DISABLE_ENDPOINT = query(
         " WHERE endpoint_id = :id AND status = 'pending')"
         f" SELECT {_ENDPOINT_COLUMNS} FROM e JOIN users u ON u.id = e.created_by"
     ),
-    Endpoint,
+    WebhookOut,
 )
 
 LIST_DELIVERIES = query(

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-EventType = Literal[
-    "order.awaiting_approval",
-    "order.approved",
-    "order.rejected",
-    "order.expired",
-    "order.filled",
-    "order.risk_failed",
-]
+from tradeops.webhooks.states import DeliveryStatus, EventType
 
 
 class WebhookIn(BaseModel):
@@ -63,7 +56,7 @@ class DeliveryOut(BaseModel):
     webhook_id: str = Field(description="The webhook-id header: the same on every attempt")
     event_type: str
     order_id: int
-    status: Literal["pending", "delivered", "failed", "cancelled"]
+    status: DeliveryStatus
     attempts: int
     next_attempt_at: datetime | None = Field(description="While pending: when it is tried next")
     last_status_code: int | None

@@ -54,10 +54,6 @@ class WebhookNotFound(NotFound):
     title = "Webhook not found"
 
 
-def _out(endpoint: repo.Endpoint) -> WebhookOut:
-    return WebhookOut.model_validate(endpoint, from_attributes=True)
-
-
 def _checked_url(url: str, *, allow_http: bool) -> str:
     """An absolute http(s) URL with a host. Admins choose where events go (and so may point
     them inside the network); prod takes https only unless TRADEOPS_WEBHOOK_ALLOW_HTTP."""
@@ -79,7 +75,7 @@ async def create_webhook(
     url = _checked_url(data.url, allow_http=allow_http)
     desk_ids = await desk_ids_by_code(uow, sorted(set(data.desks)))
     secret = new_secret()
-    row = await uow.row(
+    created = await uow.row(
         repo.CREATE_ENDPOINT,
         {
             "url": url,
@@ -89,18 +85,17 @@ async def create_webhook(
             "created_by": principal.user_id,
         },
     )
-    assert row is not None  # an INSERT … RETURNING
-    created = _out(row)
+    assert created is not None  # an INSERT … RETURNING
     await audit.record(uow, principal, "webhook.created", "webhook", created.id, after=created)
     return WebhookCreated(**created.model_dump(), secret=secret)
 
 
 async def list_webhooks(uow: UnitOfWork, principal: Principal) -> list[WebhookOut]:
     authorize(principal, Action.MANAGE_WEBHOOKS)
-    return [_out(endpoint) for endpoint in await uow.rows(repo.LIST_ENDPOINTS)]
+    return await uow.rows(repo.LIST_ENDPOINTS)
 
 
-async def _endpoint(uow: UnitOfWork, webhook_id: int) -> repo.Endpoint:
+async def _endpoint(uow: UnitOfWork, webhook_id: int) -> WebhookOut:
     endpoint = await uow.row(repo.GET_ENDPOINT, {"id": webhook_id})
     if endpoint is None:
         raise WebhookNotFound(f"No webhook {webhook_id}.")
@@ -109,18 +104,17 @@ async def _endpoint(uow: UnitOfWork, webhook_id: int) -> repo.Endpoint:
 
 async def get_webhook(uow: UnitOfWork, principal: Principal, webhook_id: int) -> WebhookOut:
     authorize(principal, Action.MANAGE_WEBHOOKS)
-    return _out(await _endpoint(uow, webhook_id))
+    return await _endpoint(uow, webhook_id)
 
 
 async def delete_webhook(uow: UnitOfWork, principal: Principal, webhook_id: int) -> WebhookOut:
     """Disable an endpoint: nothing more is sent to it, what it was owed is cancelled, its
     deliveries stay readable. Audited."""
     authorize(principal, Action.MANAGE_WEBHOOKS)
-    before = _out(await _endpoint(uow, webhook_id))
-    disabled = await uow.row(repo.DISABLE_ENDPOINT, {"id": webhook_id})
-    if disabled is None:
+    before = await _endpoint(uow, webhook_id)
+    after = await uow.row(repo.DISABLE_ENDPOINT, {"id": webhook_id})
+    if after is None:
         raise WebhookNotFound(f"Webhook {webhook_id} is already deleted.")
-    after = _out(disabled)
     await audit.record(
         uow, principal, "webhook.deleted", "webhook", webhook_id, before=before, after=after
     )
