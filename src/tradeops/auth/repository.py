@@ -174,6 +174,16 @@ def revoke_key(key_id: int) -> Update:
     )
 
 
+# The keys auth.key_usage noted as used, written in one UPDATE off the request path, as the
+# system principal (the api_keys policies let it update any key); a key written by another
+# process in the meantime is left as it is.
+TOUCH_KEYS = prepare(
+    "UPDATE api_keys SET last_used_at = now()"
+    " WHERE id = ANY(CAST(:ids AS bigint[]))"
+    "   AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class OwnerDesks:
     all_desks: bool
