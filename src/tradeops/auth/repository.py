@@ -198,6 +198,39 @@ OWNER_DESKS = query(
 )
 
 
+# --- authentication ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """Who the credentials stand for, as the statement that checked them found it."""
+
+    user_id: int
+    email: str
+    role: str
+    desk_ids: list[int]
+    all_desks: bool
+    key_id: int | None
+    scopes: list[str] | None
+    touch: bool  # an API key last noted as used over a minute ago
+    page_session_generation: int
+    context: str  # the context settings, set (see db/uow.py)
+
+
+# The authenticating statement is a SQL function (migration 0019), so a one-statement read
+# (GET /orders/{id}) authenticates exactly as every other request does: an API key by prefix
+# and hash, else a person by id (a verified token's subject, a page session). For the row
+# found it switches to the application role and publishes the context (db/uow.py
+# CONTEXT_SETTINGS). Risk and admin keys see every desk unless the key names some; others
+# the owner's desks, narrowed to the key's. `touch`: a key's last_used_at is over a minute
+# old, so it is noted in KeyUsage, which writes it later on the primary: authenticating never
+# writes.
+AUTHENTICATE = query(
+    "SELECT * FROM tradeops_authenticate(:prefix, :hash, :user_id, :email, :app_role, :request_id)",
+    Authenticated,
+)
+
+
 # --- sign-in throttle ----------------------------------------------------------------------
 
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import orjson
 
-from tradeops.auth.authentication import Authenticated, principal_found
+from tradeops.auth.authentication import principal_found
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal, Role
+from tradeops.auth.repository import Authenticated
 from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE

@@ -9,10 +9,11 @@ from decimal import Decimal
 from itertools import groupby
 from typing import Any
 
-from tradeops.auth.authentication import Authenticated, principal_found
+from tradeops.auth.authentication import principal_found
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
+from tradeops.auth.repository import Authenticated
 from tradeops.clients.service import ClientNotFound
 from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
 from tradeops.pagination import decode_cursor, encode_cursor
