@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tradeops.db.prepared import query
+from tradeops.db.prepared import prepare, query
 from tradeops.db.uow import UnitOfWork
 
 
@@ -19,6 +19,7 @@ class Taken:
     taken: bool
 
 
+LOCK = prepare("SELECT pg_advisory_xact_lock(hashtext(:name))")
 TRY_LOCK = query("SELECT pg_try_advisory_xact_lock(hashtext(:name)) AS taken", Taken)
 
 
@@ -26,3 +27,8 @@ async def try_lock(uow: UnitOfWork, name: str) -> bool:
     """Take the lock `name` to the end of the transaction if nobody holds it; whether taken."""
     lock = await uow.row(TRY_LOCK, {"name": name})
     return lock is not None and lock.taken
+
+
+async def lock(uow: UnitOfWork, name: str) -> None:
+    """Take the lock `name` to the end of the transaction, waiting while another holds it."""
+    await uow.execute(LOCK, {"name": name})
