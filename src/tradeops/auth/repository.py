@@ -162,8 +162,15 @@ def keys_visible_to(principal: Principal, *, every_owner: bool) -> Select[Any]:
     )
 
 
-def insert_key(values: dict[str, Any]) -> Insert:
-    return insert(api_keys).values(**values).returning(api_keys.c.id)
+def key_visible_to(principal: Principal, key_id: int, *, every_owner: bool) -> Select[Any]:
+    """One key, if the principal may see it (as keys_visible_to)."""
+    return keys_visible_to(principal, every_owner=every_owner).where(api_keys.c.id == key_id)
+
+
+def insert_key(values: dict[str, Any], *, expires_in_days: int | None) -> Insert:
+    """A new key; it expires `expires_in_days` from now (the database's now), or never."""
+    expires = func.now() + func.make_interval(0, 0, 0, expires_in_days) if expires_in_days else None
+    return insert(api_keys).values(**values, expires_at=expires).returning(api_keys.c.id)
 
 
 def revoke_key(key_id: int) -> Update:
