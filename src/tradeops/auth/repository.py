@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,6 +223,13 @@ class Authenticated:
     touch: bool  # an API key last noted as used over a minute ago
     page_session_generation: int
     context: str  # the context settings, set (see db/uow.py)
+
+
+def as_authenticated(caller: Authenticated | Mapping[str, Any]) -> Authenticated:
+    """A one-statement read's `caller` (a tradeops_principal composite value, which asyncpg
+    answers as a record) as the authenticating statement's row type. For a row type's
+    __post_init__: a value that already is one (dataclasses.replace) stays as it is."""
+    return caller if isinstance(caller, Authenticated) else Authenticated(**caller)
 
 
 # The authenticating statement is a SQL function (migration 0019), so a one-statement read
