@@ -35,8 +35,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tradeops.auth.authentication import AUTHENTICATE
 from tradeops.auth.keys import hash_key, parse_key
+from tradeops.auth.repository import AUTHENTICATE
 from tradeops.db.prepared import Prepared
 from tradeops.db.uow import APP_ROLE
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE

@@ -22,23 +22,13 @@ from tradeops.audit.repository import Checkpoint
 from tradeops.auth.principal import SYSTEM
 from tradeops.auth.sign_in import forget_old_failures
 from tradeops.background import in_background
+from tradeops.db.locks import try_lock
 from tradeops.db.pool import Database
-from tradeops.db.prepared import query
 from tradeops.db.uow import unit_of_work
 from tradeops.idempotency.service import Purge, purge_expired
 from tradeops.settings import Settings
 
 log = structlog.get_logger(component="tradeops.maintenance")
-
-
-@dataclass(frozen=True, slots=True)
-class RoundLock:
-    taken: bool
-
-
-_ROUND_LOCK = query(
-    "SELECT pg_try_advisory_xact_lock(hashtext('tradeops.maintenance')) AS taken", RoundLock
-)
 
 
 @dataclass(slots=True)
@@ -80,8 +70,7 @@ async def run_round(db: Database, settings: Settings) -> Round:
 
 async def _sign_checkpoint(db: Database, settings: Settings) -> Checkpoint | None:
     async with unit_of_work(db, SYSTEM, "maintenance") as uow:
-        lock = await uow.row(_ROUND_LOCK)
-        if lock is None or not lock.taken:
+        if not await try_lock(uow, "tradeops.maintenance"):
             return None  # another process is signing this round
         key = settings.audit_key.get_secret_value().encode()
         return await audit.create_checkpoint(

@@ -86,6 +86,27 @@ async def test_the_checkpoint_stays_signed_when_the_purge_fails(
     assert later.failed == [] and later.purge == Purge(keys=5, batches=3, done=True)
 
 
+async def test_one_process_signs_a_round_another_holding_its_lock_signs_none(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    cast: Cast,
+    owner_engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    created = await client.post("/api/v1/orders", json=SEED_ORDER, headers=cast["trader"])
+    assert created.status_code == 201, created.text
+    round_settings = settings.model_copy(update={"audit_settle_seconds": 0})
+    # Another process's round, in progress: it holds the round's advisory lock.
+    async with owner_engine.begin() as other:
+        await other.execute(text("SELECT pg_advisory_xact_lock(hashtext('tradeops.maintenance'))"))
+        skipped = await asyncio.wait_for(run_round(app.state.db, round_settings), timeout=30)
+    assert skipped.failed == [] and skipped.checkpoint is None
+    async with owner_engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM audit_checkpoints")) == 0
+    signed = await run_round(app.state.db, round_settings)
+    assert signed.failed == [] and signed.checkpoint is not None
+
+
 async def job_finished(
     owner_engine: AsyncEngine, status: str, hours_ago: int, task: str = "check_order_risk"
 ) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 
 import httpx
 from fastapi import FastAPI
@@ -222,3 +223,20 @@ async def test_cli_creates_users_and_prints_key_secret_last(
     me = await client.get(f"{API}/auth/me", headers=bearer(secret))
     assert me.status_code == 200
     assert me.json()["role"] == "agent"
+
+
+async def test_a_key_made_to_expire_in_days_expires_that_many_days_after_it_was_made(
+    client: httpx.AsyncClient, cast: Cast
+) -> None:
+    body = {"name": "short-lived", "scopes": ["orders:read"], "expires_in_days": 3}
+    created = await client.post(f"{API}/api-keys", json=body, headers=cast["trader"])
+    assert created.status_code == 201, created.text
+    made, expires = (
+        datetime.fromisoformat(created.json()[k]) for k in ("created_at", "expires_at")
+    )
+    assert expires - made == timedelta(days=3)  # both the transaction's now()
+    forever = await client.post(
+        f"{API}/api-keys", json=body | {"expires_in_days": None}, headers=cast["trader"]
+    )
+    assert forever.status_code == 201, forever.text
+    assert forever.json()["expires_at"] is None

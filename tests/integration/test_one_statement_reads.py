@@ -13,6 +13,7 @@ property of the transaction it replaced.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -22,8 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast, approved_order, stored_api_key
 from tradeops.app import create_app
+from tradeops.auth.authentication import credential_parameters
 from tradeops.auth.keys import hash_key, parse_key
-from tradeops.db.uow import APP_ROLE
+from tradeops.auth.repository import Authenticated
+from tradeops.db.uow import APP_ROLE, one_statement
+from tradeops.orders import repository as orders_repo
+from tradeops.orders.schemas import OrderOut
+from tradeops.positions import repository as positions_repo
 from tradeops.settings import Settings
 
 ORDERS = "/api/v1/orders"
@@ -131,3 +137,48 @@ async def test_a_read_past_the_statement_timeout_is_cancelled_and_answered_504(
     # The connection is fit for the next request.
     again = await http.get(f"{ORDERS}/{created.json()['id']}", headers=cast["trader"])
     assert again.status_code == 200, again.text
+
+
+class CountingValidator:
+    """A model's validator that counts the validations it runs."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def validate_python(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.inner.validate_python(*args, **kwargs)
+
+    def validate_json(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.inner.validate_json(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_the_reads_hand_services_typed_rows_and_the_order_is_validated_once(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    cast: Cast,
+    owner_engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = await stored_api_key(owner_engine, "agent@test.bank", ["orders:read", "positions:read"])
+    created = await client.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    order_id = created.json()["id"]
+    credential = credential_parameters(key, app.state.tokens, "req")
+    params = {**credential, "order_id": order_id}
+    read = await one_statement(app.state.db, orders_repo.READ_ORDER, params)
+    assert read is not None and isinstance(read.caller, Authenticated)
+    assert isinstance(read.found, OrderOut) and read.found.id == order_id
+    assert read.caller.user_id == cast.ids["agent"]
+    params = {**credential, "client_id": SEED_ORDER["client_id"]}
+    portfolio = await one_statement(app.state.db, positions_repo.READ_PORTFOLIO, params)
+    assert portfolio is not None and isinstance(portfolio.caller, Authenticated)
+
+    counting = CountingValidator(OrderOut.__pydantic_validator__)
+    monkeypatch.setattr(OrderOut, "__pydantic_validator__", counting)
+    shown = await client.get(f"{ORDERS}/{order_id}", headers={"X-API-Key": key})
+    assert shown.status_code == 200, shown.text
+    assert counting.calls == 1, "GET /orders/{id} validates the order it read once"

@@ -1,13 +1,16 @@
 """Every typed query's columns are its row type's fields: prepared against the migrated
 schema (asyncpg describes a prepared statement's result without running it), so a renamed
-column or a field the query does not return fails here, not in a request."""
+column or a field the query does not return fails here, not in a request. Statements built per
+call are checked by one representative build each (BUILT_PER_CALL), and a composite column
+typed as a row type (a one-statement read's caller and order) by the composite's own names."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import pkgutil
-from datetime import UTC, datetime
+import typing
+from datetime import UTC, datetime, time
 from typing import Any
 
 import asyncpg
@@ -17,11 +20,19 @@ from pydantic import BaseModel
 import tradeops
 from tradeops.audit import repository as audit_repo
 from tradeops.audit.repository import AuditFilters, ListedEvent
+from tradeops.auth import repository as auth_repo
 from tradeops.auth.principal import SYSTEM
-from tradeops.db.prepared import QUERIES, prepare
+from tradeops.auth.schemas import ApiKeyOut, UserOut
+from tradeops.clients import repository as clients_repo
+from tradeops.clients.schemas import ClientOut
+from tradeops.db.prepared import QUERIES, Id, prepare
+from tradeops.desks import repository as desks_repo
+from tradeops.instruments import repository as instruments_repo
+from tradeops.instruments.schemas import InstrumentOut
 from tradeops.orders import repository as orders_repo
 from tradeops.orders.schemas import OrderFilters, OrderOut
 from tradeops.orders.states import OrderStatus, RiskStatus, Side
+from tradeops.positions import repository as positions_repo
 
 
 def _import_every_module() -> None:
@@ -52,6 +63,38 @@ def field_names(row_type: type[Any]) -> set[str]:
 async def columns(connection: asyncpg.Connection, sql: str) -> list[str]:
     statement = await connection.prepare(sql)
     return [attribute.name for attribute in statement.get_attributes()]
+
+
+async def composite_mismatches(
+    connection: asyncpg.Connection, sql: str, row_type: type[Any]
+) -> dict[str, set[str]]:
+    """For each column of a composite type (a one-statement read's `caller`, `found`) whose
+    field is typed as a row type: the names the composite and that type do not share. A
+    pydantic model ignores extra names (orders_as_shown's desk_id), so only its fields count."""
+    statement = await connection.prepare(sql)
+    composites = {
+        a.name: a.type.oid for a in statement.get_attributes() if a.type.kind == "composite"
+    }
+    if not composites:
+        return {}
+    hints = typing.get_type_hints(row_type)
+    mismatches = {}
+    for name, oid in composites.items():
+        nested = [t for t in typing.get_args(hints[name]) or (hints[name],) if t is not type(None)]
+        assert len(nested) == 1, f"{row_type.__name__}.{name} is not typed as one row type"
+        names = set(
+            await connection.fetchval(
+                "SELECT array_agg(attname::text) FROM pg_attribute"
+                " WHERE attrelid = (SELECT typrelid FROM pg_type WHERE oid = $1)"
+                " AND attnum > 0 AND NOT attisdropped",
+                oid,
+            )
+        )
+        wanted = field_names(nested[0])
+        differ = wanted - names if issubclass(nested[0], BaseModel) else wanted ^ names
+        if differ:
+            mismatches[f"{row_type.__name__}.{name}"] = differ
+    return mismatches
 
 
 # Statements built per call, with every filter they can take.
@@ -89,6 +132,38 @@ BUILT_PER_CALL = [
         OrderOut,
     ),
     (audit_repo.filtered_events(AuditFilters(entity="order"), after=1, limit=5), ListedEvent),
+    # Users, desks, API keys and reference data, one build of each read and write.
+    (auth_repo.user_by_id(1), UserOut),
+    (auth_repo.all_users(), UserOut),
+    (auth_repo.emails_of({1, 2}), auth_repo.UserEmail),
+    (auth_repo.person_by_email("a@b.c"), auth_repo.UserRole),
+    (auth_repo.insert_user("a@b.c", "A", "trader", None), Id),
+    (auth_repo.set_active(1, active=False), Id),
+    (auth_repo.set_password_hash("a@b.c", "hash"), Id),
+    (auth_repo.key_by_id(1), ApiKeyOut),
+    (auth_repo.keys_visible_to(SYSTEM, every_owner=False), ApiKeyOut),
+    (auth_repo.key_visible_to(SYSTEM, 1, every_owner=False), ApiKeyOut),
+    (
+        auth_repo.insert_key(
+            {"owner_user_id": 1, "name": "k", "prefix": "p", "hash": "h", "scopes": ["a:b"]},
+            expires_in_days=1,
+        ),
+        Id,
+    ),
+    (desks_repo.all_desks(), desks_repo.DeskRow),
+    (desks_repo.desks_by_code(["D"]), desks_repo.DeskKey),
+    (desks_repo.insert_desk("D", "Desk", "UTC", time(17)), desks_repo.DeskRow),
+    (instruments_repo.instrument_by_symbol("S"), InstrumentOut),
+    (instruments_repo.instruments_list(True), InstrumentOut),
+    (instruments_repo.tick_sizes(["S"]), instruments_repo.TickSize),
+    (clients_repo.client_by_id(SYSTEM, "C"), ClientOut),
+    (clients_repo.clients_of(SYSTEM, "D"), ClientOut),
+    (
+        positions_repo.filtered_positions(
+            SYSTEM, client_id="C", symbol="S", desk="D", open_only=True, after=(1, 2), limit=5
+        ),
+        positions_repo.ListedPosition,
+    ),
 ]
 
 
@@ -107,6 +182,7 @@ async def test_every_typed_query_returns_its_types_fields(database_url: str) -> 
             assert len(returned) == len(set(returned)), f"a column twice in {sql}"
             if set(returned) != field_names(into):
                 mismatches[into.__name__] = (set(returned) ^ field_names(into), sql[:80])
+            mismatches |= await composite_mismatches(connection, sql, into)
         assert mismatches == {}
     finally:
         await connection.close()

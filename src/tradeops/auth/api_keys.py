@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import Select, func
 
 from tradeops.audit import recording as audit
 from tradeops.auth import repository as repo
@@ -54,9 +53,9 @@ class ApiKeyNotFound(NotFound):
     title = "API key not found"
 
 
-def _visible_to(principal: Principal) -> Select[Any]:
-    every_owner = is_allowed(principal, Action.MANAGE_ANY_API_KEYS)
-    return repo.keys_visible_to(principal, every_owner=every_owner)
+def _every_owner(principal: Principal) -> bool:
+    """Whether the principal sees every owner's keys, or only their own."""
+    return is_allowed(principal, Action.MANAGE_ANY_API_KEYS)
 
 
 async def _key(uow: UnitOfWork, key_id: int) -> ApiKeyOut:
@@ -121,11 +120,6 @@ async def create_api_key(
     _check_usable(data.scopes, owner_role)
     desk_ids = await _key_desks(uow, owner_id, data.desks) if data.desks else None
     key, prefix, key_hash = generate_key()
-    expires = (
-        func.now() + func.make_interval(0, 0, 0, data.expires_in_days)
-        if data.expires_in_days
-        else None
-    )
     inserted = await uow.row_of(
         repo.insert_key(
             {
@@ -135,8 +129,8 @@ async def create_api_key(
                 "hash": key_hash,
                 "scopes": sorted(set(data.scopes)),
                 "desk_ids": desk_ids,
-                "expires_at": expires,
-            }
+            },
+            expires_in_days=data.expires_in_days,
         ),
         Id,
     )
@@ -149,13 +143,17 @@ async def create_api_key(
 
 async def list_api_keys(uow: UnitOfWork, principal: Principal) -> list[ApiKeyOut]:
     authorize(principal, Action.MANAGE_OWN_API_KEYS)
-    return await uow.rows_of(_visible_to(principal), ApiKeyOut)
+    every_owner = _every_owner(principal)
+    return await uow.rows_of(repo.keys_visible_to(principal, every_owner=every_owner), ApiKeyOut)
 
 
 async def revoke_api_key(uow: UnitOfWork, principal: Principal, key_id: int) -> ApiKeyOut:
     """Revocation is immediate: the next request with the key gets 401."""
     authorize(principal, Action.MANAGE_OWN_API_KEYS)
-    before = await uow.row_of(_visible_to(principal).where(repo.api_keys.c.id == key_id), ApiKeyOut)
+    every_owner = _every_owner(principal)
+    before = await uow.row_of(
+        repo.key_visible_to(principal, key_id, every_owner=every_owner), ApiKeyOut
+    )
     if before is None:
         raise ApiKeyNotFound(f"No API key {key_id}.")
     await uow.execute(repo.revoke_key(key_id))

@@ -1,7 +1,8 @@
 """Turning credentials into a principal, in the same round trip that sets the context.
 
-The authenticating statements (SQL functions, migration 0019) find the user (by token
-subject, external email or API key), check that the user is active (and the key unrevoked and
+The authenticating statements (SQL functions, migration 0019; auth/repository.py's
+AUTHENTICATE, and inside the one-statement reads) find the user (by token subject, external
+email or API key), check that the user is active (and the key unrevoked and
 unexpired), compute the desks the principal may see, and — for the row they return — switch
 the transaction to the unprivileged role and publish the context. No row: no context, and the
 request fails 401. They run as the login role, before the switch: the only place that reads
@@ -12,46 +13,15 @@ inside its own statement (`credential_parameters`, `principal_found`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.principal import Principal, Role
+from tradeops.auth.repository import AUTHENTICATE, Authenticated
 from tradeops.auth.tokens import InvalidToken, TokenExpired, TokenService
-from tradeops.db.prepared import query
 from tradeops.db.uow import APP_ROLE, UnitOfWork
 from tradeops.errors import Unauthenticated
-
-
-@dataclass(frozen=True, slots=True)
-class Authenticated:
-    """Who the credentials stand for, as the statement that checked them found it."""
-
-    user_id: int
-    email: str
-    role: str
-    desk_ids: list[int]
-    all_desks: bool
-    key_id: int | None
-    scopes: list[str] | None
-    touch: bool  # an API key last noted as used over a minute ago
-    page_session_generation: int
-    context: str  # the context settings, set (see db/uow.py)
-
-
-# The authenticating statement is a SQL function (migration 0019), so a one-statement read
-# (GET /orders/{id}) authenticates exactly as every other request does: an API key by prefix
-# and hash, else a person by id (a verified token's subject, a page session). For the row
-# found it switches to the application role and publishes the context (db/uow.py
-# CONTEXT_SETTINGS). Risk and admin keys see every desk unless the key names some; others
-# the owner's desks, narrowed to the key's. `touch`: a key's last_used_at is over a minute
-# old, so it is noted in KeyUsage, which writes it later on the primary: authenticating never
-# writes.
-AUTHENTICATE = query(
-    "SELECT * FROM tradeops_authenticate(:prefix, :hash, :user_id, :email, :app_role, :request_id)",
-    Authenticated,
-)
 
 
 def _principal(row: Authenticated) -> Principal:

@@ -15,23 +15,15 @@ from collections.abc import AsyncIterator
 
 import structlog
 
+from tradeops.auth import repository as repo
 from tradeops.auth.principal import SYSTEM
 from tradeops.background import in_background
 from tradeops.db.pool import Database
-from tradeops.db.prepared import prepare
 from tradeops.db.uow import run_in_transaction
 
 log = structlog.get_logger(component="tradeops.key_usage")
 
 FLUSH_SECONDS = 5.0
-
-# As the system principal (the api_keys policies let it update any key); a key written by
-# another process in the meantime is left as it is.
-_TOUCH_KEYS = prepare(
-    "UPDATE api_keys SET last_used_at = now()"
-    " WHERE id = ANY(CAST(:ids AS bigint[]))"
-    "   AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')"
-)
 
 
 class KeyUsage:
@@ -53,7 +45,7 @@ class KeyUsage:
             await run_in_transaction(
                 db,
                 SYSTEM,
-                lambda uow: uow.execute(_TOUCH_KEYS, {"ids": ids}),
+                lambda uow: uow.execute(repo.TOUCH_KEYS, {"ids": ids}),
                 request_id="key-usage",
             )
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,8 +163,15 @@ def keys_visible_to(principal: Principal, *, every_owner: bool) -> Select[Any]:
     )
 
 
-def insert_key(values: dict[str, Any]) -> Insert:
-    return insert(api_keys).values(**values).returning(api_keys.c.id)
+def key_visible_to(principal: Principal, key_id: int, *, every_owner: bool) -> Select[Any]:
+    """One key, if the principal may see it (as keys_visible_to)."""
+    return keys_visible_to(principal, every_owner=every_owner).where(api_keys.c.id == key_id)
+
+
+def insert_key(values: dict[str, Any], *, expires_in_days: int | None) -> Insert:
+    """A new key; it expires `expires_in_days` from now (the database's now), or never."""
+    expires = func.now() + func.make_interval(0, 0, 0, expires_in_days) if expires_in_days else None
+    return insert(api_keys).values(**values, expires_at=expires).returning(api_keys.c.id)
 
 
 def revoke_key(key_id: int) -> Update:
@@ -172,6 +180,16 @@ def revoke_key(key_id: int) -> Update:
         .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
         .values(revoked_at=func.now())
     )
+
+
+# The keys auth.key_usage noted as used, written in one UPDATE off the request path, as the
+# system principal (the api_keys policies let it update any key); a key written by another
+# process in the meantime is left as it is.
+TOUCH_KEYS = prepare(
+    "UPDATE api_keys SET last_used_at = now()"
+    " WHERE id = ANY(CAST(:ids AS bigint[]))"
+    "   AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +203,46 @@ OWNER_DESKS = query(
     " ARRAY(SELECT desk_id FROM desk_members WHERE user_id = u.id) AS desk_ids"
     " FROM users u WHERE u.id = :id",
     OwnerDesks,
+)
+
+
+# --- authentication ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """Who the credentials stand for, as the statement that checked them found it."""
+
+    user_id: int
+    email: str
+    role: str
+    desk_ids: list[int]
+    all_desks: bool
+    key_id: int | None
+    scopes: list[str] | None
+    touch: bool  # an API key last noted as used over a minute ago
+    page_session_generation: int
+    context: str  # the context settings, set (see db/uow.py)
+
+
+def as_authenticated(caller: Authenticated | Mapping[str, Any]) -> Authenticated:
+    """A one-statement read's `caller` (a tradeops_principal composite value, which asyncpg
+    answers as a record) as the authenticating statement's row type. For a row type's
+    __post_init__: a value that already is one (dataclasses.replace) stays as it is."""
+    return caller if isinstance(caller, Authenticated) else Authenticated(**caller)
+
+
+# The authenticating statement is a SQL function (migration 0019), so a one-statement read
+# (GET /orders/{id}) authenticates exactly as every other request does: an API key by prefix
+# and hash, else a person by id (a verified token's subject, a page session). For the row
+# found it switches to the application role and publishes the context (db/uow.py
+# CONTEXT_SETTINGS). Risk and admin keys see every desk unless the key names some; others
+# the owner's desks, narrowed to the key's. `touch`: a key's last_used_at is over a minute
+# old, so it is noted in KeyUsage, which writes it later on the primary: authenticating never
+# writes.
+AUTHENTICATE = query(
+    "SELECT * FROM tradeops_authenticate(:prefix, :hash, :user_id, :email, :app_role, :request_id)",
+    Authenticated,
 )
 
 

@@ -12,8 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException
 
-from tradeops.db.pool import Database
 from tradeops.db.replicas import ReadReplica
+from tradeops.health import service
 from tradeops.problems import Problem, problem_response
 from tradeops.settings import Settings
 
@@ -52,16 +52,6 @@ class Readiness(BaseModel):
     migration: str | None = None
     role: Literal["primary", "replica"] | None = None
     read_replica: ReplicaReadiness | None = None
-
-
-async def _schema_revision(db: Database) -> tuple[str | None, bool]:
-    """The schema's revision, and whether the server is a standby (in recovery)."""
-    async with db.acquire() as connection:
-        row = await connection.fetchrow(
-            "SELECT (SELECT version_num FROM alembic_version), pg_is_in_recovery()"
-        )
-        assert row is not None
-        return (str(row[0]) if row[0] is not None else None), bool(row[1])
 
 
 def _replica_readiness(replica: ReadReplica) -> ReplicaReadiness:
@@ -111,27 +101,27 @@ async def ready(request: Request) -> Readiness | Response:
     behind it is and where reads go now; a replica that is down or lagging sends reads to the
     primary and does not make the process unready."""
     try:
-        revision, standby = await asyncio.wait_for(
-            _schema_revision(request.app.state.db), DB_CHECK_TIMEOUT_SECONDS
+        schema = await asyncio.wait_for(
+            service.schema_state(request.app.state.db), DB_CHECK_TIMEOUT_SECONDS
         )
     except Exception:
         return _not_ready(request, "The database is not reachable.")
-    if standby:
+    if schema.standby:
         return _not_ready(
             request,
             "The database is a standby and takes no writes: point TRADEOPS_DATABASE_URL"
             " at the primary (several hosts with target_session_attrs=read-write fail over).",
         )
     head = request.app.state.migration_head
-    if revision != head:
+    if schema.revision != head:
         return _not_ready(
-            request, f"Schema at {revision}, code at {head}: run `tradeops db upgrade`."
+            request, f"Schema at {schema.revision}, code at {head}: run `tradeops db upgrade`."
         )
     replica: ReadReplica | None = request.app.state.read_replica
     return Readiness(
         status="ok",
         db="reachable",
-        migration=revision,
+        migration=schema.revision,
         role="primary",
         read_replica=_replica_readiness(replica) if replica is not None else None,
     )
@@ -147,8 +137,7 @@ async def database_check(request: Request) -> Readiness | Response:
     """The database answers a query: `{"status": "ok", "db": "reachable"}`, else 503."""
     try:
         async with asyncio.timeout(DB_CHECK_TIMEOUT_SECONDS):
-            async with request.app.state.db.acquire() as connection:
-                await connection.fetchval("SELECT 1")
+            await service.ping(request.app.state.db)
     except Exception:
         return problem_response(
             request,

@@ -23,17 +23,15 @@ from procrastinate import exceptions
 from procrastinate.manager import JobManager
 
 from tradeops.auth.principal import SYSTEM
+from tradeops.db.locks import lock
 from tradeops.db.pool import Database
 from tradeops.db.uow import UnitOfWork, run_in_transaction, transaction
-from tradeops.jobs.defer import (
-    CHECK_ORDER_RISK,
+from tradeops.jobs.defer import CHECK_ORDER_RISK, HOUSEKEEPING_QUEUE, RISK_QUEUE
+from tradeops.jobs.repository import (
     DEFER_MISSING_RISK_CHECKS,
-    HOUSEKEEPING_QUEUE,
     PRUNE_SUCCEEDED_HOUSEKEEPING,
     REMOVE_FINISHED_JOBS_BATCH,
     RETRY_OVERDUE_RISK_CHECKS,
-    RISK_QUEUE,
-    RISK_SWEEP_LOCK,
 )
 from tradeops.risk import repository as risk_repo
 from tradeops.settings import Settings
@@ -94,7 +92,9 @@ async def resume_pending_risk_checks(
     if not awaiting:
         return []
     async with transaction(db) as uow:
-        await uow.execute(RISK_SWEEP_LOCK)
+        # One sweeper at a time, across workers: held to the end of this transaction, so the
+        # next one sees the jobs this one deferred.
+        await lock(uow, "tradeops.risk_sweep")
         overdue = await uow.rows(
             RETRY_OVERDUE_RISK_CHECKS,
             {

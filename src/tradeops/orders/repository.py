@@ -22,6 +22,7 @@ from sqlalchemy import (
 from tradeops.audit.repository import append_audit
 from tradeops.auth.models import User
 from tradeops.auth.principal import Principal
+from tradeops.auth.repository import Authenticated, as_authenticated
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
 from tradeops.db.prepared import Query, prepare, query
@@ -584,12 +585,19 @@ ORDER_BY_ID = query(
 
 @dataclass(frozen=True, slots=True)
 class OrderRead:
-    """GET /orders/{id} in one statement: who asked (the authenticating statement's row,
-    auth.authentication.Authenticated's fields) and the order they may see, if any (an
-    orders_as_shown row). No row at all when the credentials name nobody."""
+    """GET /orders/{id} in one statement: who asked (the authenticating statement's row) and
+    the order they may see, if any (an orders_as_shown row). No row at all when the
+    credentials name nobody. The statement answers both as composite values (records); each
+    becomes its type here, once: the order is validated as OrderOut only here."""
 
-    caller: Mapping[str, Any]
-    found: Mapping[str, Any] | None
+    caller: Authenticated
+    found: OrderOut | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+        found: OrderOut | Mapping[str, Any] | None = self.found
+        if found is not None and not isinstance(found, OrderOut):
+            object.__setattr__(self, "found", OrderOut(**found))
 
 
 # The hot read in one round trip: the function authenticates (an API key by prefix and hash,

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from tradeops.auth.authentication import Authenticated, principal_found
+from tradeops.auth.authentication import principal_found
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal, Role
@@ -218,9 +218,8 @@ async def read_order(
     caller decides with shown_order, once it has routed the request (a read replica sends a
     caller who wrote lately to the primary before any answer)."""
     read = await one_statement(source, repo.READ_ORDER, {**credential, "order_id": order_id})
-    principal = principal_found(None if read is None else Authenticated(**read.caller), key_usage)
-    found = None if read is None or read.found is None else OrderOut(**read.found)
-    return principal, found
+    principal = principal_found(None if read is None else read.caller, key_usage)
+    return principal, None if read is None else read.found
 
 
 def shown_order(principal: Principal, order: OrderOut | None, order_id: int) -> OrderOut:

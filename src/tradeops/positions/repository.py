@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -12,6 +11,7 @@ from sqlalchemy import Select, select, tuple_
 
 from tradeops.audit.repository import append_audit
 from tradeops.auth.principal import Principal
+from tradeops.auth.repository import Authenticated, as_authenticated
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
 from tradeops.db.prepared import query
@@ -228,12 +228,15 @@ PORTFOLIO = query(
 
 @dataclass(frozen=True, slots=True)
 class PortfolioRead:
-    """GET /clients/{id}/portfolio in one statement: who asked (auth.authentication.
-    Authenticated's fields) and the document, if they may see the client. No row at all when
-    the credentials name nobody."""
+    """GET /clients/{id}/portfolio in one statement: who asked (the authenticating
+    statement's row, answered as a composite value and made one here) and the document, if
+    they may see the client. No row at all when the credentials name nobody."""
 
-    caller: Mapping[str, Any]
+    caller: Authenticated
     document: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
 
 
 READ_PORTFOLIO = query(

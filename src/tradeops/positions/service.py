@@ -9,7 +9,7 @@ from decimal import Decimal
 from itertools import groupby
 from typing import Any
 
-from tradeops.auth.authentication import Authenticated, principal_found
+from tradeops.auth.authentication import principal_found
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize
 from tradeops.auth.principal import Principal
@@ -222,7 +222,7 @@ async def read_portfolio(
     """GET /clients/{id}/portfolio in one round trip: the caller the credential names (401 if
     none) and the document if they can see the client; decided with shown_portfolio."""
     read = await one_statement(source, repo.READ_PORTFOLIO, {**credential, "client_id": client_id})
-    principal = principal_found(None if read is None else Authenticated(**read.caller), key_usage)
+    principal = principal_found(None if read is None else read.caller, key_usage)
     return principal, None if read is None else read.document
 
 
