@@ -1,7 +1,7 @@
 """a portfolio's positions written as text
 
-Revision ID: 0021
-Revises: 0020
+Revision ID: 0022
+Revises: 0021
 Create Date: 2026-11-27
 
 Issue 15: GET /clients/{id}/portfolio (500 positions) spends most of its time in PostgreSQL,
@@ -34,8 +34,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0021"
-down_revision: str | None = "0020"
+revision: str = "0022"
+down_revision: str | None = "0021"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
