@@ -210,11 +210,11 @@ def filtered_positions(
 
 # GET /clients/{id}/portfolio: one statement that answers the whole JSON document, so the
 # hot read costs no per-position work in Python (500 positions: bench/). The document is the
-# SQL function tradeops_portfolio_document (migration 0019), which the one-statement read
-# (tradeops_read_portfolio) calls too: each position valued at the latest price of its
-# instrument, exact numeric arithmetic throughout, totals per currency (their market value
-# and unrealized P&L null when an open position of that currency has no price, rather than
-# a partial sum). NULL: no such client for this caller.
+# SQL function tradeops_portfolio_document (migration 0019; 0022 writes it cheaper), which
+# the one-statement read (tradeops_read_portfolio) calls too: each position valued at the
+# latest price of its instrument, exact numeric arithmetic throughout, totals per currency
+# (their market value and unrealized P&L null when an open position of that currency has no
+# price, rather than a partial sum). NULL: no such client for this caller.
 @dataclass(frozen=True, slots=True)
 class Portfolio:
     document: str | None  # the JSON of schemas.Portfolio
