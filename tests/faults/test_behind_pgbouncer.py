@@ -52,9 +52,11 @@ from tests.faults.cluster import (
 )
 from tests.faults.conftest import AGENT_SCOPES, FIGURES_DIR, PASSWORD, _token, _wait_ready
 from tests.integration.test_transaction_limits import Limits
+from tradeops.auth.keys import hash_key, parse_key
 from tradeops.db.embedded import ensure_database
 from tradeops.db.pool import Database
-from tradeops.db.uow import transaction
+from tradeops.db.uow import APP_ROLE, one_statement, transaction
+from tradeops.orders.repository import READ_ORDER
 from tradeops.settings import Settings
 
 pytestmark = pytest.mark.faults
@@ -441,6 +443,83 @@ async def test_a_request_stuck_on_a_lock_gets_a_504_at_the_statement_timeout(
     assert cancel.status_code == 504, cancel.text
     assert cancel.headers["content-type"] == "application/problem+json"
     assert STATEMENT_TIMEOUT_MS / 1000 <= took < STATEMENT_TIMEOUT_MS / 1000 + 5
+
+
+# --- a new connection's first read sent alone --------------------------------------------
+
+FRESH_CONNECTIONS = 16
+
+
+async def test_a_new_connections_first_read_sent_alone_is_not_held_up_by_type_lookups(
+    bounced: Bounced,
+) -> None:
+    """GET /orders/{id} is one statement sent alone (db.uow.one_statement), answering
+    composite values (migration 0019) whose types asyncpg looks up once per connection, in
+    three statements: `jit` off, the look-up, `jit` back. Sent outside a transaction, a
+    pooler in transaction mode gives each statement whichever server connection is free: the
+    look-up ran with JIT on (2.9-3.7 s on this machine, past the 2 s limit: a 504) and
+    `jit = off` stayed on another client's server connection. Every new connection does it
+    at connect, in a transaction of its own, before its first read."""
+    key = bounced.agent["Authorization"].removeprefix("Bearer ")
+    credential = {"prefix": parse_key(key), "hash": hash_key(key), "user_id": None, "email": None}
+    params = {**credential, "app_role": APP_ROLE, "request_id": "", "order_id": 1}
+    settings = bounced.settings.model_copy(
+        update={"pool_size": FRESH_CONNECTIONS, "pool_max_overflow": 0}
+    )
+    db = Database(settings, bounced.bounced_url)
+
+    async def timed_read() -> float:
+        started = time.monotonic()
+        read = await one_statement(db, READ_ORDER, params)
+        assert read is not None, "the API key names its principal"
+        return time.monotonic() - started
+
+    try:  # each read on a connection of its own, opened for it
+        answers = await asyncio.gather(
+            *(timed_read() for _ in range(FRESH_CONNECTIONS)), return_exceptions=True
+        )
+        opened = db.connections()
+    finally:
+        await db.dispose()
+    failures = [repr(answer) for answer in answers if isinstance(answer, BaseException)]
+    seconds = sorted(answer for answer in answers if isinstance(answer, float))
+    jit = await jit_on_every_server_connection(bounced)
+    figures = {
+        "reads": FRESH_CONNECTIONS,
+        "connections": sum(opened),
+        "failed": len(failures),
+        "slowest_s": round(seconds[-1], 3) if seconds else None,
+        "server_connections_with_jit": dict(Counter(jit)),
+    }
+    report(bounced, "first_reads_on_new_connections", figures)
+    assert not failures, failures[:3]
+    assert sum(opened) == FRESH_CONNECTIONS
+    assert set(jit) == {"on"}, "a session setting was left on a server connection others share"
+
+
+@dataclass(frozen=True)
+class Jit:
+    jit: str
+
+
+async def jit_on_every_server_connection(bounced: Bounced) -> list[str]:
+    """`jit` as each of the pooler's server connections has it: as many transactions held
+    at once as the pool has server connections (default_pool_size = 20), each reading it."""
+    held = 20
+    settings = bounced.settings.model_copy(update={"pool_size": held, "pool_max_overflow": 0})
+    db = Database(settings, bounced.bounced_url)
+    all_in = asyncio.Barrier(held)
+
+    async def read_jit() -> str:
+        async with transaction(db) as uow:
+            row = await uow.row_of("SELECT current_setting('jit') AS jit", Jit)
+            await asyncio.wait_for(all_in.wait(), timeout=30)
+            return row.jit if row else "?"
+
+    try:
+        return list(await asyncio.gather(*(read_jit() for _ in range(held))))
+    finally:
+        await db.dispose()
 
 
 # --- how soon a check starts: LISTEN direct, or polling ------------------------------------
