@@ -51,15 +51,26 @@ async def _set_codecs(connection: asyncpg.Connection) -> None:
     )
 
 
+# SQLSTATE class 42: an undefined function, table, column or type, among others.
+_UNDEFINED_OBJECT_CLASS = "42"
+
+
 async def _prepare_sent_alone(connection: asyncpg.Connection) -> None:
     """A new connection's codecs, then the statements sent alone (db.prepared.SENT_ALONE)
     prepared once in a transaction, so that asyncpg's look-up of their types reaches one
     server connection behind a transaction pooler. Their types stay known to the connection;
-    asyncpg closes these statements themselves later (its cache prepares its own)."""
+    asyncpg closes these statements themselves later (its cache prepares its own).
+
+    A database that lacks what they name (not migrated yet: readiness says so) still gives
+    a connection; the look-up then happens at first use, as it did before."""
     await _set_codecs(connection)
-    async with connection.transaction():
-        for prepared in SENT_ALONE:
-            await connection.prepare(prepared.sql)
+    try:
+        async with connection.transaction():
+            for prepared in SENT_ALONE:
+                await connection.prepare(prepared.sql)
+    except asyncpg.PostgresError as error:
+        if not str(error.sqlstate).startswith(_UNDEFINED_OBJECT_CLASS):
+            raise
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
