@@ -7,7 +7,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 # Installing is chatter a newcomer need not read: it goes here, and is shown only on failure.
 SETUP_LOG := $(or $(TRADEOPS_HOME),.tradeops)/logs/setup.log
 
-.PHONY: help run test faults lint format bench bench-data bench-orders deps clean reset chromium pgbouncer
+.PHONY: help run test faults lint format bench bench-data bench-orders deps clean reset chromium pgbouncer pgbouncer-new
 
 # Every target documents itself with a `## what it does` after its prerequisites; `make help`
 # lists them all, so a new target shows up without touching this one
@@ -46,7 +46,7 @@ test: deps chromium ## the whole suite on real PostgreSQL (TRADEOPS_TEST_DATABAS
 # The fault suite (tests/faults): its own PostgreSQL cluster (initdb and pg_ctl from
 # TRADEOPS_PG_BIN, default the newest /usr/lib/postgresql/N/bin) on a free port, killed and restarted
 # under load, then schemathesis over the whole OpenAPI. Figures: .tradeops/faults/latest.json.
-faults: deps pgbouncer ## crash PostgreSQL and the worker under load, fuzz the OpenAPI (own cluster)
+faults: deps pgbouncer pgbouncer-new ## crash PostgreSQL and the worker under load, fuzz the OpenAPI (own cluster)
 	$(UV) run --frozen pytest tests/faults -m faults -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # The fault suite runs tradeops behind PgBouncer in transaction mode (test_behind_pgbouncer.py):
@@ -60,6 +60,38 @@ pgbouncer: ## install Debian's pgbouncer for the fault suite, when missing
 	  else \
 	    echo "pgbouncer is missing: tests/faults/test_behind_pgbouncer.py will be skipped."; \
 	    echo "Install it with: sudo apt-get install pgbouncer"; \
+	  fi; \
+	fi
+
+# Its `1.21+` set-up (max_prepared_statements) needs PgBouncer >= 1.21, and Debian 12 ships 1.18:
+# this builds Debian 13's (trixie's) source package, its security patches applied, against
+# Debian 12's own libraries into .tools/pgbouncer-<version>/. Only a deb-src line for trixie is
+# added, for the download, then removed: no trixie binary package is ever installed. 1.5 to 2.5
+# minutes on a loaded 2-core machine (about 20 s of CPU), so `make faults` builds it; skipped
+# once built (make clean removes it).
+PGBOUNCER_SOURCE_SUITE ?= trixie
+PGBOUNCER_SOURCES := /etc/apt/sources.list.d/tradeops-pgbouncer-source.sources
+pgbouncer-new: ## build PgBouncer >= 1.21 from Debian trixie's source into .tools/, when missing
+	@if ! compgen -G '$(CURDIR)/.tools/pgbouncer-*/bin/pgbouncer' >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    mkdir -p $(dir $(SETUP_LOG)); \
+	    echo "building PgBouncer from Debian $(PGBOUNCER_SOURCE_SUITE)'s source into .tools/ (log: $(SETUP_LOG))"; \
+	    src=$$(mktemp -d); \
+	    { printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	        $(PGBOUNCER_SOURCE_SUITE) >$(PGBOUNCER_SOURCES) \
+	      && apt-get update -qq \
+	      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential dpkg-dev pkgconf \
+	           libevent-dev libssl-dev libc-ares-dev \
+	      && (cd $$src && apt-get source -qq pgbouncer/$(PGBOUNCER_SOURCE_SUITE)); \
+	      fetched=$$?; rm -f $(PGBOUNCER_SOURCES); [ $$fetched = 0 ] \
+	      && cd $$src/pgbouncer-*/ && version=$${PWD##*/pgbouncer-} \
+	      && ./configure --prefix=$(CURDIR)/.tools/pgbouncer-$$version --with-cares=yes \
+	      && $(MAKE) -j$$(nproc) && $(MAKE) install; \
+	    } >>$(SETUP_LOG) 2>&1 || { rm -rf $$src; tail -n 20 $(SETUP_LOG); exit 1; }; \
+	    rm -rf $$src; \
+	  else \
+	    echo "PgBouncer >= 1.21 is missing: its set-up in test_behind_pgbouncer.py will be skipped."; \
+	    echo "Build it as root with: make pgbouncer-new"; \
 	  fi; \
 	fi
 

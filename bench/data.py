@@ -13,7 +13,8 @@ desks; 20,000 clients, each desk's last 20 with no orders; 5,000 instruments who
 fall off as 1/rank^1.2 (the rarest has ~80 orders in ten million), and one, BENCH-NONE, with
 none; created_at spread evenly over the last 730 days, ids in created order. Statuses age:
 the newest orders still await a decision, older ones are mostly FILLED, CANCELLED or
-REJECTED, with a rare few left REVIEWED or PENDING.
+REJECTED, with a rare few left REVIEWED or PENDING. Sides are half BUY, half SELL; one order
+in four carries a client_order_id (`BX-<n>`, n unique over every load).
 
 Every row satisfies every constraint and trigger rule. The rows are streamed with COPY FROM
 STDIN in one transaction, in which the orders' user triggers are disabled (the maker-checker
@@ -57,6 +58,7 @@ TRADERS_PER_DESK, APPROVERS_PER_DESK = 20, 5
 SPAN = timedelta(days=730)
 CHUNK = 50_000  # rows per COPY write
 RECENT_SHARE = 500  # the newest 1 in 500 orders are still in the maker-checker workflow
+CLIENT_ORDER_ID_EVERY = 4  # one order in 4 carries its submitter's own id
 # The status of an older order, with its weight: (status, weight).
 SETTLED = (
     ("FILLED", 60),
@@ -72,7 +74,7 @@ NULL = "\\N"  # in COPY's text format
 COLUMNS = (
     "desk_id, client_id, instrument_id, side, order_type, time_in_force, quantity, price,"
     " currency, status, risk_status, filled_quantity, avg_fill_price, created_by, reviewed_by,"
-    " approved_by, rejected_by, version, created_at, updated_at"
+    " approved_by, rejected_by, version, created_at, updated_at, client_order_id"
 )
 
 # What the orders' triggers check for each row (migrations 0001 and 0011), for the new rows.
@@ -186,8 +188,10 @@ def _cumulative(weights: Sequence[float]) -> list[float]:
 class OrderRows:
     """Order rows as COPY text lines, oldest first; every rule of the orders table holds."""
 
-    def __init__(self, book: Book, rows: int, seed: int) -> None:
-        self.book, self.rows = book, rows
+    def __init__(self, book: Book, rows: int, seed: int, after: int = 0) -> None:
+        """`after`: the largest order id before the load, which numbers the client_order_ids
+        past every earlier load's."""
+        self.book, self.rows, self.after = book, rows, after
         self.random = random.Random(seed)
         self.end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
         self.step = SPAN / rows
@@ -230,6 +234,8 @@ class OrderRows:
                 *self._decision(status, quantity, price, maker, checker),
                 created.isoformat(),
                 (created + timedelta(minutes=rnd.randint(0, 600))).isoformat(),
+                # From the row's number, drawing nothing: the other columns stay as they were.
+                f"BX-{self.after + n + 1}" if n % CLIENT_ORDER_ID_EVERY == 0 else NULL,
             )
         )
 
@@ -305,7 +311,7 @@ def load_orders(conn: psycopg.Connection, rows: int, seed: int) -> int:
         conn.execute(f"DROP INDEX {_index_name(statement)}")
     started = time.monotonic()
     with conn.cursor().copy(f"COPY orders ({COLUMNS}) FROM STDIN") as copy:
-        for done, chunk in enumerate(OrderRows(book, rows, seed).chunks(), start=1):
+        for done, chunk in enumerate(OrderRows(book, rows, seed, after).chunks(), start=1):
             copy.write(chunk)
             if done % 20 == 0:
                 _progress(f"{done * CHUNK:,} rows", started)

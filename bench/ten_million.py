@@ -69,8 +69,14 @@ SELECT
    WHERE d.code = $1 AND EXISTS (SELECT FROM orders o WHERE o.client_id = c.id)
    ORDER BY c.id DESC LIMIT 1) AS quiet_client,
  (SELECT i.symbol FROM instruments i WHERE i.symbol ~ '^B[0-9]{4}$'
-   ORDER BY i.symbol DESC LIMIT 1) AS rare_symbol
+   ORDER BY i.symbol DESC LIMIT 1) AS rare_symbol,
+ (SELECT o.client_order_id FROM orders o JOIN desks d ON d.id = o.desk_id
+   WHERE d.code = $1 AND o.client_order_id IS NOT NULL
+   ORDER BY o.client_order_id LIMIT 1) AS client_order_id
 """
+# Orders generated before bench/data.py gave one in four a client_order_id have none: that
+# case is then left out (the unknown one still runs).
+OPTIONAL_FACTS = {"client_order_id"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +202,13 @@ def cases(facts: dict[str, str], now: datetime) -> list[Case]:
         Case("status FILLED", "big", {"status": "FILLED"}),
         Case("status REVIEWED", "big", {"status": "REVIEWED"}),
         Case("risk_status FAILED", "big", {"risk_status": "FAILED"}),
+        Case("side SELL", "big", {"side": "SELL"}),
+        *(
+            [Case("client_order_id", "big", {"client_order_id": facts["client_order_id"]})]
+            if "client_order_id" in facts
+            else []
+        ),
+        Case("client_order_id (unknown)", "big", {"client_order_id": "NO-SUCH-ORDER"}),
         Case("desk", "big", {"desk": BIG_DESK}),
         Case(
             "created, 1 day 600 days back",
@@ -213,14 +226,17 @@ def cases(facts: dict[str, str], now: datetime) -> list[Case]:
         Case("small desk: symbol", "small", {"symbol": "B0001"}),
         Case("small desk: status REVIEWED", "small", {"status": "REVIEWED"}),
         Case("small desk: risk_status FAILED", "small", {"risk_status": "FAILED"}),
+        Case("small desk: side BUY", "small", {"side": "BUY"}),
     ]
 
 
 async def _facts(db: Database) -> dict[str, str]:
     async with db.acquire() as conn:
         row = await conn.fetchrow(FACTS, BIG_DESK, SMALL_DESKS[0])
-    assert row is not None and all(row.values()), "no bench data: run make bench-data first"
-    return dict(row)
+    assert row is not None, "no bench data: run make bench-data first"
+    facts = {name: value for name, value in row.items() if value is not None}
+    assert set(row.keys()) - OPTIONAL_FACTS <= facts.keys(), "no bench data: make bench-data"
+    return facts
 
 
 async def _keys(db: Database, facts: dict[str, str]) -> dict[str, str]:

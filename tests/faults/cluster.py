@@ -239,10 +239,23 @@ class Process:
             return ""
 
 
-def pgbouncer_binary() -> Path | None:
-    """Debian's pgbouncer (`make pgbouncer` installs it), if installed."""
-    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    return Path(found) if Path(found).exists() else None
+TOOLS = Path(__file__).resolve().parents[2] / ".tools"
+
+
+def pgbouncer_binaries() -> list[Path]:
+    """Every pgbouncer at hand: Debian's package (`make pgbouncer`) and those `make
+    pgbouncer-new` built from Debian's newer source into .tools/pgbouncer-<version>/."""
+    packaged = Path(shutil.which("pgbouncer") or "/usr/sbin/pgbouncer")
+    built = sorted(TOOLS.glob("pgbouncer-*/bin/pgbouncer"))
+    return [binary for binary in [packaged, *built] if binary.exists()]
+
+
+def pgbouncer_binary(at_least: tuple[int, int] = (0, 0)) -> Path | None:
+    """The oldest pgbouncer at hand that is at least `at_least`: the pre-1.21 set-up runs on
+    Debian 12's own 1.18 even when a newer one is built."""
+    found = [(pgbouncer_version(binary), binary) for binary in pgbouncer_binaries()]
+    recent = sorted((version, binary) for version, binary in found if version >= at_least)
+    return recent[0][1] if recent else None
 
 
 def pgbouncer_version(binary: Path) -> tuple[int, int]:

@@ -5,8 +5,11 @@ Two set-ups, each its own cluster and pooler:
 
 - `before-1.21`: `max_prepared_statements` unset (PgBouncer < 1.21 cannot do otherwise) and
   TRADEOPS_DB_PREPARED_STATEMENTS=false;
-- `1.21+`: `max_prepared_statements = 100` and prepared statements on (skipped when the
-  installed PgBouncer is older).
+- `1.21+`: `max_prepared_statements = 100` and prepared statements on, on the oldest
+  PgBouncer >= 1.21 at hand (`make pgbouncer-new` builds Debian 13's source against Debian
+  12's libraries into .tools/; skipped when there is none).
+
+The pre-1.21 set-up runs on the oldest PgBouncer at hand (Debian 12's 1.18).
 
 Migrations, `demo load`, `api-keys create`, `tradeops serve` and `tradeops worker` all reach
 the database through the pooler; only the worker's LISTEN goes direct
@@ -49,9 +52,11 @@ from tests.faults.cluster import (
 )
 from tests.faults.conftest import AGENT_SCOPES, FIGURES_DIR, PASSWORD, _token, _wait_ready
 from tests.integration.test_transaction_limits import Limits
+from tradeops.auth.keys import hash_key, parse_key
 from tradeops.db.embedded import ensure_database
 from tradeops.db.pool import Database
-from tradeops.db.uow import transaction
+from tradeops.db.uow import APP_ROLE, one_statement, transaction
+from tradeops.orders.repository import READ_ORDER
 from tradeops.settings import Settings
 
 pytestmark = pytest.mark.faults
@@ -111,12 +116,11 @@ def bearer(credential: str) -> dict[str, str]:
 
 
 def _skip_unless_available(setup: str) -> Path:
-    binary = pgbouncer_binary()
-    if binary is None:
+    if pgbouncer_binary() is None:
         pytest.skip("pgbouncer is not installed: `make pgbouncer` (apt-get install pgbouncer)")
-    version = pgbouncer_version(binary)
-    if SETUPS[setup][0] and version < (1, 21):
-        pytest.skip(f"PgBouncer {version[0]}.{version[1]} has no max_prepared_statements")
+    binary = pgbouncer_binary(at_least=(1, 21) if SETUPS[setup][0] else (0, 0))
+    if binary is None:
+        pytest.skip("no PgBouncer >= 1.21 (max_prepared_statements): `make pgbouncer-new`")
     return binary
 
 
@@ -237,7 +241,8 @@ def prepared_statement_errors(errors: dict[str, list[str]]) -> int:
 
 
 def report(bounced: Bounced, name: str, figures: dict[str, Any]) -> None:
-    figures = {"setup": bounced.setup, **figures}
+    version = ".".join(map(str, pgbouncer_version(bounced.bouncer.binary)))
+    figures = {"setup": bounced.setup, "pgbouncer": version, **figures}
     figures["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)
     path = FIGURES_DIR / f"pgbouncer-{bounced.setup}.json"
@@ -313,7 +318,9 @@ async def risk_result(http: httpx.AsyncClient, order_id: int, headers: dict[str,
     deadline = time.monotonic() + 30
     while True:
         answer = await http.get(f"/api/v1/orders/{order_id}", headers=headers)
-        status = str(answer.json().get("risk_status")) if answer.status_code == 200 else "?"
+        if answer.status_code != 200:
+            return f"unknown: GET answered {answer.status_code} {answer.text[:200]}"
+        status = str(answer.json().get("risk_status"))
         if status != "PENDING" or time.monotonic() > deadline:
             return status
         await asyncio.sleep(0.02)
@@ -436,6 +443,83 @@ async def test_a_request_stuck_on_a_lock_gets_a_504_at_the_statement_timeout(
     assert cancel.status_code == 504, cancel.text
     assert cancel.headers["content-type"] == "application/problem+json"
     assert STATEMENT_TIMEOUT_MS / 1000 <= took < STATEMENT_TIMEOUT_MS / 1000 + 5
+
+
+# --- a new connection's first read sent alone --------------------------------------------
+
+FRESH_CONNECTIONS = 16
+
+
+async def test_a_new_connections_first_read_sent_alone_is_not_held_up_by_type_lookups(
+    bounced: Bounced,
+) -> None:
+    """GET /orders/{id} is one statement sent alone (db.uow.one_statement), answering
+    composite values (migration 0019) whose types asyncpg looks up once per connection, in
+    three statements: `jit` off, the look-up, `jit` back. Sent outside a transaction, a
+    pooler in transaction mode gives each statement whichever server connection is free: the
+    look-up ran with JIT on (2.9-3.7 s on this machine, past the 2 s limit: a 504) and
+    `jit = off` stayed on another client's server connection. Every new connection does it
+    at connect, in a transaction of its own, before its first read."""
+    key = bounced.agent["Authorization"].removeprefix("Bearer ")
+    credential = {"prefix": parse_key(key), "hash": hash_key(key), "user_id": None, "email": None}
+    params = {**credential, "app_role": APP_ROLE, "request_id": "", "order_id": 1}
+    settings = bounced.settings.model_copy(
+        update={"pool_size": FRESH_CONNECTIONS, "pool_max_overflow": 0}
+    )
+    db = Database(settings, bounced.bounced_url)
+
+    async def timed_read() -> float:
+        started = time.monotonic()
+        read = await one_statement(db, READ_ORDER, params)
+        assert read is not None, "the API key names its principal"
+        return time.monotonic() - started
+
+    try:  # each read on a connection of its own, opened for it
+        answers = await asyncio.gather(
+            *(timed_read() for _ in range(FRESH_CONNECTIONS)), return_exceptions=True
+        )
+        opened = db.connections()
+    finally:
+        await db.dispose()
+    failures = [repr(answer) for answer in answers if isinstance(answer, BaseException)]
+    seconds = sorted(answer for answer in answers if isinstance(answer, float))
+    jit = await jit_on_every_server_connection(bounced)
+    figures = {
+        "reads": FRESH_CONNECTIONS,
+        "connections": sum(opened),
+        "failed": len(failures),
+        "slowest_s": round(seconds[-1], 3) if seconds else None,
+        "server_connections_with_jit": dict(Counter(jit)),
+    }
+    report(bounced, "first_reads_on_new_connections", figures)
+    assert not failures, failures[:3]
+    assert sum(opened) == FRESH_CONNECTIONS
+    assert set(jit) == {"on"}, "a session setting was left on a server connection others share"
+
+
+@dataclass(frozen=True)
+class Jit:
+    jit: str
+
+
+async def jit_on_every_server_connection(bounced: Bounced) -> list[str]:
+    """`jit` as each of the pooler's server connections has it: as many transactions held
+    at once as the pool has server connections (default_pool_size = 20), each reading it."""
+    held = 20
+    settings = bounced.settings.model_copy(update={"pool_size": held, "pool_max_overflow": 0})
+    db = Database(settings, bounced.bounced_url)
+    all_in = asyncio.Barrier(held)
+
+    async def read_jit() -> str:
+        async with transaction(db) as uow:
+            row = await uow.row_of("SELECT current_setting('jit') AS jit", Jit)
+            await asyncio.wait_for(all_in.wait(), timeout=30)
+            return row.jit if row else "?"
+
+    try:
+        return list(await asyncio.gather(*(read_jit() for _ in range(held))))
+    finally:
+        await db.dispose()
 
 
 # --- how soon a check starts: LISTEN direct, or polling ------------------------------------

@@ -134,6 +134,13 @@ async def test_each_filter_reads_its_index_as_the_application_role(
             " GROUP BY c.external_id ORDER BY count(*) DESC LIMIT 1"
         )
     )
+    own_id = await connection.scalar(
+        text(
+            "SELECT o.client_order_id FROM orders o JOIN desks d ON d.id = o.desk_id"
+            " WHERE d.code = :big AND o.client_order_id IS NOT NULL ORDER BY o.id LIMIT 1"
+        ),
+        {"big": BIG_DESK},
+    )
     now = datetime.now(UTC)
     window = {"created_from": now - timedelta(days=600), "created_to": now - timedelta(days=599)}
     # Every order of the desk, newest first: by id, or by (id, desk_id) with the desk in it.
@@ -161,7 +168,20 @@ async def test_each_filter_reads_its_index_as_the_application_role(
             {**window, "after": (window["created_to"], ROWS)},
             {"ix_orders_created_at_id"},
         ),
+        # Half the orders each, BUY or SELL: no index of its own would read fewer rows than
+        # walking the desk's orders newest first, the other side filtered out (about two rows
+        # read per row listed, on any page).
+        ("side", big, {"side": "SELL"}, newest),
+        ("side with a cursor", big, {"side": "BUY", "after": (ROWS // 2,)}, newest),
+        ("client order id", big, {"client_order_id": own_id}, {"ix_orders_client_order_id_id"}),
+        (
+            "unknown client order id",
+            big,
+            {"client_order_id": "NO-SUCH"},
+            {"ix_orders_client_order_id_id"},
+        ),
         ("small desk", small, {}, newest),
+        ("small desk side", small, {"side": "BUY"}, newest),
         ("small desk status", small, {"status": "REVIEWED"}, {"ix_orders_desk_id_status_id"}),
         (
             "small desk symbol",

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import asyncpg
 
+from tradeops.db.prepared import SENT_ALONE
 from tradeops.db.urls import libpq_url
 from tradeops.settings import Settings
 
@@ -48,6 +49,28 @@ async def _set_codecs(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec(
         "jsonb", schema="pg_catalog", encoder=_jsonb_in, decoder=_jsonb_out, format="binary"
     )
+
+
+# SQLSTATE class 42: an undefined function, table, column or type, among others.
+_UNDEFINED_OBJECT_CLASS = "42"
+
+
+async def _prepare_sent_alone(connection: asyncpg.Connection) -> None:
+    """A new connection's codecs, then the statements sent alone (db.prepared.SENT_ALONE)
+    prepared once in a transaction, so that asyncpg's look-up of their types reaches one
+    server connection behind a transaction pooler. Their types stay known to the connection;
+    asyncpg closes these statements themselves later (its cache prepares its own).
+
+    A database that lacks what they name (not migrated yet: readiness says so) still gives
+    a connection; the look-up then happens at first use, as it did before."""
+    await _set_codecs(connection)
+    try:
+        async with connection.transaction():
+            for prepared in SENT_ALONE:
+                await connection.prepare(prepared.sql)
+    except asyncpg.PostgresError as error:
+        if not str(error.sqlstate).startswith(_UNDEFINED_OBJECT_CLASS):
+            raise
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:
@@ -92,7 +115,9 @@ class Database:
                     min_size=0,
                     max_size=settings.pool_size + settings.pool_max_overflow,
                     max_inactive_connection_lifetime=300,
-                    init=_set_codecs,
+                    # Without prepared statements one_statement runs in a transaction,
+                    # where asyncpg's type look-ups reach one server connection anyway.
+                    init=_prepare_sent_alone if settings.db_prepared_statements else _set_codecs,
                     reset=_keep_session,
                     # A named statement lives on one server connection, which a pooler in
                     # transaction mode hands to another client after each transaction.

@@ -267,12 +267,16 @@ async def one_statement(
     round trip. For a statement that sets its own context (migration 0019's reads), which
     then dies with it, on a pooled or PgBouncer'd connection alike. With no BEGIN to carry
     the statement timeout, the driver enforces it: past it, asyncpg cancels the query on the
-    server, answered as the server's own timeout would be (a 504).
+    server, answered as the server's own timeout would be (a 504). The query is declared
+    `alone` (db.prepared.query): each connection prepares it at connect, in a transaction,
+    and a first use here costs no type look-up of asyncpg's outside one.
 
     Without prepared statements (TRADEOPS_DB_PREPARED_STATEMENTS=false, a pooler that
     cannot keep them), asyncpg prepares each statement in a round trip of its own, which a
     pooler in transaction mode may send to another server connection than the execution:
     there the statement runs in a transaction, as every other request does."""
+    if not query.alone:
+        raise ValueError("a query sent alone is declared so: query(..., alone=True)")
     if not source.settings.db_prepared_statements:
         async with transaction(source) as uow:
             return await uow.row(query, params)

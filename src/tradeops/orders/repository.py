@@ -607,6 +607,7 @@ READ_ORDER = query(
     "SELECT caller, found FROM tradeops_read_order("
     ":prefix, :hash, :user_id, :email, :app_role, :request_id, :order_id)",
     OrderRead,
+    alone=True,
 )
 
 

@@ -243,4 +243,5 @@ READ_PORTFOLIO = query(
     "SELECT caller, document FROM tradeops_read_portfolio("
     ":prefix, :hash, :user_id, :email, :app_role, :request_id, :client_id)",
     PortfolioRead,
+    alone=True,
 )
