@@ -19,6 +19,7 @@ class SchemaState:
 SCHEMA_STATE = query(
     "SELECT (SELECT version_num FROM alembic_version) AS revision, pg_is_in_recovery() AS standby",
     SchemaState,
+    alone=True,  # one_statement: autocommit, outside a transaction
 )
 
 
@@ -28,4 +29,4 @@ class Answer:
 
 
 # The database answers a query at all.
-PING = query("SELECT 1 AS answer", Answer)
+PING = query("SELECT 1 AS answer", Answer, alone=True)
