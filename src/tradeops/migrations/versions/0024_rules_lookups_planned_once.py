@@ -6,13 +6,14 @@ Create Date: 2026-11-27
 
 Issue 15, as 0023 for authentication: two functions that triggers call on the write path
 were LANGUAGE sql bodies PostgreSQL cannot inline (a FROM clause, a sub-select), so each
-transaction that called them planned them again: tradeops_approvals_required (0018, every
-new order's BEFORE INSERT trigger) and audit_event_desk (0009, every audit event's desk
-label). As PL/pgSQL the same SELECTs keep their plans for the connection's life. Measured
-on this machine, PostgreSQL CPU per call in a statement of its own (3,000 calls x 5
-interleaved rounds, medians): approvals required 0.230 -> 0.070 ms, an audit event's desk
-0.113 -> 0.053 ms. Same SELECTs, same answers (a sub-select of at most one row: instruments
-by id).
+transaction that called them planned them again (before PostgreSQL 18, which caches SQL
+functions' plans itself): tradeops_approvals_required (0018, every new order's BEFORE
+INSERT trigger) and audit_event_desk (0009, every audit event's desk label). As PL/pgSQL
+the same SELECTs keep their plans for the connection's life. Measured on PostgreSQL 15
+(this machine's server), PostgreSQL CPU per call in a statement of its own (3,000 calls x
+5 interleaved rounds, medians): approvals required 0.230 -> 0.070 ms, an audit event's
+desk 0.113 -> 0.053 ms. Same SELECTs, same answers (a sub-select of at most one row:
+instruments by id).
 """
 
 from collections.abc import Sequence
