@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import asyncpg
 
-from tradeops.db.prepared import SENT_ALONE
+from tradeops.db.prepared import sent_alone
 from tradeops.db.urls import libpq_url
 from tradeops.settings import Settings
 
@@ -56,7 +56,7 @@ _UNDEFINED_OBJECT_CLASS = "42"
 
 
 async def _prepare_sent_alone(connection: asyncpg.Connection) -> None:
-    """A new connection's codecs, then the statements sent alone (db.prepared.SENT_ALONE)
+    """A new connection's codecs, then the statements sent alone (db.prepared.sent_alone)
     prepared once in a transaction, so that asyncpg's look-up of their types reaches one
     server connection behind a transaction pooler. Their types stay known to the connection;
     asyncpg closes these statements themselves later (its cache prepares its own).
@@ -66,7 +66,7 @@ async def _prepare_sent_alone(connection: asyncpg.Connection) -> None:
     await _set_codecs(connection)
     try:
         async with connection.transaction():
-            for prepared in SENT_ALONE:
+            for prepared in sent_alone():
                 await connection.prepare(prepared.sql)
     except asyncpg.PostgresError as error:
         if not str(error.sqlstate).startswith(_UNDEFINED_OBJECT_CLASS):

@@ -66,20 +66,20 @@ class Id:
 # Every typed query built at import, for the test that checks columns against types.
 QUERIES: list[Query[Any]] = []
 
-# The typed queries sent alone (db.uow.one_statement), which a new connection prepares
-# before its first use, in a transaction of its own (db.pool): asyncpg looks up the types of
-# a statement's composite values once per connection, in three statements (`jit` off, the
-# look-up, `jit` back), which outside a transaction a pooler in transaction mode spreads over
-# server connections: the look-up then runs with JIT on (seconds, past the statement
-# timeout) and `jit = off` stays on a server connection another client gets next.
-SENT_ALONE: list[Prepared] = []
-
 
 def query(statement: ClauseElement | str, into: type[T], *, alone: bool = False) -> Query[T]:
     """A constant statement whose rows are `into`; rendered once, registered for the test.
     `alone`: sent outside a transaction (db.uow.one_statement), prepared at connect."""
     typed = Query(prepare(statement), into, alone)
     QUERIES.append(typed)
-    if alone:
-        SENT_ALONE.append(typed.prepared)
     return typed
+
+
+def sent_alone() -> list[Prepared]:
+    """The typed queries sent alone (db.uow.one_statement), which a new connection prepares
+    before its first use, in a transaction of its own (db.pool): asyncpg looks up the types of
+    a statement's composite values once per connection, in three statements (`jit` off, the
+    look-up, `jit` back), which outside a transaction a pooler in transaction mode spreads
+    over server connections: the look-up then runs with JIT on (seconds, past the statement
+    timeout) and `jit = off` stays on a server connection another client gets next."""
+    return [typed.prepared for typed in QUERIES if typed.alone]
