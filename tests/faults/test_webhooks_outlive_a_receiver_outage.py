@@ -47,7 +47,7 @@ import pytest
 
 from tests.faults.cluster import free_port
 from tests.faults.conftest import Stack
-from tests.integration.test_webhooks import Receiver, serving
+from tests.integration.test_webhooks import ALL_TYPES, Receiver, serving
 from tradeops.settings import Settings
 from tradeops.webhooks.service import MAX_BACKOFF_SECONDS
 
@@ -63,14 +63,6 @@ SWEEP_SECONDS = 2.0  # tradeops.jobs.tasks.EVERY_TWO_SECONDS: how often the work
 EARLY_TOLERANCE = 0.1
 LATE_SLACK = 5.0
 DELIVERY_SETTINGS = ("webhook_backoff_seconds", "webhook_max_attempts", "webhook_timeout_seconds")
-ALL_TYPES = [
-    "order.awaiting_approval",
-    "order.approved",
-    "order.rejected",
-    "order.expired",
-    "order.filled",
-    "order.risk_failed",
-]
 ORDER = {
     "client_id": "CUST-1001",
     "symbol": "AAPL",
