@@ -13,6 +13,11 @@ the portfolio: our one statement that authenticates, sets the context and reads 
 0019). That isolates what our stack (FastAPI, pydantic, middleware, logging, metrics) costs
 beyond its SQL.
 
+With --same-work --pipelined a new order takes two round trips instead of four: the same
+statements on a psycopg connection in pipeline mode (BEGIN with the authenticating statement,
+then the order's statement with COMMIT). `make bench BENCH_ARGS=--two-round-trips` runs it
+beside the others, to weigh a round trip saved against the driver it takes.
+
     BARE_DATABASE_URL=postgresql://... python bench/bare_app.py --host 127.0.0.1 --port 8001
 """
 
@@ -29,7 +34,10 @@ from typing import Any
 
 import asyncpg
 import orjson
+import psycopg
 import uvicorn
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -192,10 +200,29 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.instruments = {
         r["symbol"]: InstrumentRef(r["id"], r["currency"]) for r in await pool.fetch(INSTRUMENTS)
     }
+    pipelined: AsyncConnectionPool[Any] | None = None
+    if app.state.pipelined:
+        pipelined = AsyncConnectionPool(
+            os.environ["BARE_DATABASE_URL"],
+            min_size=POOL_MIN_SIZE,
+            max_size=POOL_MAX_SIZE,
+            kwargs={
+                "autocommit": True,  # the transaction is begun and committed in the pipeline
+                "cursor_factory": psycopg.AsyncRawCursor,  # $n parameters, as asyncpg's
+                "row_factory": dict_row,
+                "prepare_threshold": 0,  # prepared at first use, as asyncpg's cache
+                "options": " ".join(f"-c {k}={v}" for k, v in SERVER_SETTINGS.items()),
+            },
+            open=False,
+        )
+        await pipelined.open(wait=True)
+    app.state.pipelined_pool = pipelined
     try:
         yield
     finally:
         await pool.close()
+        if pipelined is not None:
+            await pipelined.close()
 
 
 def key_parameters(request: Request, request_id: str) -> dict[str, Any]:
@@ -285,6 +312,8 @@ async def create_order(request: Request) -> Response:
         row = await request.app.state.pool.fetchrow(
             INSERT_ORDER, *[parameters[name] for name in INSERT_PARAMETERS]
         )
+    elif request.app.state.pipelined:
+        row, created_by = await create_pipelined(request, parameters, request_id)
     else:
         async with request.app.state.pool.acquire() as connection, connection.transaction():
             principal = await principal_of(request, connection, request_id)
@@ -322,6 +351,39 @@ async def create_order(request: Request) -> Response:
     }
     headers = {"Location": f"{request.url.path}/{row['id']}", "ETag": f'"{row["version"]}"'}
     return json_response(order, 201, headers)
+
+
+async def create_pipelined(
+    request: Request, parameters: dict[str, Any], request_id: str
+) -> tuple[dict[str, Any] | None, str]:
+    """--same-work --pipelined: the same statements in two round trips, psycopg's pipeline
+    mode: BEGIN and our authenticating statement in one, the order's statement and COMMIT in
+    the other (what issue 15 asks of a write)."""
+    credential = key_parameters(request, request_id)
+    pool: AsyncConnectionPool[Any] = request.app.state.pipelined_pool
+    async with pool.connection() as connection:
+        async with connection.pipeline():
+            await connection.execute("BEGIN")
+            authenticating = await connection.execute(
+                AUTHENTICATE.prepared.sql, AUTHENTICATE.prepared.arguments(credential)
+            )
+            principal = await authenticating.fetchone()  # round trip 1: BEGIN, authenticate
+            if principal is None:
+                raise NotAuthenticated  # the pool rolls the transaction back
+            parameters |= {
+                "all_desks": principal["all_desks"],
+                "desk_ids": principal["desk_ids"],
+                "created_by": principal["user_id"],
+                "created_by_key_id": principal["key_id"],
+                "actor": f"user:{principal['user_id']}/key:{principal['key_id']}",
+            }
+            inserting = await connection.execute(
+                INSERT_ORDER, [parameters[name] for name in INSERT_PARAMETERS]
+            )
+            await connection.execute("COMMIT")
+        # Round trip 2: leaving the pipeline sends the order's statement, COMMIT and a Sync.
+        row = await inserting.fetchone()
+    return row, principal["email"]
 
 
 async def read_as_we_do(request: Request, statement: Prepared, **wanted: Any) -> asyncpg.Record:
@@ -384,8 +446,14 @@ def main() -> None:
         action="store_true",
         help="authenticate the bearer API key and run our statements in a transaction",
     )
+    parser.add_argument(
+        "--pipelined",
+        action="store_true",
+        help="with --same-work: a new order in two round trips (psycopg's pipeline mode)",
+    )
     args = parser.parse_args()
     app.state.same_work = args.same_work
+    app.state.pipelined = args.same_work and args.pipelined
     # As `tradeops serve`: one worker, uvicorn's defaults (uvloop + httptools), no access log.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, access_log=False)
 

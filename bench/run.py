@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,9 @@ class Scenario:
     setup: Callable[[Server], dict[str, str]] | None = None
     targets: tuple[Target, ...] = ()
     seed000: bool = False  # seed 000's app has the endpoint: run it as a peer
+    # Run the same-work peer in two round trips too (psycopg's pipeline mode): what the
+    # write would cost with at most two round trips, beside ours and same-work's four.
+    two_round_trips: bool = False
 
 
 def create_orders(count: int) -> Callable[[Server], dict[str, str]]:
@@ -354,6 +358,7 @@ SCENARIOS = [
             Target("p99 ms at {light} conn", p99("ours_light"), "<", 25.0),
         ),
         seed000=True,
+        two_round_trips=True,
     ),
     Scenario(
         "get_order",
@@ -837,6 +842,7 @@ RUN_LABELS = {  # in the order of the table and the chart
     "ours": "ours",
     "ours_light": "ours (light load)",
     "same_work": "same-work",
+    "same_work_2rt": "same-work, 2 round trips",
     "bare": "bare",
     "seed000": "seed 000",
 }
@@ -858,6 +864,8 @@ def scenario_row(scenario: Scenario, runs: Runs, load: int, light: int) -> dict[
         row[key] = round(rps_ratio("ours", peer)(runs), 3)
     if "seed000" in runs:
         row["ratio_seed000"] = round(rps_ratio("ours", "seed000")(runs), 3)
+    if "same_work_2rt" in runs:
+        row["ratio_same_work_2rt"] = round(rps_ratio("ours", "same_work_2rt")(runs), 3)
     row["checks"] = checks
     row["result"] = result
     return row
@@ -1119,6 +1127,12 @@ def parse_args() -> argparse.Namespace:
         help=f"workers of ours in the {SCALING_STEP} step (0 or 1 skips it)",
     )
     parser.add_argument(
+        "--two-round-trips",
+        action="store_true",
+        help="also run the same-work peer with POST /orders in two round trips (psycopg's "
+        "pipeline mode), before seed 000",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="after each scenario's runs, sample ours under its load with py-spy",
@@ -1140,17 +1154,33 @@ def our_server(url: str, workers: int = 1) -> AbstractContextManager[Server]:
     return running_server(name, command, env, our_headers())
 
 
-def start_servers(stack: ExitStack, url: str, pool_min: int, pool_max: int) -> dict[str, Server]:
-    """Ours and the three peers, by the key of their runs, each on a port of its own."""
-    bare_env = {
+def bare_peer_env(url: str, pool_min: int, pool_max: int) -> dict[str, str]:
+    return {
         "BARE_DATABASE_URL": libpq_url(url),
         "BARE_POOL_MIN_SIZE": str(pool_min),
         "BARE_POOL_MAX_SIZE": str(pool_max),
     }
+
+
+BARE_COMMAND = [str(BIN / "python"), str(BENCH / "bare_app.py"), "--host", HOST]
+
+
+def two_round_trip_peer(url: str, pool_min: int, pool_max: int) -> AbstractContextManager[Server]:
+    """--two-round-trips: the same-work peer with a new order in two round trips (psycopg's
+    pipeline mode: BEGIN and authenticate, then the order's statement and COMMIT)."""
+    command = [*BARE_COMMAND, "--same-work", "--pipelined"]
+    return running_server(
+        "same-2rt", command, bare_peer_env(url, pool_min, pool_max), our_headers()
+    )
+
+
+def start_servers(stack: ExitStack, url: str, pool_min: int, pool_max: int) -> dict[str, Server]:
+    """Ours and the three peers, by the key of their runs, each on a port of its own."""
+    bare_env = bare_peer_env(url, pool_min, pool_max)
     # As the seed ran it: `uvicorn main:app` (its access log on, as ours is), its own pool.
     seed_env = {"SEED_DATABASE_URL": "postgresql+psycopg2://" + libpq_url(url).split("://", 1)[1]}
     seed_command = [str(BIN / "uvicorn"), "--app-dir", str(SEED000), "main:app", "--host", HOST]
-    bare_command = [str(BIN / "python"), str(BENCH / "bare_app.py"), "--host", HOST]
+    bare_command = BARE_COMMAND
     starts = {
         "ours": our_server(url),
         "bare": running_server("bare", bare_command, bare_env, {}),
@@ -1172,13 +1202,22 @@ def run_scenario(
     scenario: Scenario,
     settings: tuple[WrkSettings, WrkSettings],
     profile_to: Path | None = None,
+    two_round_trips: Callable[[], AbstractContextManager[Server]] | None = None,
 ) -> dict[str, Any]:
     """Ours at the load's and at the light load's connections (and sampled by py-spy at the
-    load's, with `profile_to`), then each peer at the load's."""
+    load's, with `profile_to`), then each peer at the load's; with `two_round_trips`, the
+    same-work peer in two round trips too, for a scenario that asks for it."""
     load, light = settings
     runs: Runs = {}
     profile: dict[str, Any] = {}
     for key, server in servers.items():
+        if key == "seed000" and two_round_trips is not None and scenario.two_round_trips:
+            # Started for this scenario only, and stopped before seed 000's run: a fifth
+            # pool would take the connections seed 000's needs (max_connections 100).
+            with two_round_trips() as peer:
+                runs["same_work_2rt"] = measure(
+                    wrk, (peer, database), scenario, {}, load, "same_work_2rt"
+                )
         if key == "seed000" and not scenario.seed000:
             continue
         extra_env = scenario.setup(server) if scenario.setup else {}
@@ -1248,6 +1287,9 @@ def run(args: argparse.Namespace) -> int:
                 scenario,
                 (load, light),
                 RESULTS / f"{stem}-{scenario.name}.pyspy.txt" if args.profile else None,
+                partial(two_round_trip_peer, url, pool_min, pool_max)
+                if args.two_round_trips
+                else None,
             )
             for scenario in scenarios
         ]
