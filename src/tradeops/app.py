@@ -30,6 +30,7 @@ from tradeops.maintenance import running_maintenance
 from tradeops.marketdata.router import SNAPSHOTS_PATH
 from tradeops.marketdata.router import router as market_data_router
 from tradeops.observability import Metrics, RequestContextMiddleware, configure_logging
+from tradeops.one_statement_reads import OneStatementReads, one_statement_reads
 from tradeops.orders.http import close_event_streams, events_router, install_event_streams
 from tradeops.orders.router import router as orders_router
 from tradeops.positions.router import router as positions_router
@@ -131,6 +132,8 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     install_ui(app)
     mount_mcp(app, settings)
     pass_over_routers_by_prefix(app)
+    # Innermost of ours, so that CORS and the request context wrap its answers too.
+    app.add_middleware(OneStatementReads, reads=one_statement_reads(app))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

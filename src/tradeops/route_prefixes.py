@@ -17,7 +17,7 @@ tried as before, and so is one whose routes change after this is set up.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI
 from fastapi.routing import (
@@ -27,7 +27,7 @@ from fastapi.routing import (
     _IncludedRouter,
 )
 from starlette._utils import get_route_path
-from starlette.routing import Match, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Route, WebSocketRoute
 from starlette.types import Scope
 
 Matches = Callable[[Scope], tuple[Match, Scope]]
@@ -84,3 +84,14 @@ def _by_prefix(included: _IncludedRouter, prefixes: tuple[str, ...]) -> Matches:
         return Match.NONE, {}
 
     return matches
+
+
+def routes_in_order(app: FastAPI) -> Iterator[tuple[BaseRoute, Matches]]:
+    """The app's routes in the order its routing tries them, each with how it matches a
+    request where the app includes it (an included router's routes under its prefix)."""
+    for route in app.router.routes:
+        if isinstance(route, _IncludedRouter):
+            for context in route.effective_route_contexts():
+                yield context.original_route, context.matches
+        else:
+            yield route, route.matches

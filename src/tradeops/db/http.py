@@ -39,6 +39,7 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 # credentials), which the route's endpoint then answers as documented, in a transaction.
 OneStatement = Callable[[ConnectionSource, Request], Awaitable[Response | None]]
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 # A route endpoint's arguments, taken from the request without FastAPI's dependency solving,
@@ -95,6 +96,29 @@ def _recovery_conflict(error: BaseException) -> bool:
     return sqlstate_of(error) in RETRYABLE_SQLSTATES
 
 
+async def read_where_fit(request: Request, read: Callable[[Database], Awaitable[T]]) -> T:
+    """`read` on the read replica when one may serve it, else on the primary: also when the
+    caller turns out to have written lately, the replica conflicts with replaying the
+    primary's changes, or it is unavailable (then it is set aside until it is fit again)."""
+    replica: ReadReplica | None = request.app.state.read_replica
+    db = None if replica is None else replica.for_reads()
+    if replica is not None and db is not None:
+        request.state.on_replica = replica
+        try:
+            return await read(db)
+        except ReadOwnWrites:
+            pass
+        except Exception as error:
+            if not _recovery_conflict(error):
+                if not _replica_unavailable(error):
+                    raise
+                replica.lost()
+                log.warning("read replica lost; reading on the primary", error=repr(error))
+        finally:
+            request.state.on_replica = None
+    return await read(request.app.state.db)
+
+
 class TransactionalRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
@@ -135,36 +159,13 @@ class TransactionalRoute(APIRoute):
             settings = request.app.state.settings
             return await in_transaction(db, respond, attempts=settings.db_retry_attempts)
 
-        async def on_replica(replica: ReadReplica, request: Request) -> Response | None:
-            """The read's response from the replica, or None to read on the primary."""
-            db = replica.for_reads()
-            if db is None:
-                return None
-            request.state.on_replica = replica
-            try:
-                return await run_on(db, request)
-            except ReadOwnWrites:
-                return None
-            except Exception as error:
-                if _recovery_conflict(error):
-                    return None
-                if not _replica_unavailable(error):
-                    raise
-                replica.lost()
-                log.warning("read replica lost; reading on the primary", error=repr(error))
-                return None
-            finally:
-                request.state.on_replica = None
-
         async def handle_in_transaction(request: Request) -> Response:
-            replica: ReadReplica | None = request.app.state.read_replica
-            if replica is not None and reads_only:
-                response = await on_replica(replica, request)
-                if response is not None:
-                    return response
+            if reads_only:
+                return await read_where_fit(request, lambda db: run_on(db, request))
             response = await run_on(request.app.state.db, request)
+            replica: ReadReplica | None = request.app.state.read_replica
             principal = getattr(request.state, "principal", None)
-            if replica is not None and not reads_only and principal is not None:
+            if replica is not None and principal is not None:
                 replica.note_write(principal.user_id)
             return response
 
