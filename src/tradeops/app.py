@@ -25,12 +25,12 @@ from tradeops.db.revisions import head_revision
 from tradeops.desks.router import router as desks_router
 from tradeops.executions.router import router as executions_router
 from tradeops.health.router import router as health_router
+from tradeops.hot_paths import HotPaths, hot_paths
 from tradeops.instruments.router import router as instruments_router
 from tradeops.maintenance import running_maintenance
 from tradeops.marketdata.router import SNAPSHOTS_PATH
 from tradeops.marketdata.router import router as market_data_router
 from tradeops.observability import Metrics, RequestContextMiddleware, configure_logging
-from tradeops.one_statement_reads import OneStatementReads, one_statement_reads
 from tradeops.orders.http import close_event_streams, events_router, install_event_streams
 from tradeops.orders.router import router as orders_router
 from tradeops.positions.router import router as positions_router
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     mount_mcp(app, settings)
     pass_over_routers_by_prefix(app)
     # Innermost of ours, so that CORS and the request context wrap its answers too.
-    app.add_middleware(OneStatementReads, reads=one_statement_reads(app))
+    app.add_middleware(HotPaths, paths=hot_paths(app))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -119,7 +119,20 @@ async def read_where_fit(request: Request, read: Callable[[Database], Awaitable[
     return await read(request.app.state.db)
 
 
+class _NotInItsShape(Exception):
+    """The request is not in the shape its endpoint is called directly with (a body that does
+    not validate): what was begun is rolled back, and the framework answers it as documented."""
+
+
+# A request answered ahead of the framework's own layers (tradeops.hot_paths), or None when
+# it is not in the shape the shortcut serves.
+AnsweredAhead = Callable[[Request], Awaitable[Response | None]]
+
+
 class TransactionalRoute(APIRoute):
+    # Set for a route with a shortcut (answered_in_one_statement, called_directly).
+    answered_ahead: AnsweredAhead | None = None
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
         reads_only = (
@@ -131,15 +144,22 @@ class TransactionalRoute(APIRoute):
         direct: Arguments | None = getattr(self.endpoint, "called_directly", None)
         endpoint = self.endpoint
 
-        async def answer(request: Request) -> Response:
-            if direct is not None:
-                arguments = await direct(request)
-                if arguments is not None:
-                    response: Response = await endpoint(**arguments)
-                    return response
-            return await handle(request)
+        async def directly(request: Request) -> Response:
+            arguments = None if direct is None else await direct(request)
+            if arguments is None:
+                raise _NotInItsShape
+            response: Response = await endpoint(**arguments)
+            return response
 
-        async def run_on(db: Database, request: Request) -> Response:
+        async def answer(request: Request) -> Response:
+            try:
+                return await directly(request)
+            except _NotInItsShape:
+                return await handle(request)
+
+        async def run_on(
+            db: Database, request: Request, respond_with: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
             if one_statement is not None:
                 response = await one_statement(db, request)
                 if response is not None:
@@ -152,21 +172,40 @@ class TransactionalRoute(APIRoute):
                 # Each attempt authenticates again, in its own transaction (deps.py).
                 request.state.driver, request.state.session = uow.driver, None
                 try:
-                    return await answer(request)
+                    return await respond_with(request)
                 finally:
                     request.state.driver, request.state.session = None, None
 
             settings = request.app.state.settings
             return await in_transaction(db, respond, attempts=settings.db_retry_attempts)
 
-        async def handle_in_transaction(request: Request) -> Response:
-            if reads_only:
-                return await read_where_fit(request, lambda db: run_on(db, request))
-            response = await run_on(request.app.state.db, request)
+        async def on_primary(
+            request: Request, respond_with: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            response = await run_on(request.app.state.db, request, respond_with)
             replica: ReadReplica | None = request.app.state.read_replica
             principal = getattr(request.state, "principal", None)
             if replica is not None and principal is not None:
                 replica.note_write(principal.user_id)
             return response
 
+        async def handle_in_transaction(request: Request) -> Response:
+            if reads_only:
+                return await read_where_fit(request, lambda db: run_on(db, request, answer))
+            return await on_primary(request, answer)
+
+        async def read_in_one_statement(request: Request) -> Response | None:
+            assert one_statement is not None
+            return await read_where_fit(request, lambda db: one_statement(db, request))
+
+        async def write_directly(request: Request) -> Response | None:
+            try:
+                return await on_primary(request, directly)
+            except _NotInItsShape:
+                return None
+
+        if reads_only and one_statement is not None:
+            self.answered_ahead = read_in_one_statement
+        elif not reads_only and direct is not None:
+            self.answered_ahead = write_directly
         return handle_in_transaction

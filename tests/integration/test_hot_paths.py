@@ -1,7 +1,8 @@
-"""Issue 15 item 2: the GETs answered in one statement are answered ahead of the framework's
-exception layer, routing and request handling (one_statement_reads.py), with the answers,
-problems, headers, metrics and CORS the app gives them through the framework; any request not
-in the statement's shape still goes through the framework, as documented."""
+"""Issue 15 item 2: the hot requests (an order or a portfolio read in one statement, a new
+order) are answered ahead of the framework's exception layer, routing and request handling
+(hot_paths.py), with the answers, problems, headers, metrics and CORS the app gives them
+through the framework; any request not in the shortcut's shape still goes through the
+framework, as documented, a body already read given to it whole."""
 
 from __future__ import annotations
 
@@ -87,6 +88,49 @@ async def test_its_refusals_are_the_apps_problem_documents(
     assert {k: shown[k] for k in ("type", "title", "detail")} == {
         k: listed[k] for k in ("type", "title", "detail")
     }
+
+
+async def test_a_new_order_is_made_ahead_of_the_framework(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, through_framework: list[str]
+) -> None:
+    created = await client.post(ORDERS, json=SEED_ORDER, headers=cast["agent"])
+    again = await client.post(
+        ORDERS, json=SEED_ORDER, headers=cast["trader"] | {"Idempotency-Key": "hot-1"}
+    )
+    replayed = await client.post(
+        ORDERS, json=SEED_ORDER, headers=cast["trader"] | {"Idempotency-Key": "hot-1"}
+    )
+    assert (created.status_code, again.status_code, replayed.status_code) == (201, 201, 201)
+    assert through_framework == []
+    assert created.headers["location"] == f"{ORDERS}/{created.json()['id']}"
+    assert created.headers["etag"] == f'"{created.json()["version"]}"'
+    assert replayed.json() == again.json()
+    assert replayed.headers["idempotent-replayed"] == "true"
+    labels = {"method": "POST", "route": ORDERS, "status": "201"}
+    registry = app.state.metrics.registry
+    assert registry.get_sample_value("tradeops_http_requests_total", labels) >= 3
+    # A role that may not submit: the service's 403, as the app writes it.
+    refused = await client.post(ORDERS, json=SEED_ORDER, headers=cast["risk"])
+    assert refused.status_code == 403, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert through_framework == []
+
+
+async def test_a_body_that_does_not_validate_reaches_the_framework_whole(
+    client: httpx.AsyncClient, cast: Cast, through_framework: list[str]
+) -> None:
+    """What FastAPI answers for a body it validates itself, word for word: its 422 lists
+    each field, so it must have read the very body the hot path read first."""
+    missing = {k: v for k, v in SEED_ORDER.items() if k not in ("symbol", "quantity")}
+    invalid = await client.post(ORDERS, json=missing, headers=cast["trader"])
+    not_json = await client.post(
+        ORDERS, content=b"{not json", headers=cast["trader"] | {"Content-Type": "application/json"}
+    )
+    assert invalid.status_code == 422, invalid.text
+    fields = sorted(error["field"] for error in invalid.json()["errors"])
+    assert fields == ["body.quantity", "body.symbol"]
+    assert not_json.status_code in (400, 422), not_json.text
+    assert through_framework == [ORDERS, ORDERS]
 
 
 async def test_what_the_statement_does_not_serve_goes_through_the_framework(
