@@ -40,11 +40,15 @@ class HotPaths:
 
     def __init__(self, app: ASGIApp, paths: Iterable[HotPath]) -> None:
         self.app = app
-        self.paths = tuple(paths)
+        # By method, so that any other request tries as few paths as it can.
+        self.paths: dict[str, tuple[HotPath, ...]] = {}
+        for path in paths:
+            for method in path.route.methods or ():
+                self.paths[method] = (*self.paths.get(method, ()), path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for path in self.paths:
+            for path in self.paths.get(scope["method"], ()):
                 match, child_scope = path.matches(scope)
                 if match is Match.FULL:  # its path, and one of its methods
                     # As the framework's routing: the scope names the route (our outer layer

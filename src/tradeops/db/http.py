@@ -152,10 +152,12 @@ class TransactionalRoute(APIRoute):
             return response
 
         async def answer(request: Request) -> Response:
-            try:
-                return await directly(request)
-            except _NotInItsShape:
-                return await handle(request)
+            if direct is not None:
+                try:
+                    return await directly(request)
+                except _NotInItsShape:
+                    pass
+            return await handle(request)
 
         async def run_on(
             db: Database, request: Request, respond_with: Callable[[Request], Awaitable[Response]]
