@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -252,6 +252,17 @@ async def principal_of(
     )
 
 
+def made_by(principal: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
+    """--same-work: the order's parameters that name the key's user and desks."""
+    return {
+        "all_desks": principal["all_desks"],
+        "desk_ids": principal["desk_ids"],
+        "created_by": principal["user_id"],
+        "created_by_key_id": principal["key_id"],
+        "actor": f"user:{principal['user_id']}/key:{principal['key_id']}",
+    }
+
+
 class NotAuthenticated(Exception):
     pass
 
@@ -320,13 +331,7 @@ async def create_order(request: Request) -> Response:
             if principal is None:
                 raise NotAuthenticated
             created_by = principal["email"]
-            parameters |= {
-                "all_desks": principal["all_desks"],
-                "desk_ids": principal["desk_ids"],
-                "created_by": principal["user_id"],
-                "created_by_key_id": principal["key_id"],
-                "actor": f"user:{principal['user_id']}/key:{principal['key_id']}",
-            }
+            parameters |= made_by(principal)
             row = await connection.fetchrow(
                 INSERT_ORDER, *[parameters[name] for name in INSERT_PARAMETERS]
             )
@@ -370,13 +375,7 @@ async def create_pipelined(
             principal = await authenticating.fetchone()  # round trip 1: BEGIN, authenticate
             if principal is None:
                 raise NotAuthenticated  # the pool rolls the transaction back
-            parameters |= {
-                "all_desks": principal["all_desks"],
-                "desk_ids": principal["desk_ids"],
-                "created_by": principal["user_id"],
-                "created_by_key_id": principal["key_id"],
-                "actor": f"user:{principal['user_id']}/key:{principal['key_id']}",
-            }
+            parameters |= made_by(principal)
             inserting = await connection.execute(
                 INSERT_ORDER, [parameters[name] for name in INSERT_PARAMETERS]
             )
