@@ -150,4 +150,8 @@ async def test_the_server_answers_while_it_verifies_a_long_trail(
         f"verified {report['events_checked']} in {took:.1f} s; /health/live max"
         f" {max(latencies) * 1000:.0f} ms over {len(latencies)}"
     )
-    assert max(latencies) < 0.1, sorted(latencies)[-5:]
+    # A loop blocked by the hashing would answer late again and again, for seconds. On two
+    # cores shared with another test process one answer may wait past 100 ms (103.9 ms seen
+    # once in CI); every other must not, and none may take a quarter of a second.
+    slowest = sorted(latencies)[-5:]
+    assert slowest[-2] < 0.1 and slowest[-1] < 0.25, slowest
