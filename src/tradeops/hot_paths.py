@@ -11,7 +11,7 @@ the shortcut serves (a malformed id, no credentials, a body that does not valida
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request, Response
@@ -20,13 +20,13 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tradeops.db.http import READ_METHODS, AnsweredAhead, TransactionalRoute
-from tradeops.route_prefixes import routes_in_order
+from tradeops.route_prefixes import Matches, routes_in_order
 
 
 @dataclass(frozen=True, slots=True)
 class HotPath:
     route: APIRoute  # what the request's scope names, as the framework's routing would
-    matches: Callable[[Scope], tuple[Match, Scope]]  # the route where the app includes it
+    matches: Matches  # the route where the app includes it
     answer: AnsweredAhead
 
 
