@@ -6,17 +6,16 @@ one SQL statement per request in autocommit. The SQL is our app's own, compiled 
 once at startup (see our_sql()). Clients and instruments are looked up once, at startup.
 
 With --same-work it does the database work our server does for the request, in the same
-round trips, and nothing else. For a new order: a transaction, our API key statement (which
-authenticates, switches to the application role and sets the request context), the order's
-statement with the key's desks and the risk job it defers, commit. For GET /orders/{id} and
-the portfolio: our one statement that authenticates, sets the context and reads (migration
-0019). That isolates what our stack (FastAPI, pydantic, middleware, logging, metrics) costs
-beyond its SQL.
+round trips, and nothing else: our one statement that authenticates the API key, switches to
+the application role, sets the request context, and then reads (GET /orders/{id}, the
+portfolio: migration 0019) or, for a caller who may submit orders, runs the order's intake
+with the key's desks and the risk job it defers (migration 0025). That isolates what our
+stack (FastAPI, pydantic, middleware, logging, metrics) costs beyond its SQL.
 
-With --same-work --pipelined a new order takes two round trips instead of four: the same
-statements on a psycopg connection in pipeline mode (BEGIN with the authenticating statement,
-then the order's statement with COMMIT). `make bench BENCH_ARGS=--two-round-trips` runs it
-beside the others, to weigh a round trip saved against the driver it takes.
+With --same-work --pipelined a new order takes the road not taken before migration 0025:
+the transaction's statements in two round trips on a psycopg connection in pipeline mode
+(BEGIN with the authenticating statement, then the order's statement with COMMIT).
+`make bench BENCH_ARGS=--two-round-trips` runs it beside the others.
 
     BARE_DATABASE_URL=postgresql://... python bench/bare_app.py --host 127.0.0.1 --port 8001
 """
@@ -44,6 +43,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tradeops.auth.keys import hash_key, parse_key
+from tradeops.auth.permissions import Action, who_may
 from tradeops.auth.repository import AUTHENTICATE
 from tradeops.db.prepared import Prepared
 from tradeops.db.uow import APP_ROLE
@@ -96,6 +96,7 @@ def our_portfolio_sql() -> str:
 
 INSERT_ORDER, INSERT_PARAMETERS, SELECT_ORDER = our_sql()
 READ_ORDER = orders_repository.READ_ORDER.prepared
+SUBMIT_ORDER = orders_repository.SUBMIT_IN_ONE_STATEMENT.prepared
 READ_PORTFOLIO = positions_repository.READ_PORTFOLIO.prepared
 ORDER_FIELDS = tuple(OrderOut.model_fields)
 SELECT_PORTFOLIO = our_portfolio_sql()
@@ -241,17 +242,6 @@ def key_parameters(request: Request, request_id: str) -> dict[str, Any]:
     }
 
 
-async def principal_of(
-    request: Request, connection: asyncpg.Connection, request_id: str
-) -> asyncpg.Record | None:
-    """--same-work: our authenticating statement for the bearer key (the key's user and
-    desks); it also switches the transaction to the application role and sets the context."""
-    parameters = key_parameters(request, request_id)
-    return await connection.fetchrow(
-        AUTHENTICATE.prepared.sql, *AUTHENTICATE.prepared.arguments(parameters)
-    )
-
-
 def made_by(principal: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
     """--same-work: the order's parameters that name the key's user and desks."""
     return {
@@ -326,15 +316,12 @@ async def create_order(request: Request) -> Response:
     elif request.app.state.pipelined:
         row, created_by = await create_pipelined(request, parameters, request_id)
     else:
-        async with request.app.state.pool.acquire() as connection, connection.transaction():
-            principal = await principal_of(request, connection, request_id)
-            if principal is None:
-                raise NotAuthenticated
-            created_by = principal["email"]
-            parameters |= made_by(principal)
-            row = await connection.fetchrow(
-                INSERT_ORDER, *[parameters[name] for name in INSERT_PARAMETERS]
-            )
+        # As ours: one statement authenticates, checks who may submit, and runs intake.
+        intake = parameters | who_may(Action.SUBMIT_ORDER)
+        ours = await read_as_we_do(request, SUBMIT_ORDER, request_id, **intake)
+        if ours["submitted"] is None:
+            return problem(403, "Your role or key may not submit orders.")
+        row, created_by = ours["submitted"], ours["caller"]["email"]
     if row is None or row["id"] is None:
         return problem(409, f"client_order_id {client_order_id} was already used.")
     order = {
@@ -385,10 +372,13 @@ async def create_pipelined(
     return row, principal["email"]
 
 
-async def read_as_we_do(request: Request, statement: Prepared, **wanted: Any) -> asyncpg.Record:
-    """--same-work: one of our one-statement reads (migration 0019), which authenticates the
-    bearer key, sets the context and reads, in one round trip (autocommit)."""
-    parameters = key_parameters(request, uuid.uuid4().hex) | wanted
+async def read_as_we_do(
+    request: Request, statement: Prepared, request_id: str | None = None, **wanted: Any
+) -> asyncpg.Record:
+    """--same-work: one of our one-statement reads (migration 0019) or our order intake
+    (0025), which authenticates the bearer key, sets the context and reads or writes, in one
+    round trip (autocommit)."""
+    parameters = key_parameters(request, request_id or uuid.uuid4().hex) | wanted
     read = await request.app.state.pool.fetchrow(statement.sql, *statement.arguments(parameters))
     if read is None:
         raise NotAuthenticated

@@ -219,6 +219,21 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
+async def one_connection_app(
+    settings: Settings, database_url: str
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """An app whose pool holds one connection, with a short statement timeout."""
+    narrow = settings.model_copy(
+        update={"pool_size": 1, "pool_max_overflow": 0, "statement_timeout_ms": 300}
+    )
+    app = create_app(narrow, database_url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield app, http
+
+
+@pytest.fixture
 async def cast(app: FastAPI, owner_engine: AsyncEngine) -> Cast:
     """Reference data plus the usual people with credentials (see tests.factories.Cast)."""
     await make_reference_data(owner_engine)

@@ -12,7 +12,6 @@ property of the transaction it replaced.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,7 +21,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast, approved_order, stored_api_key
-from tradeops.app import create_app
 from tradeops.auth.authentication import credential_parameters
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.repository import Authenticated
@@ -30,7 +28,6 @@ from tradeops.db.uow import APP_ROLE, one_statement
 from tradeops.orders import repository as orders_repo
 from tradeops.orders.schemas import OrderOut
 from tradeops.positions import repository as positions_repo
-from tradeops.settings import Settings
 
 ORDERS = "/api/v1/orders"
 READ_ORDER = "SELECT caller, found FROM tradeops_read_order($1, $2, NULL, NULL, $3, 'req', $4)"
@@ -78,21 +75,6 @@ async def test_the_read_runs_as_the_application_role_for_a_caller_found_only(
             nobody = await raw.fetch(READ_ORDER, prefix, hash_key(key + "x"), APP_ROLE, order_id)
             assert nobody == [], "a bad credential names nobody and reads nothing"
             assert await raw.fetchval("SELECT current_user") == login_role
-
-
-@pytest.fixture
-async def one_connection_app(
-    settings: Settings, database_url: str
-) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """An app whose pool holds one connection, with a short statement timeout."""
-    narrow = settings.model_copy(
-        update={"pool_size": 1, "pool_max_overflow": 0, "statement_timeout_ms": 300}
-    )
-    app = create_app(narrow, database_url)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield app, http
 
 
 async def test_nothing_of_the_caller_stays_on_the_pooled_connection(

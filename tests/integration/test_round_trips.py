@@ -104,7 +104,11 @@ async def count(statements: Statements, make_call: Callable[[], Awaitable[Call]]
 EXPECTED = {
     "GET /orders/{id}": 1,  # one statement: authenticate, set the context, read (0019)
     "GET /orders": 4,  # BEGIN; authenticate; the page; COMMIT
-    "POST /orders": 4,  # BEGIN; authenticate; insert with its events and risk job; COMMIT
+    # One statement: authenticate, set the context, check who may submit, then intake with
+    # its events and risk job (0025).
+    "POST /orders": 1,
+    # With a key to reserve, in a transaction: BEGIN; authenticate; reserve; intake; store; COMMIT
+    "POST /orders with an Idempotency-Key": 6,
     "POST /orders/{id}/review": 5,  # BEGIN; authenticate; lock; transition, answering; COMMIT
     # BEGIN; authenticate; lock; the approval (distinct approvers); transition; COMMIT
     "POST /orders/{id}/approve": 6,
@@ -121,6 +125,7 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
 ) -> None:
     trader, approver, admin = cast["trader"], cast["approver"], cast["admin"]
     replayed = trader | {"Idempotency-Key": "round-trips"}
+    fresh_keys = (f"round-trips-{n}" for n in range(1, 10))
     order_id = await submitted(client, cast)
     prices = iter(range(1, 10))
 
@@ -147,6 +152,11 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
         ),
         "GET /orders": lambda: fixed(lambda: client.get(ORDERS, headers=trader)),
         "POST /orders": lambda: fixed(lambda: client.post(ORDERS, json=SEED_ORDER, headers=trader)),
+        "POST /orders with an Idempotency-Key": lambda: fixed(
+            lambda: client.post(
+                ORDERS, json=SEED_ORDER, headers=trader | {"Idempotency-Key": next(fresh_keys)}
+            )
+        ),
         "POST /orders/{id}/review": to_review,
         "POST /orders/{id}/approve": to_approve,
         "GET /clients/{id}/portfolio": lambda: fixed(

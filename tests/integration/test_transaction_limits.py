@@ -147,7 +147,9 @@ async def listeners(database_url: str, application_name: str) -> int:
 
 async def test_the_worker_listens_on_its_listen_url(settings: Settings, database_url: str) -> None:
     """Told apart by application_name: behind PgBouncer this URL is the direct one."""
-    listen_url = f"{database_url}?application_name=tradeops-listener"
+    # The server's URL may already carry a query (an embedded server's socket directory).
+    joined = "&" if "?" in database_url else "?"
+    listen_url = f"{database_url}{joined}application_name=tradeops-listener"
     chosen = settings.model_copy(update={"worker_listen_database_url": listen_url})
     worker = asyncio.create_task(
         run_worker(database_url, install_signal_handlers=False, settings=chosen)

@@ -7,6 +7,7 @@ security then limits which desks' rows they can see at all.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from tradeops.auth.principal import Principal, Role
 from tradeops.errors import Forbidden
@@ -119,6 +120,16 @@ def is_allowed(principal: Principal, action: Action) -> bool:
     scope = SCOPES.get(action)
     # Reading reference data (instruments, desks) and prices comes with any key.
     return action in OPEN_TO_ANY_KEY or (scope is not None and scope in principal.scopes)
+
+
+def who_may(action: Action) -> dict[str, Any]:
+    """is_allowed's rule for `action`, as a statement that authenticates and then writes
+    checks it before writing (orders.repository.SUBMIT_IN_ONE_STATEMENT): the roles that may
+    (`roles`) and the scope a key needs (`scope`). For an action a key may take under its
+    scope: not a person's only act, nor one open to any key."""
+    if action in PERSON_ONLY or action in OPEN_TO_ANY_KEY or action not in SCOPES:
+        raise ValueError(f"{action.value}: not decided by role and key scope alone")
+    return {"roles": sorted(role.value for role in PERMISSIONS[action]), "scope": SCOPES[action]}
 
 
 def missing_scope(principal: Principal, action: Action) -> str | None:

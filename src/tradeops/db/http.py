@@ -27,6 +27,7 @@ from tradeops.db.uow import (
     ConnectionSource,
     UnitOfWork,
     in_transaction,
+    is_retryable,
     sqlstate_of,
 )
 
@@ -163,7 +164,14 @@ class TransactionalRoute(APIRoute):
             db: Database, request: Request, respond_with: Callable[[Request], Awaitable[Response]]
         ) -> Response:
             if one_statement is not None:
-                response = await one_statement(db, request)
+                try:
+                    response = await one_statement(db, request)
+                except Exception as error:
+                    # A serialization failure or deadlock undid the one statement whole:
+                    # the transaction below runs the request again (and again if it must).
+                    if not is_retryable(error):
+                        raise
+                    response = None
                 if response is not None:
                     return response
 

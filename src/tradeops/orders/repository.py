@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -221,6 +222,11 @@ _NEW_ORDER = (
     " expire_at, quantity, price, currency, client_order_id, created_by, created_by_key_id,"
     " approvals_required"
 )
+# What intake answers (Submitted's columns): the references, and the new order's columns.
+_SUBMITTED = (
+    "refs.*, n.id, n.status, n.risk_status, n.risk_reasons, n.filled_quantity, n.expire_at,"
+    " n.version, n.created_at, n.updated_at, job.risk_job_id"
+)
 SUBMIT_ORDER = query(
     order_change(
         _NEW_ORDER + ")"  # noqa: S608 - SQL from this code only
@@ -248,11 +254,65 @@ SUBMIT_ORDER = query(
         " LEFT JOIN instruments i ON i.symbol = :symbol"
         " LEFT JOIN desk_approval_policies p ON p.desk_id = c.desk_id" + _LAST_PRICE + ")",
         then=risk_check_of("changed"),
-        returning="SELECT refs.*, n.id, n.status, n.risk_status, n.risk_reasons,"
-        " n.filled_quantity, n.expire_at, n.version, n.created_at, n.updated_at,"
-        " job.risk_job_id FROM refs LEFT JOIN changed n ON true LEFT JOIN risk_job job ON true",
+        returning=f"SELECT {_SUBMITTED} FROM refs"  # noqa: S608 - SQL from this code only
+        " LEFT JOIN changed n ON true LEFT JOIN risk_job job ON true",
     ),
     Submitted,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedBy:
+    """POST /orders in one statement: who asked (the authenticating statement's row) and
+    what intake returned, None when the caller may not submit orders (nothing was written).
+    No row at all when the credentials name nobody."""
+
+    caller: Authenticated
+    submitted: Submitted | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+        submitted: Submitted | Mapping[str, Any] | None = self.submitted
+        if submitted is not None and not isinstance(submitted, Submitted):
+            object.__setattr__(self, "submitted", Submitted(**submitted))
+
+
+# SUBMIT_ORDER's values that are the caller's, in tradeops_submit_order: its principal's.
+_CALLERS_VALUES = {
+    "created_by": "who.user_id",
+    "created_by_key_id": "who.key_id",
+    "all_desks": "who.all_desks",
+    "desk_ids": "who.desk_ids",
+}
+
+
+def submit_order_function() -> str:
+    """SUBMIT_ORDER's statement as tradeops_submit_order runs it (migration 0025): each
+    value the caller's (_CALLERS_VALUES) or the function's argument of its name (`in_`
+    before it), and the row answered as (who, tradeops_order_submitted). The installed
+    function holds exactly this (tests/integration/test_one_statement_intake.py): a change
+    to SUBMIT_ORDER comes with a migration that installs it again."""
+    prepared = SUBMIT_ORDER.prepared
+    values = [_CALLERS_VALUES.get(name, f"in_{name}") for name in prepared.names]
+    sql = re.sub(r"\$(\d+)", lambda m: values[int(m.group(1)) - 1], prepared.sql)
+    answered = f"SELECT {_SUBMITTED} FROM refs"  # noqa: S608 - SQL from this code only
+    if sql.count(answered) != 1:
+        raise ValueError("SUBMIT_ORDER no longer answers its row as this function expects")
+    as_typed = f"SELECT who, ROW({_SUBMITTED})::tradeops_order_submitted FROM refs"  # noqa: S608
+    return sql.replace(answered, as_typed)
+
+
+# POST /orders in one round trip (issue 15): the function authenticates (as
+# tradeops_read_order), and for a caller of a role in :roles whose key, if any, has :scope
+# (the application's rule for submitting orders, auth.permissions), runs intake's statement
+# after the switch, under row-level security, with the caller's values.
+SUBMIT_IN_ONE_STATEMENT = query(
+    "SELECT caller, submitted FROM tradeops_submit_order("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scope,"
+    " :client_id, :symbol, :side, :order_type, :time_in_force, :expire_at, :quantity, :price,"
+    " :client_order_id, :event_type, :payload, :action, :risk_queue, :risk_task)",
+    SubmittedBy,
+    alone=True,
 )
 
 

@@ -17,7 +17,9 @@ from tradeops.deps import (
     RowId,
     UoW,
     answered_in_one_read,
+    caller_known,
     json_body,
+    one_statement_credential,
     row_id,
     session_of,
 )
@@ -113,14 +115,21 @@ def expected_version(if_match: str | None, in_body: int | None) -> int | None:
     return int(match.group(1))
 
 
-async def _submit_order_arguments(request: Request) -> dict[str, Any] | None:
-    """POST /orders' arguments as FastAPI would give them, for a JSON body that validates."""
+async def _order_in_body(request: Request) -> OrderCreate | None:
+    """The order a JSON body that validates describes, as FastAPI would take it."""
     body = await json_body(request)
     if not isinstance(body, dict):
         return None
     try:
-        order = OrderCreate.model_validate(body)
+        return OrderCreate.model_validate(body)
     except ValidationError:
+        return None
+
+
+async def _submit_order_arguments(request: Request) -> dict[str, Any] | None:
+    """POST /orders' arguments as FastAPI would give them, for a JSON body that validates."""
+    order = await _order_in_body(request)
+    if order is None:
         return None
     session = await session_of(request)
     return {
@@ -130,6 +139,42 @@ async def _submit_order_arguments(request: Request) -> dict[str, Any] | None:
         "uow": session.uow,
         "idempotency_key": request.headers.get("idempotency-key"),
     }
+
+
+def _submitted(
+    request: Request, order: OrderOut, *, created: bool
+) -> tuple[int, OrderOut, dict[str, str]]:
+    """A submission's status, body and headers: 201 with its Location for a new order, 200
+    for a retry (the order recorded under its client_order_id)."""
+    if not created:
+        return 200, order, _etag(order)
+    return 201, order, {**_etag(order), "Location": f"{request.url.path}/{order.id}"}
+
+
+async def _submit_order_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """POST /orders in one round trip (issue 15): authentication, the context and intake in
+    one statement. None (the endpoint below answers, in a transaction, as documented) for a
+    request with an Idempotency-Key (reserved in that transaction), a body that does not
+    validate or fails a check made before writing, no credentials, or an order not
+    recorded (a retry under its client_order_id, a refusal): nothing was written then."""
+    if request.headers.get("idempotency-key") is not None:
+        return None
+    order = await _order_in_body(request)
+    settings = request.app.state.settings
+    if order is None or not service.fits_intake(order, settings.price_max_decimals):
+        return None
+    credential = await one_statement_credential(request)
+    if credential is None:
+        return None
+    principal, submitted = await service.submit_in_one_statement(
+        db, credential, order, request.app.state.key_usage
+    )
+    caller_known(request, principal)
+    recorded = service.recorded_alone(principal, order, submitted)
+    if recorded is None:
+        return None
+    status_code, shown, headers = _submitted(request, recorded, created=True)
+    return Response(shown.model_dump_json(), status_code, headers, media_type="application/json")
 
 
 @router.post(
@@ -148,6 +193,7 @@ async def _submit_order_arguments(request: Request) -> dict[str, Any] | None:
         },
     },
 )
+@answered_in_one_statement(_submit_order_in_one_statement)
 @called_directly(_submit_order_arguments)
 async def submit_order(
     order: OrderCreate,
@@ -173,10 +219,7 @@ async def submit_order(
         submitted = await service.submit_order(
             uow, principal, order, price_max_decimals=settings.price_max_decimals
         )
-        created = submitted.order
-        if not submitted.created:  # a retry: the order recorded under its client_order_id
-            return 200, created, _etag(created)
-        return 201, created, {**_etag(created), "Location": f"{request.url.path}/{created.id}"}
+        return _submitted(request, submitted.order, created=submitted.created)
 
     return await respond_once(request, uow, idempotency_key, create)
 

@@ -1,0 +1,265 @@
+"""Issue 15 item 1: POST /orders in one statement (migration 0025), with every property of the
+transaction it replaced.
+
+- The installed function runs intake's statement exactly as orders.repository writes it.
+- An order submitted in one statement is recorded as one submitted in a transaction: the
+  order, its event, its audit entry and its risk job.
+- The database itself refuses a caller who may not submit orders (the rule of
+  auth.permissions, passed in): nothing is written, and the answer is the documented one.
+- Nothing of the caller stays on the pooled connection.
+- A retry, a refusal, an Idempotency-Key, and a statement undone by a serialization
+  failure are answered by the transaction, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.factories import SEED_ORDER, Cast, stored_api_key
+from tradeops.auth.keys import hash_key, parse_key
+from tradeops.auth.permissions import Action, who_may
+from tradeops.db.uow import APP_ROLE
+from tradeops.orders import repository as orders_repo
+
+ORDERS = "/api/v1/orders"
+# What a submission writes, by table: what must match between the two ways of writing it.
+WRITTEN = {
+    "orders": "SELECT desk_id, client_id, instrument_id, side, order_type, time_in_force,"
+    " quantity, price, currency, status, risk_status, created_by, created_by_key_id,"
+    " approvals_required, version FROM orders WHERE id = :id",
+    "order_events": "SELECT seq, type, desk_id, payload ? 'request_id' AS names_request"
+    " FROM order_events WHERE order_id = :id",
+    "audit_events": "SELECT action, entity, stream, before, after ->> 'id' AS after_id,"
+    " actor FROM audit_events WHERE entity = 'order' AND entity_id = :key",
+    "procrastinate_jobs": "SELECT queue_name, task_name, lock, args FROM procrastinate_jobs"
+    " WHERE lock = 'order:' || :key",
+}
+
+
+async def written(engine: AsyncEngine, order_id: int) -> dict[str, list[dict[str, Any]]]:
+    """Everything submitting order `order_id` wrote, its own id written as 0."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    async with engine.connect() as conn:
+        for table, sql in WRITTEN.items():
+            params = {"id": order_id, "key": str(order_id)}
+            rows = (await conn.execute(text(sql), params)).mappings().all()
+            found[table] = [
+                {
+                    k: "order:0" if v == f"order:{order_id}" else v
+                    for k, v in row.items()
+                    if k not in {"after_id", "args"}
+                }
+                | ({"after_id": row["after_id"] == str(order_id)} if "after_id" in row else {})
+                | ({"args": row["args"] == {"order_id": order_id}} if "args" in row else {})
+                for row in rows
+            ]
+    return found
+
+
+async def counts(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        return {
+            table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+            for table in WRITTEN
+        }
+
+
+async def test_the_installed_function_runs_intake_as_the_code_writes_it(
+    owner_engine: AsyncEngine,
+) -> None:
+    """The migration holds a copy of SUBMIT_ORDER's statement: a change to SUBMIT_ORDER
+    without a migration that installs the function again fails here."""
+    async with owner_engine.connect() as conn:
+        source = (
+            await conn.execute(
+                text("SELECT prosrc FROM pg_proc WHERE proname = 'tradeops_submit_order'")
+            )
+        ).scalar_one()
+    installed = source.rsplit("RETURN QUERY\n", 1)[1].rsplit(";\nEND", 1)[0]
+    assert installed.replace("\n", " ") == orders_repo.submit_order_function()
+
+
+async def test_an_order_in_one_statement_is_recorded_as_in_a_transaction(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """The same order, once in one statement and once in a transaction (an Idempotency-Key
+    takes that path): the same answer and the same rows, but for its id and times."""
+    alone = await client.post(ORDERS, json=SEED_ORDER, headers=cast["agent"])
+    in_transaction = await client.post(
+        ORDERS, json=SEED_ORDER, headers=cast["agent"] | {"Idempotency-Key": "intake-1"}
+    )
+    assert alone.status_code == in_transaction.status_code == 201, alone.text
+    first, second = alone.json(), in_transaction.json()
+    for shown in (first, second):
+        for varies in ("id", "created_at", "updated_at"):
+            shown.pop(varies)
+    assert first == second
+    assert alone.headers["location"] == f"{ORDERS}/{alone.json()['id']}"
+    assert alone.headers["etag"] == in_transaction.headers["etag"] == '"1"'
+    recorded = await written(owner_engine, alone.json()["id"])
+    assert recorded == await written(owner_engine, in_transaction.json()["id"])
+    assert all(recorded.values()), recorded  # an order, its event, its audit entry, its job
+    assert recorded["orders"][0]["created_by_key_id"] is not None
+
+
+@pytest.mark.parametrize(
+    ("who", "status", "detail"),
+    [
+        ("approver", 403, "Your role or key may not submit orders."),
+        ("risk", 403, "Your role or key may not submit orders."),
+        ("key without orders:write", 403, "Your key lacks the scope orders:write"),
+        ("revoked-looking key", 401, "The credentials are not valid"),
+    ],
+)
+async def test_who_may_not_submit_writes_nothing(
+    client: httpx.AsyncClient,
+    cast: Cast,
+    owner_engine: AsyncEngine,
+    who: str,
+    status: int,
+    detail: str,
+) -> None:
+    if who == "key without orders:write":
+        key = await stored_api_key(owner_engine, "agent@test.bank", ["orders:read"])
+        headers = {"Authorization": f"Bearer {key}"}
+    elif who == "revoked-looking key":
+        key = await stored_api_key(owner_engine, "agent@test.bank", ["orders:write"])
+        headers = {"Authorization": f"Bearer {key[:-1]}{'A' if key[-1] != 'A' else 'B'}"}
+    else:
+        headers = cast[who]
+    before = await counts(owner_engine)
+    answer = await client.post(ORDERS, json=SEED_ORDER, headers=headers)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["detail"].startswith(detail)
+    assert await counts(owner_engine) == before
+
+
+async def test_the_database_refuses_a_caller_who_may_not_submit(
+    cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """The function itself, called as the application calls it: a key without the scope
+    gets its caller back and no submission, and nothing is written; with the scope, the
+    order."""
+    narrow = await stored_api_key(owner_engine, "agent@test.bank", ["orders:read"])
+    wide = await stored_api_key(owner_engine, "agent@test.bank", ["orders:write"])
+    rule = who_may(Action.SUBMIT_ORDER)
+    call = (
+        "SELECT (caller).user_id, submitted FROM tradeops_submit_order("
+        "$1, $2, NULL, NULL, $3, 'req', $4, $5, 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY',"
+        " NULL, 50, 192.55, NULL, 'CREATED', '{}', 'order.created', 'risk', 'check')"
+    )
+    before = await counts(owner_engine)
+    async with owner_engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        refused = await raw.fetchrow(
+            call, parse_key(narrow), hash_key(narrow), APP_ROLE, rule["roles"], rule["scope"]
+        )
+        assert refused["user_id"] == cast.ids["agent"]
+        assert refused["submitted"] is None
+        assert await counts(owner_engine) == before
+        allowed = await raw.fetchrow(
+            call, parse_key(wide), hash_key(wide), APP_ROLE, rule["roles"], rule["scope"]
+        )
+        assert allowed["submitted"]["id"] is not None
+        assert allowed["submitted"]["risk_job_id"] is not None
+
+
+async def test_an_order_for_a_client_of_another_desk_is_answered_as_before(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """Intake inserts nothing for a client the caller's desks do not cover; the transaction
+    then answers as it always has (the client is unknown to them: no existence leak)."""
+    before = await counts(owner_engine)
+    alone = await client.post(ORDERS, json=SEED_ORDER, headers=cast["trader_fi"])
+    keyed = cast["trader_fi"] | {"Idempotency-Key": "other-desk"}
+    in_transaction = await client.post(ORDERS, json=SEED_ORDER, headers=keyed)
+    assert alone.status_code == in_transaction.status_code == 422, alone.text
+    first, second = alone.json(), in_transaction.json()
+    assert first.pop("request_id") != second.pop("request_id")
+    assert first == second
+    assert await counts(owner_engine) == before
+
+
+async def test_a_retry_and_a_refusal_are_answered_by_the_transaction(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    order = {**SEED_ORDER, "client_order_id": "retry-1"}
+    first = await client.post(ORDERS, json=order, headers=cast["trader"])
+    again = await client.post(ORDERS, json=order, headers=cast["trader"])
+    assert (first.status_code, again.status_code) == (201, 200), again.text
+    assert again.json() == first.json()
+    other = await client.post(ORDERS, json={**order, "quantity": 60}, headers=cast["trader"])
+    assert other.status_code == 409, other.text
+    assert other.json()["existing_order_id"] == first.json()["id"]
+    odd_lot = await client.post(
+        ORDERS, json={**SEED_ORDER, "quantity": "0.5"}, headers=cast["trader"]
+    )
+    assert odd_lot.status_code == 422, odd_lot.text
+    assert (await counts(owner_engine))["orders"] == 1
+
+
+@pytest.fixture
+async def one_serialization_failure(owner_engine: AsyncEngine) -> AsyncIterator[None]:
+    """The next order inserted fails with a serialization failure, once (a sequence counts,
+    outside any transaction); installed by the migration owner, dropped on leaving."""
+    async with owner_engine.begin() as conn:
+        await conn.execute(text("CREATE SEQUENCE test_intake_attempts"))
+        await conn.execute(text(f"GRANT USAGE ON SEQUENCE test_intake_attempts TO {APP_ROLE}"))
+        await conn.execute(
+            text(
+                "CREATE FUNCTION test_fail_once() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN IF nextval('test_intake_attempts') = 1 THEN"
+                " RAISE EXCEPTION 'could not serialize' USING ERRCODE = '40001'; END IF;"
+                " RETURN NEW; END $$"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER test_fail_once BEFORE INSERT ON orders"
+                " FOR EACH ROW EXECUTE FUNCTION test_fail_once()"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with owner_engine.begin() as conn:
+            await conn.execute(text("DROP TRIGGER test_fail_once ON orders"))
+            await conn.execute(text("DROP FUNCTION test_fail_once()"))
+            await conn.execute(text("DROP SEQUENCE test_intake_attempts"))
+
+
+async def test_a_statement_undone_by_a_serialization_failure_runs_again_in_a_transaction(
+    client: httpx.AsyncClient,
+    cast: Cast,
+    owner_engine: AsyncEngine,
+    one_serialization_failure: None,
+) -> None:
+    answer = await client.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    assert answer.status_code == 201, answer.text
+    assert (await counts(owner_engine))["orders"] == 1
+    async with owner_engine.connect() as conn:
+        attempts = await conn.execute(text("SELECT last_value FROM test_intake_attempts"))
+        assert attempts.scalar_one() == 2  # the one statement, then the transaction
+
+
+async def test_nothing_of_the_caller_stays_on_the_pooled_connection(
+    one_connection_app: tuple[FastAPI, httpx.AsyncClient], cast: Cast
+) -> None:
+    app, http = one_connection_app
+    created = await http.post(ORDERS, json=SEED_ORDER, headers=cast["agent"])
+    assert created.status_code == 201, created.text
+    async with app.state.db.acquire() as driver:  # the one connection intake used
+        left = await driver.fetchrow(
+            "SELECT current_user = $1 AS app_role, current_setting('tradeops.user_id', true)"
+            " AS user_id, current_setting('tradeops.desk_ids', true) AS desk_ids",
+            APP_ROLE,
+        )
+    assert left["app_role"] is False
+    assert not left["user_id"] and not left["desk_ids"], dict(left)
