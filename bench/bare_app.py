@@ -317,8 +317,8 @@ async def create_order(request: Request) -> Response:
         row, created_by = await create_pipelined(request, parameters, request_id)
     else:
         # As ours: one statement authenticates, checks who may submit, and runs intake.
-        intake = parameters | who_may(Action.SUBMIT_ORDER)
-        ours = await read_as_we_do(request, SUBMIT_ORDER, request_id, **intake)
+        intake = parameters | who_may(Action.SUBMIT_ORDER)  # its request_id the context's
+        ours = await read_as_we_do(request, SUBMIT_ORDER, **intake)
         if ours["submitted"] is None:
             return problem(403, "Your role or key may not submit orders.")
         row, created_by = ours["submitted"], ours["caller"]["email"]
@@ -372,13 +372,11 @@ async def create_pipelined(
     return row, principal["email"]
 
 
-async def read_as_we_do(
-    request: Request, statement: Prepared, request_id: str | None = None, **wanted: Any
-) -> asyncpg.Record:
+async def read_as_we_do(request: Request, statement: Prepared, **wanted: Any) -> asyncpg.Record:
     """--same-work: one of our one-statement reads (migration 0019) or our order intake
     (0025), which authenticates the bearer key, sets the context and reads or writes, in one
     round trip (autocommit)."""
-    parameters = key_parameters(request, request_id or uuid.uuid4().hex) | wanted
+    parameters = key_parameters(request, uuid.uuid4().hex) | wanted
     read = await request.app.state.pool.fetchrow(statement.sql, *statement.arguments(parameters))
     if read is None:
         raise NotAuthenticated
