@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -19,7 +19,7 @@ from tradeops.auth.principal import SYSTEM
 from tradeops.auth.tokens import TokenService
 from tradeops.clients import service as clients
 from tradeops.clients.schemas import ClientCreate
-from tradeops.db.uow import run_in_transaction
+from tradeops.db.uow import APP_ROLE, run_in_transaction
 from tradeops.desks import service as desks
 from tradeops.desks.service import DeskIn
 from tradeops.instruments import service as instruments
@@ -243,37 +243,57 @@ async def make_maker(engine: AsyncEngine, order_id: int, user_id: int) -> None:
 
 
 @asynccontextmanager
-async def database_refusing_cancel(
-    engine: AsyncEngine, refusals: Mapping[int, str]
+async def database_trigger(
+    engine: AsyncEngine, name: str, fires: str, body: str
 ) -> AsyncIterator[None]:
-    """While open, the database refuses to cancel each order of `refusals` by its PL/pgSQL
-    statement (a RAISE): a rule of the database's that the service does not know (drift), as
-    a trigger of an operator's would. Installed by the migration owner, dropped on leaving:
-    the tables are emptied between tests, the schema is not."""
-    checks = " ".join(
-        f"IF NEW.id = {int(order_id)} THEN {statement}; END IF;"
-        for order_id, statement in refusals.items()
-    )
+    """While open, a PL/pgSQL trigger `name` on orders, firing `fires` (as "BEFORE UPDATE"
+    and what follows, FOR EACH ROW) with `body` (its statements, then RETURN NEW): a rule of
+    the database's that the service does not know (drift), as a trigger of an operator's
+    would. Installed by the migration owner, dropped on leaving: the tables are emptied
+    between tests, the schema is not."""
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "CREATE FUNCTION test_refuse_cancel() RETURNS trigger LANGUAGE plpgsql AS"
-                f" $$ BEGIN {checks} RETURN NEW; END $$"
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS"
+                f" $$ BEGIN {body} RETURN NEW; END $$"
             )
         )
-        await conn.execute(
-            text(
-                "CREATE TRIGGER test_refuse_cancel BEFORE UPDATE ON orders FOR EACH ROW"
-                " WHEN (NEW.status = 'CANCELLED' AND OLD.status <> 'CANCELLED')"
-                " EXECUTE FUNCTION test_refuse_cancel()"
-            )
-        )
+        await conn.execute(text(f"CREATE TRIGGER {name} {fires} EXECUTE FUNCTION {name}()"))
     try:
         yield
     finally:
         async with engine.begin() as conn:
-            await conn.execute(text("DROP TRIGGER test_refuse_cancel ON orders"))
-            await conn.execute(text("DROP FUNCTION test_refuse_cancel()"))
+            await conn.execute(text(f"DROP TRIGGER {name} ON orders"))
+            await conn.execute(text(f"DROP FUNCTION {name}()"))
+
+
+def database_refusing_cancel(
+    engine: AsyncEngine, refusals: Mapping[int, str]
+) -> AbstractAsyncContextManager[None]:
+    """While open, the database refuses to cancel each order of `refusals` by its PL/pgSQL
+    statement (a RAISE)."""
+    checks = " ".join(
+        f"IF NEW.id = {int(order_id)} THEN {statement}; END IF;"
+        for order_id, statement in refusals.items()
+    )
+    fires = (
+        "BEFORE UPDATE ON orders FOR EACH ROW"
+        " WHEN (NEW.status = 'CANCELLED' AND OLD.status <> 'CANCELLED')"
+    )
+    return database_trigger(engine, "test_refuse_cancel", fires, checks)
+
+
+async def caller_left_on_the_one_connection(app: Any) -> None:
+    """Nothing of the last caller stays on the app's one pooled connection (an app of
+    `one_connection_app`): not the application role, no context."""
+    async with app.state.db.acquire() as driver:
+        left = await driver.fetchrow(
+            "SELECT current_user = $1 AS app_role, current_setting('tradeops.user_id', true)"
+            " AS user_id, current_setting('tradeops.desk_ids', true) AS desk_ids",
+            APP_ROLE,
+        )
+    assert left["app_role"] is False
+    assert not left["user_id"] and not left["desk_ids"], dict(left)
 
 
 async def approved_order(

@@ -22,7 +22,13 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, stored_api_key
+from tests.factories import (
+    SEED_ORDER,
+    Cast,
+    caller_left_on_the_one_connection,
+    database_trigger,
+    stored_api_key,
+)
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.permissions import Action, who_may
 from tradeops.db.uow import APP_ROLE
@@ -208,30 +214,20 @@ async def test_a_retry_and_a_refusal_are_answered_by_the_transaction(
 @pytest.fixture
 async def one_serialization_failure(owner_engine: AsyncEngine) -> AsyncIterator[None]:
     """The next order inserted fails with a serialization failure, once (a sequence counts,
-    outside any transaction); installed by the migration owner, dropped on leaving."""
+    outside any transaction)."""
     async with owner_engine.begin() as conn:
         await conn.execute(text("CREATE SEQUENCE test_intake_attempts"))
         await conn.execute(text(f"GRANT USAGE ON SEQUENCE test_intake_attempts TO {APP_ROLE}"))
-        await conn.execute(
-            text(
-                "CREATE FUNCTION test_fail_once() RETURNS trigger LANGUAGE plpgsql AS $$"
-                " BEGIN IF nextval('test_intake_attempts') = 1 THEN"
-                " RAISE EXCEPTION 'could not serialize' USING ERRCODE = '40001'; END IF;"
-                " RETURN NEW; END $$"
-            )
-        )
-        await conn.execute(
-            text(
-                "CREATE TRIGGER test_fail_once BEFORE INSERT ON orders"
-                " FOR EACH ROW EXECUTE FUNCTION test_fail_once()"
-            )
-        )
+    fail_first = (
+        "IF nextval('test_intake_attempts') = 1 THEN"
+        " RAISE EXCEPTION 'could not serialize' USING ERRCODE = '40001'; END IF;"
+    )
     try:
-        yield
+        fires = "BEFORE INSERT ON orders FOR EACH ROW"
+        async with database_trigger(owner_engine, "test_fail_once", fires, fail_first):
+            yield
     finally:
         async with owner_engine.begin() as conn:
-            await conn.execute(text("DROP TRIGGER test_fail_once ON orders"))
-            await conn.execute(text("DROP FUNCTION test_fail_once()"))
             await conn.execute(text("DROP SEQUENCE test_intake_attempts"))
 
 
@@ -255,11 +251,4 @@ async def test_nothing_of_the_caller_stays_on_the_pooled_connection(
     app, http = one_connection_app
     created = await http.post(ORDERS, json=SEED_ORDER, headers=cast["agent"])
     assert created.status_code == 201, created.text
-    async with app.state.db.acquire() as driver:  # the one connection intake used
-        left = await driver.fetchrow(
-            "SELECT current_user = $1 AS app_role, current_setting('tradeops.user_id', true)"
-            " AS user_id, current_setting('tradeops.desk_ids', true) AS desk_ids",
-            APP_ROLE,
-        )
-    assert left["app_role"] is False
-    assert not left["user_id"] and not left["desk_ids"], dict(left)
+    await caller_left_on_the_one_connection(app)  # the one connection intake used

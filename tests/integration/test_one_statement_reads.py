@@ -20,7 +20,13 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, approved_order, stored_api_key
+from tests.factories import (
+    SEED_ORDER,
+    Cast,
+    approved_order,
+    caller_left_on_the_one_connection,
+    stored_api_key,
+)
 from tradeops.auth.authentication import credential_parameters
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.repository import Authenticated
@@ -83,14 +89,7 @@ async def test_nothing_of_the_caller_stays_on_the_pooled_connection(
     app, http = one_connection_app
     created = await http.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
     assert (await http.get(f"{ORDERS}/{created.json()['id']}", headers=cast["agent"])).is_success
-    async with app.state.db.acquire() as driver:  # the one connection the read used
-        left = await driver.fetchrow(
-            "SELECT current_user = $1 AS app_role, current_setting('tradeops.user_id', true)"
-            " AS user_id, current_setting('tradeops.desk_ids', true) AS desk_ids",
-            APP_ROLE,
-        )
-    assert left["app_role"] is False
-    assert not left["user_id"] and not left["desk_ids"], dict(left)
+    await caller_left_on_the_one_connection(app)  # the one connection the read used
 
 
 async def test_a_read_past_the_statement_timeout_is_cancelled_and_answered_504(

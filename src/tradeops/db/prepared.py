@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
@@ -61,6 +61,14 @@ class Id:
     """A row of one key: what an INSERT or UPDATE … RETURNING id answers."""
 
     id: int
+
+
+def as_row(value: T | Mapping[str, Any] | None, into: type[T]) -> T | None:
+    """A composite value a statement answered (asyncpg gives a Record) as `into`, made once;
+    None stays None, and a value already of the type is kept."""
+    if value is None or isinstance(value, into):
+        return value
+    return into(**cast(Mapping[str, Any], value))
 
 
 # Every typed query built at import, for the test that checks columns against types.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -26,7 +25,7 @@ from tradeops.auth.principal import Principal
 from tradeops.auth.repository import Authenticated, as_authenticated
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
-from tradeops.db.prepared import Query, prepare, query
+from tradeops.db.prepared import Query, as_row, prepare, query
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
@@ -272,9 +271,7 @@ class SubmittedBy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "caller", as_authenticated(self.caller))
-        submitted: Submitted | Mapping[str, Any] | None = self.submitted
-        if submitted is not None and not isinstance(submitted, Submitted):
-            object.__setattr__(self, "submitted", Submitted(**submitted))
+        object.__setattr__(self, "submitted", as_row(self.submitted, Submitted))
 
 
 # SUBMIT_ORDER's values that are the caller's, in tradeops_submit_order: its principal's.
@@ -655,9 +652,7 @@ class OrderRead:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "caller", as_authenticated(self.caller))
-        found: OrderOut | Mapping[str, Any] | None = self.found
-        if found is not None and not isinstance(found, OrderOut):
-            object.__setattr__(self, "found", OrderOut(**found))
+        object.__setattr__(self, "found", as_row(self.found, OrderOut))
 
 
 # The hot read in one round trip: the function authenticates (an API key by prefix and hash,
