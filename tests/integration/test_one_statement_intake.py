@@ -13,9 +13,11 @@ transaction it replaced.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -158,7 +160,7 @@ async def test_the_database_refuses_a_caller_who_may_not_submit(
     rule = who_may(Action.SUBMIT_ORDER)
     call = (
         "SELECT (caller).user_id, submitted FROM tradeops_submit_order("
-        "$1, $2, NULL, NULL, $3, 'req', $4, $5, 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY',"
+        "$1, $2, NULL, NULL, $3, 'req', $4, $5, 5000, 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY',"
         " NULL, 50, 192.55, NULL, 'CREATED', '{}', 'order.created', 'risk', 'check')"
     )
     before = await counts(owner_engine)
@@ -252,3 +254,53 @@ async def test_nothing_of_the_caller_stays_on_the_pooled_connection(
     created = await http.post(ORDERS, json=SEED_ORDER, headers=cast["agent"])
     assert created.status_code == 201, created.text
     await caller_left_on_the_one_connection(app)  # the one connection intake used
+
+
+async def test_the_server_bounds_a_new_orders_wait_for_a_lock(
+    cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """With no BEGIN to carry a statement timeout, the function sets its own lock_timeout:
+    behind a lock, the server ends the statement (nothing written), with no limit of the
+    client's (a hang would fail this test by its own deadline instead)."""
+    key = await stored_api_key(owner_engine, "agent@test.bank", ["orders:write"])
+    rule = who_may(Action.SUBMIT_ORDER)
+    call = (
+        "SELECT submitted FROM tradeops_submit_order("
+        "$1, $2, NULL, NULL, $3, 'req', $4, $5, 200, 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY',"
+        " NULL, 50, 192.55, NULL, 'CREATED', '{}', 'order.created', 'risk', 'check')"
+    )
+    async with owner_engine.connect() as blocker, owner_engine.connect() as conn:
+        await blocker.execute(text("BEGIN"))
+        await blocker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+        raw = (await conn.get_raw_connection()).driver_connection
+        args = (parse_key(key), hash_key(key), APP_ROLE, rule["roles"], rule["scope"])
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await asyncio.wait_for(raw.fetchrow(call, *args), timeout=10)
+        await blocker.execute(text("ROLLBACK"))
+    assert (await counts(owner_engine))["orders"] == 0
+
+
+async def test_a_new_order_behind_a_lock_is_answered_504_with_nothing_written(
+    one_connection_app: tuple[FastAPI, httpx.AsyncClient],
+    cast: Cast,
+    owner_engine: AsyncEngine,
+) -> None:
+    _, http = one_connection_app
+    async with owner_engine.connect() as blocker:
+        await blocker.execute(text("BEGIN"))
+        await blocker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+        answer = await http.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+        waiting = await blocker.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%tradeops_submit_order%'"
+            )
+        )
+        still_waiting = waiting.scalar_one()
+        await blocker.execute(text("ROLLBACK"))
+    assert answer.status_code == 504, answer.text
+    assert answer.json()["type"].endswith("/database-timeout")
+    assert still_waiting == 0
+    assert (await counts(owner_engine))["orders"] == 0
+    again = await http.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
+    assert again.status_code == 201, again.text

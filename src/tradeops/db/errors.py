@@ -140,7 +140,9 @@ def problem_for(error: BaseException) -> DatabaseProblem:
         return READ_ONLY
     if means_unavailable(code) or is_connection_failure(error):
         return UNAVAILABLE
-    if code == "57014":
+    # A statement cancelled past its time limit, or past its limit for waiting on a lock
+    # (a write sent alone sets lock_timeout, its BEGIN-less stand-in): nothing was written.
+    if code in ("57014", "55P03"):
         return DatabaseProblem(
             504, "database-timeout", "Timed out", "The database took too long to answer."
         )

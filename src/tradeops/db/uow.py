@@ -261,15 +261,21 @@ async def transaction(source: ConnectionSource) -> AsyncIterator[UnitOfWork]:
 
 
 async def one_statement(
-    source: ConnectionSource, query: Query[T], params: Mapping[str, Any]
+    source: ConnectionSource,
+    query: Query[T],
+    params: Mapping[str, Any],
+    *,
+    timeout_ms: int | None = None,
 ) -> T | None:
     """The one row of a typed query sent alone, as a transaction of its own (autocommit): one
     round trip. For a statement that sets its own context (migration 0019's reads), which
     then dies with it, on a pooled or PgBouncer'd connection alike. With no BEGIN to carry
     the statement timeout, the driver enforces it: past it, asyncpg cancels the query on the
-    server, answered as the server's own timeout would be (a 504). The query is declared
-    `alone` (db.prepared.query): each connection prepares it at connect, in a transaction,
-    and a first use here costs no type look-up of asyncpg's outside one.
+    server, answered as the server's own timeout would be (a 504). `timeout_ms` overrides
+    the limit: a write that bounds its own waits in the server gives the driver a backstop.
+    The query is declared `alone` (db.prepared.query): each connection prepares it at
+    connect, in a transaction, and a first use here costs no type look-up of asyncpg's
+    outside one.
 
     Without prepared statements (TRADEOPS_DB_PREPARED_STATEMENTS=false, a pooler that
     cannot keep them), asyncpg prepares each statement in a round trip of its own, which a
@@ -281,7 +287,7 @@ async def one_statement(
         async with transaction(source) as uow:
             return await uow.row(query, params)
     sql, arguments = _render(query.prepared, params)
-    limit_ms = source.settings.statement_timeout_ms
+    limit_ms = source.settings.statement_timeout_ms if timeout_ms is None else timeout_ms
     timeout = limit_ms / 1000 if limit_ms else None  # 0: no limit, as for the server
     async with source.acquire() as driver:
         try:

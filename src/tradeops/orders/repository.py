@@ -302,10 +302,12 @@ def submit_order_function() -> str:
 # POST /orders in one round trip (issue 15): the function authenticates (as
 # tradeops_read_order), and for a caller of a role in :roles whose key, if any, has :scope
 # (the application's rule for submitting orders, auth.permissions), runs intake's statement
-# after the switch, under row-level security, with the caller's values.
+# after the switch, under row-level security, with the caller's values, waiting at most
+# :lock_timeout_ms for any lock.
 SUBMIT_IN_ONE_STATEMENT = query(
     "SELECT caller, submitted FROM tradeops_submit_order("
     ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scope,"
+    " :lock_timeout_ms,"
     " :client_id, :symbol, :side, :order_type, :time_in_force, :expire_at, :quantity, :price,"
     " :client_order_id, :event_type, :payload, :action, :risk_queue, :risk_task)",
     SubmittedBy,

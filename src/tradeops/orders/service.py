@@ -168,8 +168,15 @@ async def submit_in_one_statement(
     `recorded_alone` then tells the caller what it may know. For an order that passed
     fits_intake."""
     values = _intake_values(order, credential["request_id"] or None)
-    params = {**credential, **who_may(Action.SUBMIT_ORDER), **values}
-    read = await one_statement(source, repo.SUBMIT_IN_ONE_STATEMENT, params)
+    # The server bounds the statement's waits for locks, with nothing written past them;
+    # the driver's limit is only a backstop, twice as long: past it the statement may
+    # have committed just before it was cancelled, so the caller cannot be told "nothing
+    # was written" from the timeout alone.
+    limit_ms = source.settings.statement_timeout_ms
+    params = {**credential, **who_may(Action.SUBMIT_ORDER), **values, "lock_timeout_ms": limit_ms}
+    read = await one_statement(
+        source, repo.SUBMIT_IN_ONE_STATEMENT, params, timeout_ms=2 * limit_ms
+    )
     principal = principal_found(None if read is None else read.caller, key_usage)
     return principal, None if read is None else read.submitted
 

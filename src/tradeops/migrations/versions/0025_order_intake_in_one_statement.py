@@ -32,9 +32,10 @@ depends_on: str | Sequence[str] | None = None
 # in_prefix/in_hash an API key's prefix and hash, or NULL and in_user_id/in_email a person's
 # id and e-mail; in_app_role the application role, in_request_id the request id (as
 # tradeops_read_order's $1..$6). in_roles and in_scope: who may submit (a role among them;
-# a key with the scope). Then the order's values and SUBMIT_ORDER's constants. One row when
-# the credentials name a principal: `caller`, and `submitted` (NULL when the caller may not
-# submit orders: nothing was written).
+# a key with the scope); in_lock_timeout_ms: the longest wait for a lock. Then the order's
+# values and SUBMIT_ORDER's constants. One row when the credentials name a principal:
+# `caller`, and `submitted` (NULL when the caller may not submit orders: nothing was
+# written).
 SUBMIT_ORDER = """
 CREATE TYPE tradeops_order_submitted AS (
     client_pk bigint, desk_id bigint, client_status text, desk text, instrument_pk bigint,
@@ -46,7 +47,7 @@ CREATE TYPE tradeops_order_submitted AS (
 
 CREATE FUNCTION tradeops_submit_order(
     in_prefix text, in_hash text, in_user_id bigint, in_email text, in_app_role text,
-    in_request_id text, in_roles text[], in_scope text,
+    in_request_id text, in_roles text[], in_scope text, in_lock_timeout_ms integer,
     in_client_id text, in_symbol text, in_side text, in_order_type text,
     in_time_in_force text, in_expire_at timestamptz, in_quantity numeric, in_price numeric,
     in_client_order_id text, in_event_type text, in_payload text, in_action text,
@@ -66,6 +67,10 @@ BEGIN
         RETURN QUERY SELECT who, NULL::tradeops_order_submitted;  -- may not: nothing written
         RETURN;
     END IF;
+    -- Sent alone, the statement has no BEGIN to carry its time limit: waiting for a lock
+    -- (the usual way a write stalls) ends here, in the server, past in_lock_timeout_ms,
+    -- with nothing written.
+    PERFORM set_config('lock_timeout', in_lock_timeout_ms::text, true);
     -- A statement of its own, after the switch: it runs as the application role, with the
     -- caller's context, so row-level security and the triggers apply to all it writes.
     RETURN QUERY
@@ -105,13 +110,13 @@ risk_job job ON true;
 END $$;
 
 REVOKE ALL ON FUNCTION tradeops_submit_order(
-    text, text, bigint, text, text, text, text[], text, text, text, text, text, text,
+    text, text, bigint, text, text, text, text[], text, integer, text, text, text, text, text,
     timestamptz, numeric, numeric, text, text, text, text, text, text) FROM PUBLIC;
 """
 
 DROP_SUBMIT_ORDER = """
 DROP FUNCTION tradeops_submit_order(
-    text, text, bigint, text, text, text, text[], text, text, text, text, text, text,
+    text, text, bigint, text, text, text, text[], text, integer, text, text, text, text, text,
     timestamptz, numeric, numeric, text, text, text, text, text, text);
 DROP TYPE tradeops_order_submitted;
 """
