@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -281,6 +281,30 @@ def database_refusing_cancel(
         " WHEN (NEW.status = 'CANCELLED' AND OLD.status <> 'CANCELLED')"
     )
     return database_trigger(engine, "test_refuse_cancel", fires, checks)
+
+
+@asynccontextmanager
+async def orders_locked(engine: AsyncEngine) -> AsyncIterator[Callable[[str], Awaitable[int]]]:
+    """While open, another transaction holds orders in ACCESS EXCLUSIVE mode (rolled back on
+    leaving). It gives how many statements naming `function` wait for a lock now."""
+    async with engine.connect() as blocker:
+        await blocker.execute(text("BEGIN"))
+        await blocker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+
+        async def waiting(function: str) -> int:
+            found = await blocker.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE :pattern"
+                ),
+                {"pattern": f"%{function}%"},
+            )
+            return int(found.scalar_one())
+
+        try:
+            yield waiting
+        finally:
+            await blocker.execute(text("ROLLBACK"))
 
 
 async def caller_left_on_the_one_connection(app: Any) -> None:

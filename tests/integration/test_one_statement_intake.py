@@ -29,6 +29,7 @@ from tests.factories import (
     Cast,
     caller_left_on_the_one_connection,
     database_trigger,
+    orders_locked,
     stored_api_key,
 )
 from tradeops.auth.keys import hash_key, parse_key
@@ -37,6 +38,13 @@ from tradeops.db.uow import APP_ROLE
 from tradeops.orders import repository as orders_repo
 
 ORDERS = "/api/v1/orders"
+# The function called as the application calls it, with an API key ($1, $2), the application
+# role ($3), who may submit ($4 roles, $5 scope) and the lock timeout ($6): SEED_ORDER's order.
+SUBMIT_AS_KEY = (
+    "SELECT (caller).user_id, submitted FROM tradeops_submit_order("
+    "$1, $2, NULL, NULL, $3, 'req', $4, $5, $6, 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY',"
+    " NULL, 50, 192.55, NULL, 'CREATED', '{}', 'order.created', 'risk', 'check')"
+)
 # What a submission writes, by table: what must match between the two ways of writing it.
 WRITTEN = {
     "orders": "SELECT desk_id, client_id, instrument_id, side, order_type, time_in_force,"
@@ -158,22 +166,29 @@ async def test_the_database_refuses_a_caller_who_may_not_submit(
     narrow = await stored_api_key(owner_engine, "agent@test.bank", ["orders:read"])
     wide = await stored_api_key(owner_engine, "agent@test.bank", ["orders:write"])
     rule = who_may(Action.SUBMIT_ORDER)
-    call = (
-        "SELECT (caller).user_id, submitted FROM tradeops_submit_order("
-        "$1, $2, NULL, NULL, $3, 'req', $4, $5, 5000, 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY',"
-        " NULL, 50, 192.55, NULL, 'CREATED', '{}', 'order.created', 'risk', 'check')"
-    )
     before = await counts(owner_engine)
     async with owner_engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
         refused = await raw.fetchrow(
-            call, parse_key(narrow), hash_key(narrow), APP_ROLE, rule["roles"], rule["scope"]
+            SUBMIT_AS_KEY,
+            parse_key(narrow),
+            hash_key(narrow),
+            APP_ROLE,
+            rule["roles"],
+            rule["scope"],
+            5000,
         )
         assert refused["user_id"] == cast.ids["agent"]
         assert refused["submitted"] is None
         assert await counts(owner_engine) == before
         allowed = await raw.fetchrow(
-            call, parse_key(wide), hash_key(wide), APP_ROLE, rule["roles"], rule["scope"]
+            SUBMIT_AS_KEY,
+            parse_key(wide),
+            hash_key(wide),
+            APP_ROLE,
+            rule["roles"],
+            rule["scope"],
+            5000,
         )
         assert allowed["submitted"]["id"] is not None
         assert allowed["submitted"]["risk_job_id"] is not None
@@ -264,19 +279,11 @@ async def test_the_server_bounds_a_new_orders_wait_for_a_lock(
     client's (a hang would fail this test by its own deadline instead)."""
     key = await stored_api_key(owner_engine, "agent@test.bank", ["orders:write"])
     rule = who_may(Action.SUBMIT_ORDER)
-    call = (
-        "SELECT submitted FROM tradeops_submit_order("
-        "$1, $2, NULL, NULL, $3, 'req', $4, $5, 200, 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY',"
-        " NULL, 50, 192.55, NULL, 'CREATED', '{}', 'order.created', 'risk', 'check')"
-    )
-    async with owner_engine.connect() as blocker, owner_engine.connect() as conn:
-        await blocker.execute(text("BEGIN"))
-        await blocker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+    async with orders_locked(owner_engine), owner_engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
-        args = (parse_key(key), hash_key(key), APP_ROLE, rule["roles"], rule["scope"])
+        args = (parse_key(key), hash_key(key), APP_ROLE, rule["roles"], rule["scope"], 200)
         with pytest.raises(asyncpg.LockNotAvailableError):
-            await asyncio.wait_for(raw.fetchrow(call, *args), timeout=10)
-        await blocker.execute(text("ROLLBACK"))
+            await asyncio.wait_for(raw.fetchrow(SUBMIT_AS_KEY, *args), timeout=10)
     assert (await counts(owner_engine))["orders"] == 0
 
 
@@ -286,18 +293,9 @@ async def test_a_new_order_behind_a_lock_is_answered_504_with_nothing_written(
     owner_engine: AsyncEngine,
 ) -> None:
     _, http = one_connection_app
-    async with owner_engine.connect() as blocker:
-        await blocker.execute(text("BEGIN"))
-        await blocker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+    async with orders_locked(owner_engine) as waiting:
         answer = await http.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
-        waiting = await blocker.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%tradeops_submit_order%'"
-            )
-        )
-        still_waiting = waiting.scalar_one()
-        await blocker.execute(text("ROLLBACK"))
+        still_waiting = await waiting("tradeops_submit_order")
     assert answer.status_code == 504, answer.text
     assert answer.json()["type"].endswith("/database-timeout")
     assert still_waiting == 0

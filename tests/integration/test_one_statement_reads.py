@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import (
@@ -25,6 +24,7 @@ from tests.factories import (
     Cast,
     approved_order,
     caller_left_on_the_one_connection,
+    orders_locked,
     stored_api_key,
 )
 from tradeops.auth.authentication import credential_parameters
@@ -99,19 +99,10 @@ async def test_a_read_past_the_statement_timeout_is_cancelled_and_answered_504(
 ) -> None:
     _, http = one_connection_app
     created = await http.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
-    async with owner_engine.connect() as blocker:
-        await blocker.execute(text("BEGIN"))
-        await blocker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+    async with orders_locked(owner_engine) as waiting:
         answer = await http.get(f"{ORDERS}/{created.json()['id']}", headers=cast["trader"])
         # Cancelled on the server, not left waiting behind the lock.
-        waiting = await blocker.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE '%tradeops_read_order%'"
-            )
-        )
-        still_waiting = waiting.scalar_one()
-        await blocker.execute(text("ROLLBACK"))
+        still_waiting = await waiting("tradeops_read_order")
     assert answer.status_code == 504, answer.text
     assert answer.json()["type"].endswith("/database-timeout")
     assert still_waiting == 0

@@ -108,8 +108,7 @@ async def submit_order(
     A repeated client_order_id is a retry when the order is the same (every transport answers
     the order recorded then) and a conflict when it is not."""
     authorize(principal, Action.SUBMIT_ORDER)
-    check_price_places(order.price, price_max_decimals)
-    check_expire_at(order.expire_at)
+    check_before_intake(order, price_max_decimals)
     row = await uow.row(
         repo.SUBMIT_ORDER,
         _intake_values(order, uow.request_id)
@@ -148,12 +147,17 @@ def _intake_values(order: OrderCreate, request_id: str | None) -> dict[str, Any]
     }
 
 
+def check_before_intake(order: OrderCreate, price_max_decimals: int) -> None:
+    """The rules intake checks before writing, past the request's own validation (422)."""
+    check_price_places(order.price, price_max_decimals)
+    check_expire_at(order.expire_at)
+
+
 def fits_intake(order: OrderCreate, price_max_decimals: int) -> bool:
-    """Whether the order passes the checks intake makes before writing (for the one
-    statement, which would answer their 422 ahead of a 401 or a 403 otherwise)."""
+    """Whether the order passes check_before_intake (for the one statement, which would
+    answer its 422 ahead of a 401 or a 403 otherwise)."""
     try:
-        check_price_places(order.price, price_max_decimals)
-        check_expire_at(order.expire_at)
+        check_before_intake(order, price_max_decimals)
     except InvalidRequest:
         return False
     return True
