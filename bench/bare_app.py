@@ -53,10 +53,10 @@ from tradeops.orders.repository import CREATED_FIELDS
 from tradeops.orders.schemas import OrderOut
 from tradeops.positions import repository as positions_repository
 
-# Our engine: pool_size=10 + max_overflow=10, i.e. 10 kept and up to 20 under load
-# (run.py passes our Settings' values).
-POOL_MIN_SIZE = int(os.environ.get("BARE_POOL_MIN_SIZE", "10"))
-POOL_MAX_SIZE = int(os.environ.get("BARE_POOL_MAX_SIZE", "20"))
+# As our pool: at most pool_size + pool_max_overflow connections (run.py passes our
+# Settings' values; their defaults, 4 + 0, here).
+POOL_MIN_SIZE = int(os.environ.get("BARE_POOL_MIN_SIZE", "4"))
+POOL_MAX_SIZE = int(os.environ.get("BARE_POOL_MAX_SIZE", "4"))
 # As our engine's connect_args (application_name differs so the two can be told apart).
 SERVER_SETTINGS = {
     "application_name": "tradeops-bare",

@@ -39,8 +39,12 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = None  # None: console in dev, JSON elsewhere
     access_log: bool = True
 
-    pool_size: int = 10
-    pool_max_overflow: int = 10
+    # Connections per process, at most pool_size + overflow. Few: PostgreSQL does the most
+    # work with about two busy connections per core over all processes; more only take turns
+    # on its cores (make bench on 2 cores, 20 against 4: a read cost PostgreSQL 0.45 against
+    # 0.24 ms of CPU, a new order 1.66 against 1.12). Waiting requests are served in turn.
+    pool_size: int = 4
+    pool_max_overflow: int = 0
     pool_timeout_seconds: float = 10.0
     # Set in every transaction's BEGIN round trip (set_config(..., true)), never at connect:
     # a pooler in transaction mode (PgBouncer) refuses or loses connection-level settings.
