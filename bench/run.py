@@ -727,7 +727,11 @@ def process_tree(pid: int) -> list[int]:
     while todo:
         current = todo.pop()
         pids.append(current)
-        for children in Path(f"/proc/{current}/task").glob("*/children"):
+        try:
+            tasks = list(Path(f"/proc/{current}/task").glob("*/children"))
+        except OSError:  # it ended while we looked
+            continue
+        for children in tasks:
             with suppress(OSError):
                 todo += [int(child) for child in children.read_text().split()]
     return pids
