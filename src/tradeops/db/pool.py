@@ -137,28 +137,31 @@ class Database:
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         pool = self._pool or await self._open()
         turns = cast(asyncio.Semaphore, self._turns)
-        timeout = self._settings.pool_timeout_seconds
         try:
-            # First come, first served: asyncpg's own wait is a queue that a newcomer can
-            # overtake a woken waiter in (who then goes to the back), so under load a few
-            # requests waited many times the usual wait. The semaphore hands each free
-            # connection to the longest waiter; the pool then has one for it.
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self._settings.pool_timeout_seconds):
+                # First come, first served: asyncpg's own wait is a queue that a newcomer
+                # can overtake a woken waiter in (who then goes to the back), so under load
+                # a few requests waited many times the usual wait. The semaphore hands each
+                # free connection to the longest waiter; the pool then has one for it.
                 await turns.acquire()
+                try:
+                    # No timeout of asyncpg's own: it would wrap the wait in a task of its
+                    # own, a turn of the event loop per request; this one bounds a
+                    # connection being opened too.
+                    connection = await pool.acquire()
+                except BaseException:
+                    turns.release()
+                    raise
         except TimeoutError as error:
             raise PoolTimeout("no database connection became free in time") from error
         try:
-            try:
-                connection = await pool.acquire(timeout=timeout)
-            except TimeoutError as error:
-                raise PoolTimeout("no database connection became free in time") from error
-            try:
-                # A proxy that refuses use after release; it has the connection's methods.
-                yield cast(asyncpg.Connection, connection)
-            finally:
-                await pool.release(connection)
+            # A proxy that refuses use after release; it has the connection's methods.
+            yield cast(asyncpg.Connection, connection)
         finally:
-            turns.release()
+            try:
+                await pool.release(connection)
+            finally:
+                turns.release()
 
     def connections(self) -> tuple[int, int]:
         """(in use, idle), for the pool gauge."""
