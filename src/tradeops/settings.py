@@ -39,10 +39,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = None  # None: console in dev, JSON elsewhere
     access_log: bool = True
 
-    # Connections per process, at most pool_size + overflow. Few: PostgreSQL does the most
-    # work with about two busy connections per core over all processes; more only take turns
-    # on its cores (make bench on 2 cores, 20 against 4: a read cost PostgreSQL 0.45 against
-    # 0.24 ms of CPU, a new order 1.66 against 1.12). Waiting requests are served in turn.
+    # Connections per process, at most pool_size + overflow. Few: a request holds one for a
+    # statement or a short transaction, and connections beyond about two busy ones per
+    # PostgreSQL core only take turns on its cores (make bench on 2 cores, 4 against 20:
+    # the same req/s within noise, PostgreSQL's CPU per read 0.26-0.32 ms against 0.31-0.38,
+    # GET p99 24-28 ms against 27-63). Requests waiting for one are served in turn (db/pool.py).
     pool_size: int = 4
     pool_max_overflow: int = 0
     pool_timeout_seconds: float = 10.0
