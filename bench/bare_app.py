@@ -54,9 +54,9 @@ from tradeops.orders.schemas import OrderOut
 from tradeops.positions import repository as positions_repository
 
 # As our pool: at most pool_size + pool_max_overflow connections (run.py passes our
-# Settings' values; their defaults, 4 + 0, here).
-POOL_MIN_SIZE = int(os.environ.get("BARE_POOL_MIN_SIZE", "4"))
-POOL_MAX_SIZE = int(os.environ.get("BARE_POOL_MAX_SIZE", "4"))
+# Settings' values; their defaults, 6 + 0, here).
+POOL_MIN_SIZE = int(os.environ.get("BARE_POOL_MIN_SIZE", "6"))
+POOL_MAX_SIZE = int(os.environ.get("BARE_POOL_MAX_SIZE", "6"))
 # As our engine's connect_args (application_name differs so the two can be told apart).
 SERVER_SETTINGS = {
     "application_name": "tradeops-bare",

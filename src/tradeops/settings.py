@@ -40,11 +40,12 @@ class Settings(BaseSettings):
     access_log: bool = True
 
     # Connections per process, at most pool_size + overflow. Few: a request holds one for a
-    # statement or a short transaction, and connections beyond about two busy ones per
-    # PostgreSQL core only take turns on its cores (make bench on 2 cores, 4 against 20:
-    # the same req/s within noise, PostgreSQL's CPU per read 0.26-0.32 ms against 0.31-0.38,
-    # GET p99 24-28 ms against 27-63). Requests waiting for one are served in turn (db/pool.py).
-    pool_size: int = 4
+    # statement or a short transaction, and connections beyond two or three busy ones per
+    # PostgreSQL core only take turns on its cores (make bench on 2 cores, 6 against 20:
+    # the same req/s within noise, steadier tails: GET p99 23-33 ms against 27-63, the
+    # portfolio's 58-73 against 92-108; 4 cost the portfolio a fifth of its req/s in two
+    # runs of four). Requests waiting for one are served in turn (db/pool.py).
+    pool_size: int = 6
     pool_max_overflow: int = 0
     pool_timeout_seconds: float = 10.0
     # Set in every transaction's BEGIN round trip (set_config(..., true)), never at connect:
