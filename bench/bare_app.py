@@ -8,9 +8,10 @@ once at startup (see our_sql()). Clients and instruments are looked up once, at 
 With --same-work it does the database work our server does for the request, in the same
 round trips, and nothing else: our one statement that authenticates the API key, switches to
 the application role, sets the request context, and then reads (GET /orders/{id}, the
-portfolio: migration 0019) or, for a caller who may submit orders, runs the order's intake
-with the key's desks and the risk job it defers (migration 0025). That isolates what our
-stack (FastAPI, pydantic, middleware, logging, metrics) costs beyond its SQL.
+portfolio: migrations 0026 and 0019) or, for a caller who may submit orders, runs the
+order's intake with the key's desks and the risk job it defers (migration 0025). That
+isolates what our stack (FastAPI, pydantic, middleware, logging, metrics) costs beyond its
+SQL.
 
 With --same-work --pipelined a new order takes the road not taken before migration 0025:
 the transaction's statements in two round trips on a psycopg connection in pipeline mode
@@ -386,9 +387,13 @@ async def read_as_we_do(request: Request, statement: Prepared, **wanted: Any) ->
 async def get_order(request: Request) -> Response:
     order_id: int = request.path_params["order_id"]
     if request.app.state.same_work:
-        row = (await read_as_we_do(request, READ_ORDER, order_id=order_id))["found"]
-    else:
-        row = await read(request, "fetchrow", SELECT_ORDER, order_id)
+        # Our read answers the document PostgreSQL wrote (migration 0026), sent as it is.
+        ours = await read_as_we_do(request, READ_ORDER, order_id=order_id)
+        if ours["document"] is None:
+            return problem(404, f"No order {order_id}.")
+        etag = {"ETag": f'"{ours["version"]}"'}
+        return Response(ours["document"], media_type="application/json", headers=etag)
+    row = await read(request, "fetchrow", SELECT_ORDER, order_id)
     if row is None:
         return problem(404, f"No order {order_id}.")
     order = {name: row[name] for name in ORDER_FIELDS}

@@ -5,8 +5,10 @@ transport costs as much CPU as a third of our stack), against a database of its 
 TRADEOPS_TEST_DATABASE_URL, with the access log on (written to /dev/null) and metrics as in
 production. For each endpoint: N requests one after another, `time.process_time()` over them
 divided by N, in µs per request, best of --runs (the machine is shared; the least disturbed
-run is the closest to what the code costs). PostgreSQL's CPU is not counted (another process);
-the driver's is, as the same-work peer of `make bench` pays it too. --profile N runs each
+run is the closest to what the code costs). PostgreSQL's CPU is not counted in it (another
+process); the driver's is, as the same-work peer of `make bench` pays it too. PostgreSQL's is
+shown beside it when the server runs on this machine: the CPU its backends for the bench's
+database used over the same requests (on a shared server, only those backends count). --profile N runs each
 endpoint once more under cProfile and prints the Python function calls per request (a
 measure other processes on a busy machine do not disturb) and the top N functions.
 
@@ -28,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,6 +39,7 @@ from tests.conftest import drop_database
 from tests.factories import SEED_ORDER, make_cast, make_reference_data
 from tests.owner import owner_engine_on
 
+from bench.run import process_cpu
 from tradeops.app import create_app
 from tradeops.db import migrate
 from tradeops.db.embedded import ensure_database
@@ -108,11 +112,38 @@ def again(call: Call) -> Calls:
     return calls
 
 
+class Backends:
+    """CPU seconds PostgreSQL's backends for one database have used (None when the server
+    is not on this machine): those connected at the start and the end of a measure, which
+    with a warm pool are all that served it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def pids(self) -> set[int]:
+        with psycopg.connect(self.url) as connection:
+            rows = connection.execute(
+                "SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def cpu(self, pids: set[int]) -> dict[int, float]:
+        return {pid: used for pid in pids if (used := process_cpu(pid)) is not None}
+
+
 async def measure(
-    calls: Calls, body: bytes, count: int, expected: int, profiler: cProfile.Profile | None = None
-) -> float:
-    """µs of this process's CPU per request (profiled, with a profiler)."""
+    calls: Calls,
+    body: bytes,
+    count: int,
+    expected: int,
+    backends: Backends,
+    profiler: cProfile.Profile | None = None,
+) -> tuple[float, float | None]:
+    """µs of this process's CPU per request (profiled, with a profiler), and of PostgreSQL's
+    backends (None if not on this machine)."""
     each = await calls(count)
+    before = backends.cpu(backends.pids())
     started = time.process_time()
     if profiler is not None:
         profiler.enable()
@@ -122,7 +153,12 @@ async def measure(
             raise RuntimeError(f"{status}: {answer!r}")
     if profiler is not None:
         profiler.disable()
-    return (time.process_time() - started) / count * 1e6
+    ours = (time.process_time() - started) / count * 1e6
+    after = backends.cpu(backends.pids() | set(before))
+    if not after:
+        return ours, None
+    used = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+    return ours, used / count * 1e6
 
 
 async def main(arguments: argparse.Namespace) -> None:
@@ -145,6 +181,7 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
             await make_reference_data(engine)
             cast = await make_cast(engine, app.state.tokens)
             await engine.dispose()
+            backends = Backends(url)
             agent = cast["agent"]
             created = await Call(app, "POST", ORDERS, agent)(orjson.dumps(SEED_ORDER))
             order_id = orjson.loads(created[1])["id"]
@@ -171,16 +208,20 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                 ("POST /orders/{id}/review", reviews, b"", 200),
             ]
             for name, call, body, expected in endpoints:
-                await measure(call, body, 50, expected)  # warm up: caches, statements
+                await measure(call, body, 50, expected, backends)  # warm up: caches, statements
                 runs = [
-                    await measure(call, body, arguments.requests, expected)
+                    await measure(call, body, arguments.requests, expected, backends)
                     for _ in range(arguments.runs)
                 ]
-                shown = ", ".join(f"{r:.0f}" for r in runs)
-                print(f"{name}: best {min(runs):.0f} µs CPU per request (runs: {shown})")
+                shown = ", ".join(f"{r:.0f}" for r, _ in runs)
+                print(f"{name}: best {min(runs)[0]:.0f} µs CPU per request (runs: {shown})")
+                database = [db for _, db in runs if db is not None]
+                if database:
+                    shown = ", ".join(f"{db:.0f}" for db in database)
+                    print(f"{name}: PostgreSQL best {min(database):.0f} µs (runs: {shown})")
                 if arguments.profile:
                     profiler = cProfile.Profile()
-                    await measure(call, body, arguments.requests, expected, profiler)
+                    await measure(call, body, arguments.requests, expected, backends, profiler)
                     if arguments.dump:
                         profiler.dump_stats(f"{arguments.dump}.{name.split()[0]}.prof")
                     stats = pstats.Stats(profiler).sort_stats(arguments.sort)

@@ -643,25 +643,40 @@ ORDER_BY_ID = query(
 
 
 @dataclass(frozen=True, slots=True)
+class OrderDocument:
+    """An order as the API shows it, written by PostgreSQL: its JSON document (the bytes
+    OrderOut.model_dump_json() writes for it) and its version, the ETag."""
+
+    document: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class OrderRead:
     """GET /orders/{id} in one statement: who asked (the authenticating statement's row) and
-    the order they may see, if any (an orders_as_shown row). No row at all when the
-    credentials name nobody. The statement answers both as composite values (records); each
-    becomes its type here, once: the order is validated as OrderOut only here."""
+    the order they may see, if any, as the API shows it: its JSON document, written by
+    PostgreSQL as OrderOut would write it (migration 0026), and its version (the ETag). No
+    row at all when the credentials name nobody."""
 
     caller: Authenticated
-    found: OrderOut | None
+    version: int | None
+    document: str | None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "caller", as_authenticated(self.caller))
-        object.__setattr__(self, "found", as_row(self.found, OrderOut))
+
+    @property
+    def found(self) -> OrderDocument | None:
+        if self.document is None or self.version is None:
+            return None
+        return OrderDocument(self.document, self.version)
 
 
 # The hot read in one round trip: the function authenticates (an API key by prefix and hash,
 # else a person by a verified token's subject), switches to the application role with the
 # caller's context, and only then reads the order under row-level security.
 READ_ORDER = query(
-    "SELECT caller, found FROM tradeops_read_order("
+    "SELECT caller, version, document FROM tradeops_read_order("
     ":prefix, :hash, :user_id, :email, :app_role, :request_id, :order_id)",
     OrderRead,
     alone=True,

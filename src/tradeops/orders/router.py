@@ -27,6 +27,7 @@ from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.idempotency.http import IdempotencyKeyHeader, respond_once
 from tradeops.idempotency.service import IdempotencyKeyReused
 from tradeops.orders import service, workflow
+from tradeops.orders.repository import OrderDocument
 from tradeops.orders.schemas import (
     CancelResult,
     CancelResults,
@@ -100,7 +101,7 @@ ORDER_LINKS_201: dict[int | str, dict[str, Any]] = {201: _links_from("$response.
 ORDER_LINKS_200: dict[int | str, dict[str, Any]] = {200: _links_from("$response.body#/id")}
 
 
-def _etag(order: OrderOut) -> dict[str, str]:
+def _etag(order: OrderOut | OrderDocument) -> dict[str, str]:
     return {"ETag": f'"{order.version}"'}
 
 
@@ -249,6 +250,11 @@ def _order_document(order: OrderOut) -> Response:
     return Response(order.model_dump_json(), media_type="application/json", headers=_etag(order))
 
 
+def _written_document(order: OrderDocument) -> Response:
+    # As PostgreSQL wrote it (migration 0026): the bytes _order_document writes.
+    return Response(order.document, media_type="application/json", headers=_etag(order))
+
+
 async def _get_order_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
     """GET /orders/{id} in one round trip (issue 15): authentication, the context and the
     read in one statement; None (the endpoint below answers) for a malformed id or no
@@ -259,7 +265,7 @@ async def _get_order_in_one_statement(db: ConnectionSource, request: Request) ->
     return await answered_in_one_read(
         request,
         lambda credential, key_usage: service.read_order(db, credential, order_id, key_usage),
-        lambda principal, found: _order_document(service.shown_order(principal, found, order_id)),
+        lambda principal, found: _written_document(service.shown_order(principal, found, order_id)),
     )
 
 

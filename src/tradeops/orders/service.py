@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -270,17 +270,20 @@ async def get_order(uow: UnitOfWork, principal: Principal, order_id: int) -> Ord
 
 async def read_order(
     source: ConnectionSource, credential: Mapping[str, Any], order_id: int, key_usage: KeyUsage
-) -> tuple[Principal, OrderOut | None]:
+) -> tuple[Principal, repo.OrderDocument | None]:
     """GET /orders/{id} in one round trip: the caller the credential (auth.authentication.
-    credential_parameters) names, 401 if none, and the order if they can see it. The
-    caller decides with shown_order, once it has routed the request (a read replica sends a
-    caller who wrote lately to the primary before any answer)."""
+    credential_parameters) names, 401 if none, and the order's document if they can see it.
+    The caller decides with shown_order, once it has routed the request (a read replica
+    sends a caller who wrote lately to the primary before any answer)."""
     read = await one_statement(source, repo.READ_ORDER, {**credential, "order_id": order_id})
     principal = principal_found(None if read is None else read.caller, key_usage)
     return principal, None if read is None else read.found
 
 
-def shown_order(principal: Principal, order: OrderOut | None, order_id: int) -> OrderOut:
+Shown = TypeVar("Shown", OrderOut, repo.OrderDocument)
+
+
+def shown_order(principal: Principal, order: Shown | None, order_id: int) -> Shown:
     """The order read for `principal`, if they may read orders and it was found."""
     authorize(principal, Action.READ_ORDERS)
     if order is None:
