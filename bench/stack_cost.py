@@ -8,9 +8,10 @@ divided by N, in µs per request, best of --runs (the machine is shared; the lea
 run is the closest to what the code costs). PostgreSQL's CPU is not counted in it (another
 process); the driver's is, as the same-work peer of `make bench` pays it too. PostgreSQL's is
 shown beside it when the server runs on this machine: the CPU its backends for the bench's
-database used over the same requests (on a shared server, only those backends count). --profile N runs each
-endpoint once more under cProfile and prints the Python function calls per request (a
-measure other processes on a busy machine do not disturb) and the top N functions.
+database used over the same requests (on a shared server, only those backends count).
+--profile N runs each endpoint once more under cProfile and prints the Python function calls
+per request (a measure other processes on a busy machine do not disturb) and the top N
+functions.
 
     TRADEOPS_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \\
         uv run --frozen python bench/stack_cost.py --requests 2000 --runs 3
@@ -34,12 +35,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.run import process_cpu
 from starlette.types import ASGIApp, Message
 from tests.conftest import drop_database
 from tests.factories import SEED_ORDER, make_cast, make_reference_data
 from tests.owner import owner_engine_on
 
-from bench.run import process_cpu
 from tradeops.app import create_app
 from tradeops.db import migrate
 from tradeops.db.embedded import ensure_database

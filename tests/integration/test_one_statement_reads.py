@@ -2,7 +2,8 @@
 property of the transaction it replaced.
 
 - It shows an order exactly as a write's answer and the list do (the view orders_as_shown
-  and orders.repository.order_view() agree, approvals and all).
+  and orders.repository.order_view() agree, approvals and all; since migration 0026 the
+  document PostgreSQL writes, test_order_document.py).
 - The read runs as the application role with the caller's context, and only for a caller the
   credentials name: a bad credential reads nothing.
 - Nothing of the caller stays on the pooled connection once the statement is done.
@@ -38,8 +39,7 @@ from tradeops.positions import repository as positions_repo
 
 ORDERS = "/api/v1/orders"
 READ_ORDER = (
-    "SELECT caller, version, document"
-    " FROM tradeops_read_order($1, $2, NULL, NULL, $3, 'req', $4)"
+    "SELECT caller, version, document FROM tradeops_read_order($1, $2, NULL, NULL, $3, 'req', $4)"
 )
 
 
@@ -133,7 +133,7 @@ class CountingValidator:
         return getattr(self.inner, name)
 
 
-async def test_the_reads_hand_services_typed_rows_and_the_order_is_validated_once(
+async def test_the_reads_hand_services_typed_rows_and_the_order_is_sent_as_written(
     app: FastAPI,
     client: httpx.AsyncClient,
     cast: Cast,
