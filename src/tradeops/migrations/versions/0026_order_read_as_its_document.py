@@ -19,7 +19,8 @@ How the document writes what pydantic writes:
 - times in UTC with a Z, their microseconds left out when there are none
   (`tradeops_json_time`);
 - risk reasons (jsonb) compact, their keys in jsonb's order, the order the application read
-  them in (`tradeops_json_compact`);
+  them in (`tradeops_json_compact`); risk.rules writes their amounts as strings, and a
+  number in them would come out as jsonb keeps it (1e2 as 100, where Python writes 100.0);
 - approvals as ApprovalOut writes them: approved_by, approved_at, note.
 """
 
