@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from tradeops.db.uow import UnitOfWork
+from tradeops.db.wakeups import Wakeup
 from tradeops.jobs.repository import DEFER_JOB
 
 # Task names and queues, shared by the callers (which defer) and the worker (which runs).
@@ -46,3 +47,11 @@ async def defer_job(
     )
     assert job is not None  # procrastinate answers the new job's id
     return job.id
+
+
+def job_wakeups(queue: str, job_id: int) -> list[Wakeup]:
+    """The wake-ups of a new job whose writer sends them after the commit (db/wakeups.py):
+    what procrastinate's trigger sends, on the queue's channel and on every queue's (a
+    worker listens on one or the other)."""
+    payload = orjson.dumps({"type": "job_inserted", "job_id": job_id}).decode()
+    return [(f"procrastinate_queue_v1#{queue}", payload), ("procrastinate_any_queue_v1", payload)]

@@ -174,6 +174,9 @@ async def _submit_order_in_one_statement(db: ConnectionSource, request: Request)
     recorded = service.recorded_alone(principal, order, submitted)
     if recorded is None:
         return None
+    # Committed: wake the event streams and the risk workers (migration 0027).
+    assert submitted is not None  # recorded_alone answered an order: intake recorded one
+    request.app.state.wakeups.after_commit(service.wakeups_of(submitted))
     status_code, shown, headers = _submitted(request, recorded, created=True)
     return Response(shown.model_dump_json(), status_code, headers, media_type="application/json")
 

@@ -15,11 +15,13 @@ from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize, who_may
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
+from tradeops.db.wakeups import Wakeup
 from tradeops.errors import Conflict, InvalidRequest, NotFound
-from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
+from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, job_wakeups
 from tradeops.orders import repository as repo
 from tradeops.orders.repository import ListFilterKeys, ListKey, Submitted
 from tradeops.orders.schemas import OrderCreate, OrderFilters, OrderOut, OrderPage, OrderQuery
+from tradeops.orders.stream import event_wakeup
 from tradeops.pagination import (
     decode_cursor,
     decode_id_cursor,
@@ -197,6 +199,16 @@ def recorded_alone(
     if submitted.id is None:
         return None
     return _created(principal, order, submitted)
+
+
+def wakeups_of(submitted: Submitted) -> list[Wakeup]:
+    """What a new order recorded in one statement wakes once committed: the event streams
+    (its event) and the risk workers (its job). Its statement's triggers send nothing at
+    the commit (migration 0027): the caller hands these to db.wakeups after it."""
+    assert submitted.id is not None and submitted.desk_id is not None
+    assert submitted.risk_job_id is not None  # queued in the order's own statement
+    order = event_wakeup(submitted.id, submitted.desk_id)
+    return [order, *job_wakeups(RISK_QUEUE, submitted.risk_job_id)]
 
 
 def _created(principal: Principal, order: OrderCreate, row: Submitted) -> OrderOut:

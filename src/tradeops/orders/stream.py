@@ -41,6 +41,7 @@ from tradeops.db.notifications import Listener, Notice
 from tradeops.db.pool import Database
 from tradeops.db.transient import is_transient
 from tradeops.db.uow import UnitOfWork, in_transaction
+from tradeops.db.wakeups import Wakeup
 from tradeops.errors import DomainError, InvalidRequest, TooManyRequests
 from tradeops.orders import repository as repo
 from tradeops.orders.repository import StreamedEvent
@@ -66,6 +67,12 @@ class Position:
 
     transaction_id: int
     event_id: int
+
+
+def event_wakeup(order_id: int, desk_id: int) -> Wakeup:
+    """The wake-up of an event whose writer sends it after the commit (db/wakeups.py), for
+    the listeners of order_events_notify's channel: what they read of its notification."""
+    return CHANNEL, orjson.dumps({"order_id": order_id, "desk_id": desk_id}).decode()
 
 
 def on_desks(principal: Principal) -> Callable[[Notice], bool]:
