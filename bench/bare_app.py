@@ -48,10 +48,12 @@ from tradeops.auth.permissions import Action, who_may
 from tradeops.auth.repository import AUTHENTICATE
 from tradeops.db.prepared import Prepared
 from tradeops.db.uow import APP_ROLE
-from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
+from tradeops.db.wakeups import Wakeups
+from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, job_wakeups
 from tradeops.orders import repository as orders_repository
 from tradeops.orders.repository import CREATED_FIELDS
 from tradeops.orders.schemas import OrderOut
+from tradeops.orders.stream import event_wakeup
 from tradeops.positions import repository as positions_repository
 
 # As our pool: at most pool_size + pool_max_overflow connections (run.py passes our
@@ -195,6 +197,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         reset=keep_session,
     )
     app.state.pool = pool
+    # As ours: a new order's wake-ups go after its commit, batched (migration 0027).
+    app.state.wakeups = Wakeups(lambda c, p: pool.fetchval("SELECT tradeops_wake($1, $2)", c, p))
     app.state.clients = {
         r["external_id"]: ClientRef(r["id"], r["desk_id"], r["code"])
         for r in await pool.fetch(CLIENTS)
@@ -323,6 +327,13 @@ async def create_order(request: Request) -> Response:
         if ours["submitted"] is None:
             return problem(403, "Your role or key may not submit orders.")
         row, created_by = ours["submitted"], ours["caller"]["email"]
+        if row["id"] is not None:
+            request.app.state.wakeups.after_commit(
+                [
+                    event_wakeup(row["id"], row["desk_id"]),
+                    *job_wakeups(RISK_QUEUE, row["risk_job_id"]),
+                ]
+            )
     if row is None or row["id"] is None:
         return problem(409, f"client_order_id {client_order_id} was already used.")
     order = {

@@ -516,10 +516,15 @@ def run_scaling(
     workers: int,
     one_worker: dict[str, RunResult],
     stop_servers: Callable[[], None],
+    pool: int,
 ) -> dict[str, Any]:
     """GET /orders/{id} and POST /orders against ours started again with `workers` workers,
     at the load's connections, against the 1-worker figures of the main run (measured here
     first, against the running 1-worker server, for a scenario --only left out).
+
+    The workers share the one worker's `pool` of connections (at least 2 each), as
+    docs/operations.md sizes pools: by PostgreSQL's cores, over all processes. N pools of
+    the one worker's size would put N times the connections on the same cores.
 
     The other servers are stopped first (`stop_servers`): their idle pools hold connections
     (20 each, seed 000's up to 30) that N workers' pools (20 each) need under PostgreSQL's
@@ -534,7 +539,8 @@ def run_scaling(
             one[scenario.name] = measure(wrk, target, scenario, extra_env, load, "ours")
     stop_servers()
     many: dict[str, RunResult] = {}
-    with our_server(url, workers) as server:
+    pool_per_worker = max(2, pool // workers)
+    with our_server(url, workers, pool_per_worker) as server:
         for scenario in scenarios:
             extra_env = scenario.setup(server) if scenario.setup else {}
             label = f"ours {workers}w"
@@ -553,6 +559,7 @@ def run_scaling(
             rows[scenario.name]["result"] = "ERRORS"
     return {
         "workers": workers,
+        "pool_per_worker": pool_per_worker,
         "connections": load.connections,
         "noise_band": SCALING_NOISE,
         "scenarios": rows,
@@ -908,7 +915,8 @@ def print_scaling(scaling: dict[str, Any]) -> None:
     (every worker), PostgreSQL and wrk, and the N-worker run against its expectation."""
     workers = scaling["workers"]
     load = scaling["connections"]
-    table = Table(title=f"scaling: ours with 1 and {workers} workers, {load} conn")
+    pools = f"pools of {scaling['pool_per_worker']} per worker"
+    table = Table(title=f"scaling: ours with 1 and {workers} workers, {load} conn, {pools}")
     columns = ("scenario", "workers", "req/s", "req/s/worker", "cpu ms/req", "PG cpu ms")
     columns += ("wrk cpu ms", "others cores", "/ 1 worker", "expected", "/ expected", "result")
     for column in columns:
@@ -1144,15 +1152,20 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def our_server(url: str, workers: int = 1) -> AbstractContextManager[Server]:
+def our_server(
+    url: str, workers: int = 1, pool_per_worker: int | None = None
+) -> AbstractContextManager[Server]:
     """Ours as production runs it (`tradeops serve`), with its access log on: part of our real
-    cost. With several workers it is named `ours-<N>w` (its log, its ids file)."""
+    cost. With several workers it is named `ours-<N>w` (its log, its ids file).
+    `pool_per_worker`: each process's pool (TRADEOPS_POOL_SIZE, no overflow); else Settings'."""
     env = {
         "TRADEOPS_DATABASE_URL": url,
         "TRADEOPS_ENV": "test",
         "TRADEOPS_LOG_FORMAT": "json",
         "TRADEOPS_ACCESS_LOG": "true",
     }
+    if pool_per_worker is not None:
+        env |= {"TRADEOPS_POOL_SIZE": str(pool_per_worker), "TRADEOPS_POOL_MAX_OVERFLOW": "0"}
     name = "ours" if workers == 1 else f"ours-{workers}w"
     command = [str(BIN / "tradeops"), "serve", "--workers", str(workers), "--host", HOST]
     return running_server(name, command, env, our_headers())
@@ -1306,7 +1319,7 @@ def run(args: argparse.Namespace) -> int:
             one_worker = {row["name"]: RunResult(**row["ours"]) for row in rows}
             target = (servers["ours"], database)
             scaling = run_scaling(
-                wrk, target, url, load, args.workers, one_worker, servers_stack.close
+                wrk, target, url, load, args.workers, one_worker, servers_stack.close, pool_max
             )
             checks["workers_scaling"] = scaling_check(scaling)
 
