@@ -1,0 +1,157 @@
+"""New orders per second on PostgreSQL alone, with and without NOTIFY in intake's transaction.
+
+PostgreSQL serializes the commits of transactions that NOTIFY (a lock held from before the
+commit record until it is flushed), so concurrent intakes that notify cannot share a flush.
+Migration 0027 takes the NOTIFY out of POST /orders' one statement. This measures what that
+gives, with no HTTP server in the way: pgbench sends `tradeops_submit_order` as our server
+does (the demo agent's key, who may submit, the seed order) from `--clients` connections,
+against a fresh bench database (bench/run.py's: embedded PostgreSQL unless
+TRADEOPS_BENCH_DATABASE_URL), alternating three variants `--rounds` times:
+
+- `notify_in_transaction`: both notify triggers as before 0027 (the order event's and the
+  risk job's NOTIFY at intake's commit);
+- `wakes_after_commit`: as 0027 installs them (intake's transaction sends none); the
+  application's batches of wake-ups are left out: under load many orders share one;
+- `wakes_each_after_commit`: the same, and every order sends its own wake-ups right after,
+  in a second transaction (`tradeops_wake`): a batch of one, the least a batch can save.
+
+For each: orders/s and PostgreSQL's CPU per order (from /proc, as bench/run.py reads it).
+Results: bench/results/intake-commits-<date>[-n].json.
+
+    uv run --frozen python bench/intake_commits.py --clients 16 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import run as bench
+
+from tradeops.auth.keys import hash_key, parse_key
+from tradeops.auth.permissions import Action, who_may
+from tradeops.db.uow import APP_ROLE
+from tradeops.db.urls import libpq_url
+
+MIGRATION = bench.ROOT / "src/tradeops/migrations/versions/0027_intake_wakes_after_commit.py"
+WAKE = (
+    "SELECT tradeops_wake(ARRAY['tradeops_order_events', 'procrastinate_queue_v1#risk',"
+    " 'procrastinate_any_queue_v1'], ARRAY['{}', '{}', '{}']);\n"
+)
+
+
+def triggers() -> tuple[str, str]:
+    """(as before 0027, as 0027 installs them): the migration's own SQL."""
+    spec = importlib.util.spec_from_file_location("migration_0027", MIGRATION)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    return migration.UNGATE_TRIGGERS, migration.GATE_TRIGGERS
+
+
+def intake_statement(key: str) -> str:
+    """tradeops_submit_order as our server sends it, its values written in (pgbench reads
+    `:name` as a variable of its own, so the scope's colon is chr(58))."""
+    rule = who_may(Action.SUBMIT_ORDER)
+    roles = ", ".join(f"'{role}'" for role in rule["roles"])
+    scope = " || chr(58) || ".join(f"'{part}'" for part in rule["scope"].split(":"))
+    return (
+        f"SELECT (submitted).id FROM tradeops_submit_order('{parse_key(key)}',"
+        f" '{hash_key(key)}', NULL, NULL, '{APP_ROLE}', 'bench', ARRAY[{roles}], {scope}, 5000,"
+        " 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY', NULL, 50, 192.55, NULL, 'CREATED', '{}',"
+        " 'order.created', 'risk', 'check_order_risk');\n"
+    )
+
+
+def pgbench() -> str:
+    found = shutil.which("pgbench")
+    if found is None:
+        raise SystemExit("pgbench is needed: apt-get install postgresql-client")
+    return found
+
+
+def measure(
+    url: str, script: Path, clients: int, seconds: float, cpu: bench.DatabaseCpu
+) -> dict[str, Any]:
+    before = cpu.snapshot()
+    command = [pgbench(), "-n", "-M", "prepared", "-c", str(clients), "-j", "2"]
+    command += ["-T", str(int(seconds)), "-f", str(script), url]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    time.sleep(0.5)  # the backends that ended are reaped: their CPU is the postmaster's
+    used = cpu.used_since(before)
+    orders = int(re.search(r"actually processed: (\d+)", out).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {
+        "orders_per_s": round(rate),
+        "db_cpu_ms_per_order": None if used is None else round(used * 1000 / orders, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=16, help="pgbench connections")
+    parser.add_argument("--rounds", type=int, default=3, help="times each variant runs")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per run")
+    args = parser.parse_args()
+    before_0027, as_0027 = triggers()
+    work = bench.WORK
+    work.mkdir(exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    started = datetime.now()
+    with bench.bench_database() as (server_url, url):
+        version = bench.postgres_version(server_url)
+        pg = libpq_url(url)
+        intake = work / "intake.sql"
+        intake.write_text(intake_statement(bench._AGENT_KEY[0]))
+        intake_and_wake = work / "intake_and_wake.sql"
+        intake_and_wake.write_text(intake.read_text() + WAKE)
+        variants = {
+            "notify_in_transaction": (before_0027, intake),
+            "wakes_after_commit": (as_0027, intake),
+            "wakes_each_after_commit": (as_0027, intake_and_wake),
+        }
+        cpu = bench.DatabaseCpu(pg)
+        for _ in range(args.rounds):
+            for name, (installed, script) in variants.items():
+                with psycopg.connect(pg, autocommit=True) as connection:
+                    connection.execute(installed)
+                    connection.execute("CHECKPOINT")  # each run starts from clean pages
+                run = measure(pg, script, args.clients, args.seconds, cpu)
+                runs.setdefault(name, []).append(run)
+                cpu_ms = run["db_cpu_ms_per_order"]
+                bench.console.print(
+                    f"{name:24} {run['orders_per_s']:6} orders/s, PG {cpu_ms} ms/order"
+                )
+    path = bench.results_path(f"intake-commits-{datetime.now():%Y-%m-%d}")
+    report = {
+        "started": started.isoformat(timespec="seconds"),
+        "git_commit": bench.git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(bench.git("status", "--porcelain", "--untracked-files=no")),
+        "postgresql": version,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "runs": runs,
+    }
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    for name, done in runs.items():
+        rates = sorted(run["orders_per_s"] for run in done)
+        bench.console.print(f"{name:24} orders/s {rates[0]}-{rates[-1]}, median {median(rates)}")
+    bench.console.print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
