@@ -8,13 +8,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 from argon2 import PasswordHasher
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tradeops.auth import api_keys
 from tradeops.auth.api_keys import ApiKeyCreate
-from tradeops.auth.keys import generate_key
+from tradeops.auth.keys import generate_key, hash_key, parse_key
+from tradeops.auth.permissions import Action, who_may
 from tradeops.auth.principal import SYSTEM
 from tradeops.auth.tokens import TokenService
 from tradeops.clients import service as clients
@@ -168,6 +170,25 @@ async def stored_api_key(engine: AsyncEngine, owner_email: str, scopes: list[str
             {"prefix": prefix, "hash": key_hash, "scopes": scopes, "email": owner_email},
         )
     return key
+
+
+# tradeops_submit_order called as the application calls it (migration 0025), with an API key
+# ($1, $2), the application role ($3), who may submit ($4 roles, $5 scope) and the lock
+# timeout ($6): SEED_ORDER's order, its risk check on the queue "risk".
+SUBMIT_AS_KEY = (
+    "SELECT (caller).user_id, submitted FROM tradeops_submit_order("
+    "$1, $2, NULL, NULL, $3, 'req', $4, $5, $6, 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY',"
+    " NULL, 50, 192.55, NULL, 'CREATED', '{}', 'order.created', 'risk', 'check')"
+)
+
+
+async def submit_as_key(
+    raw: asyncpg.Connection, key: str, lock_timeout_ms: int = 5000
+) -> asyncpg.Record | None:
+    """SEED_ORDER submitted in one statement with `key`, straight to the function."""
+    rule = who_may(Action.SUBMIT_ORDER)
+    arguments = (parse_key(key), hash_key(key), APP_ROLE, rule["roles"], rule["scope"])
+    return await raw.fetchrow(SUBMIT_AS_KEY, *arguments, lock_timeout_ms)
 
 
 def bearer(credential: str) -> dict[str, str]:

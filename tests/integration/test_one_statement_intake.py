@@ -31,20 +31,12 @@ from tests.factories import (
     database_trigger,
     orders_locked,
     stored_api_key,
+    submit_as_key,
 )
-from tradeops.auth.keys import hash_key, parse_key
-from tradeops.auth.permissions import Action, who_may
 from tradeops.db.uow import APP_ROLE
 from tradeops.orders import repository as orders_repo
 
 ORDERS = "/api/v1/orders"
-# The function called as the application calls it, with an API key ($1, $2), the application
-# role ($3), who may submit ($4 roles, $5 scope) and the lock timeout ($6): SEED_ORDER's order.
-SUBMIT_AS_KEY = (
-    "SELECT (caller).user_id, submitted FROM tradeops_submit_order("
-    "$1, $2, NULL, NULL, $3, 'req', $4, $5, $6, 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY',"
-    " NULL, 50, 192.55, NULL, 'CREATED', '{}', 'order.created', 'risk', 'check')"
-)
 # What a submission writes, by table: what must match between the two ways of writing it.
 WRITTEN = {
     "orders": "SELECT desk_id, client_id, instrument_id, side, order_type, time_in_force,"
@@ -165,31 +157,16 @@ async def test_the_database_refuses_a_caller_who_may_not_submit(
     order."""
     narrow = await stored_api_key(owner_engine, "agent@test.bank", ["orders:read"])
     wide = await stored_api_key(owner_engine, "agent@test.bank", ["orders:write"])
-    rule = who_may(Action.SUBMIT_ORDER)
     before = await counts(owner_engine)
     async with owner_engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
-        refused = await raw.fetchrow(
-            SUBMIT_AS_KEY,
-            parse_key(narrow),
-            hash_key(narrow),
-            APP_ROLE,
-            rule["roles"],
-            rule["scope"],
-            5000,
-        )
+        refused = await submit_as_key(raw, narrow)
+        assert refused is not None
         assert refused["user_id"] == cast.ids["agent"]
         assert refused["submitted"] is None
         assert await counts(owner_engine) == before
-        allowed = await raw.fetchrow(
-            SUBMIT_AS_KEY,
-            parse_key(wide),
-            hash_key(wide),
-            APP_ROLE,
-            rule["roles"],
-            rule["scope"],
-            5000,
-        )
+        allowed = await submit_as_key(raw, wide)
+        assert allowed is not None
         assert allowed["submitted"]["id"] is not None
         assert allowed["submitted"]["risk_job_id"] is not None
 
@@ -278,12 +255,10 @@ async def test_the_server_bounds_a_new_orders_wait_for_a_lock(
     behind a lock, the server ends the statement (nothing written), with no limit of the
     client's (a hang would fail this test by its own deadline instead)."""
     key = await stored_api_key(owner_engine, "agent@test.bank", ["orders:write"])
-    rule = who_may(Action.SUBMIT_ORDER)
     async with orders_locked(owner_engine), owner_engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
-        args = (parse_key(key), hash_key(key), APP_ROLE, rule["roles"], rule["scope"], 200)
         with pytest.raises(asyncpg.LockNotAvailableError):
-            await asyncio.wait_for(raw.fetchrow(SUBMIT_AS_KEY, *args), timeout=10)
+            await asyncio.wait_for(submit_as_key(raw, key, lock_timeout_ms=200), timeout=10)
     assert (await counts(owner_engine))["orders"] == 0
 
 

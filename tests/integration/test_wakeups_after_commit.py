@@ -19,10 +19,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, stored_api_key
-from tradeops.auth.keys import hash_key, parse_key
-from tradeops.auth.permissions import Action, who_may
-from tradeops.db.uow import APP_ROLE
+from tests.factories import SEED_ORDER, Cast, stored_api_key, submit_as_key
 from tradeops.db.urls import libpq_url
 from tradeops.jobs.defer import RISK_QUEUE
 from tradeops.orders.stream import CHANNEL
@@ -31,14 +28,6 @@ ORDERS = "/api/v1/orders"
 # Where a new order's wake-ups go: the event streams, and procrastinate's workers (which
 # listen on their queue's channel, or on every queue's).
 CHANNELS = (CHANNEL, f"procrastinate_queue_v1#{RISK_QUEUE}", "procrastinate_any_queue_v1")
-# tradeops_submit_order called as the application calls it (an API key, the application
-# role, who may submit, the lock timeout): SEED_ORDER's order.
-SUBMIT_AS_KEY = (
-    "SELECT submitted FROM tradeops_submit_order("
-    "$1, $2, NULL, NULL, $3, 'req', $4, $5, 5000, 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY',"
-    " NULL, 50, 192.55, NULL, 'CREATED', '{}', 'order.created', $6, 'check_order_risk')"
-)
-
 Heard = asyncio.Queue[tuple[str, dict[str, Any]]]
 
 
@@ -90,18 +79,9 @@ async def test_intakes_own_commit_notifies_nothing(
     """The function alone, as the application calls it: the order, its event and its job
     are committed, and no listener hears of them from that transaction."""
     key = await stored_api_key(owner_engine, "agent@test.bank", ["orders:write"])
-    rule = who_may(Action.SUBMIT_ORDER)
     async with owner_engine.connect() as conn:
-        raw = (await conn.get_raw_connection()).driver_connection
-        row = await raw.fetchrow(
-            SUBMIT_AS_KEY,
-            parse_key(key),
-            hash_key(key),
-            APP_ROLE,
-            rule["roles"],
-            rule["scope"],
-            RISK_QUEUE,
-        )
+        row = await submit_as_key((await conn.get_raw_connection()).driver_connection, key)
+    assert row is not None
     order_id = row["submitted"]["id"]
     assert order_id is not None
     assert await risk_job_of(owner_engine, order_id) == row["submitted"]["risk_job_id"]
