@@ -2,9 +2,11 @@
 
 Every statement the request (and the tasks it starts) sends on an asyncpg connection is
 counted: BEGIN (with the transaction's limits, one simple query), each statement, COMMIT.
-Statements of background tasks (the API key usage flush) are not the request's: left out. Each
-endpoint is called once before it is counted, so its statements are prepared on the pooled
-connection, as they are under load (a first use adds a Parse/Describe round trip per statement).
+Statements of background tasks (the API key usage flush; the batches of wake-ups a new order
+hands over after its commit, db/wakeups.py, sent in a context of their own) are not the
+request's: left out. Each endpoint is called once before it is counted, so its statements are
+prepared on the pooled connection, as they are under load (a first use adds a Parse/Describe
+round trip per statement).
 The counts are the table in docs/benchmarks.md; a change that adds a round trip to a hot
 path has to change both.
 """
