@@ -46,14 +46,14 @@ from starlette.routing import Route
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.permissions import Action, who_may
 from tradeops.auth.repository import AUTHENTICATE
-from tradeops.db.prepared import Prepared
+from tradeops.db.prepared import Prepared, as_row
 from tradeops.db.uow import APP_ROLE
 from tradeops.db.wakeups import Wakeups
-from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, job_wakeups
+from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
 from tradeops.orders import repository as orders_repository
-from tradeops.orders.repository import CREATED_FIELDS
+from tradeops.orders import service as orders_service
+from tradeops.orders.repository import CREATED_FIELDS, Submitted
 from tradeops.orders.schemas import OrderOut
-from tradeops.orders.stream import event_wakeup
 from tradeops.positions import repository as positions_repository
 
 # As our pool: at most pool_size + pool_max_overflow connections (run.py passes our
@@ -328,12 +328,9 @@ async def create_order(request: Request) -> Response:
             return problem(403, "Your role or key may not submit orders.")
         row, created_by = ours["submitted"], ours["caller"]["email"]
         if row["id"] is not None:
-            request.app.state.wakeups.after_commit(
-                [
-                    event_wakeup(row["id"], row["desk_id"]),
-                    *job_wakeups(RISK_QUEUE, row["risk_job_id"]),
-                ]
-            )
+            submitted = as_row(row, Submitted)
+            assert submitted is not None
+            request.app.state.wakeups.after_commit(orders_service.wakeups_of(submitted))
     if row is None or row["id"] is None:
         return problem(409, f"client_order_id {client_order_id} was already used.")
     order = {

@@ -46,11 +46,15 @@ from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.permissions import Action, who_may
 from tradeops.db.uow import APP_ROLE
 from tradeops.db.urls import libpq_url
+from tradeops.jobs.defer import RISK_QUEUE, job_wakeups
+from tradeops.orders.stream import event_wakeup
 
 MIGRATION = bench.ROOT / "src/tradeops/migrations/versions/0027_intake_wakes_after_commit.py"
+# A new order's wake-ups on their channels (orders.service.wakeups_of), payloads left empty.
+CHANNELS = [channel for channel, _ in [event_wakeup(0, 0), *job_wakeups(RISK_QUEUE, 0)]]
 WAKE = (
-    "SELECT tradeops_wake(ARRAY['tradeops_order_events', 'procrastinate_queue_v1#risk',"
-    " 'procrastinate_any_queue_v1'], ARRAY['{}', '{}', '{}']);\n"
+    "SELECT tradeops_wake(ARRAY[" + ", ".join(f"'{c}'" for c in CHANNELS) + "],"
+    " ARRAY[" + ", ".join("'{}'" for _ in CHANNELS) + "]);\n"
 )
 
 
