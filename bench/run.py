@@ -5,9 +5,9 @@
 
 Starts (or uses) PostgreSQL, a fresh migrated database with the demo reference data, our
 server and the peers (bench/bare_app.py, bench/peers/seed000), then runs every scenario with
-wrk against ours and then each peer, starts ours again with --workers N for the scaling step,
-checks the issues' targets and writes bench/results/<date>.json and a chart of it next to it
-(.png). See bench/README.md.
+wrk against ours and the peers taking turns, starts ours with 1 and with --workers N workers
+for the scaling step, checks the issues' targets and writes bench/results/<date>.json and a
+chart of it next to it (.png). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -266,6 +266,8 @@ def postgres_version(url: str) -> str:
 # The runs of a scenario, by name: "ours", "bare", "same_work", "seed000" at --connections,
 # and "ours_light": ours again at --light-connections.
 Runs = dict[str, "RunResult"]
+# A run's server, its wrk environment (the scenario's setup) and its load (take_turns).
+Turn = tuple["Server", dict[str, str], "WrkSettings"]
 COMPARISONS = {"<": operator.lt, "<=": operator.le, ">=": operator.ge}
 
 
@@ -510,19 +512,17 @@ def worker_run(run: RunResult, workers: int) -> dict[str, Any]:
 
 def run_scaling(
     wrk: str,
-    target: tuple[Server, DatabaseCpu],
-    url: str,
-    load: WrkSettings,
+    target: tuple[str, DatabaseCpu],
+    settings: tuple[WrkSettings, int],
     workers: int,
-    one_worker: dict[str, RunResult],
     stop_servers: Callable[[], None],
     pool: int,
 ) -> dict[str, Any]:
-    """GET /orders/{id} and POST /orders against ours started again with `workers` workers,
-    at the load's connections, against the 1-worker figures of the main run (measured here
-    first, against the running 1-worker server, for a scenario --only left out).
+    """GET /orders/{id} and POST /orders against ours with 1 worker and with `workers`
+    workers, both started for this step, at the load's connections, taking turns
+    (`take_turns`): two servers measured a minute apart compared the machine's moments.
 
-    The workers share the one worker's `pool` of connections (at least 2 each), as
+    The N workers share the one worker's `pool` of connections (at least 2 each), as
     docs/operations.md sizes pools: by PostgreSQL's cores, over all processes. N pools of
     the one worker's size would put N times the connections on the same cores.
 
@@ -530,21 +530,23 @@ def run_scaling(
     (20 each, seed 000's up to 30) that N workers' pools (20 each) need under PostgreSQL's
     max_connections (100 by default; with them, POST /orders got 503s), and their idle CPU
     would be noise."""
-    ours, database = target
+    url, database = target
+    load, rounds = settings
     scenarios = [s for s in SCENARIOS if s.name in SCALING_SCENARIOS]
-    one = dict(one_worker)
-    for scenario in scenarios:
-        if scenario.name not in one:
-            extra_env = scenario.setup(ours) if scenario.setup else {}
-            one[scenario.name] = measure(wrk, target, scenario, extra_env, load, "ours")
     stop_servers()
+    one: dict[str, RunResult] = {}
     many: dict[str, RunResult] = {}
     pool_per_worker = max(2, pool // workers)
-    with our_server(url, workers, pool_per_worker) as server:
+    with ExitStack() as stack:
+        alone = stack.enter_context(our_server(url, 1, pool))
+        server = stack.enter_context(our_server(url, workers, pool_per_worker))
         for scenario in scenarios:
-            extra_env = scenario.setup(server) if scenario.setup else {}
-            label = f"ours {workers}w"
-            many[scenario.name] = measure(wrk, (server, database), scenario, extra_env, load, label)
+            turns: dict[str, Turn] = {}
+            for label, running in (("ours 1w", alone), (f"ours {workers}w", server)):
+                extra_env = scenario.setup(running) if scenario.setup else {}
+                turns[label] = (running, extra_env, load)
+            done = take_turns(wrk, database, scenario, turns, rounds)
+            one[scenario.name], many[scenario.name] = done["ours 1w"], done[f"ours {workers}w"]
         rss = rss_mb(server.process.pid)
     rows = {}
     for scenario in scenarios:
@@ -611,6 +613,8 @@ class RunResult:
     # servers, a hypervisor's steal): what the scaling step's expectation is built from.
     wrk_cpu_ms_per_request: float | None = None
     other_cores: float | None = None
+    # The runs this one is made of (take_turns), each as a dict of the fields above.
+    rounds: list[dict[str, Any]] = field(default_factory=list)
 
 
 def ensure_wrk() -> str:
@@ -690,9 +694,10 @@ def measure(
     extra_env: dict[str, str],
     settings: WrkSettings,
     label: str,
+    warm: bool = True,
 ) -> RunResult:
     server, database = target
-    if settings.warmup_s > 0:
+    if warm and settings.warmup_s > 0:
         run_wrk(wrk, server, scenario, extra_env, settings, settings.warmup_s)
     cpu_before, db_before = cpu_seconds(server.process.pid), database.snapshot()
     wrk_before, machine_before, started = wrk_cpu_seconds(), machine_cpu_seconds(), time.monotonic()
@@ -1116,7 +1121,18 @@ def print_profiles(profiles: dict[str, dict[str, Any]]) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Load benchmark: ours vs three peers.")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=12.0,
+        help="seconds each run is measured, over its rounds (a round: duration / rounds)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="turns the runs of a scenario (and of the scaling step) take, one after another",
+    )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument(
         "--light-connections",
@@ -1217,36 +1233,104 @@ def run_scenario(
     servers: dict[str, Server],
     database: DatabaseCpu,
     scenario: Scenario,
-    settings: tuple[WrkSettings, WrkSettings],
+    settings: tuple[WrkSettings, WrkSettings, int],
     profile_to: Path | None = None,
     two_round_trips: Callable[[], AbstractContextManager[Server]] | None = None,
 ) -> dict[str, Any]:
-    """Ours at the load's and at the light load's connections (and sampled by py-spy at the
-    load's, with `profile_to`), then each peer at the load's; with `two_round_trips`, the
-    same-work peer in two round trips too, for a scenario that asks for it."""
-    load, light = settings
+    """Ours at the load's and at the light load's connections and each peer at the load's,
+    taking turns (`take_turns`); then ours sampled by py-spy at the load's, with
+    `profile_to`. With `two_round_trips`, the same-work peer in two round trips first, alone:
+    its pool and seed 000's do not fit PostgreSQL's connections together."""
+    load, light, rounds = settings
     runs: Runs = {}
     profile: dict[str, Any] = {}
+    if two_round_trips is not None and scenario.two_round_trips:
+        with two_round_trips() as peer:
+            runs["same_work_2rt"] = measure(
+                wrk, (peer, database), scenario, {}, load, "same_work_2rt"
+            )
+    turns: dict[str, Turn] = {}
     for key, server in servers.items():
-        if key == "seed000" and two_round_trips is not None and scenario.two_round_trips:
-            # Started for this scenario only, and stopped before seed 000's run: a fifth
-            # pool would take the connections seed 000's needs (max_connections 100).
-            with two_round_trips() as peer:
-                runs["same_work_2rt"] = measure(
-                    wrk, (peer, database), scenario, {}, load, "same_work_2rt"
-                )
         if key == "seed000" and not scenario.seed000:
             continue
         extra_env = scenario.setup(server) if scenario.setup else {}
-        runs[key] = measure(wrk, (server, database), scenario, extra_env, load, key)
+        turns[key] = (server, extra_env, load)
         if key == "ours":
-            runs["ours_light"] = measure(
-                wrk, (server, database), scenario, extra_env, light, "ours_light"
-            )
-            if profile_to is not None:
-                profile = profile_ours(wrk, server, scenario, extra_env, load, profile_to)
+            turns["ours_light"] = (server, extra_env, light)
+    runs |= take_turns(wrk, database, scenario, turns, rounds)
+    if profile_to is not None:
+        ours, extra_env, _ = turns["ours"]
+        profile = profile_ours(wrk, ours, scenario, extra_env, load, profile_to)
     row = scenario_row(scenario, runs, load.connections, light.connections)
     return {**row, "profile": profile} if profile else row
+
+
+def take_turns(
+    wrk: str, database: DatabaseCpu, scenario: Scenario, turns: dict[str, Turn], rounds: int
+) -> Runs:
+    """The runs of `turns` taking turns, `rounds` times: each round measures every run for
+    its duration ÷ rounds (whole seconds), in an order that moves on by one each round, and a
+    run's figure is its rounds combined (`combined`). This machine's speed drifts by a third
+    from one minute to the next (other tenants), so runs measured one after another, a minute
+    apart, compared the machine's moments as much as the servers; taking turns, ours and its
+    peers share them. Each server is warmed up once, before the first round."""
+    warmed: set[str] = set()
+    for server, extra_env, settings in turns.values():
+        if settings.warmup_s > 0 and server.name not in warmed:
+            run_wrk(wrk, server, scenario, extra_env, settings, settings.warmup_s)
+            warmed.add(server.name)
+    labels = list(turns)
+    parts: dict[str, list[RunResult]] = {label: [] for label in labels}
+    for turn in range(rounds):
+        first = turn % len(labels)
+        for label in labels[first:] + labels[:first]:
+            server, extra_env, settings = turns[label]
+            share = replace(settings, duration_s=max(1, round(settings.duration_s / rounds)))
+            target = (server, database)
+            name = f"{label} {turn + 1}/{rounds}" if rounds > 1 else label
+            parts[label].append(measure(wrk, target, scenario, extra_env, share, name, warm=False))
+    return {label: combined(done) for label, done in parts.items()}
+
+
+def combined(rounds: list[RunResult]) -> RunResult:
+    """One run's figures from its rounds: req/s over all their requests and time, CPU per
+    request over all their requests, errors summed; p50 and p99 the median round's (a stall
+    of the machine in one round of three moves one, a tail of ours shows in every round).
+    The rounds are kept in `rounds`."""
+    if len(rounds) == 1:
+        return rounds[0]
+    requests = sum(r.requests for r in rounds)
+    seconds = sum(r.requests / r.rps for r in rounds if r.rps)
+
+    def per_request(figure: Callable[[RunResult], float | None]) -> float | None:
+        values = [(figure(r), r.requests) for r in rounds]
+        if any(value is None for value, _ in values):
+            return None
+        return round(sum(value * n for value, n in values if value is not None) / requests, 3)
+
+    kinds = {kind for r in rounds for kind in r.errors_by_kind}
+    return RunResult(
+        rps=round(requests / seconds, 1) if seconds else 0.0,
+        p50_ms=round(statistics.median(r.p50_ms for r in rounds), 2),
+        p99_ms=round(statistics.median(r.p99_ms for r in rounds), 2),
+        requests=requests,
+        errors=sum(r.errors for r in rounds),
+        errors_by_kind={k: sum(r.errors_by_kind.get(k, 0) for r in rounds) for k in kinds},
+        connections=rounds[0].connections,
+        cpu_ms_per_request=per_request(operator.attrgetter("cpu_ms_per_request")),
+        db_cpu_ms_per_request=per_request(operator.attrgetter("db_cpu_ms_per_request")),
+        wrk_cpu_ms_per_request=per_request(operator.attrgetter("wrk_cpu_ms_per_request")),
+        other_cores=other_cores(rounds),
+        rounds=[asdict(r) for r in rounds],
+    )
+
+
+def other_cores(rounds: list[RunResult]) -> float | None:
+    """The cores' worth the rest of the machine took over the rounds: over their time."""
+    spans = [(r.other_cores, r.requests / r.rps) for r in rounds if r.rps]
+    if not spans or any(cores is None for cores, _ in spans):
+        return None
+    return round(sum((cores or 0.0) * s for cores, s in spans) / sum(s for _, s in spans), 2)
 
 
 def rss_check(sizes: dict[str, float]) -> dict[str, Any]:
@@ -1272,7 +1356,7 @@ def bulk_check(step: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     load = WrkSettings(args.duration, args.warmup, args.connections, args.threads)
-    # Right after the run at `load`: ours is warm, no second warm-up.
+    # Ours is warmed up at `load` (take_turns), no second warm-up.
     light = WrkSettings(
         args.duration, 0, args.light_connections, min(args.threads, args.light_connections)
     )
@@ -1302,7 +1386,7 @@ def run(args: argparse.Namespace) -> int:
                 servers,
                 database,
                 scenario,
-                (load, light),
+                (load, light, args.rounds),
                 RESULTS / f"{stem}-{scenario.name}.pyspy.txt" if args.profile else None,
                 partial(two_round_trip_peer, url, pool_min, pool_max)
                 if args.two_round_trips
@@ -1316,10 +1400,13 @@ def run(args: argparse.Namespace) -> int:
         rss = {key: rss_mb(server.process.pid) for key, server in servers.items()}
         checks["rss_per_worker"] = rss_check(rss["ours"])
         if args.workers > 1 and (not args.only or SCALING_STEP in args.only):
-            one_worker = {row["name"]: RunResult(**row["ours"]) for row in rows}
-            target = (servers["ours"], database)
             scaling = run_scaling(
-                wrk, target, url, load, args.workers, one_worker, servers_stack.close, pool_max
+                wrk,
+                (url, database),
+                (load, args.rounds),
+                args.workers,
+                servers_stack.close,
+                pool_max,
             )
             checks["workers_scaling"] = scaling_check(scaling)
 
