@@ -12,7 +12,9 @@ from typing import Any, cast
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from tradeops.db.uow import Wakeup
 from tradeops.db.urls import asyncpg_url
+from tradeops.db.wakeups import sending_on
 from tradeops.settings import Settings
 
 
@@ -27,6 +29,10 @@ class OwnerEngine(AsyncEngine):
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         async with self.connect() as connection:
             yield await driver_of(connection)
+
+    async def after_commit(self, wakeups: list[Wakeup]) -> None:
+        """Sent at once, before the test goes on (the application batches them)."""
+        await sending_on(self)([channel for channel, _ in wakeups], [p for _, p in wakeups])
 
 
 def owner_engine_on(database_url: str, **options: Any) -> OwnerEngine:

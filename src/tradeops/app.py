@@ -22,7 +22,6 @@ from tradeops.clients.router import router as clients_router
 from tradeops.db.pool import Database
 from tradeops.db.replicas import ReadReplica
 from tradeops.db.revisions import head_revision
-from tradeops.db.wakeups import Wakeups, sending_on
 from tradeops.desks.router import router as desks_router
 from tradeops.executions.router import router as executions_router
 from tradeops.health.router import router as health_router
@@ -64,8 +63,6 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings, url)
         app.state.db = db
-        wakeups = Wakeups(sending_on(db))
-        app.state.wakeups = wakeups
         replica = _read_replica(settings, db)
         app.state.read_replica = replica
         password_checks = PasswordChecks(
@@ -88,7 +85,6 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
                 yield
         finally:
             await close_event_streams(app)
-            await wakeups.drain()
             if replica is not None:
                 await replica.replica.dispose()
             await db.dispose()

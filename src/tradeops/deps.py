@@ -55,10 +55,10 @@ class AuthenticatedSession:
 
 
 def _connection_of(request: Request) -> UnitOfWork:
-    driver = request.state.driver
-    if driver is None:  # pragma: no cover - a router without TransactionalRoute
+    uow: UnitOfWork | None = getattr(request.state, "uow", None)
+    if uow is None:  # pragma: no cover - a router without TransactionalRoute
         raise RuntimeError("database dependencies need a TransactionalRoute")
-    return UnitOfWork(driver)
+    return uow
 
 
 async def authenticated_session(

@@ -180,11 +180,13 @@ class TransactionalRoute(APIRoute):
                 # sent. A write that must outlive a failure is not made here but with
                 # uow.record_despite_failure, after this transaction rolled back.
                 # Each attempt authenticates again, in its own transaction (deps.py).
-                request.state.driver, request.state.session = uow.driver, None
+                # The transaction's own unit of work: what it is handed to send after the
+                # commit (UnitOfWork.wake_after_commit) is sent only if it commits.
+                request.state.uow, request.state.session = uow, None
                 try:
                     return await respond_with(request)
                 finally:
-                    request.state.driver, request.state.session = None, None
+                    request.state.uow, request.state.session = None, None
 
             settings = request.app.state.settings
             return await in_transaction(db, respond, attempts=settings.db_retry_attempts)

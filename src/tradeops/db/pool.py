@@ -18,7 +18,9 @@ from typing import Any, cast
 import asyncpg
 
 from tradeops.db.prepared import sent_alone
+from tradeops.db.uow import Wakeup
 from tradeops.db.urls import libpq_url
+from tradeops.db.wakeups import Wakeups, sending_on
 from tradeops.settings import Settings
 
 
@@ -105,6 +107,8 @@ class Database:
         self._opening = asyncio.Lock()
         # Made with the pool, on the event loop that uses it.
         self._turns: asyncio.Semaphore | None = None
+        # The notifications of committed transactions, sent in batches off their requests.
+        self.wakeups = Wakeups(sending_on(self))
 
     async def _open(self) -> asyncpg.Pool:
         async with self._opening:
@@ -174,7 +178,12 @@ class Database:
     def settings(self) -> Settings:
         return self._settings
 
+    async def after_commit(self, wakeups: list[Wakeup]) -> None:
+        """Send them with the next batch (db/wakeups.py): this returns at once."""
+        self.wakeups.after_commit(wakeups)
+
     async def dispose(self) -> None:
+        await self.wakeups.drain()  # handed over before the pool closes: sent on it
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Set
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -100,6 +100,11 @@ def context_parameters(principal: Identity, request_id: str | None) -> dict[str,
     }
 
 
+# A notification, (channel, payload) as pg_notify takes them: one a writer sends after its
+# transaction has committed, rather than its triggers at the commit (db/wakeups.py).
+Wakeup = tuple[str, str]
+
+
 class UnitOfWork:
     """A transaction in progress, with the principal it acts for."""
 
@@ -107,6 +112,13 @@ class UnitOfWork:
         self.driver = driver
         self.principal: Identity | None = None
         self.request_id: str | None = None
+        self.wakeups: list[Wakeup] = []
+
+    def wake_after_commit(self, wakeups: Iterable[Wakeup]) -> None:
+        """Notifications that this transaction's triggers left out (a statement that set
+        `tradeops.wake_after_commit`, migration 0028): `transaction` hands them to its source
+        once the transaction has committed, and drops them if it rolls back."""
+        self.wakeups.extend(wakeups)
 
     async def set_context(self, principal: Identity, request_id: str | None = None) -> None:
         await self.row(SET_CONTEXT, context_parameters(principal, request_id))
@@ -126,9 +138,11 @@ class UnitOfWork:
         out, as the transaction itself is (asyncpg's transaction() refuses to nest in a
         transaction it did not begin)."""
         await self.driver.execute("SAVEPOINT tradeops_step")
+        woken = len(self.wakeups)
         try:
             yield
         except BaseException:
+            del self.wakeups[woken:]  # what the undone work would have woken
             if not self.driver.is_closed():
                 await self.driver.execute("ROLLBACK TO SAVEPOINT tradeops_step")
             raise
@@ -217,6 +231,10 @@ class ConnectionSource(Protocol):
 
     def acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]: ...
 
+    async def after_commit(self, wakeups: list[Wakeup]) -> None:
+        """Send the notifications of a transaction that has committed (never raises: the
+        transaction is committed whatever happens to them)."""
+
 
 # A transaction left open by a crashed or stuck caller must not hold its locks for long.
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
@@ -249,8 +267,9 @@ async def transaction(source: ConnectionSource) -> AsyncIterator[UnitOfWork]:
         await driver.execute(
             begin_statement(settings.statement_timeout_ms, read_only=source.read_only)
         )
+        uow = UnitOfWork(driver)
         try:
-            yield UnitOfWork(driver)
+            yield uow
         except BaseException:
             # A connection already lost has nothing to roll back (the server ended the
             # transaction): the error that lost it is the one to report.
@@ -258,6 +277,8 @@ async def transaction(source: ConnectionSource) -> AsyncIterator[UnitOfWork]:
                 await driver.execute("ROLLBACK")
             raise
         await driver.execute("COMMIT")
+    if uow.wakeups:
+        await source.after_commit(uow.wakeups)
 
 
 async def one_statement(

@@ -2,12 +2,15 @@
 
 PostgreSQL serializes the commits of transactions that NOTIFY: each holds one database-wide
 lock from just before its commit record until the record is flushed, so concurrent writers
-that notify commit one flush at a time. A transaction that sets `tradeops.wake_after_commit`
-(POST /orders in one statement does) sends no NOTIFY at its commit (migration 0027 gates
-the triggers); its caller, once the commit is known, hands the same notifications to this
-process's `Wakeups`, which sends them with `tradeops_wake`: one statement per batch, whose
-own commit waits for no flush. While one batch is on its way the next gathers, so under
-load many orders share a statement, and an idle server sends each at once.
+that notify commit one flush at a time. A statement that sets `tradeops.wake_after_commit`
+sends no NOTIFY at its transaction's commit (migration 0027 gates the triggers): new orders'
+intake does, in one statement (POST /orders, 0027) or for its own statement in a
+transaction (0028). Once the commit is known, its caller hands the same notifications to
+the pool's `Wakeups` (`Database.after_commit`; in a transaction, through
+`UnitOfWork.wake_after_commit`), which sends them with `tradeops_wake`: one statement per
+batch, whose own commit waits for no flush. While one batch is on its way the next
+gathers, so under load many orders share a statement, and an idle server sends each at
+once.
 
 A wake-up is a hint to look again, never the news itself: every listener also looks on a
 timer (an event stream at each heartbeat, procrastinate's worker every few seconds). So a
@@ -25,11 +28,10 @@ from dataclasses import dataclass
 import structlog
 
 from tradeops.db.prepared import query
-from tradeops.db.uow import ConnectionSource, one_statement
+from tradeops.db.uow import ConnectionSource, Wakeup, one_statement
 
 log = structlog.get_logger(component="tradeops.db.wakeups")
 
-Wakeup = tuple[str, str]  # (channel, payload), as pg_notify takes them
 Send = Callable[[list[str], list[str]], Awaitable[object]]
 
 

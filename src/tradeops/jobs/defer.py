@@ -9,8 +9,7 @@ from typing import Any
 
 import orjson
 
-from tradeops.db.uow import UnitOfWork
-from tradeops.db.wakeups import Wakeup
+from tradeops.db.uow import UnitOfWork, Wakeup
 from tradeops.jobs.repository import DEFER_JOB
 
 # Task names and queues, shared by the callers (which defer) and the worker (which runs).

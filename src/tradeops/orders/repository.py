@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -289,14 +290,65 @@ def submit_order_function() -> str:
     before it), and the row answered as (who, tradeops_order_submitted). The installed
     function holds exactly this (tests/integration/test_one_statement_intake.py): a change
     to SUBMIT_ORDER comes with a migration that installs it again."""
+    return _submit_order_answering(
+        "SELECT who, ROW({})::tradeops_order_submitted FROM refs",
+        lambda name: _CALLERS_VALUES.get(name, f"in_{name}"),
+    )
+
+
+# SUBMIT_ORDER's values as tradeops_record_order takes them (migration 0028), in its order.
+_RECORDED_ORDER_ARGUMENTS = [
+    "client_id",
+    "symbol",
+    "side",
+    "order_type",
+    "time_in_force",
+    "expire_at",
+    "quantity",
+    "price",
+    "client_order_id",
+    "created_by",
+    "created_by_key_id",
+    "all_desks",
+    "desk_ids",
+    "event_type",
+    "payload",
+    "action",
+    "risk_queue",
+    "risk_task",
+]
+
+# Intake in a transaction (an Idempotency-Key, the MCP tool): SUBMIT_ORDER in a function
+# whose triggers send no wake-ups (migration 0028); the caller hands them to the
+# transaction, which sends them once committed (db/uow.py, UnitOfWork.wake_after_commit).
+RECORD_ORDER = query(
+    "SELECT * FROM tradeops_record_order("  # noqa: S608 - SQL from this code only
+    + ", ".join(f":{name}" for name in _RECORDED_ORDER_ARGUMENTS)
+    + ")",
+    Submitted,
+)
+
+
+def record_order_function() -> str:
+    """SUBMIT_ORDER's statement as tradeops_record_order runs it (migration 0028): each
+    value the function's argument of its name (`in_` before it), the row answered as
+    tradeops_order_submitted's columns. The installed function holds exactly this
+    (tests/integration/test_wakeups_after_commit.py)."""
+    return _submit_order_answering(
+        "SELECT (ROW({})::tradeops_order_submitted).* FROM refs", lambda name: f"in_{name}"
+    )
+
+
+def _submit_order_answering(answer: str, value: Callable[[str], str]) -> str:
+    """SUBMIT_ORDER's statement with each parameter written as `value` names it and its row
+    answered as `answer` ("{}" standing for the row's columns)."""
     prepared = SUBMIT_ORDER.prepared
-    values = [_CALLERS_VALUES.get(name, f"in_{name}") for name in prepared.names]
+    values = [value(name) for name in prepared.names]
     sql = re.sub(r"\$(\d+)", lambda m: values[int(m.group(1)) - 1], prepared.sql)
     answered = f"SELECT {_SUBMITTED} FROM refs"  # noqa: S608 - SQL from this code only
     if sql.count(answered) != 1:
-        raise ValueError("SUBMIT_ORDER no longer answers its row as this function expects")
-    as_typed = f"SELECT who, ROW({_SUBMITTED})::tradeops_order_submitted FROM refs"  # noqa: S608
-    return sql.replace(answered, as_typed)
+        raise ValueError("SUBMIT_ORDER no longer answers its row as these functions expect")
+    return sql.replace(answered, answer.format(_SUBMITTED))
 
 
 # POST /orders in one round trip (issue 15): the function authenticates (as

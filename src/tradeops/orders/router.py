@@ -176,7 +176,7 @@ async def _submit_order_in_one_statement(db: ConnectionSource, request: Request)
         return None
     # Committed: wake the event streams and the risk workers (migration 0027).
     assert submitted is not None  # recorded_alone answered an order: intake recorded one
-    request.app.state.wakeups.after_commit(service.wakeups_of(submitted))
+    await db.after_commit(service.wakeups_of(submitted))
     status_code, shown, headers = _submitted(request, recorded, created=True)
     return Response(shown.model_dump_json(), status_code, headers, media_type="application/json")
 

@@ -14,8 +14,7 @@ from tradeops.auth.authentication import principal_found
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize, who_may
 from tradeops.auth.principal import Principal, Role
-from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
-from tradeops.db.wakeups import Wakeup
+from tradeops.db.uow import ConnectionSource, UnitOfWork, Wakeup, one_statement
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, job_wakeups
 from tradeops.orders import repository as repo
@@ -112,8 +111,8 @@ async def submit_order(
     authorize(principal, Action.SUBMIT_ORDER)
     check_before_intake(order, price_max_decimals)
     row = await uow.row(
-        repo.SUBMIT_ORDER,
-        _intake_values(order, uow.request_id)
+        repo.RECORD_ORDER,
+        intake_values(order, uow.request_id)
         | {
             "all_desks": principal.all_desks,
             "desk_ids": list(principal.desk_ids),
@@ -124,10 +123,11 @@ async def submit_order(
     assert row is not None  # the references row always comes back
     if row.id is None:
         return Submission(await _recorded_before(uow, principal, order, row), created=False)
+    uow.wake_after_commit(wakeups_of(row))  # its statement's triggers sent none (0028)
     return Submission(_created(principal, order, row), created=True)
 
 
-def _intake_values(order: OrderCreate, request_id: str | None) -> dict[str, Any]:
+def intake_values(order: OrderCreate, request_id: str | None) -> dict[str, Any]:
     """SUBMIT_ORDER's values that are not the caller's: the order's, and its event's."""
     return {
         "client_id": order.client_id,
@@ -173,7 +173,7 @@ async def submit_in_one_statement(
     intake returned, None when the caller may not submit orders (nothing was written).
     `recorded_alone` then tells the caller what it may know. For an order that passed
     fits_intake."""
-    values = _intake_values(order, credential["request_id"] or None)
+    values = intake_values(order, credential["request_id"] or None)
     # The server bounds the statement's waits for locks, with nothing written past them;
     # the driver's limit is only a backstop, twice as long: past it the statement may
     # have committed just before it was cancelled, so the caller cannot be told "nothing
@@ -202,9 +202,9 @@ def recorded_alone(
 
 
 def wakeups_of(submitted: Submitted) -> list[Wakeup]:
-    """What a new order recorded in one statement wakes once committed: the event streams
-    (its event) and the risk workers (its job). Its statement's triggers send nothing at
-    the commit (migration 0027): the caller hands these to db.wakeups after it."""
+    """What a new order wakes once committed: the event streams (its event) and the risk
+    workers (its job). Intake's triggers send nothing at the commit (migrations 0027 and
+    0028): the caller hands these over to be sent after it (db/wakeups.py)."""
     assert submitted.id is not None and submitted.desk_id is not None
     assert submitted.risk_job_id is not None  # queued in the order's own statement
     order = event_wakeup(submitted.id, submitted.desk_id)

@@ -40,8 +40,7 @@ from tradeops.auth.principal import Principal
 from tradeops.db.notifications import Listener, Notice
 from tradeops.db.pool import Database
 from tradeops.db.transient import is_transient
-from tradeops.db.uow import UnitOfWork, in_transaction
-from tradeops.db.wakeups import Wakeup
+from tradeops.db.uow import UnitOfWork, Wakeup, in_transaction
 from tradeops.errors import DomainError, InvalidRequest, TooManyRequests
 from tradeops.orders import repository as repo
 from tradeops.orders.repository import StreamedEvent
