@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -44,9 +45,13 @@ from bench import run as bench
 
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.permissions import Action, who_may
+from tradeops.db.prepared import Query
 from tradeops.db.uow import APP_ROLE
 from tradeops.db.urls import libpq_url
 from tradeops.jobs.defer import RISK_QUEUE, job_wakeups
+from tradeops.orders import repository as orders_repo
+from tradeops.orders.schemas import OrderCreate
+from tradeops.orders.service import intake_values
 from tradeops.orders.stream import event_wakeup
 
 MIGRATION = bench.ROOT / "src/tradeops/migrations/versions/0027_intake_wakes_after_commit.py"
@@ -81,6 +86,58 @@ def intake_statement(key: str) -> str:
     )
 
 
+def literal(value: Any) -> str:
+    """A value written into SQL, as pgbench needs it (no colon left for it to read)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | Decimal):
+        return str(value)
+    if isinstance(value, list):
+        value = "{" + ",".join(str(v) for v in value) + "}"
+    return "'" + str(value).replace("'", "''").replace(":", "' || chr(58) || '") + "'"
+
+
+def with_values(statement: Query[Any], values: dict[str, Any]) -> str:
+    prepared = statement.prepared
+    return re.sub(
+        r"\$(\d+)", lambda m: literal(values[prepared.names[int(m.group(1)) - 1]]), prepared.sql
+    )
+
+
+def transaction_scripts(url: str, key: str) -> tuple[str, str]:
+    """A new order in a transaction, as our server records one with an Idempotency-Key or
+    for the MCP tool (without the key's own statements): BEGIN, the authenticating statement,
+    intake, COMMIT. (as before 0028: intake's statement itself; as 0028 runs it:
+    tradeops_record_order.)"""
+    with psycopg.connect(url) as connection:
+        row = connection.execute(
+            "SELECT k.id, k.owner_user_id, array_agg(m.desk_id ORDER BY m.desk_id)"
+            " FROM api_keys k JOIN desk_members m ON m.user_id = k.owner_user_id"
+            " WHERE k.prefix = %s GROUP BY k.id",
+            (parse_key(key),),
+        ).fetchone()
+    assert row is not None
+    key_id, user_id, desk_ids = row
+    order = OrderCreate.model_validate(bench.SEED_ORDER)
+    values = intake_values(order, None) | {
+        "created_by": user_id,
+        "created_by_key_id": key_id,
+        "all_desks": False,
+        "desk_ids": desk_ids,
+    }
+    authenticate = (
+        f"SELECT 1 FROM tradeops_authenticate('{parse_key(key)}', '{hash_key(key)}', NULL, NULL,"
+        f" '{APP_ROLE}', 'bench');\n"
+    )
+    begin, commit = "BEGIN;\n" + authenticate, "COMMIT;\n"
+    return (
+        begin + with_values(orders_repo.SUBMIT_ORDER, values) + ";\n" + commit,
+        begin + with_values(orders_repo.RECORD_ORDER, values) + ";\n" + commit,
+    )
+
+
 def pgbench() -> str:
     found = shutil.which("pgbench")
     if found is None:
@@ -110,6 +167,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="pgbench connections")
     parser.add_argument("--rounds", type=int, default=3, help="times each variant runs")
     parser.add_argument("--seconds", type=float, default=8.0, help="per run")
+    parser.add_argument(
+        "--transaction",
+        action="store_true",
+        help="a new order in a transaction instead (an Idempotency-Key, MCP): intake's"
+        " statement as before migration 0028, tradeops_record_order, and it with its wake-ups",
+    )
     args = parser.parse_args()
     before_0027, as_0027 = triggers()
     work = bench.WORK
@@ -128,6 +191,16 @@ def main() -> None:
             "wakes_after_commit": (as_0027, intake),
             "wakes_each_after_commit": (as_0027, intake_and_wake),
         }
+        if args.transaction:
+            notifying, waking = transaction_scripts(pg, bench._AGENT_KEY[0])
+            (work / "transaction_notifying.sql").write_text(notifying)
+            (work / "transaction_waking.sql").write_text(waking)
+            (work / "transaction_waking_each.sql").write_text(waking + WAKE)
+            variants = {
+                "transaction_notifying": (as_0027, work / "transaction_notifying.sql"),
+                "transaction_wakes_after": (as_0027, work / "transaction_waking.sql"),
+                "transaction_wakes_each": (as_0027, work / "transaction_waking_each.sql"),
+            }
         cpu = bench.DatabaseCpu(pg)
         for _ in range(args.rounds):
             for name, (installed, script) in variants.items():
@@ -147,6 +220,7 @@ def main() -> None:
         "git_dirty": bool(bench.git("status", "--porcelain", "--untracked-files=no")),
         "postgresql": version,
         "clients": args.clients,
+        "transaction": args.transaction,
         "seconds": args.seconds,
         "runs": runs,
     }
