@@ -215,10 +215,7 @@ def main() -> None:
                 )
     path = bench.results_path(f"intake-commits-{datetime.now():%Y-%m-%d}")
     report = {
-        "started": started.isoformat(timespec="seconds"),
-        "git_commit": bench.git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(bench.git("status", "--porcelain", "--untracked-files=no")),
-        "postgresql": version,
+        **bench.provenance(started, version),
         "clients": args.clients,
         "transaction": args.transaction,
         "seconds": args.seconds,

@@ -114,10 +114,7 @@ def main() -> None:
         bench.console.print(f"  {row['function']:56} {row['total_us']:7} {row['self_us']:7} own")
     path = bench.results_path(f"intake-cost-{datetime.now():%Y-%m-%d}")
     report = {
-        "started": started.isoformat(timespec="seconds"),
-        "git_commit": bench.git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(bench.git("status", "--porcelain", "--untracked-files=no")),
-        "postgresql": version,
+        **bench.provenance(started, version),
         "seconds": args.seconds,
         "by_connections": runs,
         "by_function": functions,

@@ -846,6 +846,17 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def provenance(started: datetime, postgresql: str) -> dict[str, Any]:
+    """What a result of the PostgreSQL-alone scripts was measured on: when, which commit
+    (and whether tracked files were changed), which PostgreSQL."""
+    return {
+        "started": started.isoformat(timespec="seconds"),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "postgresql": postgresql,
+    }
+
+
 def results_path(day: str) -> Path:
     path, n = RESULTS / f"{day}.json", 1
     while path.exists():
