@@ -45,6 +45,7 @@ from bench import run as bench
 
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.permissions import Action, who_may
+from tradeops.auth.repository import AUTHENTICATE
 from tradeops.db.prepared import Query
 from tradeops.db.uow import APP_ROLE
 from tradeops.db.urls import libpq_url
@@ -72,18 +73,26 @@ def triggers() -> tuple[str, str]:
     return migration.UNGATE_TRIGGERS, migration.GATE_TRIGGERS
 
 
+def key_credential(key: str) -> dict[str, Any]:
+    """Our authenticating statement's parameters for an API key, as
+    auth.authentication.credential_parameters gives them."""
+    return {
+        "prefix": parse_key(key),
+        "hash": hash_key(key),
+        "user_id": None,
+        "email": None,
+        "app_role": APP_ROLE,
+        "request_id": "bench",
+    }
+
+
 def intake_statement(key: str) -> str:
-    """tradeops_submit_order as our server sends it, its values written in (pgbench reads
-    `:name` as a variable of its own, so the scope's colon is chr(58))."""
-    rule = who_may(Action.SUBMIT_ORDER)
-    roles = ", ".join(f"'{role}'" for role in rule["roles"])
-    scope = " || chr(58) || ".join(f"'{part}'" for part in rule["scope"].split(":"))
-    return (
-        f"SELECT (submitted).id FROM tradeops_submit_order('{parse_key(key)}',"
-        f" '{hash_key(key)}', NULL, NULL, '{APP_ROLE}', 'bench', ARRAY[{roles}], {scope}, 5000,"
-        " 'CUST-1001', 'AAPL', 'BUY', 'LIMIT', 'DAY', NULL, 50, 192.55, NULL, 'CREATED', '{}',"
-        " 'order.created', 'risk', 'check_order_risk');\n"
-    )
+    """tradeops_submit_order as our server sends it (orders.service.submit_in_one_statement:
+    the key's credential, who may submit, the seed order), its values written in."""
+    order = OrderCreate.model_validate(bench.SEED_ORDER)
+    params = key_credential(key) | who_may(Action.SUBMIT_ORDER) | intake_values(order, None)
+    statement = orders_repo.SUBMIT_IN_ONE_STATEMENT
+    return with_values(statement, params | {"lock_timeout_ms": 5000}) + ";\n"
 
 
 def literal(value: Any) -> str:
@@ -127,11 +136,8 @@ def transaction_scripts(url: str, key: str) -> tuple[str, str]:
         "all_desks": False,
         "desk_ids": desk_ids,
     }
-    authenticate = (
-        f"SELECT 1 FROM tradeops_authenticate('{parse_key(key)}', '{hash_key(key)}', NULL, NULL,"
-        f" '{APP_ROLE}', 'bench');\n"
-    )
-    begin, commit = "BEGIN;\n" + authenticate, "COMMIT;\n"
+    authenticate = with_values(AUTHENTICATE, key_credential(key))
+    begin, commit = "BEGIN;\n" + authenticate + ";\n", "COMMIT;\n"
     return (
         begin + with_values(orders_repo.SUBMIT_ORDER, values) + ";\n" + commit,
         begin + with_values(orders_repo.RECORD_ORDER, values) + ";\n" + commit,

@@ -50,7 +50,8 @@ def by_function(url: str, script: Path, seconds: float, cpu: bench.DatabaseCpu) 
     """One connection with every function's time counted (which adds a little to each
     call): µs per order, each function's, the orders being the intake function's calls."""
     with psycopg.connect(url, autocommit=True) as connection:
-        database = f'"{url.rsplit("/", 1)[1].split("?")[0]}"'
+        name = connection.execute("SELECT current_database()").fetchone()
+        database = f'"{name[0] if name else ""}"'
         connection.execute(f"ALTER DATABASE {database} SET track_functions = 'all'")
         connection.execute("SELECT pg_stat_reset()")
     run = intake_commits.measure(url, script, 1, seconds, cpu)

@@ -694,10 +694,9 @@ def measure(
     extra_env: dict[str, str],
     settings: WrkSettings,
     label: str,
-    warm: bool = True,
 ) -> RunResult:
     server, database = target
-    if warm and settings.warmup_s > 0:
+    if settings.warmup_s > 0:
         run_wrk(wrk, server, scenario, extra_env, settings, settings.warmup_s)
     cpu_before, db_before = cpu_seconds(server.process.pid), database.snapshot()
     wrk_before, machine_before, started = wrk_cpu_seconds(), machine_cpu_seconds(), time.monotonic()
@@ -1296,10 +1295,12 @@ def take_turns(
         first = turn % len(labels)
         for label in labels[first:] + labels[:first]:
             server, extra_env, settings = turns[label]
-            share = replace(settings, duration_s=max(1, round(settings.duration_s / rounds)))
+            # Warmed up above: a turn is measured only.
+            seconds = max(1, round(settings.duration_s / rounds))
+            share = replace(settings, duration_s=seconds, warmup_s=0)
             target = (server, database)
             name = f"{label} {turn + 1}/{rounds}" if rounds > 1 else label
-            parts[label].append(measure(wrk, target, scenario, extra_env, share, name, warm=False))
+            parts[label].append(measure(wrk, target, scenario, extra_env, share, name))
     return {label: combined(done) for label, done in parts.items()}
 
 
