@@ -155,17 +155,26 @@ def measure(
     url: str, script: Path, clients: int, seconds: float, cpu: bench.DatabaseCpu
 ) -> dict[str, Any]:
     before = cpu.snapshot()
-    command = [pgbench(), "-n", "-M", "prepared", "-c", str(clients), "-j", "2"]
-    command += ["-T", str(int(seconds)), "-f", str(script), url]
+    command = pgbench_command(url, script, clients, seconds)
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     time.sleep(0.5)  # the backends that ended are reaped: their CPU is the postmaster's
     used = cpu.used_since(before)
-    orders = int(re.search(r"actually processed: (\d+)", out).group(1))  # type: ignore[union-attr]
-    rate = float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    orders, rate = pgbench_counts(out)
     return {
         "orders_per_s": round(rate),
         "db_cpu_ms_per_order": None if used is None else round(used * 1000 / orders, 3),
     }
+
+
+def pgbench_command(url: str, script: Path, clients: int, seconds: float) -> list[str]:
+    command = [pgbench(), "-n", "-M", "prepared", "-c", str(clients), "-j", "2"]
+    return [*command, "-T", str(int(seconds)), "-f", str(script), url]
+
+
+def pgbench_counts(out: str) -> tuple[int, float]:
+    """(orders, orders a second) from pgbench's report."""
+    orders = int(re.search(r"actually processed: (\d+)", out).group(1))  # type: ignore[union-attr]
+    return orders, float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
 def main() -> None:
