@@ -435,6 +435,9 @@ app = Starlette(
     lifespan=lifespan,
     exception_handlers={NotAuthenticated: not_authenticated},
 )
+# From the environment main() sets: with --workers N, each worker imports this module anew.
+app.state.same_work = os.environ.get("BARE_SAME_WORK") == "1"
+app.state.pipelined = os.environ.get("BARE_PIPELINED") == "1"
 
 
 def main() -> None:
@@ -451,11 +454,22 @@ def main() -> None:
         action="store_true",
         help="with --same-work: a new order in two round trips (psycopg's pipeline mode)",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn workers (make bench's scaling step)"
+    )
     args = parser.parse_args()
-    app.state.same_work = args.same_work
-    app.state.pipelined = args.same_work and args.pipelined
-    # As `tradeops serve`: one worker, uvicorn's defaults (uvloop + httptools), no access log.
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, access_log=False)
+    os.environ["BARE_SAME_WORK"] = "1" if args.same_work else ""
+    os.environ["BARE_PIPELINED"] = "1" if args.same_work and args.pipelined else ""
+    # As `tradeops serve`: uvicorn's defaults (uvloop + httptools), no access log. The app by
+    # its import name, which several workers need.
+    uvicorn.run(
+        "bare_app:app",
+        app_dir=os.path.dirname(os.path.abspath(__file__)),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@
 
 Starts (or uses) PostgreSQL, a fresh migrated database with the demo reference data, our
 server and the peers (bench/bare_app.py, bench/peers/seed000), then runs every scenario with
-wrk against ours and the peers taking turns, starts ours with 1 and with --workers N workers
-for the scaling step, checks the issues' targets and writes bench/results/<date>.json and a
-chart of it next to it (.png). See bench/README.md.
+wrk against ours and the peers taking turns, starts ours and the same-work peer with 1 and
+with --workers N workers for the scaling step, checks the issues' targets and writes
+bench/results/<date>.json and a chart of it next to it (.png). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -510,6 +510,20 @@ def worker_run(run: RunResult, workers: int) -> dict[str, Any]:
     return {"workers": workers, **asdict(run), "rps_per_worker": round(run.rps / workers, 1)}
 
 
+def scaling_row(one: RunResult, many: RunResult, workers: int) -> dict[str, Any]:
+    """A server with 1 worker and with N: each run, and the N-worker run against its
+    expectation."""
+    row = {
+        "one_worker": worker_run(one, 1),
+        "n_workers": worker_run(many, workers),
+        "ratio_rps": round(many.rps / one.rps, 3) if one.rps else 0.0,
+        **expected_rps(one, many, workers),
+    }
+    if one.errors or many.errors:
+        row["result"] = "ERRORS"
+    return row
+
+
 def run_scaling(
     wrk: str,
     target: tuple[str, DatabaseCpu],
@@ -521,6 +535,9 @@ def run_scaling(
     """GET /orders/{id} and POST /orders against ours with 1 worker and with `workers`
     workers, both started for this step, at the load's connections, taking turns
     (`take_turns`): two servers measured a minute apart compared the machine's moments.
+    The same-work peer runs the same way beside them, with 1 worker and with N (a
+    reference, not a target): what N workers give a stack that does only our database
+    work, on the same cores.
 
     The N workers share the one worker's `pool` of connections (at least 2 each), as
     docs/operations.md sizes pools: by PostgreSQL's cores, over all processes. N pools of
@@ -534,37 +551,44 @@ def run_scaling(
     load, rounds = settings
     scenarios = [s for s in SCENARIOS if s.name in SCALING_SCENARIOS]
     stop_servers()
-    one: dict[str, RunResult] = {}
-    many: dict[str, RunResult] = {}
     pool_per_worker = max(2, pool // workers)
+    n = f"{workers}w"
+    same_work = [*BARE_COMMAND, "--same-work"]
+    starts = {
+        "ours 1w": our_server(url, 1, pool),
+        f"ours {n}": our_server(url, workers, pool_per_worker),
+        "same-work 1w": running_server(
+            "same-1w", same_work, bare_peer_env(url, pool, pool), our_headers()
+        ),
+        f"same-work {n}": running_server(
+            f"same-{n}",
+            [*same_work, "--workers", str(workers)],
+            bare_peer_env(url, pool_per_worker, pool_per_worker),
+            our_headers(),
+        ),
+    }
+    done: dict[str, dict[str, RunResult]] = {}
     with ExitStack() as stack:
-        alone = stack.enter_context(our_server(url, 1, pool))
-        server = stack.enter_context(our_server(url, workers, pool_per_worker))
+        servers = {label: stack.enter_context(start) for label, start in starts.items()}
         for scenario in scenarios:
             turns: dict[str, Turn] = {}
-            for label, running in (("ours 1w", alone), (f"ours {workers}w", server)):
+            for label, running in servers.items():
                 extra_env = scenario.setup(running) if scenario.setup else {}
                 turns[label] = (running, extra_env, load)
-            done = take_turns(wrk, database, scenario, turns, rounds)
-            one[scenario.name], many[scenario.name] = done["ours 1w"], done[f"ours {workers}w"]
-        rss = rss_mb(server.process.pid)
+            done[scenario.name] = take_turns(wrk, database, scenario, turns, rounds)
+        rss = rss_mb(servers[f"ours {n}"].process.pid)
     rows = {}
-    for scenario in scenarios:
-        before, after = one[scenario.name], many[scenario.name]
-        rows[scenario.name] = {
-            "one_worker": worker_run(before, 1),
-            "n_workers": worker_run(after, workers),
-            "ratio_rps": round(after.rps / before.rps, 3) if before.rps else 0.0,
-            **expected_rps(before, after, workers),
+    for name, runs in done.items():
+        rows[name] = {
+            **scaling_row(runs["ours 1w"], runs[f"ours {n}"], workers),
+            "same_work": scaling_row(runs["same-work 1w"], runs[f"same-work {n}"], workers),
         }
-        if before.errors or after.errors:
-            rows[scenario.name]["result"] = "ERRORS"
     return {
         "workers": workers,
         "pool_per_worker": pool_per_worker,
         "connections": load.connections,
         "noise_band": SCALING_NOISE,
-        "scenarios": rows,
+        "scenarios": rows,  # ours, and the same-work peer's under "same_work"
         "rss_mb_n_workers": rss,  # each process of the N-worker server, by pid, at its end
     }
 
@@ -926,44 +950,52 @@ def print_runs(rows: list[dict[str, Any]]) -> None:
 
 
 def print_scaling(scaling: dict[str, Any]) -> None:
-    """1 worker and N, per scenario: req/s, req/s per worker, the CPU ms per request of ours
-    (every worker), PostgreSQL and wrk, and the N-worker run against its expectation."""
+    """1 worker and N, per scenario, of ours and of the same-work peer: req/s, req/s per
+    worker, the CPU ms per request of the server (every worker), PostgreSQL and wrk, and the
+    N-worker run against its expectation."""
     workers = scaling["workers"]
     load = scaling["connections"]
     pools = f"pools of {scaling['pool_per_worker']} per worker"
-    table = Table(title=f"scaling: ours with 1 and {workers} workers, {load} conn, {pools}")
+    title = f"scaling: ours and same-work with 1 and {workers} workers, {load} conn, {pools}"
+    table = Table(title=title)
     columns = ("scenario", "workers", "req/s", "req/s/worker", "cpu ms/req", "PG cpu ms")
     columns += ("wrk cpu ms", "others cores", "/ 1 worker", "expected", "/ expected", "result")
     for column in columns:
-        table.add_column(column, justify="left" if column == "scenario" else "right")
-    for name, row in scaling["scenarios"].items():
-        for run in (row["one_worker"], row["n_workers"]):
-            db_ms = run["db_cpu_ms_per_request"]
-            figures = [
-                name,
-                str(run["workers"]),
-                f"{run['rps']:.1f}",
-                f"{run['rps_per_worker']:.1f}",
-                f"{run['cpu_ms_per_request']:.2f}",
-                "?" if db_ms is None else f"{db_ms:.2f}",
-                f"{run['wrk_cpu_ms_per_request']:.2f}",
-                f"{run['other_cores']:.2f}",
-            ]
-            if run["workers"] == 1:
-                figures += ["", "", "", ""]
-            else:
-                figures += [
-                    f"{row['ratio_rps']:.2f}",
-                    f"{row['expected_rps']:.0f} ({row['bound_by']})",
-                    f"{row['measured_over_expected']:.2f}",
-                    f"[{COLORS[row['result']]}]{row['result']}[/]",
-                ]
-            table.add_row(*figures)
+        table.add_column(column, justify="left" if column == "scenario" else "right", no_wrap=True)
+    for name, ours in scaling["scenarios"].items():
+        for server, row in ((name, ours), (f"{name}, same-work", ours["same_work"])):
+            for run in (row["one_worker"], row["n_workers"]):
+                table.add_row(server, *scaling_figures(run, row, reference=server != name))
     console.print(table)
     console.print(
         f"expected = min({workers} * 1-worker req/s, (cores - others) * 1000 / (cpu + PG + wrk"
         f" ms/req of 1 worker)); PASS at >= {1 - scaling['noise_band']:g} * expected"
     )
+
+
+def scaling_figures(run: dict[str, Any], row: dict[str, Any], reference: bool) -> list[str]:
+    """A run's figures in the scaling table; the N-worker run's against its expectation (a
+    reference's result in brackets: it is no target)."""
+    db_ms = run["db_cpu_ms_per_request"]
+    figures = [
+        str(run["workers"]),
+        f"{run['rps']:.1f}",
+        f"{run['rps_per_worker']:.1f}",
+        f"{run['cpu_ms_per_request']:.2f}",
+        "?" if db_ms is None else f"{db_ms:.2f}",
+        f"{run['wrk_cpu_ms_per_request']:.2f}",
+        f"{run['other_cores']:.2f}",
+    ]
+    if run["workers"] == 1:
+        return [*figures, "", "", "", ""]
+    result = f"({row['result']})" if reference else f"[{COLORS[row['result']]}]{row['result']}[/]"
+    return [
+        *figures,
+        f"{row['ratio_rps']:.2f}",
+        f"{row['expected_rps']:.0f} ({row['bound_by']})",
+        f"{row['measured_over_expected']:.2f}",
+        result,
+    ]
 
 
 def print_checks(rows: list[dict[str, Any]], other_checks: dict[str, dict[str, Any]]) -> None:
