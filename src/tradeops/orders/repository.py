@@ -186,31 +186,10 @@ CREATED_FIELDS = (
 )
 
 
-# The approvals an order needs under its desk's policy (migration 0016), fixed at intake:
-# the band its notional falls in, notional = quantity x (limit price, or for a MARKET order
-# the instrument's latest market price). Where the notional cannot be put in the policy's
-# currency (no price known yet, or an instrument in another currency: there are no FX
-# rates) the strictest band applies. No policy: one approval.
-def approvals_required(desk_id: str) -> str:
-    """The SQL expression of the approvals needed by an order of the desk `desk_id` names,
-    reading the instrument `i`, the desk's policy `p` and the latest price `last`."""
-    return (
-        "COALESCE(CASE WHEN p.currency = i.currency"  # noqa: S608 - SQL from this code only
-        "  AND COALESCE(CAST(:price AS numeric), last.price) IS NOT NULL"
-        f" THEN (SELECT b.approvals FROM approval_bands b WHERE b.desk_id = {desk_id}"
-        "  AND b.min_notional"
-        "   <= CAST(:quantity AS numeric) * COALESCE(CAST(:price AS numeric), last.price)"
-        "  ORDER BY b.min_notional DESC LIMIT 1)"
-        f" ELSE (SELECT max(b.approvals) FROM approval_bands b WHERE b.desk_id = {desk_id})"
-        " END, 1)"
-    )
-
-
-# The instrument's latest market price, `last`, for approvals_required (a MARKET order).
-_LAST_PRICE = (
-    " LEFT JOIN LATERAL (SELECT m.price FROM market_snapshots m WHERE m.instrument_id = i.id"
-    "  ORDER BY m.as_of DESC LIMIT 1) last ON true"
-)
+# A new order's approvals_required is not written here: the BEFORE INSERT trigger on orders
+# (orders_approvals_required, tradeops_approvals_required of migrations 0016 and 0018) sets it
+# from the desk's policy whatever the writer sent, so the rule lives in one place. The
+# statements below return the new row's value.
 
 # Intake in one statement: find the client and instrument, insert the order only if every
 # rule that needs their rows holds, append its first history event and its audit event, and
@@ -219,13 +198,12 @@ _LAST_PRICE = (
 # A new order's columns, as intake and an amendment's new order fill them.
 _NEW_ORDER = (
     "INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, time_in_force,"
-    " expire_at, quantity, price, currency, client_order_id, created_by, created_by_key_id,"
-    " approvals_required"
+    " expire_at, quantity, price, currency, client_order_id, created_by, created_by_key_id"
 )
 # What intake answers (Submitted's columns): the references, and the new order's columns.
 _SUBMITTED = (
-    "refs.*, n.id, n.status, n.risk_status, n.risk_reasons, n.filled_quantity, n.expire_at,"
-    " n.version, n.created_at, n.updated_at, job.risk_job_id"
+    "refs.*, n.approvals_required, n.id, n.status, n.risk_status, n.risk_reasons,"
+    " n.filled_quantity, n.expire_at, n.version, n.created_at, n.updated_at, job.risk_job_id"
 )
 SUBMIT_ORDER = query(
     order_change(
@@ -234,7 +212,7 @@ SUBMIT_ORDER = query(
         "  CAST(:order_type AS text), CAST(:time_in_force AS text),"
         "  CAST(:expire_at AS timestamptz), CAST(:quantity AS numeric),"
         "  CAST(:price AS numeric), currency, CAST(:client_order_id AS text),"
-        "  CAST(:created_by AS bigint), CAST(:created_by_key_id AS bigint), approvals_required"
+        "  CAST(:created_by AS bigint), CAST(:created_by_key_id AS bigint)"
         " FROM refs"
         " WHERE client_status = 'ACTIVE' AND instrument_active"
         "  AND (CAST(:all_desks AS boolean) OR desk_id = ANY(CAST(:desk_ids AS bigint[])))"
@@ -242,17 +220,14 @@ SUBMIT_ORDER = query(
         "  AND (:price IS NULL OR mod(:price, tick_size) = 0)"
         " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *",
         before=False,
-        first="refs AS ("  # noqa: S608 - SQL from this code only
+        first="refs AS ("
         " SELECT c.id AS client_pk, c.desk_id, c.status AS client_status, d.code AS desk,"
         "  i.id AS instrument_pk, i.currency, i.lot_size, i.tick_size,"
-        "  i.active AS instrument_active, "
-        + approvals_required("c.desk_id")
-        + " AS approvals_required"
+        "  i.active AS instrument_active"
         " FROM (SELECT 1) AS one"
         " LEFT JOIN clients c ON c.external_id = :client_id"
         " LEFT JOIN desks d ON d.id = c.desk_id"
-        " LEFT JOIN instruments i ON i.symbol = :symbol"
-        " LEFT JOIN desk_approval_policies p ON p.desk_id = c.desk_id" + _LAST_PRICE + ")",
+        " LEFT JOIN instruments i ON i.symbol = :symbol)",
         then=risk_check_of("changed"),
         returning=f"SELECT {_SUBMITTED} FROM refs"  # noqa: S608 - SQL from this code only
         " LEFT JOIN changed n ON true LEFT JOIN risk_job job ON true",
@@ -530,12 +505,9 @@ _REPLACEMENT = ", ".join(
         "   CASE WHEN o.time_in_force = 'GTD' THEN o.expire_at END)"
         "  END,"
         "  CAST(:quantity AS numeric), CAST(:price AS numeric), o.currency,"
-        "  CAST(:client_order_id AS text), o.created_by, CAST(:created_by_key_id AS bigint), "
-        + approvals_required("o.desk_id")
-        + ", o.id FROM orders o JOIN instruments i ON i.id = o.instrument_id"
-        " LEFT JOIN desk_approval_policies p ON p.desk_id = o.desk_id"
-        + _LAST_PRICE
-        + " WHERE o.id = :id AND o.version = :version AND o.status = :from_status"
+        "  CAST(:client_order_id AS text), o.created_by, CAST(:created_by_key_id AS bigint),"
+        " o.id FROM orders o"
+        " WHERE o.id = :id AND o.version = :version AND o.status = :from_status"
         " ON CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *",
         name="created",
         before=False,
