@@ -14,9 +14,14 @@ TRADEOPS_BENCH_DATABASE_URL), and this prints two things:
   triggers call. What is left of the function's total for the statement alone is the
   executor's work: the inserts, their indexes, CHECK constraints and row-level security.
 
+With `--against REVISION`, each count also runs with the database migrated down to that
+revision, alternating with head in every round: what the migrations after it gave intake
+(the statements are called by name, so pgbench sends the same text to both).
+
 Results: bench/results/intake-cost-<date>[-n].json.
 
     uv run --frozen python bench/intake_cost.py --clients 1 2 6 16 --rounds 2
+    uv run --frozen python bench/intake_cost.py --clients 1 6 --rounds 3 --against 0028
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import intake_commits
 from bench import run as bench
 
+from tradeops.db import migrate
 from tradeops.db.urls import libpq_url
 
 FUNCTIONS = """
@@ -77,37 +83,54 @@ def by_function(url: str, script: Path, seconds: float, cpu: bench.DatabaseCpu) 
     }
 
 
+def at(url: str, revision: str) -> None:
+    """The bench database migrated up or down to `revision`."""
+    if revision == "head":
+        migrate.upgrade(url)
+    else:
+        migrate.downgrade(url, revision)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 6, 16])
     parser.add_argument("--rounds", type=int, default=2, help="times each count runs")
     parser.add_argument("--seconds", type=float, default=8.0, help="per run")
+    parser.add_argument(
+        "--against", metavar="REVISION", help="alternate head with the database at REVISION"
+    )
     args = parser.parse_args()
+    revisions = ["head", args.against] if args.against else ["head"]
     bench.WORK.mkdir(exist_ok=True)
     started = datetime.now()
-    runs: dict[int, list[dict[str, Any]]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     with bench.bench_database() as (server_url, url):
         version = bench.postgres_version(server_url)
         pg = libpq_url(url)
         script = bench.WORK / "intake.sql"
         script.write_text(intake_commits.intake_statement(bench._AGENT_KEY[0]))
         cpu = bench.DatabaseCpu(pg)
-        for _ in range(args.rounds):
+        for turn in range(args.rounds):
             for clients in args.clients:
-                with psycopg.connect(pg, autocommit=True) as connection:
-                    connection.execute("CHECKPOINT")  # each run starts from clean pages
-                run = intake_commits.measure(pg, script, clients, args.seconds, cpu)
-                runs.setdefault(clients, []).append(run)
-                bench.console.print(
-                    f"{clients:3} connections {run['orders_per_s']:6} orders/s,"
-                    f" PG {run['db_cpu_ms_per_order']} ms/order"
-                )
+                for revision in revisions[turn % 2 :] + revisions[: turn % 2]:
+                    if args.against:
+                        at(url, revision)
+                    with psycopg.connect(pg, autocommit=True) as connection:
+                        connection.execute("CHECKPOINT")  # each run starts from clean pages
+                    run = intake_commits.measure(pg, script, clients, args.seconds, cpu)
+                    label = f"{clients}" + (f" at {revision}" if args.against else "")
+                    runs.setdefault(label, []).append(run)
+                    bench.console.print(
+                        f"{label:>12} connections {run['orders_per_s']:6} orders/s,"
+                        f" PG {run['db_cpu_ms_per_order']} ms/order"
+                    )
+        at(url, "head")
         functions = by_function(pg, script, args.seconds, cpu)
-    for clients, done in runs.items():
+    for label, done in runs.items():
         rates = sorted(run["orders_per_s"] for run in done)
         cpu_ms = sorted(run["db_cpu_ms_per_order"] or 0.0 for run in done)
         bench.console.print(
-            f"{clients:3} connections: orders/s {rates[0]}-{rates[-1]} (median {median(rates)}),"
+            f"{label:>12} connections: orders/s {rates[0]}-{rates[-1]} (median {median(rates)}),"
             f" PG ms/order {cpu_ms[0]}-{cpu_ms[-1]}"
         )
     bench.console.print(f"by function, one connection, µs per order ({functions['orders']}):")
@@ -117,6 +140,7 @@ def main() -> None:
     report = {
         **bench.provenance(started, version),
         "seconds": args.seconds,
+        "against": args.against,  # the revision head alternated with (None: head alone)
         "by_connections": runs,
         "by_function": functions,
     }
