@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import PASSWORD, SEED_ORDER, Cast
+from tradeops.audit import chain
 
 API = "/api/v1"
 
@@ -257,3 +259,53 @@ def test_cli_verify_reports_and_exits_nonzero_when_broken(database_url: str) -> 
     broken = cli("verify", "--full")
     assert broken.returncode == 1
     assert '"ok": false' in broken.stdout
+
+
+async def test_the_database_hashes_an_event_as_the_verification_does(
+    owner_engine: AsyncEngine,
+) -> None:
+    """audit_event_hash gives the hash tradeops.audit.chain recomputes, with every optional
+    field present and absent: a change to either (as one tried in PL/pgSQL) fails here."""
+    at = datetime(2026, 11, 28, 15, 4, 5, 123456, tzinfo=UTC)
+    cases = [
+        ("7" * 64, "order:42", 3, "user:7/key:3", 3, "req-1", '{"a": "b:c;"}', '{"n": 1}'),
+        ("0" * 64, "client:C-1", 1, "system", None, None, None, None),
+    ]
+    async with owner_engine.connect() as conn:
+        for prev, stream, seq, actor, key, request, before, after in cases:
+            stored = await conn.scalar(
+                text(
+                    "SELECT audit_event_hash(:prev, :stream, :seq, :at, :actor, :key,"
+                    " :request, 'order.created', 'order', '42', CAST(:before AS jsonb),"
+                    " CAST(:after AS jsonb))"
+                ),
+                {
+                    "prev": prev,
+                    "stream": stream,
+                    "seq": seq,
+                    "at": at,
+                    "actor": actor,
+                    "key": key,
+                    "request": request,
+                    "before": before,
+                    "after": after,
+                },
+            )
+            rendered = [
+                await conn.scalar(text("SELECT CAST(:v AS jsonb)::text"), {"v": value})
+                for value in (before, after)
+            ]
+            assert stored == chain.event_hash(
+                prev_hash=prev,
+                stream=stream,
+                seq=seq,
+                at=at,
+                actor=actor,
+                api_key_id=key,
+                request_id=request,
+                action="order.created",
+                entity="order",
+                entity_id="42",
+                before_text=rendered[0],
+                after_text=rendered[1],
+            )
