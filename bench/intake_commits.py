@@ -43,17 +43,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import run as bench
 
-from tradeops.auth.keys import hash_key, parse_key
+from tradeops.auth.authentication import credential_parameters
+from tradeops.auth.keys import parse_key
 from tradeops.auth.permissions import Action, who_may
 from tradeops.auth.repository import AUTHENTICATE
+from tradeops.auth.tokens import TokenService
 from tradeops.db.prepared import Query
-from tradeops.db.uow import APP_ROLE
 from tradeops.db.urls import libpq_url
 from tradeops.jobs.defer import RISK_QUEUE, job_wakeups
 from tradeops.orders import repository as orders_repo
 from tradeops.orders.schemas import OrderCreate
 from tradeops.orders.service import intake_values
 from tradeops.orders.stream import event_wakeup
+from tradeops.settings import Settings
 
 MIGRATION = bench.ROOT / "src/tradeops/migrations/versions/0027_intake_wakes_after_commit.py"
 # A new order's wake-ups on their channels (orders.service.wakeups_of), payloads left empty.
@@ -74,16 +76,9 @@ def triggers() -> tuple[str, str]:
 
 
 def key_credential(key: str) -> dict[str, Any]:
-    """Our authenticating statement's parameters for an API key, as
-    auth.authentication.credential_parameters gives them."""
-    return {
-        "prefix": parse_key(key),
-        "hash": hash_key(key),
-        "user_id": None,
-        "email": None,
-        "app_role": APP_ROLE,
-        "request_id": "bench",
-    }
+    """Our authenticating statement's parameters for an API key, as the server passes them
+    (no token is verified for a key, so the token service is never asked)."""
+    return credential_parameters(key, TokenService(Settings()), "bench")
 
 
 def intake_statement(key: str) -> str:

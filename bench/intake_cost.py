@@ -124,7 +124,8 @@ def main() -> None:
                         f"{label:>12} connections {run['orders_per_s']:6} orders/s,"
                         f" PG {run['db_cpu_ms_per_order']} ms/order"
                     )
-        at(url, "head")
+        if args.against:
+            at(url, "head")  # the functions' times are head's
         functions = by_function(pg, script, args.seconds, cpu)
     for label, done in runs.items():
         rates = sorted(run["orders_per_s"] for run in done)
