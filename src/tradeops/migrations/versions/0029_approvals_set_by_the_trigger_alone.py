@@ -8,9 +8,9 @@ Intake's statement worked out a new order's approvals_required (the desk's polic
 instrument's latest price, the band its notional falls in) and wrote it into the row; the
 BEFORE INSERT trigger orders_approvals_required (migrations 0016 and 0018) then worked it out
 again and wrote over it. The statement now leaves it to the trigger and answers the new
-row's value: the same value, worked out once. On PostgreSQL alone (pgbench, the two
-statements alternated three times) a new order cost 5-9% less of PostgreSQL's CPU
-(docs/benchmarks.md).
+row's value: the same value, worked out once. On PostgreSQL alone (bench/intake_cost.py
+--against 0028, alternated three times) a new order cost 6-13% less of PostgreSQL's CPU on
+one connection and 13-18% less on six (docs/benchmarks.md).
 
 tradeops_submit_order (migrations 0025 and 0027) and tradeops_record_order (0028) hold the
 statement: each gets the one orders.repository writes now, in place of the one after its
@@ -44,8 +44,8 @@ instrument_active FROM (SELECT 1) AS one LEFT JOIN clients c ON c.external_id = 
 LEFT JOIN desks d ON d.id = c.desk_id LEFT JOIN instruments i ON i.symbol = in_symbol),
 changed AS (INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type,
 time_in_force, expire_at, quantity, price, currency, client_order_id, created_by,
-created_by_key_id) SELECT desk_id, client_pk, instrument_pk, CAST(in_side AS text), 
-CAST(in_order_type AS text), CAST(in_time_in_force AS text),  CAST(in_expire_at AS
+created_by_key_id) SELECT desk_id, client_pk, instrument_pk, CAST(in_side AS text),
+ CAST(in_order_type AS text), CAST(in_time_in_force AS text),  CAST(in_expire_at AS
 timestamptz), CAST(in_quantity AS numeric),  CAST(in_price AS numeric), currency,
 CAST(in_client_order_id AS text),  CAST(who.user_id AS bigint), CAST(who.key_id AS bigint)
 FROM refs WHERE client_status = 'ACTIVE' AND instrument_active  AND (CAST(who.all_desks AS
@@ -78,11 +78,11 @@ in_symbol LEFT JOIN desk_approval_policies p ON p.desk_id = c.desk_id LEFT JOIN 
 LIMIT 1) last ON true), changed AS (INSERT INTO orders (desk_id, client_id, instrument_id,
 side, order_type, time_in_force, expire_at, quantity, price, currency, client_order_id,
 created_by, created_by_key_id, approvals_required) SELECT desk_id, client_pk, instrument_pk,
-CAST(in_side AS text),  CAST(in_order_type AS text), CAST(in_time_in_force AS text), 
-CAST(in_expire_at AS timestamptz), CAST(in_quantity AS numeric),  CAST(in_price AS numeric),
+CAST(in_side AS text),  CAST(in_order_type AS text), CAST(in_time_in_force AS text),
+ CAST(in_expire_at AS timestamptz), CAST(in_quantity AS numeric),  CAST(in_price AS numeric),
 currency, CAST(in_client_order_id AS text),  CAST(who.user_id AS bigint), CAST(who.key_id AS
-bigint), approvals_required FROM refs WHERE client_status = 'ACTIVE' AND instrument_active 
-AND (CAST(who.all_desks AS boolean) OR desk_id = ANY(CAST(who.desk_ids AS bigint[])))  AND
+bigint), approvals_required FROM refs WHERE client_status = 'ACTIVE' AND instrument_active
+ AND (CAST(who.all_desks AS boolean) OR desk_id = ANY(CAST(who.desk_ids AS bigint[])))  AND
 mod(in_quantity, lot_size) = 0  AND (in_price IS NULL OR mod(in_price, tick_size) = 0) ON
 CONFLICT (created_by, client_order_id) DO NOTHING RETURNING *), changed_event AS (INSERT
 INTO order_events (order_id, desk_id, seq, type, payload) SELECT c.id, c.desk_id, c.version,
@@ -104,8 +104,8 @@ instrument_active FROM (SELECT 1) AS one LEFT JOIN clients c ON c.external_id = 
 LEFT JOIN desks d ON d.id = c.desk_id LEFT JOIN instruments i ON i.symbol = in_symbol),
 changed AS (INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type,
 time_in_force, expire_at, quantity, price, currency, client_order_id, created_by,
-created_by_key_id) SELECT desk_id, client_pk, instrument_pk, CAST(in_side AS text), 
-CAST(in_order_type AS text), CAST(in_time_in_force AS text),  CAST(in_expire_at AS
+created_by_key_id) SELECT desk_id, client_pk, instrument_pk, CAST(in_side AS text),
+ CAST(in_order_type AS text), CAST(in_time_in_force AS text),  CAST(in_expire_at AS
 timestamptz), CAST(in_quantity AS numeric),  CAST(in_price AS numeric), currency,
 CAST(in_client_order_id AS text),  CAST(in_created_by AS bigint), CAST(in_created_by_key_id
 AS bigint) FROM refs WHERE client_status = 'ACTIVE' AND instrument_active  AND
@@ -139,8 +139,8 @@ in_symbol LEFT JOIN desk_approval_policies p ON p.desk_id = c.desk_id LEFT JOIN 
 LIMIT 1) last ON true), changed AS (INSERT INTO orders (desk_id, client_id, instrument_id,
 side, order_type, time_in_force, expire_at, quantity, price, currency, client_order_id,
 created_by, created_by_key_id, approvals_required) SELECT desk_id, client_pk, instrument_pk,
-CAST(in_side AS text),  CAST(in_order_type AS text), CAST(in_time_in_force AS text), 
-CAST(in_expire_at AS timestamptz), CAST(in_quantity AS numeric),  CAST(in_price AS numeric),
+CAST(in_side AS text),  CAST(in_order_type AS text), CAST(in_time_in_force AS text),
+ CAST(in_expire_at AS timestamptz), CAST(in_quantity AS numeric),  CAST(in_price AS numeric),
 currency, CAST(in_client_order_id AS text),  CAST(in_created_by AS bigint),
 CAST(in_created_by_key_id AS bigint), approvals_required FROM refs WHERE client_status =
 'ACTIVE' AND instrument_active  AND (CAST(in_all_desks AS boolean) OR desk_id =
