@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import CheckConstraint, Connection, Table, create_engine, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.naming import conv
 
 from tests.conftest import create_database, drop_database
 from tradeops.db import migrate
+from tradeops.db.base import NAMING_CONVENTION
 from tradeops.db.urls import psycopg_url
 from tradeops.migrations.env_options import include_object
 from tradeops.migrations.schema import Base
@@ -37,3 +40,51 @@ def test_upgrade_downgrade_upgrade_and_no_drift(postgres_server_url: str) -> Non
         assert schema_drift(url) == []
     finally:
         drop_database(postgres_server_url, url)
+
+
+def test_the_models_check_constraints_are_the_migrations(database_url: str) -> None:
+    """Alembic compares no CHECK constraint, so a model could say one rule while the database
+    keeps another. PostgreSQL writes both out (pg_get_constraintdef): the migrated table's,
+    and the model's added to a bare copy of it."""
+    engine = create_engine(psycopg_url(database_url))
+    try:
+        with engine.connect() as connection:
+            differ = {
+                table.name: (installed, modelled)
+                for table in Base.metadata.sorted_tables
+                if (installed := check_constraints(connection, table.name))
+                != (modelled := model_check_constraints(connection, table))
+            }
+            connection.rollback()
+    finally:
+        engine.dispose()
+    assert differ == {}
+
+
+CHECKS = text(
+    "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+    " WHERE conrelid = CAST(:table AS regclass) AND contype = 'c'"
+)
+
+
+def check_constraints(connection: Connection, table: str) -> dict[str, str]:
+    return dict(connection.execute(CHECKS, {"table": table}).all())
+
+
+def model_check_constraints(connection: Connection, table: Table) -> dict[str, str]:
+    """The model's CHECK constraints as PostgreSQL writes them out, from a bare copy of the
+    table (its columns only) in this transaction."""
+    probe = f"probe_{table.name}"
+    connection.execute(text(f'CREATE TEMP TABLE "{probe}" (LIKE "{table.name}")'))
+    for constraint in table.constraints:
+        if isinstance(constraint, CheckConstraint):
+            name = constraint_name(table, constraint)
+            sql = constraint.sqltext.compile(dialect=postgresql.dialect())
+            connection.execute(text(f'ALTER TABLE "{probe}" ADD CONSTRAINT "{name}" CHECK ({sql})'))
+    return check_constraints(connection, probe)
+
+
+def constraint_name(table: Table, constraint: CheckConstraint) -> str:
+    if isinstance(constraint.name, conv):  # named in full
+        return str(constraint.name)
+    return NAMING_CONVENTION["ck"] % {"table_name": table.name, "constraint_name": constraint.name}
