@@ -14,12 +14,18 @@ prints µs of a backend's CPU per order:
 - **by function**, the costliest on their own: where a count's extra CPU goes shows as the
   functions that grow from one count to the next.
 
+With `--against REVISION`, each count is profiled `--rounds` times with the database at head
+and as many migrated down to that revision, taking turns (bench/intake_cost.py's `at`), and
+each column is the median of its rounds: a step's µs against the same step before the
+migrations after REVISION.
+
 perf comes with Debian's linux-perf package; it samples processes of the same user
 (kernel.perf_event_paranoid 2, the default) and unwinds PostgreSQL's stacks from their
 DWARF tables (--call-graph dwarf), which takes a few seconds of perf's own per run. Results:
 bench/results/pg-profile-<date>[-n].json.
 
     uv run --frozen python bench/pg_profile.py --clients 1 6 --seconds 6
+    uv run --frozen python bench/pg_profile.py --clients 1 --rounds 3 --against 0031
 """
 
 from __future__ import annotations
@@ -35,13 +41,14 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import intake_commits
+from bench import intake_commits, intake_cost
 from bench import run as bench
 
 from tradeops.db.urls import libpq_url
@@ -125,6 +132,7 @@ def table(report: str) -> list[tuple[str, str]]:
 
 
 def profile(url: str, script: Path, clients: int, seconds: int) -> dict[str, Any]:
+    intake_commits.measure(url, script, clients, 1, bench.DatabaseCpu(url))  # plans cached
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "perf.data"
         run = record(url, script, clients, seconds, data)
@@ -150,26 +158,62 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 6])
     parser.add_argument("--seconds", type=int, default=6, help="per count")
+    parser.add_argument("--rounds", type=int, default=1, help="profiles of each column")
+    parser.add_argument(
+        "--against", metavar="REVISION", help="take turns with the database at REVISION"
+    )
     args = parser.parse_args()
+    revisions = ["head", args.against] if args.against else ["head"]
     bench.WORK.mkdir(exist_ok=True)
     started = datetime.now()
+    rounds: dict[tuple[int, str], list[dict[str, Any]]] = {}
     with bench.bench_database() as (server_url, url):
         version = bench.postgres_version(server_url)
         pg = libpq_url(url)
         script = bench.WORK / "intake.sql"
         script.write_text(intake_commits.intake_statement(bench._AGENT_KEY[0]))
-        intake_commits.measure(pg, script, 1, 2, bench.DatabaseCpu(pg))  # warm: plans cached
-        profiles = [profile(pg, script, clients, args.seconds) for clients in args.clients]
+        for turn in range(args.rounds):
+            for clients in args.clients:
+                for revision in revisions[turn % 2 :] + revisions[: turn % 2]:
+                    if args.against:
+                        intake_cost.at(url, revision)
+                    done = profile(pg, script, clients, args.seconds)
+                    rounds.setdefault((clients, revision), []).append(done)
+        if args.against:
+            intake_cost.at(url, "head")
+    profiles = [
+        median_profile(done) | {"revision": revision}
+        for (_, revision), done in sorted(rounds.items(), key=lambda item: item[0][0])
+    ]
     print_profiles(profiles)
     path = bench.results_path(f"pg-profile-{datetime.now():%Y-%m-%d}")
     report_ = {**bench.provenance(started, version), "seconds": args.seconds}
+    report_ |= {"rounds": args.rounds, "against": args.against}
     path.write_text(json.dumps(report_ | {"profiles": profiles}, indent=2) + "\n")
     bench.console.print(f"results: {path}")
 
 
+def median_profile(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """One column from a count's rounds at one revision: each figure the rounds' median (a
+    function outside a round's top 25 counts 0 there)."""
+    functions = dict.fromkeys(name for p in done for name in p["functions_own_us"])
+    return {
+        "clients": done[0]["clients"],
+        "orders_per_s": round(median(p["orders_per_s"] for p in done)),
+        "backend_us_per_order": round(median(p["backend_us_per_order"] for p in done)),
+        "steps_us": {step: median(p["steps_us"][step] for p in done) for step in STEPS},
+        "functions_own_us": {
+            name: median(p["functions_own_us"].get(name, 0.0) for p in done) for name in functions
+        },
+        "rounds": done,
+    }
+
+
 def print_profiles(profiles: list[dict[str, Any]]) -> None:
-    counts = "  ".join(f"{p['clients']:>7} conn" for p in profiles)
-    bench.console.print(f"µs of a backend's CPU per order       {counts}")
+    against = any(p["revision"] != "head" for p in profiles)
+    labels = [f"{p['clients']} conn" + (f" {p['revision']}" if against else "") for p in profiles]
+    counts = "  ".join(f"{label:>12}" for label in labels)
+    bench.console.print(f"µs of a backend's CPU per order      {counts}")
     rows = [("all of it", [p["backend_us_per_order"] for p in profiles])]
     rows += [(step, [p["steps_us"][step] for p in profiles]) for step in STEPS]
     for label, values in rows:
