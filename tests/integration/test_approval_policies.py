@@ -17,7 +17,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, bearer, make_user, pass_risk_check
+from tests.factories import (
+    SEED_ORDER,
+    Cast,
+    bearer,
+    make_instrument,
+    make_user,
+    pass_risk_check,
+)
 from tests.integration.test_row_level_security import as_principal, desk_id
 from tradeops.auth.principal import Principal, Role
 
@@ -463,3 +470,63 @@ async def test_approvals_and_policies_are_seen_by_desk(
                 ),
                 {"d": eq_us},
             )
+
+
+# --- the rule itself, in the database ----------------------------------------------------------
+
+APPROVALS_REQUIRED = text(
+    "SELECT tradeops_approvals_required((SELECT id FROM desks WHERE code = :desk),"
+    " (SELECT id FROM instruments WHERE symbol = :symbol),"
+    " CAST(:quantity AS numeric), CAST(:price AS numeric))"
+)
+A_PRICE = text(
+    "INSERT INTO market_snapshots (instrument_id, price, as_of, source)"
+    " SELECT id, CAST(:price AS numeric), now() - make_interval(mins => :minutes_ago), 'test'"
+    " FROM instruments WHERE symbol = :symbol"
+)
+THREE_BANDS = {
+    "currency": "USD",
+    "bands": [
+        {"min_notional": "0", "approvals": 1},
+        {"min_notional": "5000", "approvals": 2},
+        {"min_notional": "20000", "approvals": 3},
+    ],
+}
+
+
+async def test_the_database_works_out_an_orders_approvals_in_every_case(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """tradeops_approvals_required, the trigger's rule for every writer (migrations 0016,
+    0018, 0024, 0034), by each of its branches."""
+    await make_instrument(owner_engine, "SAP", currency="EUR")
+    await make_instrument(owner_engine, "UNPRICED")
+    await set_policy(client, cast, THREE_BANDS)
+    async with owner_engine.begin() as conn:
+        # AAPL's latest price is 100; an older one (900) must not count.
+        for price, minutes_ago in (("900", 5), ("100", 1)):
+            await conn.execute(
+                A_PRICE, {"price": price, "minutes_ago": minutes_ago, "symbol": "AAPL"}
+            )
+        await conn.execute(A_PRICE, {"price": "100", "minutes_ago": 1, "symbol": "SAP"})
+
+    async def required(desk: str, symbol: str, quantity: str, price: str | None) -> int | None:
+        async with owner_engine.connect() as conn:
+            values = {"desk": desk, "symbol": symbol, "quantity": quantity, "price": price}
+            return await conn.scalar(APPROVALS_REQUIRED, values)
+
+    # A limit order, by its own price: each band from its lower bound on.
+    assert await required("EQ-US", "AAPL", "49", "100") == 1
+    assert await required("EQ-US", "AAPL", "50", "100") == 2
+    assert await required("EQ-US", "AAPL", "200", "100") == 3
+    # A market order, by the instrument's latest price (100, not the older 900).
+    assert await required("EQ-US", "AAPL", "60", None) == 2
+    # No price to value it: the desk's most demanding band.
+    assert await required("EQ-US", "UNPRICED", "1", None) == 3
+    # Not in the policy's currency: the most demanding band, whatever the notional.
+    assert await required("EQ-US", "SAP", "1", "100") == 3
+    assert await required("EQ-US", "SAP", "1", None) == 3
+    # A desk with no policy and no bands: one approval.
+    assert await required("FI-EU", "AAPL", "1000", "100") == 1
+    # An instrument that does not exist: no answer (the trigger makes it 1).
+    assert await required("EQ-US", "NOPE", "1", "100") is None
