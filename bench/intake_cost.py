@@ -36,6 +36,7 @@ from statistics import median
 from typing import Any
 
 import psycopg
+from alembic.util import CommandError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -87,8 +88,11 @@ def at(url: str, revision: str) -> None:
     """The bench database migrated up or down to `revision`."""
     if revision == "head":
         migrate.upgrade(url)
-    else:
+        return
+    try:
         migrate.downgrade(url, revision)
+    except CommandError:  # a revision after the database's: up to it
+        migrate.upgrade(url, revision)
 
 
 def main() -> None:
