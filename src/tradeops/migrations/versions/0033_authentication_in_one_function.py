@@ -10,10 +10,10 @@ tradeops_read_portfolio, tradeops_submit_order, tradeops_record_order). It picke
 tradeops_authenticate_key or _person and answered that function's rows, so each call ran two
 PL/pgSQL functions, each with a query of its own and a set of rows to hand back. It now runs
 the key's or the person's statement itself, the same text as 0023's, and the two functions
-are gone. `SELECT * FROM tradeops_authenticate(...)` with an API key, from pgbench on one
-connection, 12 runs at this revision and 0032 taking turns: 10 µs less a call on average
-(median 12.5; lower in 10 of 12 pairs), of about 100. The same principal, context and
-grants.
+are gone: one function where there were three. `SELECT * FROM tradeops_authenticate(...)`
+with an API key, pgbench on one connection at this revision and 0032 taking turns: a few µs
+less a call of about 85, at the edge of what the pairs tell (10, -1 and 4 µs on average in
+three series; docs/benchmarks.md). The same principal, context and grants.
 """
 
 from collections.abc import Sequence
