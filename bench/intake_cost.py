@@ -33,7 +33,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from alembic.util import CommandError
@@ -46,6 +46,7 @@ from bench import run as bench
 from tradeops.db import migrate
 from tradeops.db.urls import libpq_url
 
+T = TypeVar("T")
 FUNCTIONS = """
 SELECT funcname, calls, total_time, self_time FROM pg_stat_user_functions
 ORDER BY total_time DESC
@@ -84,6 +85,13 @@ def by_function(url: str, script: Path, seconds: float, cpu: bench.DatabaseCpu) 
     }
 
 
+def in_turn(items: list[T], turn: int) -> list[T]:
+    """`items` in the order of round `turn`: each round starts one further on, so no item is
+    always measured first."""
+    start = turn % len(items)
+    return items[start:] + items[:start]
+
+
 def at(url: str, revision: str) -> None:
     """The bench database migrated up or down to `revision`."""
     if revision == "head":
@@ -116,7 +124,7 @@ def main() -> None:
         cpu = bench.DatabaseCpu(pg)
         for turn in range(args.rounds):
             for clients in args.clients:
-                for revision in revisions[turn % 2 :] + revisions[: turn % 2]:
+                for revision in in_turn(revisions, turn):
                     if args.against:
                         at(url, revision)
                     with psycopg.connect(pg, autocommit=True) as connection:

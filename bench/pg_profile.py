@@ -174,7 +174,7 @@ def main() -> None:
         script.write_text(intake_commits.intake_statement(bench._AGENT_KEY[0]))
         for turn in range(args.rounds):
             for clients in args.clients:
-                for revision in revisions[turn % 2 :] + revisions[: turn % 2]:
+                for revision in intake_cost.in_turn(revisions, turn):
                     if args.against:
                         intake_cost.at(url, revision)
                     done = profile(pg, script, clients, args.seconds)

@@ -42,32 +42,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import intake_commits, intake_cost
 from bench import run as bench
 
+from tradeops.auth.repository import AUTHENTICATE
 from tradeops.db.urls import libpq_url
 
-_SEED_DESK = "(SELECT desk_id FROM clients WHERE external_id = 'CUST-1001')"
-_SEED_INSTRUMENT = "(SELECT id FROM instruments WHERE symbol = 'AAPL')"
+# The seed order's client, instrument and amounts (bench/run.py's SEED_ORDER).
+_CLIENT, _SYMBOL = bench.SEED_ORDER["client_id"], bench.SEED_ORDER["symbol"]
+_QUANTITY, _PRICE = bench.SEED_ORDER["quantity"], bench.SEED_ORDER["price"]
+_SEED = (
+    f"FROM clients c, instruments i WHERE c.external_id = '{_CLIENT}' AND i.symbol = '{_SYMBOL}'"
+)
 ORDER_INSERT = (
     "BEGIN;\n"
     "INSERT INTO orders (desk_id, client_id, instrument_id, side, order_type, quantity, price,"
-    " currency, created_by) SELECT c.desk_id, c.id, i.id, 'BUY', 'LIMIT', 50, 192.55, 'USD',"
-    " (SELECT id FROM users WHERE role = 'trader' ORDER BY id LIMIT 1)"
-    " FROM clients c, instruments i WHERE c.external_id = 'CUST-1001' AND i.symbol = 'AAPL';\n"
+    f" currency, created_by) SELECT c.desk_id, c.id, i.id, '{bench.SEED_ORDER['side']}', 'LIMIT',"
+    f" {_QUANTITY}, {_PRICE}, i.currency,"
+    " (SELECT id FROM users WHERE role = 'trader' ORDER BY id LIMIT 1) " + _SEED + ";\n"
     "ROLLBACK;\n"
 )
-
-
 STATEMENTS = ("authenticate", "approvals_limit", "approvals_market", "order_insert")
 
 
 def statements(key: str) -> dict[str, str]:
     """Each statement's pgbench script (STATEMENTS), with the API key `key`."""
     credential = intake_commits.key_credential(key)
-    names = ("prefix", "hash", "user_id", "email", "app_role", "request_id")
-    arguments = ", ".join(intake_commits.literal(credential[name]) for name in names)
-    approvals = f"SELECT tradeops_approvals_required({_SEED_DESK}, {_SEED_INSTRUMENT}, 50, {{}});\n"
+    approvals = f"SELECT tradeops_approvals_required(c.desk_id, i.id, {_QUANTITY}, {{}}) {_SEED};\n"
     return {
-        "authenticate": f"SELECT * FROM tradeops_authenticate({arguments});\n",
-        "approvals_limit": approvals.format("192.55"),
+        # As every request sends it (auth.repository.AUTHENTICATE).
+        "authenticate": intake_commits.with_values(AUTHENTICATE, credential) + ";\n",
+        "approvals_limit": approvals.format(_PRICE),
         "approvals_market": approvals.format("NULL"),
         "order_insert": ORDER_INSERT,
     }
@@ -103,7 +105,7 @@ def main() -> None:
         script.write_text(statements(bench._AGENT_KEY[0])[args.statement])
         for turn in range(args.pairs):
             pair = {}
-            for side, revision in (("new", new), ("old", old))[:: 1 if turn % 2 == 0 else -1]:
+            for side, revision in intake_cost.in_turn([("new", new), ("old", old)], turn):
                 intake_cost.at(url, revision)
                 pair[side] = round(latency_us(pg, script, args.seconds), 1)
             pairs.append(pair)
