@@ -171,6 +171,39 @@ async def test_a_fill_is_busted_once_and_a_bust_never(
                 )
 
 
+async def test_an_order_is_replaced_once_and_a_fill_busted_once_by_the_database(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """An order replaced twice, or a fill busted twice, is refused by the unique constraints
+    alone, under their own names: with the triggers and foreign keys out of the way
+    (session_replication_role), the one change is accepted and the two are not."""
+    first, second, third = [await approved_order(client, cast, owner_engine) for _ in range(3)]
+    fills = [await fill(client, cast, first, f"U-{n}", "10", "192.5") for n in range(3)]
+    twice = {
+        "uq_orders_replaces": ("UPDATE orders SET replaces = :a WHERE id IN (:b, :c)", first),
+        "uq_orders_replaced_by": (
+            "UPDATE orders SET status = 'REPLACED', replaced_by = :a WHERE id IN (:b, :c)",
+            first,
+        ),
+        "uq_executions_reverses_execution_id": (
+            "UPDATE executions SET kind = 'BUST', reason = 'r', reverses_execution_id = :a"
+            " WHERE id IN (:b, :c)",
+            fills[0],
+        ),
+    }
+    others = {"uq_executions_reverses_execution_id": fills[1:]}
+    for name, (sql, once) in twice.items():
+        b, c = others.get(name, [second, third])
+        async with owner_engine.connect() as conn:
+            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+            await conn.execute(text(sql), {"a": once, "b": b, "c": b})  # once: accepted
+            await conn.rollback()
+        with pytest.raises(DBAPIError, match=f'unique constraint "{name}"'):
+            async with owner_engine.begin() as conn:
+                await conn.execute(text("SET LOCAL session_replication_role = replica"))
+                await conn.execute(text(sql), {"a": once, "b": b, "c": c})
+
+
 async def test_positions_as_of_a_booking_time(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:

@@ -61,6 +61,57 @@ def test_the_models_check_constraints_are_the_migrations(database_url: str) -> N
     assert differ == {}
 
 
+def test_the_models_partial_indexes_are_the_migrations(database_url: str) -> None:
+    """Alembic compares no index's WHERE clause either: PostgreSQL writes out each partial
+    index's predicate (pg_get_expr), the migrated table's and the model's (built on a bare
+    copy of the table)."""
+    engine = create_engine(psycopg_url(database_url))
+    try:
+        with engine.connect() as connection:
+            differ = {
+                table.name: (installed, modelled)
+                for table in Base.metadata.sorted_tables
+                if (installed := index_predicates(connection, table.name))
+                != (modelled := model_index_predicates(connection, table))
+            }
+            connection.rollback()
+    finally:
+        engine.dispose()
+    assert differ == {}
+
+
+PREDICATES = text(
+    "SELECT c.relname, i.indisunique, pg_get_expr(i.indpred, i.indrelid)"
+    " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+    " WHERE i.indrelid = CAST(:table AS regclass) AND i.indpred IS NOT NULL"
+)
+
+
+def index_predicates(connection: Connection, table: str, prefix: str = "") -> dict[str, object]:
+    rows = connection.execute(PREDICATES, {"table": table}).all()
+    return {name.removeprefix(prefix): (unique, where) for name, unique, where in rows}
+
+
+def model_index_predicates(connection: Connection, table: Table) -> dict[str, object]:
+    """The model's partial indexes as PostgreSQL writes them out, from a bare copy of the
+    table in this transaction (each named as in the model, after the copy's name)."""
+    probe = f"probe_{table.name}"
+    connection.execute(text(f'CREATE TEMP TABLE "{probe}" (LIKE "{table.name}")'))
+    for index in table.indexes:
+        where = index.dialect_options["postgresql"]["where"]
+        if where is not None:
+            columns = ", ".join(f'"{column.name}"' for column in index.columns)
+            predicate = where.compile(dialect=postgresql.dialect())
+            unique = "UNIQUE " if index.unique else ""
+            connection.execute(
+                text(
+                    f'CREATE {unique}INDEX "{probe}_{index.name}" ON "{probe}" ({columns})'
+                    f" WHERE {predicate}"
+                )
+            )
+    return index_predicates(connection, probe, prefix=f"{probe}_")
+
+
 CHECKS = text(
     "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
     " WHERE conrelid = CAST(:table AS regclass) AND contype = 'c'"
