@@ -637,6 +637,9 @@ class RunResult:
     # servers, a hypervisor's steal): what the scaling step's expectation is built from.
     wrk_cpu_ms_per_request: float | None = None
     other_cores: float | None = None
+    # The cores' worth left idle meanwhile: near 0, the run had the machine's every core busy
+    # (it was bound by CPU, whatever any process's own share).
+    idle_cores: float | None = None
     # The runs this one is made of (take_turns), each as a dict of the fields above.
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
@@ -734,19 +737,22 @@ def measure(
     db_seconds = database.used_since(db_before)
     db_ms = None if db_seconds is None else round(db_seconds * 1000 / requests, 3)
     others = machine_used - app_used - (db_seconds or 0.0) - wrk_used
+    idle = len(os.sched_getaffinity(0)) * elapsed - machine_used
     result = replace(
         result,
         cpu_ms_per_request=round(cpu_ms, 3),
         db_cpu_ms_per_request=db_ms,
         wrk_cpu_ms_per_request=round(wrk_used * 1000 / requests, 3),
         other_cores=round(max(others, 0.0) / elapsed, 2),
+        idle_cores=round(max(idle, 0.0) / elapsed, 2),
     )
     note = f"  [red]{result.errors} errors {result.errors_by_kind}[/red]" if result.errors else ""
     console.print(
         f"{scenario.name:<13} {label:<10} {settings.connections:>3} conn {result.rps:>9.1f} req/s"
         f"  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
         f"  cpu {cpu_ms:.2f} ms/req (PostgreSQL {db_ms if db_ms is not None else '?'},"
-        f" wrk {result.wrk_cpu_ms_per_request:.2f}; others {result.other_cores:.2f} cores){note}"
+        f" wrk {result.wrk_cpu_ms_per_request:.2f}; others {result.other_cores:.2f} cores,"
+        f" idle {result.idle_cores:.2f}){note}"
     )
     return result
 
@@ -958,8 +964,11 @@ def print_scaling(scaling: dict[str, Any]) -> None:
     pools = f"pools of {scaling['pool_per_worker']} per worker"
     title = f"scaling: ours and same-work with 1 and {workers} workers, {load} conn, {pools}"
     table = Table(title=title)
-    columns = ("scenario", "workers", "req/s", "req/s/worker", "cpu ms/req", "PG cpu ms")
-    columns += ("wrk cpu ms", "others cores", "/ 1 worker", "expected", "/ expected", "result")
+    columns = (
+        *("scenario", "workers", "req/s", "req/s/worker", "cpu ms/req", "PG cpu ms"),
+        *("wrk cpu ms", "others cores", "idle cores", "/ 1 worker", "expected", "/ expected"),
+        "result",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "scenario" else "right", no_wrap=True)
     for name, ours in scaling["scenarios"].items():
@@ -985,6 +994,7 @@ def scaling_figures(run: dict[str, Any], row: dict[str, Any], reference: bool) -
         "?" if db_ms is None else f"{db_ms:.2f}",
         f"{run['wrk_cpu_ms_per_request']:.2f}",
         f"{run['other_cores']:.2f}",
+        "?" if run.get("idle_cores") is None else f"{run['idle_cores']:.2f}",
     ]
     if run["workers"] == 1:
         return [*figures, "", "", "", ""]
@@ -1364,14 +1374,16 @@ def combined(rounds: list[RunResult]) -> RunResult:
         cpu_ms_per_request=per_request(operator.attrgetter("cpu_ms_per_request")),
         db_cpu_ms_per_request=per_request(operator.attrgetter("db_cpu_ms_per_request")),
         wrk_cpu_ms_per_request=per_request(operator.attrgetter("wrk_cpu_ms_per_request")),
-        other_cores=other_cores(rounds),
+        other_cores=cores_over_time(rounds, "other_cores"),
+        idle_cores=cores_over_time(rounds, "idle_cores"),
         rounds=[asdict(r) for r in rounds],
     )
 
 
-def other_cores(rounds: list[RunResult]) -> float | None:
-    """The cores' worth the rest of the machine took over the rounds: over their time."""
-    spans = [(r.other_cores, r.requests / r.rps) for r in rounds if r.rps]
+def cores_over_time(rounds: list[RunResult], figure: str) -> float | None:
+    """A figure in cores' worth (the rest of the machine's, the idle) over the rounds: over
+    their time."""
+    spans = [(getattr(r, figure), r.requests / r.rps) for r in rounds if r.rps]
     if not spans or any(cores is None for cores, _ in spans):
         return None
     return round(sum((cores or 0.0) * s for cores, s in spans) / sum(s for _, s in spans), 2)

@@ -22,6 +22,7 @@ def round_of(rps: float, seconds: float, p50: float, p99: float, cpu: float) -> 
         db_cpu_ms_per_request=2 * cpu,
         wrk_cpu_ms_per_request=0.04,
         other_cores=0.1 if rps < 500 else 0.0,
+        idle_cores=0.6 if rps < 500 else 0.03,
     )
 
 
@@ -39,6 +40,7 @@ def test_rounds_make_one_run() -> None:
     assert run.cpu_ms_per_request == pytest.approx((8000 * 0.5 + 1600 * 1.0) / 9600, abs=1e-3)
     assert run.db_cpu_ms_per_request == pytest.approx((8000 * 1.0 + 1600 * 2.0) / 9600, abs=1e-3)
     assert run.other_cores == pytest.approx(0.1 / 3, abs=0.01)  # over the rounds' time
+    assert run.idle_cores == pytest.approx((0.6 + 2 * 0.03) / 3, abs=0.01)
     assert run.errors == 1
     assert run.errors_by_kind == {"status": 1, "timeout": 0}
     assert [r["p99_ms"] for r in run.rounds] == [60.0, 230.0, 62.0]
