@@ -5,14 +5,14 @@ application itself has one source, its pool (`tradeops.db.pool.Database`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from tradeops.db.uow import Wakeup
+from tradeops.db.uow import Wakeup, fetch_limited
 from tradeops.db.urls import asyncpg_url
 from tradeops.db.wakeups import sending_on
 from tradeops.settings import Settings
@@ -29,6 +29,12 @@ class OwnerEngine(AsyncEngine):
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         async with self.connect() as connection:
             yield await driver_of(connection)
+
+    async def fetch_alone(
+        self, sql: str, arguments: Sequence[Any], limit_s: float | None
+    ) -> asyncpg.Record | None:
+        async with self.acquire() as driver:
+            return await fetch_limited(driver, sql, arguments, limit_s)
 
     async def after_commit(self, wakeups: list[Wakeup]) -> None:
         """Sent at once, before the test goes on (the application batches them)."""

@@ -10,8 +10,12 @@ connections on a pool of 4: p99 152 and 178 ms against a p50 of 10-12 ms; with t
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from tradeops.db.pool import Database
+import pytest
+from asyncpg.connection import Connection
+
+from tradeops.db.pool import Database, PoolTimeout
 from tradeops.settings import Settings
 
 
@@ -45,6 +49,101 @@ async def test_requests_queued_for_the_pool_are_served_in_the_order_they_came(
     # overtakes an earlier one's first statement.
     firsts = [n for n, statement in served if statement == 1]
     assert firsts == list(range(20)), served
+
+
+async def test_statements_sent_alone_are_sent_in_the_order_they_came(
+    settings: Settings, database_url: str
+) -> None:
+    """Ten statements handed to a pool of one at once start on the server in that order."""
+    db = Database(_of_size(settings, 1), database_url)
+    try:
+        await _opened(db, 1)
+        numbered = "SELECT $1::int AS n, statement_timestamp() AS at"
+        rows = await asyncio.gather(*(db.fetch_alone(numbered, [n], None) for n in range(10)))
+    finally:
+        await db.dispose()
+    assert [row["n"] for row in sorted(rows, key=lambda row: row["at"])] == list(range(10))
+
+
+async def test_a_connection_answered_sends_the_next_statement_in_the_same_turn(
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a statement waiting, the connection that answers one sends it in the same turn of
+    the event loop that took the answer in: no turn with the connection idle in between
+    (a request holding the connection itself gave it back a turn later, and the next one
+    sent its statement a turn after that)."""
+    db = Database(_of_size(settings, 1), database_url)
+    loop = asyncio.get_running_loop()
+    turns, seen = 0, {}
+
+    def tick() -> None:  # counts the event loop's turns while the statements run
+        nonlocal turns
+        turns += 1
+        if len(seen) < 4:
+            loop.call_soon(tick)
+
+    execute = Connection._execute
+
+    async def noted(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        label = next((label for label in ("first", "second") if label in query), None)
+        if label:
+            seen[f"{label} sent"] = turns
+        result = await execute(self, query, *args, **kwargs)
+        if label:
+            seen[f"{label} answered"] = turns
+        return result
+
+    monkeypatch.setattr(Connection, "_execute", noted)
+    try:
+        await _opened(db, 1)
+        loop.call_soon(tick)
+        await asyncio.gather(
+            db.fetch_alone("SELECT 'first'", [], None), db.fetch_alone("SELECT 'second'", [], None)
+        )
+    finally:
+        await db.dispose()
+    assert seen["second sent"] == seen["first answered"], seen
+    assert seen["first answered"] > seen["first sent"], seen  # the turns were counted
+
+
+async def test_a_statement_waits_for_a_connection_as_long_as_the_pool_timeout_and_no_more(
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a held connection a statement sent alone fails with PoolTimeout once the pool
+    timeout has passed since it came; one whose request was cancelled while it waited is
+    never sent."""
+    db = Database(
+        _of_size(settings, 1).model_copy(update={"pool_timeout_seconds": 0.2}), database_url
+    )
+    sent: list[str] = []
+    execute = Connection._execute
+
+    async def noted(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return await execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "_execute", noted)
+    loop = asyncio.get_running_loop()
+    try:
+        async with db.acquire():
+            came = loop.time()
+            with pytest.raises(PoolTimeout):
+                await db.fetch_alone("SELECT 'too late'", [], None)
+            waited = loop.time() - came
+            cancelled = asyncio.create_task(db.fetch_alone("SELECT 'cancelled'", [], None))
+            await asyncio.sleep(0.05)
+            cancelled.cancel()
+        assert await db.fetch_alone("SELECT 'after'", [], None) is not None
+    finally:
+        await db.dispose()
+    assert 0.2 <= waited < 0.4, waited
+    assert sent == ["SELECT 'after'"]
+
+
+def _of_size(settings: Settings, connections: int) -> Settings:
+    return settings.model_copy(
+        update={"pool_size": connections, "pool_max_overflow": 0, "pool_timeout_seconds": 5}
+    )
 
 
 async def _opened(db: Database, connections: int) -> None:

@@ -1,10 +1,11 @@
 """Issue 15 item 1: the round trips to PostgreSQL of each hot endpoint, counted at the driver.
 
-Every statement the request (and the tasks it starts) sends on an asyncpg connection is
-counted: BEGIN (with the transaction's limits, one simple query), each statement, COMMIT.
-Statements of background tasks (the API key usage flush; the batches of wake-ups a new order
-hands over after its commit, db/wakeups.py, sent in a context of their own) are not the
-request's: left out. Each endpoint is called once before it is counted, so its statements are
+Every statement the request (and the tasks it starts) sends on an asyncpg connection, or
+hands to the pool's runners to send alone (Database.fetch_alone), is counted: BEGIN (with
+the transaction's limits, one simple query), each statement, COMMIT. Statements of background
+tasks (the API key usage flush; the batches of wake-ups a new order hands over after its
+commit, db/wakeups.py, sent in a context of their own) are not the request's: left out.
+Each endpoint is called once before it is counted, so its statements are
 prepared on the pooled connection, as they are under load (a first use adds a Parse/Describe
 round trip per statement).
 The counts are the table in docs/benchmarks.md; a change that adds a round trip to a hot
@@ -23,6 +24,7 @@ from asyncpg.connection import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import SEED_ORDER, Cast, pass_risk_check
+from tradeops.db.pool import Database
 
 ORDERS = "/api/v1/orders"
 SNAPSHOT = {"symbol": "AAPL", "price": "192.55", "as_of": "2026-11-23T14:30:00Z"}
@@ -69,6 +71,14 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[Statements]:
         counted.note(query)
         return await run_many(self, query, *args, **kwargs)
 
+    # A statement sent alone goes out from one of the pool's runners, in a context of its
+    # own: counted as the request hands it over.
+    async def alone(self: Database, sql: str, *args: Any) -> Any:
+        counted.note(sql)
+        return await fetch_alone(self, sql, *args)
+
+    fetch_alone = Database.fetch_alone
+    monkeypatch.setattr(Database, "fetch_alone", alone)
     monkeypatch.setattr(Connection, "execute", simple_query)
     monkeypatch.setattr(Connection, "_execute", extended_query)
     monkeypatch.setattr(Connection, "_executemany", many)

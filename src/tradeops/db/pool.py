@@ -10,15 +10,17 @@ and ~1.35 ms through asyncpg's pool (bench/README.md).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from typing import Any, cast
 
 import asyncpg
 
 from tradeops.db.prepared import sent_alone
-from tradeops.db.uow import Wakeup
+from tradeops.db.uow import Wakeup, fetch_limited
 from tradeops.db.urls import libpq_url
 from tradeops.db.wakeups import Wakeups, sending_on
 from tradeops.settings import Settings
@@ -113,6 +115,17 @@ async def _give_back(pool: asyncpg.Pool, connection: Any) -> None:
     await holder.release(holder._timeout)
 
 
+@dataclass(slots=True)
+class _Alone:
+    """A statement sent alone, waiting for a runner (Database.fetch_alone)."""
+
+    sql: str
+    arguments: Sequence[Any]
+    limit_s: float | None  # the driver's limit on the statement, in seconds
+    deadline: float  # the event loop's time by which it must have a connection
+    answer: asyncio.Future[asyncpg.Record | None]
+
+
 class Database:
     """A pool on one server (or a multi-host URL's chosen one).
 
@@ -139,6 +152,10 @@ class Database:
         self._turns: asyncio.Semaphore | None = None
         # The notifications of committed transactions, sent in batches off their requests.
         self.wakeups = Wakeups(sending_on(self))
+        # Statements sent alone, in the order they came, and the tasks that run them (made
+        # on first use, on the event loop that uses them).
+        self._alone: asyncio.Queue[_Alone] | None = None
+        self._runners: list[asyncio.Task[None]] = []
 
     async def _open(self) -> asyncpg.Pool:
         async with self._opening:
@@ -168,11 +185,15 @@ class Database:
             return self._pool
 
     @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+    async def acquire(self, deadline: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A connection, waited for until `deadline` (the event loop's time; by default the
+        pool timeout from now), else PoolTimeout."""
         pool = self._pool or await self._open()
         turns = cast(asyncio.Semaphore, self._turns)
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self._settings.pool_timeout_seconds
         try:
-            async with asyncio.timeout(self._settings.pool_timeout_seconds):
+            async with asyncio.timeout_at(deadline):
                 # First come, first served: asyncpg's own wait is a queue that a newcomer
                 # can overtake a woken waiter in (who then goes to the back), so under load
                 # a few requests waited many times the usual wait. The semaphore hands each
@@ -212,7 +233,66 @@ class Database:
         """Send them with the next batch (db/wakeups.py): this returns at once."""
         self.wakeups.after_commit(wakeups)
 
+    async def fetch_alone(
+        self, sql: str, arguments: Sequence[Any], limit_s: float | None
+    ) -> asyncpg.Record | None:
+        """The row of a statement sent alone (db.uow.one_statement), run by one of the pool's
+        runners: a task per connection that sends the next statement waiting as soon as the
+        one before has its answer, in the order they came.
+
+        A request that took a connection for its own statement gave it back a turn of the
+        event loop after the answer came in, and the next request sent its statement a turn
+        after that: under load each turn is long, and make bench's POST /orders left a
+        fifth of the machine's 2 cores idle, its connections mostly waiting for us
+        (docs/benchmarks.md). The wait for a connection is bounded as acquire's, from the
+        moment the statement came; a request cancelled before its statement is sent takes it
+        back, one cancelled after leaves it to run to its end."""
+        loop = asyncio.get_running_loop()
+        if self._alone is None:
+            self._alone = asyncio.Queue()
+            size = self._settings.pool_size + self._settings.pool_max_overflow
+            # Each in a context of its own: not the first caller's (its request id, say).
+            self._runners = [
+                asyncio.create_task(self._run_alone(self._alone), context=contextvars.Context())
+                for _ in range(size)
+            ]
+        deadline = loop.time() + self._settings.pool_timeout_seconds
+        answer: asyncio.Future[asyncpg.Record | None] = loop.create_future()
+        self._alone.put_nowait(_Alone(sql, arguments, limit_s, deadline, answer))
+        return await answer
+
+    async def _run_alone(self, alone: asyncio.Queue[_Alone]) -> None:
+        while True:
+            call = await alone.get()
+            if call.answer.done():  # its request was cancelled while it waited
+                continue
+            try:
+                async with self.acquire(call.deadline) as driver:
+                    if call.answer.done():  # cancelled while a connection was awaited
+                        continue
+                    record = await fetch_limited(driver, call.sql, call.arguments, call.limit_s)
+            except asyncio.CancelledError:  # the pool is closing (dispose)
+                if not call.answer.done():
+                    call.answer.set_exception(PoolTimeout("the pool closed"))
+                raise
+            except Exception as error:
+                if not call.answer.done():
+                    call.answer.set_exception(error)
+            else:
+                if not call.answer.done():
+                    call.answer.set_result(record)
+
     async def dispose(self) -> None:
+        for runner in self._runners:
+            runner.cancel()
+        for runner in self._runners:
+            with suppress(asyncio.CancelledError):
+                await runner
+        while self._alone is not None and not self._alone.empty():
+            call = self._alone.get_nowait()
+            if not call.answer.done():
+                call.answer.set_exception(PoolTimeout("the pool closed"))
+        self._alone, self._runners = None, []
         await self.wakeups.drain()  # handed over before the pool closes: sent on it
         if self._pool is not None:
             await self._pool.close()

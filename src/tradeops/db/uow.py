@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence, Set
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -231,6 +231,12 @@ class ConnectionSource(Protocol):
 
     def acquire(self) -> AbstractAsyncContextManager[asyncpg.Connection]: ...
 
+    async def fetch_alone(
+        self, sql: str, arguments: Sequence[Any], limit_s: float | None
+    ) -> asyncpg.Record | None:
+        """The row of one statement sent alone on one of its connections (autocommit), as
+        fetch_limited answers it."""
+
     async def after_commit(self, wakeups: list[Wakeup]) -> None:
         """Send the notifications of a transaction that has committed (never raises: the
         transaction is committed whatever happens to them)."""
@@ -309,14 +315,21 @@ async def one_statement(
             return await uow.row(query, params)
     sql, arguments = _render(query.prepared, params)
     limit_ms = source.settings.statement_timeout_ms if timeout_ms is None else timeout_ms
-    timeout = limit_ms / 1000 if limit_ms else None  # 0: no limit, as for the server
-    async with source.acquire() as driver:
-        try:
-            record = await driver.fetchrow(sql, *arguments, timeout=timeout)
-        except TimeoutError as error:
-            canceled = "canceling statement due to statement timeout"
-            raise asyncpg.QueryCanceledError(canceled) from error
+    limit_s = limit_ms / 1000 if limit_ms else None  # 0: no limit, as for the server
+    record = await source.fetch_alone(sql, arguments, limit_s)
     return None if record is None else query.into(**record)
+
+
+async def fetch_limited(
+    driver: asyncpg.Connection, sql: str, arguments: Sequence[Any], limit_s: float | None
+) -> asyncpg.Record | None:
+    """The row of `sql` sent alone on `driver`, which past `limit_s` seconds cancels it on
+    the server: answered as the server's own statement timeout would be (a 504)."""
+    try:
+        return await driver.fetchrow(sql, *arguments, timeout=limit_s)
+    except TimeoutError as error:
+        canceled = "canceling statement due to statement timeout"
+        raise asyncpg.QueryCanceledError(canceled) from error
 
 
 @asynccontextmanager
