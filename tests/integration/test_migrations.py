@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, Connection, Table, create_engine, text
@@ -46,38 +49,36 @@ def test_the_models_check_constraints_are_the_migrations(database_url: str) -> N
     """Alembic compares no CHECK constraint, so a model could say one rule while the database
     keeps another. PostgreSQL writes both out (pg_get_constraintdef): the migrated table's,
     and the model's added to a bare copy of it."""
-    engine = create_engine(psycopg_url(database_url))
-    try:
-        with engine.connect() as connection:
-            differ = {
-                table.name: (installed, modelled)
-                for table in Base.metadata.sorted_tables
-                if (installed := check_constraints(connection, table.name))
-                != (modelled := model_check_constraints(connection, table))
-            }
-            connection.rollback()
-    finally:
-        engine.dispose()
-    assert differ == {}
+    assert tables_differing(database_url, check_constraints, model_check_constraints) == {}
 
 
 def test_the_models_partial_indexes_are_the_migrations(database_url: str) -> None:
     """Alembic compares no index's WHERE clause either: PostgreSQL writes out each partial
     index's predicate (pg_get_expr), the migrated table's and the model's (built on a bare
     copy of the table)."""
+    assert tables_differing(database_url, index_predicates, model_index_predicates) == {}
+
+
+def tables_differing(
+    database_url: str,
+    installed: Callable[[Connection, str], dict[str, Any]],
+    modelled: Callable[[Connection, Table], dict[str, Any]],
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Each table whose `installed` rules (as the migrations made them) are not its
+    `modelled` ones, with both; the probes made meanwhile rolled back."""
     engine = create_engine(psycopg_url(database_url))
     try:
         with engine.connect() as connection:
             differ = {
-                table.name: (installed, modelled)
+                table.name: (ours, model)
                 for table in Base.metadata.sorted_tables
-                if (installed := index_predicates(connection, table.name))
-                != (modelled := model_index_predicates(connection, table))
+                if (ours := installed(connection, table.name))
+                != (model := modelled(connection, table))
             }
             connection.rollback()
     finally:
         engine.dispose()
-    assert differ == {}
+    return differ
 
 
 PREDICATES = text(
