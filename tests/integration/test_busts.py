@@ -179,21 +179,26 @@ async def test_an_order_is_replaced_once_and_a_fill_busted_once_by_the_database(
     (session_replication_role), the one change is accepted and the two are not."""
     first, second, third = [await approved_order(client, cast, owner_engine) for _ in range(3)]
     fills = [await fill(client, cast, first, f"U-{n}", "10", "192.5") for n in range(3)]
+    # Each rule: the change that names `a` from the rows `b` and `c`, `a`, and (b, c).
     twice = {
-        "uq_orders_replaces": ("UPDATE orders SET replaces = :a WHERE id IN (:b, :c)", first),
+        "uq_orders_replaces": (
+            "UPDATE orders SET replaces = :a WHERE id IN (:b, :c)",
+            first,
+            (second, third),
+        ),
         "uq_orders_replaced_by": (
             "UPDATE orders SET status = 'REPLACED', replaced_by = :a WHERE id IN (:b, :c)",
             first,
+            (second, third),
         ),
         "uq_executions_reverses_execution_id": (
             "UPDATE executions SET kind = 'BUST', reason = 'r', reverses_execution_id = :a"
             " WHERE id IN (:b, :c)",
             fills[0],
+            (fills[1], fills[2]),
         ),
     }
-    others = {"uq_executions_reverses_execution_id": fills[1:]}
-    for name, (sql, once) in twice.items():
-        b, c = others.get(name, [second, third])
+    for name, (sql, once, (b, c)) in twice.items():
         async with owner_engine.connect() as conn:
             await conn.execute(text("SET LOCAL session_replication_role = replica"))
             await conn.execute(text(sql), {"a": once, "b": b, "c": b})  # once: accepted

@@ -24,10 +24,7 @@ async def test_requests_queued_for_the_pool_are_served_in_the_order_they_came(
 ) -> None:
     """Twenty requests ask in turn for a pool of two, and each, when served, goes straight
     back for a second statement: their first statements are served in the order they asked."""
-    two = settings.model_copy(
-        update={"pool_size": 2, "pool_max_overflow": 0, "pool_timeout_seconds": 5}
-    )
-    db = Database(two, database_url)
+    db = Database(_of_size(settings, 2), database_url)
     served: list[tuple[int, int]] = []
 
     async def request(n: int) -> None:
@@ -112,9 +109,7 @@ async def test_a_statement_waits_for_a_connection_as_long_as_the_pool_timeout_an
     """Behind a held connection a statement sent alone fails with PoolTimeout once the pool
     timeout has passed since it came; one whose request was cancelled while it waited is
     never sent."""
-    db = Database(
-        _of_size(settings, 1).model_copy(update={"pool_timeout_seconds": 0.2}), database_url
-    )
+    db = Database(_of_size(settings, 1, timeout_s=0.2), database_url)
     sent: list[str] = []
     execute = Connection._execute
 
@@ -140,10 +135,10 @@ async def test_a_statement_waits_for_a_connection_as_long_as_the_pool_timeout_an
     assert sent == ["SELECT 'after'"]
 
 
-def _of_size(settings: Settings, connections: int) -> Settings:
-    return settings.model_copy(
-        update={"pool_size": connections, "pool_max_overflow": 0, "pool_timeout_seconds": 5}
-    )
+def _of_size(settings: Settings, connections: int, timeout_s: float = 5) -> Settings:
+    """A pool of exactly `connections`, whose waits end after `timeout_s`."""
+    update = {"pool_size": connections, "pool_max_overflow": 0, "pool_timeout_seconds": timeout_s}
+    return settings.model_copy(update=update)
 
 
 async def _opened(db: Database, connections: int) -> None:
