@@ -103,6 +103,65 @@ async def test_a_connection_answered_sends_the_next_statement_in_the_same_turn(
     assert seen["first answered"] > seen["first sent"], seen  # the turns were counted
 
 
+async def test_statements_waiting_go_out_on_the_connection_that_answered_the_one_before(
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten statements handed to a pool of one at once take its connection once: each goes out
+    on it as the one before is answered, not after giving it back and taking it again."""
+    db = Database(_of_size(settings, 1), database_url)
+    taken = 0
+    acquire = Database.acquire
+
+    def counted(self: Database, deadline: float | None = None) -> Any:
+        nonlocal taken
+        taken += 1
+        return acquire(self, deadline)
+
+    try:
+        await _opened(db, 1)
+        monkeypatch.setattr(Database, "acquire", counted)
+        rows = await asyncio.gather(
+            *(db.fetch_alone("SELECT $1::int", [n], None) for n in range(10))
+        )
+    finally:
+        await db.dispose()
+    assert [row[0] for row in rows] == list(range(10))
+    assert taken == 1
+
+
+async def test_a_transaction_waiting_takes_the_connection_before_the_statements_queued(
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While statements sent alone keep a pool of one busy, a request that asks for the
+    connection for a transaction of its own has it as soon as the statement on it is
+    answered, ahead of the nineteen still waiting: a runner keeps its connection for the
+    next statement only while nobody else waits for one."""
+    db = Database(_of_size(settings, 1), database_url)
+    sent: list[str] = []
+    execute = Connection._execute
+
+    async def noted(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return await execute(self, query, *args, **kwargs)
+
+    async def transaction() -> None:
+        while not sent:  # the first statement is on the connection (for 50 ms)
+            await asyncio.sleep(0)
+        async with db.acquire():
+            sent.append("transaction")
+
+    try:
+        await _opened(db, 1)
+        monkeypatch.setattr(Connection, "_execute", noted)
+        first = db.fetch_alone("SELECT pg_sleep(0.05)", [], None)
+        queued = [db.fetch_alone(f"SELECT {n}", [], None) for n in range(1, 20)]
+        await asyncio.gather(first, *queued, transaction())
+    finally:
+        await db.dispose()
+    assert sent[:3] == ["SELECT pg_sleep(0.05)", "transaction", "SELECT 1"], sent
+    assert len(sent) == 21
+
+
 async def test_a_statement_waits_for_a_connection_as_long_as_the_pool_timeout_and_no_more(
     settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -133,6 +192,32 @@ async def test_a_statement_waits_for_a_connection_as_long_as_the_pool_timeout_an
         await db.dispose()
     assert 0.2 <= waited < 0.4, waited
     assert sent == ["SELECT 'after'"]
+
+
+async def test_a_statement_queued_past_the_pool_timeout_is_not_sent(
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a statement that runs longer than the pool timeout (0.2 s) on a pool of one,
+    the statement queued after it fails with PoolTimeout when the connection comes free,
+    rather than being sent late."""
+    db = Database(_of_size(settings, 1, timeout_s=0.2), database_url)
+    sent: list[str] = []
+    execute = Connection._execute
+
+    async def noted(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return await execute(self, query, *args, **kwargs)
+
+    try:
+        await _opened(db, 1)
+        monkeypatch.setattr(Connection, "_execute", noted)
+        slow = db.fetch_alone("SELECT pg_sleep(0.3)", [], None)
+        late = db.fetch_alone("SELECT 'late'", [], None)
+        answers = await asyncio.gather(slow, late, return_exceptions=True)
+    finally:
+        await db.dispose()
+    assert isinstance(answers[1], PoolTimeout), answers
+    assert sent == ["SELECT pg_sleep(0.3)"]
 
 
 def _of_size(settings: Settings, connections: int, timeout_s: float = 5) -> Settings:

@@ -126,6 +126,21 @@ class _Alone:
     answer: asyncio.Future[asyncpg.Record | None]
 
 
+async def _answer(driver: asyncpg.Connection, call: _Alone) -> None:
+    """`call`'s statement on `driver`, its row its answer, unless its request was cancelled
+    (while it waited for a connection, say) or it waited past its deadline (PoolTimeout, as
+    acquire's). An error in the statement is raised, as the connection may have gone with
+    it; the caller answers it and gives the connection back."""
+    if call.answer.done():
+        return
+    if asyncio.get_running_loop().time() > call.deadline:
+        call.answer.set_exception(PoolTimeout("no database connection became free in time"))
+        return
+    record = await fetch_limited(driver, call.sql, call.arguments, call.limit_s)
+    if not call.answer.done():
+        call.answer.set_result(record)
+
+
 class Database:
     """A pool on one server (or a multi-host URL's chosen one).
 
@@ -150,6 +165,7 @@ class Database:
         self._opening = asyncio.Lock()
         # Made with the pool, on the event loop that uses it.
         self._turns: asyncio.Semaphore | None = None
+        self._waiting = 0  # callers of acquire without a connection yet
         # The notifications of committed transactions, sent in batches off their requests.
         self.wakeups = Wakeups(sending_on(self))
         # Statements sent alone, in the order they came, and the tasks that run them (made
@@ -192,6 +208,7 @@ class Database:
         turns = cast(asyncio.Semaphore, self._turns)
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + self._settings.pool_timeout_seconds
+        self._waiting += 1
         try:
             async with asyncio.timeout_at(deadline):
                 # First come, first served: asyncpg's own wait is a queue that a newcomer
@@ -209,6 +226,8 @@ class Database:
                     raise
         except TimeoutError as error:
             raise PoolTimeout("no database connection became free in time") from error
+        finally:
+            self._waiting -= 1
         try:
             # A proxy that refuses use after release; it has the connection's methods.
             yield cast(asyncpg.Connection, connection)
@@ -238,7 +257,8 @@ class Database:
     ) -> asyncpg.Record | None:
         """The row of a statement sent alone (db.uow.one_statement), run by one of the pool's
         runners: a task per connection that sends the next statement waiting as soon as the
-        one before has its answer, in the order they came.
+        one before has its answer, in the order they came, on the same connection while
+        nobody else waits for one.
 
         A request that took a connection for its own statement gave it back a turn of the
         event loop after the answer came in, and the next request sent its statement a turn
@@ -268,19 +288,23 @@ class Database:
                 continue
             try:
                 async with self.acquire(call.deadline) as driver:
-                    if call.answer.done():  # cancelled while a connection was awaited
-                        continue
-                    record = await fetch_limited(driver, call.sql, call.arguments, call.limit_s)
+                    while True:
+                        await _answer(driver, call)
+                        # The next statement waiting goes out on this connection, in this
+                        # turn, without giving it back and taking it again: a new order cost
+                        # our process a seventh less CPU (docs/benchmarks.md). Not when
+                        # anyone waits for a connection of their own (a transaction, another
+                        # runner): theirs is the next one that comes free.
+                        if alone.empty() or self._waiting:
+                            break
+                        call = alone.get_nowait()
             except asyncio.CancelledError:  # the pool is closing (dispose)
                 if not call.answer.done():
                     call.answer.set_exception(PoolTimeout("the pool closed"))
                 raise
-            except Exception as error:
+            except Exception as error:  # no connection in time, or this statement failed
                 if not call.answer.done():
                     call.answer.set_exception(error)
-            else:
-                if not call.answer.done():
-                    call.answer.set_result(record)
 
     async def dispose(self) -> None:
         for runner in self._runners:
