@@ -137,14 +137,8 @@ async def test_a_transaction_waiting_takes_the_connection_before_the_statements_
     answered, ahead of the nineteen still waiting: a runner keeps its connection for the
     next statement only while nobody else waits for one."""
     db = Database(_of_size(settings, 1), database_url)
-    sent: list[str] = []
-    execute = Connection._execute
 
-    async def noted(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
-        sent.append(query)
-        return await execute(self, query, *args, **kwargs)
-
-    async def transaction() -> None:
+    async def transaction(sent: list[str]) -> None:
         while not sent:  # the first statement is on the connection (for 50 ms)
             await asyncio.sleep(0)
         async with db.acquire():
@@ -152,10 +146,10 @@ async def test_a_transaction_waiting_takes_the_connection_before_the_statements_
 
     try:
         await _opened(db, 1)
-        monkeypatch.setattr(Connection, "_execute", noted)
+        sent = _statements_sent(monkeypatch)
         first = db.fetch_alone("SELECT pg_sleep(0.05)", [], None)
         queued = [db.fetch_alone(f"SELECT {n}", [], None) for n in range(1, 20)]
-        await asyncio.gather(first, *queued, transaction())
+        await asyncio.gather(first, *queued, transaction(sent))
     finally:
         await db.dispose()
     assert sent[:3] == ["SELECT pg_sleep(0.05)", "transaction", "SELECT 1"], sent
@@ -169,14 +163,7 @@ async def test_a_statement_waits_for_a_connection_as_long_as_the_pool_timeout_an
     timeout has passed since it came; one whose request was cancelled while it waited is
     never sent."""
     db = Database(_of_size(settings, 1, timeout_s=0.2), database_url)
-    sent: list[str] = []
-    execute = Connection._execute
-
-    async def noted(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
-        sent.append(query)
-        return await execute(self, query, *args, **kwargs)
-
-    monkeypatch.setattr(Connection, "_execute", noted)
+    sent = _statements_sent(monkeypatch)
     loop = asyncio.get_running_loop()
     try:
         async with db.acquire():
@@ -201,16 +188,9 @@ async def test_a_statement_queued_past_the_pool_timeout_is_not_sent(
     the statement queued after it fails with PoolTimeout when the connection comes free,
     rather than being sent late."""
     db = Database(_of_size(settings, 1, timeout_s=0.2), database_url)
-    sent: list[str] = []
-    execute = Connection._execute
-
-    async def noted(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
-        sent.append(query)
-        return await execute(self, query, *args, **kwargs)
-
     try:
         await _opened(db, 1)
-        monkeypatch.setattr(Connection, "_execute", noted)
+        sent = _statements_sent(monkeypatch)
         slow = db.fetch_alone("SELECT pg_sleep(0.3)", [], None)
         late = db.fetch_alone("SELECT 'late'", [], None)
         answers = await asyncio.gather(slow, late, return_exceptions=True)
@@ -218,6 +198,19 @@ async def test_a_statement_queued_past_the_pool_timeout_is_not_sent(
         await db.dispose()
     assert isinstance(answers[1], PoolTimeout), answers
     assert sent == ["SELECT pg_sleep(0.3)"]
+
+
+def _statements_sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements sent from now on, by any connection, in the order they were sent."""
+    sent: list[str] = []
+    execute = Connection._execute
+
+    async def noted(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return await execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "_execute", noted)
+    return sent
 
 
 def _of_size(settings: Settings, connections: int, timeout_s: float = 5) -> Settings:
