@@ -31,6 +31,9 @@ class PoolTimeout(TimeoutError):
     retry a TimeoutError on their own)."""
 
 
+_NO_CONNECTION = "no database connection became free in time"
+
+
 # jsonb's binary form is a version byte (1) before the JSON text.
 _JSONB_VERSION = b"\x01"
 
@@ -125,6 +128,11 @@ class _Alone:
     deadline: float  # the event loop's time by which it must have a connection
     answer: asyncio.Future[asyncpg.Record | None]
 
+    def fail(self, error: BaseException) -> None:
+        """`error` its answer, unless it has one (its request was cancelled, say)."""
+        if not self.answer.done():
+            self.answer.set_exception(error)
+
 
 async def _answer(driver: asyncpg.Connection, call: _Alone) -> None:
     """`call`'s statement on `driver`, its row its answer, unless its request was cancelled
@@ -134,7 +142,7 @@ async def _answer(driver: asyncpg.Connection, call: _Alone) -> None:
     if call.answer.done():
         return
     if asyncio.get_running_loop().time() > call.deadline:
-        call.answer.set_exception(PoolTimeout("no database connection became free in time"))
+        call.fail(PoolTimeout(_NO_CONNECTION))
         return
     record = await fetch_limited(driver, call.sql, call.arguments, call.limit_s)
     if not call.answer.done():
@@ -225,7 +233,7 @@ class Database:
                     turns.release()
                     raise
         except TimeoutError as error:
-            raise PoolTimeout("no database connection became free in time") from error
+            raise PoolTimeout(_NO_CONNECTION) from error
         finally:
             self._waiting -= 1
         try:
@@ -299,12 +307,10 @@ class Database:
                             break
                         call = alone.get_nowait()
             except asyncio.CancelledError:  # the pool is closing (dispose)
-                if not call.answer.done():
-                    call.answer.set_exception(PoolTimeout("the pool closed"))
+                call.fail(PoolTimeout("the pool closed"))
                 raise
             except Exception as error:  # no connection in time, or this statement failed
-                if not call.answer.done():
-                    call.answer.set_exception(error)
+                call.fail(error)
 
     async def dispose(self) -> None:
         for runner in self._runners:
@@ -313,9 +319,7 @@ class Database:
             with suppress(asyncio.CancelledError):
                 await runner
         while self._alone is not None and not self._alone.empty():
-            call = self._alone.get_nowait()
-            if not call.answer.done():
-                call.answer.set_exception(PoolTimeout("the pool closed"))
+            self._alone.get_nowait().fail(PoolTimeout("the pool closed"))
         self._alone, self._runners = None, []
         await self.wakeups.drain()  # handed over before the pool closes: sent on it
         if self._pool is not None:
