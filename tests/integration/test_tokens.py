@@ -28,7 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.factories import PASSWORD, Cast, bearer
 from tradeops.app import create_app
+from tradeops.auth import tokens
 from tradeops.auth.sign_in import email_key
+from tradeops.auth.tokens import LEEWAY_SECONDS
 from tradeops.settings import Settings
 
 API = "/api/v1"
@@ -196,6 +198,59 @@ async def test_tampered_payload_is_refused(
     header, payload, signature = token.split(".")
     forged = {**unb64url_json(payload), "sub": str(cast.ids["admin"]), "role": "admin"}
     assert_unauthenticated(await me(client, f"{header}.{b64url_json(forged)}.{signature}"))
+
+
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens PyJWT decodes (each decoding of each), from now on."""
+    decoded: list[str] = []
+    decode = jwt.decode
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    return decoded
+
+
+async def test_a_token_seen_before_is_not_decoded_again(
+    client: httpx.AsyncClient, cast: Cast, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = count_decodes(monkeypatch)
+    token, _ = app.state.tokens.issue(cast.ids["trader"], "trader")
+    assert (await me(client, token)).status_code == 200
+    first = len(decoded)
+    assert first > 0
+    for _ in range(3):
+        assert (await me(client, token)).json()["user_id"] == cast.ids["trader"]
+    assert len(decoded) == first
+
+
+async def test_a_token_seen_before_is_refused_once_it_expires(
+    client: httpx.AsyncClient, cast: Cast, settings: Settings
+) -> None:
+    """Kept or not, a token is good until its exp plus the leeway, and not a moment after."""
+    expires = time.time() + 1.0
+    payload = own_claims(settings, cast.ids["trader"], exp=int(expires) - LEEWAY_SECONDS)
+    token = sign_own(settings, payload)
+    assert (await me(client, token)).status_code == 200
+    time.sleep(max(0.0, expires - time.time()) + 0.2)
+    assert_unauthenticated(await me(client, token), "token-expired")
+
+
+async def test_the_tokens_kept_are_the_latest_few(
+    client: httpx.AsyncClient, cast: Cast, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokens, "OWN_TOKENS_KEPT", 2)
+    decoded = count_decodes(monkeypatch)
+    oldest, older, newest = (
+        app.state.tokens.issue(cast.ids["trader"], "trader")[0] for _ in range(3)
+    )
+    for token in (oldest, older, newest, newest, older):
+        assert (await me(client, token)).status_code == 200
+    kept_twice = len(decoded)
+    assert (await me(client, oldest)).status_code == 200
+    assert len(decoded) > kept_twice  # the oldest was let go, and decoded again
 
 
 @pytest.mark.parametrize(
