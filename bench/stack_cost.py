@@ -24,6 +24,7 @@ import asyncio
 import cProfile
 import os
 import pstats
+import re
 import sys
 import time
 import uuid
@@ -224,7 +225,7 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                     profiler = cProfile.Profile()
                     await measure(call, body, arguments.requests, expected, backends, profiler)
                     if arguments.dump:
-                        profiler.dump_stats(f"{arguments.dump}.{name.split()[0]}.prof")
+                        profiler.dump_stats(f"{arguments.dump}.{dump_suffix(name)}.prof")
                     stats = pstats.Stats(profiler).sort_stats(arguments.sort)
                     # Not disturbed by other processes, unlike the CPU time: a steady measure.
                     calls = stats.total_calls / arguments.requests  # type: ignore[attr-defined]
@@ -232,11 +233,19 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                     stats.print_stats(arguments.profile)
 
 
+def dump_suffix(endpoint: str) -> str:
+    """`POST /orders/{id}/review` as a file name's part: POST_orders_id_review (each endpoint
+    its own file; by the method alone, the review's profile overwrote the intake's)."""
+    return "_".join(re.findall(r"\w+", endpoint))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", type=int, default=0, help="print the top N functions")
-    parser.add_argument("--dump", help="also write each profile to DUMP.<method>.prof")
+    parser.add_argument(
+        "--dump", help="also write each profile to DUMP.<endpoint>.prof (POST_orders_id_review)"
+    )
     parser.add_argument("--sort", default="tottime", help="cProfile sort key")
     asyncio.run(main(parser.parse_args()))
