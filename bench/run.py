@@ -290,7 +290,23 @@ class Target:
             "comparison": self.comparison,
             "bound": self.bound,
             "result": "PASS" if met else "FAIL",
+            # The same figure in each round alone: how far one round moves it on this
+            # machine, beside the distance to the bound (the run's noise, issue 15).
+            "rounds": [round(self.value(runs_of), 3) for runs_of in by_round(runs)],
         }
+
+
+def by_round(runs: Runs) -> list[Runs]:
+    """The runs of each round alone (take_turns: round k of every run was taken in the same
+    turn), or none if the runs were not all taken in the same number of rounds."""
+    counts = {len(run.rounds) for run in runs.values()}
+    if len(counts) != 1 or counts == {0}:
+        return []
+    (count,) = counts
+    return [
+        {name: RunResult(**{**run.rounds[k], "rounds": []}) for name, run in runs.items()}
+        for k in range(count)
+    ]
 
 
 def rps_ratio(run: str, peer: str) -> Callable[[Runs], float]:
@@ -1010,15 +1026,17 @@ def scaling_figures(run: dict[str, Any], row: dict[str, Any], reference: bool) -
 
 def print_checks(rows: list[dict[str, Any]], other_checks: dict[str, dict[str, Any]]) -> None:
     table = Table(title="targets (issue 15): each ratio and figure against its bound")
-    for column in ("scenario", "target", "value", "bound", "result"):
+    for column in ("scenario", "target", "value", "rounds", "bound", "result"):
         table.add_column(column, justify="left" if column in ("scenario", "target") else "right")
     named = [(row["name"], check) for row in rows for check in row["checks"]]
     named += list(other_checks.items())
     for name, check in named:
+        rounds = check.get("rounds") or []
         table.add_row(
             name,
             check["target"],
             f"{check['value']:.2f}",
+            f"{min(rounds):.2f}-{max(rounds):.2f}" if rounds else "",
             f"{check['comparison']} {check['bound']:g}",
             f"[{COLORS[check['result']]}]{check['result']}[/]",
         )
