@@ -32,6 +32,7 @@ class PoolTimeout(TimeoutError):
 
 
 _NO_CONNECTION = "no database connection became free in time"
+_POOL_CLOSED = "the pool closed"
 
 
 # jsonb's binary form is a version byte (1) before the JSON text.
@@ -307,7 +308,7 @@ class Database:
                             break
                         call = alone.get_nowait()
             except asyncio.CancelledError:  # the pool is closing (dispose)
-                call.fail(PoolTimeout("the pool closed"))
+                call.fail(PoolTimeout(_POOL_CLOSED))
                 raise
             except Exception as error:  # no connection in time, or this statement failed
                 call.fail(error)
@@ -319,7 +320,7 @@ class Database:
             with suppress(asyncio.CancelledError):
                 await runner
         while self._alone is not None and not self._alone.empty():
-            self._alone.get_nowait().fail(PoolTimeout("the pool closed"))
+            self._alone.get_nowait().fail(PoolTimeout(_POOL_CLOSED))
         self._alone, self._runners = None, []
         await self.wakeups.drain()  # handed over before the pool closes: sent on it
         if self._pool is not None:
