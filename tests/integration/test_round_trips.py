@@ -121,7 +121,9 @@ EXPECTED = {
     "POST /orders": 1,
     # With a key to reserve, in a transaction: BEGIN; authenticate; reserve; intake; store; COMMIT
     "POST /orders with an Idempotency-Key": 6,
-    "POST /orders/{id}/review": 5,  # BEGIN; authenticate; lock; transition, answering; COMMIT
+    # One statement: authenticate, set the context, check who may review, lock the order,
+    # the transition with its events, the order's document (0035).
+    "POST /orders/{id}/review": 1,
     # BEGIN; authenticate; lock; the approval (distinct approvers); transition; COMMIT
     "POST /orders/{id}/approve": 6,
     "GET /clients/{id}/portfolio": 1,  # one statement: authenticate, the document (0019)

@@ -712,19 +712,55 @@ READ_ORDER = query(
 # as the API shows it after the change (ORDER_BY_ID's columns), so nothing reads it again:
 # the last CTE, `orders`, is the changed row, and hides the table from order_view()'s
 # SELECT only (a CTE is seen by the statement and the CTEs after it, none of which writes).
+_DECIDED = updating(
+    "status = :to_status, reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
+    " approved_by = COALESCE(:approved_by, approved_by),"
+    " rejected_by = COALESCE(:rejected_by, rejected_by)",
+    "version = :version AND status = :from_status",
+)
 TRANSITION = query(
     order_change(
-        updating(
-            "status = :to_status, reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
-            " approved_by = COALESCE(:approved_by, approved_by),"
-            " rejected_by = COALESCE(:rejected_by, rejected_by)",
-            "version = :version AND status = :from_status",
-        ),
+        _DECIDED,
         then="orders AS (SELECT * FROM changed)",
         returning=prepare(order_view()).sql,
     ),
     OrderOut,
 )
+
+# A review in one round trip (issue 15: "a write needs at most two"): the function
+# authenticates (as tradeops_read_order), and for a caller of a role in :roles whose key, if
+# any, has every scope in :scopes (reviewing and reading orders, auth.permissions), locks the
+# order if it is PENDING, at :version if one is given, on a desk of the caller's; then makes
+# TRANSITION's change (REVIEW_CHANGE), and answers the order's document as GET does. Nothing
+# written, the row has no version and no document: the endpoint, in a transaction, explains.
+REVIEW_IN_ONE_STATEMENT = query(
+    "SELECT caller, new_version AS version, document FROM tradeops_review_order("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scopes,"
+    " :lock_timeout_ms, :order_id, :version, :from_status, :to_status, :event_type,"
+    " :payload, :action)",
+    OrderRead,
+    alone=True,
+)
+REVIEW_CHANGE = order_change(_DECIDED, returning="SELECT version FROM changed")
+# REVIEW_CHANGE's values in tradeops_review_order: the locked order's, the reviewer's, the
+# function's arguments.
+_REVIEW_VALUES = {
+    "id": "in_order_id",
+    "version": "at_version",
+    "reviewed_by": "who.user_id",
+    "approved_by": "NULL",
+    "rejected_by": "NULL",
+}
+
+
+def review_order_function() -> str:
+    """REVIEW_CHANGE as tradeops_review_order runs it (migration 0035), its new version read
+    into `at_version`. The installed function holds exactly this (tests/integration/
+    test_one_statement_review.py): a change to TRANSITION's comes with a migration."""
+    prepared = prepare(REVIEW_CHANGE)
+    values = [_REVIEW_VALUES.get(name, f"in_{name}") for name in prepared.names]
+    sql = re.sub(r"\$(\d+)", lambda m: values[int(m.group(1)) - 1], prepared.sql)
+    return sql.replace(" SELECT version FROM", " SELECT version INTO at_version FROM")
 
 
 # The order a submitter recorded under a client_order_id, as the API shows it: a retry's

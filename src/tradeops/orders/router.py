@@ -339,11 +339,58 @@ async def _decide(
     return await respond_once(request, uow, idempotency_key, change)
 
 
+async def _review_asked(request: Request, order_id: int) -> Decision | None:
+    """The review a request asks for, as review_order takes it from its body and If-Match;
+    None when FastAPI or the endpoint would refuse them (its 422, 400)."""
+    if await request.body():
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            return None
+        try:
+            asked = ReviewRequest.model_validate(body)
+        except ValidationError:
+            return None
+    else:
+        asked = ReviewRequest()
+    try:
+        version = expected_version(request.headers.get("if-match"), asked.expected_version)
+    except InvalidRequest:
+        return None
+    return Decision(
+        order_id,
+        workflow.REVIEW,
+        version,
+        note=asked.note,
+        recommendation=asked.recommendation,
+    )
+
+
+async def _review_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """POST /orders/{id}/review in one round trip (issue 15): authentication, the context, the
+    order's lock, its change and its document in one statement. None (the endpoint below
+    answers, in a transaction, as documented) for a request with an Idempotency-Key, an id,
+    body or If-Match it does not take, no credentials, or a review not recorded (a caller who
+    may not, an order not found, not PENDING or at another version): nothing was written."""
+    if request.headers.get("idempotency-key") is not None:
+        return None
+    order_id = row_id(request.path_params["order_id"])
+    decision = None if order_id is None else await _review_asked(request, order_id)
+    credential = None if decision is None else await one_statement_credential(request)
+    if decision is None or credential is None:
+        return None
+    principal, reviewed = await workflow.review_in_one_statement(
+        db, credential, decision, request.app.state.key_usage
+    )
+    caller_known(request, principal)
+    return None if reviewed is None else _written_document(reviewed)
+
+
 @router.post(
     "/{order_id}/review",
     response_model=OrderOut,
     responses={**TRANSITION_ERRORS, **ORDER_LINKS_200},
 )
+@answered_in_one_statement(_review_in_one_statement)
 async def review_order(
     order_id: RowId,
     request: Request,

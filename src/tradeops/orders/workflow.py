@@ -16,6 +16,7 @@ deciders queue behind each other: of many final approvals exactly one wins, the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -26,10 +27,12 @@ import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from tradeops.auth.permissions import Action, authorize
+from tradeops.auth.authentication import principal_found
+from tradeops.auth.key_usage import KeyUsage
+from tradeops.auth.permissions import Action, authorize, who_may
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.errors import MAKER_CHECKER_REFUSED, refuses_the_change
-from tradeops.db.uow import UnitOfWork
+from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
 from tradeops.errors import Conflict, DomainError, Forbidden, InvalidRequest
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
 from tradeops.orders import repository as repo
@@ -285,14 +288,54 @@ def _change(
         "id": order.id,
         "version": order.version,
         "from_status": order.status,
-        "to_status": transition.to_status,
         "reviewed_by": principal.user_id if transition is REVIEW else None,
         "approved_by": principal.user_id if transition is APPROVE else None,
         "rejected_by": principal.user_id if transition is REJECT else None,
+        **_recorded(transition, decision),
+    }
+
+
+def _recorded(transition: Transition, decision: Decision) -> dict[str, Any]:
+    """What `transition` records, whoever makes it: the order's new status, its history
+    event with what was said, and the audit entry's action."""
+    return {
+        "to_status": transition.to_status,
         "event_type": transition.to_status,
         "payload": orjson.dumps(decision.history()).decode(),
         "action": f"order.{transition.to_status.lower()}",
     }
+
+
+async def review_in_one_statement(
+    source: ConnectionSource, credential: Mapping[str, Any], decision: Decision, key_usage: KeyUsage
+) -> tuple[Principal, repo.OrderDocument | None]:
+    """A review in one round trip (repo.REVIEW_IN_ONE_STATEMENT): the caller the credential
+    (auth.authentication.credential_parameters) names, 401 if none, and the reviewed order as
+    GET shows it; None when nothing was written (a caller who may not review or read orders;
+    no such order on their desks, not PENDING, or at another version than they named), which
+    transition_order, in a transaction, explains with the documented problem."""
+    assert decision.transition is REVIEW
+    review, read = who_may(Action.REVIEW_ORDER), who_may(Action.READ_ORDERS)
+    # As submit_in_one_statement: the server bounds the wait for the order's lock; the
+    # driver's limit, twice as long, is only a backstop.
+    limit_ms = source.settings.statement_timeout_ms
+    (from_status,) = REVIEW.from_statuses
+    params = {
+        **credential,
+        # The answer is the order as GET shows it: whoever may review and read it.
+        "roles": [role for role in review["roles"] if role in read["roles"]],
+        "scopes": [review["scope"], read["scope"]],
+        "lock_timeout_ms": limit_ms,
+        "order_id": decision.order_id,
+        "version": decision.expected_version,
+        "from_status": from_status,
+        **_recorded(REVIEW, decision),
+    }
+    reviewed = await one_statement(
+        source, repo.REVIEW_IN_ONE_STATEMENT, params, timeout_ms=2 * limit_ms
+    )
+    principal = principal_found(None if reviewed is None else reviewed.caller, key_usage)
+    return principal, None if reviewed is None else reviewed.found
 
 
 async def _record_approval(
