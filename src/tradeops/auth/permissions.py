@@ -132,6 +132,18 @@ def who_may(action: Action) -> dict[str, Any]:
     return {"roles": sorted(role.value for role in PERMISSIONS[action]), "scope": SCOPES[action]}
 
 
+def who_may_all(*actions: Action) -> dict[str, Any]:
+    """is_allowed's rule for taking every one of `actions`, as a statement that authenticates
+    and then writes checks it (orders.repository.DECIDE_IN_ONE_STATEMENT): the roles that may
+    take them all (`roles`), and the scopes a key needs for them (`scopes`; None when one of
+    them is a person's only act, which no key may take)."""
+    roles = frozenset.intersection(*(PERMISSIONS[action] for action in actions))
+    scopes = None
+    if not any(action in PERSON_ONLY for action in actions):
+        scopes = [SCOPES[action] for action in actions if action not in OPEN_TO_ANY_KEY]
+    return {"roles": sorted(role.value for role in roles), "scopes": scopes}
+
+
 def missing_scope(principal: Principal, action: Action) -> str | None:
     """The scope a key lacks for an action its owner's role allows (None: not a scope matter)."""
     if principal.scopes is None or action in PERSON_ONLY or action in OPEN_TO_ANY_KEY:

@@ -26,7 +26,7 @@ from tradeops.auth.principal import Principal
 from tradeops.auth.repository import Authenticated, as_authenticated
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
-from tradeops.db.prepared import Query, as_row, prepare, query
+from tradeops.db.prepared import Prepared, Query, as_row, prepare, query
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
@@ -317,13 +317,18 @@ def record_order_function() -> str:
 def _submit_order_answering(answer: str, value: Callable[[str], str]) -> str:
     """SUBMIT_ORDER's statement with each parameter written as `value` names it and its row
     answered as `answer` ("{}" standing for the row's columns)."""
-    prepared = SUBMIT_ORDER.prepared
-    values = [value(name) for name in prepared.names]
-    sql = re.sub(r"\$(\d+)", lambda m: values[int(m.group(1)) - 1], prepared.sql)
+    sql = _with_values(SUBMIT_ORDER.prepared, value)
     answered = f"SELECT {_SUBMITTED} FROM refs"  # noqa: S608 - SQL from this code only
     if sql.count(answered) != 1:
         raise ValueError("SUBMIT_ORDER no longer answers its row as these functions expect")
     return sql.replace(answered, answer.format(_SUBMITTED))
+
+
+def _with_values(prepared: Prepared, value: Callable[[str], str]) -> str:
+    """`prepared`'s statement with each parameter written as `value` names it: as a SQL
+    function runs it, with its own variables and arguments."""
+    values = [value(name) for name in prepared.names]
+    return re.sub(r"\$(\d+)", lambda m: values[int(m.group(1)) - 1], prepared.sql)
 
 
 # POST /orders in one round trip (issue 15): the function authenticates (as
@@ -727,40 +732,57 @@ TRANSITION = query(
     OrderOut,
 )
 
-# A review in one round trip (issue 15: "a write needs at most two"): the function
-# authenticates (as tradeops_read_order), and for a caller of a role in :roles whose key, if
-# any, has every scope in :scopes (reviewing and reading orders, auth.permissions), locks the
-# order if it is PENDING, at :version if one is given, on a desk of the caller's; then makes
-# TRANSITION's change (REVIEW_CHANGE), and answers the order's document as GET does. Nothing
-# written, the row has no version and no document: the endpoint, in a transaction, explains.
-REVIEW_IN_ONE_STATEMENT = query(
-    "SELECT caller, new_version AS version, document FROM tradeops_review_order("
+# A decision in one round trip (issue 15: "a write needs at most two"): review, approve or
+# reject. The function authenticates (as tradeops_read_order); for a caller of a role in
+# :roles whose key, if any, has every scope in :scopes (NULL: no key may), it locks the order
+# if the decision may start from its status, on a desk of the caller's, at :version if one is
+# given; not its maker's if :checker; with its risk check PASSED and one approval needed if
+# :approval (then records the approval, RECORD_APPROVAL). Then it makes TRANSITION's change
+# (DECISION_CHANGE) and answers the order's document as GET does. Nothing written, the row
+# has no version and no document: the endpoint, in a transaction, explains.
+DECIDE_IN_ONE_STATEMENT = query(
+    "SELECT caller, new_version AS version, document FROM tradeops_decide_order("
     ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scopes,"
-    " :lock_timeout_ms, :order_id, :version, :from_status, :to_status, :event_type,"
-    " :payload, :action)",
+    " :lock_timeout_ms, :order_id, :version, :from_statuses, :checker, :approval, :note,"
+    " :to_status, :event_type, :payload, :action)",
     OrderRead,
     alone=True,
 )
-REVIEW_CHANGE = order_change(_DECIDED, returning="SELECT version FROM changed")
-# REVIEW_CHANGE's values in tradeops_review_order: the locked order's, the reviewer's, the
-# function's arguments.
-_REVIEW_VALUES = {
+DECISION_CHANGE = order_change(_DECIDED, returning="SELECT version FROM changed")
+# The values of DECISION_CHANGE and RECORD_APPROVAL in tradeops_decide_order: the locked
+# order's, the decider's, or else the function's argument of the name.
+_LOCKED_VALUES = {
     "id": "in_order_id",
+    "desk_id": "at_desk",
     "version": "at_version",
-    "reviewed_by": "who.user_id",
-    "approved_by": "NULL",
-    "rejected_by": "NULL",
+    "from_status": "at_status",
+    "note": "in_note",
+}
+_DECIDERS = {
+    "reviewed_by": "by_reviewer",
+    "approved_by": "by_approver",
+    "rejected_by": "by_rejecter",
 }
 
 
-def review_order_function() -> str:
-    """REVIEW_CHANGE as tradeops_review_order runs it (migration 0035), its new version read
-    into `at_version`. The installed function holds exactly this (tests/integration/
-    test_one_statement_review.py): a change to TRANSITION's comes with a migration."""
-    prepared = prepare(REVIEW_CHANGE)
-    values = [_REVIEW_VALUES.get(name, f"in_{name}") for name in prepared.names]
-    sql = re.sub(r"\$(\d+)", lambda m: values[int(m.group(1)) - 1], prepared.sql)
-    return sql.replace(" SELECT version FROM", " SELECT version INTO at_version FROM")
+def decide_order_function() -> tuple[str, str]:
+    """RECORD_APPROVAL and DECISION_CHANGE as tradeops_decide_order runs them (migration
+    0035): the approval's count and whether it was added read into `n_given` and
+    `was_added`, the order's new version into `at_version`. The installed function holds
+    exactly these (tests/integration/test_one_statement_decisions.py): a change to either
+    comes with a migration."""
+    approval = _with_values(
+        RECORD_APPROVAL.prepared, lambda name: _function_value(name, {"approved_by": "who.user_id"})
+    )
+    change = _with_values(prepare(DECISION_CHANGE), lambda name: _function_value(name, _DECIDERS))
+    return (
+        approval + " INTO n_given, was_added",
+        change.replace(" SELECT version FROM", " SELECT version INTO at_version FROM"),
+    )
+
+
+def _function_value(name: str, own: dict[str, str]) -> str:
+    return own.get(name) or _LOCKED_VALUES.get(name) or f"in_{name}"
 
 
 # The order a submitter recorded under a client_order_id, as the API shows it: a retry's

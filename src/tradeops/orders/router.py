@@ -8,7 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel, ValidationError
 
-from tradeops.db.http import TransactionalRoute, answered_in_one_statement, called_directly
+from tradeops.db.http import (
+    OneStatement,
+    TransactionalRoute,
+    answered_in_one_statement,
+    called_directly,
+)
 from tradeops.db.uow import ConnectionSource
 from tradeops.deps import (
     API_PREFIX,
@@ -339,50 +344,47 @@ async def _decide(
     return await respond_once(request, uow, idempotency_key, change)
 
 
-async def _review_asked(request: Request, order_id: int) -> Decision | None:
-    """The review a request asks for, as review_order takes it from its body and If-Match;
-    None when FastAPI or the endpoint would refuse them (its 422, 400)."""
-    if await request.body():
-        body = await json_body(request)
-        if not isinstance(body, dict):
-            return None
-        try:
-            asked = ReviewRequest.model_validate(body)
-        except ValidationError:
-            return None
-    else:
-        asked = ReviewRequest()
-    try:
-        version = expected_version(request.headers.get("if-match"), asked.expected_version)
-    except InvalidRequest:
-        return None
-    return Decision(
-        order_id,
-        workflow.REVIEW,
-        version,
-        note=asked.note,
-        recommendation=asked.recommendation,
-    )
-
-
-async def _review_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
-    """POST /orders/{id}/review in one round trip (issue 15): authentication, the context, the
-    order's lock, its change and its document in one statement. None (the endpoint below
-    answers, in a transaction, as documented) for a request with an Idempotency-Key, an id,
-    body or If-Match it does not take, no credentials, or a review not recorded (a caller who
-    may not, an order not found, not PENDING or at another version): nothing was written."""
-    if request.headers.get("idempotency-key") is not None:
-        return None
+async def _decision_asked(
+    request: Request, transition: workflow.Transition, taken: type[BaseModel]
+) -> Decision | None:
+    """The decision a request asks for, as its endpoint takes it from the path, the body
+    (`taken`; none: its defaults) and If-Match; None when FastAPI or the endpoint would
+    refuse them (a 422)."""
     order_id = row_id(request.path_params["order_id"])
-    decision = None if order_id is None else await _review_asked(request, order_id)
-    credential = None if decision is None else await one_statement_credential(request)
-    if decision is None or credential is None:
+    body = (await json_body(request)) if await request.body() else {}
+    if order_id is None or not isinstance(body, dict):
         return None
-    principal, reviewed = await workflow.review_in_one_statement(
-        db, credential, decision, request.app.state.key_usage
-    )
-    caller_known(request, principal)
-    return None if reviewed is None else _written_document(reviewed)
+    try:
+        said = taken.model_validate(body).model_dump()
+        version = expected_version(request.headers.get("if-match"), said.pop("expected_version"))
+    except (ValidationError, InvalidRequest):
+        return None
+    return Decision(order_id, transition, version, **said)
+
+
+def _decided_in_one_statement(
+    transition: workflow.Transition, taken: type[BaseModel]
+) -> OneStatement:
+    """A decision's endpoint in one round trip (issue 15): authentication, the context, the
+    order's lock, its change and its document in one statement. None (the endpoint answers,
+    in a transaction, as documented) for a request with an Idempotency-Key, an id, body or
+    If-Match it does not take, no credentials, or a decision not recorded (a caller who may
+    not, an order a rule refuses, not found, or at another version): nothing was written."""
+
+    async def decided(db: ConnectionSource, request: Request) -> Response | None:
+        if request.headers.get("idempotency-key") is not None:
+            return None
+        decision = await _decision_asked(request, transition, taken)
+        credential = None if decision is None else await one_statement_credential(request)
+        if decision is None or credential is None:
+            return None
+        principal, order = await workflow.decide_in_one_statement(
+            db, credential, decision, request.app.state.key_usage
+        )
+        caller_known(request, principal)
+        return None if order is None else _written_document(order)
+
+    return decided
 
 
 @router.post(
@@ -390,7 +392,7 @@ async def _review_in_one_statement(db: ConnectionSource, request: Request) -> Re
     response_model=OrderOut,
     responses={**TRANSITION_ERRORS, **ORDER_LINKS_200},
 )
-@answered_in_one_statement(_review_in_one_statement)
+@answered_in_one_statement(_decided_in_one_statement(workflow.REVIEW, ReviewRequest))
 async def review_order(
     order_id: RowId,
     request: Request,
@@ -415,6 +417,7 @@ async def review_order(
 
 
 @router.post("/{order_id}/approve", response_model=OrderOut, responses=TRANSITION_ERRORS)
+@answered_in_one_statement(_decided_in_one_statement(workflow.APPROVE, ApproveRequest))
 async def approve_order(
     order_id: RowId,
     request: Request,
@@ -442,6 +445,7 @@ async def approve_order(
 
 
 @router.post("/{order_id}/reject", response_model=OrderOut, responses=TRANSITION_ERRORS)
+@answered_in_one_statement(_decided_in_one_statement(workflow.REJECT, RejectRequest))
 async def reject_order(
     order_id: RowId,
     body: RejectRequest,

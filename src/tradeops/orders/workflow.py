@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tradeops.auth.authentication import principal_found
 from tradeops.auth.key_usage import KeyUsage
-from tradeops.auth.permissions import Action, authorize, who_may
+from tradeops.auth.permissions import Action, authorize, who_may_all
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.errors import MAKER_CHECKER_REFUSED, refuses_the_change
 from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
@@ -144,6 +144,10 @@ CANCEL = Transition(
 
 
 TRANSITIONS = (REVIEW, APPROVE, REJECT, CANCEL)
+# The decisions only a checker makes, never the order's maker; those made in one statement
+# when nothing refuses them (decide_in_one_statement).
+CHECKERS_DECISIONS = (APPROVE, REJECT)
+ONE_STATEMENT_DECISIONS = (REVIEW, APPROVE, REJECT)
 # The history's step for an approval that is not yet the last one the order needs.
 APPROVAL_RECORDED = "APPROVAL_RECORDED"
 
@@ -185,8 +189,7 @@ def refusal(
     refused = _status_refusal(transition, order)
     if refused is not None:
         return refused
-    deciding = transition in (APPROVE, REJECT)
-    if deciding and order.created_by == principal.user_id:
+    if transition in CHECKERS_DECISIONS and order.created_by == principal.user_id:
         return MakerCannotApprove(
             f"You submitted order {order.id} (yourself or through your API key); another "
             "approver must decide on it.",
@@ -306,36 +309,38 @@ def _recorded(transition: Transition, decision: Decision) -> dict[str, Any]:
     }
 
 
-async def review_in_one_statement(
+async def decide_in_one_statement(
     source: ConnectionSource, credential: Mapping[str, Any], decision: Decision, key_usage: KeyUsage
 ) -> tuple[Principal, repo.OrderDocument | None]:
-    """A review in one round trip (repo.REVIEW_IN_ONE_STATEMENT): the caller the credential
-    (auth.authentication.credential_parameters) names, 401 if none, and the reviewed order as
-    GET shows it; None when nothing was written (a caller who may not review or read orders;
-    no such order on their desks, not PENDING, or at another version than they named), which
-    transition_order, in a transaction, explains with the documented problem."""
-    assert decision.transition is REVIEW
-    review, read = who_may(Action.REVIEW_ORDER), who_may(Action.READ_ORDERS)
+    """A review, approval or rejection in one round trip (repo.DECIDE_IN_ONE_STATEMENT): the
+    caller the credential (auth.authentication.credential_parameters) names, 401 if none,
+    and the order as GET shows it after the decision; None when nothing was written (a rule
+    of `refusal` applies, the order is not on their desks, at another version than they
+    named, or is an approval of one needing several), which transition_order, in a
+    transaction, explains or makes."""
+    transition = decision.transition
+    assert transition in ONE_STATEMENT_DECISIONS
     # As submit_in_one_statement: the server bounds the wait for the order's lock; the
     # driver's limit, twice as long, is only a backstop.
     limit_ms = source.settings.statement_timeout_ms
-    (from_status,) = REVIEW.from_statuses
     params = {
         **credential,
-        # The answer is the order as GET shows it: whoever may review and read it.
-        "roles": [role for role in review["roles"] if role in read["roles"]],
-        "scopes": [review["scope"], read["scope"]],
+        # The answer is the order as GET shows it: whoever may decide and read it.
+        **who_may_all(transition.action, Action.READ_ORDERS),
         "lock_timeout_ms": limit_ms,
         "order_id": decision.order_id,
         "version": decision.expected_version,
-        "from_status": from_status,
-        **_recorded(REVIEW, decision),
+        "from_statuses": sorted(transition.from_statuses),
+        "checker": transition in CHECKERS_DECISIONS,
+        "approval": transition is APPROVE,
+        "note": decision.note,
+        **_recorded(transition, decision),
     }
-    reviewed = await one_statement(
-        source, repo.REVIEW_IN_ONE_STATEMENT, params, timeout_ms=2 * limit_ms
+    decided = await one_statement(
+        source, repo.DECIDE_IN_ONE_STATEMENT, params, timeout_ms=2 * limit_ms
     )
-    principal = principal_found(None if reviewed is None else reviewed.caller, key_usage)
-    return principal, None if reviewed is None else reviewed.found
+    principal = principal_found(None if decided is None else decided.caller, key_usage)
+    return principal, None if decided is None else decided.found
 
 
 async def _record_approval(
