@@ -1,13 +1,14 @@
-"""Issue 15, "a write needs at most two" round trips: review, approve and reject in one
-statement (migration 0035), with every property of the transaction they replaced.
+"""Issue 15, "a write needs at most two" round trips: review, approve, reject and cancel in
+one statement (migration 0035), with every property of the transaction they replaced.
 
 - The installed function records an approval and makes the change exactly as
   orders.repository writes them.
 - A decision in one statement records what one in a transaction records (an
   Idempotency-Key takes that path), and answers the order as GET /orders/{id} shows it.
 - A decision it does not record (a caller who may not, another desk, a status or risk check
-  a rule refuses, the maker deciding, another version, an approval already given or one of
-  several) is answered by the transaction as before, and the statement wrote nothing.
+  a rule refuses, the maker deciding, someone else's order cancelled, another version, an
+  approval already given or one of several) is answered by the transaction as before, and
+  the statement wrote nothing.
 - The database itself refuses a decision it may not make.
 - Of three reviews of one order at once, exactly one is recorded.
 - Nothing of the caller stays on the pooled connection; the server bounds the wait for the
@@ -58,7 +59,10 @@ async def history(engine: AsyncEngine, order_id: int) -> dict[str, list[dict[str
     """The order's events and audit entries, as a review writes them."""
     async with engine.connect() as conn:
         events = await conn.execute(
-            text("SELECT seq, type, payload, actor FROM order_events WHERE order_id = :id"),
+            text(
+                "SELECT seq, type, payload, actor FROM order_events WHERE order_id = :id"
+                " ORDER BY seq"
+            ),
             {"id": order_id},
         )
         audit = await conn.execute(
@@ -170,6 +174,22 @@ async def test_a_review_not_recorded_is_answered_by_the_transaction(
     assert await history(owner_engine, order_id) == before
 
 
+@pytest.mark.parametrize("version", [2**31, 2**63])
+async def test_a_version_past_postgresqls_integer_is_stale_as_before(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, version: int
+) -> None:
+    """No order has it (a version is a PostgreSQL integer): 409 stale-version, as the
+    transaction always answered, not a 422 for a parameter out of range."""
+    order_id = await submitted(client, cast)
+    before = await history(owner_engine, order_id)
+    answer = await client.post(
+        f"{ORDERS}/{order_id}/review", json={"expected_version": version}, headers=cast["agent"]
+    )
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["type"].endswith("/stale-version")
+    assert await history(owner_engine, order_id) == before
+
+
 async def decide_as_key(
     raw: asyncpg.Connection,
     key: str,
@@ -180,11 +200,13 @@ async def decide_as_key(
     """`transition` of `order_id` in one statement with `key`, straight to the function,
     with who may as the application passes it."""
     rule = who_may_all(transition.action, Action.READ_ORDERS)
+    others = workflow.DECIDE_ON_OTHERS_ORDERS.get(transition)
+    others_by = None if others is None else [role.value for role in others]
     to_status = transition.to_status
     return await raw.fetchrow(
         "SELECT (caller).user_id, new_version, document FROM tradeops_decide_order("
-        "$1, $2, NULL, NULL, $3, 'req', $4, $5, 5000, $6, $7, $8, $9, $10, NULL, $11, $11,"
-        " '{}', 'order.' || lower($11))",
+        "$1, $2, NULL, NULL, $3, 'req', $4, $5, 5000, $6, $7, $8, $9, $10, $11, NULL, $12,"
+        " $12, '{}', 'order.' || lower($12))",
         parse_key(key),
         hash_key(key),
         APP_ROLE,
@@ -194,6 +216,7 @@ async def decide_as_key(
         version,
         sorted(transition.from_statuses),
         transition in workflow.CHECKERS_DECISIONS,
+        others_by,
         transition is workflow.APPROVE,
         to_status,
     )
@@ -203,11 +226,13 @@ async def test_the_database_refuses_a_decision_it_may_not_make(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
     """The function itself: a key without the scope, a version not the order's, an order
-    not there, and any key approving get their caller back and nothing is written; the
-    right key, the review."""
+    not there, someone else's order cancelled, and any key rejecting get their caller back
+    and nothing is written; the right key, the review."""
     order_id = await submitted(client, cast)
     narrow = await stored_api_key(owner_engine, "agent@test.bank", ["orders:read"])
-    wide = await stored_api_key(owner_engine, "agent@test.bank", ["orders:read", "orders:review"])
+    wide = await stored_api_key(
+        owner_engine, "agent@test.bank", ["orders:read", "orders:review", "orders:write"]
+    )
     approvers_key = await stored_api_key(owner_engine, "approver@test.bank", ["orders:read"])
     before = await history(owner_engine, order_id)
     async with owner_engine.connect() as conn:
@@ -216,6 +241,7 @@ async def test_the_database_refuses_a_decision_it_may_not_make(
             await decide_as_key(raw, narrow, order_id),
             await decide_as_key(raw, wide, order_id, version=2),
             await decide_as_key(raw, wide, order_id + 1000),
+            await decide_as_key(raw, wide, order_id, workflow.CANCEL),  # the trader's order
             await decide_as_key(raw, approvers_key, order_id, workflow.REJECT),
         ):
             assert refused is not None
@@ -251,6 +277,7 @@ async def approvals(engine: AsyncEngine, order_id: int) -> list[dict[str, Any]]:
     [
         ("approve", {"note": "within limits"}, "APPROVED"),
         ("reject", {"reason": "too big"}, "REJECTED"),
+        ("cancel", {"reason": "client withdrew"}, "CANCELLED"),
     ],
 )
 async def test_a_checkers_decision_in_one_statement_is_recorded_as_in_a_transaction(
@@ -329,6 +356,26 @@ async def test_an_approval_not_recorded_is_answered_by_the_transaction(
         await history(owner_engine, order_id),
         await approvals(owner_engine, order_id),
     ) == before
+
+
+@pytest.mark.parametrize(
+    ("who", "status"), [("trader", 200), ("approver", 200), ("trader2", 403), ("agent", 403)]
+)
+async def test_a_cancellation_is_the_makers_or_an_approvers(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, who: str, status: int
+) -> None:
+    """The trader's order: they or an approver of its desk cancel it in one statement;
+    another trader, or an agent's key, is refused by the transaction, nothing written."""
+    order_id = await submitted(client, cast)
+    before = await history(owner_engine, order_id)
+    answer = await client.post(f"{ORDERS}/{order_id}/cancel", headers=cast[who])
+    assert answer.status_code == status, answer.text
+    if status == 200:
+        assert answer.json()["status"] == "CANCELLED"
+        assert (await history(owner_engine, order_id))["events"][-1]["type"] == "CANCELLED"
+    else:
+        assert answer.json()["type"].endswith("/forbidden")
+        assert await history(owner_engine, order_id) == before
 
 
 async def test_an_order_needing_two_approvals_is_approved_by_the_transaction(

@@ -125,6 +125,7 @@ EXPECTED = {
     # order, (an approval's row), the transition with its events, the order's document (0035).
     "POST /orders/{id}/review": 1,
     "POST /orders/{id}/approve": 1,
+    "POST /orders/{id}/cancel": 1,
     "GET /clients/{id}/portfolio": 1,  # one statement: authenticate, the document (0019)
     "POST /market-data/snapshots": 5,  # BEGIN; authenticate; upsert; audit event; COMMIT
     "GET /health/ready": 1,  # one statement: writable, schema head
@@ -153,6 +154,10 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
         order = await reviewed(client, cast, owner_engine)
         return lambda: client.post(f"{ORDERS}/{order}/approve", headers=approver)
 
+    async def to_cancel() -> Call:
+        order = await submitted(client, cast)
+        return lambda: client.post(f"{ORDERS}/{order}/cancel", headers=trader)
+
     async def to_publish() -> Call:
         snapshot = {**SNAPSHOT, "source": f"feed-{next(prices)}"}
         return lambda: client.post(
@@ -172,6 +177,7 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
         ),
         "POST /orders/{id}/review": to_review,
         "POST /orders/{id}/approve": to_approve,
+        "POST /orders/{id}/cancel": to_cancel,
         "GET /clients/{id}/portfolio": lambda: fixed(
             lambda: client.get("/api/v1/clients/CUST-1001/portfolio", headers=trader)
         ),

@@ -712,17 +712,21 @@ READ_ORDER = query(
 )
 
 
-# A maker-checker transition: one conditional UPDATE (the row is already locked, the version
-# re-checked); the triggers of maker-checker check the decision again. It answers the order
-# as the API shows it after the change (ORDER_BY_ID's columns), so nothing reads it again:
-# the last CTE, `orders`, is the changed row, and hides the table from order_view()'s
-# SELECT only (a CTE is seen by the statement and the CTEs after it, none of which writes).
+# The change a maker-checker decision makes to the order, whoever runs it (TRANSITION here,
+# tradeops_decide_order in the database).
 _DECIDED = updating(
     "status = :to_status, reviewed_by = COALESCE(:reviewed_by, reviewed_by),"
     " approved_by = COALESCE(:approved_by, approved_by),"
     " rejected_by = COALESCE(:rejected_by, rejected_by)",
     "version = :version AND status = :from_status",
 )
+
+
+# A maker-checker transition: one conditional UPDATE (the row is already locked, the version
+# re-checked); the triggers of maker-checker check the decision again. It answers the order
+# as the API shows it after the change (ORDER_BY_ID's columns), so nothing reads it again:
+# the last CTE, `orders`, is the changed row, and hides the table from order_view()'s
+# SELECT only (a CTE is seen by the statement and the CTEs after it, none of which writes).
 TRANSITION = query(
     order_change(
         _DECIDED,
@@ -732,19 +736,20 @@ TRANSITION = query(
     OrderOut,
 )
 
-# A decision in one round trip (issue 15: "a write needs at most two"): review, approve or
-# reject. The function authenticates (as tradeops_read_order); for a caller of a role in
-# :roles whose key, if any, has every scope in :scopes (NULL: no key may), it locks the order
-# if the decision may start from its status, on a desk of the caller's, at :version if one is
-# given; not its maker's if :checker; with its risk check PASSED and one approval needed if
-# :approval (then records the approval, RECORD_APPROVAL). Then it makes TRANSITION's change
-# (DECISION_CHANGE) and answers the order's document as GET does. Nothing written, the row
-# has no version and no document: the endpoint, in a transaction, explains.
+# A decision in one round trip (issue 15: "a write needs at most two"): review, approve,
+# reject or cancel. The function authenticates (as tradeops_read_order); for a caller of a
+# role in :roles whose key, if any, has every scope in :scopes (NULL: no key may), it locks
+# the order if the decision may start from its status, on a desk of the caller's, at
+# :version if one is given; not its maker's if :checker; its maker's unless the caller's
+# role is in :others_by (if given); for an :approval, with its risk check PASSED and one
+# approval needed, and records the approval (RECORD_APPROVAL). Then it makes TRANSITION's
+# change (DECISION_CHANGE) and answers the order's document as GET does. Nothing written,
+# the row has no version and no document: the endpoint, in a transaction, explains.
 DECIDE_IN_ONE_STATEMENT = query(
     "SELECT caller, new_version AS version, document FROM tradeops_decide_order("
     ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scopes,"
-    " :lock_timeout_ms, :order_id, :version, :from_statuses, :checker, :approval, :note,"
-    " :to_status, :event_type, :payload, :action)",
+    " :lock_timeout_ms, :order_id, :version, :from_statuses, :checker, :others_by,"
+    " :approval, :note, :to_status, :event_type, :payload, :action)",
     OrderRead,
     alone=True,
 )
@@ -756,7 +761,6 @@ _LOCKED_VALUES = {
     "desk_id": "at_desk",
     "version": "at_version",
     "from_status": "at_status",
-    "note": "in_note",
 }
 _DECIDERS = {
     "reviewed_by": "by_reviewer",

@@ -69,6 +69,7 @@ IfMatch = Annotated[
         "has changed since, the request fails with 409 stale-version.",
     ),
 ]
+MAX_VERSION = 2**31 - 1  # orders.version is a PostgreSQL integer
 _VERSION_TAG = re.compile(r'^(?:W/)?"?(\d{1,9})"?$', re.ASCII)
 TRANSITION_ERRORS = problem_responses(
     service.OrderNotFound,
@@ -359,6 +360,8 @@ async def _decision_asked(
         version = expected_version(request.headers.get("if-match"), said.pop("expected_version"))
     except (ValidationError, InvalidRequest):
         return None
+    if version is not None and version > MAX_VERSION:
+        return None  # no order has it: the transaction answers stale-version, as always
     return Decision(order_id, transition, version, **said)
 
 
@@ -467,6 +470,7 @@ async def reject_order(
 
 
 @router.post("/{order_id}/cancel", response_model=OrderOut, responses=TRANSITION_ERRORS)
+@answered_in_one_statement(_decided_in_one_statement(workflow.CANCEL, CancelRequest))
 async def cancel_order(
     order_id: RowId,
     request: Request,

@@ -144,10 +144,10 @@ CANCEL = Transition(
 
 
 TRANSITIONS = (REVIEW, APPROVE, REJECT, CANCEL)
-# The decisions only a checker makes, never the order's maker; those made in one statement
-# when nothing refuses them (decide_in_one_statement).
+# The decisions only a checker makes, never the order's maker; and those only the maker
+# makes, or someone of these roles.
 CHECKERS_DECISIONS = (APPROVE, REJECT)
-ONE_STATEMENT_DECISIONS = (REVIEW, APPROVE, REJECT)
+DECIDE_ON_OTHERS_ORDERS = {CANCEL: (Role.APPROVER, Role.SYSTEM)}
 # The history's step for an approval that is not yet the last one the order needs.
 APPROVAL_RECORDED = "APPROVAL_RECORDED"
 
@@ -197,10 +197,11 @@ def refusal(
         )
     if transition is APPROVE and principal.user_id in order.approvers:
         return already_approved(order)
+    others_by = DECIDE_ON_OTHERS_ORDERS.get(transition)
     if (
-        transition is CANCEL
+        others_by is not None
         and order.created_by != principal.user_id
-        and principal.role not in (Role.APPROVER, Role.SYSTEM)
+        and principal.role not in others_by
     ):
         return Forbidden(f"Only the order's maker or an approver may cancel order {order.id}.")
     return None
@@ -312,14 +313,14 @@ def _recorded(transition: Transition, decision: Decision) -> dict[str, Any]:
 async def decide_in_one_statement(
     source: ConnectionSource, credential: Mapping[str, Any], decision: Decision, key_usage: KeyUsage
 ) -> tuple[Principal, repo.OrderDocument | None]:
-    """A review, approval or rejection in one round trip (repo.DECIDE_IN_ONE_STATEMENT): the
-    caller the credential (auth.authentication.credential_parameters) names, 401 if none,
-    and the order as GET shows it after the decision; None when nothing was written (a rule
-    of `refusal` applies, the order is not on their desks, at another version than they
-    named, or is an approval of one needing several), which transition_order, in a
-    transaction, explains or makes."""
+    """A review, approval, rejection or cancellation in one round trip
+    (repo.DECIDE_IN_ONE_STATEMENT): the caller the credential (auth.authentication.
+    credential_parameters) names, 401 if none, and the order as GET shows it after the
+    decision; None when nothing was written (a rule of `refusal` applies, the order is not
+    on their desks, at another version than they named, or is an approval of one needing
+    several), which transition_order, in a transaction, explains or makes."""
     transition = decision.transition
-    assert transition in ONE_STATEMENT_DECISIONS
+    others_by = DECIDE_ON_OTHERS_ORDERS.get(transition)
     # As submit_in_one_statement: the server bounds the wait for the order's lock; the
     # driver's limit, twice as long, is only a backstop.
     limit_ms = source.settings.statement_timeout_ms
@@ -332,6 +333,7 @@ async def decide_in_one_statement(
         "version": decision.expected_version,
         "from_statuses": sorted(transition.from_statuses),
         "checker": transition in CHECKERS_DECISIONS,
+        "others_by": None if others_by is None else [role.value for role in others_by],
         "approval": transition is APPROVE,
         "note": decision.note,
         **_recorded(transition, decision),

@@ -1,12 +1,12 @@
-"""Maker-checker decisions (review, approve, reject) in one statement
+"""Maker-checker decisions (review, approve, reject, cancel) in one statement
 
 Revision ID: 0035
 Revises: 0034
 Create Date: 2026-11-29
 
-Issue 15: "a write needs at most two" round trips. A review or a rejection took five (BEGIN,
-authenticate, the order locked, the transition with its event and audit entry answering the
-order, COMMIT), an approval six (the approval's row besides). `tradeops_decide_order` makes
+Issue 15: "a write needs at most two" round trips. A review, a rejection or a cancellation
+took five (BEGIN, authenticate, the order locked, the transition with its event and audit
+entry answering the order, COMMIT), an approval six (the approval's row besides). `tradeops_decide_order` makes
 each in one statement, as tradeops_submit_order (0025) makes intake:
 
 - it authenticates with the function every request's first statement calls (which switches
@@ -17,8 +17,9 @@ each in one statement, as tradeops_submit_order (0025) makes intake:
 - it locks the order as workflow.transition_order does, but only one no rule refuses: in a
   status the decision starts from, on one of the caller's desks (row-level security applies
   too), at the version the caller named if any, not the maker's own where a checker must
-  decide, and for an approval only with its risk check PASSED and one approval needed (an
-  order needing several goes the transaction's way, which counts them);
+  decide, only the maker's own or by a role that may decide on others' orders where that
+  rule holds (a cancellation), and for an approval only with its risk check PASSED and one
+  approval needed (an order needing several goes the transaction's way, which counts them);
 - it records an approval (orders.repository.RECORD_APPROVAL), then makes the change
   TRANSITION makes (decide_order_function(): the order, its event, its audit entry), whose
   triggers check maker-checker again;
@@ -95,7 +96,7 @@ END $$;
 
 DECIDE_ORDER = (
     "tradeops_decide_order(text, text, bigint, text, text, text, text[], text[], integer,"
-    " bigint, integer, text[], boolean, boolean, text, text, text, text, text)"
+    " bigint, integer, text[], boolean, text[], boolean, text, text, text, text, text)"
 )
 IN_ONE_STATEMENT = (
     """
@@ -115,7 +116,8 @@ $$;
 -- role among them; a key with every one of the scopes; in_scopes NULL: no key, a person's
 -- act). in_lock_timeout_ms: the longest wait for a lock. Then the order, the version its
 -- decider read (NULL: any), the statuses the decision starts from, whether its maker is
--- ruled out (in_checker), whether it is an approval (in_approval: its risk check PASSED,
+-- ruled out (in_checker), the roles that may decide on an order not their own (NULL: any
+-- who may decide at all), whether it is an approval (in_approval: its risk check PASSED,
 -- one approval needed, recorded with in_note), and TRANSITION's values. One row when the
 -- credentials name a principal: `caller`, and the order's new version and document (both
 -- NULL when nothing was written).
@@ -123,7 +125,7 @@ CREATE FUNCTION tradeops_decide_order(
     in_prefix text, in_hash text, in_user_id bigint, in_email text, in_app_role text,
     in_request_id text, in_roles text[], in_scopes text[], in_lock_timeout_ms integer,
     in_order_id bigint, in_version integer, in_from_statuses text[], in_checker boolean,
-    in_approval boolean, in_note text, in_to_status text, in_event_type text,
+    in_others_by text[], in_approval boolean, in_note text, in_to_status text, in_event_type text,
     in_payload text, in_action text
 ) RETURNS TABLE (caller tradeops_principal, new_version integer, document text)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -160,6 +162,7 @@ BEGIN
       AND (who.all_desks OR o.desk_id = ANY(who.desk_ids))
       AND (in_version IS NULL OR o.version = in_version)
       AND NOT (in_checker AND o.created_by = who.user_id)
+      AND (in_others_by IS NULL OR o.created_by = who.user_id OR who.role = ANY(in_others_by))
       AND NOT (in_approval AND (o.risk_status <> 'PASSED' OR o.approvals_required <> 1))
     FOR UPDATE OF o;
     IF NOT FOUND THEN
