@@ -341,21 +341,31 @@ async def caller_left_on_the_one_connection(app: Any) -> None:
     assert not left["user_id"] and not left["desk_ids"], dict(left)
 
 
-async def approved_order(
+async def reviewed_order(
     client: Any, cast: Cast, engine: AsyncEngine, maker: str = "trader", **changes: Any
 ) -> int:
-    """An order through the whole maker-checker flow, APPROVED and ready for fills: the seed
-    order (with `changes`) submitted by `maker`, reviewed by a trader of its desk, its risk
-    check passed, approved by the approver of its desk (EQ-US, or FI-EU for trader_fi)."""
-    headers = cast[maker]
-    created = await client.post("/api/v1/orders", json={**SEED_ORDER, **changes}, headers=headers)
+    """An order ready for a checker's decision: the seed order (with `changes`) submitted by
+    `maker`, reviewed by a trader of its desk (EQ-US, or FI-EU for trader_fi), its risk check
+    passed."""
+    created = await client.post(
+        "/api/v1/orders", json={**SEED_ORDER, **changes}, headers=cast[maker]
+    )
     assert created.status_code == 201, created.text
     order_id = int(created.json()["id"])
-    fi = maker.endswith("_fi")
-    reviewer, approver = ("trader_fi", "approver_fi") if fi else ("trader2", "approver")
+    reviewer = "trader_fi" if maker.endswith("_fi") else "trader2"
     reviewed = await client.post(f"/api/v1/orders/{order_id}/review", headers=cast[reviewer])
     assert reviewed.status_code == 200, reviewed.text
     await pass_risk_check(engine, order_id)
+    return order_id
+
+
+async def approved_order(
+    client: Any, cast: Cast, engine: AsyncEngine, maker: str = "trader", **changes: Any
+) -> int:
+    """An order through the whole maker-checker flow, APPROVED and ready for fills: a
+    reviewed_order, approved by the approver of its desk."""
+    order_id = await reviewed_order(client, cast, engine, maker, **changes)
+    approver = "approver_fi" if maker.endswith("_fi") else "approver"
     approved = await client.post(f"/api/v1/orders/{order_id}/approve", headers=cast[approver])
     assert approved.status_code == 200, approved.text
     return order_id

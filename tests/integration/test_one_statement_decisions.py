@@ -36,7 +36,7 @@ from tests.factories import (
     make_maker,
     make_user,
     orders_locked,
-    pass_risk_check,
+    reviewed_order,
     stored_api_key,
 )
 from tradeops.auth.keys import hash_key, parse_key
@@ -131,6 +131,33 @@ async def test_a_review_in_one_statement_is_recorded_as_in_a_transaction(
     )
 
 
+async def refused_as_before(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    path: str,
+    headers: dict[str, str],
+    problem: tuple[int, str],
+    body: dict[str, Any] | None = None,
+) -> None:
+    """The decision posted to `path` refused with the status and problem the transaction
+    answers (`problem`), nothing written: no event, no audit entry, no approval."""
+    order_id = int(path.split("/")[4])
+    before = await history(engine, order_id), await approvals(engine, order_id)
+    answer = await client.post(path, json=body, headers=headers)
+    assert answer.status_code == problem[0], answer.text
+    assert answer.json()["type"].endswith(f"/{problem[1]}")
+    assert (await history(engine, order_id), await approvals(engine, order_id)) == before
+
+
+async def approvals(engine: AsyncEngine, order_id: int) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            text("SELECT approved_by, note FROM order_approvals WHERE order_id = :id"),
+            {"id": order_id},
+        )
+        return [dict(row) for row in found.mappings()]
+
+
 async def key_headers(engine: AsyncEngine, scopes: list[str]) -> dict[str, str]:
     return bearer(await stored_api_key(engine, "agent@test.bank", scopes))
 
@@ -167,11 +194,8 @@ async def test_a_review_not_recorded_is_answered_by_the_transaction(
         assert first.status_code == 200, first.text
     elif who in ("risk", "trader_fi"):
         headers = cast[who]
-    before = await history(owner_engine, order_id)
-    answer = await client.post(f"{ORDERS}/{order_id}/review", headers=headers)
-    assert answer.status_code == status, answer.text
-    assert answer.json()["type"].endswith(f"/{problem}")
-    assert await history(owner_engine, order_id) == before
+    path = f"{ORDERS}/{order_id}/review"
+    await refused_as_before(client, owner_engine, path, headers, (status, problem))
 
 
 @pytest.mark.parametrize("version", [2**31, 2**63])
@@ -180,14 +204,11 @@ async def test_a_version_past_postgresqls_integer_is_stale_as_before(
 ) -> None:
     """No order has it (a version is a PostgreSQL integer): 409 stale-version, as the
     transaction always answered, not a 422 for a parameter out of range."""
-    order_id = await submitted(client, cast)
-    before = await history(owner_engine, order_id)
-    answer = await client.post(
-        f"{ORDERS}/{order_id}/review", json={"expected_version": version}, headers=cast["agent"]
+    path = f"{ORDERS}/{await submitted(client, cast)}/review"
+    stale = (409, "stale-version")
+    await refused_as_before(
+        client, owner_engine, path, cast["agent"], stale, {"expected_version": version}
     )
-    assert answer.status_code == 409, answer.text
-    assert answer.json()["type"].endswith("/stale-version")
-    assert await history(owner_engine, order_id) == before
 
 
 async def decide_as_key(
@@ -254,24 +275,6 @@ async def test_the_database_refuses_a_decision_it_may_not_make(
         assert '"status":"REVIEWED"' in allowed["document"]
 
 
-async def reviewed(client: httpx.AsyncClient, cast: Cast, engine: AsyncEngine) -> int:
-    """An order reviewed, its risk check PASSED: ready for a checker's decision."""
-    order_id = await submitted(client, cast)
-    review = await client.post(f"{ORDERS}/{order_id}/review", headers=cast["agent"])
-    assert review.status_code == 200, review.text
-    await pass_risk_check(engine, order_id)
-    return order_id
-
-
-async def approvals(engine: AsyncEngine, order_id: int) -> list[dict[str, Any]]:
-    async with engine.connect() as conn:
-        found = await conn.execute(
-            text("SELECT approved_by, note FROM order_approvals WHERE order_id = :id"),
-            {"id": order_id},
-        )
-        return [dict(row) for row in found.mappings()]
-
-
 @pytest.mark.parametrize(
     ("decision", "said", "status"),
     [
@@ -289,8 +292,8 @@ async def test_a_checkers_decision_in_one_statement_is_recorded_as_in_a_transact
     status: str,
 ) -> None:
     first, second = (
-        await reviewed(client, cast, owner_engine),
-        await reviewed(client, cast, owner_engine),
+        await reviewed_order(client, cast, owner_engine),
+        await reviewed_order(client, cast, owner_engine),
     )
     alone = await client.post(f"{ORDERS}/{first}/{decision}", json=said, headers=cast["approver"])
     keyed = cast["approver"] | {"Idempotency-Key": f"{decision}-1"}
@@ -333,7 +336,7 @@ async def test_an_approval_not_recorded_is_answered_by_the_transaction(
     status: int,
     problem: str,
 ) -> None:
-    order_id = await reviewed(client, cast, owner_engine)
+    order_id = await reviewed_order(client, cast, owner_engine)
     headers = cast["approver"]
     if case == "the maker":
         await make_maker(owner_engine, order_id, cast.ids["approver"])
@@ -348,14 +351,8 @@ async def test_an_approval_not_recorded_is_answered_by_the_transaction(
         headers = bearer(await stored_api_key(owner_engine, "approver@test.bank", ALL_SCOPES))
     elif case == "not reviewed":
         order_id = await submitted(client, cast)
-    before = await history(owner_engine, order_id), await approvals(owner_engine, order_id)
-    answer = await client.post(f"{ORDERS}/{order_id}/approve", headers=headers)
-    assert answer.status_code == status, answer.text
-    assert answer.json()["type"].endswith(f"/{problem}")
-    assert (
-        await history(owner_engine, order_id),
-        await approvals(owner_engine, order_id),
-    ) == before
+    path = f"{ORDERS}/{order_id}/approve"
+    await refused_as_before(client, owner_engine, path, headers, (status, problem))
 
 
 @pytest.mark.parametrize(
@@ -367,15 +364,14 @@ async def test_a_cancellation_is_the_makers_or_an_approvers(
     """The trader's order: they or an approver of its desk cancel it in one statement;
     another trader, or an agent's key, is refused by the transaction, nothing written."""
     order_id = await submitted(client, cast)
-    before = await history(owner_engine, order_id)
-    answer = await client.post(f"{ORDERS}/{order_id}/cancel", headers=cast[who])
-    assert answer.status_code == status, answer.text
-    if status == 200:
-        assert answer.json()["status"] == "CANCELLED"
-        assert (await history(owner_engine, order_id))["events"][-1]["type"] == "CANCELLED"
-    else:
-        assert answer.json()["type"].endswith("/forbidden")
-        assert await history(owner_engine, order_id) == before
+    path = f"{ORDERS}/{order_id}/cancel"
+    if status != 200:
+        await refused_as_before(client, owner_engine, path, cast[who], (status, "forbidden"))
+        return
+    answer = await client.post(path, headers=cast[who])
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "CANCELLED"
+    assert (await history(owner_engine, order_id))["events"][-1]["type"] == "CANCELLED"
 
 
 async def test_an_order_needing_two_approvals_is_approved_by_the_transaction(
@@ -387,7 +383,7 @@ async def test_an_order_needing_two_approvals_is_approved_by_the_transaction(
     two = {"currency": "USD", "bands": [{"min_notional": "0", "approvals": 2}]}
     policy = await client.put("/api/v1/desks/EQ-US/approval-policy", json=two, headers=cast["risk"])
     assert policy.status_code == 200, policy.text
-    order_id = await reviewed(client, cast, owner_engine)
+    order_id = await reviewed_order(client, cast, owner_engine)
     second_approver = await make_user(owner_engine, "approver2@test.bank", "approver", ["EQ-US"])
     first = await client.post(f"{ORDERS}/{order_id}/approve", headers=cast["approver"])
     assert first.status_code == 200, first.text

@@ -23,7 +23,7 @@ import pytest
 from asyncpg.connection import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, pass_risk_check
+from tests.factories import SEED_ORDER, Cast, reviewed_order
 from tradeops.db.pool import Database
 
 ORDERS = "/api/v1/orders"
@@ -91,14 +91,6 @@ async def submitted(client: httpx.AsyncClient, cast: Cast) -> int:
     return int(response.json()["id"])
 
 
-async def reviewed(client: httpx.AsyncClient, cast: Cast, engine: AsyncEngine) -> int:
-    order_id = await submitted(client, cast)
-    response = await client.post(f"{ORDERS}/{order_id}/review", headers=cast["trader2"])
-    assert response.status_code == 200, response.text
-    await pass_risk_check(engine, order_id)
-    return order_id
-
-
 Call = Callable[[], Awaitable[httpx.Response]]
 
 
@@ -151,7 +143,7 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
         return lambda: client.post(f"{ORDERS}/{order}/review", headers=cast["trader2"])
 
     async def to_approve() -> Call:
-        order = await reviewed(client, cast, owner_engine)
+        order = await reviewed_order(client, cast, owner_engine)
         return lambda: client.post(f"{ORDERS}/{order}/approve", headers=approver)
 
     async def to_cancel() -> Call:
