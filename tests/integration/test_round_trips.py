@@ -119,7 +119,9 @@ EXPECTED = {
     "POST /orders/{id}/approve": 1,
     "POST /orders/{id}/cancel": 1,
     "GET /clients/{id}/portfolio": 1,  # one statement: authenticate, the document (0019)
-    "POST /market-data/snapshots": 5,  # BEGIN; authenticate; upsert; audit event; COMMIT
+    # One statement: authenticate, set the context, check who may publish, the batch, its
+    # audit event (0036).
+    "POST /market-data/snapshots": 1,
     "GET /health/ready": 1,  # one statement: writable, schema head
     # A retried submission: the key it could not reserve is read instead of the order made.
     "POST /orders, replayed (Idempotency-Key)": 5,  # BEGIN; authenticate; reserve; stored; COMMIT

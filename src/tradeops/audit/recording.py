@@ -30,7 +30,8 @@ def _json_default(value: object) -> str:
     return plain(value) if isinstance(value, Decimal) else str(value)
 
 
-def _json(value: Any) -> str | None:
+def as_payload(value: Any) -> str | None:
+    """A state as the trail stores it (JSON text), whoever appends the event."""
     if value is None:
         return None
     if isinstance(value, BaseModel):
@@ -59,8 +60,8 @@ async def record(
         "action": action,
         "entity": entity,
         "entity_id": str(entity_id),
-        "before": _json(before),
-        "after": _json(after),
+        "before": as_payload(before),
+        "after": as_payload(after),
     }
     if acting_user is None and uow.principal is not None:
         await uow.execute(repo.RECORD, event)

@@ -7,7 +7,8 @@ inserts with values) are rendered when run, with the values SQLAlchemy bound int
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -28,6 +29,12 @@ class Prepared:
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
         return [params[n] if n in params else self.bound[n] for n in self.names]
+
+    def written_with(self, value: Callable[[str], str]) -> str:
+        """The statement with each parameter written as `value` names it: as a database
+        function runs it, with its own variables and arguments (the one-statement writes)."""
+        values = [value(name) for name in self.names]
+        return re.sub(r"\$(\d+)", lambda m: values[int(m.group(1)) - 1], self.sql)
 
 
 def _render(statement: ClauseElement) -> Prepared:

@@ -8,6 +8,8 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
+from tradeops.audit.repository import append_audit
+from tradeops.auth.repository import Authenticated, as_authenticated
 from tradeops.db.prepared import Id, query
 from tradeops.marketdata.schemas import SnapshotOut
 
@@ -57,6 +59,59 @@ PUBLISH = query(
     ),
     Published,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedBy:
+    """A batch published in one statement: who asked (the authenticating statement's row) and
+    PUBLISH's row, `stored` None when the caller may not publish (nothing was written). No
+    row at all when the credentials name nobody."""
+
+    caller: Authenticated
+    stored: int | None
+    unknown: list[int] | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+
+    @property
+    def published(self) -> Published | None:
+        return None if self.stored is None else Published(self.stored, self.unknown)
+
+
+# The batch in one round trip (issue 15: "a write needs at most two"): the function
+# authenticates (as tradeops_read_order), and for a caller of a role in :roles whose key, if
+# any, has every scope in :scopes (auth.permissions), runs PUBLISH after the switch, its lock
+# waits bounded by :lock_timeout_ms; when it stored anything, it appends the batch's audit
+# event (PUBLISHED_AUDIT).
+PUBLISH_IN_ONE_STATEMENT = query(
+    "SELECT caller, snapshots_stored AS stored, unknown_positions AS unknown"
+    " FROM tradeops_publish_snapshots("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scopes,"
+    " :lock_timeout_ms, :symbols, :prices, :bids, :asks, :as_ofs, :sources, :entity_id,"
+    " :after)",
+    PublishedBy,
+    alone=True,
+)
+# The audit event service.publish records for a batch, as the function appends it: what the
+# application says of the batch (:after, JSON) with the counts only PUBLISH knows.
+PUBLISHED_AUDIT = append_audit(
+    entity="'market_data'",
+    entity_id="in_entity_id",
+    action="'market_data.published'",
+    after="CAST(in_after AS jsonb) || jsonb_build_object("
+    "'stored', n_stored, 'duplicates', cardinality(in_symbols) - n_stored)",
+)
+
+
+def publish_function() -> tuple[str, str]:
+    """PUBLISH and PUBLISHED_AUDIT as tradeops_publish_snapshots runs them (migration 0036),
+    PUBLISH's row read into `n_stored` and `at_unknown`. The installed function holds exactly
+    these (tests/integration/test_one_statement_publish.py): a change to PUBLISH comes with a
+    migration."""
+    publish = PUBLISH.prepared.written_with(lambda name: f"in_{name}")
+    return publish + " INTO n_stored, at_unknown", PUBLISHED_AUDIT
+
 
 _SNAPSHOT = (
     "SELECT i.symbol, s.price, s.bid, s.ask, s.as_of, s.source, s.id FROM market_snapshots s"

@@ -2,11 +2,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
-from pydantic import AwareDatetime
+from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import AwareDatetime, ValidationError
 
-from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, DeclaredQueryOnly, UoW
+from tradeops.db.http import TransactionalRoute, answered_in_one_statement
+from tradeops.db.uow import ConnectionSource
+from tradeops.deps import (
+    API_PREFIX,
+    CurrentPrincipal,
+    DeclaredQueryOnly,
+    UoW,
+    caller_known,
+    json_body,
+    one_statement_credential,
+)
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.marketdata import service
 from tradeops.marketdata.schemas import PublishResult, SnapshotBatch, SnapshotOut, SnapshotPage
@@ -19,12 +28,39 @@ SNAPSHOTS_PATH = f"{PREFIX}/snapshots"
 router = APIRouter(prefix=PREFIX, tags=["market data"], route_class=TransactionalRoute)
 
 
+async def _publish_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """POST /snapshots in one round trip (issue 15): authentication, the context, the batch
+    and its audit event in one statement. None (the endpoint below answers, in a transaction,
+    as documented) for a body that does not validate, no credentials, or a caller who may not
+    publish: nothing was written then."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        return None
+    try:
+        batch = SnapshotBatch.model_validate(body)
+    except ValidationError:
+        return None
+    credential = await one_statement_credential(request)
+    if credential is None:
+        return None
+    principal, result = await service.publish_in_one_statement(
+        db, credential, batch, request.app.state.key_usage
+    )
+    caller_known(request, principal)
+    if result is None:
+        return None
+    return Response(
+        result.model_dump_json(), status.HTTP_201_CREATED, media_type="application/json"
+    )
+
+
 @router.post(
     "/snapshots",
     status_code=status.HTTP_201_CREATED,
     response_model=PublishResult,
     responses=problem_responses(InvalidRequest, Forbidden),
 )
+@answered_in_one_statement(_publish_in_one_statement)
 async def publish_snapshots(
     batch: SnapshotBatch, principal: CurrentPrincipal, uow: UoW
 ) -> PublishResult:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from tradeops.audit import recording as audit
-from tradeops.auth.permissions import Action, authorize
+from tradeops.auth.authentication import principal_found
+from tradeops.auth.key_usage import KeyUsage
+from tradeops.auth.permissions import Action, authorize, who_may_all
 from tradeops.auth.principal import Principal
-from tradeops.db.uow import UnitOfWork
+from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
 from tradeops.errors import DomainError, InvalidRequest, NotFound
 from tradeops.marketdata import repository as repo
 from tradeops.marketdata.schemas import (
     PublishResult,
     SnapshotBatch,
+    SnapshotIn,
     SnapshotOut,
     SnapshotPage,
 )
@@ -41,18 +46,76 @@ async def publish(uow: UnitOfWork, principal: Principal, batch: SnapshotBatch) -
     """
     authorize(principal, Action.PUBLISH_MARKET_DATA)
     items = batch.snapshots
-    row = await uow.row(
-        repo.PUBLISH,
-        {
-            "symbols": [s.symbol for s in items],
-            "prices": [s.price for s in items],
-            "bids": [s.bid for s in items],
-            "asks": [s.ask for s in items],
-            "as_ofs": [s.as_of for s in items],
-            "sources": [s.source for s in items],
-        },
-    )
+    row = await uow.row(repo.PUBLISH, _columns(items))
     assert row is not None  # an aggregate always answers one row
+    result = _published(items, row)
+    if not result.stored:  # a resent batch changed nothing: nothing to audit
+        return result
+    said = _said_of(items)
+    after = {**result.model_dump(), **said}
+    await audit.record(
+        uow, principal, PUBLISHED, "market_data", ",".join(said["sources"]), after=after
+    )
+    return result
+
+
+async def publish_in_one_statement(
+    source: ConnectionSource,
+    credential: Mapping[str, Any],
+    batch: SnapshotBatch,
+    key_usage: KeyUsage,
+) -> tuple[Principal, PublishResult | None]:
+    """The batch in one round trip (repo.PUBLISH_IN_ONE_STATEMENT), with its audit event as
+    `publish` records it: the caller the credential (auth.authentication.
+    credential_parameters) names, 401 if none, and the result; None when the caller may not
+    publish (nothing written), which `publish`, in a transaction, refuses as documented."""
+    items = batch.snapshots
+    said = _said_of(items)
+    # As orders.service.submit_in_one_statement: the server bounds the waits for locks.
+    limit_ms = source.settings.statement_timeout_ms
+    params = {
+        **credential,
+        **who_may_all(Action.PUBLISH_MARKET_DATA),
+        "lock_timeout_ms": limit_ms,
+        **_columns(items),
+        "entity_id": ",".join(said["sources"]),
+        "after": audit.as_payload({"received": len(items), **said}),
+    }
+    row = await one_statement(
+        source, repo.PUBLISH_IN_ONE_STATEMENT, params, timeout_ms=2 * limit_ms
+    )
+    principal = principal_found(None if row is None else row.caller, key_usage)
+    published = None if row is None else row.published
+    return principal, None if published is None else _published(items, published)
+
+
+PUBLISHED = "market_data.published"
+
+
+def _columns(items: list[SnapshotIn]) -> dict[str, list[Any]]:
+    """The batch as PUBLISH takes it: one array per column, in request order."""
+    return {
+        "symbols": [s.symbol for s in items],
+        "prices": [s.price for s in items],
+        "bids": [s.bid for s in items],
+        "asks": [s.ask for s in items],
+        "as_ofs": [s.as_of for s in items],
+        "sources": [s.source for s in items],
+    }
+
+
+def _said_of(items: list[SnapshotIn]) -> dict[str, Any]:
+    """What the batch's audit event says of it besides the counts."""
+    return {
+        "sources": sorted({s.source for s in items}),
+        "as_of_from": min(s.as_of for s in items),
+        "as_of_to": max(s.as_of for s in items),
+    }
+
+
+def _published(items: list[SnapshotIn], row: repo.Published) -> PublishResult:
+    """PUBLISH's answer: the counts, or 422 naming each snapshot of an unknown symbol (then
+    nothing was stored)."""
     if row.unknown:
         positions = [n - 1 for n in row.unknown]
         names = sorted({items[p].symbol for p in positions})
@@ -62,26 +125,7 @@ async def publish(uow: UnitOfWork, principal: Principal, batch: SnapshotBatch) -
             " stored.",
             [f"snapshots.{p}.symbol" for p in positions[:_SHOWN_UNKNOWN]],
         )
-    result = PublishResult(
-        received=len(items), stored=row.stored, duplicates=len(items) - row.stored
-    )
-    if not result.stored:  # a resent batch changed nothing: nothing to audit
-        return result
-    sources = sorted({s.source for s in items})
-    await audit.record(
-        uow,
-        principal,
-        "market_data.published",
-        "market_data",
-        ",".join(sources),
-        after={
-            **result.model_dump(),
-            "sources": sources,
-            "as_of_from": min(s.as_of for s in items),
-            "as_of_to": max(s.as_of for s in items),
-        },
-    )
-    return result
+    return PublishResult(received=len(items), stored=row.stored, duplicates=len(items) - row.stored)
 
 
 async def latest(uow: UnitOfWork, principal: Principal, symbol: str) -> SnapshotOut:

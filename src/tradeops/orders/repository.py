@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +25,7 @@ from tradeops.auth.principal import Principal
 from tradeops.auth.repository import Authenticated, as_authenticated
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
-from tradeops.db.prepared import Prepared, Query, as_row, prepare, query
+from tradeops.db.prepared import Query, as_row, prepare, query
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
@@ -317,18 +316,11 @@ def record_order_function() -> str:
 def _submit_order_answering(answer: str, value: Callable[[str], str]) -> str:
     """SUBMIT_ORDER's statement with each parameter written as `value` names it and its row
     answered as `answer` ("{}" standing for the row's columns)."""
-    sql = _with_values(SUBMIT_ORDER.prepared, value)
+    sql = SUBMIT_ORDER.prepared.written_with(value)
     answered = f"SELECT {_SUBMITTED} FROM refs"  # noqa: S608 - SQL from this code only
     if sql.count(answered) != 1:
         raise ValueError("SUBMIT_ORDER no longer answers its row as these functions expect")
     return sql.replace(answered, answer.format(_SUBMITTED))
-
-
-def _with_values(prepared: Prepared, value: Callable[[str], str]) -> str:
-    """`prepared`'s statement with each parameter written as `value` names it: as a SQL
-    function runs it, with its own variables and arguments."""
-    values = [value(name) for name in prepared.names]
-    return re.sub(r"\$(\d+)", lambda m: values[int(m.group(1)) - 1], prepared.sql)
 
 
 # POST /orders in one round trip (issue 15): the function authenticates (as
@@ -775,10 +767,10 @@ def decide_order_function() -> tuple[str, str]:
     `was_added`, the order's new version into `at_version`. The installed function holds
     exactly these (tests/integration/test_one_statement_decisions.py): a change to either
     comes with a migration."""
-    approval = _with_values(
-        RECORD_APPROVAL.prepared, lambda name: _function_value(name, {"approved_by": "who.user_id"})
+    approval = RECORD_APPROVAL.prepared.written_with(
+        lambda name: _function_value(name, {"approved_by": "who.user_id"})
     )
-    change = _with_values(prepare(DECISION_CHANGE), lambda name: _function_value(name, _DECIDERS))
+    change = prepare(DECISION_CHANGE).written_with(lambda name: _function_value(name, _DECIDERS))
     return (
         approval + " INTO n_given, was_added",
         change.replace(" SELECT version FROM", " SELECT version INTO at_version FROM"),
