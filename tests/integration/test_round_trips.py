@@ -23,7 +23,7 @@ import pytest
 from asyncpg.connection import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, reviewed_order
+from tests.factories import SEED_ORDER, Cast, approved_order, reviewed_order
 from tradeops.db.pool import Database
 
 ORDERS = "/api/v1/orders"
@@ -118,6 +118,13 @@ EXPECTED = {
     "POST /orders/{id}/review": 1,
     "POST /orders/{id}/approve": 1,
     "POST /orders/{id}/cancel": 1,
+    # In a transaction: BEGIN; authenticate; lock the order; the replacement and the order
+    # REPLACED, with their events; COMMIT.
+    "PATCH /orders/{id}": 5,
+    # BEGIN; authenticate; lock the order; the fill's context (a resend?); lock the position;
+    # the execution and the order's fill state; the position booked; COMMIT.
+    "POST /orders/{id}/executions": 8,
+    "GET /orders/{id}/events": 5,  # BEGIN; authenticate; the order; its events; COMMIT
     "GET /clients/{id}/portfolio": 1,  # one statement: authenticate, the document (0019)
     # One statement: authenticate, set the context, check who may publish, the batch, its
     # audit event (0036).
@@ -152,6 +159,21 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
         order = await submitted(client, cast)
         return lambda: client.post(f"{ORDERS}/{order}/cancel", headers=trader)
 
+    async def to_fill() -> Call:
+        order = await approved_order(client, cast, owner_engine)
+        fill = {
+            "quantity": "20",
+            "price": "192.50",
+            "venue": "XNAS",
+            "executed_at": "2026-11-23T14:30:05Z",
+            "external_id": f"XNAS-{order}",
+        }
+        return lambda: client.post(f"{ORDERS}/{order}/executions", json=fill, headers=admin)
+
+    async def to_amend() -> Call:
+        order = await submitted(client, cast)
+        return lambda: client.patch(f"{ORDERS}/{order}", json={"quantity": "60"}, headers=trader)
+
     async def to_publish() -> Call:
         snapshot = {**SNAPSHOT, "source": f"feed-{next(prices)}"}
         return lambda: client.post(
@@ -172,6 +194,11 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
         "POST /orders/{id}/review": to_review,
         "POST /orders/{id}/approve": to_approve,
         "POST /orders/{id}/cancel": to_cancel,
+        "PATCH /orders/{id}": to_amend,
+        "POST /orders/{id}/executions": to_fill,
+        "GET /orders/{id}/events": lambda: fixed(
+            lambda: client.get(f"{ORDERS}/{order_id}/events", headers=trader)
+        ),
         "GET /clients/{id}/portfolio": lambda: fixed(
             lambda: client.get("/api/v1/clients/CUST-1001/portfolio", headers=trader)
         ),
