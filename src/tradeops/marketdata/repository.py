@@ -95,10 +95,11 @@ PUBLISH_IN_ONE_STATEMENT = query(
 )
 # The audit event service.publish records for a batch, as the function appends it: what the
 # application says of the batch (:after, JSON) with the counts only PUBLISH knows.
+PUBLISHED = "market_data.published"
 PUBLISHED_AUDIT = append_audit(
     entity="'market_data'",
     entity_id="in_entity_id",
-    action="'market_data.published'",
+    action=f"'{PUBLISHED}'",
     after="CAST(in_after AS jsonb) || jsonb_build_object("
     "'stored', n_stored, 'duplicates', cardinality(in_symbols) - n_stored)",
 )

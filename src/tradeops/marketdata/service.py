@@ -54,7 +54,7 @@ async def publish(uow: UnitOfWork, principal: Principal, batch: SnapshotBatch) -
     said = _said_of(items)
     after = {**result.model_dump(), **said}
     await audit.record(
-        uow, principal, PUBLISHED, "market_data", ",".join(said["sources"]), after=after
+        uow, principal, repo.PUBLISHED, "market_data", ",".join(said["sources"]), after=after
     )
     return result
 
@@ -87,9 +87,6 @@ async def publish_in_one_statement(
     principal = principal_found(None if row is None else row.caller, key_usage)
     published = None if row is None else row.published
     return principal, None if published is None else _published(items, published)
-
-
-PUBLISHED = "market_data.published"
 
 
 def _columns(items: list[SnapshotIn]) -> dict[str, list[Any]]:
