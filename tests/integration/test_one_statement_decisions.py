@@ -13,6 +13,7 @@ one statement (migration 0035), with every property of the transaction they repl
 - Of three reviews of one order at once, exactly one is recorded.
 - Nothing of the caller stays on the pooled connection; the server bounds the wait for the
   order's lock.
+- An order's history, read in one statement (migration 0037), is the transaction's.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from tests.factories import (
 )
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.permissions import Action, who_may_all
-from tradeops.db.uow import APP_ROLE
+from tradeops.auth.principal import Principal, Role
+from tradeops.db.uow import APP_ROLE, run_in_transaction
 from tradeops.orders import repository as orders_repo
 from tradeops.orders import workflow
 
@@ -443,3 +445,35 @@ async def test_a_review_behind_a_lock_is_answered_504_with_nothing_written(
     assert await history(owner_engine, order_id) == before
     again = await http.post(f"{ORDERS}/{order_id}/review", headers=cast["agent"])
     assert again.status_code == 200, again.text
+
+
+async def test_an_orders_history_read_in_one_statement_is_the_transactions(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """GET /orders/{id}/events in one statement (migration 0037) answers the bytes the
+    transaction's read writes, notes, recommendation and times included; another desk's
+    order and one that does not exist are 404, a key without orders:read 403."""
+    order_id = await reviewed_order(client, cast, owner_engine)
+    said = {"note": "within limits, as \u201cagreed\u201d"}
+    approved = await client.post(
+        f"{ORDERS}/{order_id}/approve", json=said, headers=cast["approver"]
+    )
+    assert approved.status_code == 200, approved.text
+    alone = await client.get(f"{ORDERS}/{order_id}/events", headers=cast["admin"])
+    assert alone.status_code == 200, alone.text
+    admin = Principal(
+        user_id=cast.ids["admin"], email="admin@test.bank", role=Role.ADMIN, all_desks=True
+    )
+    events = await run_in_transaction(
+        app.state.db, admin, lambda uow: workflow.order_history(uow, admin, order_id)
+    )
+    assert alone.content == workflow.OrderEventList(items=events).model_dump_json().encode()
+    assert [e["type"] for e in alone.json()["items"]] == ["CREATED", "REVIEWED", "APPROVED"]
+    for headers, status in (
+        (cast["trader_fi"], 404),
+        (await key_headers(owner_engine, ["orders:review"]), 403),
+    ):
+        answer = await client.get(f"{ORDERS}/{order_id}/events", headers=headers)
+        assert answer.status_code == status, answer.text
+    missing = await client.get(f"{ORDERS}/{order_id + 1000}/events", headers=cast["admin"])
+    assert missing.status_code == 404, missing.text

@@ -17,6 +17,7 @@ from tradeops.settings import Settings
 # anything else goes to the framework; a client id is any path segment).
 SERVED = {
     ("GET", "/api/v1/orders/{order_id}"): ("1", "42", "9223372036854775807"),
+    ("GET", "/api/v1/orders/{order_id}/events"): ("1", "42", "9223372036854775807"),
     ("GET", "/api/v1/clients/{client_id}/portfolio"): ("CUST-1001", "1", "x.y", "a:b", "%20"),
     ("POST", "/api/v1/orders"): ("",),
 }
@@ -36,7 +37,9 @@ def first_route_for(app: FastAPI, method: str, path: str) -> BaseRoute | None:
     return None
 
 
-def test_the_hot_paths_are_an_order_a_portfolio_and_a_new_order(app: FastAPI) -> None:
+def test_the_hot_paths_are_an_order_its_history_a_portfolio_and_a_new_order(
+    app: FastAPI,
+) -> None:
     found = {(method, hot.route.path) for hot in hot_paths(app) for method in hot.route.methods}
     assert found == set(SERVED)
 

@@ -704,6 +704,28 @@ READ_ORDER = query(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class OrderHistoryRead:
+    """GET /orders/{id}/events in one statement: who asked, and the order's events oldest
+    first (ORDER_EVENTS' columns, `at` as JSON text), None when no such order is visible to
+    them. No row at all when the credentials name nobody."""
+
+    caller: Authenticated
+    history: list[dict[str, Any]] | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+
+
+# An order's history in one round trip (migration 0037), as READ_ORDER reads the order.
+READ_ORDER_HISTORY = query(
+    "SELECT caller, history FROM tradeops_read_order_history("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :order_id)",
+    OrderHistoryRead,
+    alone=True,
+)
+
+
 # The change a maker-checker decision makes to the order, whoever runs it (TRANSITION here,
 # tradeops_decide_order in the database).
 _DECIDED = updating(

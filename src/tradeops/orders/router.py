@@ -492,11 +492,31 @@ async def cancel_order(
     return await _decide(request, uow, principal, decision, idempotency_key)
 
 
+async def _history_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """GET /orders/{id}/events in one round trip (issue 15): authentication, the context and
+    the read in one statement; None (the endpoint below answers) for a malformed id or no
+    credentials, whose 422 or 401 FastAPI writes as documented."""
+    order_id = row_id(request.path_params["order_id"])
+    if order_id is None:
+        return None
+    return await answered_in_one_read(
+        request,
+        lambda credential, key_usage: workflow.read_order_history(
+            db, credential, order_id, key_usage
+        ),
+        lambda principal, history: Response(
+            workflow.shown_history(principal, history, order_id).model_dump_json(),
+            media_type="application/json",
+        ),
+    )
+
+
 @router.get(
     "/{order_id}/events",
     response_model=OrderEventList,
     responses=problem_responses(service.OrderNotFound),
 )
+@answered_in_one_statement(_history_in_one_statement)
 async def order_events(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -> OrderEventList:
     """The order's history in `items`, oldest first: who did what, when, with notes and
     reasons. The whole history, in one page (an order has a handful of steps)."""

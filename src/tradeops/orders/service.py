@@ -292,7 +292,7 @@ async def read_order(
     return principal, None if read is None else read.found
 
 
-Shown = TypeVar("Shown", OrderOut, repo.OrderDocument)
+Shown = TypeVar("Shown")
 
 
 def shown_order(principal: Principal, order: Shown | None, order_id: int) -> Shown:

@@ -45,6 +45,7 @@ from tradeops.orders.service import (
     check_steps,
     get_order,
     list_filter_keys,
+    shown_order,
 )
 from tradeops.orders.states import OPEN_STATUSES, OrderStatus, RiskStatus
 
@@ -658,3 +659,25 @@ async def order_history(
     await get_order(uow, principal, order_id)
     rows = await uow.rows(repo.ORDER_EVENTS, {"id": order_id})
     return [OrderEventOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+async def read_order_history(
+    source: ConnectionSource, credential: Mapping[str, Any], order_id: int, key_usage: KeyUsage
+) -> tuple[Principal, list[dict[str, Any]] | None]:
+    """GET /orders/{id}/events in one round trip (repo.READ_ORDER_HISTORY): the caller the
+    credential names, 401 if none, and the order's events if they can see it. The caller
+    decides with shown_history, once it has routed the request (as orders.service.read_order)."""
+    read = await one_statement(
+        source, repo.READ_ORDER_HISTORY, {**credential, "order_id": order_id}
+    )
+    principal = principal_found(None if read is None else read.caller, key_usage)
+    return principal, None if read is None else read.history
+
+
+def shown_history(
+    principal: Principal, history: list[dict[str, Any]] | None, order_id: int
+) -> OrderEventList:
+    """The history read for `principal`, if they may read orders and the order was found."""
+    return OrderEventList(
+        items=[OrderEventOut.model_validate(e) for e in shown_order(principal, history, order_id)]
+    )
