@@ -105,23 +105,23 @@ async def one_statement_credential(request: Request) -> dict[str, Any] | None:
 
 T = TypeVar("T")
 
-# A service's one-statement read (credential, key usage) -> (caller, what they asked for),
-# and what the caller is shown of it.
-OneRead = Callable[[dict[str, Any], KeyUsage], Awaitable[tuple[Principal, T]]]
-Shown = Callable[[Principal, T], Response]
+# A service's one statement (credential, key usage) -> (caller, what it read or wrote), and
+# the answer the caller is shown of it (None: the route's endpoint answers, in a transaction).
+OneStatementCall = Callable[[dict[str, Any], KeyUsage], Awaitable[tuple[Principal, T]]]
+Shown = Callable[[Principal, T], Response | None]
 
 
-async def answered_in_one_read(
-    request: Request, read: OneRead[T], shown: Shown[T]
+async def answered_in_one_round_trip(
+    request: Request, call: OneStatementCall[T], shown: Shown[T]
 ) -> Response | None:
-    """A read answered in one round trip (db.http.answered_in_one_statement): authenticating
-    and reading in one statement, the caller known (a replica may send them to the primary
-    now), then the answer they may see; None without credentials, for the route to answer
-    its documented 401."""
+    """A request answered in one round trip (db.http.answered_in_one_statement): the
+    credential, authenticated in the statement that reads or writes, the caller known (a
+    replica may send them to the primary now), then the answer they may see; None without
+    credentials, for the route to answer its documented 401."""
     credential = await one_statement_credential(request)
     if credential is None:
         return None
-    principal, found = await read(credential, request.app.state.key_usage)
+    principal, found = await call(credential, request.app.state.key_usage)
     caller_known(request, principal)
     return shown(principal, found)
 

@@ -12,9 +12,8 @@ from tradeops.deps import (
     CurrentPrincipal,
     DeclaredQueryOnly,
     UoW,
-    caller_known,
+    answered_in_one_round_trip,
     json_body,
-    one_statement_credential,
 )
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.marketdata import service
@@ -40,17 +39,18 @@ async def _publish_in_one_statement(db: ConnectionSource, request: Request) -> R
         batch = SnapshotBatch.model_validate(body)
     except ValidationError:
         return None
-    credential = await one_statement_credential(request)
-    if credential is None:
-        return None
-    principal, result = await service.publish_in_one_statement(
-        db, credential, batch, request.app.state.key_usage
-    )
-    caller_known(request, principal)
-    if result is None:
-        return None
-    return Response(
-        result.model_dump_json(), status.HTTP_201_CREATED, media_type="application/json"
+    return await answered_in_one_round_trip(
+        request,
+        lambda credential, key_usage: service.publish_in_one_statement(
+            db, credential, batch, key_usage
+        ),
+        lambda _, result: (
+            None
+            if result is None
+            else Response(
+                result.model_dump_json(), status.HTTP_201_CREATED, media_type="application/json"
+            )
+        ),
     )
 
 

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import BaseModel, ValidationError
 
+from tradeops.auth.key_usage import KeyUsage
+from tradeops.auth.principal import Principal
 from tradeops.db.http import (
     OneStatement,
     TransactionalRoute,
@@ -21,7 +23,7 @@ from tradeops.deps import (
     DeclaredQueryOnly,
     RowId,
     UoW,
-    answered_in_one_read,
+    answered_in_one_round_trip,
     caller_known,
     json_body,
     one_statement_credential,
@@ -58,6 +60,8 @@ from tradeops.orders.workflow import (
     ReviewRequest,
 )
 from tradeops.problems import problem_parts, problem_responses
+
+T = TypeVar("T")
 
 router = APIRouter(prefix=f"{API_PREFIX}/orders", tags=["orders"], route_class=TransactionalRoute)
 
@@ -264,18 +268,36 @@ def _written_document(order: OrderDocument) -> Response:
     return Response(order.document, media_type="application/json", headers=_etag(order))
 
 
-async def _get_order_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
-    """GET /orders/{id} in one round trip (issue 15): authentication, the context and the
-    read in one statement; None (the endpoint below answers) for a malformed id or no
-    credentials, whose 422 or 401 FastAPI writes as documented."""
-    order_id = row_id(request.path_params["order_id"])
-    if order_id is None:
-        return None
-    return await answered_in_one_read(
-        request,
-        lambda credential, key_usage: service.read_order(db, credential, order_id, key_usage),
-        lambda principal, found: _written_document(service.shown_order(principal, found, order_id)),
-    )
+def _order_read_in_one_statement(
+    read: Callable[
+        [ConnectionSource, dict[str, Any], int, KeyUsage], Awaitable[tuple[Principal, T]]
+    ],
+    shown: Callable[[Principal, T, int], Response],
+) -> OneStatement:
+    """A read of one order (issue 15) in one round trip: authentication, the context and the
+    read in one statement; None (the endpoint answers) for a malformed id or no credentials,
+    whose 422 or 401 FastAPI writes as documented."""
+
+    async def answer(db: ConnectionSource, request: Request) -> Response | None:
+        order_id = row_id(request.path_params["order_id"])
+        if order_id is None:
+            return None
+        return await answered_in_one_round_trip(
+            request,
+            lambda credential, key_usage: read(db, credential, order_id, key_usage),
+            lambda principal, found: shown(principal, found, order_id),
+        )
+
+    return answer
+
+
+# GET /orders/{id}: the document PostgreSQL wrote (migration 0026).
+_get_order_in_one_statement = _order_read_in_one_statement(
+    service.read_order,
+    lambda principal, found, order_id: _written_document(
+        service.shown_order(principal, found, order_id)
+    ),
+)
 
 
 @router.get(
@@ -378,14 +400,15 @@ def _decided_in_one_statement(
         if request.headers.get("idempotency-key") is not None:
             return None
         decision = await _decision_asked(request, transition, taken)
-        credential = None if decision is None else await one_statement_credential(request)
-        if decision is None or credential is None:
+        if decision is None:
             return None
-        principal, order = await workflow.decide_in_one_statement(
-            db, credential, decision, request.app.state.key_usage
+        return await answered_in_one_round_trip(
+            request,
+            lambda credential, key_usage: workflow.decide_in_one_statement(
+                db, credential, decision, key_usage
+            ),
+            lambda _, order: None if order is None else _written_document(order),
         )
-        caller_known(request, principal)
-        return None if order is None else _written_document(order)
 
     return decided
 
@@ -492,23 +515,14 @@ async def cancel_order(
     return await _decide(request, uow, principal, decision, idempotency_key)
 
 
-async def _history_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
-    """GET /orders/{id}/events in one round trip (issue 15): authentication, the context and
-    the read in one statement; None (the endpoint below answers) for a malformed id or no
-    credentials, whose 422 or 401 FastAPI writes as documented."""
-    order_id = row_id(request.path_params["order_id"])
-    if order_id is None:
-        return None
-    return await answered_in_one_read(
-        request,
-        lambda credential, key_usage: workflow.read_order_history(
-            db, credential, order_id, key_usage
-        ),
-        lambda principal, history: Response(
-            workflow.shown_history(principal, history, order_id).model_dump_json(),
-            media_type="application/json",
-        ),
-    )
+# GET /orders/{id}/events (migration 0037).
+_history_in_one_statement = _order_read_in_one_statement(
+    workflow.read_order_history,
+    lambda principal, history, order_id: Response(
+        workflow.shown_history(principal, history, order_id).model_dump_json(),
+        media_type="application/json",
+    ),
+)
 
 
 @router.get(

@@ -13,7 +13,7 @@ from tradeops.deps import (
     CurrentPrincipal,
     DeclaredQueryOnly,
     UoW,
-    answered_in_one_read,
+    answered_in_one_round_trip,
 )
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.positions import service
@@ -87,7 +87,7 @@ async def _portfolio_in_one_statement(db: ConnectionSource, request: Request) ->
     """GET /clients/{id}/portfolio in one round trip (issue 15); None without credentials,
     for the endpoint below to answer its documented 401."""
     client_id = request.path_params["client_id"]
-    return await answered_in_one_read(
+    return await answered_in_one_round_trip(
         request,
         lambda credential, key_usage: service.read_portfolio(db, credential, client_id, key_usage),
         lambda principal, document: _portfolio_document(
