@@ -320,6 +320,19 @@ async def one_statement(
     return None if record is None else query.into(**record)
 
 
+async def one_write(
+    source: ConnectionSource, query: Query[T], params: Mapping[str, Any]
+) -> T | None:
+    """A write sent alone (one_statement) by a function that bounds its own waits for locks:
+    it is given the statement timeout as :lock_timeout_ms, past which the server ends the
+    statement with nothing written. The driver's limit is only a backstop, twice as long:
+    past it the statement may have committed just before it was cancelled, so the caller
+    could not be told "nothing was written" from the timeout alone."""
+    limit_ms = source.settings.statement_timeout_ms
+    writes = {**params, "lock_timeout_ms": limit_ms}
+    return await one_statement(source, query, writes, timeout_ms=2 * limit_ms)
+
+
 async def fetch_limited(
     driver: asyncpg.Connection, sql: str, arguments: Sequence[Any], limit_s: float | None
 ) -> asyncpg.Record | None:

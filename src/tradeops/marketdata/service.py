@@ -11,7 +11,7 @@ from tradeops.auth.authentication import principal_found
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize, who_may_all
 from tradeops.auth.principal import Principal
-from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
+from tradeops.db.uow import ConnectionSource, UnitOfWork, one_write
 from tradeops.errors import DomainError, InvalidRequest, NotFound
 from tradeops.marketdata import repository as repo
 from tradeops.marketdata.schemas import (
@@ -71,19 +71,14 @@ async def publish_in_one_statement(
     publish (nothing written), which `publish`, in a transaction, refuses as documented."""
     items = batch.snapshots
     said = _said_of(items)
-    # As orders.service.submit_in_one_statement: the server bounds the waits for locks.
-    limit_ms = source.settings.statement_timeout_ms
     params = {
         **credential,
         **who_may_all(Action.PUBLISH_MARKET_DATA),
-        "lock_timeout_ms": limit_ms,
         **_columns(items),
         "entity_id": ",".join(said["sources"]),
         "after": audit.as_payload({"received": len(items), **said}),
     }
-    row = await one_statement(
-        source, repo.PUBLISH_IN_ONE_STATEMENT, params, timeout_ms=2 * limit_ms
-    )
+    row = await one_write(source, repo.PUBLISH_IN_ONE_STATEMENT, params)
     principal = principal_found(None if row is None else row.caller, key_usage)
     published = None if row is None else row.published
     return principal, None if published is None else _published(items, published)

@@ -14,7 +14,7 @@ from tradeops.auth.authentication import principal_found
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize, who_may
 from tradeops.auth.principal import Principal, Role
-from tradeops.db.uow import ConnectionSource, UnitOfWork, Wakeup, one_statement
+from tradeops.db.uow import ConnectionSource, UnitOfWork, Wakeup, one_statement, one_write
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, job_wakeups
 from tradeops.orders import repository as repo
@@ -174,15 +174,8 @@ async def submit_in_one_statement(
     `recorded_alone` then tells the caller what it may know. For an order that passed
     fits_intake."""
     values = intake_values(order, credential["request_id"] or None)
-    # The server bounds the statement's waits for locks, with nothing written past them;
-    # the driver's limit is only a backstop, twice as long: past it the statement may
-    # have committed just before it was cancelled, so the caller cannot be told "nothing
-    # was written" from the timeout alone.
-    limit_ms = source.settings.statement_timeout_ms
-    params = {**credential, **who_may(Action.SUBMIT_ORDER), **values, "lock_timeout_ms": limit_ms}
-    read = await one_statement(
-        source, repo.SUBMIT_IN_ONE_STATEMENT, params, timeout_ms=2 * limit_ms
-    )
+    params = {**credential, **who_may(Action.SUBMIT_ORDER), **values}
+    read = await one_write(source, repo.SUBMIT_IN_ONE_STATEMENT, params)
     principal = principal_found(None if read is None else read.caller, key_usage)
     return principal, None if read is None else read.submitted
 

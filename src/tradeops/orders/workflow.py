@@ -32,7 +32,7 @@ from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize, who_may_all
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.errors import MAKER_CHECKER_REFUSED, refuses_the_change
-from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement
+from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement, one_write
 from tradeops.errors import Conflict, DomainError, Forbidden, InvalidRequest
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
 from tradeops.orders import repository as repo
@@ -322,14 +322,10 @@ async def decide_in_one_statement(
     several), which transition_order, in a transaction, explains or makes."""
     transition = decision.transition
     others_by = DECIDE_ON_OTHERS_ORDERS.get(transition)
-    # As submit_in_one_statement: the server bounds the wait for the order's lock; the
-    # driver's limit, twice as long, is only a backstop.
-    limit_ms = source.settings.statement_timeout_ms
     params = {
         **credential,
         # The answer is the order as GET shows it: whoever may decide and read it.
         **who_may_all(transition.action, Action.READ_ORDERS),
-        "lock_timeout_ms": limit_ms,
         "order_id": decision.order_id,
         "version": decision.expected_version,
         "from_statuses": sorted(transition.from_statuses),
@@ -339,9 +335,7 @@ async def decide_in_one_statement(
         "note": decision.note,
         **_recorded(transition, decision),
     }
-    decided = await one_statement(
-        source, repo.DECIDE_IN_ONE_STATEMENT, params, timeout_ms=2 * limit_ms
-    )
+    decided = await one_write(source, repo.DECIDE_IN_ONE_STATEMENT, params)
     principal = principal_found(None if decided is None else decided.caller, key_usage)
     return principal, None if decided is None else decided.found
 
