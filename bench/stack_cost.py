@@ -197,6 +197,13 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                     for _, body in made
                 ]
 
+            async def keyed(count: int) -> list[Call]:
+                """New orders, each under an Idempotency-Key of its own."""
+                return [
+                    Call(app, "POST", ORDERS, agent | {"Idempotency-Key": uuid.uuid4().hex})
+                    for _ in range(count)
+                ]
+
             reviewer = cast["trader2"]
             order = Call(app, "GET", f"{ORDERS}/{order_id}", agent)
             endpoints: list[tuple[str, Calls, bytes, int]] = [
@@ -207,6 +214,7 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                     orjson.dumps(SEED_ORDER),
                     201,
                 ),
+                ("POST /orders with an Idempotency-Key", keyed, orjson.dumps(SEED_ORDER), 201),
                 ("POST /orders/{id}/review", reviews, b"", 200),
             ]
             for name, call, body, expected in endpoints:

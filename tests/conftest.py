@@ -23,7 +23,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import Cast, make_cast, make_reference_data
+from tests.factories import Cast, keyed_intake_in_a_transaction, make_cast, make_reference_data
 from tests.owner import owner_engine_on
 from tradeops.app import create_app
 from tradeops.db import migrate
@@ -241,3 +241,12 @@ async def cast(app: FastAPI, owner_engine: AsyncEngine) -> Cast:
 
 
 __all__ = ["create_database", "drop_database", "with_database"]
+
+
+@pytest.fixture(params=["in one statement", "in a transaction"])
+def keyed_intake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test of POST /orders with an Idempotency-Key, run both ways: in one statement
+    (migration 0038) and in the transaction it replaced (the way the one statement declines)."""
+    if request.param == "in a transaction":
+        keyed_intake_in_a_transaction(monkeypatch)
+    return str(request.param)

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,6 +27,7 @@ from tradeops.desks import service as desks
 from tradeops.desks.service import DeskIn
 from tradeops.instruments import service as instruments
 from tradeops.instruments.schemas import InstrumentCreate
+from tradeops.orders import router as orders_router
 
 SEED_ORDER: dict[str, Any] = {
     "client_id": "CUST-1001",
@@ -326,6 +328,16 @@ async def orders_locked(engine: AsyncEngine) -> AsyncIterator[Callable[[str], Aw
             yield waiting
         finally:
             await blocker.execute(text("ROLLBACK"))
+
+
+def keyed_intake_in_a_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /orders with an Idempotency-Key as before migration 0038, in a transaction: the
+    one statement declines it. The reference the one statement is held equal to."""
+
+    async def declined(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr(orders_router, "_submit_once_in_one_statement", declined)
 
 
 async def caller_left_on_the_one_connection(app: Any) -> None:

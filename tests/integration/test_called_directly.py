@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import routing
 
-from tests.factories import SEED_ORDER, Cast
+from tests.factories import SEED_ORDER, Cast, keyed_intake_in_a_transaction
 
 ORDERS = "/api/v1/orders"
 
@@ -31,8 +31,9 @@ def solves(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 
 async def test_a_valid_order_is_submitted_without_solving_dependencies(
-    client: httpx.AsyncClient, cast: Cast, solves: list[str]
+    client: httpx.AsyncClient, cast: Cast, solves: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    keyed_intake_in_a_transaction(monkeypatch)  # a key's order in a transaction (0038)
     created = await client.post(
         ORDERS, json=SEED_ORDER, headers={**cast["agent"], "Idempotency-Key": "direct-1"}
     )

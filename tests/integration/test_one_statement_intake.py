@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from pytest import MonkeyPatch
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +30,7 @@ from tests.factories import (
     Cast,
     caller_left_on_the_one_connection,
     database_trigger,
+    keyed_intake_in_a_transaction,
     orders_locked,
     stored_api_key,
     submit_as_key,
@@ -75,7 +77,7 @@ async def counts(engine: AsyncEngine) -> dict[str, int]:
     async with engine.connect() as conn:
         return {
             table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
-            for table in WRITTEN
+            for table in (*WRITTEN, "idempotency_keys")
         }
 
 
@@ -95,11 +97,13 @@ async def test_the_installed_function_runs_intake_as_the_code_writes_it(
 
 
 async def test_an_order_in_one_statement_is_recorded_as_in_a_transaction(
-    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, monkeypatch: MonkeyPatch
 ) -> None:
-    """The same order, once in one statement and once in a transaction (an Idempotency-Key
-    takes that path): the same answer and the same rows, but for its id and times."""
+    """The same order, once in one statement and once in a transaction (a key's order the
+    one statement declines takes that path): the same answer and the same rows, but for its
+    id and times."""
     alone = await client.post(ORDERS, json=SEED_ORDER, headers=cast["agent"])
+    keyed_intake_in_a_transaction(monkeypatch)
     in_transaction = await client.post(
         ORDERS, json=SEED_ORDER, headers=cast["agent"] | {"Idempotency-Key": "intake-1"}
     )
@@ -126,6 +130,7 @@ async def test_an_order_in_one_statement_is_recorded_as_in_a_transaction(
         ("revoked-looking key", 401, "The credentials are not valid"),
     ],
 )
+@pytest.mark.parametrize("keyed", [False, True], ids=["no key", "Idempotency-Key"])
 async def test_who_may_not_submit_writes_nothing(
     client: httpx.AsyncClient,
     cast: Cast,
@@ -133,6 +138,7 @@ async def test_who_may_not_submit_writes_nothing(
     who: str,
     status: int,
     detail: str,
+    keyed: bool,
 ) -> None:
     if who == "key without orders:write":
         key = await stored_api_key(owner_engine, "agent@test.bank", ["orders:read"])
@@ -142,7 +148,9 @@ async def test_who_may_not_submit_writes_nothing(
         headers = {"Authorization": f"Bearer {key[:-1]}{'A' if key[-1] != 'A' else 'B'}"}
     else:
         headers = cast[who]
-    before = await counts(owner_engine)
+    if keyed:
+        headers |= {"Idempotency-Key": "may-not-1"}
+    before = await counts(owner_engine)  # the key's row besides: none left either
     answer = await client.post(ORDERS, json=SEED_ORDER, headers=headers)
     assert answer.status_code == status, answer.text
     assert answer.json()["detail"].startswith(detail)
@@ -268,12 +276,113 @@ async def test_a_new_order_behind_a_lock_is_answered_504_with_nothing_written(
     owner_engine: AsyncEngine,
 ) -> None:
     _, http = one_connection_app
-    async with orders_locked(owner_engine) as waiting:
-        answer = await http.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
-        still_waiting = await waiting("tradeops_submit_order")
-    assert answer.status_code == 504, answer.text
-    assert answer.json()["type"].endswith("/database-timeout")
-    assert still_waiting == 0
-    assert (await counts(owner_engine))["orders"] == 0
-    again = await http.post(ORDERS, json=SEED_ORDER, headers=cast["trader"])
-    assert again.status_code == 201, again.text
+    before = await counts(owner_engine)
+    for headers in (cast["trader"], cast["trader"] | {"Idempotency-Key": "behind-a-lock"}):
+        async with orders_locked(owner_engine) as waiting:
+            answer = await http.post(ORDERS, json=SEED_ORDER, headers=headers)
+            still_waiting = await waiting("tradeops_submit_order")
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["type"].endswith("/database-timeout")
+        assert still_waiting == 0
+        assert await counts(owner_engine) == before  # nor the key: the same key runs again
+        again = await http.post(ORDERS, json=SEED_ORDER, headers=headers)
+        assert again.status_code == 201, again.text
+        before = await counts(owner_engine)
+
+
+# --- With an Idempotency-Key (migration 0038) ------------------------------------------------
+
+KEY_ROW = (
+    "SELECT fingerprint, response_status, response_body, response_headers"
+    " FROM idempotency_keys WHERE key = :key"
+)
+
+
+async def stored_under(engine: AsyncEngine, key: str) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        row = (await conn.execute(text(KEY_ROW), {"key": key})).mappings().one()
+    return dict(row)
+
+
+def without_id_and_times(document: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k not in {"id", "created_at", "updated_at"}}
+
+
+async def test_a_keyed_order_in_one_statement_is_recorded_and_stored_as_in_a_transaction(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, monkeypatch: MonkeyPatch
+) -> None:
+    """The same order under two keys, once in one statement and once in a transaction: the
+    same answer, the same rows, and the same response stored under each key."""
+    alone = await client.post(
+        ORDERS, json=SEED_ORDER, headers=cast["agent"] | {"Idempotency-Key": "alone-1"}
+    )
+    keyed_intake_in_a_transaction(monkeypatch)
+    in_transaction = await client.post(
+        ORDERS, json=SEED_ORDER, headers=cast["agent"] | {"Idempotency-Key": "in-transaction-1"}
+    )
+    assert alone.status_code == in_transaction.status_code == 201, alone.text
+    assert without_id_and_times(alone.json()) == without_id_and_times(in_transaction.json())
+    assert alone.headers["location"] == f"{ORDERS}/{alone.json()['id']}"
+    assert alone.headers["etag"] == in_transaction.headers["etag"] == '"1"'
+    assert "idempotent-replayed" not in alone.headers
+    recorded = await written(owner_engine, alone.json()["id"])
+    assert recorded == await written(owner_engine, in_transaction.json()["id"])
+    assert all(recorded.values()), recorded  # an order, its event, its audit entry, its job
+    one = await stored_under(owner_engine, "alone-1")
+    other = await stored_under(owner_engine, "in-transaction-1")
+    assert one["fingerprint"] == other["fingerprint"]  # the same request
+    assert one["response_status"] == other["response_status"] == 201
+    assert one["response_body"] == alone.content  # what was sent is what is kept
+    assert other["response_body"] == in_transaction.content
+    assert one["response_headers"] == {"ETag": '"1"', "Location": alone.headers["location"]}
+    assert other["response_headers"] == {
+        "ETag": '"1"',
+        "Location": in_transaction.headers["location"],
+    }
+
+
+async def test_a_key_stored_either_way_is_replayed_either_way(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, monkeypatch: MonkeyPatch
+) -> None:
+    """A response stored by the one statement is replayed by the transaction and the other
+    way round: the first answer, byte for byte, marked replayed, and nothing written."""
+    by_statement = cast["trader"] | {"Idempotency-Key": "by-statement"}
+    by_transaction = cast["trader"] | {"Idempotency-Key": "by-transaction"}
+    first = await client.post(ORDERS, json=SEED_ORDER, headers=by_statement)
+    with monkeypatch.context() as declining:
+        keyed_intake_in_a_transaction(declining)
+        second = await client.post(ORDERS, json=SEED_ORDER, headers=by_transaction)
+        before = await counts(owner_engine)
+        replayed_by_transaction = await client.post(ORDERS, json=SEED_ORDER, headers=by_statement)
+    replayed_by_statement = await client.post(ORDERS, json=SEED_ORDER, headers=by_transaction)
+    assert await counts(owner_engine) == before
+    for original, replay in ((first, replayed_by_transaction), (second, replayed_by_statement)):
+        assert (original.status_code, replay.status_code) == (201, 201), replay.text
+        assert replay.content == original.content
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert replay.headers["location"] == original.headers["location"]
+        assert replay.headers["etag"] == original.headers["etag"]
+    reused = await client.post(ORDERS, json={**SEED_ORDER, "quantity": 60}, headers=by_statement)
+    assert reused.status_code == 422, reused.text
+    assert reused.json()["type"].endswith("/idempotency-key-reused")
+    assert await counts(owner_engine) == before
+
+
+async def test_a_keyed_order_intake_refuses_leaves_neither_key_nor_caller_behind(
+    one_connection_app: tuple[FastAPI, httpx.AsyncClient], cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """An order intake does not record undoes the statement, the key's reservation with it
+    (SQLSTATE TO001); the transaction explains the refusal, the pooled connection keeps
+    nothing of the caller, and the same key then serves the corrected order."""
+    app, http = one_connection_app
+    keyed = cast["trader"] | {"Idempotency-Key": "odd-lot-1"}
+    before = await counts(owner_engine)
+    odd_lot = await http.post(ORDERS, json={**SEED_ORDER, "quantity": "0.5"}, headers=keyed)
+    assert odd_lot.status_code == 422, odd_lot.text
+    assert "lot size" in odd_lot.json()["detail"]
+    assert await counts(owner_engine) == before
+    await caller_left_on_the_one_connection(app)
+    corrected = await http.post(ORDERS, json=SEED_ORDER, headers=keyed)
+    assert corrected.status_code == 201, corrected.text
+    assert "idempotent-replayed" not in corrected.headers
+    await caller_left_on_the_one_connection(app)

@@ -2,8 +2,9 @@
 db/wakeups.py).
 
 PostgreSQL serializes the commits of transactions that NOTIFY. Intake sets
-`tradeops.wake_after_commit`, in one statement (POST /orders) or for its own statement in a
-transaction (an Idempotency-Key, the MCP tool): its triggers send no NOTIFY, and the
+`tradeops.wake_after_commit`, in one statement (POST /orders, with or without an
+Idempotency-Key) or for its own statement in a transaction (the MCP tool, a keyed order the
+one statement declines): its triggers send no NOTIFY, and the
 application sends the same wake-ups once the commit is known. Every other writer, and every
 later statement of intake's transaction, still notifies at its commit.
 """
@@ -119,11 +120,15 @@ async def test_a_new_order_wakes_the_streams_and_the_risk_workers_after_its_comm
     await nothing_heard(heard, 0.2)  # each once
 
 
-async def test_an_order_in_a_transaction_wakes_after_its_commit(
-    heard: Heard, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+async def test_an_order_with_a_key_wakes_after_its_commit(
+    heard: Heard,
+    client: httpx.AsyncClient,
+    cast: Cast,
+    owner_engine: AsyncEngine,
+    keyed_intake: str,
 ) -> None:
-    """An Idempotency-Key takes the transaction: the same wake-ups, each once, sent after
-    the commit as the one statement's are."""
+    """An order with an Idempotency-Key, in its one statement (migration 0038) or in a
+    transaction: the same wake-ups, each once, sent after the commit as intake's are."""
     headers = cast["agent"] | {"Idempotency-Key": "wake-1"}
     created = await client.post(ORDERS, json=SEED_ORDER, headers=headers)
     assert created.status_code == 201, created.text

@@ -224,7 +224,7 @@ async def test_fifty_concurrent_approvals_exactly_one_wins(
 
 
 async def test_idempotency_key_replays_the_first_response(
-    client: httpx.AsyncClient, cast: Cast
+    client: httpx.AsyncClient, cast: Cast, keyed_intake: str
 ) -> None:
     headers = {**cast["trader"], "Idempotency-Key": "order-42"}
     first = await client.post(ORDERS, json=SEED_ORDER, headers=headers)
@@ -247,7 +247,7 @@ async def test_idempotency_key_replays_the_first_response(
 
 
 async def test_hundred_concurrent_identical_requests_create_one_order(
-    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, keyed_intake: str
 ) -> None:
     headers = {**cast["agent"], "Idempotency-Key": "burst-1"}
     responses = await asyncio.gather(
@@ -259,7 +259,9 @@ async def test_hundred_concurrent_identical_requests_create_one_order(
         assert await conn.scalar(text("SELECT count(*) FROM orders")) == 1
 
 
-async def test_failed_request_leaves_no_key_behind(client: httpx.AsyncClient, cast: Cast) -> None:
+async def test_failed_request_leaves_no_key_behind(
+    client: httpx.AsyncClient, cast: Cast, keyed_intake: str
+) -> None:
     headers = {**cast["trader"], "Idempotency-Key": "retry-me"}
     bad = await client.post(ORDERS, json={**SEED_ORDER, "symbol": "NOPE"}, headers=headers)
     assert bad.status_code == 422

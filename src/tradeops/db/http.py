@@ -38,7 +38,10 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 # A route's answer in one statement, without a request transaction (migration 0019): the
 # response, or None when the request is not in the shape it serves (a malformed id, no
 # credentials), which the route's endpoint then answers as documented, in a transaction.
+# A one-statement write may also raise NOT_RECORDED_ALONE, undoing itself whole, for what it
+# would otherwise have to explain (migration 0038): the endpoint answers that too.
 OneStatement = Callable[[ConnectionSource, Request], Awaitable[Response | None]]
+NOT_RECORDED_ALONE = "TO001"
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 T = TypeVar("T")
 
@@ -167,9 +170,10 @@ class TransactionalRoute(APIRoute):
                 try:
                     response = await one_statement(db, request)
                 except Exception as error:
-                    # A serialization failure or deadlock undid the one statement whole:
-                    # the transaction below runs the request again (and again if it must).
-                    if not is_retryable(error):
+                    # A serialization failure, a deadlock or the statement's own refusal
+                    # undid it whole: the transaction below runs the request again (and
+                    # again if it must).
+                    if not (is_retryable(error) or sqlstate_of(error) == NOT_RECORDED_ALONE):
                         raise
                     response = None
                 if response is not None:

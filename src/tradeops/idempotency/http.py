@@ -22,6 +22,24 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
+def request_fingerprint(request: Request, body: bytes) -> str:
+    """The request's identity, as a key's first request stored it: its method, its path with
+    the query string (a bulk cancel's filters are part of what is asked) and its body."""
+    query = request.url.query
+    target = f"{request.url.path}?{query}" if query else request.url.path
+    return fingerprint(request.method, target, body)
+
+
+def answered(response: StoredResponse) -> Response:
+    """The response to send: the one produced, or the stored one, marked as replayed."""
+    headers = dict(response.headers)
+    if response.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(
+        response.body, status_code=response.status, headers=headers, media_type="application/json"
+    )
+
+
 async def respond_once(
     request: Request,
     uow: UnitOfWork,
@@ -33,17 +51,6 @@ async def respond_once(
         return StoredResponse(status, model.model_dump_json().encode(), headers)
 
     if key is None:
-        response = await stored()
-    else:
-        body = await request.body()
-        # The query string is part of what is asked (a bulk cancel's filters).
-        query = request.url.query
-        target = f"{request.url.path}?{query}" if query else request.url.path
-        request_fingerprint = fingerprint(request.method, target, body)
-        response = await run_once(uow, key, request_fingerprint, stored)
-    headers = dict(response.headers)
-    if response.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return Response(
-        response.body, status_code=response.status, headers=headers, media_type="application/json"
-    )
+        return answered(await stored())
+    request_identity = request_fingerprint(request, await request.body())
+    return answered(await run_once(uow, key, request_identity, stored))

@@ -340,6 +340,40 @@ SUBMIT_IN_ONE_STATEMENT = query(
 
 
 @dataclass(frozen=True, slots=True)
+class SubmittedOnce:
+    """POST /orders with an Idempotency-Key in one statement: who asked, what intake
+    recorded (None unless this request recorded the order) and the response to send, new or
+    replayed (all None when the caller may not submit orders, or the key is another
+    request's: nothing was written). No row at all when the credentials name nobody."""
+
+    caller: Authenticated
+    submitted: Submitted | None
+    status: int | None
+    body: bytes | None
+    headers: dict[str, str] | None
+    replayed: bool | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+        object.__setattr__(self, "submitted", as_row(self.submitted, Submitted))
+
+
+# The same with an Idempotency-Key (migration 0038): the key is reserved (or its stored
+# response replayed), the order recorded and its response stored, in one round trip. An
+# order intake does not record raises NOT_RECORDED_ALONE (db.http), undoing the key.
+SUBMIT_ONCE_IN_ONE_STATEMENT = query(
+    "SELECT caller, submitted, status, body, headers, replayed FROM tradeops_submit_order_once("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scope,"
+    " :lock_timeout_ms,"
+    " :client_id, :symbol, :side, :order_type, :time_in_force, :expire_at, :quantity, :price,"
+    " :client_order_id, :event_type, :payload, :action, :risk_queue, :risk_task,"
+    " :key, :fingerprint, :location)",
+    SubmittedOnce,
+    alone=True,
+)
+
+
+@dataclass(frozen=True, slots=True)
 class OrderFacts:
     """What the maker-checker rules read of an order (`created_by`: the maker's user id)."""
 

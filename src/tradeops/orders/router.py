@@ -31,8 +31,13 @@ from tradeops.deps import (
     session_of,
 )
 from tradeops.errors import Forbidden, InvalidRequest
-from tradeops.idempotency.http import IdempotencyKeyHeader, respond_once
-from tradeops.idempotency.service import IdempotencyKeyReused
+from tradeops.idempotency.http import (
+    IdempotencyKeyHeader,
+    answered,
+    request_fingerprint,
+    respond_once,
+)
+from tradeops.idempotency.service import IdempotencyKeyReused, valid_key
 from tradeops.orders import service, workflow
 from tradeops.orders.repository import OrderDocument
 from tradeops.orders.schemas import (
@@ -165,11 +170,9 @@ def _submitted(
 async def _submit_order_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
     """POST /orders in one round trip (issue 15): authentication, the context and intake in
     one statement. None (the endpoint below answers, in a transaction, as documented) for a
-    request with an Idempotency-Key (reserved in that transaction), a body that does not
-    validate or fails a check made before writing, no credentials, or an order not
-    recorded (a retry under its client_order_id, a refusal): nothing was written then."""
-    if request.headers.get("idempotency-key") is not None:
-        return None
+    body that does not validate or fails a check made before writing, no credentials, or an
+    order not recorded (a retry under its client_order_id, a refusal): nothing was written
+    then. With an Idempotency-Key, see _submit_once_in_one_statement."""
     order = await _order_in_body(request)
     settings = request.app.state.settings
     if order is None or not service.fits_intake(order, settings.price_max_decimals):
@@ -177,6 +180,9 @@ async def _submit_order_in_one_statement(db: ConnectionSource, request: Request)
     credential = await one_statement_credential(request)
     if credential is None:
         return None
+    key = request.headers.get("idempotency-key")
+    if key is not None:
+        return await _submit_once_in_one_statement(db, request, order, credential, key)
     principal, submitted = await service.submit_in_one_statement(
         db, credential, order, request.app.state.key_usage
     )
@@ -189,6 +195,33 @@ async def _submit_order_in_one_statement(db: ConnectionSource, request: Request)
     await db.after_commit(service.wakeups_of(submitted))
     status_code, shown, headers = _submitted(request, recorded, created=True)
     return Response(shown.model_dump_json(), status_code, headers, media_type="application/json")
+
+
+async def _submit_once_in_one_statement(
+    db: ConnectionSource,
+    request: Request,
+    order: OrderCreate,
+    credential: dict[str, Any],
+    key: str,
+) -> Response | None:
+    """POST /orders with an Idempotency-Key in one round trip (migration 0038): the key
+    reserved, the order recorded and its response stored in one statement, or the response
+    stored under the key replayed. None (the transaction answers) for a key that is not
+    valid or is another request's, or an order intake did not record."""
+    if not valid_key(key):
+        return None
+    body = await request.body()
+    once = {"key": key, "fingerprint": request_fingerprint(request, body)}
+    principal, read = await service.submit_once_in_one_statement(
+        db, credential, order, once | {"location": request.url.path}, request.app.state.key_usage
+    )
+    caller_known(request, principal)
+    response = service.answered_once(principal, read)
+    if response is None:
+        return None
+    if read is not None and read.submitted is not None:  # recorded now: wake as intake does
+        await db.after_commit(service.wakeups_of(read.submitted))
+    return answered(response)
 
 
 @router.post(

@@ -16,6 +16,7 @@ from tradeops.auth.permissions import Action, authorize, who_may
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.uow import ConnectionSource, UnitOfWork, Wakeup, one_statement, one_write
 from tradeops.errors import Conflict, InvalidRequest, NotFound
+from tradeops.idempotency.service import StoredResponse
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE, job_wakeups
 from tradeops.orders import repository as repo
 from tradeops.orders.repository import ListFilterKeys, ListKey, Submitted
@@ -173,11 +174,43 @@ async def submit_in_one_statement(
     intake returned, None when the caller may not submit orders (nothing was written).
     `recorded_alone` then tells the caller what it may know. For an order that passed
     fits_intake."""
-    values = intake_values(order, credential["request_id"] or None)
-    params = {**credential, **who_may(Action.SUBMIT_ORDER), **values}
-    read = await one_write(source, repo.SUBMIT_IN_ONE_STATEMENT, params)
+    read = await one_write(source, repo.SUBMIT_IN_ONE_STATEMENT, _intake_alone(credential, order))
     principal = principal_found(None if read is None else read.caller, key_usage)
     return principal, None if read is None else read.submitted
+
+
+async def submit_once_in_one_statement(
+    source: ConnectionSource,
+    credential: Mapping[str, Any],
+    order: OrderCreate,
+    once: Mapping[str, str],
+    key_usage: KeyUsage,
+) -> tuple[Principal, repo.SubmittedOnce | None]:
+    """POST /orders with an Idempotency-Key in one round trip
+    (repo.SUBMIT_ONCE_IN_ONE_STATEMENT): the caller, 401 if none, and what the statement
+    answered. `once`: the key, the request's fingerprint and the path of the Location. An
+    order intake does not record raises db.http.NOT_RECORDED_ALONE, with nothing written."""
+    params = _intake_alone(credential, order) | dict(once)
+    read = await one_write(source, repo.SUBMIT_ONCE_IN_ONE_STATEMENT, params)
+    principal = principal_found(None if read is None else read.caller, key_usage)
+    return principal, read
+
+
+def answered_once(principal: Principal, read: repo.SubmittedOnce | None) -> StoredResponse | None:
+    """The response submit_once_in_one_statement answered; 403 for a caller who may not
+    submit orders; None when the key is another request's (nothing was written), which
+    submit_order, in a transaction, refuses."""
+    authorize(principal, Action.SUBMIT_ORDER)
+    if read is None or read.status is None or read.body is None or read.headers is None:
+        return None
+    return StoredResponse(read.status, read.body, read.headers, replayed=bool(read.replayed))
+
+
+def _intake_alone(credential: Mapping[str, Any], order: OrderCreate) -> dict[str, Any]:
+    """A one-statement intake's parameters: the credential, the rule of who may submit
+    orders (auth.permissions), and the order's values."""
+    values = intake_values(order, credential["request_id"] or None)
+    return {**credential, **who_may(Action.SUBMIT_ORDER), **values}
 
 
 def recorded_alone(
