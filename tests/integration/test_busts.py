@@ -143,6 +143,25 @@ async def test_busting_every_fill_leaves_the_order_approved_and_the_client_flat(
     assert (await position(client, cast, "CUST-1001"))["cost_basis"] == "1922.5"
 
 
+async def test_a_fill_after_a_bust_is_averaged_with_the_standing_fills_alone(
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """The order's average fill price after a bust and a new fill is the standing fills'
+    (it was 501 here: the busted fill and its bust were both counted)."""
+    order_id = await approved_order(client, cast, owner_engine, quantity=100)
+    await fill(client, cast, order_id, "AVG-1", "10", "100")
+    busted = await fill(client, cast, order_id, "AVG-2", "10", "104")
+    assert (await bust(client, cast, order_id, busted)).status_code == 201
+    answer = await client.post(
+        f"{ORDERS}/{order_id}/executions",
+        json=a_fill("AVG-3", "5", "101"),
+        headers=cast["admin"],
+    )
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["order"]["avg_fill_price"] == "100.333333"  # (1000 + 505) / 15
+    assert answer.json()["order"]["filled_quantity"] == "15"
+
+
 async def test_a_fill_is_busted_once_and_a_bust_never(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:

@@ -87,11 +87,13 @@ class FillContext:
 
 
 # Read after the lock (a new statement, so it sees every fill committed before it): the
-# execution already recorded under this external id, if any, and what the order's fills
-# cost so far, for its average fill price.
+# execution already recorded under this external id, if any, and what the order's standing
+# fills cost so far, for its average fill price (neither a busted fill nor its bust counts).
 FILL_CONTEXT = query(
-    "SELECT (SELECT COALESCE(sum(quantity * price), 0) FROM executions"  # noqa: S608 - constants only
-    "  WHERE order_id = :order_id) AS filled_notional,"
+    "SELECT (SELECT COALESCE(sum(f.quantity * f.price), 0) FROM executions f"  # noqa: S608 - constants only
+    "  WHERE f.order_id = :order_id AND f.kind = 'FILL'"
+    "  AND NOT EXISTS (SELECT FROM executions b WHERE b.reverses_execution_id = f.id))"
+    "  AS filled_notional,"
     f" {_EXECUTION_COLUMNS}"
     " FROM (SELECT 1) AS one"
     " LEFT JOIN executions e ON e.venue = :venue AND e.external_id = :external_id"
