@@ -25,6 +25,7 @@ from tradeops.clients.schemas import ClientCreate
 from tradeops.db.uow import APP_ROLE, run_in_transaction
 from tradeops.desks import service as desks
 from tradeops.desks.service import DeskIn
+from tradeops.executions import router as executions_router
 from tradeops.instruments import service as instruments
 from tradeops.instruments.schemas import InstrumentCreate
 from tradeops.orders import router as orders_router
@@ -338,6 +339,13 @@ def keyed_intake_in_a_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
         return None
 
     monkeypatch.setattr(orders_router, "_submit_once_in_one_statement", declined)
+
+
+def fills_in_a_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /orders/{id}/executions as before migration 0039, in a transaction: the one
+    statement takes no order id, so it declines every fill. The reference it is held
+    equal to."""
+    monkeypatch.setattr(executions_router, "row_id", lambda text: None)
 
 
 async def caller_left_on_the_one_connection(app: Any) -> None:

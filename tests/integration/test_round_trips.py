@@ -122,9 +122,10 @@ EXPECTED = {
     # In a transaction: BEGIN; authenticate; lock the order; the replacement and the order
     # REPLACED, with their events; COMMIT.
     "PATCH /orders/{id}": 5,
-    # BEGIN; authenticate; lock the order; the fill's context (a resend?); lock the position;
-    # the execution and the order's fill state; the position booked; COMMIT.
-    "POST /orders/{id}/executions": 8,
+    # One statement: authenticate, set the context, check who may record fills, lock the
+    # order, the fill's context (a resend?), lock the position, the execution and the
+    # order's fill state, the position booked (0039).
+    "POST /orders/{id}/executions": 1,
     "GET /orders/{id}/events": 1,  # one statement: authenticate, the order's events (0037)
     "GET /clients/{id}/portfolio": 1,  # one statement: authenticate, the document (0019)
     # One statement: authenticate, set the context, check who may publish, the batch, its

@@ -7,10 +7,12 @@ from datetime import datetime
 from decimal import Decimal
 
 from tradeops.audit.repository import append_audit
-from tradeops.db.prepared import query
+from tradeops.auth.repository import Authenticated, as_authenticated
+from tradeops.db.prepared import as_row, query
 from tradeops.executions.schemas import ExecutionOut
 from tradeops.orders.repository import locking, order_change, updating
 from tradeops.orders.states import OrderStatus, Side
+from tradeops.positions.repository import LOCK_POSITION, STORE_POSITION
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,3 +279,120 @@ OPEN_ORDERS = query(
     " WHERE o.status IN ('APPROVED', 'PARTIALLY_FILLED') ORDER BY o.id",
     OpenOrder,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class FillRecorded:
+    """A fill recorded in one statement: the execution, and its order's new fill state."""
+
+    id: int
+    order_id: int
+    external_id: str
+    quantity: Decimal
+    price: Decimal
+    venue: str
+    executed_at: datetime
+    recorded_by: str
+    recorded_at: datetime
+    order_status: OrderStatus
+    order_quantity: Decimal
+    order_filled_quantity: Decimal
+    order_avg_fill_price: Decimal
+    order_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class FilledBy:
+    """POST /orders/{id}/executions in one statement: who asked, and the fill, None when
+    nothing was written (a caller who may not, an order not found or a rule refuses, an
+    external id already known). No row at all when the credentials name nobody."""
+
+    caller: Authenticated
+    recorded: FillRecorded | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+        object.__setattr__(self, "recorded", as_row(self.recorded, FillRecorded))
+
+
+# A fill in one round trip (issue 15, migration 0039): the function authenticates, and for a
+# caller of a role in :roles whose key, if any, has :scope (auth.permissions' rule for
+# recording fills) locks the order, and records the fill and books the position only if no
+# rule refuses it; its statements are this module's and positions.repository's
+# (record_fill_function). :payload is the order event's, but for the filled quantity.
+RECORD_FILL_IN_ONE_STATEMENT = query(
+    "SELECT caller, recorded FROM tradeops_record_fill("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scope,"
+    " :lock_timeout_ms, :order_id, :quantity, :price, :venue, :executed_at, :external_id,"
+    " :payload)",
+    FilledBy,
+    alone=True,
+)
+
+# What the statements below are given in tradeops_record_fill: the order it locked
+# (`locked`, LOCK_ORDER's columns), the fill's arguments (`in_` and the name), the caller
+# (`who`), what the function worked out (`fill_*`), the position it locked (`held`, as
+# LOCK_POSITION returns it) and the position after the fill (`held_*`).
+_FILL_VALUES = {
+    "id": "in_order_id",
+    "desk_id": "locked.desk_id",
+    "recorded_by": "who.user_id",
+    "recorded_by_key_id": "who.key_id",
+    "avg_fill_price": "fill_avg_price",
+    "event_type": "fill_status",
+    "version": "locked.version",
+    "payload": "fill_payload",
+    "action": "fill_action",
+}
+_POSITION_VALUES = {
+    "desk_id": "locked.desk_id",
+    "client_id": "locked.client_id",
+    "instrument_id": "locked.instrument_id",
+    "quantity": "held_quantity",
+    "avg_cost": "held_avg_cost",
+    "cost_basis": "held_cost_basis",
+    "realized_pnl": "held_realized_pnl",
+    "version": "held.version",
+    "position_key": "held_key",
+    "execution_id": "fill_row.id",
+}
+
+
+def record_fill_function() -> tuple[str, str, str, str, str]:
+    """The statements of a fill as tradeops_record_fill runs them (migration 0039), in
+    order: LOCK_ORDER (on the caller's desks), FILL_CONTEXT, LOCK_POSITION, RECORD_FILL
+    and STORE_POSITION, each read into the function's variables. The installed function
+    holds exactly these (tests/integration/test_one_statement_fills.py): a change to any
+    comes with a migration."""
+    lock = _into(
+        LOCK_ORDER.prepared.written_with(lambda name: _FILL_VALUES[name]),
+        " FROM orders o ",
+        " INTO locked FROM orders o ",
+    ).replace(
+        " FOR UPDATE OF o",
+        " AND (who.all_desks OR o.desk_id = ANY(who.desk_ids)) FOR UPDATE OF o",
+    )
+    context = _into(
+        FILL_CONTEXT.prepared.written_with(lambda name: f"in_{name}"),
+        " FROM (SELECT 1) AS one",
+        " INTO known FROM (SELECT 1) AS one",
+    )
+    position = LOCK_POSITION.prepared.written_with(lambda name: _POSITION_VALUES[name])
+    record = _into(
+        RECORD_FILL.prepared.written_with(lambda name: _FILL_VALUES.get(name, f"in_{name}")),
+        " FROM new_execution e JOIN changed c",
+        " INTO fill_row FROM new_execution e JOIN changed c",
+    )
+    store = _into(
+        STORE_POSITION.prepared.written_with(lambda name: _POSITION_VALUES[name]),
+        " SELECT version FROM changed",
+        " SELECT version INTO held_version FROM changed",
+    )
+    return lock, context, position + " INTO held", record, store
+
+
+def _into(sql: str, at: str, written: str) -> str:
+    """`sql` with its one `at` written as `written` (an INTO for a function's variables)."""
+    if sql.count(at) != 1:
+        raise ValueError(f"expected one {at!r} in {sql}")
+    return sql.replace(at, written)

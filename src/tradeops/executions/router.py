@@ -1,9 +1,19 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
+from pydantic import ValidationError
 
-from tradeops.db.http import TransactionalRoute
-from tradeops.deps import API_PREFIX, CurrentPrincipal, RowId, UoW
+from tradeops.db.http import TransactionalRoute, answered_in_one_statement
+from tradeops.db.uow import ConnectionSource
+from tradeops.deps import (
+    API_PREFIX,
+    CurrentPrincipal,
+    RowId,
+    UoW,
+    answered_in_one_round_trip,
+    json_body,
+    row_id,
+)
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.executions import service
 from tradeops.executions.schemas import (
@@ -19,6 +29,46 @@ from tradeops.problems import problem_responses
 router = APIRouter(
     prefix=f"{API_PREFIX}/orders", tags=["executions"], route_class=TransactionalRoute
 )
+
+
+def _fill_response(order_id: int, outcome: service.FillOutcome) -> Response:
+    """201 for a new fill, 200 (replayed) for the same fill sent again."""
+    headers = {"Location": f"{API_PREFIX}/orders/{order_id}/executions"}
+    if not outcome.created:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(
+        outcome.fill.model_dump_json(),
+        status_code=status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _filled_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """A fill in one round trip (issue 15): authentication, the context, the order's lock,
+    the execution, the order's fill state and the position in one statement. None (the
+    endpoint answers, in a transaction, as documented) for an id or a body it does not
+    take, no credentials, or a fill not recorded (a caller who may not, an order not found
+    or a rule refuses, a resent fill or a conflict): nothing was written then."""
+    order_id = row_id(request.path_params["order_id"])
+    body = await json_body(request)
+    if order_id is None or not isinstance(body, dict):
+        return None
+    try:
+        fill = ExecutionIn.model_validate(body)
+    except ValidationError:
+        return None
+    return await answered_in_one_round_trip(
+        request,
+        lambda credential, key_usage: service.record_in_one_statement(
+            db, credential, order_id, fill, key_usage
+        ),
+        lambda _, recorded: (
+            None
+            if recorded is None
+            else _fill_response(order_id, service.FillOutcome(recorded, created=True))
+        ),
+    )
 
 
 @router.post(
@@ -38,6 +88,7 @@ router = APIRouter(
         ),
     },
 )
+@answered_in_one_statement(_filled_in_one_statement)
 async def record_execution(
     order_id: RowId, fill: ExecutionIn, principal: CurrentPrincipal, uow: UoW
 ) -> Response:
@@ -55,15 +106,7 @@ async def record_execution(
     an admin's connector key with the scope `executions:write`.
     """
     outcome = await service.record_execution(uow, principal, order_id, fill)
-    headers = {"Location": f"{API_PREFIX}/orders/{order_id}/executions"}
-    if not outcome.created:
-        headers["Idempotent-Replayed"] = "true"
-    return Response(
-        outcome.fill.model_dump_json(),
-        status_code=status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK,
-        media_type="application/json",
-        headers=headers,
-    )
+    return _fill_response(order_id, outcome)
 
 
 @router.get(

@@ -11,14 +11,18 @@ price) and the orders CHECK filled_quantity <= quantity (overfill).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import orjson
 
-from tradeops.auth.permissions import Action, authorize
+from tradeops.auth.authentication import principal_found
+from tradeops.auth.key_usage import KeyUsage
+from tradeops.auth.permissions import Action, authorize, who_may
 from tradeops.auth.principal import Principal
-from tradeops.db.uow import UnitOfWork
+from tradeops.db.uow import ConnectionSource, UnitOfWork, one_write
 from tradeops.decimals import EXACT, divide_half_even, plain
 from tradeops.errors import Conflict, InvalidRequest, NotFound
 from tradeops.executions import repository as repo
@@ -209,15 +213,7 @@ def _fill_parameters(
     with_fill = order.filled_quantity + fill.quantity
     with_fill_notional = EXACT.add(filled_notional, EXACT.multiply(fill.quantity, fill.price))
     status = OrderStatus.FILLED if with_fill == order.quantity else OrderStatus.PARTIALLY_FILLED
-    payload = {
-        "external_id": fill.external_id,
-        "quantity": plain(fill.quantity),
-        "price": plain(fill.price),
-        "venue": fill.venue,
-        "executed_at": fill.executed_at.isoformat(),
-        "filled_quantity": plain(with_fill),
-        "request_id": uow.request_id,
-    }
+    payload = _fill_payload(fill, uow.request_id) | {"filled_quantity": plain(with_fill)}
     return {
         "id": order.id,
         "desk_id": order.desk_id,
@@ -234,6 +230,61 @@ def _fill_parameters(
         "payload": orjson.dumps(payload).decode(),
         "action": f"order.{status.lower()}",
     }
+
+
+def _fill_payload(fill: ExecutionIn, request_id: str | None) -> dict[str, str | None]:
+    """The fill's order event's payload, but for the order's filled quantity after it."""
+    return {
+        "external_id": fill.external_id,
+        "quantity": plain(fill.quantity),
+        "price": plain(fill.price),
+        "venue": fill.venue,
+        "executed_at": fill.executed_at.isoformat(),
+        "request_id": request_id,
+    }
+
+
+async def record_in_one_statement(
+    source: ConnectionSource,
+    credential: Mapping[str, Any],
+    order_id: int,
+    fill: ExecutionIn,
+    key_usage: KeyUsage,
+) -> tuple[Principal, RecordedFill | None]:
+    """A fill in one round trip (repo.RECORD_FILL_IN_ONE_STATEMENT): the caller the
+    credential names, 401 if none, and the fill with its order's new fill state; None when
+    nothing was written (a caller who may not, an order not found or a rule refuses, an
+    external id already known), which record_execution, in a transaction, explains."""
+    params = {
+        **credential,
+        **who_may(Action.RECORD_EXECUTION),
+        "order_id": order_id,
+        "quantity": fill.quantity,
+        "price": fill.price,
+        "venue": fill.venue,
+        "executed_at": fill.executed_at,
+        "external_id": fill.external_id,
+        "payload": orjson.dumps(_fill_payload(fill, credential["request_id"] or None)).decode(),
+    }
+    read = await one_write(source, repo.RECORD_FILL_IN_ONE_STATEMENT, params)
+    principal = principal_found(None if read is None else read.caller, key_usage)
+    recorded = None if read is None else read.recorded
+    return principal, None if recorded is None else _recorded_alone(recorded)
+
+
+def _recorded_alone(row: repo.FillRecorded) -> RecordedFill:
+    return RecordedFill(
+        execution=ExecutionOut.model_validate(row, from_attributes=True),
+        order=OrderFillState(
+            id=row.order_id,
+            status=row.order_status,
+            quantity=row.order_quantity,
+            filled_quantity=row.order_filled_quantity,
+            remaining_quantity=row.order_quantity - row.order_filled_quantity,
+            avg_fill_price=row.order_avg_fill_price,
+            version=row.order_version,
+        ),
+    )
 
 
 def _resent(order: FillOrder, fill: ExecutionIn, known: FillContext) -> FillOutcome:
