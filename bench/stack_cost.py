@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import orjson
 import psycopg
 
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import process_cpu
 from starlette.types import ASGIApp, Message
 from tests.conftest import drop_database
-from tests.factories import SEED_ORDER, make_cast, make_reference_data
+from tests.factories import SEED_ORDER, approved_order, make_cast, make_reference_data
 from tests.owner import owner_engine_on
 
 from tradeops.app import create_app
@@ -49,6 +50,16 @@ from tradeops.observability import configure_logging
 from tradeops.settings import Settings
 
 ORDERS = "/api/v1/orders"
+
+
+def a_fill(external_id: str) -> dict[str, str]:
+    return {
+        "quantity": "1",
+        "price": "192",
+        "venue": "XNAS",
+        "executed_at": "2026-11-23T14:30:05.125Z",
+        "external_id": external_id,
+    }
 
 
 class Call:
@@ -100,6 +111,17 @@ class Call:
 
         await self.app(scope, receive, send)
         return status, b"".join(chunks)
+
+
+class OwnBody(Call):
+    """A call that sends a body of its own, whatever the run's (each fill its own id)."""
+
+    def __init__(self, call: Call, body: bytes) -> None:
+        super().__init__(call.app, call.method, call.path, {})
+        self.headers, self.body = call.headers, body
+
+    async def __call__(self, body: bytes = b"") -> tuple[int, bytes]:
+        return await super().__call__(self.body)
 
 
 # The calls of one measured run, one a request: the same call again, or (a review) a fresh
@@ -182,7 +204,6 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
         async with app.router.lifespan_context(app):
             await make_reference_data(engine)
             cast = await make_cast(engine, app.state.tokens)
-            await engine.dispose()
             backends = Backends(url)
             agent = cast["agent"]
             created = await Call(app, "POST", ORDERS, agent)(orjson.dumps(SEED_ORDER))
@@ -204,6 +225,17 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                     for _ in range(count)
                 ]
 
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://bench"
+            ) as http:
+                filled = await approved_order(http, cast, engine, quantity=1_000_000)
+            await engine.dispose()
+            fill = Call(app, "POST", f"{ORDERS}/{filled}/executions", cast["admin"])
+
+            async def fills(count: int) -> list[Call]:
+                """Fills of 1 of one large order, each with an external id of its own."""
+                return [OwnBody(fill, orjson.dumps(a_fill(uuid.uuid4().hex))) for _ in range(count)]
+
             reviewer = cast["trader2"]
             order = Call(app, "GET", f"{ORDERS}/{order_id}", agent)
             endpoints: list[tuple[str, Calls, bytes, int]] = [
@@ -216,6 +248,7 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                 ),
                 ("POST /orders with an Idempotency-Key", keyed, orjson.dumps(SEED_ORDER), 201),
                 ("POST /orders/{id}/review", reviews, b"", 200),
+                ("POST /orders/{id}/executions", fills, b"", 201),
             ]
             for name, call, body, expected in endpoints:
                 await measure(call, body, 50, expected, backends)  # warm up: caches, statements

@@ -119,9 +119,10 @@ EXPECTED = {
     "POST /orders/{id}/review": 1,
     "POST /orders/{id}/approve": 1,
     "POST /orders/{id}/cancel": 1,
-    # In a transaction: BEGIN; authenticate; lock the order; the replacement and the order
-    # REPLACED, with their events; COMMIT.
-    "PATCH /orders/{id}": 5,
+    # One statement: authenticate, set the context, check who may submit, lock the order,
+    # the replacement and the order REPLACED with their events, the new order's document
+    # (0040).
+    "PATCH /orders/{id}": 1,
     # One statement: authenticate, set the context, check who may record fills, lock the
     # order, the fill's context (a resend?), lock the position, the execution and the
     # order's fill state, the position booked (0039).

@@ -37,6 +37,14 @@ class Prepared:
         return re.sub(r"\$(\d+)", lambda m: values[int(m.group(1)) - 1], self.sql)
 
 
+def written_into(sql: str, at: str, written: str) -> str:
+    """`sql` (a statement as a database function runs it, Prepared.written_with) with its one
+    `at` written as `written`: the INTO that reads its row into the function's variables."""
+    if sql.count(at) != 1:
+        raise ValueError(f"expected one {at!r} in {sql}")
+    return sql.replace(at, written)
+
+
 def _render(statement: ClauseElement) -> Prepared:
     compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
     processors = getattr(compiled, "_bind_processors", {})

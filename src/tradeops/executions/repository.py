@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from tradeops.audit.repository import append_audit
 from tradeops.auth.repository import Authenticated, as_authenticated
-from tradeops.db.prepared import as_row, query
+from tradeops.db.prepared import as_row, query, written_into
 from tradeops.executions.schemas import ExecutionOut
 from tradeops.orders.repository import locking, order_change, updating
 from tradeops.orders.states import OrderStatus, Side
@@ -364,7 +364,7 @@ def record_fill_function() -> tuple[str, str, str, str, str]:
     and STORE_POSITION, each read into the function's variables. The installed function
     holds exactly these (tests/integration/test_one_statement_fills.py): a change to any
     comes with a migration."""
-    lock = _into(
+    lock = written_into(
         LOCK_ORDER.prepared.written_with(lambda name: _FILL_VALUES[name]),
         " FROM orders o ",
         " INTO locked FROM orders o ",
@@ -372,27 +372,20 @@ def record_fill_function() -> tuple[str, str, str, str, str]:
         " FOR UPDATE OF o",
         " AND (who.all_desks OR o.desk_id = ANY(who.desk_ids)) FOR UPDATE OF o",
     )
-    context = _into(
+    context = written_into(
         FILL_CONTEXT.prepared.written_with(lambda name: f"in_{name}"),
         " FROM (SELECT 1) AS one",
         " INTO known FROM (SELECT 1) AS one",
     )
     position = LOCK_POSITION.prepared.written_with(lambda name: _POSITION_VALUES[name])
-    record = _into(
+    record = written_into(
         RECORD_FILL.prepared.written_with(lambda name: _FILL_VALUES.get(name, f"in_{name}")),
         " FROM new_execution e JOIN changed c",
         " INTO fill_row FROM new_execution e JOIN changed c",
     )
-    store = _into(
+    store = written_into(
         STORE_POSITION.prepared.written_with(lambda name: _POSITION_VALUES[name]),
         " SELECT version FROM changed",
         " SELECT version INTO held_version FROM changed",
     )
     return lock, context, position + " INTO held", record, store
-
-
-def _into(sql: str, at: str, written: str) -> str:
-    """`sql` with its one `at` written as `written` (an INTO for a function's variables)."""
-    if sql.count(at) != 1:
-        raise ValueError(f"expected one {at!r} in {sql}")
-    return sql.replace(at, written)

@@ -25,7 +25,7 @@ from tradeops.auth.principal import Principal
 from tradeops.auth.repository import Authenticated, as_authenticated
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
-from tradeops.db.prepared import Query, as_row, prepare, query
+from tradeops.db.prepared import Query, as_row, prepare, query, written_into
 from tradeops.db.uow import UnitOfWork
 from tradeops.desks.models import Desk
 from tradeops.instruments.models import Instrument
@@ -567,6 +567,69 @@ REPLACE_ORDER = query(
 
 
 @dataclass(frozen=True, slots=True)
+class AmendedBy:
+    """PATCH /orders/{id} in one statement: who asked, and the new order (its id, version and
+    document as GET writes it), all None when nothing was written. No row at all when the
+    credentials name nobody."""
+
+    caller: Authenticated
+    id: int | None
+    version: int | None
+    document: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+
+
+# An amendment in one round trip (issue 15, migration 0040): the function authenticates, and
+# for a caller who may submit orders (:roles, :scope) locks the order on their desks and
+# replaces it (REPLACE_ORDER) only if no rule refuses the amendment: its version (if named),
+# an open status (:open_statuses), its maker, and the new terms (lots, ticks, a MARKET
+# order's price, a GTD's expiry). Nothing written: the endpoint, in a transaction, explains.
+AMEND_IN_ONE_STATEMENT = query(
+    "SELECT caller, new_id AS id, new_version AS version, document FROM tradeops_amend_order("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scope,"
+    " :lock_timeout_ms, :order_id, :version, :open_statuses, :quantity, :price,"
+    " :client_order_id, :time_in_force, :expire_at, :payload, :event_type, :action,"
+    " :risk_queue, :risk_task)",
+    AmendedBy,
+    alone=True,
+)
+# REPLACE_ORDER's values in tradeops_amend_order: the locked order's (`locked`), the
+# amended terms it worked out (`amended_*`), the caller's, or the argument of the name.
+_AMENDED_VALUES = {
+    "id": "in_order_id",
+    "version": "locked.version",
+    "from_status": "locked.status",
+    "quantity": "amended_quantity",
+    "price": "amended_price",
+    "time_in_force": "amended_time_in_force",
+    "created_by_key_id": "who.key_id",
+    "created_payload": "in_payload",
+}
+
+
+def amend_order_function() -> tuple[str, str]:
+    """LOCK_REPLACED_ORDER (on the caller's desks) and REPLACE_ORDER as tradeops_amend_order
+    runs them (migration 0040), read into `locked` and `made`. The installed function holds
+    exactly these (tests/integration/test_one_statement_amendments.py): a change to either
+    comes with a migration."""
+    lock = LOCK_REPLACED_ORDER.prepared.written_with(lambda name: _AMENDED_VALUES[name])
+    replace = REPLACE_ORDER.prepared.written_with(
+        lambda name: _AMENDED_VALUES.get(name, f"in_{name}")
+    )
+    return (
+        written_into(lock, " FROM orders o ", " INTO locked FROM orders o ").replace(
+            " FOR UPDATE OF o",
+            " AND (who.all_desks OR o.desk_id = ANY(who.desk_ids)) FOR UPDATE OF o",
+        ),
+        written_into(
+            replace, " FROM created n JOIN changed c", " INTO made FROM created n JOIN changed c"
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class OrderEventRow:
     seq: int
     type: str
@@ -829,7 +892,7 @@ def decide_order_function() -> tuple[str, str]:
     change = prepare(DECISION_CHANGE).written_with(lambda name: _function_value(name, _DECIDERS))
     return (
         approval + " INTO n_given, was_added",
-        change.replace(" SELECT version FROM", " SELECT version INTO at_version FROM"),
+        written_into(change, " SELECT version FROM", " SELECT version INTO at_version FROM"),
     )
 
 

@@ -39,7 +39,7 @@ from tradeops.idempotency.http import (
 )
 from tradeops.idempotency.service import IdempotencyKeyReused, valid_key
 from tradeops.orders import service, workflow
-from tradeops.orders.repository import OrderDocument
+from tradeops.orders.repository import AmendedBy, OrderDocument
 from tradeops.orders.schemas import (
     CancelResult,
     CancelResults,
@@ -570,6 +570,61 @@ async def order_events(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -
     return OrderEventList(items=await workflow.order_history(uow, principal, order_id))
 
 
+async def _amended_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """An amendment in one round trip (issue 15): authentication, the context, the order's
+    lock and its replacement in one statement, answering the new order as GET shows it.
+    None (the endpoint answers, in a transaction, as documented) for a request with an
+    Idempotency-Key, an id, body or If-Match it does not take (or a price or expiry it
+    refuses before writing), no credentials, or an amendment not made (a caller who may not,
+    an order not found, at another version or a rule refuses, a client_order_id taken)."""
+    if request.headers.get("idempotency-key") is not None:
+        return None
+    amendment = await _amendment_asked(request)
+    if amendment is None:
+        return None
+
+    def shown(_: Principal, new: AmendedBy | None) -> Response | None:
+        if new is None or new.id is None or new.version is None or new.document is None:
+            return None
+        headers = {"ETag": f'"{new.version}"', "Location": f"{API_PREFIX}/orders/{new.id}"}
+        return Response(new.document, status.HTTP_201_CREATED, headers, "application/json")
+
+    return await answered_in_one_round_trip(
+        request,
+        lambda credential, key_usage: workflow.amend_in_one_statement(
+            db, credential, amendment, key_usage
+        ),
+        shown,
+    )
+
+
+async def _amendment_asked(request: Request) -> Amendment | None:
+    """The amendment a request asks for, as its endpoint takes it from the path, the body
+    and If-Match; None when FastAPI or the endpoint would refuse them before writing."""
+    order_id = row_id(request.path_params["order_id"])
+    body = await json_body(request)
+    if order_id is None or not isinstance(body, dict):
+        return None
+    try:
+        asked = OrderAmendment.model_validate(body)
+        version = expected_version(request.headers.get("if-match"), asked.expected_version)
+        service.check_price_places(asked.price, request.app.state.settings.price_max_decimals)
+        service.check_expire_at(asked.expire_at)
+    except (ValidationError, InvalidRequest):
+        return None
+    if version is not None and version > MAX_VERSION:
+        return None  # no order has it: the transaction answers stale-version, as always
+    return Amendment(
+        order_id,
+        quantity=asked.quantity,
+        price=asked.price,
+        client_order_id=asked.client_order_id,
+        expected_version=version,
+        expire_at=asked.expire_at,
+        time_in_force=asked.time_in_force,
+    )
+
+
 @router.patch(
     "/{order_id}",
     status_code=status.HTTP_201_CREATED,
@@ -580,6 +635,7 @@ async def order_events(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -
         **ORDER_LINKS_201,
     },
 )
+@answered_in_one_statement(_amended_in_one_statement)
 async def replace_order(
     order_id: RowId,
     body: OrderAmendment,

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tradeops.auth.authentication import principal_found
 from tradeops.auth.key_usage import KeyUsage
-from tradeops.auth.permissions import Action, authorize, who_may_all
+from tradeops.auth.permissions import Action, authorize, who_may, who_may_all
 from tradeops.auth.principal import Principal, Role
 from tradeops.db.errors import MAKER_CHECKER_REFUSED, refuses_the_change
 from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement, one_write
@@ -475,7 +475,6 @@ async def replace_order(
     if refused is not None:
         raise refused
     terms = _amended_terms(order, amendment, price_max_decimals)
-    history = {"request_id": uow.request_id}
     created = await uow.row(
         repo.REPLACE_ORDER,
         {
@@ -484,17 +483,10 @@ async def replace_order(
             "from_status": order.status,
             "quantity": terms.quantity,
             "price": terms.price,
-            "client_order_id": amendment.client_order_id,
             "time_in_force": terms.time_in_force,
-            "expire_at": amendment.expire_at,
             "created_by_key_id": principal.api_key_id,
-            "created_payload": orjson.dumps(history).decode(),
-            "payload": orjson.dumps(history).decode(),
-            "event_type": OrderStatus.REPLACED,
-            "action": "order.replaced",
-            # As at intake: the new order's risk check is queued in its own statement.
-            "risk_queue": RISK_QUEUE,
-            "risk_task": CHECK_ORDER_RISK,
+            "created_payload": orjson.dumps({"request_id": uow.request_id}).decode(),
+            **_replacing(amendment, uow.request_id),
         },
     )
     if created is None:  # the maker's client_order_id is taken: nothing was written
@@ -509,6 +501,48 @@ async def replace_order(
             existing_order_id=existing_id,
         )
     return _replacement(principal, order, created, terms, amendment.client_order_id)
+
+
+def _replacing(amendment: Amendment, request_id: str | None) -> dict[str, Any]:
+    """REPLACE_ORDER's values however the order is replaced: the replacement's own, its
+    history, and where its risk check is queued (in its own statement, as at intake)."""
+    return {
+        "client_order_id": amendment.client_order_id,
+        "expire_at": amendment.expire_at,
+        "payload": orjson.dumps({"request_id": request_id}).decode(),
+        "event_type": OrderStatus.REPLACED,
+        "action": "order.replaced",
+        "risk_queue": RISK_QUEUE,
+        "risk_task": CHECK_ORDER_RISK,
+    }
+
+
+async def amend_in_one_statement(
+    source: ConnectionSource,
+    credential: Mapping[str, Any],
+    amendment: Amendment,
+    key_usage: KeyUsage,
+) -> tuple[Principal, repo.AmendedBy | None]:
+    """An amendment in one round trip (repo.AMEND_IN_ONE_STATEMENT): the caller the
+    credential names, 401 if none, and the new order (its id, and its document as GET shows
+    it); None when nothing was written (a caller who may not, the order not found or at
+    another version, a rule refuses it, a client_order_id taken), which replace_order, in a
+    transaction, explains. For an amendment whose price and expiry passed the checks made
+    before writing (check_price_places, check_expire_at)."""
+    params = {
+        **credential,
+        **who_may(Action.SUBMIT_ORDER),
+        "order_id": amendment.order_id,
+        "version": amendment.expected_version,
+        "open_statuses": sorted(OPEN_STATUSES),
+        "quantity": amendment.quantity,
+        "price": amendment.price,
+        "time_in_force": amendment.time_in_force,
+        **_replacing(amendment, credential["request_id"] or None),
+    }
+    amended = await one_write(source, repo.AMEND_IN_ONE_STATEMENT, params)
+    principal = principal_found(None if amended is None else amended.caller, key_usage)
+    return principal, None if amended is None or amended.document is None else amended
 
 
 def _check_version(order: repo.OrderFacts, expected: int | None) -> None:
