@@ -236,6 +236,14 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                 """Fills of 1 of one large order, each with an external id of its own."""
                 return [OwnBody(fill, orjson.dumps(a_fill(uuid.uuid4().hex))) for _ in range(count)]
 
+            async def amendments(count: int) -> list[Call]:
+                """Fresh orders of one trader, each to be amended by them."""
+                made = [await submit(orjson.dumps(SEED_ORDER)) for _ in range(count)]
+                return [
+                    Call(app, "PATCH", f"{ORDERS}/{orjson.loads(body)['id']}", cast["trader"])
+                    for _, body in made
+                ]
+
             reviewer = cast["trader2"]
             order = Call(app, "GET", f"{ORDERS}/{order_id}", agent)
             endpoints: list[tuple[str, Calls, bytes, int]] = [
@@ -249,6 +257,7 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                 ("POST /orders with an Idempotency-Key", keyed, orjson.dumps(SEED_ORDER), 201),
                 ("POST /orders/{id}/review", reviews, b"", 200),
                 ("POST /orders/{id}/executions", fills, b"", 201),
+                ("PATCH /orders/{id}", amendments, orjson.dumps({"quantity": "60"}), 201),
             ]
             for name, call, body, expected in endpoints:
                 await measure(call, body, 50, expected, backends)  # warm up: caches, statements
