@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -329,6 +329,15 @@ async def orders_locked(engine: AsyncEngine) -> AsyncIterator[Callable[[str], Aw
             yield waiting
         finally:
             await blocker.execute(text("ROLLBACK"))
+
+
+async def row_counts(engine: AsyncEngine, tables: Iterable[str]) -> dict[str, int]:
+    """How many rows each of `tables` holds: what a request that writes nothing leaves equal."""
+    async with engine.connect() as conn:
+        return {
+            table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+            for table in tables
+        }
 
 
 def keyed_intake_in_a_transaction(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ from tests.factories import (
     caller_left_on_the_one_connection,
     orders_locked,
     pass_risk_check,
+    row_counts,
 )
 from tradeops.orders.repository import amend_order_function
 
@@ -35,11 +36,7 @@ TABLES = ("orders", "order_events", "audit_events", "procrastinate_jobs")
 
 
 async def counts(engine: AsyncEngine) -> dict[str, int]:
-    async with engine.connect() as conn:
-        return {
-            table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
-            for table in TABLES
-        }
+    return await row_counts(engine, TABLES)
 
 
 async def submitted(client: httpx.AsyncClient, cast: Cast, **changes: Any) -> dict[str, Any]:

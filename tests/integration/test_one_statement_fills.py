@@ -32,7 +32,9 @@ from tests.factories import (
     fills_in_a_transaction,
     make_api_key,
     orders_locked,
+    row_counts,
 )
+from tests.integration.test_busts import a_fill
 from tradeops.decimals import divide_half_even
 from tradeops.executions.repository import record_fill_function
 from tradeops.positions.accounting import Holding, apply_fill
@@ -41,22 +43,8 @@ ORDERS = "/api/v1/orders"
 TABLES = ("executions", "positions", "order_events", "audit_events")
 
 
-def a_fill(external_id: str, quantity: str, price: str) -> dict[str, Any]:
-    return {
-        "quantity": quantity,
-        "price": price,
-        "venue": "XNAS",
-        "executed_at": "2026-11-23T14:30:05.125Z",
-        "external_id": external_id,
-    }
-
-
 async def counts(engine: AsyncEngine) -> dict[str, int]:
-    async with engine.connect() as conn:
-        return {
-            table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
-            for table in TABLES
-        }
+    return await row_counts(engine, TABLES)
 
 
 async def test_the_installed_function_runs_the_fills_statements_as_the_code_writes_them(

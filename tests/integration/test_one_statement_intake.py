@@ -32,6 +32,7 @@ from tests.factories import (
     database_trigger,
     keyed_intake_in_a_transaction,
     orders_locked,
+    row_counts,
     stored_api_key,
     submit_as_key,
 )
@@ -74,11 +75,7 @@ async def written(engine: AsyncEngine, order_id: int) -> dict[str, list[dict[str
 
 
 async def counts(engine: AsyncEngine) -> dict[str, int]:
-    async with engine.connect() as conn:
-        return {
-            table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
-            for table in (*WRITTEN, "idempotency_keys")
-        }
+    return await row_counts(engine, (*WRITTEN, "idempotency_keys"))
 
 
 async def test_the_installed_function_runs_intake_as_the_code_writes_it(

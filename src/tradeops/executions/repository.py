@@ -282,23 +282,10 @@ OPEN_ORDERS = query(
 
 
 @dataclass(frozen=True, slots=True)
-class FillRecorded:
-    """A fill recorded in one statement: the execution, and its order's new fill state."""
+class FillRecorded(RecordedExecution):
+    """A fill recorded in one statement: as RECORD_FILL answers it, and its order's quantity."""
 
-    id: int
-    order_id: int
-    external_id: str
-    quantity: Decimal
-    price: Decimal
-    venue: str
-    executed_at: datetime
-    recorded_by: str
-    recorded_at: datetime
-    order_status: OrderStatus
     order_quantity: Decimal
-    order_filled_quantity: Decimal
-    order_avg_fill_price: Decimal
-    order_version: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -275,15 +275,22 @@ async def record_in_one_statement(
 def _recorded_alone(row: repo.FillRecorded) -> RecordedFill:
     return RecordedFill(
         execution=ExecutionOut.model_validate(row, from_attributes=True),
-        order=OrderFillState(
-            id=row.order_id,
-            status=row.order_status,
-            quantity=row.order_quantity,
-            filled_quantity=row.order_filled_quantity,
-            remaining_quantity=row.order_quantity - row.order_filled_quantity,
-            avg_fill_price=row.order_avg_fill_price,
-            version=row.order_version,
-        ),
+        order=_order_now(row.order_id, row.order_quantity, row),
+    )
+
+
+def _order_now(
+    order_id: int, quantity: Decimal, recorded: repo.RecordedExecution | repo.RecordedBust
+) -> OrderFillState:
+    """The order's fill state as the statement that recorded an execution answered it."""
+    return OrderFillState(
+        id=order_id,
+        status=recorded.order_status,
+        quantity=quantity,
+        filled_quantity=recorded.order_filled_quantity,
+        remaining_quantity=quantity - recorded.order_filled_quantity,
+        avg_fill_price=recorded.order_avg_fill_price,
+        version=recorded.order_version,
     )
 
 
@@ -341,17 +348,8 @@ async def bust_execution(
     if recorded is None:  # pragma: no cover - the order is locked; kept as a guard
         raise NotBustable(f"Order {order_id} changed while execution {execution_id} was busted.")
     await rebuild_position(uow, principal, key, locked, recorded.id)
-    order_now = OrderFillState(
-        id=order.id,
-        status=recorded.order_status,
-        quantity=order.quantity,
-        filled_quantity=recorded.order_filled_quantity,
-        remaining_quantity=order.quantity - recorded.order_filled_quantity,
-        avg_fill_price=recorded.order_avg_fill_price,
-        version=recorded.order_version,
-    )
     execution = ExecutionOut.model_validate(recorded, from_attributes=True)
-    return RecordedBust(execution=execution, order=order_now)
+    return RecordedBust(execution=execution, order=_order_now(order.id, order.quantity, recorded))
 
 
 def _check_bustable(target: repo.BustTarget) -> None:
