@@ -331,6 +331,17 @@ async def orders_locked(engine: AsyncEngine) -> AsyncIterator[Callable[[str], Aw
             await blocker.execute(text("ROLLBACK"))
 
 
+async def installed_source(engine: AsyncEngine, function: str) -> str:
+    """The body of the database function `function` as installed: what a test holds equal to
+    the statements the code writes for it."""
+    async with engine.connect() as conn:
+        source = await conn.scalar(
+            text("SELECT prosrc FROM pg_proc WHERE proname = :name"), {"name": function}
+        )
+    assert source is not None, f"no function {function}"
+    return str(source)
+
+
 async def row_counts(engine: AsyncEngine, tables: Iterable[str]) -> dict[str, int]:
     """How many rows each of `tables` holds: what a request that writes nothing leaves equal."""
     async with engine.connect() as conn:

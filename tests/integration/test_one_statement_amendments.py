@@ -25,6 +25,7 @@ from tests.factories import (
     SEED_ORDER,
     Cast,
     caller_left_on_the_one_connection,
+    installed_source,
     orders_locked,
     pass_risk_check,
     row_counts,
@@ -48,12 +49,7 @@ async def submitted(client: httpx.AsyncClient, cast: Cast, **changes: Any) -> di
 async def test_the_installed_function_runs_the_amendments_statements_as_the_code_writes_them(
     owner_engine: AsyncEngine,
 ) -> None:
-    async with owner_engine.connect() as conn:
-        source = (
-            await conn.execute(
-                text("SELECT prosrc FROM pg_proc WHERE proname = 'tradeops_amend_order'")
-            )
-        ).scalar_one()
+    source = await installed_source(owner_engine, "tradeops_amend_order")
     installed = " ".join(source.split())
     for statement in amend_order_function():
         assert " ".join(statement.split()) + ";" in installed, statement

@@ -34,6 +34,7 @@ from tests.factories import (
     Cast,
     bearer,
     caller_left_on_the_one_connection,
+    installed_source,
     make_maker,
     make_user,
     orders_locked,
@@ -86,12 +87,7 @@ async def test_the_installed_function_decides_as_the_code_writes_it(
 ) -> None:
     """The migration holds a copy of the approval's statement and of TRANSITION's change: a
     change to either without a migration that installs the function again fails here."""
-    async with owner_engine.connect() as conn:
-        source = (
-            await conn.execute(
-                text("SELECT prosrc FROM pg_proc WHERE proname = 'tradeops_decide_order'")
-            )
-        ).scalar_one()
+    source = await installed_source(owner_engine, "tradeops_decide_order")
 
     def after(words: str) -> str:
         return source.split(words, 1)[1].lstrip().split(";\n", 1)[0]

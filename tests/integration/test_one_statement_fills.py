@@ -30,6 +30,7 @@ from tests.factories import (
     bearer,
     caller_left_on_the_one_connection,
     fills_in_a_transaction,
+    installed_source,
     make_api_key,
     orders_locked,
     row_counts,
@@ -52,12 +53,7 @@ async def test_the_installed_function_runs_the_fills_statements_as_the_code_writ
 ) -> None:
     """The migration holds a copy of each statement of a fill: a change to one of them
     without a migration that installs the function again fails here."""
-    async with owner_engine.connect() as conn:
-        source = (
-            await conn.execute(
-                text("SELECT prosrc FROM pg_proc WHERE proname = 'tradeops_record_fill'")
-            )
-        ).scalar_one()
+    source = await installed_source(owner_engine, "tradeops_record_fill")
     installed = " ".join(source.split())
     for statement in record_fill_function():
         assert " ".join(statement.split()) + ";" in installed, statement

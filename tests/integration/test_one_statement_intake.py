@@ -30,6 +30,7 @@ from tests.factories import (
     Cast,
     caller_left_on_the_one_connection,
     database_trigger,
+    installed_source,
     keyed_intake_in_a_transaction,
     orders_locked,
     row_counts,
@@ -83,12 +84,7 @@ async def test_the_installed_function_runs_intake_as_the_code_writes_it(
 ) -> None:
     """The migration holds a copy of SUBMIT_ORDER's statement: a change to SUBMIT_ORDER
     without a migration that installs the function again fails here."""
-    async with owner_engine.connect() as conn:
-        source = (
-            await conn.execute(
-                text("SELECT prosrc FROM pg_proc WHERE proname = 'tradeops_submit_order'")
-            )
-        ).scalar_one()
+    source = await installed_source(owner_engine, "tradeops_submit_order")
     installed = source.rsplit("RETURN QUERY\n", 1)[1].rsplit(";\nEND", 1)[0]
     assert installed.replace("\n", " ") == orders_repo.submit_order_function()
 

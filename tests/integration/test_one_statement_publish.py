@@ -21,7 +21,13 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import Cast, bearer, caller_left_on_the_one_connection, stored_api_key
+from tests.factories import (
+    Cast,
+    bearer,
+    caller_left_on_the_one_connection,
+    installed_source,
+    stored_api_key,
+)
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.permissions import Action, who_may_all
 from tradeops.auth.principal import Principal, Role
@@ -75,12 +81,7 @@ async def test_the_installed_function_publishes_as_the_code_writes_it(
 ) -> None:
     """The migration holds a copy of PUBLISH and of the audit event's INSERT: a change to
     either without a migration that installs the function again fails here."""
-    async with owner_engine.connect() as conn:
-        source = (
-            await conn.execute(
-                text("SELECT prosrc FROM pg_proc WHERE proname = 'tradeops_publish_snapshots'")
-            )
-        ).scalar_one()
+    source = await installed_source(owner_engine, "tradeops_publish_snapshots")
     publish = source.split("applies to both.\n", 1)[1].strip().split(";\n", 1)[0]
     audit = source.split("at_unknown IS NULL THEN\n", 1)[1].strip().split(";\n", 1)[0]
     assert (publish, audit) == market_repo.publish_function()

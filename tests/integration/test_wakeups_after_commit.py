@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, stored_api_key, submit_as_key
+from tests.factories import SEED_ORDER, Cast, installed_source, stored_api_key, submit_as_key
 from tests.integration.test_mcp import ORDER as MCP_ORDER
 from tests.integration.test_mcp import mcp_over_http, order_of
 from tests.live import LiveServer
@@ -217,10 +217,7 @@ async def test_the_installed_record_order_runs_intake_as_the_code_writes_it(
 ) -> None:
     """Migration 0028 holds a copy of SUBMIT_ORDER's statement: a change to SUBMIT_ORDER
     without a migration that installs the function again fails here."""
-    async with owner_engine.connect() as conn:
-        source = await conn.scalar(
-            text("SELECT prosrc FROM pg_proc WHERE proname = 'tradeops_record_order'")
-        )
+    source = await installed_source(owner_engine, "tradeops_record_order")
     installed = source.split("RETURN QUERY\n", 1)[1].split(";\n", 1)[0]
     assert installed.replace("\n", " ") == orders_repo.record_order_function()
 

@@ -10,7 +10,7 @@ from tradeops.audit.repository import append_audit
 from tradeops.auth.repository import Authenticated, as_authenticated
 from tradeops.db.prepared import as_row, query, written_into
 from tradeops.executions.schemas import ExecutionOut
-from tradeops.orders.repository import locking, order_change, updating
+from tradeops.orders.repository import locking, locking_in_function, order_change, updating
 from tradeops.orders.states import OrderStatus, Side
 from tradeops.positions.repository import LOCK_POSITION, STORE_POSITION
 
@@ -351,14 +351,7 @@ def record_fill_function() -> tuple[str, str, str, str, str]:
     and STORE_POSITION, each read into the function's variables. The installed function
     holds exactly these (tests/integration/test_one_statement_fills.py): a change to any
     comes with a migration."""
-    lock = written_into(
-        LOCK_ORDER.prepared.written_with(lambda name: _FILL_VALUES[name]),
-        " FROM orders o ",
-        " INTO locked FROM orders o ",
-    ).replace(
-        " FOR UPDATE OF o",
-        " AND (who.all_desks OR o.desk_id = ANY(who.desk_ids)) FOR UPDATE OF o",
-    )
+    lock = locking_in_function(LOCK_ORDER)
     context = written_into(
         FILL_CONTEXT.prepared.written_with(lambda name: f"in_{name}"),
         " FROM (SELECT 1) AS one",

@@ -406,6 +406,15 @@ def locking(columns: str, joins: str = "") -> str:
     return f"SELECT {columns} FROM orders o {joins} WHERE o.id = :id FOR UPDATE OF o"  # noqa: S608
 
 
+def locking_in_function(locked: Query[Any]) -> str:
+    """A `locking` statement as a one-statement write's function runs it: the order
+    `in_order_id`, only on the caller's (`who`) desks, read into `locked`."""
+    sql = locked.prepared.written_with(lambda name: {"id": "in_order_id"}[name])
+    return written_into(sql, " FROM orders o ", " INTO locked FROM orders o ").replace(
+        " FOR UPDATE OF o", " AND (who.all_desks OR o.desk_id = ANY(who.desk_ids)) FOR UPDATE OF o"
+    )
+
+
 async def lock_order(uow: UnitOfWork, locked: Query[T], order_id: int) -> T | None:
     """The one order lock: `locked` is a `locking` statement; None: no such order (or one
     row-level security hides)."""
@@ -614,15 +623,11 @@ def amend_order_function() -> tuple[str, str]:
     runs them (migration 0040), read into `locked` and `made`. The installed function holds
     exactly these (tests/integration/test_one_statement_amendments.py): a change to either
     comes with a migration."""
-    lock = LOCK_REPLACED_ORDER.prepared.written_with(lambda name: _AMENDED_VALUES[name])
     replace = REPLACE_ORDER.prepared.written_with(
         lambda name: _AMENDED_VALUES.get(name, f"in_{name}")
     )
     return (
-        written_into(lock, " FROM orders o ", " INTO locked FROM orders o ").replace(
-            " FOR UPDATE OF o",
-            " AND (who.all_desks OR o.desk_id = ANY(who.desk_ids)) FOR UPDATE OF o",
-        ),
+        locking_in_function(LOCK_REPLACED_ORDER),
         written_into(
             replace, " FROM created n JOIN changed c", " INTO made FROM created n JOIN changed c"
         ),
