@@ -89,7 +89,7 @@ async def test_sqlstate_mapping_on_real_errors(owner_engine: AsyncEngine, refdat
     assert "pg_sleep" not in problem.detail and "conflict" not in problem.detail
 
 
-# --- the rules of orders' BEFORE INSERT trigger (migration 0041), by what each says ----------
+# --- the rules of the BEFORE INSERT triggers on orders, by what each says ------------------
 
 # A writer that names its own ids (the owner, skipping intake's lookups).
 INSERT_BY_IDS = text(

@@ -186,7 +186,7 @@ CREATED_FIELDS = (
 
 
 # A new order's approvals_required is not written here: the BEFORE INSERT trigger on orders
-# (orders_instrument_rules since migration 0041, with tradeops_approvals_required) sets it
+# (orders_approvals_required, tradeops_approvals_required of migrations 0016 and 0018) sets it
 # from the desk's policy whatever the writer sent, so the rule lives in one place. The
 # statements below return the new row's value.
 
