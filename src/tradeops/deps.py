@@ -10,6 +10,7 @@ from fastapi import Depends, Path, Request, Response, Security
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
+from pydantic import BaseModel, ValidationError
 
 from tradeops.auth.authentication import authenticate, credential_parameters, unauthenticated
 from tradeops.auth.key_usage import KeyUsage
@@ -166,6 +167,21 @@ async def json_body(request: Request) -> Any:
     try:
         return await request.json()
     except ValueError:  # json.JSONDecodeError, UnicodeDecodeError
+        return None
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def body_as(request: Request, model: type[Body]) -> Body | None:
+    """The JSON object of the request's body as `model`, as FastAPI would take it; None when
+    it is not JSON, not an object or does not validate, for FastAPI to read and refuse."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        return None
+    try:
+        return model.model_validate(body)
+    except ValidationError:
         return None
 
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
-from pydantic import ValidationError
 
 from tradeops.db.http import TransactionalRoute, answered_in_one_statement
 from tradeops.db.uow import ConnectionSource
@@ -11,7 +10,7 @@ from tradeops.deps import (
     RowId,
     UoW,
     answered_in_one_round_trip,
-    json_body,
+    body_as,
     row_id,
 )
 from tradeops.errors import Forbidden, InvalidRequest
@@ -51,12 +50,8 @@ async def _filled_in_one_statement(db: ConnectionSource, request: Request) -> Re
     take, no credentials, or a fill not recorded (a caller who may not, an order not found
     or a rule refuses, a resent fill or a conflict): nothing was written then."""
     order_id = row_id(request.path_params["order_id"])
-    body = await json_body(request)
-    if order_id is None or not isinstance(body, dict):
-        return None
-    try:
-        fill = ExecutionIn.model_validate(body)
-    except ValidationError:
+    fill = await body_as(request, ExecutionIn)
+    if order_id is None or fill is None:
         return None
     return await answered_in_one_round_trip(
         request,

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
-from pydantic import AwareDatetime, ValidationError
+from pydantic import AwareDatetime
 
 from tradeops.db.http import TransactionalRoute, answered_in_one_statement
 from tradeops.db.uow import ConnectionSource
@@ -13,7 +13,7 @@ from tradeops.deps import (
     DeclaredQueryOnly,
     UoW,
     answered_in_one_round_trip,
-    json_body,
+    body_as,
 )
 from tradeops.errors import Forbidden, InvalidRequest
 from tradeops.marketdata import service
@@ -32,12 +32,8 @@ async def _publish_in_one_statement(db: ConnectionSource, request: Request) -> R
     and its audit event in one statement. None (the endpoint below answers, in a transaction,
     as documented) for a body that does not validate, no credentials, or a caller who may not
     publish: nothing was written then."""
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        return None
-    try:
-        batch = SnapshotBatch.model_validate(body)
-    except ValidationError:
+    batch = await body_as(request, SnapshotBatch)
+    if batch is None:
         return None
     return await answered_in_one_round_trip(
         request,

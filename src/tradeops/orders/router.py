@@ -24,6 +24,7 @@ from tradeops.deps import (
     RowId,
     UoW,
     answered_in_one_round_trip,
+    body_as,
     caller_known,
     json_body,
     one_statement_credential,
@@ -131,20 +132,9 @@ def expected_version(if_match: str | None, in_body: int | None) -> int | None:
     return int(match.group(1))
 
 
-async def _order_in_body(request: Request) -> OrderCreate | None:
-    """The order a JSON body that validates describes, as FastAPI would take it."""
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        return None
-    try:
-        return OrderCreate.model_validate(body)
-    except ValidationError:
-        return None
-
-
 async def _submit_order_arguments(request: Request) -> dict[str, Any] | None:
     """POST /orders' arguments as FastAPI would give them, for a JSON body that validates."""
-    order = await _order_in_body(request)
+    order = await body_as(request, OrderCreate)
     if order is None:
         return None
     session = await session_of(request)
@@ -173,7 +163,7 @@ async def _submit_order_in_one_statement(db: ConnectionSource, request: Request)
     body that does not validate or fails a check made before writing, no credentials, or an
     order not recorded (a retry under its client_order_id, a refusal): nothing was written
     then. With an Idempotency-Key, see _submit_once_in_one_statement."""
-    order = await _order_in_body(request)
+    order = await body_as(request, OrderCreate)
     settings = request.app.state.settings
     if order is None or not service.fits_intake(order, settings.price_max_decimals):
         return None
@@ -602,11 +592,10 @@ async def _amendment_asked(request: Request) -> Amendment | None:
     """The amendment a request asks for, as its endpoint takes it from the path, the body
     and If-Match; None when FastAPI or the endpoint would refuse them before writing."""
     order_id = row_id(request.path_params["order_id"])
-    body = await json_body(request)
-    if order_id is None or not isinstance(body, dict):
+    asked = await body_as(request, OrderAmendment)
+    if order_id is None or asked is None:
         return None
     try:
-        asked = OrderAmendment.model_validate(body)
         version = expected_version(request.headers.get("if-match"), asked.expected_version)
         service.check_price_places(asked.price, request.app.state.settings.price_max_decimals)
         service.check_expire_at(asked.expire_at)
