@@ -381,17 +381,24 @@ async def caller_left_on_the_one_connection(app: Any) -> None:
     assert not left["user_id"] and not left["desk_ids"], dict(left)
 
 
+async def submitted_order(
+    client: Any, cast: Cast, maker: str = "trader", **changes: Any
+) -> dict[str, Any]:
+    """The seed order (with `changes`) submitted by `maker`: the new order's document."""
+    created = await client.post(
+        "/api/v1/orders", json={**SEED_ORDER, **changes}, headers=cast[maker]
+    )
+    assert created.status_code == 201, created.text
+    return dict(created.json())
+
+
 async def reviewed_order(
     client: Any, cast: Cast, engine: AsyncEngine, maker: str = "trader", **changes: Any
 ) -> int:
     """An order ready for a checker's decision: the seed order (with `changes`) submitted by
     `maker`, reviewed by a trader of its desk (EQ-US, or FI-EU for trader_fi), its risk check
     passed."""
-    created = await client.post(
-        "/api/v1/orders", json={**SEED_ORDER, **changes}, headers=cast[maker]
-    )
-    assert created.status_code == 201, created.text
-    order_id = int(created.json()["id"])
+    order_id = int((await submitted_order(client, cast, maker, **changes))["id"])
     reviewer = "trader_fi" if maker.endswith("_fi") else "trader2"
     reviewed = await client.post(f"/api/v1/orders/{order_id}/review", headers=cast[reviewer])
     assert reviewed.status_code == 200, reviewed.text

@@ -24,6 +24,7 @@ from tests.factories import (
     make_instrument,
     make_user,
     pass_risk_check,
+    submitted_order,
 )
 from tests.integration.test_row_level_security import as_principal, desk_id
 from tradeops.auth.principal import Principal, Role
@@ -176,36 +177,30 @@ async def test_the_database_keeps_the_first_band_at_zero(
 # --- intake: the band an order falls in is fixed on it ---------------------------------------
 
 
-async def submitted(client: httpx.AsyncClient, cast: Cast, **changes: Any) -> dict[str, Any]:
-    created = await client.post(ORDERS, json={**SEED_ORDER, **changes}, headers=cast["trader"])
-    assert created.status_code == 201, created.text
-    return dict(created.json())
-
-
 async def test_intake_fixes_the_approvals_of_the_orders_band(
     client: httpx.AsyncClient, cast: Cast
 ) -> None:
-    assert (await submitted(client, cast))["approvals_required"] == 1  # no policy yet
+    assert (await submitted_order(client, cast))["approvals_required"] == 1  # no policy yet
     await set_policy(client, cast, TWO_ABOVE_5000)
-    small = await submitted(client, cast, quantity="10")
-    large = await submitted(client, cast)
+    small = await submitted_order(client, cast, quantity="10")
+    large = await submitted_order(client, cast)
     assert (small["approvals_required"], large["approvals_required"]) == (1, 2)
     assert large["approvals"] == []
     # A market order is valued at the latest price; without one, the strictest band applies.
     market = {"order_type": "MARKET", "price": None, "quantity": "10"}
-    assert (await submitted(client, cast, **market))["approvals_required"] == 2
+    assert (await submitted_order(client, cast, **market))["approvals_required"] == 2
     price = {"symbol": "AAPL", "price": "100", "as_of": "2026-11-23T10:00:00Z", "source": "t"}
     published = await client.post(
         f"{API}/market-data/snapshots", json={"snapshots": [price]}, headers=cast["admin"]
     )
     assert published.status_code == 201, published.text
-    assert (await submitted(client, cast, **market))["approvals_required"] == 1
-    assert (await submitted(client, cast, **{**market, "quantity": "60"}))[
+    assert (await submitted_order(client, cast, **market))["approvals_required"] == 1
+    assert (await submitted_order(client, cast, **{**market, "quantity": "60"}))[
         "approvals_required"
     ] == 2
     # A policy in another currency than the order's: no FX rates, so the strictest band.
     await set_policy(client, cast, {**TWO_ABOVE_5000, "currency": "EUR"})
-    assert (await submitted(client, cast, quantity="10"))["approvals_required"] == 2
+    assert (await submitted_order(client, cast, quantity="10"))["approvals_required"] == 2
     # The order keeps what it was submitted with.
     read = await client.get(f"{ORDERS}/{small['id']}", headers=cast["trader"])
     assert read.json()["approvals_required"] == 1
@@ -217,7 +212,7 @@ async def test_an_amendment_is_banded_again_under_the_policy_in_force(
     """The amended order is a new decision: its approvals come from the band of its new terms,
     under the policy when it is amended, and none of the old order's approvals carry over."""
     await set_policy(client, cast, TWO_ABOVE_5000)
-    small = await submitted(client, cast, quantity="10")
+    small = await submitted_order(client, cast, quantity="10")
     grown = await client.patch(
         f"{ORDERS}/{small['id']}", json={"quantity": "50"}, headers=cast["trader"]
     )

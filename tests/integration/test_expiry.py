@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import SEED_ORDER, Cast, approved_order, pass_risk_check
+from tests.factories import SEED_ORDER, Cast, approved_order, pass_risk_check, submitted_order
 from tests.integration.test_job_recovery import wait_for
 from tests.integration.test_mcp import mcp_over_http, order_of, problem_of
 from tests.live import LiveServer
@@ -34,13 +34,6 @@ FILL = {
     "executed_at": "2026-11-23T14:30:00Z",
     "external_id": "XNAS-E1",
 }
-
-
-async def submit(client: httpx.AsyncClient, cast: Cast, **changes: Any) -> dict[str, Any]:
-    response = await client.post(ORDERS, json={**SEED_ORDER, **changes}, headers=cast["trader"])
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def make_due(engine: AsyncEngine, *order_ids: int) -> None:
@@ -72,7 +65,7 @@ async def test_a_day_order_expires_at_its_desks_next_cut_off(
         expected = await conn.scalar(
             text("SELECT tradeops_day_end('America/New_York', '16:00', now())")
         )
-    order = await submit(client, cast)
+    order = await submitted_order(client, cast)
     assert order["time_in_force"] == "DAY"
     assert datetime.fromisoformat(order["expire_at"]) == expected
     assert (await status_of(client, cast, order["id"]))["expire_at"] == order["expire_at"]
@@ -110,9 +103,9 @@ async def test_gtd_needs_a_future_expire_at_and_gtc_has_none(
     client: httpx.AsyncClient, cast: Cast
 ) -> None:
     later = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
-    gtd = await submit(client, cast, time_in_force="GTD", expire_at=later.isoformat())
+    gtd = await submitted_order(client, cast, time_in_force="GTD", expire_at=later.isoformat())
     assert datetime.fromisoformat(gtd["expire_at"]) == later
-    gtc = await submit(client, cast, time_in_force="gtc")
+    gtc = await submitted_order(client, cast, time_in_force="gtc")
     assert gtc["expire_at"] is None
     for body, field in [
         ({"time_in_force": "GTD"}, "body"),
@@ -138,9 +131,9 @@ async def test_desks_take_a_known_time_zone_only(client: httpx.AsyncClient, cast
 async def test_the_sweep_expires_open_orders_whose_time_passed_and_nothing_else(
     app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
-    pending = (await submit(client, cast))["id"]
-    not_due = (await submit(client, cast))["id"]
-    gtc = (await submit(client, cast, time_in_force="GTC"))["id"]
+    pending = (await submitted_order(client, cast))["id"]
+    not_due = (await submitted_order(client, cast))["id"]
+    gtc = (await submitted_order(client, cast, time_in_force="GTC"))["id"]
     approved = await approved_order(client, cast, owner_engine)
     partly = await approved_order(client, cast, owner_engine)
     filled = await approved_order(client, cast, owner_engine, quantity="10")
@@ -184,7 +177,7 @@ async def test_an_expired_order_is_never_approved_filled_or_cancelled(
     app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
     """Silence is not consent: the reviewed order nobody approved in time expires."""
-    reviewed = (await submit(client, cast))["id"]
+    reviewed = (await submitted_order(client, cast))["id"]
     await pass_risk_check(owner_engine, reviewed)
     response = await client.post(f"{ORDERS}/{reviewed}/review", headers=cast["trader2"])
     assert response.status_code == 200, response.text
@@ -204,7 +197,7 @@ async def test_an_expired_order_is_never_approved_filled_or_cancelled(
 async def test_two_sweeps_at_once_expire_each_order_once(
     app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
-    ids = [(await submit(client, cast))["id"] for _ in range(30)]
+    ids = [(await submitted_order(client, cast))["id"] for _ in range(30)]
     await make_due(owner_engine, *ids)
     first, second = await asyncio.gather(
         expiry.expire_due_orders(app.state.db, 4), expiry.expire_due_orders(app.state.db, 4)
@@ -231,7 +224,7 @@ async def refused(engine: AsyncEngine, statement: str, order_id: int) -> str:
 async def test_the_database_expires_only_open_due_orders_and_keeps_them_expired(
     app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
-    order_id = (await submit(client, cast))["id"]
+    order_id = (await submitted_order(client, cast))["id"]
     early = await refused(
         owner_engine, "UPDATE orders SET status = 'EXPIRED' WHERE id = :id", order_id
     )
@@ -283,7 +276,7 @@ async def test_sweep_of_ten_thousand_due_orders_is_measured(
     app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
     """The sweep's cost: 10,000 due orders (copied from one submitted order), then one sweep."""
-    seed = (await submit(client, cast))["id"]
+    seed = (await submitted_order(client, cast))["id"]
     async with owner_engine.begin() as conn:
         await conn.execute(
             text(
@@ -305,7 +298,7 @@ async def test_sweep_of_ten_thousand_due_orders_is_measured(
 async def test_the_approver_page_shows_an_expired_order_and_refuses_approving_it(
     app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
-    order_id = (await submit(client, cast))["id"]
+    order_id = (await submitted_order(client, cast))["id"]
     await pass_risk_check(owner_engine, order_id)
     reviewed = await client.post(f"{ORDERS}/{order_id}/review", headers=cast["trader2"])
     assert reviewed.status_code == 200, reviewed.text
@@ -328,7 +321,7 @@ async def test_the_worker_expires_due_orders_on_its_schedule(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, database_url: str
 ) -> None:
     """What `tradeops worker` runs: the periodic expiry job (every 30 s) finds the due order."""
-    order_id = (await submit(client, cast))["id"]
+    order_id = (await submitted_order(client, cast))["id"]
     await make_due(owner_engine, order_id)
     worker = asyncio.create_task(run_worker(database_url, install_signal_handlers=False))
     try:
@@ -355,7 +348,7 @@ async def test_an_amended_order_expires_as_the_new_order_it_is(
 ) -> None:
     """DAY: the desk's next cut-off after the amendment; GTD: the same expire_at unless a new
     one is sent; the REPLACED order is closed, so the sweep leaves it be, due or not."""
-    day = (await submit(client, cast))["id"]
+    day = (await submitted_order(client, cast))["id"]
     await make_due(owner_engine, day)
     replaced_day = await amend(client, cast, day, quantity="50")
     assert replaced_day.status_code == 201, replaced_day.text
@@ -366,7 +359,9 @@ async def test_an_amended_order_expires_as_the_new_order_it_is(
     assert (await status_of(client, cast, day))["status"] == "REPLACED"
 
     later = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
-    gtd = (await submit(client, cast, time_in_force="GTD", expire_at=later.isoformat()))["id"]
+    gtd = (await submitted_order(client, cast, time_in_force="GTD", expire_at=later.isoformat()))[
+        "id"
+    ]
     same = await amend(client, cast, gtd, quantity="50")
     assert same.status_code == 201, same.text
     assert same.json()["time_in_force"] == "GTD"
@@ -391,7 +386,7 @@ async def test_an_amended_order_expires_as_the_new_order_it_is(
 async def test_an_expired_order_is_not_amended(
     app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
-    order = (await submit(client, cast))["id"]
+    order = (await submitted_order(client, cast))["id"]
     await make_due(owner_engine, order)
     assert await expiry.expire_due_orders(app.state.db, 10) == [order]
     response = await amend(client, cast, order, quantity="50")
@@ -412,7 +407,7 @@ async def test_an_amendment_changes_time_in_force_by_the_rules_of_submission(
                 " WHERE code = 'EQ-US'"
             )
         )
-    day = await submit(client, cast)
+    day = await submitted_order(client, cast)
     to_gtc = await amend(client, cast, day["id"], time_in_force="gtc")
     assert to_gtc.status_code == 201, to_gtc.text
     assert (to_gtc.json()["time_in_force"], to_gtc.json()["expire_at"]) == ("GTC", None)
@@ -455,7 +450,7 @@ async def test_an_amendment_changes_time_in_force_by_the_rules_of_submission(
     stored = await status_of(client, cast, to_day.json()["id"])
     assert datetime.fromisoformat(stored["expire_at"]) == cut_off
 
-    gtd = await submit(client, cast, time_in_force="GTD", expire_at=later.isoformat())
+    gtd = await submitted_order(client, cast, time_in_force="GTD", expire_at=later.isoformat())
     dropped = await amend(client, cast, gtd["id"], time_in_force="GTC")
     assert dropped.status_code == 201, dropped.text
     assert (dropped.json()["time_in_force"], dropped.json()["expire_at"]) == ("GTC", None)

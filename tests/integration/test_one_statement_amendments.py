@@ -29,6 +29,7 @@ from tests.factories import (
     orders_locked,
     pass_risk_check,
     row_counts,
+    submitted_order,
 )
 from tradeops.orders.repository import amend_order_function
 
@@ -38,12 +39,6 @@ TABLES = ("orders", "order_events", "audit_events", "procrastinate_jobs")
 
 async def counts(engine: AsyncEngine) -> dict[str, int]:
     return await row_counts(engine, TABLES)
-
-
-async def submitted(client: httpx.AsyncClient, cast: Cast, **changes: Any) -> dict[str, Any]:
-    response = await client.post(ORDERS, json={**SEED_ORDER, **changes}, headers=cast["trader"])
-    assert response.status_code == 201, response.text
-    return dict(response.json())
 
 
 async def test_the_installed_function_runs_the_amendments_statements_as_the_code_writes_them(
@@ -90,7 +85,7 @@ async def test_an_amendment_in_one_statement_makes_what_one_in_a_transaction_mak
     and times."""
     answers, books = [], []
     for key in ({}, {"Idempotency-Key": "amend-1"}):
-        old = await submitted(client, cast)
+        old = await submitted_order(client, cast)
         await pass_risk_check(owner_engine, old["id"])
         reviewed = await client.post(f"{ORDERS}/{old['id']}/review", headers=cast["trader2"])
         assert reviewed.status_code == 200, reviewed.text
@@ -122,13 +117,13 @@ async def test_an_amendment_in_one_statement_makes_what_one_in_a_transaction_mak
 async def test_an_amendment_not_made_alone_writes_nothing_and_is_answered_as_before(
     client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
 ) -> None:
-    order = await submitted(client, cast)
-    market = await submitted(client, cast, order_type="MARKET", price=None)
-    used = await submitted(client, cast, client_order_id="used-1")
+    order = await submitted_order(client, cast)
+    market = await submitted_order(client, cast, order_type="MARKET", price=None)
+    used = await submitted_order(client, cast, client_order_id="used-1")
     fi = await client.post(
         ORDERS, json={**SEED_ORDER, "client_id": "CUST-2001"}, headers=cast["trader_fi"]
     )
-    cancelled = await submitted(client, cast)
+    cancelled = await submitted_order(client, cast)
     assert (
         await client.post(f"{ORDERS}/{cancelled['id']}/cancel", headers=cast["trader"])
     ).status_code == 200
