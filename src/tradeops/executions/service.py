@@ -115,13 +115,7 @@ async def record_execution(
         )
     execution = ExecutionOut.model_validate(recorded, from_attributes=True)
     await book_fill(uow, principal, _position_fill(order, fill, execution.id), locked)
-    order_now = _fill_state(
-        order,
-        status=recorded.order_status,
-        filled_quantity=recorded.order_filled_quantity,
-        avg_fill_price=recorded.order_avg_fill_price,
-        version=recorded.order_version,
-    )
+    order_now = _order_now(order.id, order.quantity, recorded)
     return FillOutcome(RecordedFill(execution=execution, order=order_now), created=True)
 
 
@@ -144,24 +138,16 @@ def _position_fill(order: FillOrder, fill: ExecutionIn, execution_id: int) -> Po
     )
 
 
-def _fill_state(
-    order: FillOrder,
-    *,
-    status: OrderStatus | None = None,
-    filled_quantity: Decimal | None = None,
-    avg_fill_price: Decimal | None = None,
-    version: int | None = None,
-) -> OrderFillState:
-    """The order's fill state: as locked, or with what the fill changed."""
-    filled = order.filled_quantity if filled_quantity is None else filled_quantity
+def _fill_state(order: FillOrder) -> OrderFillState:
+    """The order's fill state as locked (a fill sent again changes nothing)."""
     return OrderFillState(
         id=order.id,
-        status=status or order.status,
+        status=order.status,
         quantity=order.quantity,
-        filled_quantity=filled,
-        remaining_quantity=order.quantity - filled,
-        avg_fill_price=avg_fill_price or order.avg_fill_price,
-        version=version or order.version,
+        filled_quantity=order.filled_quantity,
+        remaining_quantity=order.quantity - order.filled_quantity,
+        avg_fill_price=order.avg_fill_price,
+        version=order.version,
     )
 
 
