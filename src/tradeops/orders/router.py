@@ -599,7 +599,7 @@ async def _amendment_asked(request: Request) -> Amendment | None:
         version = expected_version(request.headers.get("if-match"), asked.expected_version)
         service.check_price_places(asked.price, request.app.state.settings.price_max_decimals)
         service.check_expire_at(asked.expire_at)
-    except (ValidationError, InvalidRequest):
+    except InvalidRequest:
         return None
     if version is not None and version > MAX_VERSION:
         return None  # no order has it: the transaction answers stale-version, as always
