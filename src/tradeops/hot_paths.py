@@ -1,7 +1,7 @@
 """The hot requests, answered ahead of the framework's own layers.
 
 A GET answered in one statement (db.http.answered_in_one_statement: an order, its history,
-a portfolio) and a new order, recorded in one statement too or else by its endpoint called
+the list, a portfolio) and a new order, recorded in one statement too or else by its endpoint called
 directly with its arguments (db.http.called_directly), still passed through FastAPI's
 exception layer, routing and request handling, which cost about a quarter of such a read's
 CPU in our stack (docs/benchmarks.md). The middleware here answers them before those

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -122,8 +122,60 @@ async def _plan(conn: AsyncConnection, principal: Principal, **filters: Any) -> 
     return plan
 
 
+async def _plan_in_one_statement(
+    conn: AsyncConnection, principal: Principal, **filters: Any
+) -> dict[str, Any]:
+    """The plan of the page's statement for these filters, as GET /orders in one statement
+    runs it (migration 0041): tradeops_order_page called as tradeops_app with the desks'
+    context, its nested statement's plan as auto_explain writes it."""
+    driver = await driver_of(conn)
+    await driver.execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+        " SET auto_explain.log_nested_statements = on; SET auto_explain.log_format = json;"
+        " SET auto_explain.log_level = notice"
+    )
+    plans: list[str] = []
+
+    def noted(_: object, message: Any) -> None:
+        plans.append(message.message)
+
+    driver.add_log_listener(noted)
+    uow = UnitOfWork(driver)
+    await uow.set_context(principal, "explain")
+    after = filters.pop("after", None) or ()
+    wanted = OrderFilters(**filters)
+    await driver.fetchval(
+        "SELECT more FROM tradeops_order_page($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+        " $12, $13, 50)",
+        principal.all_desks,
+        list(principal.desk_ids),
+        wanted.status,
+        wanted.risk_status,
+        wanted.client_id,
+        wanted.symbol,
+        wanted.side,
+        wanted.client_order_id,
+        wanted.desk,
+        wanted.created_from,
+        wanted.created_to,
+        after[0] if len(after) == 2 else None,
+        after[-1] if after else None,
+    )
+    await driver.execute("RESET ROLE; RESET auto_explain.log_level")
+    driver.remove_log_listener(noted)
+    (page,) = [
+        json.loads(plan.split("plan:", 1)[1])
+        for plan in plans
+        if '"SELECT array(SELECT o.id FROM orders o' in plan
+    ]
+    found: dict[str, Any] = page["Plan"]
+    return found
+
+
+@pytest.mark.parametrize("planned", [_plan, _plan_in_one_statement], ids=["uow", "one statement"])
 async def test_each_filter_reads_its_index_as_the_application_role(
     connection: AsyncConnection,
+    planned: Callable[..., Awaitable[dict[str, Any]]],
 ) -> None:
     await connection.execute(text("SELECT 1"))
     big = await _approver_of(connection, BIG_DESK)
@@ -192,7 +244,7 @@ async def test_each_filter_reads_its_index_as_the_application_role(
     ]
     used, wrong = {}, {}
     for name, principal, filters, expected in cases:
-        scans = list(_orders_scans(await _plan(connection, principal, **filters)))
+        scans = list(_orders_scans(await planned(connection, principal, **filters)))
         used[name] = scans
         if not scans or any(index not in expected for _, index in scans):
             wrong[name] = used[name]

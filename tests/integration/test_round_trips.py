@@ -107,7 +107,9 @@ async def count(statements: Statements, make_call: Callable[[], Awaitable[Call]]
 # checks the credential and sets the request context (role, desks, request id).
 EXPECTED = {
     "GET /orders/{id}": 1,  # one statement: authenticate, set the context, read (0019)
-    "GET /orders": 4,  # BEGIN; authenticate; the page; COMMIT
+    "GET /orders": 1,  # one statement: authenticate, set the context, the page (0041)
+    # The same statement: the client, symbol and desk by their ids, then the page (0041).
+    "GET /orders with a client, symbol and desk": 1,
     # One statement: authenticate, set the context, check who may submit, then intake with
     # its events and risk job (0025).
     "POST /orders": 1,
@@ -189,6 +191,13 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
             lambda: client.get(f"{ORDERS}/{order_id}", headers=trader)
         ),
         "GET /orders": lambda: fixed(lambda: client.get(ORDERS, headers=trader)),
+        "GET /orders with a client, symbol and desk": lambda: fixed(
+            lambda: client.get(
+                ORDERS,
+                params={"client_id": "CUST-1001", "symbol": "AAPL", "desk": "EQ-US"},
+                headers=trader,
+            )
+        ),
         "POST /orders": lambda: fixed(lambda: client.post(ORDERS, json=SEED_ORDER, headers=trader)),
         "POST /orders with an Idempotency-Key": lambda: fixed(
             lambda: client.post(

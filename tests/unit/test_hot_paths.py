@@ -16,6 +16,7 @@ from tradeops.settings import Settings
 # Per hot path: values of its path parameter it answers (the order's read takes digits only,
 # anything else goes to the framework; a client id is any path segment).
 SERVED = {
+    ("GET", "/api/v1/orders"): ("",),
     ("GET", "/api/v1/orders/{order_id}"): ("1", "42", "9223372036854775807"),
     ("GET", "/api/v1/orders/{order_id}/events"): ("1", "42", "9223372036854775807"),
     ("GET", "/api/v1/clients/{client_id}/portfolio"): ("CUST-1001", "1", "x.y", "a:b", "%20"),
@@ -37,7 +38,7 @@ def first_route_for(app: FastAPI, method: str, path: str) -> BaseRoute | None:
     return None
 
 
-def test_the_hot_paths_are_an_order_its_history_a_portfolio_and_a_new_order(
+def test_the_hot_paths_are_an_order_its_history_the_list_a_portfolio_and_a_new_order(
     app: FastAPI,
 ) -> None:
     found = {(method, hot.route.path) for hot in hot_paths(app) for method in hot.route.methods}
@@ -48,7 +49,11 @@ def test_the_hot_paths_are_an_order_its_history_a_portfolio_and_a_new_order(
 def test_no_earlier_route_matches_a_request_a_hot_path_answers(
     app: FastAPI, method: str, template: str
 ) -> None:
-    (hot,) = [hot for hot in hot_paths(app) if hot.route.path == template]
+    (hot,) = [
+        hot
+        for hot in hot_paths(app)
+        if hot.route.path == template and method in (hot.route.methods or ())
+    ]
     name = template.split("{", 1)[1].split("}", 1)[0] if "{" in template else ""
     for value in SERVED[(method, template)]:
         path = template.replace("{" + name + "}", value) if name else template

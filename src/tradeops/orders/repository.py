@@ -950,6 +950,35 @@ LIST_FILTER_KEYS = query(
 ListKey = tuple[int] | tuple[datetime, int]
 
 
+@dataclass(frozen=True, slots=True)
+class OrderPageRead:
+    """GET /orders in one statement: who asked, and the page they may see: its orders' JSON
+    array (each as GET /orders/{id} writes it), whether another page follows, and then the
+    last order's id and creation time, for the cursor. No row at all when the credentials
+    name nobody."""
+
+    caller: Authenticated
+    items: str
+    more: bool
+    last_id: int | None
+    last_created_at: datetime | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+
+
+# A page of the list in one round trip (migration 0041), as filtered_orders and
+# LIST_FILTER_KEYS read it in a transaction.
+READ_ORDER_PAGE = query(
+    "SELECT caller, items, more, last_id, last_created_at FROM tradeops_read_order_page("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :status, :risk_status,"
+    " :client_id, :symbol, :side, :client_order_id, :desk, :created_from, :created_to,"
+    " :after_created, :after_id, :limit)",
+    OrderPageRead,
+    alone=True,
+)
+
+
 def filtered_orders(
     principal: Principal,
     wanted: OrderFilters,

@@ -26,6 +26,7 @@ from tradeops.deps import (
     answered_in_one_round_trip,
     body_as,
     caller_known,
+    declared_query,
     json_body,
     one_statement_credential,
     row_id,
@@ -334,12 +335,42 @@ async def get_order(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -> R
     return _order_document(await service.get_order(uow, principal, order_id))
 
 
+def _listed(request: Request, after: str | None, limit: int | None, **filters: Any) -> OrderQuery:
+    """The page a list's query asks for: `limit` orders (the configured page size if none)
+    after the cursor `after`, with `filters`."""
+    size = limit or request.app.state.settings.page_size_default
+    return OrderQuery(limit=size, after=after, filters=OrderFilters(**filters))
+
+
+async def _list_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """GET /orders in one round trip (issue 15): authentication, the context and the page
+    in one statement; None (the endpoint below answers) for a query the endpoint refuses (an
+    unknown name, a value or a cursor that does not validate) or no credentials, whose 422
+    or 401 it writes as documented."""
+    asked = declared_query(request)
+    if asked is None:
+        return None
+    wanted = _listed(request, **asked)
+    try:
+        service.list_after(wanted)
+    except InvalidRequest:
+        return None
+    return await answered_in_one_round_trip(
+        request,
+        lambda credential, key_usage: service.read_order_page(db, credential, wanted, key_usage),
+        lambda principal, page: Response(
+            service.shown_page(principal, page, wanted), media_type="application/json"
+        ),
+    )
+
+
 @router.get(
     "",
     response_model=OrderPage,
     responses=problem_responses(InvalidRequest),
     dependencies=[DeclaredQueryOnly],
 )
+@answered_in_one_statement(_list_in_one_statement)
 async def list_orders(
     request: Request,
     principal: CurrentPrincipal,
@@ -360,8 +391,10 @@ async def list_orders(
     same filters). Filters combine; one that names no client, symbol or desk of yours answers
     an empty page. With `created_from` or `created_to` the newest are by creation time, and
     the cursor holds it. A query parameter not listed here is a 422."""
-    settings = request.app.state.settings
-    filters = OrderFilters(
+    wanted = _listed(
+        request,
+        after,
+        limit,
         status=status,
         risk_status=risk_status,
         client_id=client_id,
@@ -372,7 +405,6 @@ async def list_orders(
         created_from=created_from,
         created_to=created_to,
     )
-    wanted = OrderQuery(limit=limit or settings.page_size_default, after=after, filters=filters)
     return await service.list_orders(uow, principal, wanted)
 
 

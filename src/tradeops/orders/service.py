@@ -364,7 +364,7 @@ async def list_orders(uow: UnitOfWork, principal: Principal, wanted: OrderQuery)
     (repository.filtered_orders says why)."""
     authorize(principal, Action.READ_ORDERS)
     filters = wanted.filters
-    after = _created_cursor(wanted.after) if filters.by_created else _id_cursor(wanted.after)
+    after = list_after(wanted)
     keys = await list_filter_keys(uow, principal, filters)
     if keys is None:
         return OrderPage(items=[], next_cursor=None)
@@ -374,8 +374,77 @@ async def list_orders(uow: UnitOfWork, principal: Principal, wanted: OrderQuery)
     if len(rows) <= wanted.limit:
         return OrderPage(items=items, next_cursor=None)
     last = items[-1]
-    last_key = (instant_key(last.created_at), last.id) if filters.by_created else (last.id,)
-    return OrderPage(items=items, next_cursor=encode_cursor(*last_key))
+    return OrderPage(items=items, next_cursor=_next_cursor(filters, last.id, last.created_at))
+
+
+def _next_cursor(filters: OrderFilters, last_id: int, last_created_at: datetime) -> str:
+    """The cursor after a page's last order: its id, or with a created range (created_at, id)."""
+    if filters.by_created:
+        return encode_cursor(instant_key(last_created_at), last_id)
+    return encode_cursor(last_id)
+
+
+def list_after(wanted: OrderQuery) -> ListKey | None:
+    """The key a page starts after (its cursor's); InvalidRequest for a cursor not of this
+    list's kind."""
+    if wanted.filters.by_created:
+        return _created_cursor(wanted.after)
+    return _id_cursor(wanted.after)
+
+
+async def read_order_page(
+    source: ConnectionSource,
+    credential: Mapping[str, Any],
+    wanted: OrderQuery,
+    key_usage: KeyUsage,
+) -> tuple[Principal, repo.OrderPageRead]:
+    """GET /orders in one round trip (repo.READ_ORDER_PAGE): the caller the credential names,
+    401 if none, and the page they may see, read as list_orders reads it. The caller decides
+    with shown_page, once it has routed the request (as read_order). InvalidRequest, before
+    anything is read, for a cursor not of this list's kind."""
+    filters = wanted.filters
+    after_created, after_id = _key_parts(list_after(wanted))
+    params = {
+        **credential,
+        "status": filters.status,
+        "risk_status": filters.risk_status,
+        "client_id": filters.client_id,
+        "symbol": filters.symbol and filters.symbol.upper(),
+        "side": filters.side,
+        "client_order_id": filters.client_order_id,
+        "desk": filters.desk,
+        "created_from": filters.created_from,
+        "created_to": filters.created_to,
+        "after_created": after_created,
+        "after_id": after_id,
+        "limit": wanted.limit,
+    }
+    read = await one_statement(source, repo.READ_ORDER_PAGE, params)
+    principal = principal_found(None if read is None else read.caller, key_usage)
+    assert read is not None  # a principal was found, in the statement's row
+    return principal, read
+
+
+def _key_parts(after: ListKey | None) -> tuple[datetime | None, int | None]:
+    """A page's starting key as its creation time (a created range's) and its id."""
+    match after:
+        case (datetime() as created_at, int() as last_id):
+            return created_at, last_id
+        case (int() as last_id,):
+            return None, last_id
+    return None, None
+
+
+def shown_page(principal: Principal, page: repo.OrderPageRead, wanted: OrderQuery) -> bytes:
+    """The page read for `principal`, if they may read orders, as the list's OrderPage writes
+    it: its items as PostgreSQL wrote them."""
+    authorize(principal, Action.READ_ORDERS)
+    cursor = None
+    if page.more and page.last_id is not None and page.last_created_at is not None:
+        cursor = _next_cursor(wanted.filters, page.last_id, page.last_created_at)
+    return b"".join(
+        (b'{"items":', page.items.encode(), b',"next_cursor":', orjson.dumps(cursor), b"}")
+    )
 
 
 def _id_cursor(cursor: str | None) -> ListKey | None:
