@@ -68,7 +68,7 @@ class Call:
     def __init__(self, app: ASGIApp, method: str, path: str, headers: dict[str, str]) -> None:
         self.app = app
         self.method = method
-        self.path = path
+        self.path, _, self.query = path.partition("?")
         self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, body: bytes = b"") -> tuple[int, bytes]:
@@ -86,7 +86,7 @@ class Call:
             "scheme": "http",
             "path": self.path,
             "raw_path": self.path.encode(),
-            "query_string": b"",
+            "query_string": self.query.encode(),
             "root_path": "",
             "headers": headers,
             "client": ("127.0.0.1", 1234),
@@ -246,8 +246,19 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
 
             reviewer = cast["trader2"]
             order = Call(app, "GET", f"{ORDERS}/{order_id}", agent)
+            # A full first page (50) for the list, of the agent's orders, before any other
+            # endpoint adds more.
+            for _ in range(60):
+                await Call(app, "POST", ORDERS, agent)(orjson.dumps(SEED_ORDER))
             endpoints: list[tuple[str, Calls, bytes, int]] = [
                 ("GET /orders/{id}", again(order), b"", 200),
+                ("GET /orders", again(Call(app, "GET", ORDERS, agent)), b"", 200),
+                (
+                    "GET /orders?client_id&status",
+                    again(Call(app, "GET", f"{ORDERS}?client_id=CUST-1001&status=PENDING", agent)),
+                    b"",
+                    200,
+                ),
                 (
                     "POST /orders",
                     again(Call(app, "POST", ORDERS, agent)),
@@ -260,6 +271,8 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                 ("PATCH /orders/{id}", amendments, orjson.dumps({"quantity": "60"}), 201),
             ]
             for name, call, body, expected in endpoints:
+                if arguments.only and name not in arguments.only:
+                    continue
                 await measure(call, body, 50, expected, backends)  # warm up: caches, statements
                 runs = [
                     await measure(call, body, arguments.requests, expected, backends)
@@ -298,4 +311,7 @@ if __name__ == "__main__":
         "--dump", help="also write each profile to DUMP.<endpoint>.prof (POST_orders_id_review)"
     )
     parser.add_argument("--sort", default="tottime", help="cProfile sort key")
+    parser.add_argument(
+        "--only", action="append", help="measure this endpoint alone ('GET /orders'); repeatable"
+    )
     asyncio.run(main(parser.parse_args()))
