@@ -51,3 +51,21 @@ class MarketSnapshot(Base):
     received_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+
+
+class LatestPrice(Base):
+    """An instrument's latest price: the first entry of ix_market_snapshots_latest, kept in
+    the publishing statement by a trigger on market_snapshots (migration 0042), so that a
+    portfolio values each position with a key lookup. Written by that trigger alone."""
+
+    __tablename__ = "latest_prices"
+    __table_args__ = (CheckConstraint("price > 0", name="price_positive"),)
+
+    instrument_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("instruments.id"), primary_key=True
+    )
+    snapshot_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("market_snapshots.id"), unique=True
+    )
+    price: Mapped[Amount]
+    as_of: Mapped[datetime] = mapped_column(DateTime(timezone=True))
