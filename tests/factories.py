@@ -361,6 +361,16 @@ def keyed_intake_in_a_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(orders_router, "_submit_once_in_one_statement", declined)
 
 
+def keyed_writes_in_a_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decisions and amendments with an Idempotency-Key as before migration 0043, in a
+    transaction: the one statement declines every key. The reference it is held equal to."""
+
+    async def declined(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr(orders_router, "_keyed_in_one_statement", declined)
+
+
 def fills_in_a_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
     """POST /orders/{id}/executions as before migration 0039, in a transaction: the one
     statement takes no order id, so it declines every fill. The reference it is held

@@ -2,9 +2,9 @@
 property of the transaction it replaced.
 
 - The installed function runs the transaction's statements exactly as the code writes them.
-- An amendment in one statement makes what one in a transaction makes (an Idempotency-Key
-  takes that path): the same answer, the same new order, the old one REPLACED, the same
-  events and risk job.
+- An amendment in one statement makes what one in a transaction makes (an Idempotency-Key,
+  its one statement declined, takes that path): the same answer, the same new order, the
+  old one REPLACED, the same events and risk job.
 - An amendment it does not make (a rule refuses it, a caller who may not, another desk, a
   client_order_id taken) writes nothing and is answered by the transaction, as documented.
 - Nothing of the caller stays on the pooled connection; an amendment behind a lock is
@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from pytest import MonkeyPatch
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,6 +27,7 @@ from tests.factories import (
     Cast,
     caller_left_on_the_one_connection,
     installed_source,
+    keyed_writes_in_a_transaction,
     orders_locked,
     pass_risk_check,
     row_counts,
@@ -78,13 +80,15 @@ async def made(engine: AsyncEngine, old: int, new: int) -> dict[str, list[dict[s
 
 
 async def test_an_amendment_in_one_statement_makes_what_one_in_a_transaction_makes(
-    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, monkeypatch: MonkeyPatch
 ) -> None:
     """Two reviewed orders amended alike, once in one statement and once in a transaction
-    (an Idempotency-Key takes that path): the same answers and the same rows, but for ids
-    and times."""
+    (an Idempotency-Key, its one statement declined, takes that path): the same answers and
+    the same rows, but for ids and times."""
     answers, books = [], []
     for key in ({}, {"Idempotency-Key": "amend-1"}):
+        if key:
+            keyed_writes_in_a_transaction(monkeypatch)
         old = await submitted_order(client, cast)
         await pass_risk_check(owner_engine, old["id"])
         reviewed = await client.post(f"{ORDERS}/{old['id']}/review", headers=cast["trader2"])

@@ -4,7 +4,8 @@ one statement (migration 0035), with every property of the transaction they repl
 - The installed function records an approval and makes the change exactly as
   orders.repository writes them.
 - A decision in one statement records what one in a transaction records (an
-  Idempotency-Key takes that path), and answers the order as GET /orders/{id} shows it.
+  Idempotency-Key, its one statement declined, takes that path), and answers the order as
+  GET /orders/{id} shows it.
 - A decision it does not record (a caller who may not, another desk, a status or risk check
   a rule refuses, the maker deciding, someone else's order cancelled, another version, an
   approval already given or one of several) is answered by the transaction as before, and
@@ -25,6 +26,7 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from pytest import MonkeyPatch
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,6 +37,7 @@ from tests.factories import (
     bearer,
     caller_left_on_the_one_connection,
     installed_source,
+    keyed_writes_in_a_transaction,
     make_maker,
     make_user,
     orders_locked,
@@ -97,13 +100,14 @@ async def test_the_installed_function_decides_as_the_code_writes_it(
 
 
 async def test_a_review_in_one_statement_is_recorded_as_in_a_transaction(
-    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+    client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine, monkeypatch: MonkeyPatch
 ) -> None:
     """The same review of two orders, once in one statement and once in a transaction: the
     same answer (but for the order's id and times), the same history; and the answer is the
     order as GET shows it next."""
     first, second = await submitted(client, cast), await submitted(client, cast)
     alone = await client.post(f"{ORDERS}/{first}/review", json=SAID, headers=cast["agent"])
+    keyed_writes_in_a_transaction(monkeypatch)
     keyed = cast["agent"] | {"Idempotency-Key": "review-1"}
     in_transaction = await client.post(f"{ORDERS}/{second}/review", json=SAID, headers=keyed)
     assert alone.status_code == in_transaction.status_code == 200, alone.text
@@ -288,12 +292,14 @@ async def test_a_checkers_decision_in_one_statement_is_recorded_as_in_a_transact
     decision: str,
     said: dict[str, str],
     status: str,
+    monkeypatch: MonkeyPatch,
 ) -> None:
     first, second = (
         await reviewed_order(client, cast, owner_engine),
         await reviewed_order(client, cast, owner_engine),
     )
     alone = await client.post(f"{ORDERS}/{first}/{decision}", json=said, headers=cast["approver"])
+    keyed_writes_in_a_transaction(monkeypatch)
     keyed = cast["approver"] | {"Idempotency-Key": f"{decision}-1"}
     in_transaction = await client.post(f"{ORDERS}/{second}/{decision}", json=said, headers=keyed)
     assert alone.status_code == in_transaction.status_code == 200, alone.text

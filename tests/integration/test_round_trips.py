@@ -125,6 +125,10 @@ EXPECTED = {
     # the replacement and the order REPLACED with their events, the new order's document
     # (0040).
     "PATCH /orders/{id}": 1,
+    # One statement each: authenticate, set the context, reserve the key, the decision or
+    # the amendment as above, its response stored under the key (0043).
+    "POST /orders/{id}/review with an Idempotency-Key": 1,
+    "PATCH /orders/{id} with an Idempotency-Key": 1,
     # One statement: authenticate, set the context, check who may record fills, lock the
     # order, the fill's context (a resend?), lock the position, the execution and the
     # order's fill state, the position booked (0039).
@@ -146,7 +150,7 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
 ) -> None:
     trader, approver, admin = cast["trader"], cast["approver"], cast["admin"]
     replayed = trader | {"Idempotency-Key": "round-trips"}
-    fresh_keys = (f"round-trips-{n}" for n in range(1, 10))
+    fresh_keys = (f"round-trips-{n}" for n in range(1, 20))
     order_id = await submitted(client, cast)
     prices = iter(range(1, 10))
 
@@ -180,6 +184,16 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
         order = await submitted(client, cast)
         return lambda: client.patch(f"{ORDERS}/{order}", json={"quantity": "60"}, headers=trader)
 
+    async def to_review_keyed() -> Call:
+        order, keyed = await submitted(client, cast), {"Idempotency-Key": next(fresh_keys)}
+        return lambda: client.post(f"{ORDERS}/{order}/review", headers=cast["trader2"] | keyed)
+
+    async def to_amend_keyed() -> Call:
+        order, keyed = await submitted(client, cast), {"Idempotency-Key": next(fresh_keys)}
+        return lambda: client.patch(
+            f"{ORDERS}/{order}", json={"quantity": "60"}, headers=trader | keyed
+        )
+
     async def to_publish() -> Call:
         snapshot = {**SNAPSHOT, "source": f"feed-{next(prices)}"}
         return lambda: client.post(
@@ -208,6 +222,8 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
         "POST /orders/{id}/approve": to_approve,
         "POST /orders/{id}/cancel": to_cancel,
         "PATCH /orders/{id}": to_amend,
+        "POST /orders/{id}/review with an Idempotency-Key": to_review_keyed,
+        "PATCH /orders/{id} with an Idempotency-Key": to_amend_keyed,
         "POST /orders/{id}/executions": to_fill,
         "GET /orders/{id}/events": lambda: fixed(
             lambda: client.get(f"{ORDERS}/{order_id}/events", headers=trader)

@@ -604,6 +604,34 @@ AMEND_IN_ONE_STATEMENT = query(
     AmendedBy,
     alone=True,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweredOnce:
+    """A decision or an amendment with an Idempotency-Key in one statement: who asked, and
+    the response to send, new or replayed (all None when the key is another request's:
+    nothing was written). No row at all when the credentials name nobody."""
+
+    caller: Authenticated
+    status: int | None
+    body: bytes | None
+    headers: dict[str, str] | None
+    replayed: bool | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+
+
+# The same with an Idempotency-Key (migration 0043), as DECIDE_ONCE_IN_ONE_STATEMENT.
+AMEND_ONCE_IN_ONE_STATEMENT = query(
+    "SELECT caller, status, body, headers, replayed FROM tradeops_amend_order_once("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scope,"
+    " :lock_timeout_ms, :order_id, :version, :open_statuses, :quantity, :price,"
+    " :client_order_id, :time_in_force, :expire_at, :payload, :event_type, :action,"
+    " :risk_queue, :risk_task, :key, :fingerprint, :location)",
+    AnsweredOnce,
+    alone=True,
+)
 # REPLACE_ORDER's values in tradeops_amend_order: the locked order's (`locked`), the
 # amended terms it worked out (`amended_*`), the caller's, or the argument of the name.
 _AMENDED_VALUES = {
@@ -869,6 +897,19 @@ DECIDE_IN_ONE_STATEMENT = query(
     OrderRead,
     alone=True,
 )
+# The same with an Idempotency-Key (migration 0043): the key is reserved (or its stored
+# response replayed), the decision made and its response stored, in one round trip. A
+# decision tradeops_decide_order does not make raises NOT_RECORDED_ALONE (db.http).
+DECIDE_ONCE_IN_ONE_STATEMENT = query(
+    "SELECT caller, status, body, headers, replayed FROM tradeops_decide_order_once("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :roles, :scopes,"
+    " :lock_timeout_ms, :order_id, :version, :from_statuses, :checker, :others_by,"
+    " :approval, :note, :to_status, :event_type, :payload, :action, :key, :fingerprint)",
+    AnsweredOnce,
+    alone=True,
+)
+
+
 DECISION_CHANGE = order_change(_DECIDED, returning="SELECT version FROM changed")
 # The values of DECISION_CHANGE and RECORD_APPROVAL in tradeops_decide_order: the locked
 # order's, the decider's, or else the function's argument of the name.

@@ -39,7 +39,7 @@ from tradeops.idempotency.http import (
     request_fingerprint,
     respond_once,
 )
-from tradeops.idempotency.service import IdempotencyKeyReused, valid_key
+from tradeops.idempotency.service import IdempotencyKeyReused, StoredResponse, valid_key
 from tradeops.orders import service, workflow
 from tradeops.orders.repository import AmendedBy, OrderDocument
 from tradeops.orders.schemas import (
@@ -442,21 +442,54 @@ async def _decision_asked(
     return Decision(order_id, transition, version, **said)
 
 
+KeyedWrite = Callable[
+    [dict[str, Any], dict[str, str], KeyUsage], Awaitable[tuple[Principal, StoredResponse | None]]
+]
+
+
+async def _keyed_in_one_statement(
+    request: Request, key: str, write: KeyedWrite, **once: str
+) -> Response | None:
+    """A decision or an amendment sent with an Idempotency-Key in one round trip (migration
+    0043): `write` is given the credential and the key with the request's fingerprint (and
+    `once`); it answers the response it stored or replayed. None (the transaction answers)
+    for a key that is not valid or that another request took."""
+    if not valid_key(key):
+        return None
+    fingerprint = request_fingerprint(request, await request.body())
+    return await answered_in_one_round_trip(
+        request,
+        lambda credential, key_usage: write(
+            credential, {"key": key, "fingerprint": fingerprint, **once}, key_usage
+        ),
+        lambda _, stored: None if stored is None else answered(stored),
+    )
+
+
 def _decided_in_one_statement(
     transition: workflow.Transition, taken: type[BaseModel]
 ) -> OneStatement:
     """A decision's endpoint in one round trip (issue 15): authentication, the context, the
-    order's lock, its change and its document in one statement. None (the endpoint answers,
-    in a transaction, as documented) for a request with an Idempotency-Key, an id, body or
-    If-Match it does not take, no credentials, or a decision not recorded (a caller who may
-    not, an order a rule refuses, not found, or at another version): nothing was written."""
+    order's lock, its change and its document in one statement; with an Idempotency-Key,
+    the key reserved and the response stored with them (or the stored one replayed). None
+    (the endpoint answers, in a transaction, as documented) for an id, body, If-Match or key
+    it does not take, no credentials, a key another request took, or a decision not
+    recorded (a caller who may not, an order a rule refuses, not found, or at another
+    version): nothing was written."""
 
     async def decided(db: ConnectionSource, request: Request) -> Response | None:
-        if request.headers.get("idempotency-key") is not None:
-            return None
         decision = await _decision_asked(request, transition, taken)
         if decision is None:
             return None
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            return await _keyed_in_one_statement(
+                request,
+                key,
+                lambda credential, once, key_usage: workflow.decide_once_in_one_statement(
+                    db, credential, decision, once, key_usage
+                ),
+            )
         return await answered_in_one_round_trip(
             request,
             lambda credential, key_usage: workflow.decide_in_one_statement(
@@ -594,16 +627,25 @@ async def order_events(order_id: RowId, principal: CurrentPrincipal, uow: UoW) -
 
 async def _amended_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
     """An amendment in one round trip (issue 15): authentication, the context, the order's
-    lock and its replacement in one statement, answering the new order as GET shows it.
-    None (the endpoint answers, in a transaction, as documented) for a request with an
-    Idempotency-Key, an id, body or If-Match it does not take (or a price or expiry it
-    refuses before writing), no credentials, or an amendment not made (a caller who may not,
-    an order not found, at another version or a rule refuses, a client_order_id taken)."""
-    if request.headers.get("idempotency-key") is not None:
-        return None
+    lock and its replacement in one statement, answering the new order as GET shows it;
+    with an Idempotency-Key, as a decision with one. None (the endpoint answers, in a
+    transaction, as documented) for an id, body or If-Match it does not take (or a price or
+    expiry it refuses before writing), no credentials, a key it does not take, or an
+    amendment not made (a caller who may not, an order not found, at another version or a
+    rule refuses, a client_order_id taken)."""
     amendment = await _amendment_asked(request)
     if amendment is None:
         return None
+    key = request.headers.get("idempotency-key")
+    if key is not None:
+        return await _keyed_in_one_statement(
+            request,
+            key,
+            lambda credential, once, key_usage: workflow.amend_once_in_one_statement(
+                db, credential, amendment, once, key_usage
+            ),
+            location=f"{API_PREFIX}/orders",
+        )
 
     def shown(_: Principal, new: AmendedBy | None) -> Response | None:
         if new is None or new.id is None or new.version is None or new.document is None:

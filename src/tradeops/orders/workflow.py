@@ -34,6 +34,7 @@ from tradeops.auth.principal import Principal, Role
 from tradeops.db.errors import MAKER_CHECKER_REFUSED, refuses_the_change
 from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement, one_write
 from tradeops.errors import Conflict, DomainError, Forbidden, InvalidRequest
+from tradeops.idempotency.service import StoredResponse
 from tradeops.jobs.defer import CHECK_ORDER_RISK, RISK_QUEUE
 from tradeops.orders import repository as repo
 from tradeops.orders.schemas import OrderFilters, OrderOut
@@ -320,9 +321,46 @@ async def decide_in_one_statement(
     decision; None when nothing was written (a rule of `refusal` applies, the order is not
     on their desks, at another version than they named, or is an approval of one needing
     several), which transition_order, in a transaction, explains or makes."""
+    decided = await one_write(
+        source, repo.DECIDE_IN_ONE_STATEMENT, _decision_alone(credential, decision)
+    )
+    principal = principal_found(None if decided is None else decided.caller, key_usage)
+    return principal, None if decided is None else decided.found
+
+
+async def decide_once_in_one_statement(
+    source: ConnectionSource,
+    credential: Mapping[str, Any],
+    decision: Decision,
+    once: Mapping[str, str],
+    key_usage: KeyUsage,
+) -> tuple[Principal, StoredResponse | None]:
+    """The same decision sent with an Idempotency-Key (repo.DECIDE_ONCE_IN_ONE_STATEMENT,
+    `once`: the key and the request's fingerprint): the caller, 401 if none, and the
+    response made and stored under the key, or the one stored with it replayed; None when
+    the key is another request's (nothing was written), which the transaction refuses. A
+    decision it does not make raises db.http.NOT_RECORDED_ALONE, with nothing written."""
+    params = _decision_alone(credential, decision) | dict(once)
+    answered = await one_write(source, repo.DECIDE_ONCE_IN_ONE_STATEMENT, params)
+    return principal_found(None if answered is None else answered.caller, key_usage), _stored(
+        answered
+    )
+
+
+def _stored(answered: repo.AnsweredOnce | None) -> StoredResponse | None:
+    """The response a keyed write in one statement answered, if any."""
+    if answered is None or answered.status is None or answered.body is None:
+        return None
+    headers = answered.headers or {}
+    return StoredResponse(answered.status, answered.body, headers, bool(answered.replayed))
+
+
+def _decision_alone(credential: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
+    """A one-statement decision's parameters: the credential, who may make it, and what it
+    records."""
     transition = decision.transition
     others_by = DECIDE_ON_OTHERS_ORDERS.get(transition)
-    params = {
+    return {
         **credential,
         # The answer is the order as GET shows it: whoever may decide and read it.
         **who_may_all(transition.action, Action.READ_ORDERS),
@@ -335,9 +373,6 @@ async def decide_in_one_statement(
         "note": decision.note,
         **_recorded(transition, decision),
     }
-    decided = await one_write(source, repo.DECIDE_IN_ONE_STATEMENT, params)
-    principal = principal_found(None if decided is None else decided.caller, key_usage)
-    return principal, None if decided is None else decided.found
 
 
 async def _record_approval(
@@ -531,7 +566,33 @@ async def amend_in_one_statement(
     another version, a rule refuses it, a client_order_id taken), which replace_order, in a
     transaction, explains. For an amendment whose price and expiry passed the checks made
     before writing (check_price_places, check_expire_at)."""
-    params = {
+    params = _amendment_alone(credential, amendment)
+    amended = await one_write(source, repo.AMEND_IN_ONE_STATEMENT, params)
+    principal = principal_found(None if amended is None else amended.caller, key_usage)
+    return principal, None if amended is None or amended.document is None else amended
+
+
+async def amend_once_in_one_statement(
+    source: ConnectionSource,
+    credential: Mapping[str, Any],
+    amendment: Amendment,
+    once: Mapping[str, str],
+    key_usage: KeyUsage,
+) -> tuple[Principal, StoredResponse | None]:
+    """The same amendment sent with an Idempotency-Key (repo.AMEND_ONCE_IN_ONE_STATEMENT;
+    `once`: the key, the request's fingerprint and the path of the new order's Location),
+    as decide_once_in_one_statement."""
+    params = _amendment_alone(credential, amendment) | dict(once)
+    answered = await one_write(source, repo.AMEND_ONCE_IN_ONE_STATEMENT, params)
+    return principal_found(None if answered is None else answered.caller, key_usage), _stored(
+        answered
+    )
+
+
+def _amendment_alone(credential: Mapping[str, Any], amendment: Amendment) -> dict[str, Any]:
+    """A one-statement amendment's parameters: the credential, who may amend (who may submit
+    orders), and the amendment."""
+    return {
         **credential,
         **who_may(Action.SUBMIT_ORDER),
         "order_id": amendment.order_id,
@@ -542,9 +603,6 @@ async def amend_in_one_statement(
         "time_in_force": amendment.time_in_force,
         **_replacing(amendment, credential["request_id"] or None),
     }
-    amended = await one_write(source, repo.AMEND_IN_ONE_STATEMENT, params)
-    principal = principal_found(None if amended is None else amended.caller, key_usage)
-    return principal, None if amended is None or amended.document is None else amended
 
 
 def _check_version(order: repo.OrderFacts, expected: int | None) -> None:
