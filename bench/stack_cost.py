@@ -218,6 +218,13 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                     for _, body in made
                 ]
 
+            async def keyed_reviews(count: int) -> list[Call]:
+                """Fresh orders of one trader, each to be reviewed by another under a key."""
+                calls = await reviews(count)
+                for call in calls:
+                    call.headers.append((b"idempotency-key", uuid.uuid4().hex.encode()))
+                return calls
+
             async def keyed(count: int) -> list[Call]:
                 """New orders, each under an Idempotency-Key of its own."""
                 return [
@@ -267,6 +274,7 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
                 ),
                 ("POST /orders with an Idempotency-Key", keyed, orjson.dumps(SEED_ORDER), 201),
                 ("POST /orders/{id}/review", reviews, b"", 200),
+                ("POST /orders/{id}/review with an Idempotency-Key", keyed_reviews, b"", 200),
                 ("POST /orders/{id}/executions", fills, b"", 201),
                 ("PATCH /orders/{id}", amendments, orjson.dumps({"quantity": "60"}), 201),
             ]
