@@ -273,9 +273,7 @@ OPEN_ORDERS = query(
     " o.quantity - o.filled_quantity AS remaining, s.price AS market_price"
     " FROM orders o JOIN clients c ON c.id = o.client_id"
     " JOIN instruments i ON i.id = o.instrument_id"
-    " LEFT JOIN LATERAL (SELECT m.price FROM market_snapshots m"
-    "  WHERE m.instrument_id = o.instrument_id ORDER BY m.as_of DESC, m.id DESC LIMIT 1) s"
-    "  ON true"
+    " LEFT JOIN latest_prices s ON s.instrument_id = o.instrument_id"
     " WHERE o.status IN ('APPROVED', 'PARTIALLY_FILLED') ORDER BY o.id",
     OpenOrder,
 )

@@ -36,8 +36,8 @@ class MarketSnapshot(Base):
         # A resent snapshot is the same row: publishing is idempotent.
         UniqueConstraint("instrument_id", "as_of", "source"),
         # The latest price of an instrument is the first entry of this index, ties (two
-        # sources at the same time) broken by the later row, as the readers that break ties do
-        # (migration 0019: no sort per instrument for a portfolio's 500 positions).
+        # sources at the same time) broken by the later row; latest_prices holds it for its
+        # readers (LatestPrice). The index serves an instrument's history, newest first.
         Index("ix_market_snapshots_latest", "instrument_id", text("as_of DESC"), text("id DESC")),
     )
 
@@ -55,8 +55,10 @@ class MarketSnapshot(Base):
 
 class LatestPrice(Base):
     """An instrument's latest price: the first entry of ix_market_snapshots_latest, kept in
-    the publishing statement by a trigger on market_snapshots (migration 0042), so that a
-    portfolio values each position with a key lookup. Written by that trigger alone."""
+    the publishing statement by a trigger on market_snapshots (migration 0042). Every reader
+    of the latest price reads it here (the portfolio, the risk check, the fill simulator,
+    GET /market-data/{symbol}/latest, a MARKET order's approvals: 0044), each position of a
+    portfolio with a key lookup. Written by that trigger alone."""
 
     __tablename__ = "latest_prices"
     __table_args__ = (CheckConstraint("price > 0", name="price_positive"),)

@@ -119,14 +119,14 @@ _SNAPSHOT = (
     " JOIN instruments i ON i.id = s.instrument_id"
 )
 
-# The first entry of the (instrument_id, as_of DESC, id DESC) index, read through a lateral join so
-# the planner stops there; of two prices quoted at the same moment (by different sources),
-# the one received last.
+# The instrument's latest snapshot, as latest_prices holds it (migration 0042): the first
+# entry of the (instrument_id, as_of DESC, id DESC) index, so of two prices quoted at the
+# same moment (by different sources), the one received last.
 LATEST = query(
     text(
         "SELECT i.symbol, s.price, s.bid, s.ask, s.as_of, s.source FROM instruments i"
-        " CROSS JOIN LATERAL (SELECT * FROM market_snapshots m WHERE m.instrument_id = i.id"
-        "  ORDER BY m.as_of DESC, m.id DESC LIMIT 1) s"
+        " JOIN latest_prices l ON l.instrument_id = i.id"
+        " JOIN market_snapshots s ON s.id = l.snapshot_id"
         " WHERE i.symbol = :symbol"
     ),
     SnapshotOut,

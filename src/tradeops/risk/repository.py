@@ -116,8 +116,8 @@ RISK_FACTS = query(
     locking(
         "o.id, o.status, o.risk_status, o.version, o.side, o.quantity, o.price, o.currency,"
         " i.symbol, i.restricted,"
-        " (SELECT m.price FROM market_snapshots m WHERE m.instrument_id = o.instrument_id"
-        "  ORDER BY m.as_of DESC, m.id DESC LIMIT 1) AS last_price,"
+        " (SELECT l.price FROM latest_prices l WHERE l.instrument_id = o.instrument_id)"
+        " AS last_price,"
         " COALESCE(p.quantity, 0) AS position,"
         # Approved orders not yet filled will move the position too: count their open quantity.
         " (SELECT COALESCE(sum(CASE w.side WHEN 'BUY' THEN 1 ELSE -1 END"
