@@ -7,8 +7,9 @@
 - Overlapping batches published at once, in opposite orders: none fails, none deadlocks, and
   the latest is still the snapshots'.
 - The portfolio values each position at that price.
-- No request writes the table: the application role may only read it; and a snapshot held as
-  latest cannot be deleted from under it.
+- No request writes the table: the application role may only read it, a temporary table of
+  the publisher's does not stand in for it, and a snapshot held as latest cannot be deleted
+  from under it.
 """
 
 from __future__ import annotations
@@ -130,3 +131,25 @@ async def test_a_snapshot_held_as_latest_cannot_be_deleted(
     with pytest.raises(DBAPIError, match="fk_latest_prices_snapshot_id_market_snapshots"):
         async with owner_engine.begin() as conn:
             await conn.execute(text("DELETE FROM market_snapshots WHERE price = 2"))
+
+
+async def test_a_publishers_temporary_table_does_not_stand_in_for_the_latest_prices(
+    cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """The trigger runs as the table's owner with pg_temp last on its search_path: a
+    temporary table named latest_prices, made by the publishing session, is not written."""
+    async with owner_engine.connect() as conn, conn.begin() as tx:
+        await conn.execute(text("SELECT 1"))
+        admin = Principal(cast.ids["admin"], "admin@test.bank", Role.ADMIN, all_desks=True)
+        await UnitOfWork(await driver_of(conn)).set_context(admin, "latest-test")
+        await conn.execute(text("CREATE TEMP TABLE latest_prices (LIKE public.latest_prices)"))
+        await conn.execute(
+            text(
+                "INSERT INTO market_snapshots (instrument_id, price, as_of, source)"
+                " SELECT id, 7, now(), 'sql' FROM instruments WHERE symbol = 'AAPL'"
+            )
+        )
+        kept = await conn.scalar(text("SELECT count(*) FROM public.latest_prices"))
+        shadow = await conn.scalar(text("SELECT count(*) FROM pg_temp.latest_prices"))
+        await tx.rollback()
+    assert (kept, shadow) == (1, 0)

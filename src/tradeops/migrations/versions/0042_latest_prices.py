@@ -46,9 +46,10 @@ ON CONFLICT (instrument_id) DO UPDATE
         > (latest_prices.as_of, latest_prices.snapshot_id)
 """
 
+# pg_temp last: a temporary table of the publisher's cannot stand in for latest_prices.
 TRIGGER = f"""
 CREATE FUNCTION market_snapshots_keep_latest() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     {KEPT.format(source="added")};
     RETURN NULL;
