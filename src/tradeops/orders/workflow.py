@@ -342,9 +342,8 @@ async def decide_once_in_one_statement(
     decision it does not make raises db.http.NOT_RECORDED_ALONE, with nothing written."""
     params = _decision_alone(credential, decision) | dict(once)
     answered = await one_write(source, repo.DECIDE_ONCE_IN_ONE_STATEMENT, params)
-    return principal_found(None if answered is None else answered.caller, key_usage), _stored(
-        answered
-    )
+    principal = principal_found(None if answered is None else answered.caller, key_usage)
+    return principal, _stored(answered)
 
 
 def _stored(answered: repo.AnsweredOnce | None) -> StoredResponse | None:
@@ -584,9 +583,8 @@ async def amend_once_in_one_statement(
     as decide_once_in_one_statement."""
     params = _amendment_alone(credential, amendment) | dict(once)
     answered = await one_write(source, repo.AMEND_ONCE_IN_ONE_STATEMENT, params)
-    return principal_found(None if answered is None else answered.caller, key_usage), _stored(
-        answered
-    )
+    principal = principal_found(None if answered is None else answered.caller, key_usage)
+    return principal, _stored(answered)
 
 
 def _amendment_alone(credential: Mapping[str, Any], amendment: Amendment) -> dict[str, Any]:
