@@ -253,12 +253,29 @@ async def run(url: str, arguments: argparse.Namespace) -> None:
 
             reviewer = cast["trader2"]
             order = Call(app, "GET", f"{ORDERS}/{order_id}", agent)
+            # A price for GET /market-data/{symbol}.
+            price = {
+                "symbol": "AAPL",
+                "price": "192.55",
+                "as_of": "2026-11-23T14:30:00Z",
+                "source": "bench",
+            }
+            published = await Call(app, "POST", "/api/v1/market-data/snapshots", cast["admin"])(
+                orjson.dumps({"snapshots": [price]})
+            )
+            assert published[0] == 201, published
             # A full first page (50) for the list, of the agent's orders, before any other
             # endpoint adds more.
             for _ in range(60):
                 await Call(app, "POST", ORDERS, agent)(orjson.dumps(SEED_ORDER))
             endpoints: list[tuple[str, Calls, bytes, int]] = [
                 ("GET /orders/{id}", again(order), b"", 200),
+                (
+                    "GET /market-data/{symbol}",
+                    again(Call(app, "GET", "/api/v1/market-data/AAPL", agent)),
+                    b"",
+                    200,
+                ),
                 ("GET /orders", again(Call(app, "GET", ORDERS, agent)), b"", 200),
                 (
                     "GET /orders?client_id&status",

@@ -6,7 +6,8 @@
   moment from two sources, a resend, several of one instrument in one batch.
 - Overlapping batches published at once, in opposite orders: none fails, none deadlocks, and
   the latest is still the snapshots'.
-- The portfolio values each position at that price.
+- The portfolio values each position at that price; GET /market-data/{symbol} answers its
+  snapshot in one statement (migration 0045), the transaction's bytes, to anyone signed in.
 - No request writes the table: the application role may only read it, a temporary table of
   the publisher's does not stand in for it, and a snapshot held as latest cannot be deleted
   from under it.
@@ -19,15 +20,17 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.factories import Cast
-from tests.integration.test_market_data import at, publish, series, snapshot
+from tests.factories import Cast, bearer, stored_api_key
+from tests.integration.test_market_data import MARKET_DATA, at, publish, series, snapshot
 from tests.owner import driver_of
 from tradeops.auth.principal import Principal, Role
-from tradeops.db.uow import UnitOfWork
+from tradeops.db.uow import UnitOfWork, run_in_transaction
+from tradeops.marketdata import service as marketdata
 
 # The snapshots' own answer: the first entry of ix_market_snapshots_latest per instrument.
 LATEST_OF_SNAPSHOTS = """
@@ -153,3 +156,32 @@ async def test_a_publishers_temporary_table_does_not_stand_in_for_the_latest_pri
         shadow = await conn.scalar(text("SELECT count(*) FROM pg_temp.latest_prices"))
         await tx.rollback()
     assert (kept, shadow) == (1, 0)
+
+
+async def test_the_latest_price_read_in_one_statement_is_the_transactions(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    batch = [snapshot(price="101.5", as_of=at(60)), snapshot(price="99", as_of=at(0))]
+    assert (await publish(client, cast["admin"], batch)).status_code == 201
+    read_only = await stored_api_key(owner_engine, "agent@test.bank", ["orders:read"])
+    answers = [
+        await client.get(f"{MARKET_DATA}/aapl", headers=headers)
+        for headers in (cast["trader_fi"], cast["risk"], bearer(read_only))
+    ]
+    admin = Principal(cast.ids["admin"], "admin@test.bank", Role.ADMIN, all_desks=True)
+    in_transaction = await run_in_transaction(
+        app.state.db, admin, lambda uow: marketdata.latest(uow, admin, "AAPL")
+    )
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert answer.content == in_transaction.model_dump_json().encode()
+    assert answers[0].json()["price"] == "101.5"
+    for symbol, headers, status in (
+        ("MSFT", cast["trader"], 404),  # no price yet
+        ("NOPE", cast["trader"], 404),  # no such instrument
+        ("AAPL", cast["nobody"], 401),
+        ("AAPL", {"Authorization": "Bearer not-a-credential"}, 401),
+    ):
+        answer = await client.get(f"{MARKET_DATA}/{symbol}", headers=headers)
+        assert answer.status_code == status, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"

@@ -135,6 +135,7 @@ EXPECTED = {
     "POST /orders/{id}/executions": 1,
     "GET /orders/{id}/events": 1,  # one statement: authenticate, the order's events (0037)
     "GET /clients/{id}/portfolio": 1,  # one statement: authenticate, the document (0019)
+    "GET /market-data/{symbol}": 1,  # one statement: authenticate, the latest price (0045)
     # One statement: authenticate, set the context, check who may publish, the batch, its
     # audit event (0036).
     "POST /market-data/snapshots": 1,
@@ -232,6 +233,9 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
             lambda: client.get("/api/v1/clients/CUST-1001/portfolio", headers=trader)
         ),
         "POST /market-data/snapshots": to_publish,
+        "GET /market-data/{symbol}": lambda: fixed(
+            lambda: client.get("/api/v1/market-data/aapl", headers=trader)
+        ),
         "GET /health/ready": lambda: fixed(lambda: client.get("/health/ready")),
         "POST /orders, replayed (Idempotency-Key)": lambda: fixed(
             lambda: client.post(ORDERS, json=SEED_ORDER, headers=replayed)

@@ -20,6 +20,7 @@ SERVED = {
     ("GET", "/api/v1/orders/{order_id}"): ("1", "42", "9223372036854775807"),
     ("GET", "/api/v1/orders/{order_id}/events"): ("1", "42", "9223372036854775807"),
     ("GET", "/api/v1/clients/{client_id}/portfolio"): ("CUST-1001", "1", "x.y", "a:b", "%20"),
+    ("GET", "/api/v1/market-data/{symbol}"): ("AAPL", "aapl", "BRK.B", "snapshots"),
     ("POST", "/api/v1/orders"): ("",),
 }
 
@@ -38,7 +39,7 @@ def first_route_for(app: FastAPI, method: str, path: str) -> BaseRoute | None:
     return None
 
 
-def test_the_hot_paths_are_an_order_its_history_the_list_a_portfolio_and_a_new_order(
+def test_the_hot_paths_are_the_trade_flows_reads_and_a_new_order(
     app: FastAPI,
 ) -> None:
     found = {(method, hot.route.path) for hot in hot_paths(app) for method in hot.route.methods}

@@ -57,7 +57,7 @@ class LatestPrice(Base):
     """An instrument's latest price: the first entry of ix_market_snapshots_latest, kept in
     the publishing statement by a trigger on market_snapshots (migration 0042). Every reader
     of the latest price reads it here (the portfolio, the risk check, the fill simulator,
-    GET /market-data/{symbol}/latest, a MARKET order's approvals: 0044), each position of a
+    GET /market-data/{symbol}, a MARKET order's approvals: 0044), each position of a
     portfolio with a key lookup. Written by that trigger alone."""
 
     __tablename__ = "latest_prices"

@@ -132,6 +132,46 @@ LATEST = query(
     SnapshotOut,
 )
 
+
+@dataclass(frozen=True, slots=True)
+class LatestRead:
+    """GET /market-data/{symbol} in one statement: who asked, and the latest snapshot
+    (its columns None when the symbol is unknown or has no price). No row at all when the
+    credentials name nobody."""
+
+    caller: Authenticated
+    symbol: str | None
+    price: Decimal | None
+    bid: Decimal | None
+    ask: Decimal | None
+    as_of: datetime | None
+    source: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+
+    @property
+    def found(self) -> SnapshotOut | None:
+        if self.symbol is None:
+            return None
+        return SnapshotOut(
+            symbol=self.symbol,
+            price=self.price,
+            bid=self.bid,
+            ask=self.ask,
+            as_of=self.as_of,
+            source=self.source,
+        )
+
+
+# LATEST in one round trip (migration 0045): the function authenticates, then reads it.
+READ_LATEST = query(
+    "SELECT caller, symbol, price, bid, ask, as_of, source FROM tradeops_read_latest_price("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :symbol)",
+    LatestRead,
+    alone=True,
+)
+
 INSTRUMENT_ID = query("SELECT id FROM instruments WHERE symbol = :symbol", Id)
 
 HISTORY = query(

@@ -74,11 +74,27 @@ async def publish_snapshots(
     return await service.publish(uow, principal, batch)
 
 
+async def _latest_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """GET /{symbol} (its latest price) in one round trip (issue 15): authentication, the
+    context and the read in one statement; None without credentials, for the endpoint below
+    to answer its documented 401."""
+    symbol = request.path_params["symbol"]
+    return await answered_in_one_round_trip(
+        request,
+        lambda credential, key_usage: service.read_latest(db, credential, symbol, key_usage),
+        lambda principal, snapshot: Response(
+            service.shown_latest(principal, snapshot, symbol).model_dump_json(),
+            media_type="application/json",
+        ),
+    )
+
+
 @router.get(
     "/{symbol}",
     response_model=SnapshotOut,
     responses=problem_responses(service.MarketDataNotFound),
 )
+@answered_in_one_statement(_latest_in_one_statement)
 async def latest_snapshot(symbol: str, principal: CurrentPrincipal, uow: UoW) -> SnapshotOut:
     """The latest price of an instrument (any case): the snapshot with the newest `as_of`.
 

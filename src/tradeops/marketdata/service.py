@@ -11,7 +11,7 @@ from tradeops.auth.authentication import principal_found
 from tradeops.auth.key_usage import KeyUsage
 from tradeops.auth.permissions import Action, authorize, who_may_all
 from tradeops.auth.principal import Principal
-from tradeops.db.uow import ConnectionSource, UnitOfWork, one_write
+from tradeops.db.uow import ConnectionSource, UnitOfWork, one_statement, one_write
 from tradeops.errors import DomainError, InvalidRequest, NotFound
 from tradeops.marketdata import repository as repo
 from tradeops.marketdata.schemas import (
@@ -123,6 +123,24 @@ def _published(items: list[SnapshotIn], row: repo.Published) -> PublishResult:
 async def latest(uow: UnitOfWork, principal: Principal, symbol: str) -> SnapshotOut:
     authorize(principal, Action.READ_MARKET_DATA)
     snapshot = await uow.row(repo.LATEST, {"symbol": symbol.upper()})
+    return shown_latest(principal, snapshot, symbol)
+
+
+async def read_latest(
+    source: ConnectionSource, credential: Mapping[str, Any], symbol: str, key_usage: KeyUsage
+) -> tuple[Principal, SnapshotOut | None]:
+    """GET /market-data/{symbol} in one round trip (repo.READ_LATEST): the caller
+    the credential names, 401 if none, and the latest snapshot, if any. The caller decides
+    with shown_latest, once it has routed the request (as orders.service.read_order)."""
+    params = {**credential, "symbol": symbol.upper()}
+    read = await one_statement(source, repo.READ_LATEST, params)
+    principal = principal_found(None if read is None else read.caller, key_usage)
+    return principal, None if read is None else read.found
+
+
+def shown_latest(principal: Principal, snapshot: SnapshotOut | None, symbol: str) -> SnapshotOut:
+    """The latest snapshot read for `principal`, if they may read market data and it exists."""
+    authorize(principal, Action.READ_MARKET_DATA)
     if snapshot is None:
         raise MarketDataNotFound(f"No market data for symbol {symbol}.")
     return snapshot

@@ -5,7 +5,7 @@ Revises: 0043
 Create Date: 2026-11-29
 
 Migration 0042 keeps each instrument's latest price in latest_prices; the portfolio, the
-risk check, the fill simulator and GET /market-data/{symbol}/latest read it there (the
+risk check, the fill simulator and GET /market-data/{symbol} read it there (the
 last three in the application's own statements). `tradeops_approvals_required` (0034), the
 trigger's rule of how many approvals an order needs, still valued a MARKET order at the
 first snapshot by `as_of DESC` alone: of two prices quoted at the same moment by two
