@@ -9,6 +9,7 @@ property of the transaction it replaced.
 - Nothing of the caller stays on the pooled connection once the statement is done.
 - The statement timeout still holds without a BEGIN to carry it: the driver cancels the
   query on the server and the caller gets the documented 504.
+- Your own order by its client_order_id is one statement too (migration 0046).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.factories import (
     orders_locked,
     stored_api_key,
 )
+from tests.integration.test_order_document import as_pydantic_writes_it
 from tradeops.auth.authentication import credential_parameters
 from tradeops.auth.keys import hash_key, parse_key
 from tradeops.auth.repository import Authenticated
@@ -159,3 +161,33 @@ async def test_the_reads_hand_services_typed_rows_and_the_order_is_sent_as_writt
     shown = await client.get(f"{ORDERS}/{order_id}", headers={"X-API-Key": key})
     assert shown.status_code == 200, shown.text
     assert counting.calls == 0, "GET /orders/{id} sends the document PostgreSQL wrote"
+
+
+async def test_your_own_order_by_client_order_id_is_read_in_one_statement(
+    app: FastAPI, client: httpx.AsyncClient, cast: Cast, owner_engine: AsyncEngine
+) -> None:
+    """GET /orders:by_client_order_id in one statement (migration 0046) answers the caller's
+    own order as GET /orders/{id} and the transaction's read write it; anything else (none of
+    theirs, an approver's look-up of their desks) is the transaction's answer, as before."""
+    mine = await client.post(
+        ORDERS, json={**SEED_ORDER, "client_order_id": "own-1"}, headers=cast["agent"]
+    )
+    by_id = await client.get(f"{ORDERS}/{mine.json()['id']}", headers=cast["agent"])
+    found = await client.get(
+        f"{ORDERS}:by_client_order_id", params={"client_order_id": "own-1"}, headers=cast["agent"]
+    )
+    assert found.status_code == 200, found.text
+    assert found.content == by_id.content == await as_pydantic_writes_it(app, mine.json()["id"])
+    assert found.headers["etag"] == by_id.headers["etag"] == '"1"'
+    no_read = await stored_api_key(owner_engine, "agent@test.bank", ["orders:write"])
+    for headers, status in (
+        (cast["approver"], 200),  # not theirs: the desk's one order, in the transaction
+        (cast["trader"], 404),  # another maker's
+        (cast["trader_fi"], 404),
+        ({"Authorization": f"Bearer {no_read}"}, 403),
+        (cast["nobody"], 401),
+    ):
+        answer = await client.get(
+            f"{ORDERS}:by_client_order_id", params={"client_order_id": "own-1"}, headers=headers
+        )
+        assert answer.status_code == status, (headers, answer.text)

@@ -107,6 +107,7 @@ async def count(statements: Statements, make_call: Callable[[], Awaitable[Call]]
 # checks the credential and sets the request context (role, desks, request id).
 EXPECTED = {
     "GET /orders/{id}": 1,  # one statement: authenticate, set the context, read (0019)
+    "GET /orders:by_client_order_id": 1,  # one statement: authenticate, your order (0046)
     "GET /orders": 1,  # one statement: authenticate, set the context, the page (0041)
     # The same statement: the client, symbol and desk by their ids, then the page (0041).
     "GET /orders with a client, symbol and desk": 1,
@@ -153,6 +154,10 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
     replayed = trader | {"Idempotency-Key": "round-trips"}
     fresh_keys = (f"round-trips-{n}" for n in range(1, 20))
     order_id = await submitted(client, cast)
+    own = await client.post(
+        ORDERS, json={**SEED_ORDER, "client_order_id": "round-trips-own"}, headers=trader
+    )
+    assert own.status_code == 201, own.text
     prices = iter(range(1, 10))
 
     async def fixed(call: Call) -> Call:
@@ -204,6 +209,13 @@ async def test_each_hot_endpoint_makes_the_documented_round_trips(
     calls: dict[str, Callable[[], Awaitable[Call]]] = {
         "GET /orders/{id}": lambda: fixed(
             lambda: client.get(f"{ORDERS}/{order_id}", headers=trader)
+        ),
+        "GET /orders:by_client_order_id": lambda: fixed(
+            lambda: client.get(
+                f"{ORDERS}:by_client_order_id",
+                params={"client_order_id": "round-trips-own"},
+                headers=trader,
+            )
         ),
         "GET /orders": lambda: fixed(lambda: client.get(ORDERS, headers=trader)),
         "GET /orders with a client, symbol and desk": lambda: fixed(

@@ -17,6 +17,7 @@ from tradeops.settings import Settings
 # anything else goes to the framework; a client id is any path segment).
 SERVED = {
     ("GET", "/api/v1/orders"): ("",),
+    ("GET", "/api/v1/orders:by_client_order_id"): ("",),
     ("GET", "/api/v1/orders/{order_id}"): ("1", "42", "9223372036854775807"),
     ("GET", "/api/v1/orders/{order_id}/events"): ("1", "42", "9223372036854775807"),
     ("GET", "/api/v1/clients/{client_id}/portfolio"): ("CUST-1001", "1", "x.y", "a:b", "%20"),

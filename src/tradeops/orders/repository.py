@@ -847,6 +847,16 @@ class OrderHistoryRead:
         object.__setattr__(self, "caller", as_authenticated(self.caller))
 
 
+# The caller's own order by its client_order_id in one round trip (migration 0046), as
+# ORDER_BY_CLIENT_ORDER_ID reads it, written as READ_ORDER writes it.
+READ_OWN_ORDER = query(
+    "SELECT caller, version, document FROM tradeops_read_own_order("
+    ":prefix, :hash, :user_id, :email, :app_role, :request_id, :client_order_id)",
+    OrderRead,
+    alone=True,
+)
+
+
 # An order's history in one round trip (migration 0037), as READ_ORDER reads the order.
 READ_ORDER_HISTORY = query(
     "SELECT caller, history FROM tradeops_read_order_history("

@@ -262,6 +262,30 @@ async def submit_order(
     return await respond_once(request, uow, idempotency_key, create)
 
 
+async def _own_order_in_one_statement(db: ConnectionSource, request: Request) -> Response | None:
+    """GET :by_client_order_id in one round trip (issue 15) for the caller's own order:
+    authentication, the context and the read in one statement. None (the endpoint below
+    answers, in a transaction, as documented) for a query it does not take, no credentials,
+    or no order of the caller's under the id (404, or for an approver the one order of their
+    desks under it)."""
+    asked = declared_query(request)
+    if asked is None:
+        return None
+    client_order_id = asked["client_order_id"]
+
+    def shown(principal: Principal, found: OrderDocument | None) -> Response | None:
+        own = service.shown_own_order(principal, found)
+        return None if own is None else _written_document(own)
+
+    return await answered_in_one_round_trip(
+        request,
+        lambda credential, key_usage: service.read_own_order(
+            db, credential, client_order_id, key_usage
+        ),
+        shown,
+    )
+
+
 @router.get(
     ":by_client_order_id",
     response_model=OrderOut,
@@ -270,6 +294,7 @@ async def submit_order(
         **ORDER_LINKS_200,
     },
 )
+@answered_in_one_statement(_own_order_in_one_statement)
 async def get_order_by_client_order_id(
     principal: CurrentPrincipal,
     uow: UoW,

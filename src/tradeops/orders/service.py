@@ -318,6 +318,30 @@ async def read_order(
     return principal, None if read is None else read.found
 
 
+async def read_own_order(
+    source: ConnectionSource,
+    credential: Mapping[str, Any],
+    client_order_id: str,
+    key_usage: KeyUsage,
+) -> tuple[Principal, repo.OrderDocument | None]:
+    """GET /orders:by_client_order_id in one round trip (repo.READ_OWN_ORDER): the caller
+    the credential names, 401 if none, and their own order under `client_order_id` if it is
+    on their desks; None when they have none, which get_order_by_client_order_id, in a
+    transaction, answers (404, or an approver's order of their desks)."""
+    params = {**credential, "client_order_id": client_order_id}
+    read = await one_statement(source, repo.READ_OWN_ORDER, params)
+    principal = principal_found(None if read is None else read.caller, key_usage)
+    return principal, None if read is None else read.found
+
+
+def shown_own_order(
+    principal: Principal, order: repo.OrderDocument | None
+) -> repo.OrderDocument | None:
+    """The caller's own order read for them, if they may read orders."""
+    authorize(principal, Action.READ_ORDERS)
+    return order
+
+
 Shown = TypeVar("Shown")
 
 
