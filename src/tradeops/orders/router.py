@@ -377,12 +377,14 @@ async def _list_in_one_statement(db: ConnectionSource, request: Request) -> Resp
         return None
     wanted = _listed(request, **asked)
     try:
-        service.list_after(wanted)
+        after = service.list_after(wanted)
     except InvalidRequest:
         return None
     return await answered_in_one_round_trip(
         request,
-        lambda credential, key_usage: service.read_order_page(db, credential, wanted, key_usage),
+        lambda credential, key_usage: service.read_order_page(
+            db, credential, wanted, after, key_usage
+        ),
         lambda principal, page: Response(
             service.shown_page(principal, page, wanted), media_type="application/json"
         ),

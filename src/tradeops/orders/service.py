@@ -420,14 +420,15 @@ async def read_order_page(
     source: ConnectionSource,
     credential: Mapping[str, Any],
     wanted: OrderQuery,
+    after: ListKey | None,
     key_usage: KeyUsage,
 ) -> tuple[Principal, repo.OrderPageRead]:
     """GET /orders in one round trip (repo.READ_ORDER_PAGE): the caller the credential names,
-    401 if none, and the page they may see, read as list_orders reads it. The caller decides
-    with shown_page, once it has routed the request (as read_order). InvalidRequest, before
-    anything is read, for a cursor not of this list's kind."""
+    401 if none, and the page they may see after the key `after` (list_after's, from the
+    cursor), read as list_orders reads it. The caller decides with shown_page, once it has
+    routed the request (as read_order)."""
     filters = wanted.filters
-    after_created, after_id = _key_parts(list_after(wanted))
+    after_created, after_id = _key_parts(after)
     params = {
         **credential,
         "status": filters.status,
