@@ -232,6 +232,19 @@ def as_authenticated(caller: Authenticated | Mapping[str, Any]) -> Authenticated
     return caller if isinstance(caller, Authenticated) else Authenticated(**caller)
 
 
+@dataclass(frozen=True, slots=True)
+class CallerRow:
+    """The row of a request sent in one statement: first `caller`, the authenticating
+    statement's row (a tradeops_principal composite value, made an Authenticated once), then,
+    in a subclass, what the statement answered them. A subclass that converts more of its
+    fields calls CallerRow.__post_init__ first."""
+
+    caller: Authenticated
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caller", as_authenticated(self.caller))
+
+
 # The authenticating statement is a SQL function (migration 0019), so a one-statement read
 # (GET /orders/{id}) authenticates exactly as every other request does: an API key by prefix
 # and hash, else a person by id (a verified token's subject, a page session). For the row

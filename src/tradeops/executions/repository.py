@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from tradeops.audit.repository import append_audit
-from tradeops.auth.repository import Authenticated, as_authenticated
+from tradeops.auth.repository import CallerRow
 from tradeops.db.prepared import as_row, query, written_into
 from tradeops.executions.schemas import ExecutionOut
 from tradeops.orders.repository import locking, locking_in_function, order_change, updating
@@ -287,16 +287,15 @@ class FillRecorded(RecordedExecution):
 
 
 @dataclass(frozen=True, slots=True)
-class FilledBy:
+class FilledBy(CallerRow):
     """POST /orders/{id}/executions in one statement: who asked, and the fill, None when
     nothing was written (a caller who may not, an order not found or a rule refuses, an
     external id already known). No row at all when the credentials name nobody."""
 
-    caller: Authenticated
     recorded: FillRecorded | None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
+        CallerRow.__post_init__(self)
         object.__setattr__(self, "recorded", as_row(self.recorded, FillRecorded))
 
 

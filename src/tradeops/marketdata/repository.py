@@ -9,7 +9,7 @@ from decimal import Decimal
 from sqlalchemy import text
 
 from tradeops.audit.repository import append_audit
-from tradeops.auth.repository import Authenticated, as_authenticated
+from tradeops.auth.repository import CallerRow
 from tradeops.db.prepared import Id, query
 from tradeops.marketdata.schemas import SnapshotOut
 
@@ -62,17 +62,13 @@ PUBLISH = query(
 
 
 @dataclass(frozen=True, slots=True)
-class PublishedBy:
+class PublishedBy(CallerRow):
     """A batch published in one statement: who asked (the authenticating statement's row) and
     PUBLISH's row, `stored` None when the caller may not publish (nothing was written). No
     row at all when the credentials name nobody."""
 
-    caller: Authenticated
     stored: int | None
     unknown: list[int] | None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
 
     @property
     def published(self) -> Published | None:
@@ -134,21 +130,17 @@ LATEST = query(
 
 
 @dataclass(frozen=True, slots=True)
-class LatestRead:
+class LatestRead(CallerRow):
     """GET /market-data/{symbol} in one statement: who asked, and the latest snapshot
     (its columns None when the symbol is unknown or has no price). No row at all when the
     credentials name nobody."""
 
-    caller: Authenticated
     symbol: str | None
     price: Decimal | None
     bid: Decimal | None
     ask: Decimal | None
     as_of: datetime | None
     source: str | None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
 
     @property
     def found(self) -> SnapshotOut | None:

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from tradeops.audit.repository import append_audit
 from tradeops.auth.models import User
 from tradeops.auth.principal import Principal
-from tradeops.auth.repository import Authenticated, as_authenticated
+from tradeops.auth.repository import CallerRow
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
 from tradeops.db.prepared import Query, as_row, prepare, query, written_into
@@ -236,16 +236,15 @@ SUBMIT_ORDER = query(
 
 
 @dataclass(frozen=True, slots=True)
-class SubmittedBy:
+class SubmittedBy(CallerRow):
     """POST /orders in one statement: who asked (the authenticating statement's row) and
     what intake returned, None when the caller may not submit orders (nothing was written).
     No row at all when the credentials name nobody."""
 
-    caller: Authenticated
     submitted: Submitted | None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
+        CallerRow.__post_init__(self)
         object.__setattr__(self, "submitted", as_row(self.submitted, Submitted))
 
 
@@ -340,13 +339,12 @@ SUBMIT_IN_ONE_STATEMENT = query(
 
 
 @dataclass(frozen=True, slots=True)
-class SubmittedOnce:
+class SubmittedOnce(CallerRow):
     """POST /orders with an Idempotency-Key in one statement: who asked, what intake
     recorded (None unless this request recorded the order) and the response to send, new or
     replayed (all None when the caller may not submit orders, or the key is another
     request's: nothing was written). No row at all when the credentials name nobody."""
 
-    caller: Authenticated
     submitted: Submitted | None
     status: int | None
     body: bytes | None
@@ -354,7 +352,7 @@ class SubmittedOnce:
     replayed: bool | None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
+        CallerRow.__post_init__(self)
         object.__setattr__(self, "submitted", as_row(self.submitted, Submitted))
 
 
@@ -576,18 +574,14 @@ REPLACE_ORDER = query(
 
 
 @dataclass(frozen=True, slots=True)
-class AmendedBy:
+class AmendedBy(CallerRow):
     """PATCH /orders/{id} in one statement: who asked, and the new order (its id, version and
     document as GET writes it), all None when nothing was written. No row at all when the
     credentials name nobody."""
 
-    caller: Authenticated
     id: int | None
     version: int | None
     document: str | None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
 
 
 # An amendment in one round trip (issue 15, migration 0040): the function authenticates, and
@@ -607,19 +601,15 @@ AMEND_IN_ONE_STATEMENT = query(
 
 
 @dataclass(frozen=True, slots=True)
-class AnsweredOnce:
+class AnsweredOnce(CallerRow):
     """A decision or an amendment with an Idempotency-Key in one statement: who asked, and
     the response to send, new or replayed (all None when the key is another request's:
     nothing was written). No row at all when the credentials name nobody."""
 
-    caller: Authenticated
     status: int | None
     body: bytes | None
     headers: dict[str, str] | None
     replayed: bool | None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
 
 
 # The same with an Idempotency-Key (migration 0043), as DECIDE_ONCE_IN_ONE_STATEMENT.
@@ -803,18 +793,14 @@ class OrderDocument:
 
 
 @dataclass(frozen=True, slots=True)
-class OrderRead:
+class OrderRead(CallerRow):
     """GET /orders/{id} in one statement: who asked (the authenticating statement's row) and
     the order they may see, if any, as the API shows it: its JSON document, written by
     PostgreSQL as OrderOut would write it (migration 0026), and its version (the ETag). No
     row at all when the credentials name nobody."""
 
-    caller: Authenticated
     version: int | None
     document: str | None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
 
     @property
     def found(self) -> OrderDocument | None:
@@ -835,16 +821,12 @@ READ_ORDER = query(
 
 
 @dataclass(frozen=True, slots=True)
-class OrderHistoryRead:
+class OrderHistoryRead(CallerRow):
     """GET /orders/{id}/events in one statement: who asked, and the order's events oldest
     first (ORDER_EVENTS' columns, `at` as JSON text), None when no such order is visible to
     them. No row at all when the credentials name nobody."""
 
-    caller: Authenticated
     history: list[dict[str, Any]] | None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
 
 
 # The caller's own order by its client_order_id in one round trip (migration 0046), as
@@ -1002,20 +984,16 @@ ListKey = tuple[int] | tuple[datetime, int]
 
 
 @dataclass(frozen=True, slots=True)
-class OrderPageRead:
+class OrderPageRead(CallerRow):
     """GET /orders in one statement: who asked, and the page they may see: its orders' JSON
     array (each as GET /orders/{id} writes it), whether another page follows, and then the
     last order's id and creation time, for the cursor. No row at all when the credentials
     name nobody."""
 
-    caller: Authenticated
     items: str
     more: bool
     last_id: int | None
     last_created_at: datetime | None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
 
 
 # A page of the list in one round trip (migration 0041), as filtered_orders and

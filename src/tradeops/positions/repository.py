@@ -11,7 +11,7 @@ from sqlalchemy import Select, select, tuple_
 
 from tradeops.audit.repository import append_audit
 from tradeops.auth.principal import Principal
-from tradeops.auth.repository import Authenticated, as_authenticated
+from tradeops.auth.repository import CallerRow
 from tradeops.clients.models import Client
 from tradeops.db.base import table_of
 from tradeops.db.prepared import query
@@ -227,16 +227,12 @@ PORTFOLIO = query(
 
 
 @dataclass(frozen=True, slots=True)
-class PortfolioRead:
+class PortfolioRead(CallerRow):
     """GET /clients/{id}/portfolio in one statement: who asked (the authenticating
     statement's row, answered as a composite value and made one here) and the document, if
     they may see the client. No row at all when the credentials name nobody."""
 
-    caller: Authenticated
     document: str | None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "caller", as_authenticated(self.caller))
 
 
 READ_PORTFOLIO = query(
