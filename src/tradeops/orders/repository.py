@@ -339,17 +339,25 @@ SUBMIT_IN_ONE_STATEMENT = query(
 
 
 @dataclass(frozen=True, slots=True)
-class SubmittedOnce(CallerRow):
-    """POST /orders with an Idempotency-Key in one statement: who asked, what intake
-    recorded (None unless this request recorded the order) and the response to send, new or
-    replayed (all None when the caller may not submit orders, or the key is another
-    request's: nothing was written). No row at all when the credentials name nobody."""
+class AnsweredOnce(CallerRow):
+    """A write with an Idempotency-Key in one statement (a decision or an amendment; a new
+    order is SubmittedOnce): who asked, and the response to send, new or replayed (all None
+    when the key is another request's: nothing was written). No row at all when the
+    credentials name nobody."""
 
-    submitted: Submitted | None
     status: int | None
     body: bytes | None
     headers: dict[str, str] | None
     replayed: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedOnce(AnsweredOnce):
+    """POST /orders with an Idempotency-Key in one statement: AnsweredOnce's row, and what
+    intake recorded (None unless this request recorded the order; all None too when the
+    caller may not submit orders)."""
+
+    submitted: Submitted | None
 
     def __post_init__(self) -> None:
         CallerRow.__post_init__(self)
@@ -598,18 +606,6 @@ AMEND_IN_ONE_STATEMENT = query(
     AmendedBy,
     alone=True,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class AnsweredOnce(CallerRow):
-    """A decision or an amendment with an Idempotency-Key in one statement: who asked, and
-    the response to send, new or replayed (all None when the key is another request's:
-    nothing was written). No row at all when the credentials name nobody."""
-
-    status: int | None
-    body: bytes | None
-    headers: dict[str, str] | None
-    replayed: bool | None
 
 
 # The same with an Idempotency-Key (migration 0043), as DECIDE_ONCE_IN_ONE_STATEMENT.

@@ -201,6 +201,12 @@ def answered_once(principal: Principal, read: repo.SubmittedOnce | None) -> Stor
     submit orders; None when the key is another request's (nothing was written), which
     submit_order, in a transaction, refuses."""
     authorize(principal, Action.SUBMIT_ORDER)
+    return stored_response(read)
+
+
+def stored_response(read: repo.AnsweredOnce | None) -> StoredResponse | None:
+    """The response a write with an Idempotency-Key in one statement answered, made or
+    replayed; None when it answered none (the key is another request's)."""
     if read is None or read.status is None or read.body is None or read.headers is None:
         return None
     return StoredResponse(read.status, read.body, read.headers, replayed=bool(read.replayed))

@@ -47,6 +47,7 @@ from tradeops.orders.service import (
     get_order,
     list_filter_keys,
     shown_order,
+    stored_response,
 )
 from tradeops.orders.states import OPEN_STATUSES, OrderStatus, RiskStatus
 
@@ -343,15 +344,7 @@ async def decide_once_in_one_statement(
     params = _decision_alone(credential, decision) | dict(once)
     answered = await one_write(source, repo.DECIDE_ONCE_IN_ONE_STATEMENT, params)
     principal = principal_found(None if answered is None else answered.caller, key_usage)
-    return principal, _stored(answered)
-
-
-def _stored(answered: repo.AnsweredOnce | None) -> StoredResponse | None:
-    """The response a keyed write in one statement answered, if any."""
-    if answered is None or answered.status is None or answered.body is None:
-        return None
-    headers = answered.headers or {}
-    return StoredResponse(answered.status, answered.body, headers, bool(answered.replayed))
+    return principal, stored_response(answered)
 
 
 def _decision_alone(credential: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
@@ -584,7 +577,7 @@ async def amend_once_in_one_statement(
     params = _amendment_alone(credential, amendment) | dict(once)
     answered = await one_write(source, repo.AMEND_ONCE_IN_ONE_STATEMENT, params)
     principal = principal_found(None if answered is None else answered.caller, key_usage)
-    return principal, _stored(answered)
+    return principal, stored_response(answered)
 
 
 def _amendment_alone(credential: Mapping[str, Any], amendment: Amendment) -> dict[str, Any]:
